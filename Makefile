@@ -1,0 +1,30 @@
+# zhllama — the two commands of the README:
+#   make demo   end-to-end demo on a tiny model (CPU)
+#   make test   the test suite
+# Both create .venv when missing and install the project into it; re-running is fast.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch first, from the pinned CPU build, so nothing pulls a multi-GB CUDA wheel.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test install clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH_SPEC)"
+	$(VPY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VPY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VPY) -m demo
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""zhllama pretrain phase."""

@@ -1,0 +1,12 @@
+"""python -m sft COMMAND — Alpaca-style instruction tuning, LoRA export, generation and chat."""
+from zhllama.cli import main_for
+
+COMMANDS = {
+    "train": "sft.train_cli",
+    "export": "sft.export_cli",
+    "generate": "sft.generate_cli",
+    "chat": "sft.chat_cli",
+}
+
+if __name__ == "__main__":
+    main_for("sft", COMMANDS, __doc__.splitlines()[0])

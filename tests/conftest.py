@@ -1,0 +1,32 @@
+"""Shared test helpers.
+
+Real tokenizers and Chinese text live in ../shared/data (next to the repo root). Tests that need
+them use the ``shared_data`` fixture, which skips with the reason when the folder is absent (a
+user's fresh clone). Everything else needs nothing but the package registries.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ZHLLAMA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "PROVENANCE.md").is_file():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it ships beside the repo only on dev machines)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def python_exe() -> str:
+    return sys.executable

@@ -1,0 +1,1 @@
+"""zhllama vocab phase."""

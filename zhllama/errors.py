@@ -1,0 +1,39 @@
+"""User-facing errors: one clear message and a non-zero exit, never a traceback."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterable, Sequence
+
+
+class UserError(Exception):
+    """Bad input or settings. The message is shown to the user as is (no traceback).
+
+    ``problems`` holds every problem found, so validation reports all of them at once.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()):
+        self.problems = list(problems)
+        if self.problems:
+            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message)
+
+
+def raise_if_problems(what: str, problems: Iterable[str]) -> None:
+    """Raise one UserError listing every problem, if there is any."""
+    problems = list(problems)
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise UserError(f"{what}: {len(problems)} {noun}", problems)
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a CLI main(): a UserError prints 'error: ...' on stderr and exits with status 2."""
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
