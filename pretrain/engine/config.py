@@ -1,0 +1,211 @@
+"""Typed configuration of the one training engine (continued pretraining and SFT share it).
+
+The engine config holds no data fields: each phase subclasses ``TrainConfig`` and adds its own
+``data:`` section, e.g.::
+
+    @dataclass
+    class PretrainConfig(TrainConfig):
+        data: PretrainData = field(default_factory=PretrainData)
+
+    cfg = zhllama.config.load_config(PretrainConfig, "pretrain/configs/tiny_cpu.yaml", ["optim.lr=1e-3"])
+
+Every field has a default so subclasses can append fields. Cross-field checks live in
+``validate()`` methods (collected by ``load_config``, all problems reported at once); checks
+that need the world size run again in ``BatchConfig.resolve`` when ranks are known.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+DS_PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "ds"
+DS_PRESETS = ("zero2", "zero3", "zero3_offload")
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # Hugging Face model folder to start from (output of `vocab resize` or a previous stage)
+    tokenizer: str | None = None  # tokenizer folder; default: the model folder
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # training precision (CPU: float32 only is fast)
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"  # attention kernel
+    gradient_checkpointing: bool = False  # recompute activations in backward (saves memory, costs ~30% time)
+
+    def validate(self) -> list[str]:
+        return [] if self.path else ["model.path: required (a Hugging Face model folder)"]
+
+
+@dataclass
+class LoraConfig:
+    r: int = 64  # LoRA rank
+    alpha: int = 128  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.05  # dropout on the LoRA input
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )  # module names that get LoRA adapters (attention and MLP projections)
+    modules_to_save: list[str] = field(default_factory=lambda: ["embed_tokens", "lm_head"])  # trained in full
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.r <= 0:
+            problems.append(f"r: must be > 0, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not self.targets:
+            problems.append("targets: at least one module name is needed")
+        return problems
+
+
+@dataclass
+class EmbeddingsConfig:
+    train_new_rows_only: bool = False  # mode=embeddings: rows below base_vocab_size keep their values exactly
+    base_vocab_size: int | None = None  # default: read from the model folder's resize_report.json / merge_report.json
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4  # peak learning rate
+    weight_decay: float = 0.0  # decoupled weight decay (never applied to norms, biases, or frozen embedding rows)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables); written into the DeepSpeed config
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.lr <= 0:
+            problems.append(f"lr: must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas: expected two numbers in [0, 1), got {self.betas}")
+        if self.max_grad_norm < 0:
+            problems.append(f"max_grad_norm: must be >= 0, got {self.max_grad_norm}")
+        return problems
+
+
+@dataclass
+class ScheduleConfig:
+    max_steps: int = 0  # optimizer steps to run; 0 = derive from epochs
+    epochs: float = 1.0  # passes over the training set (used when max_steps is 0)
+    warmup_steps: int = 0  # linear warmup from 0 to optim.lr
+    kind: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
+    min_lr_ratio: float = 0.1  # final lr = min_lr_ratio * optim.lr (cosine/linear)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.max_steps < 0:
+            problems.append(f"max_steps: must be >= 0, got {self.max_steps}")
+        if self.max_steps == 0 and self.epochs <= 0:
+            problems.append("epochs: must be > 0 when max_steps is 0")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.max_steps and self.warmup_steps > self.max_steps:
+            problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        return problems
+
+
+@dataclass
+class BatchConfig:
+    micro_batch_size: int = 1  # sequences per rank per forward pass
+    gradient_accumulation_steps: int = 1  # micro batches per optimizer step
+    global_batch_size: int | None = None  # optional check: must equal micro * accumulation * world size
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.micro_batch_size < 1:
+            problems.append(f"micro_batch_size: must be >= 1, got {self.micro_batch_size}")
+        if self.gradient_accumulation_steps < 1:
+            problems.append(f"gradient_accumulation_steps: must be >= 1, got {self.gradient_accumulation_steps}")
+        if self.global_batch_size is not None and self.micro_batch_size >= 1 and self.gradient_accumulation_steps >= 1:
+            per_rank = self.micro_batch_size * self.gradient_accumulation_steps
+            if self.global_batch_size % per_rank:
+                problems.append(
+                    f"global_batch_size ({self.global_batch_size}) is not a multiple of micro_batch_size x "
+                    f"gradient_accumulation_steps ({per_rank}), so no number of ranks can give it"
+                )
+        return problems
+
+    def resolve(self, world_size: int) -> int:
+        """The global batch (sequences per optimizer step) for ``world_size`` ranks; checks the optional target."""
+        from zhllama.errors import UserError
+
+        total = self.micro_batch_size * self.gradient_accumulation_steps * world_size
+        if self.global_batch_size is not None and self.global_batch_size != total:
+            raise UserError(
+                f"impossible batch settings: batch.global_batch_size={self.global_batch_size} but micro_batch_size "
+                f"({self.micro_batch_size}) x gradient_accumulation_steps ({self.gradient_accumulation_steps}) x "
+                f"{world_size} ranks = {total}; change one of them"
+            )
+        return total
+
+
+@dataclass
+class DeepSpeedConfig:
+    preset: str = "zero3"  # name in pretrain/configs/ds (zero2, zero3, zero3_offload) or a path to a JSON file
+    overrides: dict[str, Any] = field(default_factory=dict)  # nested keys merged into the preset JSON
+
+    def validate(self) -> list[str]:
+        if self.preset in DS_PRESETS or self.preset.endswith(".json"):
+            return []
+        return [f"preset: expected one of {list(DS_PRESETS)} or a path to a .json file, got {self.preset!r}"]
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500  # save a resumable checkpoint every N optimizer steps (0: only at the end)
+    keep_last: int = 2  # complete checkpoints kept; older ones are deleted
+    resume: str = "auto"  # "auto" (latest complete checkpoint in output_dir, if any), "never", or a checkpoint path
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.every_steps < 0:
+            problems.append(f"every_steps: must be >= 0, got {self.every_steps}")
+        if self.keep_last < 1:
+            problems.append(f"keep_last: must be >= 1, got {self.keep_last}")
+        return problems
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 500  # validate every N optimizer steps (0: only at the end)
+    at_start: bool = False  # also validate before the first step (a baseline for the curve)
+    micro_batch_size: int | None = None  # default: batch.micro_batch_size
+    max_batches: int | None = None  # cap per evaluation (bits/char is only reported on the full set)
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10  # log training loss / lr / tokens per second every N steps
+    wandb: Literal["offline", "online", "disabled"] = "offline"  # offline runs sync later with `wandb sync`
+    wandb_project: str = "zhllama"  # wandb project name
+    run_name: str | None = None  # default: the output folder's name
+    tensorboard: bool = True  # write TensorBoard event files under output_dir/tensorboard
+    plot: bool = True  # write loss_curve.png at the end
+    progress: bool = True  # tqdm progress bar on rank 0
+
+
+@dataclass
+class TrainConfig:
+    """Everything the engine needs except the data (phases add a ``data:`` section)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mode: Literal["full", "lora", "embeddings"] = "full"  # which parameters train
+    lora: LoraConfig = field(default_factory=LoraConfig)  # used when mode=lora
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)  # used when mode=embeddings
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    seed: int = 42  # seeds weights created here (LoRA) and the data order (keyed by seed and epoch)
+    output_dir: str = "outputs/run"  # checkpoints, logs, and the final model folder (output_dir/final)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.output_dir:
+            problems.append("output_dir: required")
+        if self.embeddings.train_new_rows_only and self.mode != "embeddings":
+            problems.append("embeddings.train_new_rows_only: only meaningful with mode=embeddings")
+        return problems

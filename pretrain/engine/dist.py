@@ -1,0 +1,127 @@
+"""Process group setup and the DeepSpeed JSON the engine hands to deepspeed.initialize.
+
+Launch is detected from the environment (torchrun / deepspeed launcher set RANK, WORLD_SIZE, ...);
+a plain ``python -m pretrain train`` becomes a 1-rank group with env defaults, so the same code
+path (ZeRO included) runs everywhere. gloo on CPU, nccl on GPUs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zhllama.errors import UserError
+
+from .config import DS_PRESET_DIR, DS_PRESETS, TrainConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Initialise torch.distributed via DeepSpeed (once); return (rank, world_size, local_rank)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # plain `python -m ...`: a group of one
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_ds_preset(preset: str) -> dict[str, Any]:
+    path = DS_PRESET_DIR / f"{preset}.json" if preset in DS_PRESETS else Path(preset)
+    if not path.is_file():
+        raise UserError(f"deepspeed.preset: {path} does not exist (named presets: {', '.join(DS_PRESETS)})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"deepspeed.preset: {path} is not valid JSON: {exc}") from None
+
+
+def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int) -> dict[str, Any]:
+    """The preset with overrides merged and every "auto" filled from the one place it is set here.
+
+    Batch sizes, clipping and precision live in the engine config only; the JSON says "auto".
+    """
+    ds = _deep_merge(copy.deepcopy(load_ds_preset(cfg.deepspeed.preset)), copy.deepcopy(cfg.deepspeed.overrides))
+    global_batch = cfg.batch.resolve(world_size)
+    autos = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": cfg.batch.micro_batch_size,
+        "gradient_accumulation_steps": cfg.batch.gradient_accumulation_steps,
+        "gradient_clipping": cfg.optim.max_grad_norm,
+    }
+    for key, value in autos.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif ds[key] != value:
+            raise UserError(
+                f"deepspeed preset sets {key}={ds[key]} but the engine config gives {value}; set it in one place "
+                f"(write \"auto\" in the JSON)"
+            )
+    for section, wanted in (("bf16", cfg.model.dtype == "bfloat16"), ("fp16", cfg.model.dtype == "float16")):
+        ds.setdefault(section, {})
+        if ds[section].get("enabled", "auto") == "auto":
+            ds[section]["enabled"] = wanted
+    zero = ds.setdefault("zero_optimization", {})
+    # The same sizes the HF integration derives from the hidden size.
+    sizes = {
+        "reduce_bucket_size": hidden_size * hidden_size,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "stage3_param_persistence_threshold": 10 * hidden_size,
+    }
+    for key, value in sizes.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
+    leftover = [k for k, v in _walk(ds) if v == "auto"]
+    if leftover:
+        raise UserError(f"deepspeed config: no value for {', '.join(leftover)} (replace \"auto\" with a value)")
+    return ds
+
+
+def _walk(node: Any, prefix: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def offloads_optimizer(ds: dict[str, Any]) -> bool:
+    off = ds.get("zero_optimization", {}).get("offload_optimizer", {})
+    return isinstance(off, dict) and off.get("device", "none") not in ("none", None)

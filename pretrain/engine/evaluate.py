@@ -1,0 +1,64 @@
+"""Loss on labelled tokens, and validation: loss, perplexity, bits per character."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .data import eval_batches, fetch
+
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
+def forward_loss(engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed next-token cross-entropy in nats, number of predicted tokens) of one batch.
+
+    Labels follow the HF convention (aligned with input_ids, -100 = not trained); the shift is here
+    so the engine can weight by token counts across ranks and micro batches.
+    """
+    inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
+    # use_cache=False also matters for correctness: with a cache, HF ignores packed position_ids
+    # when building the mask, and attention would cross document boundaries.
+    logits = engine(**inputs, use_cache=False).logits
+    labels = batch["labels"].to(device)[:, 1:]
+    logits = logits[:, :-1].float()
+    loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum")
+    return loss_sum, (labels != -100).sum()
+
+
+@torch.no_grad()
+def evaluate(engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None,
+             characters: int | None, device) -> dict[str, float]:
+    """Every rank runs the same number of forwards (ZeRO-3 gathers are collective)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    was_training = engine.module.training
+    engine.eval()
+    totals = torch.zeros(2, dtype=torch.float64)
+    dummy = None
+    seen = 0
+    for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
+        if indices:
+            batch = fetch(dataset, indices, collate_fn)
+            dummy = dummy or batch
+            seen += len(indices)
+            weight = 1.0
+        else:
+            batch = dummy if dummy is not None else fetch(dataset, [0], collate_fn)
+            weight = 0.0
+        loss_sum, count = forward_loss(engine, batch, device)
+        totals += torch.tensor([loss_sum.item() * weight, count.item() * weight], dtype=torch.float64)
+    stats = torch.tensor([totals[0].item(), totals[1].item(), float(seen)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        stats = stats.to(device)
+    dist.all_reduce(stats)
+    nats, tokens, samples = stats.tolist()
+    if was_training:
+        engine.train()
+    loss = nats / max(tokens, 1.0)
+    out = {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/tokens": tokens}
+    if characters and int(samples) == len(dataset):  # only on the whole set is bits/char meaningful
+        out["eval/bits_per_char"] = nats / math.log(2) / characters
+    return out

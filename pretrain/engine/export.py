@@ -1,0 +1,45 @@
+"""The end-of-run folder: a Hugging Face model (or LoRA adapter) + tokenizer, written atomically.
+
+``full``/``embeddings``: consolidated safetensors loadable by AutoModelForCausalLM — the input of
+the next stage. ``lora``: PEFT adapter whose file also holds the fully trained embed_tokens and
+lm_head (modules_to_save); ``python -m sft export`` merges it into a full model.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from zhllama.files import atomic_output_dir, write_json_atomic
+
+COPIED_REPORTS = ("resize_report.json", "merge_report.json")
+
+
+def consolidated_state_dict(engine) -> dict | None:
+    """Collective. Full state dict on rank 0 (None elsewhere)."""
+    if engine.zero_optimization_partition_weights():
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict() if dist.get_rank() == 0 else None
+
+
+def save_final(engine, module, cfg, tokenizer_dir: Path, report: dict[str, Any]) -> Path:
+    """Collective. Writes ``output_dir/final`` and returns its path."""
+    state_dict = consolidated_state_dict(engine)
+    final = Path(cfg.output_dir) / "final"
+    if dist.get_rank() == 0:
+        from transformers import AutoTokenizer
+
+        with atomic_output_dir(final, overwrite=True) as tmp:
+            module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+            sp_model = tokenizer_dir / "tokenizer.model"  # save_pretrained does not write it; keep it for sentencepiece users
+            if sp_model.is_file():
+                shutil.copy2(sp_model, tmp / "tokenizer.model")
+            for name in COPIED_REPORTS:  # the vocab provenance travels with the model to the next stage
+                if (Path(cfg.model.path) / name).is_file():
+                    shutil.copy2(Path(cfg.model.path) / name, tmp / name)
+            write_json_atomic(tmp / "train_report.json", report)
+    dist.barrier()
+    return final

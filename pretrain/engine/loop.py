@@ -1,0 +1,217 @@
+"""The training loop: pre-flight checks → build → resume → steps (eval, checkpoints, logs) → export.
+
+Why deepspeed.initialize directly and not the HF Trainer: the loop below is ~150 lines and owns
+exactly what this project must guarantee — a data order keyed by (seed, step) so a resume replays
+the same batches, checkpoints whose completion marker is written last (the Trainer's
+``checkpoint-N`` folders look complete when half-written), a gradient mask for "new rows only",
+and collective-safe evaluation under ZeRO-3 — without the Trainer's CPU workarounds
+(ENV-NOTES). DeepSpeed still does all the distributed work: partitioning, reduction, clipping,
+mixed precision, sharded checkpoint files, consolidation.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from zhllama.errors import UserError
+from zhllama.files import write_json_atomic
+
+from . import checkpoint
+from .config import TrainConfig
+from .data import StepPlan, default_collate, fetch
+from .dist import build_ds_config, device, init_distributed, offloads_optimizer
+from .evaluate import evaluate, forward_loss
+from .export import save_final
+from .model import apply_mode, check_model_folder, count_parameters, load_model, param_groups, tokenizer_dir
+from .tracking import Tracker
+
+# The engine of the last run in this process (tests and notebooks inspect the trained state).
+last_engine = None
+
+
+def lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warm, kind, floor = cfg.schedule.warmup_steps, cfg.schedule.kind, cfg.schedule.min_lr_ratio
+
+    def factor(step: int) -> float:  # step = optimizer steps already taken
+        if step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        if kind == "linear":
+            return 1.0 - (1.0 - floor) * progress
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def check_data_tokenizer(cfg: TrainConfig, data_tokenizer_fingerprint: str | None) -> None:
+    """Refuse data made with another tokenizer: its ids would index the wrong embedding rows."""
+    if data_tokenizer_fingerprint is None:
+        return
+    from pretrain.packed import tokenizer_fingerprint
+
+    mine = tokenizer_fingerprint(tokenizer_dir(cfg))
+    if mine != data_tokenizer_fingerprint:
+        raise UserError(
+            f"the training data was prepared with another tokenizer (fingerprint {data_tokenizer_fingerprint[:12]}) "
+            f"than the model's {tokenizer_dir(cfg)} ({mine[:12]}); re-run `python -m pretrain prepare` with this "
+            f"tokenizer, or point model.tokenizer / model.path at the matching one"
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _make_optimizer(cfg: TrainConfig, module, ds_config: dict):
+    groups = param_groups(cfg, module)
+    kwargs = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    if offloads_optimizer(ds_config):  # ZeRO-Offload steps on the CPU with DeepSpeed's vectorised Adam
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    # A client torch optimizer: no op compilation (FusedAdam takes a minute to build on CPU).
+    return torch.optim.AdamW(groups, fused=torch.cuda.is_available(), **kwargs)
+
+
+def _partition_numel(module) -> list[int]:
+    """Elements of parameters this rank holds, gathered from every rank (ZeRO-3: ds_tensor partitions)."""
+    mine = sum((p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()) for p in module.parameters())
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def _mean_over_ranks(loss_sum: float, count: float, dev) -> float:
+    t = torch.tensor([loss_sum, count], dtype=torch.float64, device=dev if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return (t[0] / t[1].clamp(min=1)).item()
+
+
+def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_characters: int | None,
+                 data_fingerprint: str | None, tokenizer_fingerprint: str | None) -> dict[str, Any]:
+    import deepspeed
+    from transformers import AutoConfig
+
+    collate_fn = collate_fn or default_collate
+    rank, world, _ = init_distributed()
+    dev = device()
+    cfg.batch.resolve(world)  # impossible batch settings fail here, before anything is built
+    # Pre-flight: every check is deterministic, so all ranks fail together before any collective.
+    check_model_folder(cfg)
+    check_data_tokenizer(cfg, tokenizer_fingerprint)
+    plan = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed)
+    plan.check()
+    total_steps = plan.total_steps(cfg.schedule.max_steps, cfg.schedule.epochs)
+    resume_from = checkpoint.find_resume(cfg.output_dir, cfg.checkpoint.resume)
+    if resume_from is None and checkpoint.list_complete(cfg.output_dir):
+        raise UserError(f"output_dir {cfg.output_dir} already holds checkpoints; use checkpoint.resume=auto "
+                        f"to continue them or choose a new output_dir")
+    marker = checkpoint.check_resumable(resume_from, world, data_fingerprint) if resume_from else None
+    if cfg.eval.every_steps and eval_ds is None:
+        raise UserError("eval.every_steps is set but there is no validation set (set eval.every_steps=0)")
+
+    _seed_everything(cfg.seed)
+    hidden = AutoConfig.from_pretrained(cfg.model.path).hidden_size
+    ds_config = build_ds_config(cfg, world, hidden)
+    model, keepalive = load_model(cfg, ds_config)
+    module = apply_mode(cfg, model)
+    trainable, total_params = count_parameters(module)
+    optimizer = _make_optimizer(cfg, module, ds_config)
+    factor = lr_factor(cfg, total_steps)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=module, optimizer=optimizer, config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+    )
+    del keepalive  # partitioned construction is over
+    global last_engine
+    last_engine = engine
+    partition = _partition_numel(engine.module)
+
+    step = 0
+    if resume_from is not None:
+        checkpoint.load(engine, resume_from)
+        step = int(marker["step"])
+    elif rank == 0:
+        checkpoint.remove_incomplete(cfg.output_dir)
+
+    tracker = Tracker(cfg, enabled=rank == 0, resumed_step=step)
+    meta = {"data_fingerprint": data_fingerprint, "mode": cfg.mode, "total_steps": total_steps}
+    if rank == 0:
+        print(f"[zhllama] mode={cfg.mode} trainable={trainable:,}/{total_params:,} params, ranks={world}, "
+              f"global batch={plan.global_batch}, steps={total_steps}"
+              + (f", resuming from {resume_from.name}" if resume_from else ""), flush=True)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, disable=rank != 0 or not cfg.logging.progress, desc="train",
+               unit="step", dynamic_ncols=True)
+    eval_bs = cfg.eval.micro_batch_size or cfg.batch.micro_batch_size
+    metrics: dict[str, Any] = {}
+
+    def run_eval() -> dict[str, float]:
+        out = evaluate(engine, eval_ds, collate_fn, eval_bs, cfg.eval.max_batches, eval_characters, dev)
+        tracker.log(step, out)
+        return out
+
+    if eval_ds is not None and cfg.eval.at_start and step == 0:
+        metrics.update(run_eval())
+    engine.train()
+    window_loss = window_count = 0.0
+    window_tokens, window_start = 0, time.perf_counter()
+    last_eval_step = step if metrics else -1
+    while step < total_steps:
+        for indices in plan.micro_batches(step, rank):
+            batch = fetch(train_ds, indices, collate_fn)
+            loss_sum, count = forward_loss(engine, batch, dev)
+            engine.backward(loss_sum / count.clamp(min=1))
+            engine.step()
+            window_loss += loss_sum.item()
+            window_count += count.item()
+            window_tokens += batch["input_ids"].numel() * world
+        step += 1
+        bar.update(1)
+        if step % cfg.logging.every_steps == 0 or step == total_steps:
+            loss = _mean_over_ranks(window_loss, window_count, dev)
+            elapsed = time.perf_counter() - window_start
+            metrics.update({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                            "train/tokens_per_s": window_tokens / max(elapsed, 1e-9)})
+            grad_norm = engine.get_global_grad_norm()
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            tracker.log(step, {k: v for k, v in metrics.items() if k.startswith("train/")})
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+            window_loss = window_count = 0.0
+            window_tokens, window_start = 0, time.perf_counter()
+        if eval_ds is not None and cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
+            metrics.update(run_eval())
+            last_eval_step = step
+        if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < total_steps:
+            checkpoint.save(engine, cfg.output_dir, step, meta, cfg.checkpoint.keep_last)
+    bar.close()
+    if eval_ds is not None and last_eval_step != step:
+        metrics.update(run_eval())
+
+    report = {
+        "step": step, "mode": cfg.mode, "world_size": world, "global_batch": plan.global_batch,
+        "trainable_params": trainable, "total_params": total_params, "zero3_partition_numel": partition,
+        "base_model": str(cfg.model.path), "data_fingerprint": data_fingerprint,
+        "tokenizer_fingerprint": tokenizer_fingerprint,
+        "metrics": {k: v for k, v in metrics.items()},
+    }
+    final = save_final(engine, engine.module, cfg, tokenizer_dir(cfg), report)
+    report["final_dir"] = str(final)
+    if rank == 0:
+        write_json_atomic(Path(cfg.output_dir) / "train_report.json", report)
+    tracker.close(plot=cfg.logging.plot)
+    dist.barrier()
+    return {**report["metrics"], **{k: v for k, v in report.items() if k != "metrics"}}

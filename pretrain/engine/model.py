@@ -1,0 +1,175 @@
+"""Model and tokenizer loading, pre-flight checks, and the three training modes.
+
+Under ZeRO-3 the model is built inside DeepSpeed's partitioned init (a live ``HfDeepSpeedConfig``
+before ``from_pretrained``), so no rank ever holds the full fp32 model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zhllama.errors import UserError
+
+from .config import TrainConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REPORT_FILES = ("resize_report.json", "merge_report.json")
+BASE_SIZE_KEYS = ("old_vocab_size", "base_vocab_size")  # resize_report: rows the model had; merge_report: base pieces
+
+
+def tokenizer_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.model.tokenizer or cfg.model.path)
+
+
+def check_model_folder(cfg: TrainConfig) -> None:
+    """Refuse missing folders and a model whose embedding rows do not match its tokenizer."""
+    model_dir, tok_dir = Path(cfg.model.path), tokenizer_dir(cfg)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"model.path: {model_dir} is not a Hugging Face model folder (no config.json)")
+    try:  # the resize phase owns the definition of "matching"; fall back to our own check
+        from vocab.resize import embedding_rows_match
+    except ImportError:
+        embedding_rows_match = _embedding_rows_match
+    ok, message = embedding_rows_match(str(model_dir), str(tok_dir))
+    if not ok:
+        raise UserError(
+            f"model {model_dir} does not match tokenizer {tok_dir}: {message}. "
+            f"Resize the model first: python -m vocab resize --model {model_dir} --tokenizer {tok_dir} --out NEW_DIR"
+        )
+
+
+def _embedding_rows_match(model_dir: str, tok_dir: str) -> tuple[bool, str]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is a user-facing folder problem
+        return False, f"cannot load a tokenizer from {tok_dir} ({exc})"
+    rows, size = config.vocab_size, len(tokenizer)
+    if rows != size:
+        return False, f"the model has {rows} embedding rows but the tokenizer has {size} tokens"
+    return True, f"{rows} rows = {size} tokens"
+
+
+def base_vocab_size(cfg: TrainConfig) -> int:
+    """Rows that existed before the vocab merge (kept fixed by embeddings.train_new_rows_only)."""
+    if cfg.embeddings.base_vocab_size is not None:
+        return cfg.embeddings.base_vocab_size
+    for name in REPORT_FILES:
+        path = Path(cfg.model.path) / name
+        if path.is_file():
+            report = json.loads(path.read_text(encoding="utf-8"))
+            for key in BASE_SIZE_KEYS:
+                if isinstance(report.get(key), int):
+                    return report[key]
+    raise UserError(
+        f"embeddings.train_new_rows_only: cannot tell how many rows are old; {cfg.model.path} has no "
+        f"{' or '.join(REPORT_FILES)} with one of {list(BASE_SIZE_KEYS)}; set embeddings.base_vocab_size"
+    )
+
+
+def load_model(cfg: TrainConfig, ds_config: dict[str, Any]):
+    """Build the model (partitioned at construction under ZeRO-3); returns (model, keepalive)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keepalive = None
+    if ds_config.get("zero_optimization", {}).get("stage") == 3:
+        keepalive = HfDeepSpeedConfig(ds_config)  # must stay alive until deepspeed.initialize
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model.path, dtype=DTYPES[cfg.model.dtype], attn_implementation=cfg.model.attn_implementation
+    )
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, keepalive
+
+
+def embedding_params(model) -> list[torch.nn.Parameter]:
+    params = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not params[0]:
+        params.append(out.weight)
+    return params
+
+
+def apply_mode(cfg: TrainConfig, model):
+    """Freeze/wrap the model for ``cfg.mode``; returns the module to train (a PeftModel for lora)."""
+    if cfg.mode == "full":
+        model.requires_grad_(True)
+        return model
+    if cfg.mode == "embeddings":
+        model.requires_grad_(False)
+        params = embedding_params(model)
+        for p in params:
+            p.requires_grad_(True)
+        if cfg.embeddings.train_new_rows_only:
+            keep = base_vocab_size(cfg)
+            for p in params:
+                _freeze_rows(p, keep)
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in cfg.lora.targets + cfg.lora.modules_to_save if t not in names]
+    if missing:
+        raise UserError(f"lora.targets/modules_to_save: the model has no modules named {missing}")
+    peft_config = PeftLoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.targets), modules_to_save=list(cfg.lora.modules_to_save),
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, peft_config)
+    if cfg.model.gradient_checkpointing:
+        peft_model.enable_input_require_grads()
+    return peft_model
+
+
+def _freeze_rows(param: torch.nn.Parameter, keep: int) -> None:
+    """Zero the gradient of rows [0, keep): with no weight decay on this tensor, Adam leaves them exact.
+
+    The hook runs on the full (gathered) gradient before DeepSpeed reduces and partitions it.
+    """
+    rows = getattr(param, "ds_shape", param.shape)[0]
+    if not 0 < keep <= rows:
+        raise UserError(f"embeddings.base_vocab_size={keep} but the embedding has {rows} rows")
+
+    def mask(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:keep] = 0
+        return grad
+
+    param.register_hook(mask)
+    param.zhllama_frozen_rows = keep  # read by param_groups: such tensors get no weight decay
+
+
+def param_groups(cfg: TrainConfig, module) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices; none on norms, biases and row-frozen embeddings."""
+    decay, no_decay = [], []
+    for _, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        shape = getattr(p, "ds_shape", p.shape)
+        if len(shape) < 2 or getattr(p, "zhllama_frozen_rows", 0):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def count_parameters(module) -> tuple[int, int]:
+    """(trainable, total) element counts, correct under ZeRO-3 (ds_numel)."""
+    trainable = total = 0
+    for p in module.parameters():
+        n = getattr(p, "ds_numel", p.numel())
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

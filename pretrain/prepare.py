@@ -1,0 +1,386 @@
+"""Tokenize a manifest once into content-keyed, memory-mappable token shards packed by document.
+
+    cfg = PrepareConfig(manifest="m.yaml", tokenizer="tok/", block_size=1024, out="data/pt")
+    result = prepare(cfg)        # result.status: "prepared" or "up-to-date"
+
+What goes in. Training documents are the manifest's weighted mix (``vocab.manifest.copies``: a
+source of weight w contributes every document floor(w) times plus once more with probability
+w - floor(w), repeats a whole pass apart; weight 0 leaves it out). The validation split is the
+manifest's ``holdout`` slice (held out by document key, so no phase trained on it and duplicates
+never straddle train and validation), every held-out document once, unweighted, for sources of
+weight > 0. A manifest without a holdout gets an empty validation split (a warning says so).
+
+The cache key is sha256 over: the manifest fingerprint (its content and every input file's
+sha256), the sha256 of every tokenizer file (they decide the ids, the special tokens and the
+token dtype), block size, --shard count, seed, the undecodable-bytes policy, tokens per file and
+the format version. ``--num-proc`` is not in it: the output is the same for any number of
+processes (tested). Library versions are recorded in the report, not keyed.
+
+Re-running with the same key is a no-op that says so. A part already there with another key is
+refused with what changed, unless ``--overwrite``; then it is replaced (atomically: a killed run
+leaves only a hidden ``.partial`` folder, never a part with a report).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from zhllama.errors import UserError, raise_if_problems
+from zhllama.files import atomic_output_dir, sha256_file, sha256_json, write_json_atomic
+
+from .packed import FORMAT, REPORT, SPLITS, TOKENIZER_FILES, list_parts, part_name, read_prepare_report
+from .packed import tokenizer_fingerprint
+from .shards import SplitWriter, encode_batch, init_encoder
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    manifest: str  # corpus manifest (vocab/manifest.py format)
+    tokenizer: str  # Hugging Face tokenizer folder (a fast tokenizer: tokenizer.json)
+    block_size: int  # tokens per training block
+    out: str  # output folder; parts go to OUT/part-i-of-n
+    shard: tuple[int, int] = (0, 1)  # prepare the i-th of n disjoint parts
+    num_proc: int = 1  # tokenizer processes (does not change the output)
+    seed: int = 0  # decides fractional sampling weights
+    on_decode_error: str | None = None  # fail | skip; None: the manifest's setting
+    file_tokens: int = 1 << 28  # tokens per token file (1 GiB of uint32)
+    overwrite: bool = False  # replace parts prepared with another cache key
+    batch_chars: int = 1 << 20  # characters per tokenizer batch
+    progress: bool = True  # tqdm bar on stderr
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not isinstance(self.block_size, int) or self.block_size < 2:
+            problems.append(f"block_size: expected an integer >= 2, got {self.block_size!r}")
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            problems.append(f"shard: expected i/n with 0 <= i < n, got {i}/{n}")
+        if self.num_proc < 1:
+            problems.append(f"num_proc: expected >= 1, got {self.num_proc}")
+        if self.file_tokens < 1:
+            problems.append(f"file_tokens: expected >= 1, got {self.file_tokens}")
+        if self.on_decode_error not in (None, "fail", "skip"):
+            problems.append(f"on_decode_error: expected fail or skip, got {self.on_decode_error!r}")
+        return problems
+
+
+@dataclasses.dataclass
+class PrepareResult:
+    status: str  # "prepared" | "up-to-date"
+    part_dir: Path
+    report: dict[str, Any]
+
+
+def parse_shard(text: str, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """'i/n' -> (i, n); 'slurm' -> this task of a Slurm job array (one part per array task)."""
+    if text == "slurm":
+        env = os.environ if env is None else env
+        try:
+            task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+            return task, int(env["SLURM_ARRAY_TASK_COUNT"])
+        except (KeyError, ValueError):
+            raise UserError("--shard slurm: needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT "
+                            "(run it inside `sbatch --array=0-N`)") from None
+    i, sep, n = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return int(i), int(n)
+    except ValueError:
+        raise UserError(f"--shard: expected i/n (e.g. 0/4) or slurm, got {text!r}") from None
+
+
+@dataclasses.dataclass
+class TokenizerInfo:
+    backend_json: str
+    start_id: int
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+    dtype: str
+
+
+def tokenizer_files(folder: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file of a tokenizer folder that decides ids (part of the cache key)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"tokenizer folder {folder} does not exist")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise UserError(f"{folder}: not a Hugging Face tokenizer folder (no tokenizer.json or tokenizer_config.json); "
+                        "export one first (python -m vocab merge writes one)")
+    return {name: sha256_file(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
+
+
+def load_tokenizer_info(folder: str | os.PathLike) -> TokenizerInfo:
+    """Load a HF fast tokenizer folder; check it can mark document ends."""
+    tokenizer_files(folder)
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # transformers raises many types for unreadable folders
+        raise UserError(f"{folder}: cannot load the tokenizer: {exc}") from None
+    if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
+        raise UserError(f"{folder}: needs a fast (tokenizers-backed) tokenizer with a tokenizer.json")
+    if tok.eos_token_id is None:
+        raise UserError(f"{folder}: the tokenizer has no EOS token (eos_token in tokenizer_config.json); "
+                        "documents need an end marker so packing can separate them")
+    # START marks a document's beginning: BOS when the tokenizer has one (LLaMA), else EOS.
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    size = len(tok)
+    return TokenizerInfo(tok.backend_tokenizer.to_str(), start, tok.eos_token_id, pad, size,
+                         "uint16" if size <= 1 << 16 else "uint32")
+
+
+def prepare(cfg: PrepareConfig) -> PrepareResult:
+    started = time.time()  # the report's time covers hashing inputs and loading the tokenizer too
+    raise_if_problems("invalid prepare settings", cfg.validate())
+    from vocab.manifest import load_manifest
+
+    manifest = load_manifest(cfg.manifest, on_decode_error=cfg.on_decode_error)
+    index, count = cfg.shard
+    # Everything that decides the output. The tokenizer's files decide its ids, specials and
+    # dtype, so the key (and the no-op check) needs no tokenizer loading.
+    key_inputs = {
+        "format": FORMAT,
+        "manifest": manifest.fingerprint(),
+        "tokenizer_files": tokenizer_files(cfg.tokenizer),
+        "tokenizer_fingerprint": tokenizer_fingerprint(cfg.tokenizer),
+        "block_size": cfg.block_size,
+        "shard_count": count,
+        "seed": cfg.seed,
+        "on_decode_error": manifest.on_decode_error,
+        "file_tokens": cfg.file_tokens,
+    }
+    cache_key = sha256_json(key_inputs)
+    out = Path(cfg.out)
+    part_dir = out / part_name(index, count)
+    existing = _check_out(out, cache_key, key_inputs, index, count, cfg.overwrite)
+    if existing is not None:
+        _write_total_report(out)
+        return PrepareResult("up-to-date", part_dir, existing)
+
+    tok = load_tokenizer_info(cfg.tokenizer)
+    with atomic_output_dir(part_dir, overwrite=True) as tmp:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a dataset is shared
+        splits, sources = _tokenize_part(manifest, tok, cfg, tmp)
+        seconds = time.time() - started
+        documents = sum(s["documents"] for s in splits.values())
+        if documents == 0 and count == 1:
+            raise UserError(_no_documents_message(cfg.manifest, sources))
+        tokens = sum(s["tokens"] for s in splits.values())
+        report = {
+            "format": FORMAT,
+            "cache_key": cache_key,
+            "key_inputs": key_inputs,
+            "part": {"index": index, "count": count},
+            "block_size": cfg.block_size,
+            "dtype": tok.dtype,
+            "tokenizer": str(cfg.tokenizer),
+            "tokenizer_fingerprint": key_inputs["tokenizer_fingerprint"],
+            "special_ids": {"start": tok.start_id, "eos": tok.eos_id, "pad": tok.pad_id},
+            "vocab_size": tok.vocab_size,
+            "manifest": {"path": str(cfg.manifest), "name": manifest.name, "fingerprint": manifest.fingerprint(),
+                         "holdout": dataclasses.asdict(manifest.holdout)},
+            "sources": [s.name for s in manifest.sources],
+            "source_stats": sources,
+            "splits": splits,
+            "documents": documents,
+            "tokens": tokens,
+            "characters": sum(s["characters"] for s in splits.values()),
+            "time": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                     "seconds": round(seconds, 3), "num_proc": cfg.num_proc,
+                     "tokens_per_second": round(tokens / max(seconds, 1e-9)),
+                     "documents_per_second": round(documents / max(seconds, 1e-9))},
+            "versions": _versions(),
+        }
+        write_json_atomic(tmp / REPORT, report)
+        os.chmod(tmp / REPORT, 0o666 & ~_umask())
+    _write_total_report(out)
+    return PrepareResult("prepared", part_dir, report)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("tokenizers", "transformers", "numpy"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _check_out(out: Path, cache_key: str, key_inputs: dict, index: int, count: int,
+               overwrite: bool) -> dict | None:
+    """This part's report when it is already prepared with ``cache_key``; else clear the way."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, expected a folder")
+    if not out.is_dir():
+        return None
+    foreign = [p.name for p in out.iterdir()
+               if not p.name.startswith(".") and p.name != REPORT and not p.name.startswith("part-")]
+    if foreign:
+        raise UserError(f"--out {out} holds other files ({', '.join(sorted(foreign)[:5])}); "
+                        "choose an empty or a prepared-data folder")
+    parts = list_parts(out)
+    for folder, report in parts:
+        if report.get("cache_key") == cache_key and folder.name == part_name(index, count):
+            return report
+    stale = [(f, r) for f, r in parts if r.get("cache_key") != cache_key]
+    if stale and not overwrite:
+        folder, report = stale[0]
+        changes = _describe_changes(report.get("key_inputs", {}), key_inputs)
+        raise UserError(f"--out {out} holds data prepared from other inputs or settings ({folder.name}: "
+                        f"{changes}); pass --overwrite to replace it, or choose another --out")
+    for folder, report in stale:
+        # Parts of another --shard count are never rewritten by this run's sibling jobs: drop them.
+        # Same-count parts belong to sibling jobs (maybe running now), which replace their own.
+        if report.get("part", {}).get("count") != count:
+            shutil.rmtree(folder, ignore_errors=True)
+    if stale and (out / REPORT).exists():
+        (out / REPORT).unlink()
+    return None
+
+
+def _describe_changes(old: dict, new: dict) -> str:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key in ("block_size", "shard_count", "seed", "on_decode_error", "file_tokens"):
+                changed.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+            elif key == "tokenizer_files":
+                names = sorted(n for n in set(old.get(key, {})) | set(new.get(key, {}))
+                               if old.get(key, {}).get(n) != new.get(key, {}).get(n))
+                changed.append(f"tokenizer files changed ({', '.join(names)})")
+            else:
+                changed.append(f"{key} changed")
+    return "; ".join(changed) or "another format"
+
+
+def _no_documents_message(manifest: str, sources: dict[str, dict]) -> str:
+    lines = [f"manifest {manifest}: no documents left after reading and cleaning:"]
+    for name, st in sources.items():
+        tr = st.get("train", {})
+        lines.append(f"  {name}: {tr.get('records', 0)} records read; dropped {tr.get('empty', 0)} empty, "
+                     f"{tr.get('undecodable', 0)} undecodable, {tr.get('too_short', 0)} too short (min_chars), "
+                     f"{tr.get('duplicates', 0)} duplicates; weight {st['weight']}")
+    return "\n".join(lines)
+
+
+def _write_total_report(out: Path) -> None:
+    """Write OUT/prepare_report.json once every part is there (idempotent, so racing jobs agree)."""
+    try:
+        totals = read_prepare_report(out)
+    except UserError:
+        return  # sibling parts still running or missing: the last one to finish writes it
+    totals = {k: v for k, v in totals.items() if k != "part_reports"}
+    totals["part_dirs"] = [part_name(i, totals["parts"]) for i in range(totals["parts"])]
+    write_json_atomic(out / REPORT, totals)
+    os.chmod(out / REPORT, 0o666 & ~_umask())
+
+
+def _document_stream(manifest: Any, cfg: PrepareConfig, stats: dict) -> Iterator[tuple[str, int, str]]:
+    """(split, source index, text) in output order: the weighted training mix, then the holdout."""
+    from vocab.manifest import SourceStats, copies, iter_documents
+
+    for index, source in enumerate(manifest.sources):
+        stats[source.name] = {"weight": source.weight, "train": SourceStats(), "validation": SourceStats(),
+                              "written": {"train": 0, "validation": 0}}
+    for index, source in enumerate(manifest.sources):
+        # Pass r yields the documents drawn more than r times: repeats are a whole pass apart.
+        for r in range(math.ceil(source.weight)):
+            first_pass = stats[source.name]["train"] if r == 0 else None
+            for doc in iter_documents(source, shard=cfg.shard, split="train", stats=first_pass):
+                if copies(source.weight, doc, cfg.seed) > r:
+                    yield "train", index, doc.text
+    if manifest.holdout.fraction <= 0:
+        return
+    for index, source in enumerate(manifest.sources):
+        if source.weight > 0:
+            for doc in iter_documents(source, shard=cfg.shard, split="holdout",
+                                      stats=stats[source.name]["validation"]):
+                yield "validation", index, doc.text
+
+
+def _batches(stream: Iterator[tuple[str, int, str]], max_chars: int) -> Iterator[tuple[str, int, list[str], int]]:
+    """Group consecutive documents of one split and source into batches of about ``max_chars``."""
+    key, texts, chars = None, [], 0
+    for split, source, text in stream:
+        if texts and ((split, source) != key or chars >= max_chars):
+            yield key[0], key[1], texts, chars
+            texts, chars = [], 0
+        key = (split, source)
+        texts.append(text)
+        chars += len(text)
+    if texts:
+        yield key[0], key[1], texts, chars
+
+
+def _encoded(batches: Iterator, tok: TokenizerInfo, num_proc: int) -> Iterator[tuple]:
+    """(split, source, characters, tokens, lengths) per batch, in input order."""
+    if num_proc == 1:
+        init_encoder(tok.backend_json, tok.start_id, tok.eos_id, tok.dtype, None)
+        for split, source, texts, chars in batches:
+            yield (split, source, chars, *encode_batch(texts))
+        return
+    import multiprocessing
+
+    # spawn: workers import only tokenizers + numpy; each gets an equal share of the cores.
+    threads = max(1, (os.cpu_count() or 1) // num_proc)
+    ctx = multiprocessing.get_context("spawn")
+    init = (tok.backend_json, tok.start_id, tok.eos_id, tok.dtype, threads)
+    with ctx.Pool(num_proc, initializer=init_encoder, initargs=init) as pool:
+        pending: collections.deque = collections.deque()
+        for split, source, texts, chars in batches:
+            pending.append((split, source, chars, pool.apply_async(encode_batch, (texts,))))
+            if len(pending) >= 2 * num_proc:  # bounded: memory does not grow with the corpus
+                split_, source_, chars_, result = pending.popleft()
+                yield (split_, source_, chars_, *result.get())
+        while pending:
+            split_, source_, chars_, result = pending.popleft()
+            yield (split_, source_, chars_, *result.get())
+
+
+def _tokenize_part(manifest: Any, tok: TokenizerInfo, cfg: PrepareConfig, folder: Path) -> tuple[dict, dict]:
+    from tqdm import tqdm
+
+    writers = {split: SplitWriter(folder / split, np.dtype(tok.dtype), cfg.file_tokens, cfg.block_size)
+               for split in SPLITS}
+    stats: dict[str, dict] = {}
+    stream = _document_stream(manifest, cfg, stats)
+    index, count = cfg.shard
+    bar = tqdm(desc=f"prepare part {index}/{count}", unit="doc", disable=not cfg.progress, file=sys.stderr,
+               mininterval=1.0, dynamic_ncols=True)
+    started, tokens = time.time(), 0
+    try:
+        for split, source, chars, flat, lengths in _encoded(_batches(stream, cfg.batch_chars), tok, cfg.num_proc):
+            writers[split].add(flat, lengths, source, chars)
+            stats[manifest.sources[source].name]["written"][split] += len(lengths)
+            tokens += len(flat)
+            bar.update(len(lengths))
+            bar.set_postfix_str(f"{tokens / max(time.time() - started, 1e-9):,.0f} tokens/s", refresh=False)
+    finally:
+        bar.close()
+        splits = {split: w.close() for split, w in writers.items()}
+    sources = {name: {"weight": st["weight"], "written": st["written"],
+                      "train": dataclasses.asdict(st["train"]), "validation": dataclasses.asdict(st["validation"])}
+               for name, st in stats.items()}
+    return splits, sources

@@ -1,0 +1,62 @@
+"""Continued pretraining on DeepSpeed ZeRO-3 of a (resized) LLaMA-family model on prepared shards.
+
+    python -m pretrain train --config pretrain/configs/tiny_cpu.yaml [key=value ...]
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m pretrain train --config pretrain/configs/tiny_cpu.yaml
+    deepspeed --hostfile HOSTS --module pretrain train --config pretrain/configs/llama2_7b_8xA100.yaml
+
+Settings: the engine's (pretrain/engine/config.py) plus ``data.dir`` (the folder written by
+``python -m pretrain prepare``). Overrides are dotted keys: ``mode=lora optim.lr=1e-4``.
+Kill it at any time; the same command continues from the latest complete checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from pretrain.engine import TrainConfig
+
+
+@dataclass
+class PretrainData:
+    dir: str = ""  # output folder of `python -m pretrain prepare`
+    train_split: str = "train"  # split to train on
+    eval_split: str | None = "validation"  # split for validation loss / bits per char; null: none
+
+    def validate(self) -> list[str]:
+        return [] if self.dir else ["dir: required (the folder written by `python -m pretrain prepare`)"]
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    data: PretrainData = field(default_factory=PretrainData)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML preset, e.g. pretrain/configs/tiny_cpu.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+
+
+def run(args: argparse.Namespace) -> int:
+    from zhllama.config import load_config
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    from pretrain.engine import train
+    from pretrain.packed import PackedDataset
+
+    train_ds = PackedDataset(cfg.data.dir, cfg.data.train_split)
+    eval_ds = PackedDataset(cfg.data.dir, cfg.data.eval_split) if cfg.data.eval_split else None
+    if eval_ds is not None and len(eval_ds) == 0:
+        eval_ds = None
+    result = train(
+        cfg, train_ds, eval_ds, None,
+        eval_characters=eval_ds.characters if eval_ds is not None else None,
+        data_fingerprint=train_ds.cache_key, tokenizer_fingerprint=train_ds.tokenizer_fingerprint,
+    )
+    if result.get("world_size") is not None:
+        import torch.distributed as dist
+
+        if dist.get_rank() == 0:
+            shown = {k: result[k] for k in sorted(result) if k.startswith(("eval/", "train/loss"))}
+            print(f"done: {result['final_dir']}  " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()), flush=True)
+    return 0

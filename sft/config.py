@@ -1,0 +1,55 @@
+"""SFT configuration: the engine's ``TrainConfig`` plus a ``data:`` section (the only difference).
+
+    cfg = load_config(SFTConfig, "sft/configs/tiny_cpu.yaml", ["data.packing=true"])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pretrain.engine import TrainConfig
+
+from .templates import TEMPLATE_NAMES
+
+
+@dataclass
+class SFTFile:
+    path: str = ""  # an Alpaca / conversations file (JSON array or JSON Lines)
+    weight: float = 1.0  # copies per epoch: floor(w) always, plus one with probability w - floor(w)
+
+
+@dataclass
+class SFTData:
+    manifest: str | None = None  # corpora manifest (corpora_manifests/sft_*.yaml): files, sha256, weights, holdout
+    files: list[SFTFile] = field(default_factory=list)  # or list files here (no checksums, no manifest)
+    eval_fraction: float = 0.0  # share of records held out for eval with `files` (a manifest uses its holdout)
+    template: str = "alpaca"  # alpaca | chinese-alpaca | chinese-alpaca-2 | tokenizer (its chat_template)
+    system_prompt: str | None = None  # replaces the template's default system prompt / Alpaca preamble
+    max_seq_length: int = 512  # longer samples are cut; one left with no response token is dropped
+    packing: bool = False  # concatenate samples into max_seq_length rows (position_ids restart per sample)
+    pad_to_multiple_of: int | None = None  # round padded batch width up (e.g. 8 for tensor cores)
+    cache_dir: str = "outputs/sft_cache"  # tokenized samples, keyed by file content + tokenizer + template
+    mix_seed: int = 0  # seeds which records a fractional weight repeats (the engine's seed orders batches)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if (self.manifest is None) == (not self.files):
+            problems.append("manifest / files: give exactly one (a manifest path, or a list of {path, weight})")
+        for i, f in enumerate(self.files):
+            if not f.path:
+                problems.append(f"files[{i}].path: required")
+            if f.weight < 0:
+                problems.append(f"files[{i}].weight: must be >= 0, got {f.weight}")
+        if not 0 <= self.eval_fraction < 1:
+            problems.append(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        if self.manifest is not None and self.eval_fraction:
+            problems.append("eval_fraction: only with `files`; a manifest's `holdout` decides the eval split")
+        if self.template not in TEMPLATE_NAMES:
+            problems.append(f"template: expected one of {list(TEMPLATE_NAMES)}, got {self.template!r}")
+        if self.max_seq_length < 8:
+            problems.append(f"max_seq_length: must be >= 8, got {self.max_seq_length}")
+        return problems
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    data: SFTData = field(default_factory=SFTData)

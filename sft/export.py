@@ -1,0 +1,162 @@
+"""Merge a LoRA run (adapter + fully trained embed_tokens/lm_head) into its base: a plain HF folder.
+
+The vocabulary check comes first, because the classic failure of this step is a size mismatch:
+Chinese-LLaMA's merged tokenizer has 49,953 tokens and Chinese-Alpaca's adds ``<pad>`` (49,954).
+A LoRA trained on the 49,954-token model carries 49,954-row embeddings (modules_to_save) and
+cannot be loaded into a 49,953-row base. Here: when the adapter's full embedding matrices have as
+many rows as the run's tokenizer has tokens, the base is resized to that size first (every row is
+then overwritten by the adapter's trained matrices, so nothing is invented); any other mismatch is
+refused with the three numbers and what they mean.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zhllama.errors import UserError
+from zhllama.files import atomic_output_dir, write_json_atomic
+
+from .templates import TEMPLATE_FILE, TemplateSpec
+
+ADAPTER_CONFIG = "adapter_config.json"
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+@dataclass
+class ExportReport:
+    base: str
+    adapter: str
+    kind: str  # "lora-merge" or "full-copy"
+    base_rows: int = 0
+    adapter_embedding_rows: dict[str, int] = field(default_factory=dict)
+    tokenizer_tokens: int = 0
+    resized_base_to: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def find_run_folder(run_output: str | Path) -> Path:
+    """The folder holding the trained weights: RUN/final (engine layout) or RUN itself."""
+    run_output = Path(run_output)
+    for candidate in (run_output / "final", run_output):
+        if (candidate / ADAPTER_CONFIG).is_file() or (candidate / "config.json").is_file():
+            return candidate
+    raise UserError(f"--adapter {run_output}: neither it nor {run_output / 'final'} holds a PEFT adapter "
+                    f"({ADAPTER_CONFIG}) or a model (config.json); pass the output_dir of `sft train`")
+
+
+def adapter_embedding_rows(adapter_dir: Path) -> dict[str, int]:
+    """Rows of the full embedding/lm_head matrices an adapter carries (modules_to_save)."""
+    rows: dict[str, int] = {}
+    path = adapter_dir / _ADAPTER_WEIGHTS[0]
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = {k: fh.get_slice(k).get_shape() for k in fh.keys()}
+    else:
+        import torch
+
+        state = torch.load(adapter_dir / _ADAPTER_WEIGHTS[1], map_location="cpu", weights_only=True)
+        shapes = {k: list(v.shape) for k, v in state.items()}
+    for key, shape in shapes.items():
+        if "lora_" in key:
+            continue
+        for module in ("embed_tokens", "lm_head"):
+            if f".{module}." in f".{key}" and len(shape) == 2:
+                rows[module] = int(shape[0])
+    return rows
+
+
+def _vocab_message(base_rows: int, adapter_rows: dict[str, int], tokens: int) -> str:
+    return (
+        f"vocabulary sizes disagree: the base model has {base_rows} embedding rows, the adapter carries "
+        f"{adapter_rows or 'no'} full embedding rows, the run's tokenizer has {tokens} tokens. "
+        "They must describe the same vocabulary. The classic case: Chinese-LLaMA's tokenizer has 49,953 "
+        "tokens and Chinese-Alpaca's adds <pad> (49,954); a LoRA trained with one cannot be merged into a "
+        "model resized for the other. Merge into the base the run was trained from (its tokenizer is in "
+        "the run's final/ folder), or resize the base to that tokenizer first "
+        "(python -m vocab resize --model BASE --tokenizer RUN/final --out NEW_BASE)."
+    )
+
+
+def _copy_tokenizer(tokenizer: Any, source_dir: Path, out: Path) -> None:
+    tokenizer.save_pretrained(out)
+    if (source_dir / "tokenizer.model").is_file():  # save_pretrained does not write it
+        shutil.copy2(source_dir / "tokenizer.model", out / "tokenizer.model")
+
+
+def _template_for(run_dir: Path, run_output: Path, template: str | None, tokenizer: Any) -> TemplateSpec:
+    from .templates import make_spec
+
+    if template is not None:
+        return make_spec(template, tokenizer)
+    for folder in (run_dir, run_output):
+        if (folder / TEMPLATE_FILE).is_file():
+            return TemplateSpec.load(folder)
+    raise UserError(f"{run_output}: no {TEMPLATE_FILE} (was it trained by `sft train`?); pass --template NAME")
+
+
+def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, template: str | None = None,
+                  overwrite: bool = False) -> ExportReport:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, run_output = Path(base), Path(run_output)
+    if not (base / "config.json").is_file():
+        raise UserError(f"--base {base}: not a Hugging Face model folder (no config.json)")
+    run_dir = find_run_folder(run_output)
+    tok_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else base
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    spec = _template_for(run_dir, run_output, template, tokenizer)
+    is_lora = (run_dir / ADAPTER_CONFIG).is_file()
+    report = ExportReport(str(base), str(run_dir), "lora-merge" if is_lora else "full-copy",
+                          tokenizer_tokens=len(tokenizer))
+    if is_lora:
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+        report.base_rows = model.get_input_embeddings().weight.shape[0]
+        report.adapter_embedding_rows = adapter_embedding_rows(run_dir)
+        model = _merge(model, run_dir, report)
+    else:  # mode=full/embeddings runs are already whole models: re-save with the template
+        model = AutoModelForCausalLM.from_pretrained(str(run_dir), dtype=torch.float32)
+        report.base_rows = model.get_input_embeddings().weight.shape[0]
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise UserError(_vocab_message(report.base_rows, report.adapter_embedding_rows, len(tokenizer)))
+    if len(tokenizer) < rows:
+        report.notes.append(f"{rows - len(tokenizer)} embedding rows beyond the tokenizer's {len(tokenizer)} "
+                            "tokens (padding rows, e.g. pad_to_multiple_of): never produced, harmless")
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        _copy_tokenizer(tokenizer, tok_dir, tmp)
+        spec.save(tmp)
+        write_json_atomic(tmp / "export_report.json", report.__dict__)
+    return report
+
+
+def _merge(model: Any, adapter_dir: Path, report: ExportReport):
+    from peft import PeftModel
+
+    base_rows, carried = report.base_rows, report.adapter_embedding_rows
+    sizes = set(carried.values())
+    if len(sizes) > 1:
+        raise UserError(f"{adapter_dir}: the adapter's embed_tokens and lm_head disagree on rows: {carried}")
+    if sizes and sizes != {base_rows}:
+        (adapter_rows,) = sizes
+        if adapter_rows != report.tokenizer_tokens:
+            raise UserError(_vocab_message(base_rows, carried, report.tokenizer_tokens))
+        # Every row comes from the adapter's trained matrices; resizing only makes the shapes agree.
+        if "lm_head" not in carried and model.get_output_embeddings() is not None and not model.config.tie_word_embeddings:
+            raise UserError(_vocab_message(base_rows, carried, report.tokenizer_tokens)
+                            + " (the adapter has embed_tokens but no lm_head, so new output rows would be untrained)")
+        model.resize_token_embeddings(adapter_rows, mean_resizing=False)
+        report.resized_base_to = adapter_rows
+        report.notes.append(f"base resized {base_rows} -> {adapter_rows} rows to match the adapter's trained matrices")
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return peft_model.merge_and_unload()
+
+
+def summary(report: ExportReport) -> str:
+    return json.dumps(report.__dict__, ensure_ascii=False, indent=2)

@@ -1,0 +1,32 @@
+"""Merge a LoRA SFT run into its base model and write a plain Hugging Face folder (safetensors).
+
+    python -m sft export --base MODEL --adapter RUN_OUTPUT --out DIR
+
+RUN_OUTPUT is the ``output_dir`` of ``python -m sft train`` (its ``final/`` holds the adapter with
+the fully trained embed_tokens/lm_head, the tokenizer and ``sft_template.json``). The vocabulary
+sizes of base, adapter and tokenizer are checked first. A ``mode=full`` run is re-saved as is.
+DIR gets the merged model, the tokenizer, the template and ``export_report.json``.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .templates import TEMPLATE_NAMES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", required=True, help="the model folder the run was trained from")
+    parser.add_argument("--adapter", required=True, help="the run's output_dir (or its final/ folder)")
+    parser.add_argument("--out", required=True, help="folder to write (refused if it exists, unless --overwrite)")
+    parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
+                        help="only for runs without sft_template.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .export import export_merged, summary
+
+    report = export_merged(args.base, args.adapter, args.out, template=args.template, overwrite=args.overwrite)
+    print(summary(report))
+    print(f"wrote {args.out}")
+    return 0

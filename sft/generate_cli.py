@@ -1,0 +1,68 @@
+"""Answer a file of instructions in batches with a model's saved template; score per class.
+
+    python -m sft generate --model DIR --input FILE --out FILE.jsonl [--batch-size 8] [--limit N]
+        [--max-new-tokens 512] [--do-sample --temperature 0.7 --top-p 0.9 --top-k 40] [--repetition-penalty 1.1]
+
+FILE: BELLE's eval set (JSON Lines of question/std_answer/class, e.g.
+../shared/data/sft/belle_eval_set.json), Alpaca records (output, when present, is the reference)
+or conversations (the last assistant message is the reference). FILE.jsonl gets one row per
+record: id, class, question, input, std_answer, prediction, rouge_l_f1_char, template — ready for
+an LLM judge. FILE.scores.json gets the mean character-level ROUGE-L F1 per class where a
+reference exists (why that metric: sft/generate.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .templates import TEMPLATE_NAMES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a model folder written by `sft export` (or `sft train` mode=full)")
+    parser.add_argument("--input", required=True, help="BELLE eval / Alpaca / conversations file (JSON or JSON Lines)")
+    parser.add_argument("--out", required=True, help="predictions file to write (JSON Lines)")
+    parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None, help="override the saved template")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="answer only the first N records")
+    parser.add_argument("--max-prompt-tokens", type=int, default=None, help="keep only the last N prompt tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--repetition-penalty", type=float, default=1.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+
+
+def run(args: argparse.Namespace) -> int:
+    from zhllama.errors import UserError
+    from zhllama.files import write_json_atomic
+
+    from .data import load_prompts
+    from .generate import (Sampling, generate_all, load_model, prediction_records, score_by_class,
+                           settings_dict, write_jsonl)
+
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        raise UserError("--batch-size and --max-new-tokens must be >= 1")
+    items = load_prompts(args.input)  # validate the file before loading a model
+    if args.limit is not None:
+        items = items[: args.limit]
+    if not items:
+        raise UserError(f"{args.input}: no records to answer")
+    sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k,
+                        args.repetition_penalty, args.seed)
+    model, tokenizer, spec = load_model(args.model, args.template, args.dtype)
+    answers = generate_all(model, tokenizer, spec, items, sampling, args.batch_size, args.max_prompt_tokens)
+    write_jsonl(args.out, prediction_records(items, answers, spec, sampling))
+    scores = score_by_class(items, answers)
+    out = Path(args.out)
+    scores_path = out.with_name(out.name.removesuffix(".jsonl") + ".scores.json")
+    write_json_atomic(scores_path, {"metric": "character-level ROUGE-L F1 (mean over records with a reference)",
+                                    "model": str(args.model), "input": str(args.input), "records": len(items),
+                                    "template": spec.name, "sampling": settings_dict(sampling), "by_class": scores})
+    print(json.dumps(scores, ensure_ascii=False, indent=2))
+    print(f"wrote {out} ({len(items)} predictions) and {scores_path}")
+    return 0

@@ -1,0 +1,162 @@
+"""From the ``data:`` section to the engine's train/eval datasets.
+
+1. Every file is read and validated first (all malformed records of all files in one UserError),
+   before any tokenizing or training.
+2. Each record gets a key (BLAKE2b of its canonical JSON, as corpora manifests key documents);
+   the key decides the held-out eval split (manifest ``holdout`` or ``eval_fraction``) and, for a
+   fractional weight, whether the record is repeated — stable under reordering and resharding.
+3. Each file is tokenized once through the content-keyed cache.
+4. Training samples are repeated by weight, shuffled (so packed rows mix sources) and packed
+   when asked. Eval samples are never packed or repeated.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zhllama.errors import UserError, raise_if_problems
+from zhllama.files import sha256_json
+
+from .config import SFTData
+from .data import RecordError, iter_json_records, parse_record
+from .templates import TemplateSpec
+
+_SFT_SALT = "zhllama-sft"
+
+
+@dataclass
+class SourceFile:
+    name: str
+    path: Path
+    weight: float
+    holdout_fraction: float
+    holdout_salt: str
+
+
+@dataclass
+class MixReport:
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_samples: int = 0  # after repetition by weight
+    train_rows: int = 0  # dataset items (= samples unless packed)
+    eval_samples: int = 0
+    train_trainable_tokens: int = 0
+    fingerprint: str = ""
+
+
+def resolve_sources(data: SFTData, config_dir: Path | None = None) -> list[SourceFile]:
+    """The files to read, from the manifest (validated, checksums checked) or the inline list."""
+    if data.manifest is not None:
+        from vocab.manifest import load_manifest
+
+        manifest = load_manifest(data.manifest)
+        out = []
+        for source in manifest.sources:
+            for file in source.files:
+                name = source.name if len(source.files) == 1 else f"{source.name}:{source.relative(file)}"
+                out.append(SourceFile(name, file, source.weight, manifest.holdout.fraction,
+                                      manifest.holdout.salt or _SFT_SALT))
+        if not out:
+            raise UserError(f"{data.manifest}: the manifest lists no files (hub sources are not read by sft)")
+        return out
+    out = []
+    for i, f in enumerate(data.files):
+        path = Path(f.path)
+        name = path.name if sum(Path(g.path).name == path.name for g in data.files) == 1 else f"{i}:{path.name}"
+        out.append(SourceFile(name, path, f.weight, data.eval_fraction, _SFT_SALT))
+    return out
+
+
+def _record_key(obj: Any, salt: str) -> bytes:
+    from vocab.manifest import document_key
+
+    return document_key(json.dumps(obj, sort_keys=True, ensure_ascii=False), salt)
+
+
+def read_and_validate(sources: list[SourceFile]):
+    """Parse every file; raise one UserError with every malformed record of every file."""
+    from vocab.manifest import is_held_out
+
+    problems: list[str] = []
+    parsed = []
+    for source in sources:
+        conversations, keys, held = [], [], []
+        try:
+            for _, where, obj in iter_json_records(source.path):
+                try:
+                    conversations.append(parse_record(obj, need_answer=True))
+                except RecordError as exc:
+                    problems.append(f"{source.path}: {where}: {exc}")
+                    continue
+                key = _record_key(obj, source.holdout_salt)
+                keys.append(key)
+                held.append(is_held_out(key, source.holdout_fraction))
+        except UserError as exc:  # unreadable JSON: report with the others
+            problems.append(str(exc))
+        parsed.append((conversations, keys, held))
+    if len(problems) > 30:
+        problems = problems[:30] + [f"... and {len(problems) - 30} more"]
+    raise_if_problems("malformed instruction data (nothing was trained)", problems)
+    return parsed
+
+
+def _copies(weight: float, key: bytes, seed: int) -> int:
+    whole = math.floor(weight)
+    frac = weight - whole
+    if frac <= 0:
+        return whole
+    draw = random.Random(f"{seed}:{key.hex()}").random()
+    return whole + (draw < frac)
+
+
+def build_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok_fingerprint: str, order_seed: int,
+                   validated: tuple[list[SourceFile], list] | None = None
+                   ) -> tuple[Any, Any, MixReport]:
+    """(train SFTDataset, eval SFTDataset or None, report). ``validated``: the result of
+    resolve_sources + read_and_validate when the caller checked first."""
+    from .cache import cached_tokenize  # torch/numpy only now: validation errors come back fast
+    from .collate import SFTDataset, TokenizedSamples
+
+    if validated is None:
+        sources = resolve_sources(data)
+        validated = sources, read_and_validate(sources)
+    sources, parsed = validated
+    report = MixReport()
+    parts: list = []
+    keys_all: list[tuple[list[bytes], list[bool]]] = []
+    cache_keys = []
+    for source, (conversations, keys, held) in zip(sources, parsed):
+        samples, stats, key = cached_tokenize(source.path, conversations, tokenizer, spec, data.max_seq_length,
+                                              data.cache_dir, tok_fingerprint)
+        parts.append(samples)
+        keys_all.append((keys, held))
+        cache_keys.append({"name": source.name, "cache_key": key, "weight": source.weight,
+                           "holdout": [source.holdout_fraction, source.holdout_salt]})
+        report.files[source.name] = {"path": str(source.path), "weight": source.weight, **asdict(stats),
+                                     "held_out_records": int(sum(held))}
+    merged, starts = TokenizedSamples.concat(parts)
+    train_order, eval_order = [], []
+    for part, start, (keys, held), source in zip(parts, starts, keys_all, sources):
+        for i in range(len(part)):
+            record = int(part.records[i])
+            if held[record]:
+                eval_order.append(start + i)
+            else:
+                train_order.extend([start + i] * _copies(source.weight, keys[record], data.mix_seed))
+    if not train_order:
+        raise UserError("no training samples left (all files empty, weight 0, held out, or dropped by truncation)")
+    random.Random(order_seed).shuffle(train_order)
+    if data.packing:
+        train = SFTDataset.packed_from(merged, train_order, data.max_seq_length)
+    else:
+        train = SFTDataset.unpacked(merged, train_order)
+    evaluation = SFTDataset.unpacked(merged, eval_order) if eval_order else None
+    report.train_samples, report.train_rows = len(train_order), len(train)
+    report.eval_samples = len(eval_order)
+    report.train_trainable_tokens = train.trainable_tokens()
+    report.fingerprint = sha256_json({"files": cache_keys, "mix_seed": data.mix_seed, "order_seed": order_seed,
+                                      "packing": data.packing, "max_seq_length": data.max_seq_length})
+    return train, evaluation, report

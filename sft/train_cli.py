@@ -1,0 +1,92 @@
+"""Instruction tuning (Alpaca / multi-turn) on the pretraining engine: same modes, ZeRO-3, resume, logs.
+
+    python -m sft train --config sft/configs/tiny_cpu.yaml [key=value ...]
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m sft train --config sft/configs/tiny_cpu.yaml
+    deepspeed --hostfile HOSTS --module sft train --config sft/configs/chinese_alpaca2_7b_lora.yaml
+
+Settings: the engine's (pretrain/engine/config.py) plus ``data:`` (sft/config.py): a manifest (or
+a list of files with weights), the template, max_seq_length, packing. Every record of every file is
+validated before anything is tokenized or trained; files are tokenized once into a content-keyed
+cache. Loss is on response tokens only. The template is saved with the model
+(``output_dir/final/sft_template.json``) so ``sft export``/``generate``/``chat`` format prompts the
+same way. A LoRA run's ``final/`` is an adapter: merge it with ``python -m sft export``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from zhllama.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML preset, e.g. sft/configs/tiny_cpu.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.packing=true")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def prepare(cfg):
+    """Everything before the engine: tokenizer, template, validated + tokenized datasets, collator."""
+    from .mixture import build_datasets, read_and_validate, resolve_sources
+
+    sources = resolve_sources(cfg.data)
+    validated = sources, read_and_validate(sources)  # every record checked before anything heavy
+
+    from transformers import AutoTokenizer
+
+    from pretrain.engine.model import tokenizer_dir
+    from pretrain.packed import tokenizer_fingerprint
+
+    from .collate import SFTCollator
+    from .templates import make_spec
+
+    tok_dir = tokenizer_dir(cfg)
+    if not tok_dir.is_dir():
+        raise UserError(f"model.path / model.tokenizer: folder {tok_dir} does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    spec = make_spec(cfg.data.template, tokenizer, cfg.data.system_prompt)
+    fingerprint = tokenizer_fingerprint(tok_dir)
+    train_ds, eval_ds, report = build_datasets(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated)
+    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    # Any id works as padding: padded positions are masked (attention_mask) and labelled -100, so
+    # no <pad> token is added (adding one is what made Chinese-Alpaca 49,954 rows vs 49,953).
+    collator = SFTCollator(pad_token_id=pad, pad_to_multiple_of=cfg.data.pad_to_multiple_of)
+    return spec, fingerprint, train_ds, eval_ds, report, collator
+
+
+def run(args: argparse.Namespace) -> int:
+    from zhllama.config import dump_config, load_config
+    from zhllama.files import write_json_atomic
+
+    from .config import SFTConfig
+
+    cfg = load_config(SFTConfig, args.config, args.overrides)
+    spec, fingerprint, train_ds, eval_ds, report, collator = prepare(cfg)
+    if _rank() == 0:
+        print("[sft] data: " + json.dumps({"files": report.files, "train_samples": report.train_samples,
+                                          "train_rows": report.train_rows, "eval_samples": report.eval_samples,
+                                          "train_trainable_tokens": report.train_trainable_tokens},
+                                         ensure_ascii=False), flush=True)
+    if eval_ds is None and cfg.eval.every_steps:  # no held-out records: train without validation
+        cfg.eval.every_steps = 0
+    from pretrain.engine import train
+
+    result = train(cfg, train_ds, eval_ds, collator, data_fingerprint=report.fingerprint,
+                   tokenizer_fingerprint=fingerprint)
+    if _rank() == 0:
+        out = Path(cfg.output_dir)
+        final = Path(result["final_dir"])
+        spec.save(final)  # generation must format prompts exactly as training did
+        spec.save(out)
+        write_json_atomic(out / "sft_data_report.json", asdict(report))
+        dump_config(cfg, out / "sft_config.yaml")
+        shown = {k: result[k] for k in sorted(result) if k.startswith(("eval/", "train/loss"))}
+        print(f"done: {final}  " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()), flush=True)
+    return 0

@@ -1,0 +1,71 @@
+"""Every shipped preset loads: pretrain/configs/*.yaml and the DeepSpeed JSON presets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pretrain.engine.config import DS_PRESET_DIR, DS_PRESETS, TrainConfig
+from pretrain.train_cli import PretrainConfig
+from zhllama.config import load_config
+from zhllama.errors import UserError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "pretrain" / "configs").glob("*.yaml"))
+
+
+def test_the_required_presets_ship():
+    names = {p.name for p in CONFIGS}
+    assert {"tiny_cpu.yaml", "llama2_7b_8xA100.yaml"} <= names
+    assert {p.stem for p in DS_PRESET_DIR.glob("*.json")} == set(DS_PRESETS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_yaml_preset_loads(path):
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.model.path and cfg.data.dir and cfg.deepspeed.preset in DS_PRESETS
+
+
+@pytest.mark.parametrize("preset", DS_PRESETS)
+def test_every_deepspeed_preset_fills_its_autos(preset):
+    from pretrain.engine.dist import build_ds_config
+
+    cfg = load_config(PretrainConfig, CONFIGS[0], [f"deepspeed.preset={preset}", "model.dtype=bfloat16",
+                                                   "batch.global_batch_size=null"])
+    ds = build_ds_config(cfg, world_size=8, hidden_size=4096)
+    assert ds["train_batch_size"] == cfg.batch.micro_batch_size * cfg.batch.gradient_accumulation_steps * 8
+    assert ds["gradient_clipping"] == cfg.optim.max_grad_norm
+    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    assert "auto" not in repr(ds)
+
+
+def test_7b_preset_batch_matches_8_gpus_only():
+    cfg = load_config(PretrainConfig, Path(CONFIGS[0]).with_name("llama2_7b_8xA100.yaml"))
+    assert cfg.batch.resolve(8) == 256
+    with pytest.raises(UserError, match="impossible batch settings"):
+        cfg.batch.resolve(4)
+
+
+def test_validation_reports_every_problem_at_once():
+    with pytest.raises(UserError) as err:
+        load_config(TrainConfig, None, ["mode=adapters", "optim.lr=-1", "batch.micro_batch_size=0",
+                                        "schedule.warmup_steps=50", "schedule.max_steps=10"])
+    text = str(err.value)
+    assert "mode: expected one of ['full', 'lora', 'embeddings']" in text
+    with pytest.raises(UserError) as err:
+        load_config(TrainConfig, None, ["optim.lr=-1", "batch.micro_batch_size=0", "schedule.warmup_steps=50",
+                                        "schedule.max_steps=10", "checkpoint.keep_last=0",
+                                        "embeddings.train_new_rows_only=true"])
+    problems = err.value.problems
+    for needle in ("model.path: required", "optim.lr: must be > 0", "batch.micro_batch_size: must be >= 1",
+                   "warmup_steps (50) exceeds max_steps (10)", "checkpoint.keep_last", "only meaningful with mode=embeddings"):
+        assert any(needle in p for p in problems), (needle, problems)
+
+
+def test_deepspeed_json_may_not_set_what_the_engine_owns(tmp_path):
+    from pretrain.engine.dist import build_ds_config
+
+    preset = tmp_path / "mine.json"
+    preset.write_text('{"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 3}}')
+    cfg = load_config(TrainConfig, None, ["model.path=x", f"deepspeed.preset={preset}"])
+    with pytest.raises(UserError, match="set it in one place"):
+        build_ds_config(cfg, world_size=2, hidden_size=64)

@@ -1,0 +1,266 @@
+"""The engine on 2 real CPU ranks (torchrun, gloo, DeepSpeed ZeRO-3) with a tiny LlamaForCausalLM.
+
+One 2-rank run per behaviour: full (loss falls, ZeRO-3 halves, checkpoints, logs, export loads and
+generates), SIGKILL + resume == uninterrupted to 1e-6, lora (base frozen, LoRA + embeddings
+trained), embeddings with new rows only. This file is also the per-rank driver: torchrun runs
+it as a script with a JSON spec.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
+pytestmark = pytest.mark.distributed
+
+
+class TinyPacked:
+    """Same shape as pretrain.packed.PackedDataset: packed blocks, positions restart per document."""
+
+    def __init__(self, tok_dir: str, first_doc: int, n_docs: int, block: int = 32):
+        import torch
+        from transformers import AutoTokenizer
+
+        from pretrain.engine.tiny import DEFAULT_TEXT
+
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        ids, pos = [], []
+        texts = DEFAULT_TEXT[first_doc:first_doc + n_docs]
+        for text in texts:
+            doc = tok(text).input_ids + [tok.eos_token_id]
+            ids += doc
+            pos += list(range(len(doc)))
+        self.items = []
+        for start in range(0, len(ids) - block, block - 1):
+            x, p = torch.tensor(ids[start:start + block]), torch.tensor(pos[start:start + block])
+            lead = next((i for i in range(1, block) if p[i] == 0), block)
+            p[:lead] = torch.arange(lead)  # a block starts at position 0 (its first token is context only)
+            y = x.clone()
+            y[p == 0] = -100
+            self.items.append({"input_ids": x, "position_ids": p, "labels": y})
+        self.characters = sum(len(t) + 1 for t in texts)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def _driver(spec: dict) -> None:
+    """Per rank: train with the tiny preset + overrides; rank 0 saves the engine's full final state."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from pretrain.engine import loop, train
+    from pretrain.train_cli import PretrainConfig
+    from zhllama.config import load_config
+
+    cfg = load_config(PretrainConfig, TINY_CONFIG, spec["overrides"])
+    train_ds = TinyPacked(cfg.model.path, 0, 48)
+    eval_ds = TinyPacked(cfg.model.path, 3, 12)
+    result = train(cfg, train_ds, eval_ds, None, eval_characters=eval_ds.characters, data_fingerprint="tiny-v1")
+    state = loop.last_engine._zero3_consolidated_16bit_state_dict()  # collective
+    if dist.get_rank() == 0:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(Path(cfg.output_dir) / "engine_state.safetensors"))
+        (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, default=str))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _command(overrides: list[str]) -> list[str]:
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    return [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), str(Path(__file__)),
+            json.dumps({"overrides": overrides})]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONWARNINGS": "ignore::FutureWarning"}
+
+
+def _run(overrides: list[str], timeout: int = 240) -> str:
+    proc = subprocess.run(_command(overrides), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from pretrain.engine.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (torchrun starts each rank in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _sigkill_tree(root: int) -> None:
+    for pid in _process_tree(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _load(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _evals(out: Path) -> list[float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["eval/loss"] for r in records if "eval/loss" in r]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("full") / "run"
+    _run([f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline"])
+    return out
+
+
+def test_full_mode_trains_partitions_checkpoints_and_exports(full_run, tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = json.loads((full_run / "result.json").read_text())
+    evals = _evals(full_run)
+    assert evals[-1] < evals[0] - 0.5, evals  # loss falls on the fixed corpus
+    parts = result["zero3_partition_numel"]  # ZeRO-3: each rank holds half of the elements
+    assert len(parts) == 2 and sum(parts) == result["total_params"]
+    assert abs(parts[0] - parts[1]) <= 0.02 * sum(parts), parts
+    names = sorted(p.name for p in (full_run / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert names == ["step-00000008", "step-00000012"]  # every 4 steps, keep_last 2 (16 = final export)
+    assert all((full_run / "checkpoints" / n / "complete.json").is_file() for n in names)
+    for artefact in ("loss_curve.png", "tensorboard", "wandb", "train_report.json"):
+        assert (full_run / artefact).exists(), artefact
+    assert "eval/bits_per_char" in result and result["eval/bits_per_char"] > 0
+
+    final = full_run / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tok = AutoTokenizer.from_pretrained(final)
+    engine_state = _load(full_run / "engine_state.safetensors")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, engine_state[name], rtol=0, atol=0)
+    before = _load(tiny_model / "model.safetensors")
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], engine_state["model.layers.0.mlp.up_proj.weight"])
+    ids = tok("春眠不觉晓", return_tensors="pt").input_ids
+    generated = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 5
+    assert isinstance(tok.decode(generated[0]), str)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(full_run, tiny_model, tmp_path):
+    import torch
+
+    out = tmp_path / "run"
+    overrides = [f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline"]
+    proc = subprocess.Popen(_command(overrides), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    metrics, deadline, killed_at = out / "metrics.jsonl", time.time() + 240, None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            steps = [json.loads(l).get("step", 0) for l in metrics.read_text().splitlines()] if metrics.is_file() else []
+            if steps and max(steps) >= 5:  # past the step-4 checkpoint, well before the end
+                victims = _process_tree(proc.pid)
+                assert len(victims) >= 3, victims  # launcher + 2 ranks
+                _sigkill_tree(proc.pid)  # every rank and the launcher at once, no cleanup
+                killed_at = max(steps)
+                break
+            time.sleep(0.02)
+    finally:
+        if killed_at is None:
+            _sigkill_tree(proc.pid)
+        proc.wait(timeout=30)
+    time.sleep(0.5)  # let the killed ranks vanish before looking at their files
+    assert killed_at is not None, "the run ended before it could be killed"
+    assert not [p for p in victims if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()]
+    assert not (out / "final").exists()
+    # A checkpoint half-written at the moment of the crash: must be ignored, then cleaned up.
+    fake = out / "checkpoints" / "step-00000015"
+    fake.mkdir(parents=True)
+    (fake / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"truncated")
+
+    log = _run(overrides)  # the same command again: resume=auto in the preset
+    assert "resuming from step-0000000" in log, log[-3000:]
+    assert not fake.exists()
+    resumed, reference = _load(out / "engine_state.safetensors"), _load(full_run / "engine_state.safetensors")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=1e-6, msg=name)
+    assert [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train/loss" in r] == list(range(1, 17))
+
+
+def test_lora_trains_adapters_and_embeddings_only(tiny_model, tmp_path):
+    import torch
+
+    out = tmp_path / "run"
+    _run([f"model.path={tiny_model}", f"output_dir={out}", "mode=lora", "checkpoint.every_steps=0"])
+    before, after = _load(tiny_model / "model.safetensors"), _load(out / "engine_state.safetensors")
+    assert _evals(out)[-1] < _evals(out)[0] - 0.3
+    base = {k: v for k, v in after.items() if "lora_" not in k and "modules_to_save" not in k}
+    assert base, "no base weights found"
+    for key, value in base.items():
+        original = key.replace("base_model.model.", "").replace(".base_layer", "").replace(".original_module", "")
+        torch.testing.assert_close(value, before[original], rtol=0, atol=0, msg=key)  # frozen: bit-identical
+    lora_b = [v for k, v in after.items() if "lora_B" in k]
+    assert len(lora_b) == 2 * 7 and all(v.abs().sum() > 0 for v in lora_b)  # started at zero, trained
+    for name, short in (("model.embed_tokens.weight", "embed_tokens"), ("lm_head.weight", "lm_head")):
+        trained = [v for k, v in after.items() if f"{short}.modules_to_save" in k]
+        assert len(trained) == 1 and not torch.equal(trained[0], before[name]), name
+    adapter = _load(out / "final" / "adapter_model.safetensors")
+    assert any("embed_tokens" in k for k in adapter) and any("lm_head" in k for k in adapter)
+    assert any("lora_A" in k for k in adapter)
+    assert json.loads((out / "final" / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_embeddings_mode_new_rows_only(tiny_model, tmp_path):
+    import torch
+
+    out = tmp_path / "run"
+    base_rows = 300
+    _run([f"model.path={tiny_model}", f"output_dir={out}", "mode=embeddings", "checkpoint.every_steps=0",
+          "embeddings.train_new_rows_only=true", f"embeddings.base_vocab_size={base_rows}",
+          "optim.weight_decay=0.1", "optim.lr=1e-2"])
+    before, after = _load(tiny_model / "model.safetensors"), _load(out / "final" / "model.safetensors")
+    assert _evals(out)[-1] < _evals(out)[0]
+    for key, value in before.items():
+        if key in ("model.embed_tokens.weight", "lm_head.weight"):
+            torch.testing.assert_close(after[key][:base_rows], value[:base_rows], rtol=0, atol=0)
+            assert (after[key][base_rows:] != value[base_rows:]).any(dim=1).sum() > 10, key
+        else:
+            torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
+
+
+if __name__ == "__main__":
+    _driver(json.loads(sys.argv[1]))

@@ -1,0 +1,46 @@
+"""Helpers shared by the tests/test_sft_*.py files (no tests here): tiny assets built from nothing.
+
+The tokenizer is a 512-piece SentencePiece model trained in memory with byte fallback
+(pretrain.engine.tiny), so every test runs without ../shared/data.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ZH_RECORDS = [
+    {"instruction": "把这句话翻译成英文。", "input": "春眠不觉晓", "output": "Spring sleep knows no dawn."},
+    {"instruction": "床前明月光的下一句是什么？", "input": "", "output": "疑是地上霜。"},
+    {"instruction": "续写诗句", "input": "白日依山尽", "output": "黄河入海流。欲穷千里目，更上一层楼。"},
+    {"instruction": "大语言模型是什么？", "input": "", "output": "大语言模型在语料上预训练，可以理解中文。"},
+    {"instruction": "Say hello.", "input": "", "output": "Hello! 你好！"},
+    {"instruction": "夜来风雨声的下一句？", "input": "", "output": "花落知多少。"},
+]
+
+
+def tiny_tokenizer(folder: Path) -> Path:
+    from pretrain.engine.tiny import make_tiny_tokenizer
+
+    return make_tiny_tokenizer(folder)
+
+
+def tiny_model(folder: Path, tokenizer_dir: Path, hidden: int = 32, seed: int = 0) -> Path:
+    from pretrain.engine.tiny import make_tiny_model
+
+    return make_tiny_model(folder, tokenizer_dir, hidden=hidden, layers=2, heads=4, seed=seed)
+
+
+def write_json(path: Path, records) -> Path:
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))

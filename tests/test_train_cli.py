@@ -1,0 +1,108 @@
+"""`python -m pretrain train` end to end on real prepared shards, and its bad-input messages.
+
+Single process (a 1-rank gloo group with ZeRO-3): the 2-rank behaviours are in
+test_engine_distributed.py. Shards come from the real `pretrain.prepare` on a tiny corpus.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
+
+
+def _manifest(folder: Path, lines: list[str]) -> Path:
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    raw = {"name": "tiny", "holdout": {"fraction": 0.2, "salt": "t"}, "sources": [{
+        "name": "tiny", "path": str(corpus), "format": "txt", "language": "zh", "license": "test",
+        "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest(), "weight": 1.0}]}
+    path = folder / "manifest.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from pretrain.engine.tiny import DEFAULT_TEXT, make_tiny_model, make_tiny_tokenizer
+    from pretrain.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("cli")
+    model = make_tiny_model(root / "model")
+    lines = [f"{i}: {t}" for i, t in enumerate(DEFAULT_TEXT)]
+    manifest = _manifest(root, lines)
+    (root / "more").mkdir()
+    prepare(PrepareConfig(manifest=str(manifest), tokenizer=str(model), block_size=32, out=str(root / "shards"),
+                          progress=False))
+    prepare(PrepareConfig(manifest=str(_manifest(root / "more", lines[::-1])), tokenizer=str(model), block_size=32,
+                          out=str(root / "more_shards"), progress=False))
+    other_tok = make_tiny_tokenizer(root / "other_tok", texts=lines[::-1] + ["另一个分词器"] * 5, vocab_size=600)
+    prepare(PrepareConfig(manifest=str(manifest), tokenizer=str(other_tok), block_size=32,
+                          out=str(root / "other_shards"), progress=False))
+    return {"root": root, "model": model, "shards": root / "shards", "other_shards": root / "other_shards",
+            "more_shards": root / "more_shards"}
+
+
+def _train(*overrides: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore::FutureWarning"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(TINY), *overrides]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_single_process_cli_trains_on_prepared_shards(assets):
+    out = assets["root"] / "run"
+    proc = _train(f"model.path={assets['model']}", f"data.dir={assets['shards']}", f"output_dir={out}",
+                  "schedule.max_steps=6", "eval.every_steps=3", "checkpoint.every_steps=2", "logging.wandb=disabled",
+                  "logging.tensorboard=false")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "done:" in proc.stdout
+    report = json.loads((out / "train_report.json").read_text())
+    from pretrain.packed import PackedDataset
+
+    train_ds = PackedDataset(assets["shards"], "train")
+    assert report["data_fingerprint"] == train_ds.cache_key and report["world_size"] == 1
+    assert report["metrics"]["eval/bits_per_char"] > 0  # characters recorded by prepare
+    assert report["metrics"]["eval/tokens"] == PackedDataset(assets["shards"], "validation").labelled_tokens
+    marker = json.loads((out / "checkpoints" / "step-00000004" / "complete.json").read_text())
+    assert marker["data_fingerprint"] == train_ds.cache_key
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "final").config.vocab_size == 512
+
+    # Same output folder, other data: refused instead of silently continuing.
+    proc = _train(f"model.path={assets['model']}", f"data.dir={assets['more_shards']}", f"output_dir={out}",
+                  "schedule.max_steps=6", "eval.every_steps=3", "logging.wandb=disabled")
+    assert proc.returncode == 2 and "was trained on other data" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_refuses_data_prepared_with_another_tokenizer(assets):
+    proc = _train(f"model.path={assets['model']}", f"data.dir={assets['other_shards']}",
+                  f"output_dir={assets['root'] / 'refused'}", "logging.wandb=disabled")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "prepared with another tokenizer" in proc.stderr and "python -m pretrain prepare" in proc.stderr
+    assert not (assets["root"] / "refused" / "final").exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.dir={missing}", "does not exist (run: python -m pretrain prepare"),
+    ("batch.global_batch_size=6", "global_batch_size (6) is not a multiple"),
+    ("batch.global_batch_size=8", "impossible batch settings: batch.global_batch_size=8 but"),
+    ("batch.micro_batch_size=64", "impossible batch settings: the training set has"),
+])
+def test_bad_input_one_clear_message(assets, override, expected):
+    override = override.format(missing=assets["root"] / "no_such_shards")
+    proc = _train(f"model.path={assets['model']}", f"data.dir={assets['shards']}",
+                  f"output_dir={assets['root'] / 'bad'}", "logging.wandb=disabled", override)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert expected in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,104 @@
+"""Per-document cleaning steps of a corpus manifest, and character statistics.
+
+Each step is opt-in per source (the ``clean:`` mapping of a manifest source):
+
+- ``nfkc``: Unicode NFKC. Off by default because NFKC folds full-width Chinese punctuation
+  (，：（）！？ → ,:()!?), which LLaMA's identity-normalising tokenizer keeps apart.
+- ``t2s``: Traditional → Simplified Chinese with OpenCC's ``t2s`` tables (PyPI
+  ``opencc-python-reimplemented``; imported only when a source asks for it).
+- ``min_chars``: drop documents shorter than this many characters after cleaning.
+- ``dedup``: drop exact duplicates (see ``vocab.manifest.iter_documents`` for the key).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import unicodedata
+from typing import Any, Callable
+
+# Han ideographs: CJK Unified (+ Extension A..H), compatibility ideographs. Kana/Hangul and CJK
+# punctuation are not counted: "CJK share" here means the share of Chinese characters.
+_CJK_RE = re.compile(
+    "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f\U0002f800-\U0002fa1f]"
+)
+
+
+def cjk_count(text: str) -> int:
+    """Number of Han ideographs in ``text``."""
+    return len(_CJK_RE.findall(text))
+
+
+def is_cjk(ch: str) -> bool:
+    return bool(_CJK_RE.fullmatch(ch))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cleaning:
+    """Cleaning steps applied, in this order, to every document of one source."""
+
+    nfkc: bool = False  # Unicode NFKC normalisation (folds full-width punctuation!)
+    t2s: bool = False  # Traditional -> Simplified Chinese (OpenCC t2s)
+    min_chars: int = 1  # drop documents with fewer characters (after the steps above)
+    dedup: bool = False  # drop exact duplicate documents within the source
+
+    @classmethod
+    def from_raw(cls, raw: Any, key: str, problems: list[str]) -> "Cleaning":
+        """Validate a ``clean:`` mapping; append ``key.sub: why`` problems."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            problems.append(f"{key}: expected a mapping of cleaning steps, got {raw!r}")
+            return cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            if name not in known:
+                problems.append(f"{key}.{name}: unknown cleaning step (known: {', '.join(sorted(known))})")
+            elif name == "min_chars":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    problems.append(f"{key}.min_chars: expected an integer >= 0, got {value!r}")
+                else:
+                    values[name] = value
+            elif not isinstance(value, bool):
+                problems.append(f"{key}.{name}: expected true/false, got {value!r}")
+            else:
+                values[name] = value
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@functools.lru_cache(maxsize=1)
+def _t2s_converter() -> Callable[[str], str]:
+    try:
+        from opencc import OpenCC
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        from zhllama.errors import UserError
+
+        raise UserError(
+            "clean.t2s needs the OpenCC converter: pip install opencc-python-reimplemented"
+        ) from exc
+    return OpenCC("t2s").convert
+
+
+def t2s(text: str) -> str:
+    """Traditional -> Simplified Chinese."""
+    return _t2s_converter()(text)
+
+
+def clean_text(text: str, cleaning: Cleaning) -> str | None:
+    """Apply ``cleaning`` to one document; ``None`` when it is dropped as too short.
+
+    Surrounding whitespace is always stripped (a txt line's newline is not content).
+    Dedup is not done here: it needs state across documents (see ``iter_documents``).
+    """
+    if cleaning.nfkc:
+        text = unicodedata.normalize("NFKC", text)
+    if cleaning.t2s:
+        text = t2s(text)
+    text = text.strip()
+    if len(text) < max(cleaning.min_chars, 1):
+        return None
+    return text

@@ -1,0 +1,277 @@
+r"""Grow a causal LM's embeddings to a merged tokenizer, with informed initialisation of new rows.
+
+    python -m vocab resize --model BASE_MODEL_DIR --tokenizer MERGED_DIR --out DIR \
+        [--init subtoken-mean|mean|random] [--pad-to-multiple-of 64] [--max-shard-size 5GB]
+
+The model is never built with weights: its safetensors tensors are copied shard by shard and only
+the input/output embedding matrices are replaced, so memory stays near one shard plus the two
+embeddings, the stored dtype is kept and every other tensor comes out byte-identical. The
+architecture is instantiated on the meta device (no memory) only to learn which tensors are the
+embeddings and whether they are tied.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from zhllama.errors import UserError, raise_if_problems
+from zhllama.files import atomic_output_dir, sha256_file, write_json_atomic
+
+from .resize_checkpoint import INDEX_FILE, TensorInfo, list_tensors, parse_size, weight_files, write_checkpoint
+from .resize_rows import METHODS, RowPlan, TokenizerInfo, base_size_of, grow_rows, plan_rows, read_tokenizer
+
+REPORT_FILE = "resize_report.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Files of a tokenizer folder that are not the tokenizer's (it may itself be a model folder).
+_NOT_TOKENIZER_FILES = ("config.json", "generation_config.json", REPORT_FILE, INDEX_FILE)
+
+
+@dataclass
+class ResizeConfig:
+    model: Path
+    """base model folder: config.json + safetensors weights (+ its own tokenizer, if any)"""
+    tokenizer: Path
+    """merged tokenizer folder (tokenizer.model / tokenizer.json, merge_report.json)"""
+    out: Path
+    """output model folder; must not exist"""
+    init: Literal["subtoken-mean", "mean", "random"] = "subtoken-mean"
+    """how new rows start: base sub-token mean, mean of all old rows, or the model's initializer"""
+    pad_to_multiple_of: int | None = None
+    """round the new row count up to a multiple of this (extra rows get the mean)"""
+    max_shard_size: str = "5GB"
+    """weights are split into files no bigger than this"""
+    trust_remote_code: bool = False
+    """allow the model folder's own Python code to define the architecture"""
+    seed: int = 0
+    """seed of --init random"""
+
+
+@dataclass
+class EmbeddingLayout:
+    input: TensorInfo
+    output: TensorInfo | None  # None when tied and stored once
+    tied: bool
+
+
+def read_model_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{model_dir} is not a model folder (no config.json)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _vocab_holder(config: dict, where: Path) -> dict:
+    """The config dict that carries vocab_size (top level, or text_config of multimodal models)."""
+    if isinstance(config.get("vocab_size"), int):
+        return config
+    if isinstance(config.get("text_config"), dict) and isinstance(config["text_config"].get("vocab_size"), int):
+        return config["text_config"]
+    raise UserError(f"{where / 'config.json'}: no integer 'vocab_size' (top level or text_config)")
+
+
+def find_embeddings(model_dir: Path, infos: list[TensorInfo], trust_remote_code: bool) -> EmbeddingLayout:
+    """Which stored tensors are the input/output embeddings, learned from the meta-device model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError) as exc:
+        hint = "" if trust_remote_code else " (if the folder ships its own modeling code you trust, pass --trust-remote-code)"
+        raise UserError(f"{model_dir}: cannot build the architecture from config.json: {exc}{hint}") from None
+    module_names = {id(module): name for name, module in model.named_modules()}
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = out is not None and out.weight is inp.weight
+    by_name = {info.name: info for info in infos}
+    vocab = inp.weight.shape[0]
+
+    def stored(module) -> TensorInfo | None:
+        name = module_names[id(module)] + ".weight"
+        if name in by_name:
+            return by_name[name]
+        # Checkpoints saved with a prefix the module tree lacks (or the reverse): match the tail.
+        tail = name.split(".", 1)[-1]
+        hits = [i for i in infos if (i.name.endswith("." + tail) or i.name == tail) and i.shape[:1] == (vocab,)]
+        return hits[0] if len(hits) == 1 else None
+
+    input_info = stored(inp)
+    if input_info is None:
+        raise UserError(f"{model_dir}: the weights hold no input embedding tensor "
+                        f"({module_names[id(inp)]}.weight) of {vocab} rows")
+    output_info = stored(out) if out is not None else None
+    if output_info is None and out is not None and not tied:
+        raise UserError(f"{model_dir}: untied model but the weights hold no output embedding "
+                        f"({module_names[id(out)]}.weight)")
+    if out is not None and getattr(out, "bias", None) is not None:
+        raise UserError(f"{model_dir}: output embeddings with a bias are not supported yet")
+    return EmbeddingLayout(input_info, output_info, tied)
+
+
+def check_base_ids(model_dir: Path, rows: int, tok: TokenizerInfo) -> tuple[int, str]:
+    """Base vocabulary size N (ids kept from the model) and where it came from; UserError if unsafe.
+
+    The model's own tokenizer, when its folder has one, is the authority: the merged pieces must
+    start with exactly its pieces. Otherwise merge_report.json's base_vocab_size must equal the
+    model's rows. Either way ids below N must mean what the model's rows were trained for.
+    """
+    problems: list[str] = []
+    if tok.size < rows:
+        problems.append(f"the tokenizer in {tok.folder} has {tok.size} tokens, fewer than the model's "
+                        f"{rows} embedding rows: resizing only grows a vocabulary")
+    if (model_dir / "tokenizer.model").is_file() or (model_dir / "tokenizer.json").is_file():
+        own = read_tokenizer(model_dir)
+        base_n, source = own.size, f"{model_dir}'s own tokenizer"
+        if own.size > tok.size:
+            problems.append(f"the model's own tokenizer ({model_dir}) has {own.size} tokens, more than the "
+                            f"merged tokenizer's {tok.size}: the merged one is not an extension of it")
+        else:
+            changed = [i for i in range(own.size) if own.pieces[i] != tok.pieces[i]]
+            for i in changed[:5]:
+                problems.append(f"id {i} is {own.pieces[i]!r} in {model_dir} but {tok.pieces[i]!r} in "
+                                f"{tok.folder}: the merge changed base ids")
+            if len(changed) > 5:
+                problems.append(f"... and {len(changed) - 5} more changed ids")
+    elif base_size_of(tok) is not None:
+        base_n, source = base_size_of(tok), f"{tok.folder / 'merge_report.json'} base_vocab_size"
+    else:
+        base_n, source = rows, "assumed equal to the model's rows (no merge_report.json, no model tokenizer)"
+    if tok.size >= rows and base_n != rows:
+        problems.append(f"the model has {rows} embedding rows but its tokenizer has {base_n} pieces "
+                        f"({source}); new ids would land on rows that mean something else")
+    raise_if_problems(f"tokenizer {tok.folder} does not fit model {model_dir}", problems)
+    return base_n, source
+
+
+def _validate_paths(cfg: ResizeConfig) -> None:
+    problems = []
+    if not Path(cfg.model).is_dir():
+        problems.append(f"--model {cfg.model}: no such folder")
+    if not Path(cfg.tokenizer).is_dir():
+        problems.append(f"--tokenizer {cfg.tokenizer}: no such folder")
+    if Path(cfg.out).exists():
+        problems.append(f"--out {cfg.out} already exists; choose a new folder")
+    if cfg.init not in METHODS:
+        problems.append(f"--init {cfg.init!r}: expected one of {', '.join(METHODS)}")
+    if cfg.pad_to_multiple_of is not None and cfg.pad_to_multiple_of <= 0:
+        problems.append(f"--pad-to-multiple-of {cfg.pad_to_multiple_of}: must be a positive integer")
+    raise_if_problems("cannot resize", problems)
+
+
+def _round_up(n: int, multiple: int | None) -> int:
+    return n if not multiple else -(-n // multiple) * multiple
+
+
+def resize_model(cfg: ResizeConfig, progress=None) -> dict:
+    """Write the resized model folder ``cfg.out``; return the report (also saved in the folder)."""
+    _validate_paths(cfg)
+    model_dir, tok_dir, out_dir = Path(cfg.model), Path(cfg.tokenizer), Path(cfg.out)
+    max_bytes = parse_size(cfg.max_shard_size)
+    config = read_model_config(model_dir)
+    holder = _vocab_holder(config, model_dir)
+    files = weight_files(model_dir)
+    infos = list_tensors(files)
+    layout = find_embeddings(model_dir, infos, cfg.trust_remote_code)
+    rows = layout.input.shape[0]
+    if holder["vocab_size"] != rows:
+        raise UserError(f"{model_dir / 'config.json'}: vocab_size {holder['vocab_size']} but the stored "
+                        f"embedding {layout.input.name} has {rows} rows")
+    tok = read_tokenizer(tok_dir)
+    base_n, base_source = check_base_ids(model_dir, rows, tok)
+    new_rows = _round_up(tok.size, cfg.pad_to_multiple_of)
+    plan = plan_rows(tok, rows, new_rows, cfg.init, base_n)
+    std = float(holder.get("initializer_range", config.get("initializer_range", 0.02)))
+
+    replaced = _grow_embeddings(layout, plan, std, cfg.seed)
+    tokenizer_files = [p for p in sorted(tok_dir.iterdir())
+                       if p.is_file() and p.name not in _NOT_TOKENIZER_FILES
+                       and not p.name.endswith(_WEIGHT_SUFFIXES)]
+    report = {
+        "inputs": {
+            "model": str(model_dir),
+            "tokenizer": str(tok_dir),
+            "model_config_sha256": sha256_file(model_dir / "config.json"),
+            "model_weights_sha256": {p.name: sha256_file(p) for p in files},
+            "tokenizer_files_sha256": {p.name: sha256_file(p) for p in tokenizer_files},
+        },
+        "old_vocab_size": rows,
+        "tokenizer_size": tok.size,
+        "new_vocab_size": new_rows,
+        "pad_to_multiple_of": cfg.pad_to_multiple_of,
+        "base_vocab_size": base_n,
+        "base_vocab_size_from": base_source,
+        "init": cfg.init,
+        "initializer_range": std if cfg.init == "random" else None,
+        "seed": cfg.seed if cfg.init == "random" else None,
+        "rows_per_rule": plan.counts(),
+        "dtype": layout.input.dtype,
+        "tied_embeddings": layout.tied,
+        "input_embedding": layout.input.name,
+        "output_embedding": layout.output.name if layout.output else layout.input.name,
+    }
+    with atomic_output_dir(out_dir) as tmp:
+        report["weight_files"] = write_checkpoint(tmp, infos, replaced, max_bytes, progress)
+        del replaced
+        holder["vocab_size"] = new_rows
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        extras = ["generation_config.json"] + ([p.name for p in model_dir.glob("*.py")] if cfg.trust_remote_code else [])
+        for name in extras:
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, tmp / name)
+        for path in tokenizer_files:
+            shutil.copy2(path, tmp / path.name)
+        write_json_atomic(tmp / REPORT_FILE, report)
+    return report
+
+
+def _grow_embeddings(layout: EmbeddingLayout, plan: RowPlan, std: float, seed: int) -> dict:
+    import torch
+    from safetensors import safe_open
+
+    def grow(info: TensorInfo, stream: int):
+        with safe_open(str(info.file), framework="pt") as fh:
+            old = fh.get_tensor(info.name)
+        generator = torch.Generator().manual_seed(seed * 2 + stream)
+        return grow_rows(old, plan, std, generator)
+
+    replaced = {layout.input.name: grow(layout.input, 0)}
+    if layout.output is not None and layout.output.name != layout.input.name:
+        # A tied model stored twice keeps one matrix: the output copy is the grown input.
+        replaced[layout.output.name] = (replaced[layout.input.name].clone() if layout.tied
+                                        else grow(layout.output, 1))
+    return replaced
+
+
+def embedding_rows_match(model_dir: str | Path, tokenizer_dir: str | Path) -> tuple[bool, str]:
+    """Whether every id of the tokenizer has an embedding row (config.json + headers only).
+
+    The training engine calls this before building a model: a partitioned (ZeRO-3) model must
+    never be resized, so a mismatch is refused with the command that fixes it.
+    """
+    model_dir, tokenizer_dir = Path(model_dir), Path(tokenizer_dir)
+    try:
+        holder = _vocab_holder(read_model_config(model_dir), model_dir)
+        rows = holder["vocab_size"]
+        infos = list_tensors(weight_files(model_dir))
+        size = read_tokenizer(tokenizer_dir).size
+    except UserError as exc:
+        return False, str(exc)
+    for info in infos:
+        if info.name.endswith(("embed_tokens.weight", "lm_head.weight")) and info.shape[0] != rows:
+            return False, (f"{model_dir}: config.json says vocab_size {rows} but {info.name} has "
+                           f"{info.shape[0]} rows; the folder is inconsistent")
+    fix = (f"run `python -m vocab resize --model {model_dir} --tokenizer {tokenizer_dir} --out NEW_DIR` "
+           "and train NEW_DIR")
+    if rows < size:
+        return False, (f"{model_dir} has {rows} embedding rows but the tokenizer in {tokenizer_dir} has "
+                       f"{size} tokens (ids {rows}..{size - 1} have no row); {fix}")
+    if rows > size:
+        return True, f"{rows} embedding rows for {size} tokens ({rows - size} padding rows)"
+    return True, f"{rows} embedding rows for {size} tokens"

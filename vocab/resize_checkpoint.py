@@ -1,0 +1,174 @@
+"""Safetensors model folders read and written tensor by tensor (never the whole model at once).
+
+The resize touches two matrices of a model whose other tensors must come out byte-identical, so
+it copies tensors between safetensors files instead of building the model: memory stays at one
+output shard plus the embedding matrices, and the stored dtype is never changed.
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from zhllama.errors import UserError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# Pickle formats: loading them runs arbitrary code, so they are refused, never read.
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as its safetensors header describes it."""
+
+    name: str
+    file: Path
+    dtype: str  # safetensors dtype code, e.g. "BF16"
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * _DTYPE_BYTES.get(self.dtype, 4)
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a model folder, in index order; a UserError for anything else."""
+    model_dir = Path(model_dir)
+    index = model_dir / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{index}: not a safetensors index (expected a 'weight_map' object): {exc}") from None
+        names = list(dict.fromkeys(weight_map.values()))
+        missing = [n for n in names if not (model_dir / n).is_file()]
+        if missing:
+            raise UserError(f"{index} names shard files that do not exist: {', '.join(missing)}")
+        return [model_dir / n for n in names]
+    if (model_dir / SINGLE_FILE).is_file():
+        return [model_dir / SINGLE_FILE]
+    loose = sorted(model_dir.glob("*.safetensors"))
+    if len(loose) == 1:
+        return loose
+    pickles = sorted({p.name for pattern in PICKLE_PATTERNS for p in model_dir.glob(pattern)})
+    if pickles:
+        raise UserError(
+            f"{model_dir} holds only pickle weights ({', '.join(pickles)}); they are refused because "
+            "loading pickle runs arbitrary code. Convert them once to safetensors, e.g. "
+            "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR) in a sandbox you trust"
+        )
+    if len(loose) > 1:
+        raise UserError(f"{model_dir} holds several .safetensors files but no {INDEX_FILE} saying which is which")
+    raise UserError(f"{model_dir} holds no model weights (expected {SINGLE_FILE} or {INDEX_FILE})")
+
+
+def read_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (a few KB read; no tensor data)."""
+    try:
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            if length > 100_000_000:
+                raise ValueError("header length is implausible")
+            return json.loads(fh.read(length))
+    except (OSError, ValueError, struct.error) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def list_tensors(files: list[Path]) -> list[TensorInfo]:
+    """Every tensor of the checkpoint, in file order then header order."""
+    infos: list[TensorInfo] = []
+    for path in files:
+        header = read_header(path)
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            infos.append(TensorInfo(name, path, meta["dtype"], tuple(meta["shape"])))
+    return infos
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB', '500MB', '2GiB', '1000000' -> bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(text).upper())
+    if not match:
+        raise UserError(f"--max-shard-size {text!r}: expected a size such as 5GB, 500MB or 1000000")
+    number, unit = float(match.group(1)), match.group(2).rstrip("B")
+    scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+             "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    size = int(number * scale)
+    if size <= 0:
+        raise UserError(f"--max-shard-size {text!r}: must be positive")
+    return size
+
+
+def plan_shards(sizes: list[tuple[str, int]], max_bytes: int) -> list[list[str]]:
+    """Greedy packing in checkpoint order; a tensor bigger than the limit gets a shard of its own."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, nbytes in sizes:
+        if shards[-1] and used + nbytes > max_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += nbytes
+    return shards
+
+
+def write_checkpoint(
+    out_dir: Path,
+    infos: list[TensorInfo],
+    replaced: dict,
+    max_bytes: int,
+    progress: Callable | None = None,
+) -> list[str]:
+    """Write all tensors (``replaced[name]`` instead of the stored one) as sharded safetensors.
+
+    Returns the file names written. Only one output shard is in memory at a time.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    def nbytes(info: TensorInfo) -> int:
+        tensor = replaced.get(info.name)
+        return tensor.numel() * tensor.element_size() if tensor is not None else info.nbytes
+
+    by_name = {info.name: info for info in infos}
+    shards = plan_shards([(info.name, nbytes(info)) for info in infos], max_bytes)
+    names = [SINGLE_FILE] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
+    ]
+    weight_map: dict[str, str] = {}
+    iterator = zip(names, shards)
+    if progress is not None:
+        iterator = progress(list(iterator), desc="writing shards", unit="shard")
+    for file_name, members in iterator:
+        tensors = {}
+        handles: dict[Path, object] = {}
+        for name in members:
+            if name in replaced:
+                tensors[name] = replaced[name]
+                continue
+            info = by_name[name]
+            if info.file not in handles:
+                handles[info.file] = safe_open(str(info.file), framework="pt")
+            tensors[name] = handles[info.file].get_tensor(name)
+        for name in members:
+            weight_map[name] = file_name
+        # transformers refuses safetensors files without format metadata.
+        save_file(tensors, str(out_dir / file_name), metadata={"format": "pt"})
+        del tensors, handles
+    if len(names) > 1:
+        total = sum(nbytes(info) for info in infos)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return names
