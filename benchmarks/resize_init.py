@@ -1,9 +1,10 @@
 """How well does a resized model still read Chinese before any further training? (bits per char)
 
-    OMP_NUM_THREADS=2 python benchmarks/resize_init.py [--steps 150] [--hidden 128] [--work DIR]
+    OMP_NUM_THREADS=1 python benchmarks/resize_init.py [--steps 400] [--minutes 4.5] [--work DIR]
 
-1. Trains a small LLaMA (vocab 32000, hidden 128, 2 layers: ~8.6M parameters, untied) for a few
-   minutes on mixed Chinese/English text from ../shared/data with the BASE LLaMA tokenizer.
+1. Trains a small LLaMA (vocab 32000, hidden 96, 2 layers: ~6.4M parameters, untied) for at most
+   --minutes on mixed Chinese/English text (75% Chinese windows) from ../shared/data with the BASE
+   LLaMA tokenizer.
 2. Merges chinese_llama_alpaca/chinese_sp.model into it (vocab.merge.merge_tokenizers, with <pad>
    and padding to a multiple of 64).
 3. Resizes the model with each --init (subtoken-mean, mean, random) via `python -m vocab resize`.
@@ -62,28 +63,27 @@ def token_stream(sp: spm.SentencePieceProcessor, lines: list[str]) -> torch.Tens
     return torch.tensor(ids, dtype=torch.long)
 
 
-def train_base(args, sp, zh_train, en_train, out: Path) -> float:
-    """Train the base model on 50/50 zh/en windows; save it (with its tokenizer) to ``out``."""
-    torch.manual_seed(args.seed)
+def train(model, streams: list[torch.Tensor], args, steps: int, lr_peak: float, minutes: float, desc: str) -> int:
+    """AdamW on random windows (Chinese with probability --zh-share); returns the steps done.
+
+    Progress counts steps or wall time, whichever is further: on a busy machine training stops
+    at ``minutes`` with the learning-rate schedule completed. Same seed, same windows.
+    """
     rng = random.Random(args.seed)
-    streams = [token_stream(sp, zh_train), token_stream(sp, en_train)]
-    config = LlamaConfig(vocab_size=sp.get_piece_size(), hidden_size=args.hidden,
-                         intermediate_size=args.hidden * 8 // 3, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, max_position_embeddings=args.seq_len,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(config)
-    print(f"base model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-          f"train tokens zh {len(streams[0])}, en {len(streams[1])}")
-    optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
-    start = time.time()
-    bar = tqdm(range(args.steps), desc="training base")
+    optim = torch.optim.AdamW(model.parameters(), lr=lr_peak, weight_decay=0.0, betas=(0.9, 0.95))
+    start, done = time.time(), 0
+    model.train()
+    bar = tqdm(range(steps), desc=desc)
     for step in bar:
-        lr = args.lr * min(1.0, (step + 1) / 10) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        progress = max(step / steps, (time.time() - start) / (60 * minutes))
+        if progress >= 1:
+            break
+        lr = lr_peak * min(1.0, (step + 1) / 10) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in optim.param_groups:
             group["lr"] = lr
         rows = []
-        for b in range(args.batch):
-            stream = streams[b % 2]
+        for _ in range(args.batch):
+            stream = streams[0] if rng.random() < args.zh_share else streams[1]
             at = rng.randrange(0, len(stream) - args.seq_len - 1)
             rows.append(stream[at:at + args.seq_len])
         batch = torch.stack(rows)
@@ -93,10 +93,41 @@ def train_base(args, sp, zh_train, en_train, out: Path) -> float:
         optim.step()
         optim.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    elapsed = time.time() - start
+        done = step + 1
+    model.eval()
+    return done
+
+
+def train_base(args, sp, zh_train, en_train, out: Path) -> tuple[int, float]:
+    """Train the base model on a zh/en mix of windows; save it (with its tokenizer) to ``out``."""
+    torch.manual_seed(args.seed)
+    streams = [token_stream(sp, zh_train), token_stream(sp, en_train)]
+    config = LlamaConfig(vocab_size=sp.get_piece_size(), hidden_size=args.hidden,
+                         intermediate_size=args.hidden * 8 // 3, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, max_position_embeddings=args.seq_len,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config)
+    print(f"base model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"train tokens zh {len(streams[0])}, en {len(streams[1])}")
+    start = time.time()
+    done = train(model, streams, args, args.steps, args.lr, args.minutes, "training base")
+    seconds = time.time() - start
     model.save_pretrained(out)
     shutil.copyfile(BASE_SP, out / "tokenizer.model")  # the model's own tokenizer: resize checks it
-    return elapsed
+    return done, seconds
+
+
+def new_id_mass(model, sp, texts: list[str], first_new: int, block_size: int) -> float:
+    """Mean probability the model gives to ids >= first_new at each position of ``texts``: where the
+    step-0 bits go (new rows cannot know which new word comes; they can only take mass)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([([sp.bos_id()] + sp.encode(text))[:block_size]])
+            probs = torch.softmax(model(input_ids=ids).logits.float(), dim=-1)[0]
+            total += float(probs[:, first_new:].sum())
+            count += probs.shape[0]
+    return total / count
 
 
 def resize(model_dir: Path, merged: Path, out: Path, init: str) -> dict:
@@ -119,12 +150,17 @@ def resize(model_dir: Path, merged: Path, out: Path, init: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--minutes", type=float, default=4.5, help="stop training after this long")
+    parser.add_argument("--zh-share", type=float, default=0.75, help="fraction of Chinese training windows")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--hidden", type=int, default=96)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--adapt-steps", type=int, default=0,
+                        help="also train each resized model this many steps (merged tokenizer, same windows)")
+    parser.add_argument("--adapt-lr", type=float, default=2e-3)
     parser.add_argument("--work", type=Path, default=None, help="keep the folders here (default: a temp dir)")
     args = parser.parse_args()
     if not (DATA / "PROVENANCE.md").is_file():
@@ -137,18 +173,20 @@ def main() -> None:
 
     model_dir = work / "base_model"
     if not (model_dir / "model.safetensors").is_file():
-        seconds = train_base(args, base_sp, zh_train, en_train, model_dir)
-        print(f"trained {args.steps} steps × {args.batch}×{args.seq_len} tokens in {seconds:.0f} s")
+        done, seconds = train_base(args, base_sp, zh_train, en_train, model_dir)
+        print(f"trained {done} steps × {args.batch}×{args.seq_len} tokens in {seconds:.0f} s")
     merged = work / "merged_tokenizer"
     if not merged.is_dir():
         merge_tokenizers(BASE_SP, ADD_SP, merged, add_pad_token=True, pad_to_multiple_of=64)
     merged_sp = spm.SentencePieceProcessor(model_file=str(merged / "tokenizer.model"))
 
-    def score(model, sp) -> tuple[float, float, float]:
+    def score(model, sp) -> tuple[float, float, float, float]:
         zh = bits_per_character(model, zh_test, sp.encode, sp.bos_id(), block_size=args.seq_len, batch_size=16)
         en = bits_per_character(model, en_test, sp.encode, sp.bos_id(), block_size=args.seq_len, batch_size=16)
-        return zh.bpc, zh.tokens_per_char, en.bpc
+        mass = new_id_mass(model, sp, zh_test[:8], base_sp.get_piece_size(), args.seq_len)
+        return zh.bpc, zh.tokens_per_char, en.bpc, mass
 
+    merged_streams = [token_stream(merged_sp, zh_train), token_stream(merged_sp, en_train)] if args.adapt_steps else []
     rows = [("base (base tokenizer)", *score(AutoModelForCausalLM.from_pretrained(model_dir), base_sp), "")]
     for init in ("subtoken-mean", "mean", "random"):
         out = work / f"resized_{init}"
@@ -159,11 +197,15 @@ def main() -> None:
         note = f"{report['old_vocab_size']}→{report['new_vocab_size']} rows, {report['seconds']:.1f} s, " \
                f"peak RSS {report['peak_rss_mib']:.0f} MiB, rules {report['rows_per_rule']}"
         rows.append((f"resized, --init {init}", *score(model, merged_sp), note))
+        if args.adapt_steps:
+            done = train(model, merged_streams, args, args.adapt_steps, args.adapt_lr, 1e9, f"adapting {init}")
+            rows.append((f"  after {done} more steps", *score(model, merged_sp), ""))
     print(f"\nheld-out: {len(zh_test)} Chinese paragraphs ({sum(map(len, zh_test))} chars), "
-          f"{sum(map(len, en_test))} English chars; step 0 after resize (no training)")
-    print(f"{'model':<28} {'zh bits/char':>12} {'zh tokens/char':>15} {'en bits/char':>12}")
-    for name, zh_bpc, tpc, en_bpc, note in rows:
-        print(f"{name:<28} {zh_bpc:>12.3f} {tpc:>15.3f} {en_bpc:>12.3f}  {note}")
+          f"{sum(map(len, en_test))} English chars; 'resized' rows are at step 0 (no training after the resize)")
+    print(f"{'model':<28} {'zh bits/char':>12} {'zh tokens/char':>15} {'en bits/char':>12} {'p(new ids)':>10}")
+    for name, zh_bpc, tpc, en_bpc, mass, note in rows:
+        print(f"{name:<28} {zh_bpc:>12.3f} {tpc:>15.3f} {en_bpc:>12.3f} {mass:>10.3f}  {note}")
+    print("p(new ids): mean probability given to ids >= 32000 while reading held-out Chinese")
     print(f"base model weights: {(model_dir / 'model.safetensors').stat().st_size / 2**20:.0f} MiB "
           "(peak RSS of a resize is mostly the torch/transformers import)")
     print(f"folders in {work}")

@@ -1,6 +1,6 @@
 """Bits per character of several models on the same test text (vocab/bpc.py does the scoring).
 
-    python -m demo.bpc --text test.txt --out bpc.json --model base=DIR --model subtoken-mean=DIR ...
+    python -m demo.bpc --text test.txt --out bpc.json [--limit N] --model base=DIR --model subtoken-mean=DIR ...
 
 Each model folder is scored with its own tokenizer, so a 32k-vocabulary model and a merged one
 are compared fairly (bits per character of the same characters). Output: {label: {bpc,
@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", required=True, metavar="LABEL=DIR")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N texts")
     args = p.parse_args(argv)
-    texts = [line for line in args.text.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [line for line in args.text.read_text(encoding="utf-8").splitlines() if line.strip()][: args.limit]
     if not texts:
         raise UserError(f"{args.text}: no text")
     out = {}

@@ -11,8 +11,9 @@ class Budget:
     # data (demo/split.py)
     test_percent: int = 10  # share of distinct reviews held out as test, by a hash of the text
     max_train_docs: int = 0  # train reviews used by vocab training and pretraining (0 = all)
-    sft_examples: int = 4000  # balanced Alpaca records made from train reviews
-    eval_examples: int = 1000  # test reviews scored for accuracy and bits/char
+    sft_examples: int = 2400  # balanced Alpaca records made from train reviews
+    eval_examples: int = 1000  # test reviews scored for accuracy (and tokens/char)
+    bpc_texts: int = 300  # of those, the first N are scored for bits/char
     review_chars: int = 64  # reviews are clipped to this many characters inside prompts
     # vocabulary
     zh_vocab_size: int = 6000  # pieces of the Chinese SentencePiece model (before dropping base duplicates)
@@ -23,9 +24,9 @@ class Budget:
     heads: int = 4
     block_size: int = 128
     # base pretraining with the base tokenizer, then continued pretraining with the merged one
-    base_steps: int = 150
+    base_steps: int = 80
     base_lr: float = 3e-3
-    cpt_steps: int = 150
+    cpt_steps: int = 80
     cpt_lr: float = 2e-3
     pt_micro_batch: int = 8  # blocks per rank per step (2 ranks)
     # SFT
@@ -33,6 +34,8 @@ class Budget:
     sft_lr: float = 2e-3
     sft_micro_batch: int = 8
     sft_max_seq_length: int = 128
+    # resize: initialisations compared at step 0 (subtoken-mean is the one trained further)
+    inits: tuple[str, ...] = ("subtoken-mean", "random")
     # generations shown in the report
     samples: int = 6
     ranks: int = 2
@@ -46,6 +49,6 @@ BUDGETS = {
     "small": Budget(
         name="small", max_train_docs=1500, sft_examples=256, eval_examples=120, zh_vocab_size=1500,
         character_coverage=0.98, base_steps=12, cpt_steps=12, sft_epochs=1.0, pt_micro_batch=4,
-        sft_micro_batch=8, samples=3,
+        sft_micro_batch=8, samples=3, bpc_texts=60,
     ),
 }

@@ -58,7 +58,7 @@ def write_manifest(path: Path, text_file: Path, name: str) -> None:
 
 def torchrun(budget: Budget, module: str, preset: str, overrides: list[str]) -> Command:
     return Command([*TORCHRUN, "--nproc_per_node", str(budget.ranks), "-m", module, "train", "--config", preset,
-                    *overrides], env={"OMP_NUM_THREADS": "1"})
+                    *overrides], env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"})
 
 
 def engine_overrides(out_dir: Path, model: Path, lr: float, micro_batch: int, steps: int | None) -> list[str]:
@@ -104,7 +104,7 @@ def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[St
                            "--out", str(data), "--test-percent", str(b.test_percent),
                            "--max-train-docs", str(b.max_train_docs), "--sft-examples", str(b.sft_examples),
                            "--eval-examples", str(b.eval_examples), "--review-chars", str(b.review_chars)])],
-        needs_modules=["demo.split"], code=["demo"],
+        needs_modules=["demo.split"], code=["demo/split.py"],
         collect=lambda s: _read_json(data / "split_report.json"),
     )
 
@@ -146,7 +146,7 @@ def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[St
                      engine_overrides(base_dir / "run", base_dir / "init", b.base_lr,
                                       b.pt_micro_batch, b.base_steps) + [f"data.dir={base_dir / 'shards'}"]),
         ],
-        needs_modules=["pretrain.prepare_cli", "pretrain.train_cli"], code=["pretrain", "demo"],
+        needs_modules=["pretrain.prepare_cli", "pretrain.train_cli"], code=["pretrain", "vocab", "demo/base_model.py"],
         prepare=lambda s: write_manifest(manifest(s), train_txt, "demo_reviews_train"),
         collect=collect_training,
     )
@@ -155,19 +155,19 @@ def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[St
     resize_dir = st["04_resize"]
     resize = Stage(
         "04_resize", "grow the embeddings to the merged vocabulary; bits/char at step 0 per init", resize_dir,
-        settings={"inits": ["subtoken-mean", "mean", "random"]},
+        settings={"inits": list(b.inits), "bpc_texts": b.bpc_texts},
         inputs={"base_model": base_final, "merged": merged, "test": test_txt},
         commands=[
             *[Command([PY, "-m", "vocab", "resize", "--model", str(base_final), "--tokenizer", str(merged),
                        "--out", str(resize_dir / init), "--init", init, "--seed", "0"])
-              for init in ("subtoken-mean", "mean", "random")],
-            Command([PY, "-m", "demo.bpc", "--text", str(test_txt), "--out", str(resize_dir / "bpc.json"),
+              for init in b.inits],
+            Command([PY, "-m", "demo.bpc", "--text", str(test_txt), "--limit", str(b.bpc_texts),
+                     "--out", str(resize_dir / "bpc.json"),
                      "--model", f"base model, base tokenizer={base_final}",
-                     "--model", f"random={resize_dir / 'random'}",
-                     "--model", f"mean={resize_dir / 'mean'}",
-                     "--model", f"subtoken-mean={resize_dir / 'subtoken-mean'}"]),
+                     *[a for init in ("random", "mean", "subtoken-mean") if init in b.inits
+                       for a in ("--model", f"{init}={resize_dir / init}")]]),
         ],
-        needs_modules=["vocab.resize_cli", "vocab.bpc"], code=["vocab", "demo"],
+        needs_modules=["vocab.resize_cli", "vocab.bpc"], code=["vocab", "demo/bpc.py"],
         collect=lambda s: {"bpc": _read_json(resize_dir / "bpc.json"),
                            "resize_report": _read_json(resize_dir / "subtoken-mean" / "resize_report.json")},
     )
@@ -175,7 +175,8 @@ def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[St
     cpt_dir = st["05_cpt"]
     cpt = Stage(
         "05_cpt", "continued pretraining with the merged tokenizer on the train reviews (ZeRO-3, 2 ranks)", cpt_dir,
-        settings={k: getattr(b, k) for k in ("block_size", "cpt_steps", "cpt_lr", "pt_micro_batch", "ranks")},
+        settings={k: getattr(b, k) for k in ("block_size", "cpt_steps", "cpt_lr", "pt_micro_batch", "ranks",
+                                             "bpc_texts")},
         inputs={"model": resize_dir / "subtoken-mean", "train": train_txt, "test": test_txt},
         commands=[
             Command([PY, "-m", "pretrain", "prepare", "--manifest", str(cpt_dir / "inputs" / "train_reviews.yaml"),
@@ -184,16 +185,17 @@ def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[St
             torchrun(b, "pretrain", PT_PRESET,
                      engine_overrides(cpt_dir / "run", resize_dir / "subtoken-mean",
                                       b.cpt_lr, b.pt_micro_batch, b.cpt_steps) + [f"data.dir={cpt_dir / 'shards'}"]),
-            Command([PY, "-m", "demo.bpc", "--text", str(test_txt), "--out", str(cpt_dir / "bpc.json"),
+            Command([PY, "-m", "demo.bpc", "--text", str(test_txt), "--limit", str(b.bpc_texts),
+                     "--out", str(cpt_dir / "bpc.json"),
                      "--model", f"after continued pretraining={cpt_dir / 'run' / 'final'}"]),
         ],
-        needs_modules=["pretrain.prepare_cli", "pretrain.train_cli", "vocab.bpc"], code=["pretrain", "demo", "vocab"],
+        needs_modules=["pretrain.prepare_cli", "pretrain.train_cli", "vocab.bpc"], code=["pretrain", "vocab", "demo/bpc.py"],
         prepare=lambda s: write_manifest(manifest(s), train_txt, "demo_reviews_train"),
         collect=lambda s: {**collect_training(s), "bpc": _read_json(cpt_dir / "bpc.json")},
     )
 
     sft_dir = st["06_sft"]
-    sft_files = f"data.files=[{{path: '{data / 'sft_train.json'}', weight: 1.0}}]"
+    sft_files = "data.files=[{path: %s, weight: 1.0}]" % json.dumps(str(data / "sft_train.json"))
     sft = Stage(
         "06_sft", "Alpaca-style SFT on the labelled train reviews (正面/负面), ZeRO-3, 2 ranks", sft_dir,
         settings={k: getattr(b, k) for k in ("sft_epochs", "sft_lr", "sft_micro_batch", "sft_max_seq_length",
@@ -224,7 +226,7 @@ def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[St
                      "--out", str(eval_dir / "generations.jsonl"), "--limit", str(b.samples),
                      "--max-new-tokens", "8", "--batch-size", str(b.samples)]),
         ],
-        needs_modules=["sft.generate_cli", "sft.templates"], code=["sft", "demo"],
+        needs_modules=["sft.generate_cli", "sft.templates"], code=["sft", "demo/evaluate.py"],
         collect=collect_eval,
     )
     return [split, vocab, base, resize, cpt, sft, evaluate]

@@ -181,8 +181,9 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
     add("")
     if bpc_all:
         add("Total negative log-likelihood in bits divided by characters, on the test reviews (each model with "
-            "its own tokenizer, so different vocabularies compare fairly). Rows 2–4 are the resized model at "
-            "step 0, before any training with the merged tokenizer.")
+            "its own tokenizer, so different vocabularies compare fairly). Rows named after an initialisation "
+            "(random, mean, subtoken-mean) are the resized model at step 0, before any training with the merged "
+            "tokenizer; the last row is after continued pretraining.")
         add("")
         if has_bpc:
             add("![bits per character](bits_per_char.png)")

@@ -50,7 +50,7 @@ class Stage:
     inputs: dict[str, Path]  # files or folders read (hashed into the key)
     commands: list[Command]
     needs_modules: list[str]  # modules that must exist (phases still being written are skipped)
-    code: list[str]  # packages whose source is part of the key, e.g. ["vocab"]
+    code: list[str]  # packages or files whose source is part of the key, e.g. ["vocab", "demo/split.py"]
     collect: Callable[["Stage"], dict[str, Any]] = lambda stage: {}  # metrics read from the outputs
     prepare: Callable[["Stage"], None] | None = None  # writes generated inputs (manifests, configs)
 
@@ -78,10 +78,12 @@ def _ignored(rel: str) -> bool:
     return any(part.startswith(".") or part in ("__pycache__", "wandb", "tensorboard", "logs") for part in parts)
 
 
-def code_digest(packages: list[str]) -> str:
+def code_digest(paths: list[str]) -> str:
+    """sha256 of the source files (packages or single files, relative to the repo) a stage runs."""
     files = []
-    for pkg in sorted(packages):
-        for p in sorted((REPO_ROOT / pkg).rglob("*")):
+    for rel in sorted(paths):
+        root = REPO_ROOT / rel
+        for p in [root] if root.is_file() else sorted(root.rglob("*")):
             if p.is_file() and p.suffix in (".py", ".yaml", ".json") and "__pycache__" not in p.parts:
                 files.append([p.relative_to(REPO_ROOT).as_posix(), sha256_file(p)])
     return sha256_json(files)
@@ -104,7 +106,7 @@ def stage_key(stage: Stage) -> str:
         "stage": stage.name,
         "settings": stage.settings,
         "inputs": {k: digest_path(v) for k, v in sorted(stage.inputs.items())},
-        "code": code_digest(stage.code),
+        "code": code_digest([*stage.code, "zhllama"]),
         "commands": [c.shell().replace(str(stage.folder), "<stage>") for c in stage.commands],
     })
 

@@ -85,3 +85,14 @@ def test_command_registry_entries_import(phase):
 def test_unknown_command_exits_nonzero():
     proc = subprocess.run([sys.executable, "-m", "vocab", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown command" in proc.stderr
+
+
+def test_deepspeed_launcher_local_rank_is_stripped(monkeypatch):
+    from zhllama.cli import strip_launcher_args
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert strip_launcher_args(["--local_rank=1", "train", "--config", "x.yaml"]) == ["train", "--config", "x.yaml"]
+    import os
+
+    assert os.environ["LOCAL_RANK"] == "1"
+    assert strip_launcher_args(["train", "--local-rank", "0", "a=b"]) == ["train", "a=b"]

@@ -135,6 +135,7 @@ def test_chinese_llama_alpaca_policy_reproduces_49953_and_changes_english(shared
     report = merge_tokenizers(toks / "llama2c" / "tokenizer.model", toks / "chinese_llama_alpaca" / "chinese_sp.model",
                               out, policy="chinese-llama-alpaca", verify=False)
     assert report["vocab_size"] == 49953 and report["added"] == 17953
+    assert report["unreachable"]["found"] > 100 and report["unreachable"]["made_reachable"] == 0
     english = text_lines([shared_data / "pretrain" / "wiki_demo_en.txt"])
     base_ids = spm.SentencePieceProcessor(model_file=str(toks / "llama2c" / "tokenizer.model")).encode(english)
     cla_ids = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model")).encode(english)

@@ -59,11 +59,11 @@ def _train(*overrides: str, timeout: int = 180) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_single_process_cli_trains_on_prepared_shards(assets):
+def test_single_process_cli_trains_on_prepared_shards_and_stages_chain(assets):
     out = assets["root"] / "run"
     proc = _train(f"model.path={assets['model']}", f"data.dir={assets['shards']}", f"output_dir={out}",
                   "schedule.max_steps=6", "eval.every_steps=3", "checkpoint.every_steps=2", "logging.wandb=disabled",
-                  "logging.tensorboard=false")
+                  "logging.tensorboard=false", "mode=embeddings")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "done:" in proc.stdout
     report = json.loads((out / "train_report.json").read_text())
@@ -79,10 +79,25 @@ def test_single_process_cli_trains_on_prepared_shards(assets):
 
     assert AutoModelForCausalLM.from_pretrained(out / "final").config.vocab_size == 512
 
+    # The same command again (a scheduler restarting a finished job): nothing to redo.
+    proc = _train(f"model.path={assets['model']}", f"data.dir={assets['shards']}", f"output_dir={out}",
+                  "schedule.max_steps=6", "eval.every_steps=3", "checkpoint.every_steps=2", "logging.wandb=disabled",
+                  "logging.tensorboard=false", "mode=embeddings")
+    assert proc.returncode == 0 and "already finished 6 steps" in proc.stdout, proc.stderr[-3000:]
+
     # Same output folder, other data: refused instead of silently continuing.
     proc = _train(f"model.path={assets['model']}", f"data.dir={assets['more_shards']}", f"output_dir={out}",
                   "schedule.max_steps=6", "eval.every_steps=3", "logging.wandb=disabled")
     assert proc.returncode == 2 and "was trained on other data" in proc.stderr, proc.stderr[-3000:]
+
+    # Stage 2 starts from stage 1's output folder (Chinese-LLaMA: embeddings, then LoRA).
+    stage2 = assets["root"] / "stage2"
+    proc = _train(f"model.path={out / 'final'}", f"data.dir={assets['shards']}", f"output_dir={stage2}",
+                  "mode=lora", "schedule.max_steps=2", "eval.every_steps=0", "eval.at_start=false",
+                  "checkpoint.every_steps=0", "logging.wandb=disabled", "logging.tensorboard=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    adapter = json.loads((stage2 / "final" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(out / "final")
 
 
 def test_refuses_data_prepared_with_another_tokenizer(assets):
@@ -106,3 +121,17 @@ def test_bad_input_one_clear_message(assets, override, expected):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert expected in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "does not exist or is empty"),
+    ("node1 slots=8\nnode2 slots=eight\n", "line 2: expected 'HOSTNAME slots=N', got 'node2 slots=eight'"),
+])
+def test_multi_node_script_checks_the_hostfile_before_launching(tmp_path, content, expected):
+    hostfile = tmp_path / "hosts"
+    if content is not None:
+        hostfile.write_text(content)
+    script = REPO / "pretrain" / "scripts" / "multi_node.sh"
+    proc = subprocess.run(["bash", str(script), str(TINY)], env={**os.environ, "HOSTFILE": str(hostfile)},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr

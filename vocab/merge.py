@@ -17,9 +17,9 @@ from zhllama.errors import UserError
 from zhllama.files import atomic_output_dir, sha256_file, write_json_atomic
 
 from . import verify as invariants
-from .hf_export import write_hf_folder
+from .hf_export import build_backend, write_hf_folder
 from .merge_policy import DEFAULT_POLICY, POLICIES, select_pieces
-from .merge_reach import append_reachable, assemble
+from .merge_reach import Appended, append_reachable, assemble
 from .spm_proto import CONTROL, LoadedModel, check_base_supported, new_piece, resolve_sentencepiece
 
 PAD_PIECE = "<pad>"
@@ -117,12 +117,14 @@ def merge_tokenizers(base: str | Path, add: str | Path, out: str | Path, *, poli
 
     selection = select_pieces(base_model.proto, add_model.proto, policy)
     if selection.tied_zero_scores:
-        appended = append_reachable(base_model.proto, selection.pieces, repair=False)
-        appended.proto = assemble(base_model.proto, selection.pieces, tied_zero=True)
+        appended = Appended(assemble(base_model.proto, selection.pieces, tied_zero=True), len(selection.pieces))
     else:
         appended = append_reachable(base_model.proto, selection.pieces, repair=selection.fix_reachability)
     merged = appended.proto
     n_base, n_real = len(base_model.proto.pieces), len(merged.pieces)
+    if not selection.fix_reachability:  # still say how many pieces BPE cannot produce
+        backends = invariants.Backends(merged, build_backend(merged, add_bos=False))
+        appended.unreachable_found = len(invariants.unreachable_pieces(backends, range(n_base, n_real)))
     specials = _append_specials(merged, add_pad_token, pad_to_multiple_of)
 
     report: dict[str, Any] = {
@@ -134,7 +136,7 @@ def merge_tokenizers(base: str | Path, add: str | Path, out: str | Path, *, poli
         "vocab_size": len(merged.pieces),
         "added": n_real - n_base,
         "added_breakdown": {
-            "from_add_model": len([p for p in selection.pieces if p not in appended.dropped]),
+            "from_add_model": len(set(selection.pieces) - set(appended.dropped)),
             "required_characters": len(appended.required_characters),
             "intermediate_pieces": len(appended.intermediates),
         },
@@ -143,9 +145,9 @@ def merge_tokenizers(base: str | Path, add: str | Path, out: str | Path, *, poli
         "skipped_by_policy_examples": selection.skipped_by_policy[:20],
         "unreachable": {
             "action": "made reachable with intermediate pieces; the rest dropped" if selection.fix_reachability
-            else "none (kept as the policy appends them)",
+            else "none: kept as the policy appends them (sentencepiece or HF cannot produce them)",
             "found": appended.unreachable_found,
-            "made_reachable": appended.unreachable_found - len(appended.dropped),
+            "made_reachable": appended.unreachable_found - len(appended.dropped) if selection.fix_reachability else 0,
             "dropped": len(appended.dropped),
             "dropped_pieces": appended.dropped[:50],
         },
@@ -164,10 +166,9 @@ def merge_tokenizers(base: str | Path, add: str | Path, out: str | Path, *, poli
         if verify:
             english = invariants.SAMPLE_ENGLISH + invariants.python_source_lines()
             checks = invariants.run_checks(base_model.proto, merged, tmp / "tokenizer.json",
-                                       range(n_base, n_real), english, english + invariants.SAMPLE_CHINESE)
+                                           range(n_base, n_real), english, english + invariants.SAMPLE_CHINESE)
             report["checks"] = checks
-            failed = [f"{name}: {json.dumps({k: v for k, v in c.items()}, ensure_ascii=False)[:300]}"
-                      for name, c in checks.items() if not c["ok"]]
+            failed = [f"{name}: {json.dumps(c, ensure_ascii=False)[:300]}" for name, c in checks.items() if not c["ok"]]
             if failed:
                 raise UserError(f"--verify failed for policy {policy!r}; nothing was written to {out} "
                                 "(pass --no-verify to write it anyway)", failed)

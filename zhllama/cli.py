@@ -8,13 +8,36 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import run_cli
 
 
+def strip_launcher_args(argv: list[str]) -> list[str]:
+    """Drop ``--local_rank=N`` that the deepspeed launcher inserts before the command name.
+
+    The rank is also in the LOCAL_RANK environment variable, which the engine reads; keeping the
+    flag would make ``deepspeed --module pretrain train`` fail to find the command.
+    """
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith(("--local_rank=", "--local-rank=")):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+            continue
+        if arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+            skip = True
+            continue
+        out.append(arg)
+    return out
+
+
 def main_for(prog: str, commands: dict[str, str], description: str, argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = strip_launcher_args(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         lines = [f"usage: python -m {prog} COMMAND [options]", "", description, "", "commands:"]
         lines += [f"  {name:<10} python -m {prog} {name} --help" for name in commands]

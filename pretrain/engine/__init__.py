@@ -13,8 +13,9 @@
 Datasets are map-style (``len`` and ``ds[i]``); ``collate_fn(list_of_items) -> dict`` of
 LongTensors with ``input_ids`` and ``labels`` (-100 = not trained) and either ``position_ids``
 (packed blocks: positions restart at 0 at each document, attention stays inside a document) or
-``attention_mask`` (padded batches). Launch with ``torchrun``/``deepspeed`` or plain ``python``
-(one rank). Importing this package does not import torch; ``train`` does.
+``attention_mask`` (padded batches); ``collate_fn=None`` stacks equal-length items.
+Launch with ``torchrun``/``deepspeed`` or plain ``python`` (one rank). Importing this package
+does not import torch; ``train`` does.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def train(
     cfg: TrainConfig,
     train_dataset: Any,
     eval_dataset: Any | None,
-    collate_fn: Callable[[list[dict]], dict],
+    collate_fn: Callable[[list[dict]], dict] | None,
     *,
     eval_characters: int | None = None,
     data_fingerprint: str | None = None,

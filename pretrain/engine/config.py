@@ -172,6 +172,16 @@ class EvalConfig:
     micro_batch_size: int | None = None  # default: batch.micro_batch_size
     max_batches: int | None = None  # cap per evaluation (bits/char is only reported on the full set)
 
+    def validate(self) -> list[str]:
+        problems = []
+        if self.every_steps < 0:
+            problems.append(f"every_steps: must be >= 0, got {self.every_steps}")
+        for name in ("micro_batch_size", "max_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name}: must be >= 1 (or null), got {value}")
+        return problems
+
 
 @dataclass
 class LoggingConfig:
@@ -182,6 +192,9 @@ class LoggingConfig:
     tensorboard: bool = True  # write TensorBoard event files under output_dir/tensorboard
     plot: bool = True  # write loss_curve.png at the end
     progress: bool = True  # tqdm progress bar on rank 0
+
+    def validate(self) -> list[str]:
+        return [] if self.every_steps >= 1 else [f"every_steps: must be >= 1, got {self.every_steps}"]
 
 
 @dataclass

@@ -10,9 +10,11 @@ mixed precision, sharded checkpoint files, consolidation.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,8 +94,10 @@ def _partition_numel(module) -> list[int]:
     return out
 
 
-def _mean_over_ranks(loss_sum: float, count: float, dev) -> float:
-    t = torch.tensor([loss_sum, count], dtype=torch.float64, device=dev if dist.get_backend() == "nccl" else "cpu")
+def _mean_over_ranks(loss_sum: torch.Tensor, count: torch.Tensor) -> float:
+    t = torch.stack([loss_sum.double(), count.double()])
+    if dist.get_backend() != "nccl":
+        t = t.cpu()
     dist.all_reduce(t)
     return (t[0] / t[1].clamp(min=1)).item()
 
@@ -103,6 +107,9 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
     import deepspeed
     from transformers import AutoConfig
 
+    # DeepSpeed calls torch.distributed functions torch has renamed; one warning per step is noise.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     collate_fn = collate_fn or default_collate
     rank, world, _ = init_distributed()
     dev = device()
@@ -113,6 +120,14 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
     plan = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed)
     plan.check()
     total_steps = plan.total_steps(cfg.schedule.max_steps, cfg.schedule.epochs)
+    finished = Path(cfg.output_dir) / "train_report.json"
+    if cfg.checkpoint.resume == "auto" and finished.is_file() and (Path(cfg.output_dir) / "final").is_dir():
+        report = json.loads(finished.read_text(encoding="utf-8"))
+        if report.get("step") == total_steps and report.get("data_fingerprint") == data_fingerprint:
+            if rank == 0:  # a scheduler re-ran a finished job: nothing to do
+                print(f"[zhllama] {cfg.output_dir} already finished {total_steps} steps; final model: "
+                      f"{report.get('final_dir')}", flush=True)
+            return {**report.pop("metrics", {}), **report}
     resume_from = checkpoint.find_resume(cfg.output_dir, cfg.checkpoint.resume)
     if resume_from is None and checkpoint.list_complete(cfg.output_dir):
         raise UserError(f"output_dir {cfg.output_dir} already holds checkpoints; use checkpoint.resume=auto "
@@ -142,7 +157,7 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
     if resume_from is not None:
         checkpoint.load(engine, resume_from)
         step = int(marker["step"])
-    elif rank == 0:
+    if rank == 0:  # leftovers of a crash mid-save; nobody writes checkpoints before the first save's barrier
         checkpoint.remove_incomplete(cfg.output_dir)
 
     tracker = Tracker(cfg, enabled=rank == 0, resumed_step=step)
@@ -170,20 +185,21 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
     window_tokens, window_start = 0, time.perf_counter()
     last_eval_step = step if metrics else -1
     while step < total_steps:
+        lr_used = scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler moves on after it)
         for indices in plan.micro_batches(step, rank):
             batch = fetch(train_ds, indices, collate_fn)
             loss_sum, count = forward_loss(engine, batch, dev)
             engine.backward(loss_sum / count.clamp(min=1))
             engine.step()
-            window_loss += loss_sum.item()
-            window_count += count.item()
+            window_loss = window_loss + loss_sum.detach()  # tensors: no device sync per micro step
+            window_count = window_count + count
             window_tokens += batch["input_ids"].numel() * world
         step += 1
         bar.update(1)
         if step % cfg.logging.every_steps == 0 or step == total_steps:
-            loss = _mean_over_ranks(window_loss, window_count, dev)
+            loss = _mean_over_ranks(torch.as_tensor(window_loss, device=dev), torch.as_tensor(window_count, device=dev))
             elapsed = time.perf_counter() - window_start
-            metrics.update({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+            metrics.update({"train/loss": loss, "train/lr": lr_used,
                             "train/tokens_per_s": window_tokens / max(elapsed, 1e-9)})
             grad_norm = engine.get_global_grad_norm()
             if grad_norm is not None:

