@@ -10,13 +10,16 @@
 3. Resizes the model with each --init (subtoken-mean, mean, random) via `python -m vocab resize`.
 4. Prints bits per character on held-out Chinese (the last CMRC paragraphs, never trained on) and
    held-out English for the base model (base tokenizer) and each resized model (merged tokenizer),
-   at step 0: no training after the resize.
+   at step 0: no training after the resize; plus the probability mass the model puts on the new
+   ids while reading Chinese. --adapt-steps N also trains each resized model N steps (same
+   windows, merged tokenizer) and scores it again.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -35,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from vocab.bpc import bits_per_character  # noqa: E402
 from vocab.merge import merge_tokenizers  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("ZHLLAMA_SHARED_DATA", REPO.parent / "shared" / "data"))
 BASE_SP = DATA / "tokenizers" / "llama2c" / "tokenizer.model"
 ADD_SP = DATA / "tokenizers" / "chinese_llama_alpaca" / "chinese_sp.model"
 ZH = DATA / "pretrain" / "cmrc2018_dev_contexts.txt"

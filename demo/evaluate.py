@@ -42,11 +42,19 @@ def label_logprobs(model, prompts: list[list[int]], answers: list[list[int]], ba
             for row, (_, _, ids, _) in enumerate(chunk):  # right padding: positions stay 0..n-1
                 input_ids[row, :len(ids)] = torch.tensor(ids)
                 attention[row, :len(ids)] = 1
-            logp = torch.log_softmax(model(input_ids=input_ids, attention_mask=attention).logits.float(), dim=-1)
-            for row, (i, j, ids, plen) in enumerate(chunk):
-                targets = torch.tensor(ids[plen:])
-                positions = torch.arange(plen - 1, len(ids) - 1)
-                scores[i][j] = float(logp[row, positions, targets].sum())
+            # Only the few answer positions need the (vocabulary-wide) output layer: run the decoder
+            # body on everything, then the LM head on those positions alone.
+            hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            rows = torch.cat([torch.full((len(ids) - plen,), r) for r, (_, _, ids, plen) in enumerate(chunk)])
+            positions = torch.cat([torch.arange(plen - 1, len(ids) - 1) for _, _, ids, plen in chunk])
+            targets = torch.cat([torch.tensor(ids[plen:]) for _, _, ids, plen in chunk])
+            logp = torch.log_softmax(model.get_output_embeddings()(hidden[rows, positions]).float(), dim=-1)
+            picked = logp[torch.arange(len(targets)), targets]
+            start_at = 0
+            for i, j, ids, plen in chunk:
+                n = len(ids) - plen
+                scores[i][j] = float(picked[start_at:start_at + n].sum())
+                start_at += n
     return scores
 
 

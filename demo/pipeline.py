@@ -65,7 +65,8 @@ def engine_overrides(out_dir: Path, model: Path, lr: float, micro_batch: int, st
     out = [f"model.path={model}", f"output_dir={out_dir}", f"optim.lr={lr}",
            f"batch.micro_batch_size={micro_batch}", "batch.gradient_accumulation_steps=1",
            "checkpoint.every_steps=0", "logging.every_steps=5", "logging.wandb=disabled",
-           "logging.tensorboard=false", "eval.at_start=true", "seed=0"]
+           "logging.tensorboard=false", "logging.progress=true", "logging.plot=true",
+           "eval.at_start=true", "seed=0"]
     if steps is not None:
         out += [f"schedule.max_steps={steps}", f"schedule.warmup_steps={max(1, steps // 20)}",
                 f"eval.every_steps={max(1, steps // 4)}"]

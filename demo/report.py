@@ -17,7 +17,7 @@ from .stages import NOT_AVAILABLE
 SECTIONS = ("## Inputs", "## Results at a glance", "## Tokenizer", "## Loss curves", "## Bits per character",
             "## Sentiment accuracy", "## Sample generations", "## Time per stage", "## Commands")
 TRAINING_STAGES = (("03_base_pretrain", "base pretraining (base tokenizer)"),
-                   ("05_cpt", "continued pretraining (merged tokenizer)"), ("06_sft", "SFT (正面/负面)"))
+                   ("05_cpt", "continued pretraining (merged tokenizer)"), ("06_sft", "SFT (sentiment: positive/negative)"))
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -73,6 +73,7 @@ def plot_bpc(bpc: dict[str, dict], out: Path) -> bool:
     ax.barh(labels, [bpc[k]["bpc"] for k in labels], color="tab:blue")
     for i, k in enumerate(labels):
         ax.text(bpc[k]["bpc"], i, f" {bpc[k]['bpc']:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, max(bpc[k]["bpc"] for k in labels) * 1.15)  # room for the value labels
     ax.set_xlabel("bits per character on test reviews (lower is better)")
     ax.invert_yaxis()
     fig.tight_layout()
@@ -183,7 +184,10 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
         add("Total negative log-likelihood in bits divided by characters, on the test reviews (each model with "
             "its own tokenizer, so different vocabularies compare fairly). Rows named after an initialisation "
             "(random, mean, subtoken-mean) are the resized model at step 0, before any training with the merged "
-            "tokenizer; the last row is after continued pretraining.")
+            "tokenizer; the last row is after continued pretraining. Caveat at this toy scale: the base model "
+            "is barely trained (its per-token loss is close to a unigram model's), so at step 0 the merged "
+            "tokenizer's shorter token sequences weigh as much as how the new rows were initialised; read "
+            "benchmarks of `vocab resize` on a better-trained model for the initialisations' real gap.")
         add("")
         if has_bpc:
             add("![bits per character](bits_per_char.png)")

@@ -224,6 +224,7 @@ def run_command(cmd: Command, log_path: Path) -> int:
                 reader.start()
             for block in iter(lambda: stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096), b""):
                 log_fh.write(block)
+                log_fh.flush()  # the log is readable while the command runs
                 sys.stdout.buffer.write(block)
                 sys.stdout.flush()
             code = proc.wait()

@@ -22,9 +22,7 @@ leaves only a hidden ``.partial`` folder, never a part with a report).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
-import math
 import os
 import shutil
 import sys
@@ -39,7 +37,7 @@ from zhllama.files import atomic_output_dir, sha256_file, sha256_json, write_jso
 
 from .packed import FORMAT, REPORT, SPLITS, TOKENIZER_FILES, list_parts, part_name, read_prepare_report
 from .packed import tokenizer_fingerprint
-from .shards import SplitWriter, encode_batch, init_encoder
+from .shards import SplitWriter
 
 
 @dataclasses.dataclass
@@ -123,23 +121,84 @@ def tokenizer_files(folder: str | os.PathLike) -> dict[str, str]:
 def load_tokenizer_info(folder: str | os.PathLike) -> TokenizerInfo:
     """Load a HF fast tokenizer folder; check it can mark document ends."""
     tokenizer_files(folder)
-    from transformers import AutoTokenizer
-
+    plain = _plain_llama_info(Path(folder))
+    if plain is not None:
+        return plain
     try:
+        from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:  # transformers raises many types for unreadable folders
         raise UserError(f"{folder}: cannot load the tokenizer: {exc}") from None
     if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
         raise UserError(f"{folder}: needs a fast (tokenizers-backed) tokenizer with a tokenizer.json")
-    if tok.eos_token_id is None:
+    return _info(folder, tok.backend_tokenizer.to_str(), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, len(tok))
+
+
+def _info(folder: Any, backend_json: str, bos: int | None, eos: int | None, pad: int | None,
+          size: int) -> TokenizerInfo:
+    if eos is None:
         raise UserError(f"{folder}: the tokenizer has no EOS token (eos_token in tokenizer_config.json); "
                         "documents need an end marker so packing can separate them")
     # START marks a document's beginning: BOS when the tokenizer has one (LLaMA), else EOS.
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    size = len(tok)
-    return TokenizerInfo(tok.backend_tokenizer.to_str(), start, tok.eos_token_id, pad, size,
+    start = bos if bos is not None else eos
+    return TokenizerInfo(backend_json, start, eos, pad if pad is not None else eos, size,
                          "uint16" if size <= 1 << 16 else "uint32")
+
+
+# What transformers 5's LlamaTokenizer.__init__ builds (models/llama/tokenization_llama.py).
+_LLAMA_BPE = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+              "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False}
+_LLAMA_SPECIAL_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None}
+
+
+def _plain_llama_info(folder: Path) -> TokenizerInfo | None:
+    """The ids ``AutoTokenizer.from_pretrained(folder)`` gives, read without transformers, or None.
+
+    Importing transformers' tokenizers cost ~1.5 CPU-s and AutoTokenizer ~3 more (it imports
+    torch): most of a small prepare's time. For a folder that ``save_pretrained`` of transformers 5's
+    LlamaTokenizer writes (tokenizer_class LlamaTokenizer, no model config.json or remote code,
+    tokenizer.json holding exactly the normalizer, pre-tokenizer and BPE settings that
+    LlamaTokenizer rebuilds, every special token already in it) AutoTokenizer loads LlamaTokenizer,
+    which keeps tokenizer.json's vocab, merges and added tokens: the ids are tokenizer.json's. A
+    test checks the two agree on real data. Any other folder returns None (AutoTokenizer decides).
+    """
+    import json
+
+    if (folder / "config.json").exists() or (folder / "special_tokens_map.json").exists():
+        return None
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        text = (folder / "tokenizer.json").read_text(encoding="utf-8")
+        backend = json.loads(text)
+    except (OSError, ValueError):
+        return None  # let AutoTokenizer report what is wrong
+    if not isinstance(config, dict) or config.get("tokenizer_class") not in ("LlamaTokenizer", "LlamaTokenizerFast"):
+        return None
+    if "auto_map" in config or "added_tokens_decoder" in config or config.get("additional_special_tokens"):
+        return None
+    add_prefix_space, legacy = config.get("add_prefix_space"), config.get("legacy", False)
+    scheme = "never" if add_prefix_space is False else ("always" if legacy else "first")
+    model = backend.get("model") or {}
+    if (backend.get("normalizer") is not None
+            or backend.get("pre_tokenizer") != {"type": "Metaspace", "replacement": "\u2581",
+                                                "prepend_scheme": scheme, "split": False}
+            or {k: model.get(k) for k in _LLAMA_BPE} != _LLAMA_BPE):
+        return None
+    added = {t["content"]: t["id"] for t in backend.get("added_tokens", [])}
+    ids = {}
+    for key, default in _LLAMA_SPECIAL_DEFAULTS.items():
+        value = config.get(key, default)
+        value = value.get("content") if isinstance(value, dict) else value
+        if value is not None and value not in added:
+            return None  # transformers would add it as a new token
+        ids[key] = added.get(value)
+    extra = config.get("extra_special_tokens") or []
+    if not isinstance(extra, list) or any(t not in added for t in extra):
+        return None
+    vocab = model.get("vocab") or {}
+    size = len(set(vocab.values()) | set(added.values()))
+    return _info(folder, text, ids["bos_token"], ids["eos_token"], ids["pad_token"], size)
 
 
 def prepare(cfg: PrepareConfig) -> PrepareResult:
@@ -297,87 +356,29 @@ def _write_total_report(out: Path) -> None:
     os.chmod(out / REPORT, 0o666 & ~_umask())
 
 
-def _document_stream(manifest: Any, cfg: PrepareConfig, stats: dict) -> Iterator[tuple[str, int, str]]:
-    """(split, source index, text) in output order: the weighted training mix, then the holdout."""
-    from vocab.manifest import SourceStats, copies, iter_documents
-
-    for index, source in enumerate(manifest.sources):
-        stats[source.name] = {"weight": source.weight, "train": SourceStats(), "validation": SourceStats(),
-                              "written": {"train": 0, "validation": 0}}
-    for index, source in enumerate(manifest.sources):
-        # Pass r yields the documents drawn more than r times: repeats are a whole pass apart.
-        for r in range(math.ceil(source.weight)):
-            first_pass = stats[source.name]["train"] if r == 0 else None
-            for doc in iter_documents(source, shard=cfg.shard, split="train", stats=first_pass):
-                if copies(source.weight, doc, cfg.seed) > r:
-                    yield "train", index, doc.text
-    if manifest.holdout.fraction <= 0:
-        return
-    for index, source in enumerate(manifest.sources):
-        if source.weight > 0:
-            for doc in iter_documents(source, shard=cfg.shard, split="holdout",
-                                      stats=stats[source.name]["validation"]):
-                yield "validation", index, doc.text
-
-
-def _batches(stream: Iterator[tuple[str, int, str]], max_chars: int) -> Iterator[tuple[str, int, list[str], int]]:
-    """Group consecutive documents of one split and source into batches of about ``max_chars``."""
-    key, texts, chars = None, [], 0
-    for split, source, text in stream:
-        if texts and ((split, source) != key or chars >= max_chars):
-            yield key[0], key[1], texts, chars
-            texts, chars = [], 0
-        key = (split, source)
-        texts.append(text)
-        chars += len(text)
-    if texts:
-        yield key[0], key[1], texts, chars
-
-
-def _encoded(batches: Iterator, tok: TokenizerInfo, num_proc: int) -> Iterator[tuple]:
-    """(split, source, characters, tokens, lengths) per batch, in input order."""
-    if num_proc == 1:
-        init_encoder(tok.backend_json, tok.start_id, tok.eos_id, tok.dtype, None)
-        for split, source, texts, chars in batches:
-            yield (split, source, chars, *encode_batch(texts))
-        return
-    import multiprocessing
-
-    # spawn: workers import only tokenizers + numpy; each gets an equal share of the cores.
-    threads = max(1, (os.cpu_count() or 1) // num_proc)
-    ctx = multiprocessing.get_context("spawn")
-    init = (tok.backend_json, tok.start_id, tok.eos_id, tok.dtype, threads)
-    with ctx.Pool(num_proc, initializer=init_encoder, initargs=init) as pool:
-        pending: collections.deque = collections.deque()
-        for split, source, texts, chars in batches:
-            pending.append((split, source, chars, pool.apply_async(encode_batch, (texts,))))
-            if len(pending) >= 2 * num_proc:  # bounded: memory does not grow with the corpus
-                split_, source_, chars_, result = pending.popleft()
-                yield (split_, source_, chars_, *result.get())
-        while pending:
-            split_, source_, chars_, result = pending.popleft()
-            yield (split_, source_, chars_, *result.get())
-
-
 def _tokenize_part(manifest: Any, tok: TokenizerInfo, cfg: PrepareConfig, folder: Path) -> tuple[dict, dict]:
     from tqdm import tqdm
+
+    from .prepare_stream import EncoderPool, batches, document_stream
 
     writers = {split: SplitWriter(folder / split, np.dtype(tok.dtype), cfg.file_tokens, cfg.block_size)
                for split in SPLITS}
     stats: dict[str, dict] = {}
-    stream = _document_stream(manifest, cfg, stats)
+    stream = document_stream(manifest, cfg.shard, cfg.seed, stats)
     index, count = cfg.shard
+    pool = EncoderPool(tok.backend_json, tok.start_id, tok.eos_id, tok.dtype, cfg.num_proc)  # before tqdm's thread
     bar = tqdm(desc=f"prepare part {index}/{count}", unit="doc", disable=not cfg.progress, file=sys.stderr,
                mininterval=1.0, dynamic_ncols=True)
     started, tokens = time.time(), 0
     try:
-        for split, source, chars, flat, lengths in _encoded(_batches(stream, cfg.batch_chars), tok, cfg.num_proc):
+        for split, source, chars, flat, lengths in pool.encoded(batches(stream, cfg.batch_chars)):
             writers[split].add(flat, lengths, source, chars)
             stats[manifest.sources[source].name]["written"][split] += len(lengths)
             tokens += len(flat)
             bar.update(len(lengths))
             bar.set_postfix_str(f"{tokens / max(time.time() - started, 1e-9):,.0f} tokens/s", refresh=False)
     finally:
+        pool.close()
         bar.close()
         splits = {split: w.close() for split, w in writers.items()}
     sources = {name: {"weight": st["weight"], "written": st["written"],

@@ -322,8 +322,10 @@ def test_real_chinese_llama_merge_resizes_and_loads(tmp_path, shared_data):
     old, new = _weights(model_dir), _weights(tmp_path / "out")
     for name in (EMB, HEAD):  # '▁中国' starts like the text '中国': as the base read it there
         assert torch.equal(new[name][word], old[name][sp.encode("中国")].mean(dim=0))
+    from vocab.hf_export import load_hf_tokenizer  # the merge phase's loader (checks the class)
+
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    tokenizer = load_hf_tokenizer(tmp_path / "out")
     ids = tokenizer("今天天气很好，我们去公园散步。", return_tensors="pt").input_ids
     assert int(ids.max()) >= 32000 and len(tokenizer) <= model.config.vocab_size
     with torch.no_grad():

@@ -1,0 +1,182 @@
+"""The streaming half of ``prepare``: documents in output order, batches, and the encoder pool.
+
+Kept apart from ``prepare.py`` (keys, reports, the output folder) because this is the hot path:
+every character of the corpus passes through here, so each step is written for throughput
+(measured by ``benchmarks/prepare_throughput.py``).
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+
+from .shards import encode_batch, init_encoder
+
+# Han ideographs, the same ranges as vocab.cleaning._CJK_RE (a test checks they agree), as
+# half-open code point intervals for a vectorised count.
+_CJK_RANGES = ((0x3400, 0x4DC0), (0x4E00, 0xA000), (0xF900, 0xFB00), (0x20000, 0x31350))
+_CJK_CHUNK_CHARS = 1 << 20
+
+
+def cjk_count_many(texts: list[str]) -> int:
+    """Han ideographs in all ``texts``: ``sum(vocab.cleaning.cjk_count(t) for t in texts)``, faster.
+
+    The per-document regex findall of ``cjk_count`` allocates a string per ideograph and cost
+    ~15% of prepare's CPU time; only the sum over a source is reported, so count a batch at once.
+    """
+    if not texts:
+        return 0
+    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    found = 0
+    for low, high in _CJK_RANGES:
+        found += int(np.count_nonzero((codes - np.uint32(low)) < np.uint32(high - low)))  # wraps below low
+    return found
+
+
+def iter_source(source: Any, shard: tuple[int, int], split: str, stats: Any) -> Iterator[str]:
+    """Texts of ``vocab.manifest.iter_documents(source, shard=, split=, stats=)``, same order and stats.
+
+    The same loop (a test checks documents and every counter agree), minus the per-document
+    ``Document`` objects and CJK regex: the CJK count is taken over chunks of documents.
+    """
+    from vocab.cleaning import clean_text
+    from vocab.manifest import document_key, is_held_out, shard_of
+    from vocab.manifest_readers import read_records
+
+    salt, fraction, count = source.holdout.salt, source.holdout.fraction, shard[1]
+    dedup, seen = source.clean.dedup, set()
+    pending: list[str] = []
+    pending_chars = 0
+    for _file, _line, raw in read_records(source):
+        stats.records += 1
+        if raw is None:
+            stats.undecodable += 1
+            continue
+        raw = raw.strip()
+        if not raw:
+            stats.empty += 1
+            continue
+        # The key decides holdout, shard and dedup; skip hashing when none of them is asked for.
+        held = False
+        if fraction > 0 or count > 1 or dedup:
+            key = document_key(raw, salt)
+            held = is_held_out(key, fraction)
+            if (split == "train" and held) or (split == "holdout" and not held):
+                stats.other_split += 1
+                continue
+            if count > 1 and shard_of(key, count) != shard[0]:
+                stats.other_shard += 1
+                continue
+            if dedup:
+                if key in seen:
+                    stats.duplicates += 1
+                    continue
+                seen.add(key)
+        elif split == "holdout":
+            stats.other_split += 1  # no holdout: every document is training data
+            continue
+        text = clean_text(raw, source.clean)
+        if text is None:
+            stats.too_short += 1
+            continue
+        stats.documents += 1
+        stats.held_out_documents += held
+        stats.characters += len(text)
+        pending.append(text)
+        pending_chars += len(text)
+        if pending_chars >= _CJK_CHUNK_CHARS:
+            stats.cjk_characters += cjk_count_many(pending)
+            pending, pending_chars = [], 0
+        yield text
+    stats.cjk_characters += cjk_count_many(pending)
+
+
+def document_stream(manifest: Any, shard: tuple[int, int], seed: int, stats: dict) -> Iterator[tuple[str, int, str]]:
+    """(split, source index, text) in output order: the weighted training mix, then the holdout."""
+    from vocab.manifest import Document, SourceStats, copies
+
+    for source in manifest.sources:
+        stats[source.name] = {"weight": source.weight, "train": SourceStats(), "validation": SourceStats(),
+                              "written": {"train": 0, "validation": 0}}
+    for index, source in enumerate(manifest.sources):
+        fractional = source.weight != math.floor(source.weight)
+        # Pass r yields the documents drawn more than r times: repeats are a whole pass apart.
+        for r in range(math.ceil(source.weight)):
+            counted = stats[source.name]["train"] if r == 0 else SourceStats()
+            for text in iter_source(source, shard, "train", counted):
+                # copies() hashes the text only for a fractional weight; whole weights need no call.
+                if not fractional or copies(source.weight, Document(text, source.name, "", 0), seed) > r:
+                    yield "train", index, text
+    if manifest.holdout.fraction <= 0:
+        return
+    for index, source in enumerate(manifest.sources):
+        if source.weight > 0:
+            for text in iter_source(source, shard, "holdout", stats[source.name]["validation"]):
+                yield "validation", index, text
+
+
+def batches(stream: Iterator[tuple[str, int, str]], max_chars: int) -> Iterator[tuple[str, int, list[str], int]]:
+    """Group consecutive documents of one split and source into batches of about ``max_chars``."""
+    key, texts, chars = None, [], 0
+    for split, source, text in stream:
+        if texts and ((split, source) != key or chars >= max_chars):
+            yield key[0], key[1], texts, chars
+            texts, chars = [], 0
+        key = (split, source)
+        texts.append(text)
+        chars += len(text)
+    if texts:
+        yield key[0], key[1], texts, chars
+
+
+class EncoderPool:
+    """Tokenize batches on ``num_proc`` processes (or in this one for 1), results in input order.
+
+    On Linux the workers are forked after the tokenizer is built here, so they start in
+    milliseconds with it already loaded (spawned workers re-imported numpy + tokenizers and
+    re-parsed the tokenizer JSON: ~0.4 CPU-s each). Start the pool before any thread (tqdm's
+    monitor) exists. Elsewhere (no safe fork) workers are spawned.
+    """
+
+    def __init__(self, backend_json: str, start_id: int, eos_id: int, dtype: str, num_proc: int):
+        self.num_proc = num_proc
+        self.pool = None
+        if num_proc == 1:
+            init_encoder(backend_json, start_id, eos_id, dtype, None)
+            return
+        import multiprocessing
+
+        # Each worker gets an equal share of the cores for the Rust thread pool.
+        threads = max(1, (os.cpu_count() or 1) // num_proc)
+        init = (backend_json, start_id, eos_id, dtype, threads)
+        if sys.platform.startswith("linux"):
+            init_encoder(*init)  # before fork: the children inherit the loaded tokenizer
+            self.pool = multiprocessing.get_context("fork").Pool(num_proc)
+        else:
+            self.pool = multiprocessing.get_context("spawn").Pool(num_proc, initializer=init_encoder, initargs=init)
+
+    def encoded(self, batches_: Iterator[tuple[str, int, list[str], int]]) -> Iterator[tuple]:
+        """(split, source, characters, tokens, lengths) per batch, in input order."""
+        if self.pool is None:
+            for split, source, texts, chars in batches_:
+                yield (split, source, chars, *encode_batch(texts))
+            return
+        pending: collections.deque = collections.deque()
+        for split, source, texts, chars in batches_:
+            pending.append((split, source, chars, self.pool.apply_async(encode_batch, (texts,))))
+            if len(pending) >= 2 * self.num_proc:  # bounded: memory does not grow with the corpus
+                split_, source_, chars_, result = pending.popleft()
+                yield (split_, source_, chars_, *result.get())
+        while pending:
+            split_, source_, chars_, result = pending.popleft()
+            yield (split_, source_, chars_, *result.get())
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
