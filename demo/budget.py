@@ -11,9 +11,9 @@ class Budget:
     # data (demo/split.py)
     test_percent: int = 10  # share of distinct reviews held out as test, by a hash of the text
     max_train_docs: int = 0  # train reviews used by vocab training and pretraining (0 = all)
-    sft_examples: int = 2400  # balanced Alpaca records made from train reviews
-    eval_examples: int = 1000  # test reviews scored for accuracy (and tokens/char)
-    bpc_texts: int = 300  # of those, the first N are scored for bits/char
+    sft_examples: int = 3000  # balanced Alpaca records made from train reviews
+    eval_examples: int = 800  # test reviews scored for accuracy (and tokens/char)
+    bpc_texts: int = 200  # of those, the first N are scored for bits/char
     review_chars: int = 64  # reviews are clipped to this many characters inside prompts
     # vocabulary
     zh_vocab_size: int = 6000  # pieces of the Chinese SentencePiece model (before dropping base duplicates)
@@ -24,7 +24,7 @@ class Budget:
     heads: int = 4
     block_size: int = 128
     # base pretraining with the base tokenizer, then continued pretraining with the merged one
-    base_steps: int = 80
+    base_steps: int = 60
     base_lr: float = 3e-3
     cpt_steps: int = 80
     cpt_lr: float = 2e-3

@@ -69,7 +69,7 @@ def engine_overrides(out_dir: Path, model: Path, lr: float, micro_batch: int, st
            "eval.at_start=true", "seed=0"]
     if steps is not None:
         out += [f"schedule.max_steps={steps}", f"schedule.warmup_steps={max(1, steps // 20)}",
-                f"eval.every_steps={max(1, steps // 4)}"]
+                f"eval.every_steps={max(1, steps // 2)}"]
     return out
 
 
@@ -206,7 +206,7 @@ def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[St
                            engine_overrides(sft_dir / "run", cpt_dir / "run" / "final",
                                             b.sft_lr, b.sft_micro_batch, None)
                            + ["mode=full", "schedule.max_steps=0", f"schedule.epochs={b.sft_epochs}",
-                              "schedule.warmup_steps=5", "eval.every_steps=25", sft_files,
+                              "schedule.warmup_steps=5", "eval.every_steps=50", sft_files,
                               "data.eval_fraction=0.02", "data.template=alpaca",
                               f"data.system_prompt={SFT_SYSTEM_PROMPT}", f"data.max_seq_length={b.sft_max_seq_length}",
                               "data.packing=false", f"data.cache_dir={sft_dir / 'cache'}"])],

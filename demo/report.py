@@ -105,9 +105,12 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
     add = L.append
     add("# zhllama demo report")
     add("")
+    stage_seconds = fetch["seconds"] + sum(r["seconds"] for r in records.values())
+    reused = sum(1 for r in records.values() if r.get("reused"))
     add(f"Budget **{budget.name}**, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"{os.cpu_count()} CPU cores ({platform.machine()}), total wall time **{wall_seconds:.0f} s** "
-        f"(this run; reused stages cost ~0 s). Produced by `python -m demo --budget {budget.name}`.")
+        f"{os.cpu_count()} CPU cores ({platform.machine()}). Wall time of this run **{wall_seconds:.0f} s**"
+        f"{f' ({reused} stages reused from an earlier run)' if reused else ''}; the stages took "
+        f"**{stage_seconds:.0f} s** when they were computed. Produced by `python -m demo --budget {budget.name}`.")
     missing = [r for r in records.values() if r["status"] == NOT_AVAILABLE]
     failed = [r for r in records.values() if r["status"] == "failed"]
     for r in missing:

@@ -154,8 +154,17 @@ class EncoderPool:
         threads = max(1, (os.cpu_count() or 1) // num_proc)
         init = (backend_json, start_id, eos_id, dtype, threads)
         if sys.platform.startswith("linux"):
-            init_encoder(*init)  # before fork: the children inherit the loaded tokenizer
-            self.pool = multiprocessing.get_context("fork").Pool(num_proc)
+            # init_encoder sets the Rust thread-pool variables for the children; keep the caller's own.
+            saved = {k: os.environ.get(k) for k in ("RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")}
+            try:
+                init_encoder(*init)  # before fork: the children inherit the loaded tokenizer
+                self.pool = multiprocessing.get_context("fork").Pool(num_proc)  # forks all workers now
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
         else:
             self.pool = multiprocessing.get_context("spawn").Pool(num_proc, initializer=init_encoder, initargs=init)
 

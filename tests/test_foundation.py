@@ -87,12 +87,8 @@ def test_unknown_command_exits_nonzero():
     assert proc.returncode == 2 and "unknown command" in proc.stderr
 
 
-def test_deepspeed_launcher_local_rank_is_stripped(monkeypatch):
+def test_deepspeed_launcher_local_rank_is_stripped():
     from zhllama.cli import strip_launcher_args
 
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert strip_launcher_args(["--local_rank=1", "train", "--config", "x.yaml"]) == ["train", "--config", "x.yaml"]
-    import os
-
-    assert os.environ["LOCAL_RANK"] == "1"
     assert strip_launcher_args(["train", "--local-rank", "0", "a=b"]) == ["train", "a=b"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -105,7 +106,10 @@ def test_forked_spawned_and_in_process_encoders_agree(tmp_path, monkeypatch):
             pool.close()
 
     single = run(1)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    monkeypatch.setenv("RAYON_NUM_THREADS", "7")
     assert run(2) == single
+    assert "TOKENIZERS_PARALLELISM" not in os.environ and os.environ["RAYON_NUM_THREADS"] == "7"  # caller's kept
     monkeypatch.setattr(prepare_stream.sys, "platform", "darwin")
     assert run(2) == single
     assert all(np.sum(lengths) == len(tokens) for tokens, lengths in single)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from .errors import run_cli
@@ -17,8 +16,8 @@ from .errors import run_cli
 def strip_launcher_args(argv: list[str]) -> list[str]:
     """Drop ``--local_rank=N`` that the deepspeed launcher inserts before the command name.
 
-    The rank is also in the LOCAL_RANK environment variable, which the engine reads; keeping the
-    flag would make ``deepspeed --module pretrain train`` fail to find the command.
+    The launcher also sets the LOCAL_RANK environment variable, which is what the engine reads;
+    keeping the flag would make ``deepspeed --module pretrain train`` fail to find the command.
     """
     out, skip = [], False
     for i, arg in enumerate(argv):
@@ -26,10 +25,8 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
             skip = False
             continue
         if arg.startswith(("--local_rank=", "--local-rank=")):
-            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
             continue
         if arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
-            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
             skip = True
             continue
         out.append(arg)
