@@ -9,7 +9,6 @@ tokens_per_char, characters, tokens, model}}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from zhllama.errors import UserError, run_cli

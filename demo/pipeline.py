@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 
 from .budget import Budget
-from .split import INSTRUCTION
 from .stages import Command, Stage
 
 PY = sys.executable
