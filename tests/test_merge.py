@@ -211,3 +211,11 @@ def test_merge_never_imports_torch(tiny_models, tmp_path):
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o" / "merge_report.json").is_file()
+
+
+def test_every_input_problem_is_reported_at_once(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    result = _cli("--base", str(tmp_path / "nope.model"), "--add", str(tmp_path / "nope2.model"), "--out", str(out))
+    assert result.returncode == 2 and "3 problems" in result.stderr, result.stderr
+    assert "--base" in result.stderr and "--add" in result.stderr and "already exists" in result.stderr

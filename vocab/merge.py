@@ -13,7 +13,7 @@ from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-from zhllama.errors import UserError
+from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import atomic_output_dir, sha256_file, write_json_atomic
 
 from . import verify as invariants
@@ -103,16 +103,30 @@ def _validate(policy: str, pad_to_multiple_of: int | None) -> None:
         raise UserError("invalid merge settings", problems)
 
 
+def _load_inputs(base: str | Path, add: str | Path, out: str | Path, overwrite: bool):
+    """Load both models, reporting every input problem at once (before the slow merge)."""
+    problems: list[str] = []
+    models = []
+    for path, role in ((base, "base"), (add, "add")):
+        try:
+            model = resolve_sentencepiece(path, role)
+            if role == "base":
+                check_base_supported(model)
+            models.append(model)
+        except UserError as exc:
+            problems.append(str(exc).replace("\n", "\n    "))
+    if Path(out).exists() and not overwrite:
+        problems.append(f"output folder {out} already exists (pass --overwrite to replace it)")
+    raise_if_problems("cannot merge", problems)
+    return models[0], models[1]
+
+
 def merge_tokenizers(base: str | Path, add: str | Path, out: str | Path, *, policy: str = DEFAULT_POLICY,
                      pad_to_multiple_of: int | None = None, add_pad_token: bool = False,
                      overwrite: bool = False, verify: bool = True) -> dict[str, Any]:
     """Merge ``add`` into ``base`` and write the folder ``out``; returns merge_report.json's dict."""
     _validate(policy, pad_to_multiple_of)
-    if Path(out).exists() and not overwrite:  # fail before the (slow) merge, not after it
-        raise UserError(f"output folder {out} already exists (pass --overwrite to replace it)")
-    base_model = resolve_sentencepiece(base, "base")
-    check_base_supported(base_model)
-    add_model = resolve_sentencepiece(add, "add")
+    base_model, add_model = _load_inputs(base, add, out, overwrite)
     base_config, chat_template = _base_folder_config(base_model)
 
     selection = select_pieces(base_model.proto, add_model.proto, policy)
