@@ -12,87 +12,16 @@ import os
 import sys
 from typing import Any, Iterator
 
-import numpy as np
+from vocab.cleaning import cjk_count_many  # noqa: F401  (re-exported: tested here)
 
 from .shards import encode_batch, init_encoder
 
-# Han ideographs, the same ranges as vocab.cleaning._CJK_RE (a test checks they agree), as
-# half-open code point intervals for a vectorised count.
-_CJK_RANGES = ((0x3400, 0x4DC0), (0x4E00, 0xA000), (0xF900, 0xFB00), (0x20000, 0x31350))
-_CJK_CHUNK_CHARS = 1 << 20
-
-
-def cjk_count_many(texts: list[str]) -> int:
-    """Han ideographs in all ``texts``: ``sum(vocab.cleaning.cjk_count(t) for t in texts)``, faster.
-
-    The per-document regex findall of ``cjk_count`` allocates a string per ideograph and cost
-    ~15% of prepare's CPU time; only the sum over a source is reported, so count a batch at once.
-    """
-    if not texts:
-        return 0
-    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype="<u4")
-    found = 0
-    for low, high in _CJK_RANGES:
-        found += int(np.count_nonzero((codes - np.uint32(low)) < np.uint32(high - low)))  # wraps below low
-    return found
-
 
 def iter_source(source: Any, shard: tuple[int, int], split: str, stats: Any) -> Iterator[str]:
-    """Texts of ``vocab.manifest.iter_documents(source, shard=, split=, stats=)``, same order and stats.
+    """Texts of ``vocab.manifest.iter_documents(source, shard=, split=, stats=)``, same order and stats."""
+    from vocab.manifest import iter_documents
 
-    The same loop (a test checks documents and every counter agree), minus the per-document
-    ``Document`` objects and CJK regex: the CJK count is taken over chunks of documents.
-    """
-    from vocab.cleaning import clean_text
-    from vocab.manifest import document_key, is_held_out, shard_of
-    from vocab.manifest_readers import read_records
-
-    salt, fraction, count = source.holdout.salt, source.holdout.fraction, shard[1]
-    dedup, seen = source.clean.dedup, set()
-    pending: list[str] = []
-    pending_chars = 0
-    for _file, _line, raw in read_records(source):
-        stats.records += 1
-        if raw is None:
-            stats.undecodable += 1
-            continue
-        raw = raw.strip()
-        if not raw:
-            stats.empty += 1
-            continue
-        # The key decides holdout, shard and dedup; skip hashing when none of them is asked for.
-        held = False
-        if fraction > 0 or count > 1 or dedup:
-            key = document_key(raw, salt)
-            held = is_held_out(key, fraction)
-            if (split == "train" and held) or (split == "holdout" and not held):
-                stats.other_split += 1
-                continue
-            if count > 1 and shard_of(key, count) != shard[0]:
-                stats.other_shard += 1
-                continue
-            if dedup:
-                if key in seen:
-                    stats.duplicates += 1
-                    continue
-                seen.add(key)
-        elif split == "holdout":
-            stats.other_split += 1  # no holdout: every document is training data
-            continue
-        text = clean_text(raw, source.clean)
-        if text is None:
-            stats.too_short += 1
-            continue
-        stats.documents += 1
-        stats.held_out_documents += held
-        stats.characters += len(text)
-        pending.append(text)
-        pending_chars += len(text)
-        if pending_chars >= _CJK_CHUNK_CHARS:
-            stats.cjk_characters += cjk_count_many(pending)
-            pending, pending_chars = [], 0
-        yield text
-    stats.cjk_characters += cjk_count_many(pending)
+    return (doc.text for doc in iter_documents(source, shard=shard, split=split, stats=stats))
 
 
 def document_stream(manifest: Any, shard: tuple[int, int], seed: int, stats: dict) -> Iterator[tuple[str, int, str]]:

@@ -29,6 +29,29 @@ def cjk_count(text: str) -> int:
     return len(_CJK_RE.findall(text))
 
 
+# The ranges of _CJK_RE as half-open code point intervals, for a vectorised count (a test checks
+# they agree).
+_CJK_RANGES = ((0x3400, 0x4DC0), (0x4E00, 0xA000), (0xF900, 0xFB00), (0x20000, 0x31350))
+CJK_COUNT_CHUNK_CHARS = 1 << 20
+
+
+def cjk_count_many(texts: list[str]) -> int:
+    """Han ideographs in all ``texts``: ``sum(cjk_count(t) for t in texts)``, faster.
+
+    The per-document regex findall of ``cjk_count`` allocates a string per ideograph and cost
+    ~15% of prepare's CPU time; only the sum over a source is reported, so count a batch at once.
+    """
+    if not texts:
+        return 0
+    import numpy as np  # lazily: the merge imports this module and stays light
+
+    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    found = 0
+    for low, high in _CJK_RANGES:
+        found += int(np.count_nonzero((codes - np.uint32(low)) < np.uint32(high - low)))  # wraps below low
+    return found
+
+
 def is_cjk(ch: str) -> bool:
     return bool(_CJK_RE.fullmatch(ch))
 
