@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from zhllama.errors import UserError
-from zhllama.files import sha256_json
+from zhllama.files import sha256_file, sha256_json
 
 FORMAT = "zhllama-packed/1"
 REPORT = "prepare_report.json"
@@ -83,12 +83,10 @@ def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike) -> str:
     if tok_json.is_file():
         parts["tokenizer.json"] = sha256_json(_load_json(tok_json))
     else:
-        import hashlib
-
         for name in TOKENIZER_FILES:
             path = folder / name
             if path.is_file() and name not in ("tokenizer_config.json", "special_tokens_map.json"):
-                parts[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+                parts[name] = sha256_file(path)
     if not parts:
         raise UserError(f"{folder}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES[:3])})")
     config: dict[str, Any] = {}

@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -231,7 +231,6 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
 
     tok = load_tokenizer_info(cfg.tokenizer)
     with atomic_output_dir(part_dir, overwrite=True) as tmp:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a dataset is shared
         splits, sources = _tokenize_part(manifest, tok, cfg, tmp)
         seconds = time.time() - started
         documents = sum(s["documents"] for s in splits.values())
@@ -264,15 +263,8 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
             "versions": _versions(),
         }
         write_json_atomic(tmp / REPORT, report)
-        os.chmod(tmp / REPORT, 0o666 & ~_umask())
     _write_total_report(out)
     return PrepareResult("prepared", part_dir, report)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _versions() -> dict[str, str]:
@@ -353,7 +345,6 @@ def _write_total_report(out: Path) -> None:
     totals = {k: v for k, v in totals.items() if k != "part_reports"}
     totals["part_dirs"] = [part_name(i, totals["parts"]) for i in range(totals["parts"])]
     write_json_atomic(out / REPORT, totals)
-    os.chmod(out / REPORT, 0o666 & ~_umask())
 
 
 def _tokenize_part(manifest: Any, tok: TokenizerInfo, cfg: PrepareConfig, folder: Path) -> tuple[dict, dict]:

@@ -92,3 +92,19 @@ def test_deepspeed_launcher_local_rank_is_stripped():
 
     assert strip_launcher_args(["--local_rank=1", "train", "--config", "x.yaml"]) == ["train", "--config", "x.yaml"]
     assert strip_launcher_args(["train", "--local-rank", "0", "a=b"]) == ["train", "a=b"]
+
+
+def test_outputs_get_ordinary_permissions_not_mkdtemp_private_ones(tmp_path):
+    import os
+    import stat
+
+    from zhllama.files import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            write_json_atomic(tmp / "report.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "report.json").stat().st_mode) == 0o644
