@@ -82,11 +82,15 @@ def plot_bpc(bpc: dict[str, dict], out: Path) -> bool:
     return True
 
 
+def _bpc_all(records: dict) -> dict[str, dict]:
+    """Bits-per-character rows of the resized models at step 0, then after continued pretraining."""
+    return {**_metrics(records, "04_resize").get("bpc", {}), **_metrics(records, "05_cpt").get("bpc", {})}
+
+
 def summary(records: dict) -> dict[str, Any]:
     """The headline numbers, each copied from a stage record (also written to summary.json)."""
-    v, r, c, e = (_metrics(records, n) for n in ("02_vocab", "04_resize", "05_cpt", "07_eval"))
-    bpc = dict(r.get("bpc", {}))
-    bpc.update(c.get("bpc", {}))
+    v, e = _metrics(records, "02_vocab"), _metrics(records, "07_eval")
+    bpc = _bpc_all(records)
     return {
         "tokens_per_char_base": v.get("tokens_per_char_base"), "tokens_per_char_merged": v.get("tokens_per_char_merged"),
         "merged_vocab_size": v.get("merged_vocab_size"), "added_pieces": v.get("added"),
@@ -98,11 +102,15 @@ def summary(records: dict) -> dict[str, Any]:
 
 def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: dict, wall_seconds: float) -> Path:
     s = summary(records)
-    bpc_all = {**_metrics(records, "04_resize").get("bpc", {}), **_metrics(records, "05_cpt").get("bpc", {})}
+    bpc_all = _bpc_all(records)
     has_loss = plot_losses(records, work / "loss_curves.png")
     has_bpc = plot_bpc(bpc_all, work / "bits_per_char.png")
     L: list[str] = []
     add = L.append
+
+    def section(title: str) -> None:
+        L.extend(("", title, ""))
+
     add("# zhllama demo report")
     add("")
     stage_seconds = fetch["seconds"] + sum(r["seconds"] for r in records.values())
@@ -117,9 +125,7 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
         add(f"\n> **{r['name']} — {NOT_AVAILABLE}**: {r.get('reason', '')}")
     for r in failed:
         add(f"\n> **{r['name']} — FAILED**: {r.get('error', '')}")
-    add("")
-    add("## Inputs")
-    add("")
+    section("## Inputs")
     add(f"Fetched once into `{fetch['cache']}` with pip from pinned PyPI artifacts; sha256 checked "
         "(`corpora_manifests/demo_sources.yaml`).")
     add("")
@@ -135,9 +141,7 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
             f"positive ({sp['both_labels_dropped']} texts with both labels dropped). Train {sp['train_reviews']} "
             f"({sp['train_positive']} 正面 / {sp['train_negative']} 负面), test {sp['test_reviews']}, of which "
             f"{sp['eval_examples']} are scored; SFT uses {sp['sft_examples']} balanced train examples.")
-    add("")
-    add("## Results at a glance")
-    add("")
+    section("## Results at a glance")
     add("| what | value |")
     add("|---|---|")
     add(f"| tokens/char on test, base → merged | {fmt(s['tokens_per_char_base'])} → {fmt(s['tokens_per_char_merged'])} |")
@@ -146,9 +150,7 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
     add(f"| SFT test accuracy (likelihood of 正面 vs 负面) | {fmt(s['accuracy'])} |")
     add(f"| majority-class baseline accuracy | {fmt(s['majority_baseline_accuracy'])} |")
     add(f"| margin over the baseline | {fmt(s['margin'])} |")
-    add("")
-    add("## Tokenizer")
-    add("")
+    section("## Tokenizer")
     v = _metrics(records, "02_vocab")
     if v:
         add("| | base (Mistral v1) | merged |")
@@ -165,9 +167,7 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
             f"({fmt(v['test_characters'])} characters).")
     else:
         add(f"_{NOT_AVAILABLE}_")
-    add("")
-    add("## Loss curves")
-    add("")
+    section("## Loss curves")
     if has_loss:
         add("![loss curves](loss_curves.png)")
         add("")
@@ -180,9 +180,7 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
                     f"{fmt(m['final_eval_loss'])} | {fmt(m['final_eval_bpc'])} | {fmt(m['tokens_per_s'], 0)} |")
     else:
         add(f"_{NOT_AVAILABLE}_")
-    add("")
-    add("## Bits per character")
-    add("")
+    section("## Bits per character")
     if bpc_all:
         add("Total negative log-likelihood in bits divided by characters, on the test reviews (each model with "
             "its own tokenizer, so different vocabularies compare fairly). Rows named after an initialisation "
@@ -201,9 +199,7 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
             add(f"| {k} | {fmt(x['bpc'])} | {fmt(x['tokens_per_char'])} |")
     else:
         add(f"_{NOT_AVAILABLE}_")
-    add("")
-    add("## Sentiment accuracy")
-    add("")
+    section("## Sentiment accuracy")
     e = _metrics(records, "07_eval")
     if e:
         add(f"Method: {e['method']}; template `{e['template']}`. Baseline: always answer the majority class of "
@@ -219,9 +215,7 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
             add(f"- {lab}: {pc['n']} test reviews, recall {fmt(pc['recall'])}, predicted {pc['predicted']} times")
     else:
         add(f"_{NOT_AVAILABLE}_")
-    add("")
-    add("## Sample generations")
-    add("")
+    section("## Sample generations")
     if e and e.get("samples"):
         add("Greedy decoding (`python -m sft generate`, at most 8 new tokens) on the first test reviews:")
         add("")
@@ -232,18 +226,14 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
             add(f"| {text} | {smp['reference']} | {(smp['prediction'] or '').replace('|', '｜')} |")
     else:
         add(f"_{NOT_AVAILABLE}_")
-    add("")
-    add("## Time per stage")
-    add("")
+    section("## Time per stage")
     add("| stage | status | seconds |")
     add("|---|---|---|")
     add(f"| fetch inputs | done | {fetch['seconds']:.1f} |")
     for r in records.values():
         status = r["status"] + (" (reused: inputs unchanged)" if r.get("reused") else "")
         add(f"| {r['name']}: {r['title']} | {status} | {r['seconds']:.1f} |")
-    add("")
-    add("## Commands")
-    add("")
+    section("## Commands")
     add("Each stage below ran exactly these commands (from the repository root; `python` is the "
         "interpreter that ran the demo). Paste them to rerun one stage alone.")
     add("")

@@ -34,6 +34,13 @@ def write_manifest(tmp_path: Path, sources: list[dict], **top) -> Path:
     return manifest
 
 
+def write_data(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / "data" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def txt_source(path: Path, **extra) -> dict:
     return {"name": "a", "path": f"data/{path.name}", "format": "txt", "language": "zh", "license": "CC0",
             "sha256": sha256_file(path), **extra}
@@ -142,11 +149,8 @@ def test_json_array_and_jsonl_fields(tmp_path):
 
 
 def test_missing_field_names_file_and_line(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "r.jsonl").write_text('{"q": "一"}\n{"other": "二"}\n', encoding="utf-8")
-    src = {"name": "s", "path": "data/r.jsonl", "format": "jsonl", "text_fields": ["q"], "language": "zh",
-           "license": "CC0", "sha256": sha256_file(data / "r.jsonl")}
+    path = write_data(tmp_path, "r.jsonl", '{"q": "一"}\n{"other": "二"}\n')
+    src = txt_source(path, name="s", format="jsonl", text_fields=["q"])
     m = load_manifest(write_manifest(tmp_path, [src]))
     with pytest.raises(UserError, match=r"r.jsonl:2: record has no field 'q'"):
         list(iter_documents(m.sources[0]))
@@ -289,11 +293,8 @@ def test_shard_partition_property(tmp_path_factory):
 
 
 def test_array_of_plain_strings(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "s.json").write_text('["第一篇", "", "第二篇"]', encoding="utf-8")
-    src = {"name": "s", "path": "data/s.json", "format": "json", "text_fields": ["."], "language": "zh",
-           "license": "CC0", "sha256": sha256_file(data / "s.json")}
+    src = txt_source(write_data(tmp_path, "s.json", '["第一篇", "", "第二篇"]'), name="s", format="json",
+                     text_fields=["."])
     stats = SourceStats()
     docs = list(iter_documents(load_manifest(write_manifest(tmp_path, [src])).sources[0], split="all", stats=stats))
     assert [d.text for d in docs] == ["第一篇", "第二篇"] and stats.empty == 1

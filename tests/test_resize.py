@@ -217,6 +217,13 @@ def _assert_nothing_written(parent: Path, out: Path) -> None:
     assert not [p for p in parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
+def _assert_refused(tmp_path: Path, model_dir: Path, merged: Path, match: str):
+    with pytest.raises(UserError, match=match) as info:
+        resize_model(ResizeConfig(model_dir, merged, tmp_path / "out"))
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+    return info
+
+
 def _proto(folder: Path) -> pb.ModelProto:
     proto = pb.ModelProto()
     proto.ParseFromString((folder / "tokenizer.model").read_bytes())
@@ -225,9 +232,8 @@ def _proto(folder: Path) -> pb.ModelProto:
 
 def test_refuses_tokenizer_smaller_than_model(tmp_path, toks):
     model_dir = _make_model(tmp_path / "m", toks["size"] + 4, tied=False)
-    with pytest.raises(UserError, match=f"has {toks['size']} tokens, fewer than the model's {toks['size'] + 4}"):
-        resize_model(ResizeConfig(model_dir, toks["merged"], tmp_path / "out"))
-    _assert_nothing_written(tmp_path, tmp_path / "out")
+    _assert_refused(tmp_path, model_dir, toks["merged"],
+                    f"has {toks['size']} tokens, fewer than the model's {toks['size'] + 4}")
 
 
 def test_refuses_merge_that_changed_base_ids(tmp_path, toks):
@@ -235,18 +241,15 @@ def test_refuses_merge_that_changed_base_ids(tmp_path, toks):
     own.pieces[100].piece, own.pieces[101].piece = own.pieces[101].piece, own.pieces[100].piece
     _write_tokenizer_folder(own, tmp_path / "own", None)
     model_dir = _make_model(tmp_path / "m", toks["n"], tied=False, tokenizer=tmp_path / "own")
-    with pytest.raises(UserError, match="id 100 is .* the merge changed base ids") as info:
-        resize_model(ResizeConfig(model_dir, toks["merged"], tmp_path / "out"))
+    info = _assert_refused(tmp_path, model_dir, toks["merged"], "id 100 is .* the merge changed base ids")
     assert "id 101" in str(info.value)
-    _assert_nothing_written(tmp_path, tmp_path / "out")
 
 
 def test_refuses_model_whose_rows_differ_from_merge_base(tmp_path, toks):
     # No tokenizer in the model folder: merge_report's base_vocab_size is the only evidence.
     model_dir = _make_model(tmp_path / "m", toks["n"] + 2, tied=False)
-    with pytest.raises(UserError, match=f"{toks['n'] + 2} embedding rows but its tokenizer has {toks['n']} pieces"):
-        resize_model(ResizeConfig(model_dir, toks["merged"], tmp_path / "out"))
-    _assert_nothing_written(tmp_path, tmp_path / "out")
+    _assert_refused(tmp_path, model_dir, toks["merged"],
+                    f"{toks['n'] + 2} embedding rows but its tokenizer has {toks['n']} pieces")
 
 
 def test_refuses_folder_without_weights_and_pickle_weights(tmp_path, toks):

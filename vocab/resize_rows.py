@@ -108,10 +108,10 @@ def base_processor(tok: TokenizerInfo, base_size: int):
     start of text); a piece without it is spelled as the base spelled it mid-word.
     """
     import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as pb
 
-    base = pb.ModelProto()
-    base.CopyFrom(tok.sp_proto)
+    from .spm_proto import clone
+
+    base = clone(tok.sp_proto)
     del base.pieces[base_size:]
     base.normalizer_spec.add_dummy_prefix = False
     base.normalizer_spec.remove_extra_whitespaces = False

@@ -33,6 +33,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from zhllama.errors import UserError
 
 from .cleaning import cjk_count, is_cjk
+from .spm_proto import clone
 
 
 @dataclasses.dataclass
@@ -77,8 +78,7 @@ def added_pieces(tok: Tokenizer, base: Tokenizer) -> list[int]:
 
 def unreachable(tok: Tokenizer, ids: Iterable[int]) -> list[str]:
     """Pieces that encoding their own text (no dummy prefix) does not return as that single piece."""
-    proto = pb.ModelProto()
-    proto.CopyFrom(tok.proto)
+    proto = clone(tok.proto)
     proto.normalizer_spec.add_dummy_prefix = False
     proto.normalizer_spec.remove_extra_whitespaces = False  # a piece's own spaces are part of it
     sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
