@@ -27,7 +27,7 @@ from zhllama.files import atomic_output_dir, sha256_file, sha256_json
 
 from .collate import TokenizedSamples
 from .data import Conversation
-from .templates import TemplateSpec, encode_many, truncate
+from .templates import IGNORE_INDEX, TemplateSpec, encode_many, truncate
 
 _ARRAYS = ("tokens", "labels", "offsets", "records")
 ENCODER_VERSION = 1  # bump when encode_conversation changes its output for the same inputs
@@ -71,7 +71,7 @@ def encode_all(conversations: Sequence[Conversation], tokenizer: Any, spec: Temp
     samples = TokenizedSamples.from_lists(kept, records)
     stats.kept = len(kept)
     stats.tokens = int(len(samples.tokens))
-    stats.trainable_tokens = int((samples.labels != -100).sum())
+    stats.trainable_tokens = int((samples.labels != IGNORE_INDEX).sum())
     return samples, stats
 
 

@@ -91,7 +91,7 @@ class SFTDataset(Dataset):
 
     @staticmethod
     def packed_from(samples: TokenizedSamples, order: Sequence[int], max_length: int) -> "SFTDataset":
-        lengths = [samples.length(i) for i in range(len(samples))]
+        lengths = np.diff(samples.offsets).tolist()
         return SFTDataset(samples, pack_rows(lengths, order, max_length), packed=True)
 
     def __len__(self) -> int:
@@ -108,7 +108,10 @@ class SFTDataset(Dataset):
         return item
 
     def trainable_tokens(self) -> int:
-        return int(sum((self.samples.get(i)[1] != IGNORE_INDEX).sum() for row in self.rows for i in row))
+        seen = np.concatenate(([0], np.cumsum(self.samples.labels != IGNORE_INDEX)))  # running count
+        per_sample = seen[self.samples.offsets[1:]] - seen[self.samples.offsets[:-1]]
+        used = np.fromiter((i for row in self.rows for i in row), dtype=np.int64)
+        return int(per_sample[used].sum())
 
 
 @dataclass

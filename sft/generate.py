@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from zhllama.errors import UserError
 
 from .data import PromptItem
-from .templates import TemplateSpec, encode_prompt, make_spec
+from .templates import TemplateSpec, encode_prompt, make_spec, pad_token_id
 
 
 @dataclass
@@ -61,20 +61,13 @@ def load_model(model_dir: str | Path, template: str | None = None, dtype: str = 
     return model, tokenizer, spec
 
 
-def _pad_id(tokenizer: Any) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return candidate
-    return 0
-
-
 def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[list[int]], sampling: Sampling,
                  streamer: Any = None) -> list[list[int]]:
     """New token ids for each prompt (one batch, left-padded)."""
     import torch
 
     width = max(len(p) for p in prompts)
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     attention = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, ids in enumerate(prompts):

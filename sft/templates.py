@@ -241,3 +241,9 @@ def truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[list[i
     if all(label == IGNORE_INDEX for label in labels):
         return None
     return ids, labels
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id used for padding: the tokenizer's pad token, else EOS, else 0. Any id works: padded
+    positions are masked and labelled -100, so no <pad> token is added to the vocabulary."""
+    return next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)

@@ -45,7 +45,7 @@ def prepare(cfg):
     from pretrain.packed import tokenizer_fingerprint
 
     from .collate import SFTCollator
-    from .templates import make_spec
+    from .templates import make_spec, pad_token_id
 
     tok_dir = tokenizer_dir(cfg)
     if not tok_dir.is_dir():
@@ -54,7 +54,7 @@ def prepare(cfg):
     spec = make_spec(cfg.data.template, tokenizer, cfg.data.system_prompt)
     fingerprint = tokenizer_fingerprint(tok_dir)
     train_ds, eval_ds, report = build_datasets(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated)
-    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    pad = pad_token_id(tokenizer)
     # Any id works as padding: padded positions are masked (attention_mask) and labelled -100, so
     # no <pad> token is added (adding one is what made Chinese-Alpaca 49,954 rows vs 49,953).
     collator = SFTCollator(pad_token_id=pad, pad_to_multiple_of=cfg.data.pad_to_multiple_of)

@@ -6,6 +6,7 @@ or dataloader state needs saving. Incomplete global batches at the end of an epo
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -42,6 +43,7 @@ class StepPlan:
     def total_steps(self, max_steps: int, epochs: float) -> int:
         return max_steps if max_steps > 0 else max(1, math.ceil(epochs * self.steps_per_epoch))
 
+    @functools.lru_cache(maxsize=1)  # every step of an epoch slices the same permutation: build it once
     def _permutation(self, epoch: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.num_samples, generator=gen)

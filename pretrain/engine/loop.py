@@ -222,7 +222,7 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
         "trainable_params": trainable, "total_params": total_params, "zero3_partition_numel": partition,
         "base_model": str(cfg.model.path), "data_fingerprint": data_fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint,
-        "metrics": {k: v for k, v in metrics.items()},
+        "metrics": dict(metrics),
     }
     final = save_final(engine, engine.module, cfg, tokenizer_dir(cfg), report)
     report["final_dir"] = str(final)
