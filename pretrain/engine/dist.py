@@ -6,6 +6,7 @@ path (ZeRO included) runs everywhere. gloo on CPU, nccl on GPUs.
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import os
@@ -26,6 +27,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort at exit; the run's outputs are written
+            pass
+
+
 def init_distributed() -> tuple[int, int, int]:
     """Initialise torch.distributed via DeepSpeed (once); return (rank, world_size, local_rank)."""
     import deepspeed
@@ -38,6 +49,10 @@ def init_distributed() -> tuple[int, int, int]:
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        # Tear the group down before interpreter shutdown: a group left to static destructors
+        # can abort a rank at exit ("terminate called without an active exception") after a
+        # run that succeeded. atexit runs after every caller is done with dist.get_rank().
+        atexit.register(_destroy_process_group)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
