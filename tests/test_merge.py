@@ -216,6 +216,8 @@ def test_merge_never_imports_torch(tiny_models, tmp_path):
 def test_every_input_problem_is_reported_at_once(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    result = _cli("--base", str(tmp_path / "nope.model"), "--add", str(tmp_path / "nope2.model"), "--out", str(out))
-    assert result.returncode == 2 and "3 problems" in result.stderr, result.stderr
+    result = _cli("--base", str(tmp_path / "nope.model"), "--add", str(tmp_path / "nope2.model"), "--out", str(out),
+                  "--pad-to-multiple-of", "0")
+    assert result.returncode == 2 and "4 problems" in result.stderr, result.stderr
     assert "--base" in result.stderr and "--add" in result.stderr and "already exists" in result.stderr
+    assert "--pad-to-multiple-of 0" in result.stderr

@@ -93,19 +93,18 @@ def base_model_bytes(merged_dir: str | Path) -> bytes:
     return proto.SerializeToString()
 
 
-def _validate(policy: str, pad_to_multiple_of: int | None) -> None:
+def _setting_problems(policy: str, pad_to_multiple_of: int | None) -> list[str]:
     problems = []
     if policy not in POLICIES:
         problems.append(f"--policy {policy!r}: choose one of {', '.join(POLICIES)}")
     if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
         problems.append(f"--pad-to-multiple-of {pad_to_multiple_of}: must be a positive integer")
-    if problems:
-        raise UserError("invalid merge settings", problems)
+    return problems
 
 
-def _load_inputs(base: str | Path, add: str | Path, out: str | Path, overwrite: bool):
-    """Load both models, reporting every input problem at once (before the slow merge)."""
-    problems: list[str] = []
+def _load_inputs(base: str | Path, add: str | Path, out: str | Path, overwrite: bool, problems: list[str]):
+    """Load both models, reporting every problem (``problems`` from the settings included) at once,
+    before the slow merge."""
     models = []
     for path, role in ((base, "base"), (add, "add")):
         try:
@@ -125,8 +124,7 @@ def merge_tokenizers(base: str | Path, add: str | Path, out: str | Path, *, poli
                      pad_to_multiple_of: int | None = None, add_pad_token: bool = False,
                      overwrite: bool = False, verify: bool = True) -> dict[str, Any]:
     """Merge ``add`` into ``base`` and write the folder ``out``; returns merge_report.json's dict."""
-    _validate(policy, pad_to_multiple_of)
-    base_model, add_model = _load_inputs(base, add, out, overwrite)
+    base_model, add_model = _load_inputs(base, add, out, overwrite, _setting_problems(policy, pad_to_multiple_of))
     base_config, chat_template = _base_folder_config(base_model)
 
     selection = select_pieces(base_model.proto, add_model.proto, policy)
