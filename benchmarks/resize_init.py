@@ -1,18 +1,29 @@
 """How well does a resized model still read Chinese before any further training? (bits per char)
 
-    OMP_NUM_THREADS=1 python benchmarks/resize_init.py [--steps 400] [--minutes 4.5] [--work DIR]
+    python benchmarks/resize_init.py [--steps 3000] [--minutes 30] [--work DIR] [--inits ...]
+    python benchmarks/resize_init.py --memorize --steps 1400 --minutes 20 --lr 4e-3 --work DIR2
+    python benchmarks/resize_init.py --base-model Llama-2-7b-hf --device cuda --work DIR3   # a GPU machine
 
-1. Trains a small LLaMA (vocab 32000, hidden 96, 2 layers: ~6.4M parameters, untied) for at most
+1. Trains a small LLaMA (vocab 32000, hidden 128, 2 layers: ~8.6M parameters, untied) for at most
    --minutes on mixed Chinese/English text (75% Chinese windows) from ../shared/data with the BASE
-   LLaMA tokenizer.
+   LLaMA tokenizer (kept in --work: a rerun with the same --work reuses it).
 2. Merges chinese_llama_alpaca/chinese_sp.model into it (vocab.merge.merge_tokenizers, with <pad>
    and padding to a multiple of 64).
-3. Resizes the model with each --init (subtoken-mean, mean, random) via `python -m vocab resize`.
-4. Prints bits per character on held-out Chinese (the last CMRC paragraphs, never trained on) and
-   held-out English for the base model (base tokenizer) and each resized model (merged tokenizer),
-   at step 0: no training after the resize; plus the probability mass the model puts on the new
-   ids while reading Chinese. --adapt-steps N also trains each resized model N steps (same
-   windows, merged tokenizer) and scores it again.
+3. Resizes the model with each --init (subtoken-mean, spelling, mean, random) via
+   `python -m vocab resize` (spelling's --calibration-text: 64 other training paragraphs, then
+   64 English training articles).
+4. Prints bits per character on held-out Chinese (the last CMRC paragraphs, never trained on),
+   on Chinese the base model trained on ("seen": what it knows best) and on held-out English for
+   the base model (base tokenizer) and each resized model (merged tokenizer), at step 0: no
+   training after the resize; plus the probability mass the model puts on the new ids while
+   reading Chinese, and the bits each new-piece target costs (log2 of the new pieces is the price
+   of knowing nothing: a resize can only carry over what the base model knew). --adapt-steps N
+   also trains each resized model N steps (same windows, merged tokenizer) and scores it again.
+
+Why --memorize: a base model that 2 cores can train reads held-out Chinese at ~8 bits/char and
+pays more for the text of a new piece than log2(#new pieces), so uniform (random) rows look good
+and nothing informed can beat them. Trained by heart on the seen paragraphs, the base model knows
+that text the way a real 7B model knows Chinese, and the init that carries the knowledge over shows.
 """
 from __future__ import annotations
 
@@ -45,6 +56,7 @@ ZH = DATA / "pretrain" / "cmrc2018_dev_contexts.txt"
 EN = DATA / "pretrain" / "wiki_demo_en.txt"
 HELD_OUT_ZH_LINES = 30
 HELD_OUT_EN_CHARS = 12_000
+SEEN = slice(100, 130)  # training paragraphs scored as "seen" (the only ones trained on with --memorize)
 
 
 def load_text() -> tuple[list[str], list[str], list[str], list[str]]:
@@ -89,7 +101,7 @@ def train(model, streams: list[torch.Tensor], args, steps: int, lr_peak: float, 
             stream = streams[0] if rng.random() < args.zh_share else streams[1]
             at = rng.randrange(0, len(stream) - args.seq_len - 1)
             rows.append(stream[at:at + args.seq_len])
-        batch = torch.stack(rows)
+        batch = torch.stack(rows).to(model.device)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -120,23 +132,29 @@ def train_base(args, sp, zh_train, en_train, out: Path) -> tuple[int, float]:
     return done, seconds
 
 
-def new_id_mass(model, sp, texts: list[str], first_new: int, block_size: int) -> float:
-    """Mean probability the model gives to ids >= first_new at each position of ``texts``: where the
-    step-0 bits go (new rows cannot know which new word comes; they can only take mass)."""
-    total, count = 0.0, 0
+def new_piece_costs(model, sp, texts: list[str], first_new: int, block_size: int) -> tuple[float, float]:
+    """(mean probability the model gives to ids >= first_new per position, mean bits per target that
+    is a new id) while reading ``texts``: where the step-0 bits go."""
+    mass, positions, bits, targets = 0.0, 0, 0.0, 0
     with torch.no_grad():
         for text in texts:
-            ids = torch.tensor([([sp.bos_id()] + sp.encode(text))[:block_size]])
-            probs = torch.softmax(model(input_ids=ids).logits.float(), dim=-1)[0]
-            total += float(probs[:, first_new:].sum())
-            count += probs.shape[0]
-    return total / count
+            ids = [sp.bos_id()] + sp.encode(text)
+            for start in range(0, len(ids) - 1, block_size):
+                window = torch.tensor([ids[start:start + block_size + 1]], device=model.device)
+                logp = torch.log_softmax(model(input_ids=window[:, :-1]).logits[0].float(), dim=-1)
+                target = window[0, 1:]
+                mass += float(logp[:, first_new:].exp().sum())
+                positions += logp.shape[0]
+                new = target >= first_new
+                bits += float(-logp[new].gather(-1, target[new, None]).sum()) / math.log(2)
+                targets += int(new.sum())
+    return mass / max(positions, 1), bits / max(targets, 1) if targets else float("nan")
 
 
-def resize(model_dir: Path, merged: Path, out: Path, init: str) -> dict:
+def resize(model_dir: Path, merged: Path, out: Path, init: str, calibration: list[Path], device: str) -> dict:
     start = time.time()
     argv = ["vocab", "resize", "--model", str(model_dir), "--tokenizer", str(merged), "--out", str(out),
-            "--init", init]
+            "--init", init] + (["--calibration-text", *map(str, calibration), "--device", device] if init == "spelling" else [])
     # Run the real CLI in a child that prints its own peak RSS when it exits. VmHWM, not ru_maxrss:
     # Linux carries ru_maxrss over from the forked copy of this (big) process across exec.
     wrapper = ("import atexit, re, runpy, sys; sys.argv = " + repr(argv) + "; atexit.register(lambda: "
@@ -153,14 +171,23 @@ def resize(model_dir: Path, merged: Path, out: Path, init: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--minutes", type=float, default=4.5, help="stop training after this long")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--minutes", type=float, default=30, help="stop training after this long")
     parser.add_argument("--zh-share", type=float, default=0.75, help="fraction of Chinese training windows")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=96)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=6e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-model", type=Path, default=None,
+                        help="an existing LLaMA-family folder (safetensors + its tokenizer.model, e.g. Llama-2-7b) "
+                             "instead of training one; best with --device cuda")
+    parser.add_argument("--device", default="cpu", help="where scoring and --init spelling run")
+    parser.add_argument("--memorize", action="store_true",
+                        help="train the base model only on the 30 'seen' paragraphs (+ 3 English articles) until it "
+                             "knows them by heart: a base model that knows Chinese text well, which 2 cores can make")
+    parser.add_argument("--inits", nargs="+", default=["subtoken-mean", "spelling", "mean", "random"],
+                        choices=["subtoken-mean", "spelling", "mean", "random"])
     parser.add_argument("--adapt-steps", type=int, default=0,
                         help="also train each resized model this many steps (merged tokenizer, same windows)")
     parser.add_argument("--adapt-lr", type=float, default=2e-3)
@@ -172,43 +199,60 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="resize_init_"))
     work.mkdir(parents=True, exist_ok=True)
     zh_train, zh_test, en_train, en_test = load_text()
-    base_sp = spm.SentencePieceProcessor(model_file=str(BASE_SP))
-
-    model_dir = work / "base_model"
-    if not (model_dir / "model.safetensors").is_file():
-        done, seconds = train_base(args, base_sp, zh_train, en_train, model_dir)
+    model_dir = args.base_model or work / "base_model"
+    base_tokenizer = model_dir / "tokenizer.model" if args.base_model else BASE_SP
+    base_sp = spm.SentencePieceProcessor(model_file=str(base_tokenizer))
+    if not args.base_model and not (model_dir / "model.safetensors").is_file():
+        zh_base, en_base = (zh_train[SEEN], en_train[:3]) if args.memorize else (zh_train, en_train)
+        done, seconds = train_base(args, base_sp, zh_base, en_base, model_dir)
         print(f"trained {done} steps × {args.batch}×{args.seq_len} tokens in {seconds:.0f} s")
     merged = work / "merged_tokenizer"
     if not merged.is_dir():
-        merge_tokenizers(BASE_SP, ADD_SP, merged, add_pad_token=True, pad_to_multiple_of=64)
+        merge_tokenizers(base_tokenizer, ADD_SP, merged, add_pad_token=True, pad_to_multiple_of=64)
     merged_sp = spm.SentencePieceProcessor(model_file=str(merged / "tokenizer.model"))
 
-    def score(model, sp) -> tuple[float, float, float, float]:
-        zh = bits_per_character(model, zh_test, sp.encode, sp.bos_id(), block_size=args.seq_len, batch_size=16)
-        en = bits_per_character(model, en_test, sp.encode, sp.bos_id(), block_size=args.seq_len, batch_size=16)
-        mass = new_id_mass(model, sp, zh_test[:8], base_sp.get_piece_size(), args.seq_len)
-        return zh.bpc, zh.tokens_per_char, en.bpc, mass
+    seen = zh_train[SEEN]  # paragraphs the base model trained on
+    # spelling's calibration: samples of the user's corpora, Chinese first, then English
+    calibration = [work / "calibration_zh.txt", work / "calibration_en.txt"]
+    calibration[0].write_text("\n".join(zh_train[SEEN.stop:SEEN.stop + 64]) + "\n", encoding="utf-8")
+    calibration[1].write_text("\n".join(line[:2000] for line in en_train[:64]) + "\n", encoding="utf-8")
+
+    def score(model, sp) -> tuple:
+        def bpc(texts):
+            return bits_per_character(model, texts, sp.encode, sp.bos_id(), block_size=args.seq_len, batch_size=16)
+        zh = bpc(zh_test)
+        mass, new_bits = new_piece_costs(model, sp, zh_test, base_sp.get_piece_size(), args.seq_len)
+        return zh.bpc, bpc(seen).bpc, zh.tokens_per_char, bpc(en_test).bpc, mass, new_bits
 
     merged_streams = [token_stream(merged_sp, zh_train), token_stream(merged_sp, en_train)] if args.adapt_steps else []
-    rows = [("base (base tokenizer)", *score(AutoModelForCausalLM.from_pretrained(model_dir), base_sp), "")]
-    for init in ("subtoken-mean", "mean", "random"):
+    def load(folder: Path):
+        return AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(args.device)
+
+    rows = [("base (base tokenizer)", *score(load(model_dir), base_sp), "")]
+    for init in args.inits:
         out = work / f"resized_{init}"
         if out.exists():
             shutil.rmtree(out)
-        report = resize(model_dir, merged, out, init)
-        model = AutoModelForCausalLM.from_pretrained(out)
+        report = resize(model_dir, merged, out, init, calibration, args.device)
+        model = load(out)
         note = f"{report['old_vocab_size']}→{report['new_vocab_size']} rows, {report['seconds']:.1f} s, " \
-               f"peak RSS {report['peak_rss_mib']:.0f} MiB, rules {report['rows_per_rule']}"
+               f"peak RSS {report['peak_rss_mib']:.0f} MiB"
         rows.append((f"resized, --init {init}", *score(model, merged_sp), note))
         if args.adapt_steps:
             done = train(model, merged_streams, args, args.adapt_steps, args.adapt_lr, 1e9, f"adapting {init}")
             rows.append((f"  after {done} more steps", *score(model, merged_sp), ""))
     print(f"\nheld-out: {len(zh_test)} Chinese paragraphs ({sum(map(len, zh_test))} chars), "
-          f"{sum(map(len, en_test))} English chars; 'resized' rows are at step 0 (no training after the resize)")
-    print(f"{'model':<28} {'zh bits/char':>12} {'zh tokens/char':>15} {'en bits/char':>12} {'p(new ids)':>10}")
-    for name, zh_bpc, tpc, en_bpc, mass, note in rows:
-        print(f"{name:<28} {zh_bpc:>12.3f} {tpc:>15.3f} {en_bpc:>12.3f} {mass:>10.3f}  {note}")
-    print("p(new ids): mean probability given to ids >= 32000 while reading held-out Chinese")
+          f"{sum(map(len, en_test))} English chars; seen: {len(seen)} training paragraphs; "
+          "'resized' rows are at step 0 (no training after the resize)")
+    print(f"{'model':<28} {'zh bits/char':>12} {'seen zh':>8} {'zh tok/char':>11} {'en bits/char':>12} "
+          f"{'p(new ids)':>10} {'bits/new tgt':>12}")
+    for name, zh_bpc, seen_bpc, tpc, en_bpc, mass, new_bits, note in rows:
+        print(f"{name:<28} {zh_bpc:>12.3f} {seen_bpc:>8.3f} {tpc:>11.3f} {en_bpc:>12.3f} {mass:>10.3f} "
+              f"{new_bits:>12.2f}  {note}")
+    print(f"p(new ids): mean probability given to ids >= {base_sp.get_piece_size()} while reading held-out Chinese; "
+          f"bits/new tgt: mean bits per target that is a new id (knowing nothing: "
+          f"log2({merged_sp.get_piece_size() - base_sp.get_piece_size()}) = "
+          f"{math.log2(merged_sp.get_piece_size() - base_sp.get_piece_size()):.2f})")
     print(f"base model weights: {(model_dir / 'model.safetensors').stat().st_size / 2**20:.0f} MiB "
           "(peak RSS of a resize is mostly the torch/transformers import)")
     print(f"folders in {work}")

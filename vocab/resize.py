@@ -1,13 +1,14 @@
 r"""Grow a causal LM's embeddings to a merged tokenizer, with informed initialisation of new rows.
 
     python -m vocab resize --model BASE_MODEL_DIR --tokenizer MERGED_DIR --out DIR \
-        [--init subtoken-mean|mean|random] [--pad-to-multiple-of 64] [--max-shard-size 5GB]
+        [--init subtoken-mean|spelling|mean|random] [--pad-to-multiple-of 64] [--max-shard-size 5GB]
 
 The model is never built with weights: its safetensors tensors are copied shard by shard and only
 the input/output embedding matrices are replaced, so memory stays near one shard plus the two
 embeddings, the stored dtype is kept and every other tensor comes out byte-identical. The
 architecture is instantiated on the meta device (no memory) only to learn which tensors are the
-embeddings and whether they are tied.
+embeddings and whether they are tied. Only ``--init spelling`` loads the model with weights (once,
+before the copy, then frees it): it runs the base model over each new piece's spelling.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import atomic_output_dir, sha256_file, write_json_atomic
 
 from .resize_checkpoint import INDEX_FILE, TensorInfo, list_tensors, parse_size, weight_files, write_checkpoint
-from .resize_rows import METHODS, RowPlan, TokenizerInfo, base_size_of, grow_rows, plan_rows, read_tokenizer
+from .resize_rows import (METHODS, RowPlan, TokenizerInfo, base_processor, base_size_of, grow_rows, plan_rows,
+                          read_tokenizer)
+from .resize_spelling import apply_spelling, calibration_ids, spell_with_base_model, spelling_summary
 
 REPORT_FILE = "resize_report.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -37,8 +40,9 @@ class ResizeConfig:
     """merged tokenizer folder (tokenizer.model / tokenizer.json, merge_report.json)"""
     out: Path
     """output model folder; must not exist"""
-    init: Literal["subtoken-mean", "mean", "random"] = "subtoken-mean"
-    """how new rows start: base sub-token mean, mean of all old rows, or the model's initializer"""
+    init: Literal["subtoken-mean", "spelling", "mean", "random"] = "subtoken-mean"
+    """how new rows start: base sub-token mean; spelling (input rows: sub-token mean, output rows:
+    the base model's log-probability of the spelling); mean of all old rows; the model's initializer"""
     pad_to_multiple_of: int | None = None
     """round the new row count up to a multiple of this (extra rows get the mean)"""
     max_shard_size: str = "5GB"
@@ -47,6 +51,11 @@ class ResizeConfig:
     """allow the model folder's own Python code to define the architecture"""
     seed: int = 0
     """seed of --init random"""
+    calibration_text: list[Path] | None = None
+    """UTF-8 text files, the new language first, then samples of what the model must keep reading
+    (e.g. English); one paragraph per line, a few thousand tokens each. Needed by --init spelling"""
+    device: str = "cpu"
+    """where --init spelling runs the base model (cpu, cuda, cuda:1 ...)"""
 
 
 @dataclass
@@ -162,6 +171,17 @@ def _validate_paths(cfg: ResizeConfig) -> None:
         problems.append(f"--init {cfg.init!r}: expected one of {', '.join(METHODS)}")
     if cfg.pad_to_multiple_of is not None and cfg.pad_to_multiple_of <= 0:
         problems.append(f"--pad-to-multiple-of {cfg.pad_to_multiple_of}: must be a positive integer")
+    if cfg.init == "spelling" and not cfg.calibration_text:
+        problems.append("--init spelling needs --calibration-text NEW_LANGUAGE.txt [OTHER.txt ...] "
+                        "(a few thousand tokens of each language the model should read)")
+    for path in cfg.calibration_text or []:
+        if not Path(path).is_file():
+            problems.append(f"--calibration-text {path}: no such file")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(f"--device {cfg.device}: no CUDA device here")
     raise_if_problems("cannot resize", problems)
 
 
@@ -188,8 +208,9 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
     new_rows = _round_up(tok.size, cfg.pad_to_multiple_of)
     plan = plan_rows(tok, rows, new_rows, cfg.init, base_n)
     std = float(holder.get("initializer_range", config.get("initializer_range", 0.02)))
+    spelling = _spell(cfg, layout, tok, plan, base_n, progress) if cfg.init == "spelling" else None
 
-    replaced = _grow_embeddings(layout, plan, std, cfg.seed)
+    replaced = _grow_embeddings(layout, plan, std, cfg.seed, spelling)
     tokenizer_files = [p for p in sorted(tok_dir.iterdir())
                        if p.is_file() and p.name not in _NOT_TOKENIZER_FILES
                        and not p.name.endswith(_WEIGHT_SUFFIXES)]
@@ -200,6 +221,8 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
             "model_config_sha256": sha256_file(model_dir / "config.json"),
             "model_weights_sha256": {p.name: sha256_file(p) for p in files},
             "tokenizer_files_sha256": {p.name: sha256_file(p) for p in tokenizer_files},
+            "calibration_text_sha256": ({Path(p).name: sha256_file(p) for p in cfg.calibration_text}
+                                        if spelling is not None else None),
         },
         "old_vocab_size": rows,
         "tokenizer_size": tok.size,
@@ -211,6 +234,7 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
         "initializer_range": std if cfg.init == "random" else None,
         "seed": cfg.seed if cfg.init == "random" else None,
         "rows_per_rule": plan.counts(),
+        "spelling": spelling_summary(spelling, cfg.device, cfg.calibration_text) if spelling is not None else None,
         "dtype": layout.input.dtype,
         "tied_embeddings": layout.tied,
         "input_embedding": layout.input.name,
@@ -231,7 +255,23 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
     return report
 
 
-def _grow_embeddings(layout: EmbeddingLayout, plan: RowPlan, std: float, seed: int) -> dict:
+def _spell(cfg: ResizeConfig, layout: EmbeddingLayout, tok: TokenizerInfo, plan: RowPlan, base_n: int, progress):
+    """Run the base model over every new piece's spelling (refused where it cannot apply)."""
+    problems = []
+    if layout.tied:
+        problems.append("--init spelling sets output rows apart from input rows, but this model ties them; "
+                        "use --init subtoken-mean")
+    bos_id = tok.sp_proto.trainer_spec.bos_id
+    if bos_id < 0:
+        problems.append(f"--init spelling scores spellings after BOS, but {tok.folder / 'tokenizer.model'} has no BOS")
+    raise_if_problems("cannot resize", problems)
+    reader = base_processor(tok, base_n, for_pieces=False)
+    contexts, windows = calibration_ids(cfg.calibration_text, lambda text: reader.encode(text, out_type=int), bos_id)
+    return spell_with_base_model(cfg.model, plan.sources, contexts, windows, cfg.device, cfg.trust_remote_code,
+                                 progress)
+
+
+def _grow_embeddings(layout: EmbeddingLayout, plan: RowPlan, std: float, seed: int, spelling=None) -> dict:
     import torch
     from safetensors import safe_open
 
@@ -239,7 +279,10 @@ def _grow_embeddings(layout: EmbeddingLayout, plan: RowPlan, std: float, seed: i
         with safe_open(str(info.file), framework="pt") as fh:
             old = fh.get_tensor(info.name)
         generator = torch.Generator().manual_seed(seed * 2 + stream)
-        return grow_rows(old, plan, std, generator)
+        grown = grow_rows(old, plan, std, generator)
+        if stream == 1 and spelling is not None:  # output rows only
+            apply_spelling(grown, old, plan.sources, spelling)
+        return grown
 
     replaced = {layout.input.name: grow(layout.input, 0)}
     if layout.output is not None and layout.output.name != layout.input.name:

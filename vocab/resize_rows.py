@@ -17,7 +17,8 @@ from zhllama.errors import UserError
 SP_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
 MERGE_REPORT = "merge_report.json"
-METHODS = ("subtoken-mean", "mean", "random")
+METHODS = ("subtoken-mean", "spelling", "mean", "random")
+SPELLED_METHODS = ("subtoken-mean", "spelling")  # methods that decompose new pieces with the base tokenizer
 
 # Row rules, as counted in resize_report.json.
 RULE_SUBTOKEN = "subtoken-mean"
@@ -100,12 +101,13 @@ def base_size_of(tok: TokenizerInfo) -> int | None:
     return value
 
 
-def base_processor(tok: TokenizerInfo, base_size: int):
-    """SentencePiece processor of the base model, set up to spell one piece's surface as-is.
+def base_processor(tok: TokenizerInfo, base_size: int, for_pieces: bool = True):
+    """SentencePiece processor of the base model, by default set up to spell one piece's surface as-is.
 
-    The dummy prefix is switched off and whitespace kept: a piece starting with '▁' is fed with a
-    leading space (which the normalizer turns into '▁', as the base saw it after a space or at the
-    start of text); a piece without it is spelled as the base spelled it mid-word.
+    For pieces the dummy prefix is switched off and whitespace kept: a piece starting with '▁' is fed
+    with a leading space (which the normalizer turns into '▁', as the base saw it after a space or
+    at the start of text); a piece without it is spelled as the base spelled it mid-word.
+    ``for_pieces=False`` gives the base tokenizer as it reads running text.
     """
     import sentencepiece as spm
 
@@ -113,8 +115,9 @@ def base_processor(tok: TokenizerInfo, base_size: int):
 
     base = clone(tok.sp_proto)
     del base.pieces[base_size:]
-    base.normalizer_spec.add_dummy_prefix = False
-    base.normalizer_spec.remove_extra_whitespaces = False
+    if for_pieces:
+        base.normalizer_spec.add_dummy_prefix = False
+        base.normalizer_spec.remove_extra_whitespaces = False
     return spm.SentencePieceProcessor(model_proto=base.SerializeToString())
 
 
@@ -139,12 +142,12 @@ def plan_rows(tok: TokenizerInfo, old_rows: int, new_rows: int, method: str, bas
     """Decide the rule of every new row (and the base ids for sub-token means)."""
     if method not in METHODS:
         raise UserError(f"--init {method!r}: expected one of {', '.join(METHODS)}")
-    if method == "subtoken-mean" and tok.sp_proto is None:
+    if method in SPELLED_METHODS and tok.sp_proto is None:
         raise UserError(
-            f"--init subtoken-mean needs the merged {SP_FILE} in {tok.folder} to spell new pieces "
+            f"--init {method} needs the merged {SP_FILE} in {tok.folder} to spell new pieces "
             "with the base tokenizer; use --init mean or random for tokenizer.json-only folders"
         )
-    processor = base_processor(tok, base_size) if method == "subtoken-mean" else None
+    processor = base_processor(tok, base_size) if method in SPELLED_METHODS else None
     unk = processor.unk_id() if processor is not None else -1
     rules: list[str] = []
     sources: dict[int, list[int]] = {}
