@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from vocab.bpc import bits_per_character  # noqa: E402
 from vocab.merge import merge_tokenizers  # noqa: E402
+from vocab.resize_rows import base_size_of, plan_rows, read_tokenizer  # noqa: E402
 
 DATA = Path(os.environ.get("ZHLLAMA_SHARED_DATA", REPO.parent / "shared" / "data"))
 BASE_SP = DATA / "tokenizers" / "llama2c" / "tokenizer.model"
@@ -151,6 +152,33 @@ def new_piece_costs(model, sp, texts: list[str], first_new: int, block_size: int
     return mass / max(positions, 1), bits / max(targets, 1) if targets else float("nan")
 
 
+def base_cost_of_new_pieces(model, merged_dir: Path, merged_sp, texts: list[str], block_size: int) -> float:
+    """Mean bits the BASE model pays for the text of one new piece, reading each merged token spelled
+    with its base pieces (its own hidden states): the most a resize that copies the base can keep.
+    Compare with log2(#new ids), what uniform rows pay."""
+    tok = read_tokenizer(merged_dir)
+    old = model.config.vocab_size
+    plan = plan_rows(tok, old, tok.size, "subtoken-mean", base_size_of(tok))
+    bits, spans = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            merged_ids = merged_sp.encode(text)
+            spelled, starts = [merged_sp.bos_id()], []
+            for t in merged_ids:
+                starts.append(len(spelled))
+                spelled.extend(plan.sources.get(t, [t]) if t >= old else [t])
+            for lo in range(0, len(spelled) - 1, block_size):
+                ids = torch.tensor([spelled[lo:lo + block_size + 1]], device=model.device)
+                logp = torch.log_softmax(model(input_ids=ids[:, :-1]).logits[0].float(), dim=-1)
+                nll = -logp.gather(-1, ids[0, 1:, None])[:, 0] / math.log(2)
+                for k, t in enumerate(merged_ids):  # spans wholly inside this window
+                    end = starts[k + 1] if k + 1 < len(starts) else len(spelled)
+                    if t >= old and lo < starts[k] and end <= lo + block_size + 1:
+                        bits += float(nll[starts[k] - lo - 1:end - lo - 1].sum())
+                        spans += 1
+    return bits / max(spans, 1)
+
+
 def resize(model_dir: Path, merged: Path, out: Path, init: str, calibration: list[Path], device: str) -> dict:
     start = time.time()
     argv = ["vocab", "resize", "--model", str(model_dir), "--tokenizer", str(merged), "--out", str(out),
@@ -228,7 +256,10 @@ def main() -> None:
     def load(folder: Path):
         return AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(args.device)
 
-    rows = [("base (base tokenizer)", *score(load(model_dir), base_sp), "")]
+    base_model = load(model_dir)
+    rows = [("base (base tokenizer)", *score(base_model, base_sp), "")]
+    span_bits = base_cost_of_new_pieces(base_model, merged, merged_sp, zh_test, args.seq_len)
+    del base_model
     for init in args.inits:
         out = work / f"resized_{init}"
         if out.exists():
@@ -253,6 +284,8 @@ def main() -> None:
           f"bits/new tgt: mean bits per target that is a new id (knowing nothing: "
           f"log2({merged_sp.get_piece_size() - base_sp.get_piece_size()}) = "
           f"{math.log2(merged_sp.get_piece_size() - base_sp.get_piece_size()):.2f})")
+    print(f"the base model itself pays {span_bits:.2f} bits for the text of a new piece in held-out Chinese "
+          "(read spelled with base pieces): below log2(#new) informed rows can beat uniform ones")
     print(f"base model weights: {(model_dir / 'model.safetensors').stat().st_size / 2**20:.0f} MiB "
           "(peak RSS of a resize is mostly the torch/transformers import)")
     print(f"folders in {work}")
