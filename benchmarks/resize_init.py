@@ -46,7 +46,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from vocab.bpc import bits_per_character  # noqa: E402
+from vocab.bpc import bits_per_character, windows  # noqa: E402
 from vocab.merge import merge_tokenizers  # noqa: E402
 from vocab.resize_rows import base_size_of, plan_rows, read_tokenizer  # noqa: E402
 
@@ -133,23 +133,27 @@ def train_base(args, sp, zh_train, en_train, out: Path) -> tuple[int, float]:
     return done, seconds
 
 
+def scored_windows(model, ids: list[int], block_size: int):
+    """(log-probabilities, targets) of each window of ``ids`` (vocab.bpc.windows: every id after
+    the first is a target exactly once)."""
+    for window in windows(ids, block_size):
+        window = torch.tensor(window, device=model.device)
+        yield torch.log_softmax(model(input_ids=window[None, :-1]).logits[0].float(), dim=-1), window[1:]
+
+
 def new_piece_costs(model, sp, texts: list[str], first_new: int, block_size: int) -> tuple[float, float]:
     """(mean probability the model gives to ids >= first_new per position, mean bits per target that
     is a new id) while reading ``texts``: where the step-0 bits go."""
     mass, positions, bits, targets = 0.0, 0, 0.0, 0
     with torch.no_grad():
         for text in texts:
-            ids = [sp.bos_id()] + sp.encode(text)
-            for start in range(0, len(ids) - 1, block_size):
-                window = torch.tensor([ids[start:start + block_size + 1]], device=model.device)
-                logp = torch.log_softmax(model(input_ids=window[:, :-1]).logits[0].float(), dim=-1)
-                target = window[0, 1:]
+            for logp, target in scored_windows(model, [sp.bos_id()] + sp.encode(text), block_size):
                 mass += float(logp[:, first_new:].exp().sum())
                 positions += logp.shape[0]
                 new = target >= first_new
                 bits += float(-logp[new].gather(-1, target[new, None]).sum()) / math.log(2)
                 targets += int(new.sum())
-    return mass / max(positions, 1), bits / max(targets, 1) if targets else float("nan")
+    return mass / max(positions, 1), bits / targets if targets else float("nan")
 
 
 def base_cost_of_new_pieces(model, merged_dir: Path, merged_sp, texts: list[str], block_size: int) -> float:
@@ -167,15 +171,14 @@ def base_cost_of_new_pieces(model, merged_dir: Path, merged_sp, texts: list[str]
             for t in merged_ids:
                 starts.append(len(spelled))
                 spelled.extend(plan.sources.get(t, [t]) if t >= old else [t])
-            for lo in range(0, len(spelled) - 1, block_size):
-                ids = torch.tensor([spelled[lo:lo + block_size + 1]], device=model.device)
-                logp = torch.log_softmax(model(input_ids=ids[:, :-1]).logits[0].float(), dim=-1)
-                nll = -logp.gather(-1, ids[0, 1:, None])[:, 0] / math.log(2)
-                for k, t in enumerate(merged_ids):  # spans wholly inside this window
-                    end = starts[k + 1] if k + 1 < len(starts) else len(spelled)
-                    if t >= old and lo < starts[k] and end <= lo + block_size + 1:
-                        bits += float(nll[starts[k] - lo - 1:end - lo - 1].sum())
-                        spans += 1
+            # nll[p - 1]: bits for spelled[p], each position scored once in its window
+            nll = torch.cat([-logp.gather(-1, target[:, None])[:, 0] for logp, target in
+                             scored_windows(model, spelled, block_size)]) / math.log(2)
+            ends = starts[1:] + [len(spelled)]
+            for t, lo, hi in zip(merged_ids, starts, ends):
+                if t >= old:
+                    bits += float(nll[lo - 1:hi - 1].sum())
+                    spans += 1
     return bits / max(spans, 1)
 
 

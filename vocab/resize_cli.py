@@ -14,12 +14,14 @@ import argparse
 import json
 from pathlib import Path
 
+from .resize_rows import METHODS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="base model folder (config.json + safetensors)")
     parser.add_argument("--tokenizer", required=True, type=Path, help="merged tokenizer folder (python -m vocab merge)")
     parser.add_argument("--out", required=True, type=Path, help="output model folder (must not exist)")
-    parser.add_argument("--init", default="subtoken-mean", choices=["subtoken-mean", "spelling", "mean", "random"],
+    parser.add_argument("--init", default="subtoken-mean", choices=METHODS,
                         help="new rows: mean of the base sub-token rows (default); spelling: input rows the "
                              "same, output rows give each piece the base model's probability of its spelling "
                              "(runs the base model once, untied models only); mean of all rows; or the "

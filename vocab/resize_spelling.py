@@ -100,21 +100,23 @@ def spelling_logprobs(model, sources: dict[int, list[int]], contexts: list[list[
         with torch.no_grad():
             for ctx, batch in jobs:
                 inputs, mask = _padded([ctx + sources[i] for i in batch], ctx[0])
-                logp = torch.log_softmax(model(input_ids=inputs.to(device), attention_mask=mask.to(device))
-                                         .logits.float(), dim=-1)
-                # Position p predicts token p+1; the spelling's rest starts at len(ctx) + 1.
+                inputs, mask = inputs.to(device), mask.to(device)
+                # Position p predicts token p+1; the spelling's rest starts at len(ctx) + 1. Only those
+                # positions need a log-softmax over the vocabulary (not the context's).
                 start = len(ctx) + 1
-                targets = inputs[:, start:].to(device)
-                picked = logp[:, start - 1:-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                picked = (picked * mask[:, start:].to(device)).sum(dim=1).tolist()
+                logits = model(input_ids=inputs, attention_mask=mask).logits[:, start - 1:-1]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                picked = logp.gather(-1, inputs[:, start:].unsqueeze(-1)).squeeze(-1)
+                picked = (picked * mask[:, start:]).sum(dim=1).tolist()
                 for i, value in zip(batch, picked):
                     totals[i] += value
             captured.clear()
             states = []
             for s in range(0, len(windows), 8):
                 inputs, mask = _padded(windows[s:s + 8], windows[0][0])
-                model(input_ids=inputs.to(device), attention_mask=mask.to(device))
-                states.append(captured.pop()[mask.to(device).bool()].double().cpu())
+                mask = mask.to(device)
+                model(input_ids=inputs.to(device), attention_mask=mask)
+                states.append(captured.pop()[mask.bool()].double().cpu())
     finally:
         hook.remove()
     hidden = torch.cat(states)
