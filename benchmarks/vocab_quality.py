@@ -37,7 +37,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vocab.manifest import iter_documents, iter_weighted, load_manifest  # noqa: E402
+from corpora.manifest import iter_documents, iter_weighted, load_manifest  # noqa: E402
 from vocab.merge import merge_tokenizers  # noqa: E402
 from vocab.merge_policy import han_piece  # noqa: E402
 from vocab.stats import load_tokenizer, text_stats, tokenizer_stats  # noqa: E402

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/zero3_memory.py [--hidden 128 --layers 4]
 
-Runs the real engine (pretrain.engine.train, full mode, fp32, AdamW) for 2 steps on a tiny random
+Runs the real engine (engine.train, full mode, fp32, AdamW) for 2 steps on a tiny random
 LLaMA under torchrun with 1 rank, then 2 ranks, and counts on each rank: parameter partitions
 (``ds_tensor``), the optimizer's fp32 partitions and its Adam moments. Prints the 2-rank/1-rank
 ratio (ZeRO-3 target: <= 0.55, i.e. each of 2 ranks holds about half).
@@ -42,7 +42,7 @@ def rank_main(spec: dict) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from test_engine_distributed import TinyPacked
 
-    from pretrain.engine import loop, train
+    from engine import loop, train
     from pretrain.train_cli import PretrainConfig
     from zhllama.config import load_config
 
@@ -80,7 +80,7 @@ def main() -> None:
     if args.rank_spec:
         return rank_main(json.loads(args.rank_spec))
     sys.path.insert(0, str(REPO))
-    from pretrain.engine.tiny import make_tiny_model
+    from engine.tiny import make_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

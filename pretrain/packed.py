@@ -1,6 +1,7 @@
 """Read the token shards written by ``python -m pretrain prepare`` as one map-style dataset.
 
-    from pretrain.packed import PackedDataset, read_prepare_report, tokenizer_fingerprint
+    from pretrain.packed import PackedDataset, read_prepare_report
+    from zhllama.tokenizer_files import tokenizer_fingerprint
     ds = PackedDataset(data_dir, split="train")      # or "validation"; all --shard parts as one
     len(ds)                                          # number of blocks
     ds[i] -> {"input_ids": LongTensor[block_size], "position_ids": LongTensor[block_size],
@@ -52,55 +53,13 @@ from typing import Any
 import numpy as np
 
 from zhllama.errors import UserError
-from zhllama.files import sha256_file, sha256_json
 
 FORMAT = "zhllama-packed/1"
 REPORT = "prepare_report.json"
 SPLITS = ("train", "validation")
 IGNORE_INDEX = -100
-# Files that decide how text becomes ids (a model folder holds others: weights, config).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model.v1")
-_ID_SETTINGS = ("add_bos_token", "add_eos_token", "bos_token", "eos_token", "legacy", "add_prefix_space",
-                "tokenizer_class")
-
-
 def part_name(index: int, count: int) -> str:
     return f"part-{index:05d}-of-{count:05d}"
-
-
-def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike) -> str:
-    """sha256 over what decides the ids of a tokenizer folder (not how its files are formatted).
-
-    ``tokenizer.json`` is hashed as canonical JSON (so a re-save that only changes whitespace or
-    key order keeps the fingerprint); without it, the bytes of the SentencePiece/vocab files.
-    The special-token settings of ``tokenizer_config.json`` that change ids (add_bos_token, the
-    BOS/EOS strings, legacy, ...) are included; chat templates and max lengths are not.
-    """
-    folder = Path(tokenizer_dir)
-    parts: dict[str, Any] = {}
-    tok_json = folder / "tokenizer.json"
-    if tok_json.is_file():
-        parts["tokenizer.json"] = sha256_json(_load_json(tok_json))
-    else:
-        for name in TOKENIZER_FILES:
-            path = folder / name
-            if path.is_file() and name not in ("tokenizer_config.json", "special_tokens_map.json"):
-                parts[name] = sha256_file(path)
-    if not parts:
-        raise UserError(f"{folder}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES[:3])})")
-    config: dict[str, Any] = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins, as in HF
-        path = folder / name
-        if path.is_file():
-            raw = _load_json(path)
-            config.update({k: _token_text(raw[k]) for k in _ID_SETTINGS if k in raw})
-    parts["settings"] = config
-    return sha256_json(parts)
-
-
-def _token_text(value: Any) -> Any:
-    return value.get("content") if isinstance(value, dict) else value
 
 
 def _load_json(path: Path) -> Any:

@@ -3,7 +3,7 @@
     cfg = PrepareConfig(manifest="m.yaml", tokenizer="tok/", block_size=1024, out="data/pt")
     result = prepare(cfg)        # result.status: "prepared" or "up-to-date"
 
-What goes in. Training documents are the manifest's weighted mix (``vocab.manifest.copies``: a
+What goes in. Training documents are the manifest's weighted mix (``corpora.manifest.copies``: a
 source of weight w contributes every document floor(w) times plus once more with probability
 w - floor(w), repeats a whole pass apart; weight 0 leaves it out). The validation split is the
 manifest's ``holdout`` slice (held out by document key, so no phase trained on it and duplicates
@@ -35,14 +35,14 @@ import numpy as np
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import atomic_output_dir, sha256_file, sha256_json, write_json_atomic
 
-from .packed import FORMAT, REPORT, SPLITS, TOKENIZER_FILES, list_parts, part_name, read_prepare_report
-from .packed import tokenizer_fingerprint
+from .packed import FORMAT, REPORT, SPLITS, list_parts, part_name, read_prepare_report
+from zhllama.tokenizer_files import TOKENIZER_FILES, tokenizer_fingerprint
 from .shards import SplitWriter
 
 
 @dataclasses.dataclass
 class PrepareConfig:
-    manifest: str  # corpus manifest (vocab/manifest.py format)
+    manifest: str  # corpus manifest (corpora/manifest.py format)
     tokenizer: str  # Hugging Face tokenizer folder (a fast tokenizer: tokenizer.json)
     block_size: int  # tokens per training block
     out: str  # output folder; parts go to OUT/part-i-of-n
@@ -204,7 +204,7 @@ def _plain_llama_info(folder: Path) -> TokenizerInfo | None:
 def prepare(cfg: PrepareConfig) -> PrepareResult:
     started = time.time()  # the report's time covers hashing inputs and loading the tokenizer too
     raise_if_problems("invalid prepare settings", cfg.validate())
-    from vocab.manifest import load_manifest
+    from corpora.manifest import load_manifest
 
     manifest = load_manifest(cfg.manifest, on_decode_error=cfg.on_decode_error)
     index, count = cfg.shard

@@ -20,7 +20,7 @@ from .prepare import PrepareConfig, parse_shard, prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", required=True, help="corpus manifest YAML (vocab/manifest.py format)")
+    parser.add_argument("--manifest", required=True, help="corpus manifest YAML (corpora/manifest.py format)")
     parser.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer folder (with tokenizer.json)")
     parser.add_argument("--block-size", type=int, required=True, help="tokens per training block")
     parser.add_argument("--out", required=True, help="output folder (parts go to OUT/part-i-of-n)")

@@ -12,21 +12,12 @@ import os
 import sys
 from typing import Any, Iterator
 
-from vocab.cleaning import cjk_count_many  # noqa: F401  (re-exported: tested here)
-
 from .shards import encode_batch, init_encoder
-
-
-def iter_source(source: Any, shard: tuple[int, int], split: str, stats: Any) -> Iterator[str]:
-    """Texts of ``vocab.manifest.iter_documents(source, shard=, split=, stats=)``, same order and stats."""
-    from vocab.manifest import iter_documents
-
-    return (doc.text for doc in iter_documents(source, shard=shard, split=split, stats=stats))
 
 
 def document_stream(manifest: Any, shard: tuple[int, int], seed: int, stats: dict) -> Iterator[tuple[str, int, str]]:
     """(split, source index, text) in output order: the weighted training mix, then the holdout."""
-    from vocab.manifest import Document, SourceStats, copies
+    from corpora.manifest import Document, SourceStats, copies, iter_documents
 
     for source in manifest.sources:
         stats[source.name] = {"weight": source.weight, "train": SourceStats(), "validation": SourceStats(),
@@ -36,7 +27,8 @@ def document_stream(manifest: Any, shard: tuple[int, int], seed: int, stats: dic
         # Pass r yields the documents drawn more than r times: repeats are a whole pass apart.
         for r in range(math.ceil(source.weight)):
             counted = stats[source.name]["train"] if r == 0 else SourceStats()
-            for text in iter_source(source, shard, "train", counted):
+            for doc in iter_documents(source, shard=shard, split="train", stats=counted):
+                text = doc.text
                 # copies() hashes the text only for a fractional weight; whole weights need no call.
                 if not fractional or copies(source.weight, Document(text, source.name, "", 0), seed) > r:
                     yield "train", index, text
@@ -44,8 +36,8 @@ def document_stream(manifest: Any, shard: tuple[int, int], seed: int, stats: dic
         return
     for index, source in enumerate(manifest.sources):
         if source.weight > 0:
-            for text in iter_source(source, shard, "holdout", stats[source.name]["validation"]):
-                yield "validation", index, text
+            for doc in iter_documents(source, shard=shard, split="holdout", stats=stats[source.name]["validation"]):
+                yield "validation", index, doc.text
 
 
 def batches(stream: Iterator[tuple[str, int, str]], max_chars: int) -> Iterator[tuple[str, int, list[str], int]]:

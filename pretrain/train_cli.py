@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m pretrain train --config pretrain/configs/tiny_cpu.yaml
     deepspeed --hostfile HOSTS --module pretrain train --config pretrain/configs/llama2_7b_8xA100.yaml
 
-Settings: the engine's (pretrain/engine/config.py) plus ``data.dir`` (the folder written by
+Settings: the engine's (engine/config.py) plus ``data.dir`` (the folder written by
 ``python -m pretrain prepare``). Overrides are dotted keys: ``mode=lora optim.lr=1e-4``.
 Kill it at any time; the same command continues from the latest complete checkpoint.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from pretrain.engine import TrainConfig
+from engine import TrainConfig
 
 
 @dataclass
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from zhllama.config import load_config
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
-    from pretrain.engine import train
+    from engine import train
     from pretrain.packed import PackedDataset
 
     train_ds = PackedDataset(cfg.data.dir, cfg.data.train_split)

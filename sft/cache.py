@@ -1,7 +1,7 @@
 """Tokenize an instruction file once; reuse the result while its content key is unchanged.
 
 The key covers everything that changes the tokens: the file's sha256, the tokenizer's
-fingerprint (``pretrain.packed.tokenizer_fingerprint``: content, not the folder name), the
+fingerprint (``zhllama.tokenizer_files.tokenizer_fingerprint``: content, not the folder name), the
 template (name, system prompt, chat template text), ``max_seq_length`` and the encoder version. A cache entry is a folder
 ``CACHE_DIR/<key>/`` with ``tokens.npy``, ``labels.npy`` (int32, flat), ``offsets.npy`` (int64,
 n+1), ``records.npy`` (source record of each sample) and ``stats.json``, written to a temp

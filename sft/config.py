@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pretrain.engine import TrainConfig
+from engine import TrainConfig
 
 from .templates import TEMPLATE_NAMES
 

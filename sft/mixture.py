@@ -50,7 +50,7 @@ class MixReport:
 def resolve_sources(data: SFTData, config_dir: Path | None = None) -> list[SourceFile]:
     """The files to read, from the manifest (validated, checksums checked) or the inline list."""
     if data.manifest is not None:
-        from vocab.manifest import load_manifest
+        from corpora.manifest import load_manifest
 
         manifest = load_manifest(data.manifest)
         out = []
@@ -71,14 +71,14 @@ def resolve_sources(data: SFTData, config_dir: Path | None = None) -> list[Sourc
 
 
 def _record_key(obj: Any, salt: str) -> bytes:
-    from vocab.manifest import document_key
+    from corpora.manifest import document_key
 
     return document_key(json.dumps(obj, sort_keys=True, ensure_ascii=False), salt)
 
 
 def read_and_validate(sources: list[SourceFile]):
     """Parse every file; raise one UserError with every malformed record of every file."""
-    from vocab.manifest import is_held_out
+    from corpora.manifest import is_held_out
 
     problems: list[str] = []
     parsed = []

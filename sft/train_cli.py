@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m sft train --config sft/configs/tiny_cpu.yaml
     deepspeed --hostfile HOSTS --module sft train --config sft/configs/chinese_alpaca2_7b_lora.yaml
 
-Settings: the engine's (pretrain/engine/config.py) plus ``data:`` (sft/config.py): a manifest (or
+Settings: the engine's (engine/config.py) plus ``data:`` (sft/config.py): a manifest (or
 a list of files with weights), the template, max_seq_length, packing. Every record of every file is
 validated before anything is tokenized or trained; files are tokenized once into a content-keyed
 cache. Loss is on response tokens only. The template is saved with the model
@@ -41,8 +41,8 @@ def prepare(cfg):
 
     from transformers import AutoTokenizer
 
-    from pretrain.engine.model import tokenizer_dir
-    from pretrain.packed import tokenizer_fingerprint
+    from engine.model import tokenizer_dir
+    from zhllama.tokenizer_files import tokenizer_fingerprint
 
     from .collate import SFTCollator
     from .templates import make_spec, pad_token_id
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                                          ensure_ascii=False), flush=True)
     if eval_ds is None and cfg.eval.every_steps:  # no held-out records: train without validation
         cfg.eval.every_steps = 0
-    from pretrain.engine import train
+    from engine import train
 
     result = train(cfg, train_ds, eval_ds, collator, data_fingerprint=report.fingerprint,
                    tokenizer_fingerprint=fingerprint)

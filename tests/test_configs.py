@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.engine.config import DS_PRESET_DIR, DS_PRESETS, TrainConfig
+from engine.config import DS_PRESET_DIR, DS_PRESETS, TrainConfig
 from pretrain.train_cli import PretrainConfig
 from zhllama.config import load_config
 from zhllama.errors import UserError
@@ -27,7 +27,7 @@ def test_every_yaml_preset_loads(path):
 
 @pytest.mark.parametrize("preset", DS_PRESETS)
 def test_every_deepspeed_preset_fills_its_autos(preset):
-    from pretrain.engine.dist import build_ds_config
+    from engine.dist import build_ds_config
 
     cfg = load_config(PretrainConfig, CONFIGS[0], [f"deepspeed.preset={preset}", "model.dtype=bfloat16",
                                                    "batch.global_batch_size=null"])
@@ -62,7 +62,7 @@ def test_validation_reports_every_problem_at_once():
 
 
 def test_deepspeed_json_may_not_set_what_the_engine_owns(tmp_path):
-    from pretrain.engine.dist import build_ds_config
+    from engine.dist import build_ds_config
 
     preset = tmp_path / "mine.json"
     preset.write_text('{"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 3}}')

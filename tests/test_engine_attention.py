@@ -50,7 +50,7 @@ def test_document_two_does_not_see_document_one(tiny_llama, impl):
 
 def test_engine_loss_uses_packed_mask(tiny_llama):
     """The engine's own forward (forward_loss) sees the block-causal mask too."""
-    from pretrain.engine.evaluate import forward_loss
+    from engine.evaluate import forward_loss
 
     tiny_llama.set_attn_implementation("sdpa")
     gen = torch.Generator().manual_seed(2)

@@ -30,7 +30,7 @@ class TinyPacked:
         import torch
         from transformers import AutoTokenizer
 
-        from pretrain.engine.tiny import DEFAULT_TEXT
+        from engine.tiny import DEFAULT_TEXT
 
         tok = AutoTokenizer.from_pretrained(tok_dir)
         ids, pos = [], []
@@ -61,7 +61,7 @@ def _driver(spec: dict) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from pretrain.engine import loop, train
+    from engine import loop, train
     from pretrain.train_cli import PretrainConfig
     from zhllama.config import load_config
 
@@ -101,7 +101,7 @@ def _run(overrides: list[str], timeout: int = 240) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from pretrain.engine.tiny import make_tiny_model
+    from engine.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from pretrain.engine import checkpoint
-from pretrain.engine.config import TrainConfig
-from pretrain.engine.data import StepPlan, eval_batches
+from engine import checkpoint
+from engine.config import TrainConfig
+from engine.data import StepPlan, eval_batches
 from zhllama.config import load_config
 from zhllama.errors import UserError
 
@@ -32,7 +32,7 @@ def test_eval_batches_give_every_rank_the_same_number_of_forwards():
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    from pretrain.engine.loop import lr_factor
+    from engine.loop import lr_factor
 
     cfg = load_config(TrainConfig, None, ["model.path=x", "schedule.warmup_steps=4", "schedule.min_lr_ratio=0.1"])
     f = lr_factor(cfg, total_steps=20)
@@ -59,7 +59,7 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
 
 
 def _tiny(tmp_path, rows=None):
-    from pretrain.engine.tiny import make_tiny_model, make_tiny_tokenizer
+    from engine.tiny import make_tiny_model, make_tiny_tokenizer
 
     tok = make_tiny_tokenizer(tmp_path / "tok")
     model = make_tiny_model(tmp_path / "model", tok)
@@ -73,7 +73,7 @@ def _tiny(tmp_path, rows=None):
 
 
 def test_refuses_a_model_whose_embeddings_do_not_match_the_tokenizer(tmp_path):
-    from pretrain.engine.model import check_model_folder
+    from engine.model import check_model_folder
 
     model = _tiny(tmp_path, rows=400)
     cfg = load_config(TrainConfig, None, [f"model.path={model}"])
@@ -86,7 +86,7 @@ def test_refuses_a_model_whose_embeddings_do_not_match_the_tokenizer(tmp_path):
 
 
 def test_new_rows_only_reads_the_base_size_from_the_resize_report(tmp_path):
-    from pretrain.engine.model import base_vocab_size
+    from engine.model import base_vocab_size
 
     (tmp_path / "resize_report.json").write_text(json.dumps({"old_vocab_size": 32000, "new_vocab_size": 49953}))
     cfg = load_config(TrainConfig, None, [f"model.path={tmp_path}", "mode=embeddings",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vocab.cleaning import Cleaning, cjk_count, clean_text
-from vocab.manifest import (
+from corpora.cleaning import Cleaning, cjk_count, clean_text
+from corpora.manifest import (
     SourceStats,
     copies,
     iter_documents,

@@ -49,7 +49,7 @@ def _expected_docs(manifest, hf_tok, split, shard=None):
     """Documents of a split in output order, tokenized by the HF tokenizer: [BOS] + ids + [EOS]."""
     import math
 
-    from vocab.manifest import copies, iter_documents, load_manifest
+    from corpora.manifest import copies, iter_documents, load_manifest
 
     m = load_manifest(manifest)
     docs = []
@@ -259,7 +259,7 @@ def test_start_marker_is_eos_without_bos(tmp_path):
 
 
 def test_sampling_weights_decide_each_sources_share(tmp_path, tok_dir):
-    from vocab.manifest import copies, iter_documents, load_manifest
+    from corpora.manifest import copies, iter_documents, load_manifest
 
     a = write_lines(tmp_path / "a.txt", corpus_lines(80, seed=4))
     b = write_lines(tmp_path / "b.txt", corpus_lines(10, seed=5))

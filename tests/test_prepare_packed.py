@@ -9,7 +9,8 @@ import pytest
 import torch
 from test_prepare_helpers import corpus_lines, make_tokenizer, split_stream, write_lines, write_manifest
 
-from pretrain.packed import IGNORE_INDEX, PackedDataset, read_prepare_report, tokenizer_fingerprint
+from pretrain.packed import IGNORE_INDEX, PackedDataset, read_prepare_report
+from zhllama.tokenizer_files import tokenizer_fingerprint
 from pretrain.prepare import PrepareConfig, prepare
 from zhllama.errors import UserError
 

@@ -1,51 +1,25 @@
 """The fast paths of `python -m pretrain prepare` give exactly what the plain ways give."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 
-import pytest
-from test_prepare_helpers import corpus_lines, make_tokenizer, write_lines, write_manifest
+from test_prepare_helpers import corpus_lines, make_tokenizer
 
 from pretrain.prepare import _plain_llama_info, load_tokenizer_info
-from pretrain.prepare_stream import EncoderPool, cjk_count_many, iter_source
+from corpora.cleaning import cjk_count_many
+from pretrain.prepare_stream import EncoderPool
 
 
 def test_cjk_count_many_equals_the_regex_count():
-    from vocab.cleaning import cjk_count
+    from corpora.cleaning import cjk_count
 
     texts = ["北京是首都，人口二千万。", "かな カナ 한국어 ＡＢＣ", "㐀䶿一鿿豈﫿 edges",
              "\U00020000\U0003134f\U00031350 ext", "\u33ff\u4dc0\u4dff\ua000\uf8ff\ufb00 just outside",
              "", "lone \ud800 surrogate 中"]
     assert cjk_count_many(texts) == sum(cjk_count(t) for t in texts) == 19
     assert cjk_count_many([]) == 0
-
-
-@pytest.mark.parametrize("holdout,shard,dedup,min_chars", [
-    (0.0, (0, 1), False, 1),  # the no-hashing path
-    (0.3, (0, 1), False, 1),
-    (0.3, (1, 3), True, 1),
-    (0.0, (0, 1), True, 40),
-    (0.0, (2, 3), False, 1),
-])
-def test_iter_source_equals_iter_documents(tmp_path, holdout, shard, dedup, min_chars):
-    from vocab.manifest import SourceStats, iter_documents, load_manifest
-
-    lines = corpus_lines(80, seed=3)
-    lines[10:10] = ["", "  ", lines[3], lines[4], "  " + lines[5] + " "]  # empty, duplicates, padded
-    data = write_lines(tmp_path / "a.txt", lines)
-    manifest = load_manifest(write_manifest(tmp_path / "m.yaml", [
-        {"name": "a", "file": data, "clean": {"dedup": dedup, "min_chars": min_chars}}], holdout=holdout))
-    source = manifest.sources[0]
-    for split in ("train", "holdout"):
-        want_stats, got_stats = SourceStats(), SourceStats()
-        want = [d.text for d in iter_documents(source, shard=shard, split=split, stats=want_stats)]
-        got = list(iter_source(source, shard, split, got_stats))
-        assert got == want
-        assert dataclasses.asdict(got_stats) == dataclasses.asdict(want_stats)
-        assert want_stats.cjk_characters > 0 or not want
 
 
 def test_tiny_byte_level_tokenizer_goes_through_auto_tokenizer(tmp_path):

@@ -1,7 +1,7 @@
 """Helpers shared by the tests/test_sft_*.py files (no tests here): tiny assets built from nothing.
 
 The tokenizer is a 512-piece SentencePiece model trained in memory with byte fallback
-(pretrain.engine.tiny), so every test runs without ../shared/data.
+(engine.tiny), so every test runs without ../shared/data.
 """
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ ZH_RECORDS = [
 
 
 def tiny_tokenizer(folder: Path) -> Path:
-    from pretrain.engine.tiny import make_tiny_tokenizer
+    from engine.tiny import make_tiny_tokenizer
 
     return make_tiny_tokenizer(folder)
 
 
 def tiny_model(folder: Path, tokenizer_dir: Path, hidden: int = 32, seed: int = 0) -> Path:
-    from pretrain.engine.tiny import make_tiny_model
+    from engine.tiny import make_tiny_model
 
     return make_tiny_model(folder, tokenizer_dir, hidden=hidden, layers=2, heads=4, seed=seed)
 

@@ -32,7 +32,7 @@ def _manifest(folder: Path, lines: list[str]) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from pretrain.engine.tiny import DEFAULT_TEXT, make_tiny_model, make_tiny_tokenizer
+    from engine.tiny import DEFAULT_TEXT, make_tiny_model, make_tiny_tokenizer
     from pretrain.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("cli")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from vocab.__main__ import COMMANDS
-from vocab.manifest import iter_documents, load_manifest
+from corpora.manifest import iter_documents, load_manifest
 from vocab.stats import load_tokenizer, unreachable
 from vocab.train import HAN_RUN, TrainSettings, jieba_cutter, train, training_segments
 from zhllama.cli import main_for

@@ -7,7 +7,7 @@ COMMANDS = {
     "train": "vocab.train_cli",
     "stats": "vocab.stats_cli",
     "resize": "vocab.resize_cli",
-    "manifest": "vocab.manifest_cli",
+    "manifest": "vocab.manifest_cli",  # alias of `python -m corpora check`,
 }
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from typing import Literal
 
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import atomic_output_dir, sha256_file, write_json_atomic
+from zhllama.model_folder import INDEX_FILE, TensorInfo, embedding_rows_match, list_tensors, read_model_config, vocab_holder, weight_files  # noqa: F401 - embedding_rows_match re-exported
 
-from .resize_checkpoint import INDEX_FILE, TensorInfo, list_tensors, parse_size, weight_files, write_checkpoint
+from .resize_checkpoint import parse_size, write_checkpoint
 from .resize_rows import (METHODS, RowPlan, TokenizerInfo, base_processor, base_size_of, grow_rows, plan_rows,
                           read_tokenizer)
 from .resize_spelling import apply_spelling, calibration_ids, spell_with_base_model, spelling_summary
@@ -63,25 +64,6 @@ class EmbeddingLayout:
     input: TensorInfo
     output: TensorInfo | None  # None when tied and stored once
     tied: bool
-
-
-def read_model_config(model_dir: Path) -> dict:
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise UserError(f"{model_dir} is not a model folder (no config.json)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _vocab_holder(config: dict, where: Path) -> dict:
-    """The config dict that carries vocab_size (top level, or text_config of multimodal models)."""
-    if isinstance(config.get("vocab_size"), int):
-        return config
-    if isinstance(config.get("text_config"), dict) and isinstance(config["text_config"].get("vocab_size"), int):
-        return config["text_config"]
-    raise UserError(f"{where / 'config.json'}: no integer 'vocab_size' (top level or text_config)")
 
 
 def find_embeddings(model_dir: Path, infos: list[TensorInfo], trust_remote_code: bool) -> EmbeddingLayout:
@@ -195,7 +177,7 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
     model_dir, tok_dir, out_dir = Path(cfg.model), Path(cfg.tokenizer), Path(cfg.out)
     max_bytes = parse_size(cfg.max_shard_size)
     config = read_model_config(model_dir)
-    holder = _vocab_holder(config, model_dir)
+    holder = vocab_holder(config, model_dir)
     files = weight_files(model_dir)
     infos = list_tensors(files)
     layout = find_embeddings(model_dir, infos, cfg.trust_remote_code)
@@ -290,31 +272,3 @@ def _grow_embeddings(layout: EmbeddingLayout, plan: RowPlan, std: float, seed: i
         replaced[layout.output.name] = (replaced[layout.input.name].clone() if layout.tied
                                         else grow(layout.output, 1))
     return replaced
-
-
-def embedding_rows_match(model_dir: str | Path, tokenizer_dir: str | Path) -> tuple[bool, str]:
-    """Whether every id of the tokenizer has an embedding row (config.json + headers only).
-
-    The training engine calls this before building a model: a partitioned (ZeRO-3) model must
-    never be resized, so a mismatch is refused with the command that fixes it.
-    """
-    model_dir, tokenizer_dir = Path(model_dir), Path(tokenizer_dir)
-    try:
-        holder = _vocab_holder(read_model_config(model_dir), model_dir)
-        rows = holder["vocab_size"]
-        infos = list_tensors(weight_files(model_dir))
-        size = read_tokenizer(tokenizer_dir).size
-    except UserError as exc:
-        return False, str(exc)
-    for info in infos:
-        if info.name.endswith(("embed_tokens.weight", "lm_head.weight")) and info.shape[0] != rows:
-            return False, (f"{model_dir}: config.json says vocab_size {rows} but {info.name} has "
-                           f"{info.shape[0]} rows; the folder is inconsistent")
-    fix = (f"run `python -m vocab resize --model {model_dir} --tokenizer {tokenizer_dir} --out NEW_DIR` "
-           "and train NEW_DIR")
-    if rows < size:
-        return False, (f"{model_dir} has {rows} embedding rows but the tokenizer in {tokenizer_dir} has "
-                       f"{size} tokens (ids {rows}..{size - 1} have no row); {fix}")
-    if rows > size:
-        return True, f"{rows} embedding rows for {size} tokens ({rows - size} padding rows)"
-    return True, f"{rows} embedding rows for {size} tokens"

@@ -8,92 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from zhllama.errors import UserError
-
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-# Pickle formats: loading them runs arbitrary code, so they are refused, never read.
-PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor as its safetensors header describes it."""
-
-    name: str
-    file: Path
-    dtype: str  # safetensors dtype code, e.g. "BF16"
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count * _DTYPE_BYTES.get(self.dtype, 4)
-
-
-def weight_files(model_dir: Path) -> list[Path]:
-    """The safetensors files of a model folder, in index order; a UserError for anything else."""
-    model_dir = Path(model_dir)
-    index = model_dir / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{index}: not a safetensors index (expected a 'weight_map' object): {exc}") from None
-        names = list(dict.fromkeys(weight_map.values()))
-        missing = [n for n in names if not (model_dir / n).is_file()]
-        if missing:
-            raise UserError(f"{index} names shard files that do not exist: {', '.join(missing)}")
-        return [model_dir / n for n in names]
-    if (model_dir / SINGLE_FILE).is_file():
-        return [model_dir / SINGLE_FILE]
-    loose = sorted(model_dir.glob("*.safetensors"))
-    if len(loose) == 1:
-        return loose
-    pickles = sorted({p.name for pattern in PICKLE_PATTERNS for p in model_dir.glob(pattern)})
-    if pickles:
-        raise UserError(
-            f"{model_dir} holds only pickle weights ({', '.join(pickles)}); they are refused because "
-            "loading pickle runs arbitrary code. Convert them once to safetensors, e.g. "
-            "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR) in a sandbox you trust"
-        )
-    if len(loose) > 1:
-        raise UserError(f"{model_dir} holds several .safetensors files but no {INDEX_FILE} saying which is which")
-    raise UserError(f"{model_dir} holds no model weights (expected {SINGLE_FILE} or {INDEX_FILE})")
-
-
-def read_header(path: Path) -> dict:
-    """The JSON header of a safetensors file (a few KB read; no tensor data)."""
-    try:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > 100_000_000:
-                raise ValueError("header length is implausible")
-            return json.loads(fh.read(length))
-    except (OSError, ValueError, struct.error) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def list_tensors(files: list[Path]) -> list[TensorInfo]:
-    """Every tensor of the checkpoint, in file order then header order."""
-    infos: list[TensorInfo] = []
-    for path in files:
-        header = read_header(path)
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            infos.append(TensorInfo(name, path, meta["dtype"], tuple(meta["shape"])))
-    return infos
-
+from zhllama.model_folder import INDEX_FILE, SINGLE_FILE, TensorInfo
 
 def parse_size(text: str | int) -> int:
     """'5GB', '500MB', '2GiB', '1000000' -> bytes."""

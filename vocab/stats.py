@@ -32,7 +32,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 
 from zhllama.errors import UserError
 
-from .cleaning import cjk_count, is_cjk
+from corpora.cleaning import cjk_count, is_cjk
 from .spm_proto import clone
 
 

@@ -36,8 +36,8 @@ from tqdm import tqdm
 from zhllama.errors import UserError
 from zhllama.files import atomic_output_dir, sha256_file, write_json_atomic
 
-from .cleaning import cjk_count
-from .manifest import Manifest, iter_weighted, load_manifest
+from corpora.cleaning import cjk_count
+from corpora.manifest import Manifest, iter_weighted, load_manifest
 
 # Han ideographs only (no CJK punctuation): the same set the merge's default policy keeps.
 HAN_RUN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f\U0002f800-\U0002fa1f]+")

@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 import hashlib, sys
 from pathlib import Path
 import yaml
-from pretrain.engine.tiny import DEFAULT_TEXT, make_tiny_model
+from engine.tiny import DEFAULT_TEXT, make_tiny_model
 out = Path(sys.argv[1])
 if not (out / "model" / "config.json").is_file():
     make_tiny_model(out / "model")

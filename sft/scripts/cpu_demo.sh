@@ -18,7 +18,7 @@ if [ -z "$MODEL" ]; then  # a random 2-layer LLaMA with a 4k-piece tokenizer tra
   MODEL=$OUT/tiny_model
   [ -f "$MODEL/config.json" ] || "$PY" - "$OUT" <<'PYEOF'
 import json, sys
-from pretrain.engine.tiny import make_tiny_model, make_tiny_tokenizer
+from engine.tiny import make_tiny_model, make_tiny_tokenizer
 out = sys.argv[1]
 records = json.load(open("../shared/data/sft/alpaca_zh_demo.json", encoding="utf-8"))
 texts = [r["instruction"] + "\n" + r["input"] + "\n" + r["output"] for r in records]

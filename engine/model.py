@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from zhllama.errors import UserError
+from zhllama.model_folder import embedding_rows_match
 
 from .config import TrainConfig
 
@@ -29,30 +30,9 @@ def check_model_folder(cfg: TrainConfig) -> None:
     model_dir, tok_dir = Path(cfg.model.path), tokenizer_dir(cfg)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"model.path: {model_dir} is not a Hugging Face model folder (no config.json)")
-    try:  # the resize phase owns the definition of "matching"; fall back to our own check
-        from vocab.resize import embedding_rows_match
-    except ImportError:
-        embedding_rows_match = _embedding_rows_match
     ok, message = embedding_rows_match(str(model_dir), str(tok_dir))
     if not ok:
-        raise UserError(
-            f"model {model_dir} does not match tokenizer {tok_dir}: {message}. "
-            f"Resize the model first: python -m vocab resize --model {model_dir} --tokenizer {tok_dir} --out NEW_DIR"
-        )
-
-
-def _embedding_rows_match(model_dir: str, tok_dir: str) -> tuple[bool, str]:
-    from transformers import AutoConfig, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(model_dir)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    except Exception as exc:  # noqa: BLE001 - any loading failure is a user-facing folder problem
-        return False, f"cannot load a tokenizer from {tok_dir} ({exc})"
-    rows, size = config.vocab_size, len(tokenizer)
-    if rows != size:
-        return False, f"the model has {rows} embedding rows but the tokenizer has {size} tokens"
-    return True, f"{rows} rows = {size} tokens"
+        raise UserError(f"model {model_dir} does not match tokenizer {tok_dir}: {message}")
 
 
 def base_vocab_size(cfg: TrainConfig) -> int:

@@ -1,6 +1,6 @@
 """The one training engine (DeepSpeed ZeRO-3) shared by continued pretraining and SFT.
 
-    from pretrain.engine import TrainConfig, train
+    from engine import TrainConfig, train
 
     @dataclass
     class SFTConfig(TrainConfig):          # the engine config + the phase's own data section
@@ -57,7 +57,7 @@ def train(
     - ``data_fingerprint``: content key of the data (recorded in checkpoints and refused on a resume
       that would silently continue on other data).
     - ``tokenizer_fingerprint``: the tokenizer the data was made with; compared to the model's
-      tokenizer before training (``pretrain.packed.tokenizer_fingerprint``), mismatch = UserError.
+      tokenizer before training (``zhllama.tokenizer_files.tokenizer_fingerprint``), mismatch = UserError.
 
     Writes under ``cfg.output_dir``: ``checkpoints/step-N`` (resumable, ``complete.json`` last),
     ``metrics.jsonl``, ``tensorboard/``, ``wandb/``, ``loss_curve.png``, ``train_report.json``

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-DS_PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "ds"
+DS_PRESET_DIR = Path(__file__).resolve().parent / "ds"
 DS_PRESETS = ("zero2", "zero3", "zero3_offload")
 
 
@@ -141,7 +141,7 @@ class BatchConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    preset: str = "zero3"  # name in pretrain/configs/ds (zero2, zero3, zero3_offload) or a path to a JSON file
+    preset: str = "zero3"  # name in engine/ds (zero2, zero3, zero3_offload) or a path to a JSON file
     overrides: dict[str, Any] = field(default_factory=dict)  # nested keys merged into the preset JSON
 
     def validate(self) -> list[str]:

@@ -7,7 +7,7 @@ Each step is opt-in per source (the ``clean:`` mapping of a manifest source):
 - ``t2s``: Traditional → Simplified Chinese with OpenCC's ``t2s`` tables (PyPI
   ``opencc-python-reimplemented``; imported only when a source asks for it).
 - ``min_chars``: drop documents shorter than this many characters after cleaning.
-- ``dedup``: drop exact duplicates (see ``vocab.manifest.iter_documents`` for the key).
+- ``dedup``: drop exact duplicates (see ``corpora.manifest.iter_documents`` for the key).
 """
 from __future__ import annotations
 

@@ -55,8 +55,8 @@ import math
 from typing import Iterator
 
 from .cleaning import CJK_COUNT_CHUNK_CHARS, cjk_count_many, clean_text
-from .manifest_readers import read_records
-from .manifest_schema import Format, Holdout, Manifest, Source, Split, load_manifest
+from .readers import read_records
+from .schema import Format, Holdout, Manifest, Source, Split, load_manifest
 
 __all__ = [
     "Document", "Format", "Holdout", "Manifest", "Source", "SourceStats", "Split", "copies", "document_key",

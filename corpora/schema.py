@@ -1,4 +1,4 @@
-"""Corpus manifest loading and validation (the format is documented in vocab/manifest.py).
+"""Corpus manifest loading and validation (the format is documented in corpora/manifest.py).
 
 ``load_manifest`` checks every key, type, file and sha256 and reports all problems at once as one
 UserError naming the manifest and the offending key (``sources[0] (cmrc2018).sha256``).

@@ -1,6 +1,6 @@
 """A tiny LLaMA + SentencePiece tokenizer built from nothing, for tests, benchmarks and CPU demos.
 
-    python -c "from pretrain.engine.tiny import make_tiny_model; make_tiny_model('outputs/tiny')"
+    python -c "from engine.tiny import make_tiny_model; make_tiny_model('outputs/tiny')"
 
 The tokenizer is trained in memory on the given text (no download); the model is random.
 """

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from zhllama.errors import UserError
 
 if TYPE_CHECKING:
-    from .manifest_schema import Source
+    from .schema import Source
 
 Record = tuple[str, int, "str | None"]
 _CHUNK = 1 << 20

@@ -58,7 +58,7 @@ def check_data_tokenizer(cfg: TrainConfig, data_tokenizer_fingerprint: str | Non
     """Refuse data made with another tokenizer: its ids would index the wrong embedding rows."""
     if data_tokenizer_fingerprint is None:
         return
-    from pretrain.packed import tokenizer_fingerprint
+    from zhllama.tokenizer_files import tokenizer_fingerprint
 
     mine = tokenizer_fingerprint(tokenizer_dir(cfg))
     if mine != data_tokenizer_fingerprint:

@@ -1,0 +1,64 @@
+"""Which files of a folder make a tokenizer, and a fingerprint of what decides its ids.
+
+    from zhllama.tokenizer_files import tokenizer_fingerprint, TOKENIZER_FILES
+    tokenizer_fingerprint("runs/zh_tokenizer")   # sha256 hex; equal folders tokenize text equally
+
+Shared by every phase: prepare records it in its shards, the engine compares it with the model's
+tokenizer before training, SFT keys its cache on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .files import sha256_file, sha256_json
+
+# Files that decide how text becomes ids (a model folder holds others: weights, config).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model.v1")
+_ID_SETTINGS = ("add_bos_token", "add_eos_token", "bos_token", "eos_token", "legacy", "add_prefix_space",
+                "tokenizer_class")
+
+
+def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike) -> str:
+    """sha256 over what decides the ids of a tokenizer folder (not how its files are formatted).
+
+    ``tokenizer.json`` is hashed as canonical JSON (so a re-save that only changes whitespace or
+    key order keeps the fingerprint); without it, the bytes of the SentencePiece/vocab files.
+    The special-token settings of ``tokenizer_config.json`` that change ids (add_bos_token, the
+    BOS/EOS strings, legacy, ...) are included; chat templates and max lengths are not.
+    """
+    folder = Path(tokenizer_dir)
+    parts: dict[str, Any] = {}
+    tok_json = folder / "tokenizer.json"
+    if tok_json.is_file():
+        parts["tokenizer.json"] = sha256_json(_load_json(tok_json))
+    else:
+        for name in TOKENIZER_FILES:
+            path = folder / name
+            if path.is_file() and name not in ("tokenizer_config.json", "special_tokens_map.json"):
+                parts[name] = sha256_file(path)
+    if not parts:
+        raise UserError(f"{folder}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES[:3])})")
+    config: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins, as in HF
+        path = folder / name
+        if path.is_file():
+            raw = _load_json(path)
+            config.update({k: _token_text(raw[k]) for k in _ID_SETTINGS if k in raw})
+    parts["settings"] = config
+    return sha256_json(parts)
+
+
+def _token_text(value: Any) -> Any:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not readable JSON ({exc})") from None
