@@ -39,10 +39,8 @@ def measure(engine) -> dict[str, int]:
 def rank_main(spec: dict) -> None:
     import torch.distributed as dist
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_engine_distributed import TinyPacked
-
-    from engine import loop, train
+    from engine import loop
+    from engine.tiny import TinyPacked
     from pretrain.train_cli import PretrainConfig
     from zhllama.config import load_config
 
@@ -51,8 +49,9 @@ def rank_main(spec: dict) -> None:
         "batch.micro_batch_size=1", "batch.gradient_accumulation_steps=1", "checkpoint.every_steps=0",
         "eval.every_steps=0", "eval.at_start=false", "logging.wandb=disabled", "logging.tensorboard=false",
         "logging.plot=false", "logging.progress=false"])
-    train(cfg, TinyPacked(cfg.model.path, 0, 24), None, None)
-    mine = measure(loop.last_engine)
+    run = loop.run_training(cfg, TinyPacked(cfg.model.path, 0, 24), None, None, eval_characters=None,
+                            data_fingerprint=None, tokenizer_fingerprint=None)
+    mine = measure(run.engine)
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     if dist.get_rank() == 0:

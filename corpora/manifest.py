@@ -170,19 +170,24 @@ def iter_documents(source: Source, *, shard: tuple[int, int] | None = None, spli
         stats.cjk_characters += cjk_count_many(pending)
 
 
-def copies(weight: float, doc: Document, seed: int) -> int:
-    """How many times a document appears in the weighted mix.
+def repeat_count(weight: float, seed: int, *identity: str) -> int:
+    """How many times an item of sampling weight ``weight`` is used: the one rule of every phase.
 
-    A weight w means: every document of the source appears floor(w) times, plus once more with
-    probability w - floor(w), decided by a hash of (seed, source, text) — so the expected count is
-    exactly w, the choice is deterministic for a seed, and identical across shards and machines.
+    floor(w) times, plus once more with probability w - floor(w), decided by a hash of (seed,
+    identity...) — so the expected count is exactly w, the choice is deterministic for a seed, and
+    identical across shards, machines and reorderings.
     """
     whole = math.floor(weight)
     frac = weight - whole
     if frac <= 0:
         return whole
-    h = hashlib.blake2b(f"{seed}\0{doc.source}\0{doc.text}".encode("utf-8", "surrogatepass"), digest_size=8)
+    h = hashlib.blake2b("\0".join([str(seed), *identity]).encode("utf-8", "surrogatepass"), digest_size=8)
     return whole + (int.from_bytes(h.digest(), "big") < frac * 2**64)
+
+
+def copies(weight: float, doc: Document, seed: int) -> int:
+    """How many times a document appears in the weighted mix (``repeat_count`` of its source and text)."""
+    return repeat_count(weight, seed, doc.source, doc.text)
 
 
 def iter_weighted(manifest: Manifest, *, seed: int = 0, shard: tuple[int, int] | None = None,

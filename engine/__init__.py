@@ -65,6 +65,7 @@ def train(
     PEFT adapter with the fully trained ``embed_tokens``/``lm_head`` (merge with ``sft export``).
     Returned dict: ``step``, ``train_loss``, ``eval_loss``, ``eval_perplexity``,
     ``eval_bits_per_char`` (when known), ``final_dir``, ``zero3_partition_numel`` (per rank) ...
+    ``engine.loop.run_training`` takes the same arguments and also returns the live DeepSpeed engine.
     """
     from .loop import run_training
 
@@ -72,4 +73,4 @@ def train(
         cfg, train_dataset, eval_dataset, collate_fn,
         eval_characters=eval_characters, data_fingerprint=data_fingerprint,
         tokenizer_fingerprint=tokenizer_fingerprint,
-    )
+    ).metrics

@@ -133,10 +133,6 @@ def _walk(node: Any, prefix: str = ""):
         yield prefix.rstrip("."), node
 
 
-def zero_stage(ds: dict[str, Any]) -> int:
-    return int(ds.get("zero_optimization", {}).get("stage", 0))
-
-
 def offloads_optimizer(ds: dict[str, Any]) -> bool:
     off = ds.get("zero_optimization", {}).get("offload_optimizer", {})
     return isinstance(off, dict) and off.get("device", "none") not in ("none", None)

@@ -1,4 +1,5 @@
-"""The training loop: pre-flight checks → build → resume → steps (eval, checkpoints, logs) → export.
+"""The training run in four parts: ``preflight`` (checks, resume choice) → ``build`` (model, optimizer,
+DeepSpeed) → ``fit`` (the loop: steps, eval, checkpoints, logs) → ``finish`` (export, report).
 
 Why deepspeed.initialize directly and not the HF Trainer: the loop below is ~150 lines and owns
 exactly what this project must guarantee — a data order keyed by (seed, step) so a resume replays
@@ -16,6 +17,7 @@ import random
 import time
 import warnings
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -33,10 +35,6 @@ from .evaluate import evaluate, forward_loss
 from .export import save_final
 from .model import apply_mode, check_model_folder, count_parameters, load_model, param_groups, tokenizer_dir
 from .tracking import Tracker
-
-# The engine of the last run in this process (tests and notebooks inspect the trained state).
-last_engine = None
-
 
 def lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     warm, kind, floor = cfg.schedule.warmup_steps, cfg.schedule.kind, cfg.schedule.min_lr_ratio
@@ -102,132 +100,220 @@ def _mean_over_ranks(loss_sum: torch.Tensor, count: torch.Tensor) -> float:
     return (t[0] / t[1].clamp(min=1)).item()
 
 
-def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_characters: int | None,
-                 data_fingerprint: str | None, tokenizer_fingerprint: str | None) -> dict[str, Any]:
+@dataclass
+class Plan:
+    """What pre-flight decided: ranks, data order, length, and where to resume (or that all is done)."""
+
+    rank: int
+    world: int
+    steps: StepPlan
+    total_steps: int
+    resume_from: Path | None = None
+    marker: dict[str, Any] | None = None
+    finished_report: dict[str, Any] | None = None  # set when output_dir already holds this finished run
+
+
+@dataclass
+class Built:
+    engine: Any
+    scheduler: Any
+    trainable: int
+    total_params: int
+    partition: list[int]
+
+
+@dataclass
+class TrainRun:
+    """The result of ``run_training``: final metrics + report fields, and the live DeepSpeed engine
+    (None when the run was already finished) for callers that inspect the trained state."""
+
+    metrics: dict[str, Any]
+    engine: Any = None
+
+
+@dataclass
+class FitState:
+    step: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _finished_report(cfg: TrainConfig, total_steps: int, data_fingerprint: str | None) -> dict[str, Any] | None:
+    finished = Path(cfg.output_dir) / "train_report.json"
+    if cfg.checkpoint.resume != "auto" or not finished.is_file() or not (Path(cfg.output_dir) / "final").is_dir():
+        return None
+    report = json.loads(finished.read_text(encoding="utf-8"))
+    if report.get("step") == total_steps and report.get("data_fingerprint") == data_fingerprint:
+        return report
+    return None
+
+
+def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
+              tokenizer_fingerprint: str | None) -> Plan:
+    """Every check is deterministic, so all ranks fail together before any collective."""
+    rank, world, _ = init_distributed()
+    cfg.batch.resolve(world)  # impossible batch settings fail here, before anything is built
+    check_model_folder(cfg)
+    check_data_tokenizer(cfg, tokenizer_fingerprint)
+    steps = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed)
+    steps.check()
+    total_steps = steps.total_steps(cfg.schedule.max_steps, cfg.schedule.epochs)
+    plan = Plan(rank, world, steps, total_steps)
+    plan.finished_report = _finished_report(cfg, total_steps, data_fingerprint)
+    if plan.finished_report is not None:
+        return plan
+    plan.resume_from = checkpoint.find_resume(cfg.output_dir, cfg.checkpoint.resume)
+    if plan.resume_from is None and checkpoint.list_complete(cfg.output_dir):
+        raise UserError(f"output_dir {cfg.output_dir} already holds checkpoints; use checkpoint.resume=auto "
+                        f"to continue them or choose a new output_dir")
+    if plan.resume_from is not None:
+        plan.marker = checkpoint.check_resumable(plan.resume_from, world, data_fingerprint)
+    if cfg.eval.every_steps and eval_ds is None:
+        raise UserError("eval.every_steps is set but there is no validation set (set eval.every_steps=0)")
+    return plan
+
+
+def build(cfg: TrainConfig, plan: Plan) -> Built:
+    """Model (partitioned at construction under ZeRO-3), training mode, optimizer, DeepSpeed engine."""
     import deepspeed
     from transformers import AutoConfig
 
-    # DeepSpeed calls torch.distributed functions torch has renamed; one warning per step is noise.
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    collate_fn = collate_fn or default_collate
-    rank, world, _ = init_distributed()
-    dev = device()
-    cfg.batch.resolve(world)  # impossible batch settings fail here, before anything is built
-    # Pre-flight: every check is deterministic, so all ranks fail together before any collective.
-    check_model_folder(cfg)
-    check_data_tokenizer(cfg, tokenizer_fingerprint)
-    plan = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed)
-    plan.check()
-    total_steps = plan.total_steps(cfg.schedule.max_steps, cfg.schedule.epochs)
-    finished = Path(cfg.output_dir) / "train_report.json"
-    if cfg.checkpoint.resume == "auto" and finished.is_file() and (Path(cfg.output_dir) / "final").is_dir():
-        report = json.loads(finished.read_text(encoding="utf-8"))
-        if report.get("step") == total_steps and report.get("data_fingerprint") == data_fingerprint:
-            if rank == 0:  # a scheduler re-ran a finished job: nothing to do
-                print(f"[zhllama] {cfg.output_dir} already finished {total_steps} steps; final model: "
-                      f"{report.get('final_dir')}", flush=True)
-            return {**report.pop("metrics", {}), **report}
-    resume_from = checkpoint.find_resume(cfg.output_dir, cfg.checkpoint.resume)
-    if resume_from is None and checkpoint.list_complete(cfg.output_dir):
-        raise UserError(f"output_dir {cfg.output_dir} already holds checkpoints; use checkpoint.resume=auto "
-                        f"to continue them or choose a new output_dir")
-    marker = checkpoint.check_resumable(resume_from, world, data_fingerprint) if resume_from else None
-    if cfg.eval.every_steps and eval_ds is None:
-        raise UserError("eval.every_steps is set but there is no validation set (set eval.every_steps=0)")
-
     _seed_everything(cfg.seed)
     hidden = AutoConfig.from_pretrained(cfg.model.path).hidden_size
-    ds_config = build_ds_config(cfg, world, hidden)
+    ds_config = build_ds_config(cfg, plan.world, hidden)
     model, keepalive = load_model(cfg, ds_config)
     module = apply_mode(cfg, model)
     trainable, total_params = count_parameters(module)
     optimizer = _make_optimizer(cfg, module, ds_config)
-    factor = lr_factor(cfg, total_steps)
+    factor = lr_factor(cfg, plan.total_steps)
     engine, _, _, scheduler = deepspeed.initialize(
         model=module, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
     )
     del keepalive  # partitioned construction is over
-    global last_engine
-    last_engine = engine
-    partition = _partition_numel(engine.module)
+    return Built(engine, scheduler, trainable, total_params, _partition_numel(engine.module))
 
+
+def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
     step = 0
-    if resume_from is not None:
-        checkpoint.load(engine, resume_from)
-        step = int(marker["step"])
-    if rank == 0:  # leftovers of a crash mid-save; nobody writes checkpoints before the first save's barrier
+    if plan.resume_from is not None:
+        checkpoint.load(built.engine, plan.resume_from)
+        step = int(plan.marker["step"])
+    if plan.rank == 0:  # leftovers of a crash mid-save; nobody writes checkpoints before the first save's barrier
         checkpoint.remove_incomplete(cfg.output_dir)
+    return step
 
-    tracker = Tracker(cfg, enabled=rank == 0, resumed_step=step)
+
+def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_fn, eval_characters: int | None,
+        data_fingerprint: str | None) -> FitState:
+    """The loop: micro batches → backward → step; logs, evaluation and checkpoints on their cadence."""
+    engine, rank, world, dev = built.engine, plan.rank, plan.world, device()
+    state = FitState(step=_resume(cfg, plan, built))
+    total_steps = plan.total_steps
+    tracker = Tracker(cfg, enabled=rank == 0, resumed_step=state.step)
     meta = {"data_fingerprint": data_fingerprint, "mode": cfg.mode, "total_steps": total_steps}
     if rank == 0:
-        print(f"[zhllama] mode={cfg.mode} trainable={trainable:,}/{total_params:,} params, ranks={world}, "
-              f"global batch={plan.global_batch}, steps={total_steps}"
-              + (f", resuming from {resume_from.name}" if resume_from else ""), flush=True)
+        print(f"[zhllama] mode={cfg.mode} trainable={built.trainable:,}/{built.total_params:,} params, ranks={world}, "
+              f"global batch={plan.steps.global_batch}, steps={total_steps}"
+              + (f", resuming from {plan.resume_from.name}" if plan.resume_from else ""), flush=True)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, disable=rank != 0 or not cfg.logging.progress, desc="train",
+    bar = tqdm(total=total_steps, initial=state.step, disable=rank != 0 or not cfg.logging.progress, desc="train",
                unit="step", dynamic_ncols=True)
     eval_bs = cfg.eval.micro_batch_size or cfg.batch.micro_batch_size
-    metrics: dict[str, Any] = {}
 
-    def run_eval() -> dict[str, float]:
+    def run_eval() -> None:
         out = evaluate(engine, eval_ds, collate_fn, eval_bs, cfg.eval.max_batches, eval_characters, dev)
-        tracker.log(step, out)
-        return out
+        tracker.log(state.step, out)
+        state.metrics.update(out)
 
-    if eval_ds is not None and cfg.eval.at_start and step == 0:
-        metrics.update(run_eval())
+    if eval_ds is not None and cfg.eval.at_start and state.step == 0:
+        run_eval()
     engine.train()
-    window_loss = window_count = 0.0
-    window_tokens, window_start = 0, time.perf_counter()
-    last_eval_step = step if metrics else -1
-    while step < total_steps:
-        lr_used = scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler moves on after it)
-        for indices in plan.micro_batches(step, rank):
+    window = _Window()
+    last_eval_step = state.step if state.metrics else -1
+    while state.step < total_steps:
+        lr_used = built.scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler moves on after it)
+        for indices in plan.steps.micro_batches(state.step, rank):
             batch = fetch(train_ds, indices, collate_fn)
             loss_sum, count = forward_loss(engine, batch, dev)
             engine.backward(loss_sum / count.clamp(min=1))
             engine.step()
-            window_loss = window_loss + loss_sum.detach()  # tensors: no device sync per micro step
-            window_count = window_count + count
-            window_tokens += batch["input_ids"].numel() * world
-        step += 1
+            window.add(loss_sum, count, batch["input_ids"].numel() * world)
+        state.step += 1
         bar.update(1)
-        if step % cfg.logging.every_steps == 0 or step == total_steps:
-            loss = _mean_over_ranks(torch.as_tensor(window_loss, device=dev), torch.as_tensor(window_count, device=dev))
-            elapsed = time.perf_counter() - window_start
-            metrics.update({"train/loss": loss, "train/lr": lr_used,
-                            "train/tokens_per_s": window_tokens / max(elapsed, 1e-9)})
-            grad_norm = engine.get_global_grad_norm()
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = float(grad_norm)
-            tracker.log(step, {k: v for k, v in metrics.items() if k.startswith("train/")})
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-            window_loss = window_count = 0.0
-            window_tokens, window_start = 0, time.perf_counter()
-        if eval_ds is not None and cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
-            metrics.update(run_eval())
-            last_eval_step = step
-        if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < total_steps:
-            checkpoint.save(engine, cfg.output_dir, step, meta, cfg.checkpoint.keep_last)
+        if state.step % cfg.logging.every_steps == 0 or state.step == total_steps:
+            logged = window.flush(engine, dev, lr_used)
+            state.metrics.update(logged)
+            tracker.log(state.step, logged)
+            bar.set_postfix(loss=f"{logged['train/loss']:.4f}", tok_s=f"{logged['train/tokens_per_s']:.0f}")
+        if eval_ds is not None and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
+            run_eval()
+            last_eval_step = state.step
+        if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0 and state.step < total_steps:
+            checkpoint.save(engine, cfg.output_dir, state.step, meta, cfg.checkpoint.keep_last)
     bar.close()
-    if eval_ds is not None and last_eval_step != step:
-        metrics.update(run_eval())
+    if eval_ds is not None and last_eval_step != state.step:
+        run_eval()
+    tracker.close(plot=cfg.logging.plot)
+    return state
 
+
+class _Window:
+    """Loss, tokens and time since the last log line (tensors: no device sync per micro step)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss, self.count, self.tokens, self.start = 0.0, 0.0, 0, time.perf_counter()
+
+    def add(self, loss_sum: torch.Tensor, count: torch.Tensor, tokens: int) -> None:
+        self.loss = self.loss + loss_sum.detach()
+        self.count = self.count + count
+        self.tokens += tokens
+
+    def flush(self, engine, dev, lr_used: float) -> dict[str, float]:
+        loss = _mean_over_ranks(torch.as_tensor(self.loss, device=dev), torch.as_tensor(self.count, device=dev))
+        elapsed = time.perf_counter() - self.start
+        out = {"train/loss": loss, "train/lr": lr_used, "train/tokens_per_s": self.tokens / max(elapsed, 1e-9)}
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            out["train/grad_norm"] = float(grad_norm)
+        self._reset()
+        return out
+
+
+def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fingerprint: str | None,
+           tokenizer_fingerprint: str | None) -> dict[str, Any]:
+    """Collective: the final model folder and train_report.json; returns metrics + report fields."""
     report = {
-        "step": step, "mode": cfg.mode, "world_size": world, "global_batch": plan.global_batch,
-        "trainable_params": trainable, "total_params": total_params, "zero3_partition_numel": partition,
+        "step": state.step, "mode": cfg.mode, "world_size": plan.world, "global_batch": plan.steps.global_batch,
+        "trainable_params": built.trainable, "total_params": built.total_params,
+        "zero3_partition_numel": built.partition,
         "base_model": str(cfg.model.path), "data_fingerprint": data_fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint,
-        "metrics": dict(metrics),
+        "metrics": dict(state.metrics),
     }
-    final = save_final(engine, engine.module, cfg, tokenizer_dir(cfg), report)
+    final = save_final(built.engine, built.engine.module, cfg, tokenizer_dir(cfg), report)
     report["final_dir"] = str(final)
-    if rank == 0:
+    if plan.rank == 0:
         write_json_atomic(Path(cfg.output_dir) / "train_report.json", report)
-    tracker.close(plot=cfg.logging.plot)
     dist.barrier()
     return {**report["metrics"], **{k: v for k, v in report.items() if k != "metrics"}}
+
+
+def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_characters: int | None,
+                 data_fingerprint: str | None, tokenizer_fingerprint: str | None) -> TrainRun:
+    # DeepSpeed calls torch.distributed functions torch has renamed; one warning per step is noise.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    plan = preflight(cfg, train_ds, eval_ds, data_fingerprint, tokenizer_fingerprint)
+    if plan.finished_report is not None:
+        report = plan.finished_report
+        if plan.rank == 0:  # a scheduler re-ran a finished job: nothing to do
+            print(f"[zhllama] {cfg.output_dir} already finished {plan.total_steps} steps; final model: "
+                  f"{report.get('final_dir')}", flush=True)
+        return TrainRun({**report.pop("metrics", {}), **report})
+    built = build(cfg, plan)
+    state = fit(cfg, plan, built, train_ds, eval_ds, collate_fn or default_collate, eval_characters, data_fingerprint)
+    return TrainRun(finish(cfg, plan, built, state, data_fingerprint, tokenizer_fingerprint), built.engine)

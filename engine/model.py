@@ -104,7 +104,10 @@ def apply_mode(cfg: TrainConfig, model):
         target_modules=list(cfg.lora.targets), modules_to_save=list(cfg.lora.modules_to_save),
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, peft_config)
+    # Adapters in the model's dtype: PEFT would make them fp32 beside bf16/fp16 weights, and ZeRO
+    # flattens each parameter group into one buffer of one dtype (it asserts so in defragment).
+    # DeepSpeed keeps fp32 master copies of every trained tensor anyway.
+    peft_model = get_peft_model(model, peft_config, autocast_adapter_dtype=False)
     if cfg.model.gradient_checkpointing:
         peft_model.enable_input_require_grads()
     return peft_model

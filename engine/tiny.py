@@ -60,3 +60,35 @@ def make_tiny_model(out: str | Path, tokenizer_dir: str | Path | None = None, hi
         if (tok_dir / "tokenizer.model").is_file():
             (out / "tokenizer.model").write_bytes((tok_dir / "tokenizer.model").read_bytes())
     return out
+
+
+class TinyPacked:
+    """A few documents of DEFAULT_TEXT as packed blocks, the shape of ``pretrain.packed.PackedDataset``
+    (positions restart per document; labels -100 on each block's first token and document starts)."""
+
+    def __init__(self, tok_dir: str, first_doc: int, n_docs: int, block: int = 32):
+        import torch
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        ids, pos = [], []
+        texts = DEFAULT_TEXT[first_doc:first_doc + n_docs]
+        for text in texts:
+            doc = tok(text).input_ids + [tok.eos_token_id]
+            ids += doc
+            pos += list(range(len(doc)))
+        self.items = []
+        for start in range(0, len(ids) - block, block - 1):
+            x, p = torch.tensor(ids[start:start + block]), torch.tensor(pos[start:start + block])
+            lead = next((i for i in range(1, block) if p[i] == 0), block)
+            p[:lead] = torch.arange(lead)  # a block starts at position 0 (its first token is context only)
+            y = x.clone()
+            y[p == 0] = -100
+            self.items.append({"input_ids": x, "position_ids": p, "labels": y})
+        self.characters = sum(len(t) + 1 for t in texts)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]

@@ -181,28 +181,38 @@ def parse_record(record: Any, need_answer: bool = True) -> Conversation:
     return Conversation(turns=tuple(turns), system=system)
 
 
-def load_conversations(path: str | Path) -> list[Conversation]:
-    """Every training record of a file, or one UserError listing every malformed record."""
-    conversations, problems = [], []
+def parse_file(path: str | Path, need_answer: bool = True) -> tuple[list[tuple[Conversation, Any]], list[str]]:
+    """(conversation, raw record) for every well-formed record, and one problem line per malformed one."""
+    parsed, problems = [], []
     for _, where, obj in iter_json_records(path):
         try:
-            conversations.append(parse_record(obj, need_answer=True))
+            parsed.append((parse_record(obj, need_answer=need_answer), obj))
         except RecordError as exc:
             problems.append(f"{path}: {where}: {exc}")
-    _raise(path, problems)
-    return conversations
+    return parsed, problems
+
+
+def raise_record_problems(title: str, problems: list[str]) -> None:
+    """One UserError listing malformed records (the first ``_MAX_REPORTED`` and how many more)."""
+    if len(problems) > _MAX_REPORTED:
+        more = len(problems) - _MAX_REPORTED
+        problems = problems[:_MAX_REPORTED] + [f"... and {more} more malformed records"]
+    raise_if_problems(title, problems)
+
+
+def load_conversations(path: str | Path) -> list[Conversation]:
+    """Every training record of a file, or one UserError listing every malformed record."""
+    parsed, problems = parse_file(path, need_answer=True)
+    raise_record_problems(f"{path}: malformed instruction records", problems)
+    return [conv for conv, _ in parsed]
 
 
 def load_prompts(path: str | Path) -> list[PromptItem]:
     """Generation requests. The reference is the record's answer (``std_answer``, ``output`` or
     ``label``, or the final assistant message of a conversation, then removed from the prompt)."""
-    items, problems = [], []
-    for _, where, obj in iter_json_records(path):
-        try:
-            conv = parse_record(obj, need_answer=False)
-        except RecordError as exc:
-            problems.append(f"{path}: {where}: {exc}")
-            continue
+    parsed, problems = parse_file(path, need_answer=False)
+    items = []
+    for conv, obj in parsed:
         reference = next((obj[k] for k in ("std_answer", "output", "label") if k in obj), None)
         last = conv.turns[-1]
         if last.assistant is not None:  # a finished conversation: answer its last user turn again
@@ -212,12 +222,5 @@ def load_prompts(path: str | Path) -> list[PromptItem]:
         # per-class scores: BELLE's class; for classification data (a `label`), the gold label
         category = obj.get("class", obj.get("category", obj.get("label")))
         items.append(PromptItem(conv, reference, category if isinstance(category, str) else None, obj))
-    _raise(path, problems)
+    raise_record_problems(f"{path}: malformed instruction records", problems)
     return items
-
-
-def _raise(path: str | Path, problems: list[str]) -> None:
-    if len(problems) > _MAX_REPORTED:
-        more = len(problems) - _MAX_REPORTED
-        problems = problems[:_MAX_REPORTED] + [f"... and {more} more malformed records"]
-    raise_if_problems(f"{path}: malformed instruction records", problems)

@@ -12,17 +12,16 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zhllama.errors import UserError, raise_if_problems
+from zhllama.errors import UserError
 from zhllama.files import sha256_json
 
 from .config import SFTData
-from .data import RecordError, iter_json_records, parse_record
+from .data import parse_file, raise_record_problems
 from .templates import TemplateSpec
 
 _SFT_SALT = "zhllama-sft"
@@ -85,31 +84,18 @@ def read_and_validate(sources: list[SourceFile]):
     for source in sources:
         conversations, keys, held = [], [], []
         try:
-            for _, where, obj in iter_json_records(source.path):
-                try:
-                    conversations.append(parse_record(obj, need_answer=True))
-                except RecordError as exc:
-                    problems.append(f"{source.path}: {where}: {exc}")
-                    continue
-                key = _record_key(obj, source.holdout_salt)
-                keys.append(key)
-                held.append(is_held_out(key, source.holdout_fraction))
+            records, bad = parse_file(source.path, need_answer=True)
         except UserError as exc:  # unreadable JSON: report with the others
-            problems.append(str(exc))
+            records, bad = [], [str(exc)]
+        problems += bad
+        for conversation, obj in records:
+            key = _record_key(obj, source.holdout_salt)
+            conversations.append(conversation)
+            keys.append(key)
+            held.append(is_held_out(key, source.holdout_fraction))
         parsed.append((conversations, keys, held))
-    if len(problems) > 30:
-        problems = problems[:30] + [f"... and {len(problems) - 30} more"]
-    raise_if_problems("malformed instruction data (nothing was trained)", problems)
+    raise_record_problems("malformed instruction data (nothing was trained)", problems)
     return parsed
-
-
-def _copies(weight: float, key: bytes, seed: int) -> int:
-    whole = math.floor(weight)
-    frac = weight - whole
-    if frac <= 0:
-        return whole
-    draw = random.Random(f"{seed}:{key.hex()}").random()
-    return whole + (draw < frac)
 
 
 def build_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok_fingerprint: str, order_seed: int,
@@ -117,6 +103,8 @@ def build_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok_finger
                    ) -> tuple[Any, Any, MixReport]:
     """(train SFTDataset, eval SFTDataset or None, report). ``validated``: the result of
     resolve_sources + read_and_validate when the caller checked first."""
+    from corpora.manifest import repeat_count
+
     from .cache import cached_tokenize  # torch/numpy only now: validation errors come back fast
     from .collate import SFTDataset, TokenizedSamples
 
@@ -145,7 +133,7 @@ def build_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok_finger
             if held[record]:
                 eval_order.append(start + i)
             else:
-                train_order.extend([start + i] * _copies(source.weight, keys[record], data.mix_seed))
+                train_order.extend([start + i] * repeat_count(source.weight, data.mix_seed, keys[record].hex()))
     if not train_order:
         raise UserError("no training samples left (all files empty, weight 0, held out, or dropped by truncation)")
     random.Random(order_seed).shuffle(train_order)

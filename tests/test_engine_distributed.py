@@ -18,42 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.tiny import TinyPacked  # the per-rank driver (this file run by torchrun) uses it too
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
 pytestmark = pytest.mark.distributed
-
-
-class TinyPacked:
-    """Same shape as pretrain.packed.PackedDataset: packed blocks, positions restart per document."""
-
-    def __init__(self, tok_dir: str, first_doc: int, n_docs: int, block: int = 32):
-        import torch
-        from transformers import AutoTokenizer
-
-        from engine.tiny import DEFAULT_TEXT
-
-        tok = AutoTokenizer.from_pretrained(tok_dir)
-        ids, pos = [], []
-        texts = DEFAULT_TEXT[first_doc:first_doc + n_docs]
-        for text in texts:
-            doc = tok(text).input_ids + [tok.eos_token_id]
-            ids += doc
-            pos += list(range(len(doc)))
-        self.items = []
-        for start in range(0, len(ids) - block, block - 1):
-            x, p = torch.tensor(ids[start:start + block]), torch.tensor(pos[start:start + block])
-            lead = next((i for i in range(1, block) if p[i] == 0), block)
-            p[:lead] = torch.arange(lead)  # a block starts at position 0 (its first token is context only)
-            y = x.clone()
-            y[p == 0] = -100
-            self.items.append({"input_ids": x, "position_ids": p, "labels": y})
-        self.characters = sum(len(t) + 1 for t in texts)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
 
 
 def _driver(spec: dict) -> None:
@@ -61,15 +30,17 @@ def _driver(spec: dict) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from engine import loop, train
+    from engine import loop
     from pretrain.train_cli import PretrainConfig
     from zhllama.config import load_config
 
     cfg = load_config(PretrainConfig, TINY_CONFIG, spec["overrides"])
     train_ds = TinyPacked(cfg.model.path, 0, 48)
     eval_ds = TinyPacked(cfg.model.path, 3, 12)
-    result = train(cfg, train_ds, eval_ds, None, eval_characters=eval_ds.characters, data_fingerprint="tiny-v1")
-    state = loop.last_engine._zero3_consolidated_16bit_state_dict()  # collective
+    run = loop.run_training(cfg, train_ds, eval_ds, None, eval_characters=eval_ds.characters,
+                            data_fingerprint="tiny-v1", tokenizer_fingerprint=None)
+    result = run.metrics
+    state = run.engine._zero3_consolidated_16bit_state_dict()  # collective
     if dist.get_rank() == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, str(Path(cfg.output_dir) / "engine_state.safetensors"))
         (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, default=str))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_prepare_helpers import (corpus_lines, documents_of, make_tokenizer, read_json, split_stream, write_lines,
+from helpers_prepare import (corpus_lines, documents_of, make_tokenizer, read_json, split_stream, write_lines,
                                   write_manifest)
 
 from pretrain import prepare_cli

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_prepare_helpers import corpus_lines, make_tokenizer, split_stream, write_lines, write_manifest
+from helpers_prepare import corpus_lines, make_tokenizer, split_stream, write_lines, write_manifest
 
 from pretrain.packed import IGNORE_INDEX, PackedDataset, read_prepare_report
 from zhllama.tokenizer_files import tokenizer_fingerprint

@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 
-from test_prepare_helpers import corpus_lines, make_tokenizer
+from helpers_prepare import EN, ZH, corpus_lines, make_tokenizer
 
 from pretrain.prepare import _plain_llama_info, load_tokenizer_info
 from corpora.cleaning import cjk_count_many
@@ -87,3 +87,14 @@ def test_forked_spawned_and_in_process_encoders_agree(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare_stream.sys, "platform", "darwin")
     assert run(2) == single
     assert all(np.sum(lengths) == len(tokens) for tokens, lengths in single)
+
+
+def test_tiny_tokenizer_round_trips_chinese(tmp_path):
+    """The helper tokenizer the prepare tests rely on: fast, with BOS/EOS, lossless on Chinese."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(make_tokenizer(tmp_path / "tok")))
+    assert tok.is_fast and tok.bos_token_id is not None and tok.eos_token_id is not None
+    for text in ZH + EN:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text

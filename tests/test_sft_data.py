@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_sft_support import ZH_RECORDS, load_tokenizer, tiny_model, tiny_tokenizer, write_json, write_jsonl
+from helpers_sft import ZH_RECORDS, load_tokenizer, tiny_model, tiny_tokenizer, write_json, write_jsonl
 
 from sft import cache as sft_cache
 from sft.collate import SFTCollator, SFTDataset, TokenizedSamples
 from sft.config import SFTData, SFTFile
 from sft.data import load_conversations, load_prompts, parse_record
-from sft.mixture import _copies, build_datasets
+from corpora.manifest import repeat_count
+from sft.mixture import build_datasets
 from sft.templates import IGNORE_INDEX, make_spec
 from zhllama.errors import UserError
 
@@ -102,8 +103,8 @@ def test_cache_is_keyed_on_content_and_reused(tmp_path, tok_dir, monkeypatch):
 
 
 def test_weights_and_holdout_are_deterministic(tmp_path, tok_dir):
-    assert _copies(2.0, b"k", 0) == 2 and _copies(0.0, b"k", 0) == 0
-    picks = [_copies(0.5, bytes([i, j]), 0) for i in range(20) for j in range(20)]
+    assert repeat_count(2.0, 0, "k") == 2 and repeat_count(0.0, 0, "k") == 0
+    picks = [repeat_count(0.5, 0, bytes([i, j]).hex()) for i in range(20) for j in range(20)]
     assert 150 < sum(picks) < 250 and set(picks) == {0, 1}
     tok = load_tokenizer(tok_dir)
     a = write_json(tmp_path / "a.json", ZH_RECORDS)

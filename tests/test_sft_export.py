@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sft_support import load_tokenizer, tiny_model, tiny_tokenizer
+from helpers_sft import load_tokenizer, tiny_model, tiny_tokenizer
 
 from sft.export import export_merged
 from sft.templates import TEMPLATE_FILE, TemplateSpec

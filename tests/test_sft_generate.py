@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_sft_support import load_tokenizer, tiny_model, tiny_tokenizer, write_jsonl
+from helpers_sft import load_tokenizer, tiny_model, tiny_tokenizer, write_jsonl
 
 from sft import chat_cli, generate_cli
 from sft.generate import rouge_l_f1_chars

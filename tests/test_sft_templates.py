@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from test_sft_support import load_tokenizer, tiny_tokenizer
+from helpers_sft import load_tokenizer, tiny_tokenizer
 
 from sft.cache import encode_all
 from sft.data import Conversation, Turn

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sft_support import ZH_RECORDS, tiny_model, tiny_tokenizer, write_json
+from helpers_sft import ZH_RECORDS, tiny_model, tiny_tokenizer, write_json
 
 from sft.config import SFTConfig
 from zhllama.config import load_config

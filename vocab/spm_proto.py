@@ -100,10 +100,6 @@ def check_base_supported(model: LoadedModel) -> None:
         raise UserError(f"--base {model.path}: not a supported base", problems)
 
 
-def serialize(proto: pb.ModelProto) -> bytes:
-    return proto.SerializeToString()
-
-
 def clone(proto: pb.ModelProto) -> pb.ModelProto:
     copy = pb.ModelProto()
     copy.CopyFrom(proto)

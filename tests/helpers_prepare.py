@@ -87,14 +87,3 @@ def documents_of(tokens: np.ndarray, starts: np.ndarray) -> list[tuple[int, ...]
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def test_tiny_tokenizer_round_trips_chinese(tmp_path):
-    """The helper tokenizer the prepare tests rely on: fast, with BOS/EOS, lossless on Chinese."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(make_tokenizer(tmp_path / "tok")))
-    assert tok.is_fast and tok.bos_token_id is not None and tok.eos_token_id is not None
-    for text in ZH + EN:
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        assert tok.decode(ids) == text

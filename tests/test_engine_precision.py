@@ -1,0 +1,161 @@
+"""Every training mode in bfloat16 (and float16 where DeepSpeed's accelerator supports it) under ZeRO-3.
+
+The fp32 tests (test_engine_distributed, test_sft_train) prove what each mode trains; GPU runs use
+bf16, where PEFT's fp32 adapters beside bf16 weights once crashed ``deepspeed.initialize``
+(defragment: one dtype per flat buffer). One 2-rank torchrun runs every (dtype, phase, mode) a few
+steps in sequence — pretraining on packed blocks, SFT on padded batches — and rank 0 saves each
+run's consolidated weights; the tests below check finite falling loss and trained/frozen weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PT_CONFIG = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
+SFT_CONFIG = REPO / "sft" / "configs" / "tiny_cpu.yaml"
+BASE_ROWS = 300  # "embeddings, new rows only": rows below this stay exact
+MODES = {
+    "full": ["mode=full"],
+    "lora": ["mode=lora"],
+    "embeddings": ["mode=embeddings"],
+    "new_rows": ["mode=embeddings", "embeddings.train_new_rows_only=true", f"embeddings.base_vocab_size={BASE_ROWS}"],
+}
+COMMON = ["schedule.max_steps=4", "schedule.warmup_steps=0", "optim.lr=1e-2", "checkpoint.every_steps=0",
+          "eval.every_steps=0", "logging.wandb=disabled", "logging.tensorboard=false", "logging.plot=false",
+          "logging.progress=false", "batch.micro_batch_size=2", "batch.gradient_accumulation_steps=1"]
+pytestmark = pytest.mark.distributed
+
+
+def _fp16_supported() -> bool:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.accelerator import get_accelerator
+
+    return bool(get_accelerator().is_fp16_supported())
+
+
+def _runs() -> list[tuple[str, str, str]]:
+    dtypes = ["bfloat16"] + (["float16"] if _fp16_supported() else [])
+    return [(d, phase, m) for d in dtypes for phase in ("pt", "sft") for m in MODES]
+
+
+def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
+    """One run on this rank; rank 0 writes the consolidated weights and the metrics."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from engine.loop import run_training
+    from zhllama.config import load_config
+
+    out = Path(spec["work"]) / f"{dtype}-{phase}-{mode}"
+    overrides = [f"model.path={spec['model']}", f"output_dir={out}", f"model.dtype={dtype}", *COMMON, *MODES[mode]]
+    if phase == "pt":
+        from engine.tiny import TinyPacked
+        from pretrain.train_cli import PretrainConfig
+
+        cfg = load_config(PretrainConfig, PT_CONFIG, overrides + ["eval.at_start=true"])
+        train_ds, eval_ds, collate = TinyPacked(cfg.model.path, 0, 24), TinyPacked(cfg.model.path, 3, 6), None
+    else:
+        from sft.config import SFTConfig
+        from sft.train_cli import prepare
+
+        cfg = load_config(SFTConfig, SFT_CONFIG, overrides + [
+            f"data.files=[{{path: '{spec['sft_data']}', weight: 4.0}}]", "data.eval_fraction=0.0",
+            f"data.cache_dir={Path(spec['work']) / 'sft_cache'}", "data.max_seq_length=128"])
+        _, _, train_ds, _, _, collate = prepare(cfg)
+        eval_ds = train_ds  # the loss on the data it trains on must fall in 4 steps
+        cfg.eval.at_start = True
+    run = run_training(cfg, train_ds, eval_ds, collate, eval_characters=None, data_fingerprint=None,
+                       tokenizer_fingerprint=None)
+    state = run.engine._zero3_consolidated_16bit_state_dict()  # collective
+    if dist.get_rank() == 0:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "engine_state.safetensors"))
+        evals = [json.loads(line)["eval/loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                 if "eval/loss" in line]
+        (out / "result.json").write_text(json.dumps({"evals": evals, "train_loss": run.metrics["train/loss"]}))
+
+
+def _driver(spec: dict) -> None:
+    for dtype, phase, mode in _runs():
+        _train_one(spec, dtype, phase, mode)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    from engine.tiny import make_tiny_model, make_tiny_tokenizer
+
+    from helpers_sft import ZH_RECORDS, write_json
+
+    work = tmp_path_factory.mktemp("precision")
+    tok = make_tiny_tokenizer(work / "tok")
+    model = make_tiny_model(work / "model", tok, hidden=32, layers=2, heads=4)
+    data = write_json(work / "zh.json", ZH_RECORDS)
+    spec = json.dumps({"model": str(model), "work": str(work), "sft_data": str(data)})
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), __file__, spec],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return work
+
+
+def _original(model_dir: Path, dtype: str) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    return {k: v.to(getattr(torch, dtype)) for k, v in load_file(str(model_dir / "model.safetensors")).items()}
+
+
+@pytest.mark.parametrize("dtype,phase,mode", _runs())
+def test_mode_trains_in_half_precision(runs, dtype, phase, mode):
+    import math
+
+    import torch
+    from safetensors.torch import load_file
+
+    out = runs / f"{dtype}-{phase}-{mode}"
+    result = json.loads((out / "result.json").read_text())
+    evals = result["evals"]
+    assert all(math.isfinite(v) for v in evals + [result["train_loss"]]), result
+    assert evals[-1] < evals[0], evals  # the loss falls
+    after = load_file(str(out / "engine_state.safetensors"))
+    assert all(torch.isfinite(v.float()).all() for v in after.values())
+    before = _original(runs / "model", dtype)
+    embeddings = ("model.embed_tokens.weight", "lm_head.weight")
+    if mode == "full":
+        assert not torch.equal(after["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
+    elif mode == "lora":
+        lora = [k for k in after if "lora_" in k]
+        assert lora and all(after[k].dtype == getattr(torch, dtype) for k in lora)  # adapters in the model's dtype
+        assert all(after[k].abs().sum() > 0 for k in lora if "lora_B" in k)  # started at zero, trained
+        for key, value in after.items():
+            if "lora_" in key or "modules_to_save" in key:
+                continue
+            original = key.replace("base_model.model.", "").replace(".base_layer", "").replace(".original_module", "")
+            torch.testing.assert_close(value, before[original], rtol=0, atol=0, msg=key)  # frozen: bit-identical
+    else:
+        for key, value in after.items():
+            if key not in embeddings:
+                torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+            elif mode == "new_rows":
+                torch.testing.assert_close(value[:BASE_ROWS], before[key][:BASE_ROWS], rtol=0, atol=0, msg=key)
+                assert (value[BASE_ROWS:] != before[key][BASE_ROWS:]).any(), key
+            else:
+                assert not torch.equal(value, before[key]), key
+
+
+if __name__ == "__main__":
+    _driver(json.loads(sys.argv[1]))
