@@ -28,11 +28,18 @@ class ModelConfig:
     path: str = ""  # Hugging Face model folder to start from (output of `vocab resize` or a previous stage)
     tokenizer: str | None = None  # tokenizer folder; default: the model folder
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # training precision (CPU: float32 only is fast)
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"  # attention kernel
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] = (
+        "sdpa")  # attention kernel; packed documents stay apart with each (flex_attention: fastest masked path on GPU)
     gradient_checkpointing: bool = False  # recompute activations in backward (saves memory, costs ~30% time)
+    fused_loss: bool = True  # loss from hidden states chunk by chunk: never B x S x V fp32 logits (engine/loss.py)
+    loss_chunk_tokens: int = 4096  # labelled positions per chunk of the fused loss (memory ~ chunk x vocab x 4 bytes)
+    liger: Literal["auto", "on", "off"] = "auto"  # Liger Triton kernels (RMSNorm, SwiGLU, RoPE): auto = on CUDA when installed
 
     def validate(self) -> list[str]:
-        return [] if self.path else ["model.path: required (a Hugging Face model folder)"]
+        problems = [] if self.path else ["model.path: required (a Hugging Face model folder)"]
+        if self.loss_chunk_tokens < 1:
+            problems.append(f"loss_chunk_tokens: must be >= 1, got {self.loss_chunk_tokens}")
+        return problems
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .data import eval_batches, fetch
+from .loss import fused_head_of, labels_for, shift_labels
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -20,6 +21,12 @@ def forward_loss(engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.
     so the engine can weight by token counts across ranks and micro batches.
     """
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
+    head = fused_head_of(engine.module)
+    if head is not None:  # engine/loss.py: the loss straight from hidden states, chunk by chunk
+        targets = shift_labels(batch["labels"].to(device))
+        with labels_for(head, targets):
+            loss_sum = engine(**inputs, use_cache=False).logits
+        return loss_sum, (targets != -100).sum()
     # use_cache=False also matters for correctness: with a cache, HF ignores packed position_ids
     # when building the mask, and attention would cross document boundaries.
     logits = engine(**inputs, use_cache=False).logits

@@ -2,7 +2,7 @@
 
 ``full``/``embeddings``: consolidated safetensors loadable by AutoModelForCausalLM — the input of
 the next stage. ``lora``: PEFT adapter whose file also holds the fully trained embed_tokens and
-lm_head (modules_to_save); ``python -m sft export`` merges it into a full model.
+lm_head (PEFT's save_embedding_layers); ``python -m sft export`` merges it into a full model.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def save_final(engine, module, cfg, tokenizer_dir: Path, report: dict[str, Any])
         from transformers import AutoTokenizer
 
         with atomic_output_dir(final, overwrite=True) as tmp:
-            module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            extra = {"save_embedding_layers": bool(cfg.lora.modules_to_save)} if cfg.mode == "lora" else {}
+            module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
             AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
             sp_model = tokenizer_dir / "tokenizer.model"  # save_pretrained does not write it; keep it for sentencepiece users
             if sp_model.is_file():

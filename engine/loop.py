@@ -33,6 +33,8 @@ from .data import StepPlan, default_collate, fetch
 from .dist import build_ds_config, device, init_distributed, offloads_optimizer
 from .evaluate import evaluate, forward_loss
 from .export import save_final
+from .kernels import apply_liger
+from .loss import install_fused_head
 from .model import apply_mode, check_model_folder, count_parameters, load_model, param_groups, tokenizer_dir
 from .tracking import Tracker
 
@@ -178,10 +180,17 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
     from transformers import AutoConfig
 
     _seed_everything(cfg.seed)
-    hidden = AutoConfig.from_pretrained(cfg.model.path).hidden_size
-    ds_config = build_ds_config(cfg, plan.world, hidden)
+    model_config = AutoConfig.from_pretrained(cfg.model.path)
+    kernels = apply_liger(cfg.model.liger, model_config.model_type)  # patches transformers: before the build
+    widest = max(model_config.hidden_size, getattr(model_config, "intermediate_size", 0) or 0)
+    ds_config = build_ds_config(cfg, plan.world, model_config.hidden_size, widest)
     model, keepalive = load_model(cfg, ds_config)
     module = apply_mode(cfg, model)
+    if cfg.model.fused_loss:
+        install_fused_head(module, cfg.model.loss_chunk_tokens)
+    if plan.rank == 0:
+        print(f"[zhllama] {kernels}; loss: {'fused, chunked' if cfg.model.fused_loss else 'plain logits'}; "
+              f"attention: {cfg.model.attn_implementation}", flush=True)
     trainable, total_params = count_parameters(module)
     optimizer = _make_optimizer(cfg, module, ds_config)
     factor = lr_factor(cfg, plan.total_steps)

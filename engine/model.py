@@ -99,18 +99,39 @@ def apply_mode(cfg: TrainConfig, model):
     missing = [t for t in cfg.lora.targets + cfg.lora.modules_to_save if t not in names]
     if missing:
         raise UserError(f"lora.targets/modules_to_save: the model has no modules named {missing}")
+    full = _embeddings_named(model, cfg.lora.modules_to_save)
     peft_config = PeftLoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.targets), modules_to_save=list(cfg.lora.modules_to_save),
-        task_type="CAUSAL_LM",
+        target_modules=list(cfg.lora.targets), task_type="CAUSAL_LM",
     )
     # Adapters in the model's dtype: PEFT would make them fp32 beside bf16/fp16 weights, and ZeRO
     # flattens each parameter group into one buffer of one dtype (it asserts so in defragment).
     # DeepSpeed keeps fp32 master copies of every trained tensor anyway.
     peft_model = get_peft_model(model, peft_config, autocast_adapter_dtype=False)
+    # The embeddings train in place, not as PEFT modules_to_save: those keep a frozen original
+    # beside a trainable copy of the two largest matrices (1,417 M -> 1,680 M parameters at 1.4B).
+    # The adapter file still carries them (save_embedding_layers, engine/export.py).
+    for module in full:
+        module.requires_grad_(True)
     if cfg.model.gradient_checkpointing:
         peft_model.enable_input_require_grads()
     return peft_model
+
+
+def _embeddings_named(model, names: list[str]) -> list[torch.nn.Module]:
+    """The input/output embedding modules named in ``lora.modules_to_save`` (nothing else can be)."""
+    embeddings = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    found, others = [], []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in names:
+            if any(module is e for e in embeddings):
+                found.append(module)
+            else:
+                others.append(name)
+    if others:
+        raise UserError(f"lora.modules_to_save: only the input/output embeddings can be trained in full beside "
+                        f"LoRA, not {others}; add other modules to lora.targets")
+    return found
 
 
 def _freeze_rows(param: torch.nn.Parameter, keep: int) -> None:

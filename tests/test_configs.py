@@ -69,3 +69,16 @@ def test_deepspeed_json_may_not_set_what_the_engine_owns(tmp_path):
     cfg = load_config(TrainConfig, None, ["model.path=x", f"deepspeed.preset={preset}"])
     with pytest.raises(UserError, match="set it in one place"):
         build_ds_config(cfg, world_size=2, hidden_size=64)
+
+
+def test_lora_adapters_stay_whole_under_zero3_and_full_mode_keeps_the_hf_threshold():
+    from engine.dist import build_ds_config
+
+    def threshold(mode: str) -> int:
+        cfg = load_config(PretrainConfig, Path(CONFIGS[0]).with_name("llama2_7b_8xA100.yaml"),
+                          [f"mode={mode}", "lora.r=64"])
+        ds = build_ds_config(cfg, world_size=8, hidden_size=4096, widest=11008)
+        return ds["zero_optimization"]["stage3_param_persistence_threshold"]
+
+    assert threshold("full") == 10 * 4096
+    assert threshold("lora") == 64 * 11008 + 1  # the widest LoRA matrix (down_proj's A) is not partitioned
