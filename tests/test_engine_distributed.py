@@ -151,11 +151,20 @@ def test_full_mode_trains_partitions_checkpoints_and_exports(full_run, tiny_mode
     assert isinstance(tok.decode(generated[0]), str)
 
 
-def test_sigkill_then_resume_equals_uninterrupted(full_run, tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def lora_run(tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lora") / "run"
+    _run([f"model.path={tiny_model}", f"output_dir={out}", "mode=lora", "checkpoint.every_steps=0"])
+    return out
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_sigkill_then_resume_equals_uninterrupted(mode, request, tiny_model, tmp_path):
     import torch
 
+    reference_run = request.getfixturevalue(f"{mode}_run")
     out = tmp_path / "run"
-    overrides = [f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline"]
+    overrides = [f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline", f"mode={mode}"]
     proc = subprocess.Popen(_command(overrides), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     metrics, deadline, killed_at = out / "metrics.jsonl", time.time() + 240, None
@@ -185,18 +194,17 @@ def test_sigkill_then_resume_equals_uninterrupted(full_run, tiny_model, tmp_path
     log = _run(overrides)  # the same command again: resume=auto in the preset
     assert "resuming from step-0000000" in log, log[-3000:]
     assert not fake.exists()
-    resumed, reference = _load(out / "engine_state.safetensors"), _load(full_run / "engine_state.safetensors")
+    resumed, reference = _load(out / "engine_state.safetensors"), _load(reference_run / "engine_state.safetensors")
     assert resumed.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=1e-6, msg=name)
     assert [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train/loss" in r] == list(range(1, 17))
 
 
-def test_lora_trains_adapters_and_embeddings_only(tiny_model, tmp_path):
+def test_lora_trains_adapters_and_embeddings_only(lora_run, tiny_model):
     import torch
 
-    out = tmp_path / "run"
-    _run([f"model.path={tiny_model}", f"output_dir={out}", "mode=lora", "checkpoint.every_steps=0"])
+    out = lora_run
     before, after = _load(tiny_model / "model.safetensors"), _load(out / "engine_state.safetensors")
     assert _evals(out)[-1] < _evals(out)[0] - 0.3
     embeddings = {"base_model.model.model.embed_tokens.weight": "model.embed_tokens.weight",
