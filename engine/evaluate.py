@@ -21,7 +21,7 @@ def forward_loss(engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.
     so the engine can weight by token counts across ranks and micro batches.
     """
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
-    head = fused_head_of(engine.module)
+    head = fused_head_of(getattr(engine, "module", engine))  # a DeepSpeed engine, or a bare model
     if head is not None:  # engine/loss.py: the loss straight from hidden states, chunk by chunk
         targets = shift_labels(batch["labels"].to(device))
         with labels_for(head, targets):

@@ -288,6 +288,8 @@ class _Window:
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             out["train/grad_norm"] = float(grad_norm)
+        if torch.cuda.is_available():  # what a user sizing batch and ZeRO stage needs to see
+            out["train/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         self._reset()
         return out
 
