@@ -6,7 +6,8 @@
   scoring and loading helpers, e.g. vocab.bpc for bits/char and sft.templates for the prompt it
   scores), and nothing else may import demo;
 - shared packages import no phase;
-- benchmarks/ never import from tests/ (benchmarks run where tests are not installed);
+- benchmarks/ never import from tests/ (benchmarks run where tests are not installed), and test
+  modules share code through tests/helpers_*.py and conftest.py, never by importing each other;
 - every test module that starts torchrun is marked `distributed`, so `make test-fast` skips it.
 """
 from __future__ import annotations
@@ -66,6 +67,12 @@ def test_the_check_catches_a_phase_importing_another(tmp_path):
 def test_benchmarks_do_not_import_tests():
     bad = [f"{p.relative_to(REPO)}:{line}" for p in sorted((REPO / "benchmarks").rglob("*.py"))
            for name, line in imported_packages(p) if name == "tests" or name.startswith(("helpers_", "conftest"))]
+    assert bad == []
+
+
+def test_test_modules_do_not_import_each_other():
+    bad = [f"{p.name}:{line} imports {name}" for p in sorted((REPO / "tests").glob("*.py"))
+           for name, line in imported_packages(p) if name.startswith("test_")]
     assert bad == []
 
 
