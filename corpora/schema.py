@@ -239,7 +239,9 @@ def _source(item: Any, i: int, base_dir: Path, holdout: Holdout, mode: str, mani
         return None
     before = len(problems)
     spec = build(SourceSpec, item, problems, f"{key}.")
-    if len(problems) > before:
+    # Files are still checked (every problem at once) unless the location or digests are unusable.
+    if spec is None or any(p.startswith(tuple(f"{key}.{k}" for k in (*_LOCATIONS, "sha256")))
+                           for p in problems[before:]):
         return None
     kind = spec.kind
     files: list[Path] = []
