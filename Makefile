@@ -1,6 +1,7 @@
 # zhllama — the two commands of the README:
 #   make demo   end-to-end demo on a tiny model (CPU)
-#   make test   the test suite
+#   make test   the test suite (what CI runs)
+#   make test-fast  everything but the 2-rank DeepSpeed runs (-m "not distributed"), for the inner loop
 # Both create .venv when missing and install the project into it; re-running is fast.
 PY ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 # torch first, from the pinned CPU build, so nothing pulls a multi-GB CUDA wheel.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-fast install clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -22,6 +23,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VPY) -m pytest -q tests
+
+# The distributed tests (marker in pyproject.toml) each start real 2-rank DeepSpeed runs: most of the time.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VPY) -m pytest -q -m "not distributed" tests
 
 demo: $(STAMP)
 	$(VPY) -m demo

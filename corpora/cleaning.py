@@ -65,29 +65,12 @@ class Cleaning:
     min_chars: int = 1  # drop documents with fewer characters (after the steps above)
     dedup: bool = False  # drop exact duplicate documents within the source
 
-    @classmethod
-    def from_raw(cls, raw: Any, key: str, problems: list[str]) -> "Cleaning":
-        """Validate a ``clean:`` mapping; append ``key.sub: why`` problems."""
-        if raw is None:
-            return cls()
-        if not isinstance(raw, dict):
-            problems.append(f"{key}: expected a mapping of cleaning steps, got {raw!r}")
-            return cls()
-        known = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for name, value in raw.items():
-            if name not in known:
-                problems.append(f"{key}.{name}: unknown cleaning step (known: {', '.join(sorted(known))})")
-            elif name == "min_chars":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    problems.append(f"{key}.min_chars: expected an integer >= 0, got {value!r}")
-                else:
-                    values[name] = value
-            elif not isinstance(value, bool):
-                problems.append(f"{key}.{name}: expected true/false, got {value!r}")
-            else:
-                values[name] = value
-        return cls(**values)
+    UNKNOWN_KEY = "unknown cleaning step"  # wording of zhllama.config's unknown-key problem
+
+    def validate(self) -> list[str]:
+        if self.min_chars < 0:
+            return [f"min_chars: expected an integer >= 0, got {self.min_chars!r}"]
+        return []
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

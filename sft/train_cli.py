@@ -23,6 +23,11 @@ from zhllama.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from zhllama.config_help import config_help
+
+    from .config import SFTConfig
+
+    parser.epilog = config_help(SFTConfig)
     parser.add_argument("--config", required=True, help="YAML preset, e.g. sft/configs/tiny_cpu.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.packing=true")
 

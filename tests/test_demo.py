@@ -5,6 +5,7 @@ when they are neither cached nor downloadable."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from demo.budget import BUDGETS
 from demo.fetch import FetchError, default_cache, fetch_all, load_sources
 from demo.pipeline import build_stages
-from demo.report import SECTIONS, fmt
+from demo.report import NO_RESULT, SECTIONS, fmt
 from demo.stages import REPO_ROOT, stage_key
 
 pytestmark = pytest.mark.distributed  # starts real 2-rank DeepSpeed ZeRO-3 runs on CPU
@@ -50,7 +51,7 @@ def test_report_path_printed_and_every_section_present(demo_run):
     text = report.read_text(encoding="utf-8")
     for section in SECTIONS:
         assert section in text, section
-    assert "not yet available" not in text and "FAILED" not in text
+    assert NO_RESULT not in text and "FAILED" not in text and "— skipped" not in text
     assert (work / "loss_curves.png").stat().st_size > 5000
     assert (work / "bits_per_char.png").stat().st_size > 2000
 
@@ -81,8 +82,14 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
            f"{fmt(stats['tokens_per_char'])} |" in text
     bpc = {**_json(work / "04_resize/bpc.json"), **_json(work / "05_cpt/bpc.json")}
     assert {"base model, base tokenizer", "random", "subtoken-mean", "after continued pretraining"} <= set(bpc)
+    bpc_en = {**_json(work / "04_resize/bpc_en.json"), **_json(work / "05_cpt/bpc_en.json")}
+    assert set(bpc_en) == set(bpc)  # an English number for every Chinese one
     for label, row in bpc.items():
-        assert f"| {label} | {fmt(row['bpc'])} | {fmt(row['tokens_per_char'])} |" in text
+        en = bpc_en[label]
+        assert 0 < en["bpc"] < 64 and math.isfinite(en["bpc"]) and en["characters"] > 5000, (label, en)
+        assert f"| {label} | {fmt(row['bpc'])} | {fmt(row['tokens_per_char'])} | {fmt(en['bpc'])} | " \
+               f"{fmt(en['tokens_per_char'])} |" in text
+        assert f"| bits/char on held-out English: {label} | {fmt(en['bpc'])} |" in text
     ev = _json(work / "07_eval/eval.json")
     assert f"| SFT model, {ev['examples']} test reviews | {fmt(ev['accuracy'])} |" in text
     assert f"| majority-class baseline | {fmt(ev['majority_baseline_accuracy'])} |" in text
@@ -92,6 +99,7 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
         assert f"| {fmt(train['step'])} | {fmt(train['global_batch'])} | {fmt(train['metrics']['train/loss'])} |" in text
     summary = _json(work / "summary.json")
     assert summary["accuracy"] == ev["accuracy"] and summary["bpc"]["random"] == bpc["random"]["bpc"]
+    assert summary["bpc_en"]["after continued pretraining"] == bpc_en["after continued pretraining"]["bpc"]
     for name in STAGES:  # the exact commands, ready to paste
         for c in _json(work / name / "stage.json")["commands"]:
             assert c["command"] in text
@@ -110,6 +118,7 @@ def test_test_reviews_never_reach_training(demo_run):
     for name in ("02_vocab", "03_base_pretrain", "05_cpt"):
         manifest = (work / name / "inputs/train_reviews.yaml").read_text(encoding="utf-8")
         assert "train.txt" in manifest and "test.txt" not in manifest
+        assert "LICENSE" not in manifest  # the held-out English text
     assert "sft_eval" not in " ".join(c["command"] for c in _json(work / "06_sft/stage.json")["commands"])
 
 

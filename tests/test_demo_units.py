@@ -58,7 +58,7 @@ def _copy_stage(tmp_path: Path, src: Path, value: str) -> Stage:
     code = f"import shutil,sys; shutil.copy(sys.argv[1], sys.argv[2]); print('{value}')"
     return Stage("01_copy", "copy a file", out, settings={"value": value}, inputs={"src": src},
                  commands=[Command([sys.executable, "-c", code, str(src), str(out / "copy.txt")])],
-                 needs_modules=["json"], code=["demo"],
+                 code=["demo"],
                  collect=lambda s: {"text": (s.path("copy.txt")).read_text()})
 
 
@@ -79,12 +79,13 @@ def test_stage_reuses_until_an_input_byte_or_setting_changes(tmp_path):
     assert again["reused"] is False and again["metrics"] == {"text": "two"}
 
 
-def test_failed_and_missing_stages_are_recorded(tmp_path):
+def test_failed_stage_is_recorded_and_its_dependents_skipped(tmp_path):
     runner = Runner(tmp_path, log=lambda m: None)
     failing = Stage("01_fail", "fails", tmp_path / "f", {}, {}, [Command([sys.executable, "-c", "raise SystemExit(3)"])],
-                    needs_modules=[], code=[])
+                    code=[])
     assert runner.run(failing)["status"] == "failed"
     assert "exited with 3" in json.loads((tmp_path / "f" / "stage.json").read_text())["error"]
-    missing = Stage("02_missing", "needs a phase not written yet", tmp_path / "m", {}, {}, [], ["no_such_phase.cli"], [])
-    record = runner.run(missing)
-    assert record["status"] == "not yet available" and "no_such_phase.cli" in record["reason"]
+    after = Stage("02_after", "reads the failed stage's output", tmp_path / "a", {},
+                  {"model": tmp_path / "f" / "out.txt"}, [Command([sys.executable, "-c", "pass"])], code=[])
+    record = runner.run(after)
+    assert record["status"] == "skipped" and "model" in record["reason"] and not record["metrics"]

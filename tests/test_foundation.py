@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from zhllama.config import load_config
+from zhllama.config import build, load_config
 from zhllama.errors import UserError
 from zhllama.files import atomic_output_dir
 
@@ -54,6 +54,37 @@ def test_config_reports_every_problem_at_once(tmp_path):
 def test_config_validate_hook():
     with pytest.raises(UserError, match="steps: must be positive"):
         load_config(_Cfg, None, ["steps=0"])
+
+
+@dataclasses.dataclass
+class _Section:
+    lr: float = 1e-4
+
+    UNKNOWN_KEY = "unknown key"
+
+    def validate(self) -> list[str]:
+        return ["lr: must be > 0"] if self.lr <= 0 else []
+
+
+@dataclasses.dataclass
+class _Outer:
+    steps: int = 10
+    opt: _Section = dataclasses.field(default_factory=_Section)
+
+    def validate(self) -> list[str]:
+        return ["steps: must be positive"] if self.steps <= 0 else []
+
+
+def test_build_validates_each_section_whose_types_passed():
+    problems: list[str] = []
+    build(_Outer, {"steps": 0, "opt": {"lr": -1.0, "beta": 2}}, problems, "item[3].")
+    # the unknown key does not stop opt.validate; both sections report their values
+    assert problems == ["item[3].opt.beta: unknown key (known: lr)", "item[3].opt.lr: must be > 0",
+                        "item[3].steps: must be positive"]
+    problems = []
+    build(_Outer, {"steps": "many", "opt": {"lr": -1.0}}, problems)
+    # steps has the wrong type: _Outer.validate must not run on it; opt still validates
+    assert problems == ["steps: expected an integer, got 'many'", "opt.lr: must be > 0"]
 
 
 def test_atomic_output_dir_leaves_nothing_on_failure(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_resize import (  # noqa: F401  (toks is a fixture)
+from helpers_resize import (  # noqa: F401  (toks is a fixture)
     EMB, ENGLISH, HEAD, _assert_nothing_written, _byte_ids, _make_model, _weights, toks)
 from transformers import AutoModelForCausalLM
 

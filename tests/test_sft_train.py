@@ -51,6 +51,7 @@ def sft_run(tmp_path_factory):
     return root, model, out, proc.stdout + proc.stderr
 
 
+@pytest.mark.distributed  # sft_run launches torchrun with 2 ranks
 def test_two_rank_zero3_sft_loss_falls(sft_run):
     _, _, out, log = sft_run
     losses = [r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
@@ -66,6 +67,7 @@ def test_two_rank_zero3_sft_loss_falls(sft_run):
     assert data_report["train_samples"] == 4 * len(ZH_RECORDS) and "[sft] data:" in log
 
 
+@pytest.mark.distributed  # sft_run launches torchrun with 2 ranks
 def test_export_of_the_trained_run_matches_the_adapter(sft_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -5,7 +5,10 @@
 Nested dataclasses are addressed with dots (``optim.lr``). Values of overrides are parsed as
 YAML (``targets=[q_proj,v_proj]``, ``resume=auto``, ``bf16=true``). Unknown keys, wrong types and
 values outside a ``Literal`` are collected and raised together as one UserError naming the file
-and key. A dataclass may define ``validate(self) -> list[str]`` for cross-field checks.
+and key. A dataclass may define ``validate(self) -> list[str]`` for cross-field checks, and an
+``UNKNOWN_KEY`` class attribute to word the unknown-key problem ("unknown setting" by default).
+``build`` does the same for a mapping already read (one entry of a YAML list, say) under a key
+prefix of the caller's choosing; corpus manifests load through it (corpora/schema.py).
 """
 from __future__ import annotations
 
@@ -57,6 +60,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return cfg
 
 
+def build(cls: type[T], raw: Any, problems: list[str], prefix: str = "") -> T | None:
+    """Build ``cls`` from parsed ``raw``; append ``PREFIX.key: why`` problems instead of raising.
+
+    Unlike ``load_config``, each section's ``validate()`` runs whenever that section's own fields
+    passed the type checks, so one call reports as much as it can at once. Returns the object
+    (a field that failed a check keeps its raw value: use the object only when no problem was
+    added) or None when it could not be constructed at all.
+    """
+    before = len(problems)
+    obj = _build(cls, raw, "", prefix, problems)
+    problems.extend(_validate_typed_sections(obj, prefix, problems[before:]))
+    return obj
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain dict of a config (for reports and for saving the effective config)."""
     return dataclasses.asdict(cfg)
@@ -87,7 +104,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str, problems: list[str]) -
     for key in raw:
         if key not in fields:
             known = ", ".join(sorted(fields))
-            problems.append(f"{prefix}{key}: unknown setting (known: {known})")
+            problems.append(f"{prefix}{key}: {getattr(cls, 'UNKNOWN_KEY', 'unknown setting')} (known: {known})")
     kwargs = {}
     for name, field in fields.items():
         if name not in raw:
@@ -165,6 +182,24 @@ def _name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _validate_typed_sections(cfg: Any, prefix: str, found: list[str]) -> list[str]:
+    """``validate()`` of every section whose own (non-section) fields have no problem in ``found``."""
+    problems: list[str] = []
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        return problems
+    typed = True
+    for f in dataclasses.fields(cfg):
+        child, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(child):
+            problems.extend(_validate_typed_sections(child, key + ".", found))
+        elif any(p.startswith((key + ":", key + "[", key + ".")) for p in found):
+            typed = False
+    validate = getattr(cfg, "validate", None)
+    if typed and callable(validate):
+        problems.extend(f"{prefix}{p}" for p in validate())
+    return problems
+
+
 def _validate_tree(cfg: Any, prefix: str = "") -> list[str]:
     problems: list[str] = []
     if cfg is None or not dataclasses.is_dataclass(cfg):
@@ -175,5 +210,5 @@ def _validate_tree(cfg: Any, prefix: str = "") -> list[str]:
             problems.extend(_validate_tree(child, f"{prefix}{f.name}."))
     validate = getattr(cfg, "validate", None)
     if callable(validate):
-        problems.extend(f"{prefix}{p}" if prefix else p for p in validate())
+        problems.extend(f"{prefix}{p}" for p in validate())
     return problems
