@@ -46,8 +46,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits = grad_logits.to(hidden.dtype)
             if want_h:
                 grad_h[start:start + chunk] = grad_logits @ weight
-            if want_w:
-                grad_w.addmm_(grad_logits.t().float(), h.float())
+            if want_w:  # the matmul in the model's dtype (an fp32 one runs ~15x slower on GPUs), summed in fp32
+                grad_w += (grad_logits.t() @ h).float()
         ctx.save_for_backward(grad_h if want_h else None, grad_w if want_w else None)
         ctx.weight_dtype = weight.dtype
         return total
