@@ -61,3 +61,40 @@ def small_ceval(root: Path) -> Path:
         "dev": {"computer_network": ZH[4:6], "law": ZH[4:6], "advanced_mathematics": ZH[4:6]},
         "val": {"computer_network": ZH[0:2], "law": ZH[2:4], "advanced_mathematics": ZH[0:1]},
     })
+
+
+def tiny_model_knowing(out: Path, benches: list, steps: int = 120, seed: int = 0) -> Path:
+    """A tiny LLaMA trained to write each benchmark item's answer letter after its zero-shot prompt.
+
+    The tokenizer is trained on the prompts too, so " A" and "A" after the cue are single pieces.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.tiny import DEFAULT_TEXT, make_tiny_model, make_tiny_tokenizer
+    from evaluation.choice import bench_prompts
+    from evaluation.prompts import continuations
+
+    prompts, targets = [], []
+    for bench in benches:
+        for prompt, item in zip(bench_prompts(bench), bench.items):
+            prompts.append(prompt)
+            targets.append(continuations(bench.name)["ABCD".index(item.answer)])
+    tok_dir = make_tiny_tokenizer(out / "tok", DEFAULT_TEXT + [p + t for p, t in zip(prompts, targets)] * 5)
+    make_tiny_model(out / "model", tok_dir, seed=seed)
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    seqs = [tok(p + t).input_ids for p, t in zip(prompts, targets)]
+    for _ in range(steps):
+        for ids in seqs:
+            x = torch.tensor([ids])
+            labels = torch.full_like(x, -100)
+            labels[0, -1] = ids[-1]  # only the answer letter
+            loss = model(input_ids=x, labels=labels).loss
+            loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out / "model")
+    return out / "model"
