@@ -3,6 +3,7 @@ from zhllama.cli import main_for
 
 COMMANDS = {
     "choice": "evaluation.choice_cli",
+    "report": "evaluation.report_cli",
 }
 
 if __name__ == "__main__":
