@@ -133,7 +133,7 @@ class Watch:
             if (value > bound) if delta > 0 else (value < bound):
                 trips.append({"key": key, "metric": metric, "step": step, "value": value, "base": base[metric],
                               "bound": bound, "allowed_change": delta, "action": ev.guard_action})
-        if trips and dist.get_rank() == 0:
+        if trips and _rank() == 0:
             for t in trips:
                 print(f"[zhllama] guard: {t['key'].split('.')[0]} drifted at step {step}: {t['metric']} = "
                       f"{t['value']:.4f}, base {t['base']:.4f}, allowed {t['allowed_change']:+g} (bound "
@@ -143,6 +143,10 @@ class Watch:
 
     def report_fields(self) -> dict[str, Any]:
         return {"eval_base": self.base, "guard_trips": list(self.trips)}
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _read_base(path: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from zhllama.cli import main_for
 COMMANDS = {
     "choice": "evaluation.choice_cli",
     "report": "evaluation.report_cli",
+    "base": "evaluation.base_cli",
 }
 
 if __name__ == "__main__":
