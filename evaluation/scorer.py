@@ -73,7 +73,7 @@ def _forward_last(model, batch: list[Request], device, pad_id: int) -> torch.Ten
     keep = torch.unique(last)  # logits only where they are read: a 150k vocabulary x 2k positions is GBs
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
                    logits_to_keep=keep.to(device)).logits
-    rows = logits[torch.arange(len(batch)), torch.searchsorted(keep, last).to(logits.device)]
+    rows = logits[torch.arange(len(batch), device=logits.device), torch.searchsorted(keep, last).to(logits.device)]
     letters = torch.tensor([r.letter_ids for r in batch], device=rows.device)
     return rows.float().log_softmax(-1).gather(1, letters).cpu()
 

@@ -119,3 +119,17 @@ def test_shots_need_dev_exemplars(tmp_path):
     write_cmmlu(tmp_path / "b", {"dev": {"arts": ZH[:1]}, "test": {"arts": ZH[1:3]}})
     with pytest.raises(UserError, match=r"--shots 2 but the dev split has fewer exemplars for \{'arts': 1\}"):
         load_benchmark("cmmlu", tmp_path / "b", "test", shots=2)
+
+
+def test_cli_entry_point_lists_and_documents_commands(repo_root):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    top = subprocess.run([sys.executable, "-m", "evaluation", "--help"], cwd=repo_root, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert top.returncode == 0 and all(c in top.stdout for c in ("choice", "base", "report")), top.stdout + top.stderr
+    sub = subprocess.run([sys.executable, "-m", "evaluation", "choice", "--help"], cwd=repo_root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert sub.returncode == 0 and "python -m evaluation choice --model DIR --benchmark ceval" in sub.stdout
