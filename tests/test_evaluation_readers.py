@@ -133,3 +133,21 @@ def test_cli_entry_point_lists_and_documents_commands(repo_root):
     sub = subprocess.run([sys.executable, "-m", "evaluation", "choice", "--help"], cwd=repo_root, env=env,
                          capture_output=True, text=True, timeout=120)
     assert sub.returncode == 0 and "python -m evaluation choice --model DIR --benchmark ceval" in sub.stdout
+
+
+@pytest.mark.parametrize("name", ["llama2c", "chinese_llama_alpaca_2"])
+def test_answer_letters_are_single_tokens_for_real_llama_tokenizers(shared_data, tmp_path, name):
+    from transformers import LlamaTokenizer
+
+    from evaluation.choice import bench_prompts
+    from evaluation.scorer import encode_requests
+
+    path = str(shared_data / "tokenizers" / name / "tokenizer.model")
+    tok = LlamaTokenizer(**LlamaTokenizer.convert_to_native_format(vocab_file=path), add_bos_token=True)
+    ceval = load_benchmark("ceval", small_ceval(tmp_path / "c"), "val", shots=2)
+    mmlu = load_benchmark("mmlu", write_mmlu(tmp_path / "m", {"dev": {"global_facts": EN[:2]},
+                                                              "val": {"global_facts": EN}}), "val", shots=2)
+    for bench, pieces in ((ceval, ["A", "B", "C", "D"]), (mmlu, ["▁A", "▁B", "▁C", "▁D"])):
+        for req in encode_requests(tok, bench_prompts(bench), continuations(bench.name)):
+            assert tok.convert_ids_to_tokens(req.letter_ids) == pieces
+            assert req.ids[0] == tok.bos_token_id
