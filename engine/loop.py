@@ -311,7 +311,7 @@ def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fin
         "tokenizer_fingerprint": tokenizer_fingerprint,
         "metrics": dict(state.metrics),
     }
-    if watch is not None:  # base numbers, guard trips and the forgetting table (evaluation/forgetting.py)
+    if watch is not None and watch.reporting:  # base numbers, guard trips, forgetting table (evaluation/forgetting.py)
         report.update(watch.report_fields(), stopped_by_guard=bool(state.stopped_by_guard))
         if plan.rank == 0:
             report["forgetting"] = write_forgetting_report(cfg.output_dir, watch.base, watch.trips)

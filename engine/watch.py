@@ -48,7 +48,13 @@ class Watch:
 
     @property
     def active(self) -> bool:
+        """Something of its own to evaluate (named sets or benchmarks)."""
         return bool(self.sets or self.benches)
+
+    @property
+    def reporting(self) -> bool:
+        """Whether the run gets base numbers, guard results and the forgetting report."""
+        return self.active or bool(self.cfg.eval.guard) or self.cfg.eval.base not in ("auto", "none")
 
     def _load_bench(self, b):
         from transformers import AutoConfig, AutoTokenizer
@@ -110,7 +116,12 @@ class Watch:
         if path.is_file():
             self.base = _read_base(path)
             return
-        if step != 0 or not (self.active or self.cfg.eval.guard):
+        if not self.reporting:
+            return
+        if step != 0:
+            if _rank() == 0:
+                print(f"[zhllama] no base numbers: {path} is missing and the run resumes at step {step}; "
+                      f"eval.guard cannot compare (write it with `python -m evaluation base`)", flush=True)
             return
         metrics = {**(validation() if validation is not None else {}), **self.run(engine, step, device, force_all=True)}
         self.base = {"source": f"{self.cfg.model.path} before training (step 0, this run's forwards)",
