@@ -41,3 +41,22 @@ def test_sets_and_benchmarks_are_checked_before_training(assets, tmp_path):  # n
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "law_val.csv:2: answer 'E' is not one of A, B, C, D" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "final").exists() and not (out / "checkpoints").exists()
+
+
+def test_guard_stop_saves_a_checkpoint_and_the_same_run_resumes(assets):  # noqa: F811
+    out = assets["root"] / "guarded"
+    args = [*_common(assets, out), "schedule.max_steps=4", f"eval.sets=[{{name: same, dir: '{assets['shards']}'}}]"]
+    # training on this corpus lowers its held-out bits/char: a bound on a fall of 0.01 must trip at step 2
+    proc = _train(*args, "eval.guard={same.bits_per_char: -0.01}", "eval.guard_action=stop")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "guard: same drifted at step 2: eval/same/bits_per_char" in proc.stdout
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["step"] == 2 and report["stopped_by_guard"] is True
+    assert (out / "checkpoints" / "step-00000002" / "complete.json").is_file() and (out / "final").is_dir()
+    base = (out / "eval_base.json").read_text()
+    proc = _train(*args)  # the bound lifted: the run continues from the guard's checkpoint
+    assert proc.returncode == 0 and "resuming from step-00000002" in proc.stdout, (proc.stdout + proc.stderr)[-4000:]
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["step"] == 4 and report["stopped_by_guard"] is False
+    assert (out / "eval_base.json").read_text() == base  # computed once, reused on resume
+    assert [p["step"] for p in report["forgetting"]["eval/same/bits_per_char"]["steps"]] == [2, 4]
