@@ -151,3 +151,25 @@ def test_answer_letters_are_single_tokens_for_real_llama_tokenizers(shared_data,
         for req in encode_requests(tok, bench_prompts(bench), continuations(bench.name)):
             assert tok.convert_ids_to_tokens(req.letter_ids) == pieces
             assert req.ids[0] == tok.bos_token_id
+
+
+def test_hub_records_become_the_same_items(monkeypatch):
+    """The hub path's record shapes (no network: load_dataset is replaced by the hub's field layout)."""
+    import datasets
+
+    calls = []
+
+    def fake_load(name, config, split):
+        calls.append((name, config, split))
+        if name == "cais/mmlu":  # one config, subject field, choices list, answer index
+            return [{"question": q, "subject": "global_facts", "choices": list(c), "answer": "ABCD".index(a)}
+                    for q, *c, a in EN]
+        return [{"id": i, "question": q, "A": c[0], "B": c[1], "C": c[2], "D": c[3], "answer": a, "explanation": ""}
+                for i, (q, *c, a) in enumerate(ZH[:2])]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    mmlu = load_benchmark("mmlu", "hub", "val", shots=1)
+    assert [it.answer for it in mmlu.items] == [q[-1] for q in EN] and mmlu.dev["global_facts"][0].question == EN[0][0]
+    assert ("cais/mmlu", "all", "validation") in calls
+    ceval = load_benchmark("ceval", "hub", "val", shots=2)
+    assert len(ceval.subjects) == 52 and len(ceval.items) == 104 and ceval.items[0].where.startswith("hub:ceval/ceval-exam/")
