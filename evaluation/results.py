@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .benchmarks import LETTERS, Benchmark
-from .subjects import ceval_categories
+from .subjects import HUMANITIES, OTHER, SOCIAL, STEM, ceval_categories
 
 
 def predictions(bench: Benchmark, logprobs: list[list[float]]) -> list[dict[str, Any]]:
@@ -33,7 +33,8 @@ def aggregate(bench: Benchmark, preds: list[dict[str, Any]]) -> dict[str, Any]:
         for row in preds:
             for cat in ceval_categories(row["subject"]):
                 cats.setdefault(cat, []).append(row)
-        out["categories"] = {c: _acc(rows) for c, rows in sorted(cats.items())}
+        order = [STEM, SOCIAL, HUMANITIES, OTHER, "Hard"]
+        out["categories"] = {c: _acc(cats[c]) for c in order if c in cats}
     out["subjects"] = dict(sorted(subjects.items()))
     return out
 
@@ -50,6 +51,6 @@ def table(summary: dict[str, Any]) -> str:
     lines = ["| group | accuracy | items |", "|---|---:|---:|",
              f"| **all** | {summary['accuracy']:.4f} | {summary['items']} |",
              f"| mean of subjects | {summary['macro_accuracy']:.4f} | {len(summary['subjects'])} subjects |"]
-    lines += [f"| {c} | {v['accuracy']:.4f} | {v['items']} |" for c, v in summary.get("categories", {}).items()]
+    lines += [f"| {c} (category) | {v['accuracy']:.4f} | {v['items']} |" for c, v in summary.get("categories", {}).items()]
     lines += [f"| {s} | {v['accuracy']:.4f} | {v['items']} |" for s, v in summary["subjects"].items()]
     return "\n".join(lines)
