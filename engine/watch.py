@@ -111,13 +111,17 @@ class Watch:
         """Collective. Base numbers once: a stored eval_base.json, or the starting model before step 1
         (named sets, every benchmark, and the phase's validation split through ``validation``)."""
         path = self.out / BASE_FILE
-        if self.base is not None or self.cfg.eval.base == "none":
-            return
-        if path.is_file():
+        if self.base is None and self.cfg.eval.base != "none" and path.is_file():
             self.base = _read_base(path)
-            return
-        if not self.reporting:
-            return
+        if self.base is None and self.cfg.eval.base != "none" and self.reporting:
+            self._compute_base(engine, step, device, validation, path)
+        ev = self.cfg.eval
+        unguarded = [k for k in ev.guard if guard_metric(k, [s.name for s in ev.sets], [b.name for b in ev.benchmarks])
+                     not in (self.base or {}).get("metrics", {})]
+        if unguarded and _rank() == 0:
+            print(f"[zhllama] eval.guard {unguarded}: no base value for them, they cannot trip", flush=True)
+
+    def _compute_base(self, engine, step: int, device, validation, path: Path) -> None:
         if step != 0:
             if _rank() == 0:
                 print(f"[zhllama] no base numbers: {path} is missing and the run resumes at step {step}; "
