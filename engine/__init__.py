@@ -50,6 +50,7 @@ def train(
     eval_characters: int | None = None,
     data_fingerprint: str | None = None,
     tokenizer_fingerprint: str | None = None,
+    eval_sets: dict[str, tuple[Any, int | None]] | None = None,
 ) -> dict:
     """Train ``cfg.model.path`` on ``train_dataset`` under DeepSpeed; return the final metrics (every rank).
 
@@ -58,6 +59,8 @@ def train(
       that would silently continue on other data).
     - ``tokenizer_fingerprint``: the tokenizer the data was made with; compared to the model's
       tokenizer before training (``zhllama.tokenizer_files.tokenizer_fingerprint``), mismatch = UserError.
+    - ``eval_sets``: the named held-out sets of ``cfg.eval.sets``, ``{name: (dataset, characters)}``
+      (engine/watch.py); benchmarks and the guard come from ``cfg.eval`` alone.
 
     Writes under ``cfg.output_dir``: ``checkpoints/step-N`` (resumable, ``complete.json`` last),
     ``metrics.jsonl``, ``tensorboard/``, ``wandb/``, ``loss_curve.png``, ``train_report.json``
@@ -72,5 +75,5 @@ def train(
     return run_training(
         cfg, train_dataset, eval_dataset, collate_fn,
         eval_characters=eval_characters, data_fingerprint=data_fingerprint,
-        tokenizer_fingerprint=tokenizer_fingerprint,
+        tokenizer_fingerprint=tokenizer_fingerprint, eval_sets=eval_sets,
     ).metrics

@@ -173,11 +173,39 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalSetConfig:
+    """A named held-out set: logged as eval/<name>/loss and eval/<name>/bits_per_char."""
+
+    name: str = ""  # e.g. zh, en, code ([A-Za-z0-9_-])
+    dir: str = ""  # a `python -m pretrain prepare` output folder (made with the model's tokenizer)
+    split: str = "validation"  # its held-out split (the manifest's held-out slice)
+
+
+@dataclass
+class BenchmarkConfig:
+    """A multiple-choice benchmark scored by letter logits during training (evaluation/)."""
+
+    name: Literal["ceval", "cmmlu", "mmlu"] = "ceval"  # benchmark (also the metric prefix bench/<name>/)
+    data: str = ""  # folder in the official layout (see evaluation/benchmarks.py), or "hub"
+    split: str | None = None  # scored split; default: val (ceval, mmlu), test (cmmlu)
+    shots: int = 0  # few-shot exemplars from dev
+    max_items_per_subject: int | None = None  # cap per subject (keeps in-training evaluation short)
+    every_steps: int = 0  # run at evaluations whose step is a multiple of this (0: at every evaluation)
+    batch_size: int = 4  # prompts per forward
+    max_length: int | None = None  # prompt tokens kept (default: the model's max_position_embeddings)
+
+
+@dataclass
 class EvalConfig:
     every_steps: int = 500  # validate every N optimizer steps (0: only at the end)
     at_start: bool = False  # also validate before the first step (a baseline for the curve)
     micro_batch_size: int | None = None  # default: batch.micro_batch_size
     max_batches: int | None = None  # cap per evaluation (bits/char is only reported on the full set)
+    sets: list[EvalSetConfig] = field(default_factory=list)  # named held-out sets (zh, en, code ...)
+    benchmarks: list[BenchmarkConfig] = field(default_factory=list)  # C-Eval / CMMLU / MMLU by letter logits
+    base: str = "auto"  # base-model numbers: auto (the starting model, before step 1, once), none, or a JSON path
+    guard: dict[str, float] = field(default_factory=dict)  # "<set|benchmark>.<metric>": allowed change from base
+    guard_action: Literal["warn", "stop"] = "warn"  # stop: save a checkpoint and end the run cleanly
 
     def validate(self) -> list[str]:
         problems = []
@@ -187,7 +215,9 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name}: must be >= 1 (or null), got {value}")
-        return problems
+        from .watch_config import check_watch_config
+
+        return problems + check_watch_config(self)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from .kernels import apply_liger
 from .loss import install_fused_head
 from .model import apply_mode, check_model_folder, count_parameters, load_model, param_groups, tokenizer_dir
 from .tracking import Tracker
+from .watch import Watch, write_forgetting_report
 
 def lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     warm, kind, floor = cfg.schedule.warmup_steps, cfg.schedule.kind, cfg.schedule.min_lr_ratio
@@ -137,6 +138,7 @@ class TrainRun:
 class FitState:
     step: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    stopped_by_guard: list[dict[str, Any]] = field(default_factory=list)  # eval.guard_action=stop tripped
 
 
 def _finished_report(cfg: TrainConfig, total_steps: int, data_fingerprint: str | None) -> dict[str, Any] | None:
@@ -169,7 +171,7 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
                         f"to continue them or choose a new output_dir")
     if plan.resume_from is not None:
         plan.marker = checkpoint.check_resumable(plan.resume_from, world, data_fingerprint)
-    if cfg.eval.every_steps and eval_ds is None:
+    if cfg.eval.every_steps and eval_ds is None and not (cfg.eval.sets or cfg.eval.benchmarks):
         raise UserError("eval.every_steps is set but there is no validation set (set eval.every_steps=0)")
     return plan
 
@@ -213,7 +215,7 @@ def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
 
 
 def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_fn, eval_characters: int | None,
-        data_fingerprint: str | None) -> FitState:
+        data_fingerprint: str | None, watch: Watch | None = None) -> FitState:
     """The loop: micro batches → backward → step; logs, evaluation and checkpoints on their cadence."""
     engine, rank, world, dev = built.engine, plan.rank, plan.world, device()
     state = FitState(step=_resume(cfg, plan, built))
@@ -230,12 +232,22 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
                unit="step", dynamic_ncols=True)
     eval_bs = cfg.eval.micro_batch_size or cfg.batch.micro_batch_size
 
+    evaluating = eval_ds is not None or (watch is not None and watch.active)
+
     def run_eval() -> None:
-        out = evaluate(engine, eval_ds, collate_fn, eval_bs, cfg.eval.max_batches, eval_characters, dev)
+        out = evaluate(engine, eval_ds, collate_fn, eval_bs, cfg.eval.max_batches, eval_characters, dev) \
+            if eval_ds is not None else {}
+        if watch is not None:  # named sets, benchmarks, guard (engine/watch.py)
+            out.update(watch.run(engine, state.step, dev, force_all=state.step == total_steps))
         tracker.log(state.step, out)
         state.metrics.update(out)
+        if watch is not None and watch.check_guard(state.step, out) and cfg.eval.guard_action == "stop":
+            state.stopped_by_guard = watch.trips
 
-    if eval_ds is not None and cfg.eval.at_start and state.step == 0:
+    if watch is not None:
+        watch.ensure_base(engine, state.step, dev, None if eval_ds is None else lambda: evaluate(
+            engine, eval_ds, collate_fn, eval_bs, cfg.eval.max_batches, eval_characters, dev))
+    if evaluating and cfg.eval.at_start and state.step == 0:
         run_eval()
     engine.train()
     window = _Window()
@@ -255,13 +267,18 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
             state.metrics.update(logged)
             tracker.log(state.step, logged)
             bar.set_postfix(loss=f"{logged['train/loss']:.4f}", tok_s=f"{logged['train/tokens_per_s']:.0f}")
-        if eval_ds is not None and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
+        if evaluating and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
             run_eval()
             last_eval_step = state.step
-        if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0 and state.step < total_steps:
+        saved = cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0 and state.step < total_steps
+        if saved:
             checkpoint.save(engine, cfg.output_dir, state.step, meta, cfg.checkpoint.keep_last)
+        if state.stopped_by_guard:  # a clean stop: resumable from this step, then export and report as usual
+            if not saved and state.step < total_steps:
+                checkpoint.save(engine, cfg.output_dir, state.step, meta, cfg.checkpoint.keep_last)
+            break
     bar.close()
-    if eval_ds is not None and last_eval_step != state.step:
+    if evaluating and last_eval_step != state.step:
         run_eval()
     tracker.close(plot=cfg.logging.plot)
     return state
@@ -295,7 +312,7 @@ class _Window:
 
 
 def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fingerprint: str | None,
-           tokenizer_fingerprint: str | None) -> dict[str, Any]:
+           tokenizer_fingerprint: str | None, watch: Watch | None = None) -> dict[str, Any]:
     """Collective: the final model folder and train_report.json; returns metrics + report fields."""
     report = {
         "step": state.step, "mode": cfg.mode, "world_size": plan.world, "global_batch": plan.steps.global_batch,
@@ -305,6 +322,10 @@ def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fin
         "tokenizer_fingerprint": tokenizer_fingerprint,
         "metrics": dict(state.metrics),
     }
+    if watch is not None and watch.reporting:  # base numbers, guard trips, forgetting table (evaluation/forgetting.py)
+        report.update(watch.report_fields(), stopped_by_guard=bool(state.stopped_by_guard))
+        if plan.rank == 0:
+            report["forgetting"] = write_forgetting_report(cfg.output_dir, watch.base, watch.trips)
     final = save_final(built.engine, built.engine.module, cfg, tokenizer_dir(cfg), report)
     report["final_dir"] = str(final)
     if plan.rank == 0:
@@ -314,7 +335,8 @@ def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fin
 
 
 def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_characters: int | None,
-                 data_fingerprint: str | None, tokenizer_fingerprint: str | None) -> TrainRun:
+                 data_fingerprint: str | None, tokenizer_fingerprint: str | None,
+                 eval_sets: dict[str, tuple[Any, int | None]] | None = None) -> TrainRun:
     # DeepSpeed calls torch.distributed functions torch has renamed; one warning per step is noise.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -325,6 +347,8 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
             print(f"[zhllama] {cfg.output_dir} already finished {plan.total_steps} steps; final model: "
                   f"{report.get('final_dir')}", flush=True)
         return TrainRun({**report.pop("metrics", {}), **report})
+    watch = Watch(cfg, eval_sets, collate_fn or default_collate)  # reads and checks benchmark files before the model
     built = build(cfg, plan)
-    state = fit(cfg, plan, built, train_ds, eval_ds, collate_fn or default_collate, eval_characters, data_fingerprint)
-    return TrainRun(finish(cfg, plan, built, state, data_fingerprint, tokenizer_fingerprint), built.engine)
+    state = fit(cfg, plan, built, train_ds, eval_ds, collate_fn or default_collate, eval_characters, data_fingerprint,
+                watch)
+    return TrainRun(finish(cfg, plan, built, state, data_fingerprint, tokenizer_fingerprint, watch), built.engine)

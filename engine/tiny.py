@@ -66,13 +66,13 @@ class TinyPacked:
     """A few documents of DEFAULT_TEXT as packed blocks, the shape of ``pretrain.packed.PackedDataset``
     (positions restart per document; labels -100 on each block's first token and document starts)."""
 
-    def __init__(self, tok_dir: str, first_doc: int, n_docs: int, block: int = 32):
+    def __init__(self, tok_dir: str, first_doc: int, n_docs: int, block: int = 32, texts: list[str] | None = None):
         import torch
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tok_dir)
         ids, pos = [], []
-        texts = DEFAULT_TEXT[first_doc:first_doc + n_docs]
+        texts = (texts or DEFAULT_TEXT)[first_doc:first_doc + n_docs]
         for text in texts:
             doc = tok(text).input_ids + [tok.eos_token_id]
             ids += doc

@@ -85,18 +85,23 @@ def plot_loss_curve(jsonl: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train, evals = [], []
+    train, evals, named = [], [], {}
     for line in jsonl.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         if "train/loss" in rec:
             train.append((rec["step"], rec["train/loss"]))
         if "eval/loss" in rec:
             evals.append((rec["step"], rec["eval/loss"]))
+        for key, value in rec.items():  # named held-out sets (eval.sets): eval/<name>/loss
+            if key.startswith("eval/") and key.endswith("/loss") and key.count("/") == 2:
+                named.setdefault(key.split("/")[1], []).append((rec["step"], value))
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train), label="train loss")
     if evals:
         ax.plot(*zip(*evals), "o-", label="validation loss")
+    for name, points in sorted(named.items()):
+        ax.plot(*zip(*points), "s--", label=f"{name} loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.legend()

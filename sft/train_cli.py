@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                           "train_rows": report.train_rows, "eval_samples": report.eval_samples,
                                           "train_trainable_tokens": report.train_trainable_tokens},
                                          ensure_ascii=False), flush=True)
-    if eval_ds is None and cfg.eval.every_steps:  # no held-out records: train without validation
+    if eval_ds is None and cfg.eval.every_steps and not cfg.eval.benchmarks:  # no held-out records, no benchmarks
         cfg.eval.every_steps = 0
     from engine import train
 

@@ -1,0 +1,181 @@
+"""What guards the model during training: named held-out sets, multiple-choice benchmarks, the guard.
+
+    watch = Watch(cfg, eval_sets={"zh": (dataset, characters), "en": ...}, collate_fn=collate)
+    watch.ensure_base(engine, step, device)       # once: output_dir/eval_base.json (before step 1)
+    metrics = watch.run(engine, step, device)     # eval/<set>/loss, eval/<set>/bits_per_char, bench/<name>/...
+    trips = watch.check_guard(step, metrics)      # bounds from eval.guard, relative to the base
+
+Everything that touches the model is collective: every rank calls ``run`` and ``ensure_base`` at
+the same steps (ZeRO-3 gathers parameters on every forward). Benchmark files are read and checked
+when the Watch is built, before the model loads, so bad data fails the run at once. Benchmark
+details (per subject, per item) go to ``output_dir/evals/<name>/step-N.json``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from zhllama.errors import UserError
+from zhllama.files import write_json_atomic
+
+from .config import TrainConfig
+from .evaluate import evaluate
+from .watch_config import guard_metric
+
+BASE_FILE = "eval_base.json"
+
+
+class Watch:
+    def __init__(self, cfg: TrainConfig, eval_sets: dict[str, tuple[Any, int | None]] | None,
+                 collate_fn: Callable) -> None:
+        self.cfg, self.collate_fn = cfg, collate_fn
+        self.out = Path(cfg.output_dir)
+        self.sets = dict(eval_sets or {})
+        missing = [s.name for s in cfg.eval.sets if s.name not in self.sets]
+        if missing:
+            raise UserError(f"eval.sets {missing}: this phase did not provide them (named held-out sets are read by "
+                            f"`python -m pretrain train`)")
+        self.benches = [self._load_bench(b) for b in cfg.eval.benchmarks]
+        self.base: dict[str, Any] | None = None
+        self.trips: list[dict[str, Any]] = []
+        self._cache: tuple[int, dict] | None = None
+        if cfg.eval.base not in ("auto", "none"):
+            self.base = _read_base(Path(cfg.eval.base))
+
+    @property
+    def active(self) -> bool:
+        """Something of its own to evaluate (named sets or benchmarks)."""
+        return bool(self.sets or self.benches)
+
+    @property
+    def reporting(self) -> bool:
+        """Whether the run gets base numbers, guard results and the forgetting report."""
+        return self.active or bool(self.cfg.eval.guard) or self.cfg.eval.base not in ("auto", "none")
+
+    def _load_bench(self, b):
+        from transformers import AutoConfig, AutoTokenizer
+
+        from evaluation.benchmarks import load_benchmark
+        from evaluation.choice import bench_prompts, pad_id_of
+        from evaluation.prompts import continuations
+        from evaluation.scorer import encode_requests
+
+        from .model import tokenizer_dir
+
+        split = b.split or ("test" if b.name == "cmmlu" else "val")
+        bench = load_benchmark(b.name, b.data, split, b.shots, b.max_items_per_subject)
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(self.cfg)))
+        max_len = b.max_length or getattr(AutoConfig.from_pretrained(self.cfg.model.path), "max_position_embeddings", None)
+        requests = encode_requests(tok, bench_prompts(bench), continuations(b.name), max_len)
+        return b, bench, requests, pad_id_of(tok)
+
+    def run(self, engine, step: int, device, force_all: bool = False) -> dict[str, float]:
+        """Collective. Named sets at every call; benchmarks when due (always with ``force_all``)."""
+        if self._cache is not None and self._cache[0] == step:
+            return dict(self._cache[1])
+        ev = self.cfg.eval
+        bs = ev.micro_batch_size or self.cfg.batch.micro_batch_size
+        out: dict[str, float] = {}
+        for name, (ds, characters) in self.sets.items():
+            got = evaluate(engine, ds, self.collate_fn, bs, ev.max_batches, characters, device)
+            out.update({f"eval/{name}/{k.split('/', 1)[1]}": v for k, v in got.items()})
+        final = step == 0 or force_all
+        for b, bench, requests, pad in self.benches:
+            if final or not b.every_steps or step % b.every_steps == 0:
+                out.update(self._run_bench(engine, step, device, b, bench, requests, pad))
+        self._cache = (step, out)
+        return dict(out)
+
+    def _run_bench(self, engine, step, device, b, bench, requests, pad) -> dict[str, float]:
+        from evaluation.results import aggregate, metrics_of, predictions
+        from evaluation.scorer import score_requests
+
+        was_training = engine.module.training
+        engine.eval()
+        logprobs = score_requests(engine, requests, b.batch_size, device, pad)
+        if was_training:
+            engine.train()
+        preds = predictions(bench, logprobs)
+        summary = aggregate(bench, preds)
+        if dist.get_rank() == 0:
+            write_json_atomic(self.out / "evals" / b.name / f"step-{step:08d}.json",
+                              {"benchmark": b.name, "split": bench.split, "shots": b.shots, "step": step,
+                               **summary, "predictions": preds})
+        return metrics_of(b.name, summary)
+
+    def ensure_base(self, engine, step: int, device, validation: Callable[[], dict] | None = None) -> None:
+        """Collective. Base numbers once: a stored eval_base.json, or the starting model before step 1
+        (named sets, every benchmark, and the phase's validation split through ``validation``)."""
+        path = self.out / BASE_FILE
+        if self.base is None and self.cfg.eval.base != "none" and path.is_file():
+            self.base = _read_base(path)
+        if self.base is None and self.cfg.eval.base != "none" and self.reporting:
+            self._compute_base(engine, step, device, validation, path)
+        ev = self.cfg.eval
+        unguarded = [k for k in ev.guard if guard_metric(k, [s.name for s in ev.sets], [b.name for b in ev.benchmarks])
+                     not in (self.base or {}).get("metrics", {})]
+        if unguarded and _rank() == 0:
+            print(f"[zhllama] eval.guard {unguarded}: no base value for them, they cannot trip", flush=True)
+
+    def _compute_base(self, engine, step: int, device, validation, path: Path) -> None:
+        if step != 0:
+            if _rank() == 0:
+                print(f"[zhllama] no base numbers: {path} is missing and the run resumes at step {step}; "
+                      f"eval.guard cannot compare (write it with `python -m evaluation base`)", flush=True)
+            return
+        metrics = {**(validation() if validation is not None else {}), **self.run(engine, step, device, force_all=True)}
+        self.base = {"source": f"{self.cfg.model.path} before training (step 0, this run's forwards)",
+                     "model": str(self.cfg.model.path), "metrics": metrics}
+        if dist.get_rank() == 0:
+            write_json_atomic(path, self.base)
+        dist.barrier()
+
+    def check_guard(self, step: int, metrics: dict[str, float]) -> list[dict[str, Any]]:
+        """Bounds of eval.guard that ``metrics`` cross; printed on rank 0 and kept for the report."""
+        ev = self.cfg.eval
+        base = (self.base or {}).get("metrics", {})
+        trips = []
+        for key, delta in ev.guard.items():
+            metric = guard_metric(key, [s.name for s in ev.sets], [b.name for b in ev.benchmarks])
+            if metric not in metrics or metric not in base:
+                continue
+            bound = base[metric] + delta
+            value = metrics[metric]
+            if (value > bound) if delta > 0 else (value < bound):
+                trips.append({"key": key, "metric": metric, "step": step, "value": value, "base": base[metric],
+                              "bound": bound, "allowed_change": delta, "action": ev.guard_action})
+        if trips and _rank() == 0:
+            for t in trips:
+                print(f"[zhllama] guard: {t['key'].split('.')[0]} drifted at step {step}: {t['metric']} = "
+                      f"{t['value']:.4f}, base {t['base']:.4f}, allowed {t['allowed_change']:+g} (bound "
+                      f"{t['bound']:.4f}) -> {ev.guard_action}", flush=True)
+        self.trips.extend(trips)
+        return trips
+
+    def report_fields(self) -> dict[str, Any]:
+        return {"eval_base": self.base, "guard_trips": list(self.trips)}
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _read_base(path: Path) -> dict[str, Any]:
+    try:
+        base = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"eval.base: {path} is not readable JSON ({exc})") from None
+    if not isinstance(base, dict) or not isinstance(base.get("metrics"), dict):
+        raise UserError(f"eval.base: {path} has no 'metrics' mapping (write it with `python -m evaluation base`)")
+    return base
+
+
+def write_forgetting_report(output_dir: str | Path, base: dict[str, Any] | None, trips: list[dict]) -> dict[str, Any]:
+    """Rank 0: report.md + forgetting.png from metrics.jsonl and the base; returns the table for train_report.json."""
+    from evaluation.forgetting import write_report
+
+    return write_report(Path(output_dir), base, trips)

@@ -1,0 +1,62 @@
+"""Checks of the eval section's named sets, benchmarks and guard, and the metric each guard key watches.
+
+Metric names: a set ``zh`` logs ``eval/zh/loss``, ``eval/zh/perplexity``, ``eval/zh/bits_per_char``;
+a benchmark ``ceval`` logs ``bench/ceval/accuracy`` (+ ``bench/ceval/stem`` ... ``/hard``); the
+phase's own validation split keeps ``eval/loss`` and ``eval/bits_per_char``. A guard key is
+``<set or benchmark>.<metric>`` (``eval.<metric>`` for the validation split) and its value the
+allowed change from the base model: ``en.bits_per_char: 0.05`` trips above base + 0.05,
+``ceval.accuracy: -0.02`` trips below base - 0.02.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+SET_METRICS = ("loss", "perplexity", "bits_per_char")
+BENCH_METRICS = ("accuracy", "stem", "social_science", "humanities", "other", "hard")
+
+
+def guard_metric(key: str, set_names: list[str], bench_names: list[str]) -> str | None:
+    """The logged metric a guard key watches, or None when the key names nothing known."""
+    name, _, metric = key.partition(".")
+    if name == "eval" and metric in SET_METRICS:
+        return f"eval/{metric}"
+    if name in set_names and metric in SET_METRICS:
+        return f"eval/{name}/{metric}"
+    if name in bench_names and metric in BENCH_METRICS:
+        return f"bench/{name}/{metric}"
+    return None
+
+
+def check_watch_config(ev: Any) -> list[str]:
+    problems: list[str] = []
+    set_names = [s.name for s in ev.sets]
+    bench_names = [b.name for b in ev.benchmarks]
+    for i, s in enumerate(ev.sets):
+        if not NAME.match(s.name or "") or s.name == "eval":
+            problems.append(f"sets[{i}].name: expected letters, digits, _ or - (not 'eval'), got {s.name!r}")
+        if not s.dir:
+            problems.append(f"sets[{i}].dir: required (a `python -m pretrain prepare` output folder)")
+    for i, b in enumerate(ev.benchmarks):
+        if not b.data:
+            problems.append(f"benchmarks[{i}].data: required (a folder in the official layout, or 'hub')")
+        if b.shots < 0 or b.every_steps < 0 or b.batch_size < 1:
+            problems.append(f"benchmarks[{i}]: shots and every_steps must be >= 0 and batch_size >= 1")
+    for names, what in ((set_names, "sets"), (bench_names, "benchmarks")):
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            problems.append(f"{what}: names must be unique, repeated: {dups}")
+    clash = sorted(set(set_names) & set(bench_names))
+    if clash:
+        problems.append(f"sets and benchmarks share names {clash}")
+    for key, value in ev.guard.items():
+        if guard_metric(key, set_names, bench_names) is None:
+            problems.append(f"guard.{key}: expected <set>.{{{','.join(SET_METRICS)}}} or "
+                            f"<benchmark>.{{{','.join(BENCH_METRICS)}}} with a set in {set_names} or a benchmark in "
+                            f"{bench_names} (eval.<metric> for the validation split)")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0:
+            problems.append(f"guard.{key}: expected a non-zero number (+ bounds a rise, - a fall), got {value!r}")
+    if ev.guard and ev.base == "none":
+        problems.append("guard: needs base numbers; base is 'none'")
+    return problems

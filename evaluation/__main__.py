@@ -1,0 +1,11 @@
+"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports."""
+from zhllama.cli import main_for
+
+COMMANDS = {
+    "choice": "evaluation.choice_cli",
+    "report": "evaluation.report_cli",
+    "base": "evaluation.base_cli",
+}
+
+if __name__ == "__main__":
+    main_for("evaluation", COMMANDS, __doc__.splitlines()[0])

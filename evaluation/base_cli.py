@@ -1,0 +1,82 @@
+"""Base-model numbers for a run, computed standalone on the base folder with its OWN tokenizer.
+
+    python -m evaluation base --model BASE_DIR --out OUTPUT_DIR/eval_base.json \
+        --set zh=corpora_manifests/zh.yaml --set en=corpora_manifests/en.yaml \
+        --benchmark ceval=data/ceval --shots 5 [--max-items-per-subject N] [--device cuda] [--block-size 1024]
+
+Each ``--set NAME=MANIFEST`` scores the manifest's held-out slice (the documents ``pretrain prepare``
+puts in the validation split) as ``eval/NAME/bits_per_char`` and ``eval/NAME/loss``; ``eval=...``
+gives the run's own validation split (``eval/bits_per_char``). Each ``--benchmark NAME=DIR`` is
+scored as in training (use the run's eval.benchmarks settings). Write the file into the run's
+output_dir before training starts, or point ``eval.base`` at it: the run then compares to these
+numbers instead of measuring its starting model.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zhllama.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="the base model folder (weights + its own tokenizer)")
+    parser.add_argument("--out", required=True, help="usually OUTPUT_DIR/eval_base.json of the run")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=MANIFEST")
+    parser.add_argument("--benchmark", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--shots", type=int, default=0)
+    parser.add_argument("--max-items-per-subject", type=int, default=None)
+    parser.add_argument("--block-size", type=int, default=1024, help="the run's prepare --block-size")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"{flag} {v!r}: expected NAME=PATH")
+        out.append((name, path))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from .benchmarks import load_benchmark
+    from .text_bpc import held_out_texts
+
+    sets, benches = _pairs(args.set, "--set"), _pairs(args.benchmark, "--benchmark")
+    if not sets and not benches:
+        raise UserError("nothing to measure: give --set NAME=MANIFEST and/or --benchmark NAME=DIR")
+    texts = {name: held_out_texts(path) for name, path in sets}  # every input checked before the model loads
+    loaded = [(name, load_benchmark(name, path, "test" if name == "cmmlu" else "val", args.shots,
+                                    args.max_items_per_subject)) for name, path in benches]
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zhllama.files import write_json_atomic
+
+    from .choice import evaluate_benchmark
+    from .results import metrics_of
+    from .text_bpc import text_bits
+
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    metrics: dict[str, float] = {}
+    for name, docs in texts.items():
+        got = text_bits(model, tok, docs, args.block_size, args.batch_size, args.device)
+        prefix = "eval/" if name == "eval" else f"eval/{name}/"
+        metrics.update({prefix + "loss": got["loss"], prefix + "bits_per_char": got["bits_per_char"]})
+    for name, bench in loaded:
+        summary, _ = evaluate_benchmark(model, tok, bench, batch_size=args.batch_size, device=args.device,
+                                        max_length=getattr(model.config, "max_position_embeddings", None))
+        metrics.update(metrics_of(name, summary))
+    base = {"source": f"{args.model} with its own tokenizer (python -m evaluation base)", "model": str(args.model),
+            "sets": dict(sets), "benchmarks": dict(benches), "shots": args.shots, "metrics": metrics}
+    write_json_atomic(args.out, base)
+    for key, value in metrics.items():
+        print(f"{key}\t{value:.4f}")
+    print(f"-> {args.out}")
+    return 0

@@ -1,0 +1,56 @@
+"""From per-item log-probabilities to accuracy per subject, per category and overall, and a table."""
+from __future__ import annotations
+
+from typing import Any
+
+from .benchmarks import LETTERS, Benchmark
+from .subjects import HUMANITIES, OTHER, SOCIAL, STEM, ceval_categories
+
+
+def predictions(bench: Benchmark, logprobs: list[list[float]]) -> list[dict[str, Any]]:
+    out = []
+    for item, lps in zip(bench.items, logprobs):
+        pred = LETTERS[max(range(4), key=lambda j: (lps[j], -j))]  # ties: the earlier letter
+        out.append({"subject": item.subject, "where": item.where, "answer": item.answer, "pred": pred,
+                    "correct": pred == item.answer, "logprobs": [round(v, 6) for v in lps]})
+    return out
+
+
+def _acc(rows: list[dict]) -> dict[str, Any]:
+    correct = sum(r["correct"] for r in rows)
+    return {"accuracy": correct / len(rows), "correct": correct, "items": len(rows)}
+
+
+def aggregate(bench: Benchmark, preds: list[dict[str, Any]]) -> dict[str, Any]:
+    """``accuracy`` over all items, ``macro_accuracy`` = mean of subjects; C-Eval adds its categories."""
+    by_subject: dict[str, list[dict]] = {}
+    for row in preds:
+        by_subject.setdefault(row["subject"], []).append(row)
+    subjects = {s: _acc(rows) for s, rows in by_subject.items()}
+    out: dict[str, Any] = {**_acc(preds), "macro_accuracy": sum(v["accuracy"] for v in subjects.values()) / len(subjects)}
+    if bench.name == "ceval":
+        cats: dict[str, list[dict]] = {}
+        for row in preds:
+            for cat in ceval_categories(row["subject"]):
+                cats.setdefault(cat, []).append(row)
+        order = [STEM, SOCIAL, HUMANITIES, OTHER, "Hard"]
+        out["categories"] = {c: _acc(cats[c]) for c in order if c in cats}
+    out["subjects"] = dict(sorted(subjects.items()))
+    return out
+
+
+def metrics_of(name: str, summary: dict[str, Any]) -> dict[str, float]:
+    """Flat metrics for the logs: ``bench/<name>/accuracy`` and one per category."""
+    out = {f"bench/{name}/accuracy": summary["accuracy"]}
+    for cat, value in summary.get("categories", {}).items():
+        out[f"bench/{name}/{cat.lower().replace(' ', '_')}"] = value["accuracy"]
+    return out
+
+
+def table(summary: dict[str, Any]) -> str:
+    lines = ["| group | accuracy | items |", "|---|---:|---:|",
+             f"| **all** | {summary['accuracy']:.4f} | {summary['items']} |",
+             f"| mean of subjects | {summary['macro_accuracy']:.4f} | {len(summary['subjects'])} subjects |"]
+    lines += [f"| {c} (category) | {v['accuracy']:.4f} | {v['items']} |" for c, v in summary.get("categories", {}).items()]
+    lines += [f"| {s} | {v['accuracy']:.4f} | {v['items']} |" for s, v in summary["subjects"].items()]
+    return "\n".join(lines)

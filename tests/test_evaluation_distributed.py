@@ -1,0 +1,143 @@
+"""Evaluation during training on 2 real CPU ranks (torchrun, gloo, ZeRO-3) — one launch.
+
+The base model is a tiny LLaMA first trained on English; the run then trains on Chinese only, so
+English bits/char rise: the guard (en.bits_per_char: +0.3, stop) must trip, naming the set and the
+step, after saving a checkpoint. Every in-training number (named sets' bits/char, C-Eval letter
+log-probabilities per item, the base numbers at step 0) must equal the standalone computation on
+the exported model / the base folder. This file is also the per-rank driver.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.tiny import DEFAULT_TEXT, TinyPacked
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.distributed
+EN = ["The cat sat on the mat and watched the rain fall on the quiet town.",
+      "Rivers run to the sea, yet the sea is never full; the wind goes round and round.",
+      "A small boat crossed the lake at dawn while the birds were still asleep."]
+ZH = DEFAULT_TEXT[0:3]
+GUARD = 0.3
+
+
+def sets(model: str) -> dict:
+    zh, en = TinyPacked(model, 0, 6, texts=ZH * 2), TinyPacked(model, 0, 6, texts=EN * 2)
+    return {"zh": (zh, zh.characters), "en": (en, en.characters)}
+
+
+def _driver(spec: dict) -> None:
+    from engine import loop
+    from pretrain.train_cli import PretrainConfig
+    from zhllama.config import load_config
+
+    cfg = load_config(PretrainConfig, REPO / "pretrain" / "configs" / "tiny_cpu.yaml", spec["overrides"])
+    train_ds = TinyPacked(cfg.model.path, 0, 48, texts=ZH * 16)  # Chinese only: English is forgotten
+    eval_ds = TinyPacked(cfg.model.path, 3, 12)
+    loop.run_training(cfg, train_ds, eval_ds, None, eval_characters=eval_ds.characters, data_fingerprint="zh-v1",
+                      tokenizer_fingerprint=None, eval_sets=sets(cfg.model.path))
+
+
+def _english_base(out: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.data import default_collate
+    from engine.tiny import make_tiny_model
+
+    path = make_tiny_model(out)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    batch = default_collate(TinyPacked(str(path), 0, 12, texts=EN * 4).items)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(150):
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
+              use_cache=False).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def guarded_run(tmp_path_factory):
+    import subprocess
+
+    from helpers_bench import small_ceval
+    from test_engine_distributed import _command, _env
+
+    root = tmp_path_factory.mktemp("guard")
+    base, ceval, out = _english_base(root / "base"), small_ceval(root / "ceval"), root / "run"
+    overrides = [
+        f"model.path={base}", f"output_dir={out}", "checkpoint.every_steps=0", "eval.every_steps=4",
+        "eval.at_start=false", "eval.sets=[{name: zh, dir: driver}, {name: en, dir: driver}]",
+        f"eval.benchmarks=[{{name: ceval, data: '{ceval}', shots: 1, batch_size: 2}}]",
+        f"eval.guard={{en.bits_per_char: {GUARD}}}", "eval.guard_action=stop",
+    ]
+    cmd = _command(overrides)
+    cmd[-2] = str(Path(__file__))  # this file is the driver
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return base, ceval, out, proc.stdout + proc.stderr
+
+
+def test_named_sets_benchmarks_guard_and_report(guarded_run):
+    base, _, out, log = guarded_run
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/en/bits_per_char" in r]
+    for r in evals:  # the validation split keeps its metrics; named sets and the benchmark join them
+        assert {"eval/loss", "eval/bits_per_char", "eval/zh/loss", "eval/zh/bits_per_char", "eval/en/loss",
+                "bench/ceval/accuracy", "bench/ceval/stem", "bench/ceval/hard"} <= set(r), sorted(r)
+    base_metrics = json.loads((out / "eval_base.json").read_text())["metrics"]
+    bound = base_metrics["eval/en/bits_per_char"] + GUARD
+    first_over = next(r["step"] for r in evals if r["eval/en/bits_per_char"] > bound)  # the planted drift
+    assert evals[-1]["step"] == first_over  # stopped at the first evaluation past the bound
+    assert f"guard: en drifted at step {first_over}: eval/en/bits_per_char" in log, log[-3000:]
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["step"] == first_over < 16 and report["stopped_by_guard"] is True
+    assert [(t["key"], t["step"]) for t in report["guard_trips"]] == [("en.bits_per_char", first_over)]
+    assert max(r["step"] for r in records if "train/loss" in r) == first_over  # no step after the stop
+    assert (out / "checkpoints" / f"step-{first_over:08d}" / "complete.json").is_file()  # resumable
+    row = report["forgetting"]["eval/en/bits_per_char"]
+    assert row["base"] == base_metrics["eval/en/bits_per_char"] and row["change"] > GUARD
+    md = (out / "report.md").read_text()
+    assert f"**en** drifted at step {first_over}" in md and "| eval/zh/bits_per_char |" in md
+    for artefact in ("forgetting.png", "loss_curve.png", "final/model.safetensors"):
+        assert (out / artefact).is_file(), artefact
+
+
+def test_in_training_numbers_equal_standalone(guarded_run):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.data import default_collate
+    from evaluation.benchmarks import load_benchmark
+    from evaluation.bpc import dataset_bits
+    from evaluation.choice import evaluate_benchmark
+
+    base, ceval, out, _ = guarded_run
+    step = json.loads((out / "train_report.json").read_text())["step"]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    at_stop = next(r for r in logged if r["step"] == step and "eval/en/bits_per_char" in r)
+    at_base = json.loads((out / "eval_base.json").read_text())["metrics"]
+    bench = load_benchmark("ceval", ceval, "val", shots=1)
+    for folder, expected, tag in ((out / "final", at_stop, f"step-{step:08d}"), (base, at_base, "step-00000000")):
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        for name, (ds, chars) in sets(str(base)).items():
+            got = dataset_bits(model, ds, default_collate, chars, batch_size=3)
+            assert got["bits_per_char"] == pytest.approx(expected[f"eval/{name}/bits_per_char"], rel=1e-5), (tag, name)
+        summary, preds = evaluate_benchmark(model, AutoTokenizer.from_pretrained(folder), bench, batch_size=3,
+                                            device="cpu")
+        inside = json.loads((out / "evals" / "ceval" / f"{tag}.json").read_text())
+        assert [p["pred"] for p in preds] == [p["pred"] for p in inside["predictions"]]
+        torch.testing.assert_close(torch.tensor([p["logprobs"] for p in preds]),
+                                   torch.tensor([p["logprobs"] for p in inside["predictions"]]), rtol=0, atol=1e-4)
+        assert summary["accuracy"] == pytest.approx(expected["bench/ceval/accuracy"])
+
+
+if __name__ == "__main__":
+    _driver(json.loads(sys.argv[1]))
