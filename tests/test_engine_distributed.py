@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine.tiny import TinyPacked  # the per-rank driver (this file run by torchrun) uses it too
+from helpers_dist import dist_env, torchrun_command
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
@@ -46,25 +46,12 @@ def _driver(spec: dict) -> None:
         (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, default=str))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _command(overrides: list[str]) -> list[str]:
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    return [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), str(Path(__file__)),
-            json.dumps({"overrides": overrides})]
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONWARNINGS": "ignore::FutureWarning"}
+    return torchrun_command(__file__, {"overrides": overrides})
 
 
 def _run(overrides: list[str], timeout: int = 240) -> str:
-    proc = subprocess.run(_command(overrides), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(_command(overrides), cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     return out
@@ -165,7 +152,7 @@ def test_sigkill_then_resume_equals_uninterrupted(mode, request, tiny_model, tmp
     reference_run = request.getfixturevalue(f"{mode}_run")
     out = tmp_path / "run"
     overrides = [f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline", f"mode={mode}"]
-    proc = subprocess.Popen(_command(overrides), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_command(overrides), cwd=REPO, env=dist_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     metrics, deadline, killed_at = out / "metrics.jsonl", time.time() + 240, None
     try:

@@ -68,7 +68,7 @@ def guarded_run(tmp_path_factory):
     import subprocess
 
     from helpers_bench import small_ceval
-    from test_engine_distributed import _command, _env
+    from helpers_dist import dist_env, torchrun_command
 
     root = tmp_path_factory.mktemp("guard")
     base, ceval, out = _english_base(root / "base"), small_ceval(root / "ceval"), root / "run"
@@ -78,9 +78,8 @@ def guarded_run(tmp_path_factory):
         f"eval.benchmarks=[{{name: ceval, data: '{ceval}', shots: 1, batch_size: 2}}]",
         f"eval.guard={{en.bits_per_char: {GUARD}}}", "eval.guard_action=stop",
     ]
-    cmd = _command(overrides)
-    cmd[-2] = str(Path(__file__))  # this file is the driver
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+    cmd = torchrun_command(__file__, {"overrides": overrides})  # this file is the driver
+    proc = subprocess.run(cmd, cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     return base, ceval, out, proc.stdout + proc.stderr
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from test_train_cli import _train, assets  # noqa: F401  (assets is a fixture: prepared shards + tiny model)
+from helpers_train import _train, assets  # noqa: F401  (assets is a fixture: prepared shards + tiny model)
 
 
 def _common(a, out):
