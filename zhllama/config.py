@@ -51,8 +51,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             parsed = value
         _set_dotted(raw, key.strip(), parsed)
     cfg = _build(cls, raw, source, "", problems)
-    if not problems:
-        problems.extend(_validate_tree(cfg))
+    problems.extend(_validate_tree(cfg))  # also after type errors: every problem in one run
     raise_if_problems(f"invalid configuration ({source})", problems)
     return cfg
 
@@ -92,7 +91,10 @@ def _build(cls: type, raw: Any, source: str, prefix: str, problems: list[str]) -
     for name, field in fields.items():
         if name not in raw:
             continue
-        kwargs[name] = _coerce(hints[name], raw[name], f"{prefix}{name}", source, problems)
+        before = len(problems)
+        value = _coerce(hints[name], raw[name], f"{prefix}{name}", source, problems)
+        if len(problems) == before or (dataclasses.is_dataclass(hints[name]) and value is not None):
+            kwargs[name] = value  # a wrongly typed value keeps the default, so validate() can still run
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
@@ -175,5 +177,9 @@ def _validate_tree(cfg: Any, prefix: str = "") -> list[str]:
             problems.extend(_validate_tree(child, f"{prefix}{f.name}."))
     validate = getattr(cfg, "validate", None)
     if callable(validate):
-        problems.extend(f"{prefix}{p}" if prefix else p for p in validate())
+        try:
+            found = validate()
+        except (TypeError, ValueError, AttributeError):  # a check tripped over a value already reported as mistyped
+            found = []
+        problems.extend(f"{prefix}{p}" if prefix else p for p in found)
     return problems
