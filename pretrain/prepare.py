@@ -113,7 +113,7 @@ def tokenizer_files(folder: str | os.PathLike) -> dict[str, str]:
     """sha256 of every file of a tokenizer folder that decides ids (part of the cache key)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"tokenizer folder {folder} does not exist")
+        raise UserError(f"tokenizer folder {folder} " + ("is a file, expected a folder" if folder.exists() else "does not exist"))
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         raise UserError(f"{folder}: not a Hugging Face tokenizer folder (no tokenizer.json or tokenizer_config.json); "
                         "export one first (python -m vocab merge writes one)")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from zhllama.errors import UserError, raise_if_problems
+from zhllama.files import describe_not_a_file
 
 _MAX_REPORTED = 20  # enough to see the pattern; a file with 10k bad records should not flood
 _USER_ROLES = {"human", "user"}
@@ -64,7 +65,7 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, Any]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: instruction data file does not exist")
+        raise UserError(f"{path}: instruction data file {describe_not_a_file(path)}")
     text = path.read_text(encoding="utf-8-sig")
     if text.lstrip()[:1] == "[":
         try:

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from .errors import UserError, raise_if_problems
+from .files import describe_not_a_file
 
 T = TypeVar("T")
 
@@ -30,7 +31,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"config file {path} does not exist")
+            raise UserError(f"config file {path} {describe_not_a_file(path)}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
