@@ -163,12 +163,12 @@ def spm_failure_message(error: str, settings: TrainSettings) -> str:
     """SentencePiece's INTERNAL errors as one line saying which way to move --vocab-size."""
     low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", error)
     if low:
-        return (f"--vocab-size {settings.vocab_size} is too small: the text has {low.group(2)} distinct characters "
+        return (f"vocab_size {settings.vocab_size} (--vocab-size) is too small: the text has {low.group(2)} distinct characters "
                 f"(with the special pieces) that must each be a piece; raise --vocab-size to at least "
                 f"{low.group(2)} or lower --character-coverage")
     high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", error)
     if high:
-        return (f"--vocab-size {settings.vocab_size} is too large for this text: at most {high.group(2)} pieces can "
+        return (f"vocab_size {settings.vocab_size} (--vocab-size) is too large for this text: at most {high.group(2)} pieces can "
                 f"be learned from it; lower --vocab-size or add text")
     if "sentences_.empty()" in error:
         return "no training text reached SentencePiece (every segment was empty or too long); add text"
