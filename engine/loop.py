@@ -35,7 +35,8 @@ from .dist import build_ds_config, device, init_distributed, offloads_optimizer
 from .evaluate import evaluate, forward_loss
 from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
-from .model import apply_mode, check_model_folder, count_parameters, load_model, param_groups, tokenizer_dir
+from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters, load_model, param_groups,
+                    tokenizer_dir)
 from .tracking import Tracker
 
 def lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -162,6 +163,8 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
     rank, world, _ = init_distributed()
     cfg.batch.resolve(world)  # impossible batch settings fail here, before anything is built
     check_model_folder(cfg)
+    check_sequence_length(cfg, getattr(train_ds, "block_size", None)
+                          or getattr(getattr(cfg, "data", None), "max_seq_length", None))
     check_data_tokenizer(cfg, tokenizer_fingerprint)
     steps = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed)
     steps.check()

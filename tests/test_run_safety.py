@@ -203,3 +203,17 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_sequences_longer_than_the_models_positions_are_refused_unless_rope_is_scaled(tmp_path):
+    from engine.model import check_sequence_length
+
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64}))
+    cfg = load_config(TrainConfig, None, [f"model.path={tmp_path}"])
+    check_sequence_length(cfg, 64)
+    check_sequence_length(cfg, None)
+    with pytest.raises(UserError, match=r"sequences are 128 tokens but .* at most 64 positions .*--block-size <= 64"):
+        check_sequence_length(cfg, 128)
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64,
+                                                      "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
+    check_sequence_length(cfg, 128)
