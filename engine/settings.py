@@ -16,8 +16,10 @@ from typing import Any
 from zhllama.errors import UserError
 from zhllama.files import sha256_json
 
-# Prefixes of dotted keys that cannot change the trained weights.
-NEUTRAL = ("output_dir", "logging.", "eval.", "checkpoint.", "model.gradient_checkpointing", "data.eval_")
+# Prefixes of dotted keys that cannot change the trained weights. ``data.dir`` is a location only: the
+# data's content is compared through data_fingerprint (prepare's cache key), so moved shards still resume.
+NEUTRAL = ("output_dir", "logging.", "eval.", "checkpoint.", "model.gradient_checkpointing", "data.eval_split",
+           "data.dir", "data.cache_dir")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
