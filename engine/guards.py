@@ -45,7 +45,7 @@ class LossGuard:
     def observe(self, loss: torch.Tensor, step: int) -> None:
         """``step`` counts from 1 (the step this loss belongs to); no device sync."""
         bad = ~torch.isfinite(loss.detach()).all()
-        here = torch.where(bad, torch.tensor(step, device=loss.device), torch.tensor(_NONE, device=loss.device))
+        here = torch.where(bad, step, _NONE)  # scalars: no host-to-device copy (a GPU would sync on it)
         self.first_bad = here if self.first_bad is None else torch.minimum(self.first_bad, here)
 
     def check(self) -> None:
