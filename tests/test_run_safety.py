@@ -217,3 +217,15 @@ def test_sequences_longer_than_the_models_positions_are_refused_unless_rope_is_s
     (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64,
                                                       "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
     check_sequence_length(cfg, 128)
+
+
+def test_a_full_disk_while_saving_is_one_line_naming_the_output_dir():
+    import errno
+
+    from engine.loop import _writing
+
+    cfg = load_config(TrainConfig, None, ["model.path=m", "output_dir=/data/run"])
+    with pytest.raises(UserError, match=r"^output_dir /data/run: cannot write checkpoint step 8: No space left on "
+                                        r"device \(/data/run/checkpoints/x.pt\)$"):
+        with _writing(cfg, "checkpoint step 8"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/checkpoints/x.pt")
