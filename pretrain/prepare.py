@@ -309,8 +309,6 @@ def _versions() -> dict[str, str]:
 def _check_out(out: Path, cache_key: str, key_inputs: dict, index: int, count: int,
                overwrite: bool) -> dict | None:
     """This part's report when it is already prepared with ``cache_key``; else clear the way."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, expected a folder")
     if not out.is_dir():
         return None
     foreign = [p.name for p in out.iterdir()
