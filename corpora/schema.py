@@ -20,7 +20,7 @@ import yaml
 
 from zhllama.config import build
 from zhllama.errors import UserError, raise_if_problems
-from zhllama.files import sha256_file, sha256_json
+from zhllama.files import describe_not_a_file, sha256_file, sha256_json
 
 from .cleaning import Cleaning
 
@@ -216,7 +216,7 @@ def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise UserError(f"manifest {path} does not exist")
+        raise UserError(f"manifest {path} {describe_not_a_file(path)}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -56,7 +56,9 @@ def train(
 
     - ``eval_characters``: characters of the eval split's text, for bits per character (None: not reported).
     - ``data_fingerprint``: content key of the data (recorded in checkpoints and refused on a resume
-      that would silently continue on other data).
+      that would silently continue on other data). Checkpoints and train_report.json also record
+      every setting that decides the weights (``engine.settings``): a resume or re-run of a finished
+      output_dir with other settings is refused, listing what changed.
     - ``tokenizer_fingerprint``: the tokenizer the data was made with; compared to the model's
       tokenizer before training (``zhllama.tokenizer_files.tokenizer_fingerprint``), mismatch = UserError.
     - ``eval_sets``: the named held-out sets of ``cfg.eval.sets``, ``{name: (dataset, characters)}``

@@ -8,9 +8,11 @@ Assumes ``output_dir`` is on a filesystem every node sees (as DeepSpeed's own ch
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +57,72 @@ def remove_incomplete(output_dir: str | Path) -> list[Path]:
 
 
 def find_resume(output_dir: str | Path, resume: str) -> Path | None:
-    """The checkpoint folder to resume from: None (fresh start), or a complete one."""
+    """The checkpoint folder to resume from: None (fresh start), or a complete one that loads.
+
+    ``auto`` skips (and names) newer checkpoints whose marker is unreadable or whose files are
+    truncated or missing, falling back to the newest one that is whole.
+    """
     if resume == "never":
         return None
     if resume == "auto":
         complete = list_complete(output_dir)
-        return complete[-1] if complete else None
+        skipped = []
+        for path in reversed(complete):
+            reason = unusable(path)
+            if reason is None:
+                if skipped and _is_rank0():
+                    print(f"[zhllama] warning: {'; '.join(skipped)}; resuming from {path.name} instead",
+                          file=sys.stderr, flush=True)
+                return path
+            skipped.append(f"checkpoint {path} is unusable ({reason})")
+        if skipped:
+            raise UserError(f"no checkpoint in {checkpoints_dir(output_dir)} can be resumed: {'; '.join(skipped)}; "
+                            f"delete them to start over, or use a new output_dir")
+        return None
     path = Path(resume)
     if not (path / MARKER).is_file():
         raise UserError(f"checkpoint.resume: {path} is not a complete checkpoint (no {MARKER})")
+    reason = unusable(path)
+    if reason is not None:
+        raise UserError(f"checkpoint.resume: {path} is unusable ({reason})")
     return path
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    """The completion marker of ``path``; UserError when it is not a JSON object with an integer step."""
+    try:
+        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path / MARKER}: unreadable ({exc})") from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("step"), int):
+        raise UserError(f"{path / MARKER}: not a checkpoint marker (no integer 'step')")
+    return marker
+
+
+def unusable(path: Path) -> str | None:
+    """Why ``path`` cannot be resumed (garbage marker, truncated or missing files), or None.
+
+    Markers list every file with its size; markers of older versions without the list pass.
+    """
+    try:
+        marker = read_marker(path)
+    except UserError as exc:
+        return str(exc)
+    for name, size in (marker.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written (truncated?)"
+    return None
+
+
+def _is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _file_sizes(path: Path) -> dict[str, int]:
+    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -97,18 +155,18 @@ def save(engine, output_dir: str | Path, step: int, meta: dict[str, Any], keep_l
     torch.save(_rng_state(), path / f"rng-rank{rank}.pt")
     dist.barrier()  # every rank's files are on disk before the marker says so
     if rank == 0:
-        write_json_atomic(path / MARKER, {"step": step, "world_size": dist.get_world_size(), **meta})
+        marker = {"step": step, "world_size": dist.get_world_size(), **meta, "files": _file_sizes(path)}
+        write_json_atomic(path / MARKER, marker)
         for old in list_complete(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return path
 
 
-def check_resumable(path: Path, world_size: int, data_fingerprint: str | None) -> dict[str, Any]:
+def check_resumable(path: Path, world_size: int, data_fingerprint: str | None,
+                    settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pre-flight: the marker of ``path``, refused when this run cannot continue it exactly."""
-    import json
-
-    marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    marker = read_marker(path)
     if marker.get("world_size") != world_size:
         # DeepSpeed can re-partition ZeRO state, but exact resume needs the same data split.
         raise UserError(
@@ -119,6 +177,10 @@ def check_resumable(path: Path, world_size: int, data_fingerprint: str | None) -
     if data_fingerprint and theirs and theirs != data_fingerprint:
         raise UserError(f"checkpoint {path} was trained on other data (fingerprint {theirs[:12]}, this run's "
                         f"{data_fingerprint[:12]}); resume with the same data or use a new output_dir")
+    if settings is not None:
+        from .settings import check_same
+
+        check_same(f"checkpoint {path}", marker.get("settings"), settings)
     return marker
 
 

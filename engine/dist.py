@@ -37,13 +37,39 @@ def _destroy_process_group() -> None:
             pass
 
 
+def die_with_parent() -> bool:
+    """Linux: SIGTERM this process when its parent (the launcher) dies; False where unsupported.
+
+    Killing only ``torchrun`` would otherwise leave the ranks training to the end, holding the
+    GPUs and writing checkpoints nobody waits for. Set only under a launcher: a plain ``python``
+    run's parent is the user's shell, which may exit on purpose (nohup).
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() == 1:  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def init_distributed() -> tuple[int, int, int]:
     """Initialise torch.distributed via DeepSpeed (once); return (rank, world_size, local_rank)."""
     import deepspeed
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # plain `python -m ...`: a group of one
+        if "RANK" in os.environ:  # started by torchrun / deepspeed: end with the launcher
+            die_with_parent()
+        else:  # plain `python -m ...`: a group of one
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))

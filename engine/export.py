@@ -26,8 +26,11 @@ def consolidated_state_dict(engine) -> dict | None:
 
 def save_final(engine, module, cfg, tokenizer_dir: Path, report: dict[str, Any]) -> Path:
     """Collective. Writes ``output_dir/final`` and returns its path."""
+    from .guards import check_state_dict
+
     state_dict = consolidated_state_dict(engine)
     final = Path(cfg.output_dir) / "final"
+    check_state_dict(state_dict, str(final))  # collective: a NaN model is never written as the result
     if dist.get_rank() == 0:
         from transformers import AutoTokenizer
 

@@ -16,6 +16,7 @@ import math
 import random
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -25,17 +26,19 @@ import torch
 import torch.distributed as dist
 
 from zhllama.errors import UserError
-from zhllama.files import write_json_atomic
+from zhllama.files import check_writable_dir, write_json_atomic
 
-from . import checkpoint
+from . import checkpoint, settings as run_settings
 from .config import TrainConfig
 from .data import StepPlan, default_collate, fetch
 from .dist import build_ds_config, device, init_distributed, offloads_optimizer
 from .evaluate import evaluate, forward_loss
+from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
 from .kernels import apply_liger
 from .loss import install_fused_head
-from .model import apply_mode, check_model_folder, count_parameters, load_model, param_groups, tokenizer_dir
+from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters, load_model, param_groups,
+                    tokenizer_dir)
 from .tracking import Tracker
 from .watch import Watch, write_forgetting_report
 
@@ -114,6 +117,7 @@ class Plan:
     resume_from: Path | None = None
     marker: dict[str, Any] | None = None
     finished_report: dict[str, Any] | None = None  # set when output_dir already holds this finished run
+    settings: dict[str, Any] = field(default_factory=dict)  # what decides the result (engine.settings)
 
 
 @dataclass
@@ -141,11 +145,17 @@ class FitState:
     stopped_by_guard: list[dict[str, Any]] = field(default_factory=list)  # eval.guard_action=stop tripped
 
 
-def _finished_report(cfg: TrainConfig, total_steps: int, data_fingerprint: str | None) -> dict[str, Any] | None:
+def _finished_report(cfg: TrainConfig, total_steps: int, data_fingerprint: str | None,
+                     settings: dict[str, Any]) -> dict[str, Any] | None:
     finished = Path(cfg.output_dir) / "train_report.json"
     if cfg.checkpoint.resume != "auto" or not finished.is_file() or not (Path(cfg.output_dir) / "final").is_dir():
         return None
-    report = json.loads(finished.read_text(encoding="utf-8"))
+    try:
+        report = json.loads(finished.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # not a report this engine wrote whole: decide from the checkpoints
+    # Returning the old model for new settings would be a silently wrong answer.
+    run_settings.check_same(f"the finished run in {cfg.output_dir}", report.get("settings"), settings)
     if report.get("step") == total_steps and report.get("data_fingerprint") == data_fingerprint:
         return report
     return None
@@ -157,12 +167,15 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
     rank, world, _ = init_distributed()
     cfg.batch.resolve(world)  # impossible batch settings fail here, before anything is built
     check_model_folder(cfg)
+    check_sequence_length(cfg, getattr(train_ds, "block_size", None)
+                          or getattr(getattr(cfg, "data", None), "max_seq_length", None))
     check_data_tokenizer(cfg, tokenizer_fingerprint)
     steps = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed)
     steps.check()
     total_steps = steps.total_steps(cfg.schedule.max_steps, cfg.schedule.epochs)
     plan = Plan(rank, world, steps, total_steps)
-    plan.finished_report = _finished_report(cfg, total_steps, data_fingerprint)
+    plan.settings = run_settings.result_settings(cfg, world, data_fingerprint, tokenizer_fingerprint)
+    plan.finished_report = _finished_report(cfg, total_steps, data_fingerprint, plan.settings)
     if plan.finished_report is not None:
         return plan
     plan.resume_from = checkpoint.find_resume(cfg.output_dir, cfg.checkpoint.resume)
@@ -170,9 +183,10 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
         raise UserError(f"output_dir {cfg.output_dir} already holds checkpoints; use checkpoint.resume=auto "
                         f"to continue them or choose a new output_dir")
     if plan.resume_from is not None:
-        plan.marker = checkpoint.check_resumable(plan.resume_from, world, data_fingerprint)
+        plan.marker = checkpoint.check_resumable(plan.resume_from, world, data_fingerprint, plan.settings)
     if cfg.eval.every_steps and eval_ds is None and not (cfg.eval.sets or cfg.eval.benchmarks):
         raise UserError("eval.every_steps is set but there is no validation set (set eval.every_steps=0)")
+    check_writable_dir(cfg.output_dir, "output_dir", f".write-probe-{rank}")
     return plan
 
 
@@ -208,6 +222,8 @@ def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
     step = 0
     if plan.resume_from is not None:
         checkpoint.load(built.engine, plan.resume_from)
+        check_weights(built.engine.module, f"checkpoint {plan.resume_from} (resume from an earlier one: "
+                                           f"checkpoint.resume=PATH)")
         step = int(plan.marker["step"])
     if plan.rank == 0:  # leftovers of a crash mid-save; nobody writes checkpoints before the first save's barrier
         checkpoint.remove_incomplete(cfg.output_dir)
@@ -221,7 +237,9 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
     state = FitState(step=_resume(cfg, plan, built))
     total_steps = plan.total_steps
     tracker = Tracker(cfg, enabled=rank == 0, resumed_step=state.step)
-    meta = {"data_fingerprint": data_fingerprint, "mode": cfg.mode, "total_steps": total_steps}
+    meta = {"data_fingerprint": data_fingerprint, "mode": cfg.mode, "total_steps": total_steps,
+            "settings": plan.settings, "settings_fingerprint": run_settings.fingerprint(plan.settings)}
+    guard = LossGuard()
     if rank == 0:
         print(f"[zhllama] mode={cfg.mode} trainable={built.trainable:,}/{built.total_params:,} params, ranks={world}, "
               f"global batch={plan.steps.global_batch}, steps={total_steps}"
@@ -257,13 +275,17 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
         for indices in plan.steps.micro_batches(state.step, rank):
             batch = fetch(train_ds, indices, collate_fn)
             loss_sum, count = forward_loss(engine, batch, dev)
+            guard.observe(loss_sum, state.step + 1)
             engine.backward(loss_sum / count.clamp(min=1))
             engine.step()
             window.add(loss_sum, count, batch["input_ids"].numel() * world)
         state.step += 1
         bar.update(1)
         if state.step % cfg.logging.every_steps == 0 or state.step == total_steps:
+            guard.check()
             logged = window.flush(engine, dev, lr_used)
+            if cfg.model.dtype != "float16":  # fp16 loss scaling skips overflowed steps by design
+                check_grad_norm(logged.get("train/grad_norm"), state.step)
             state.metrics.update(logged)
             tracker.log(state.step, logged)
             bar.set_postfix(loss=f"{logged['train/loss']:.4f}", tok_s=f"{logged['train/tokens_per_s']:.0f}")
@@ -271,13 +293,16 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
             run_eval()
             last_eval_step = state.step
         saved = cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0 and state.step < total_steps
+        saved = saved or (bool(state.stopped_by_guard) and state.step < total_steps)  # a guard stop stays resumable
         if saved:
-            checkpoint.save(engine, cfg.output_dir, state.step, meta, cfg.checkpoint.keep_last)
-        if state.stopped_by_guard:  # a clean stop: resumable from this step, then export and report as usual
-            if not saved and state.step < total_steps:
+            guard.check()  # never keep a checkpoint written after a non-finite step
+            check_weights(engine.module, f"checkpoint at step {state.step}")
+            with _writing(cfg, f"checkpoint step {state.step}"):
                 checkpoint.save(engine, cfg.output_dir, state.step, meta, cfg.checkpoint.keep_last)
+        if state.stopped_by_guard:  # a clean stop: export and report as usual
             break
     bar.close()
+    guard.check()
     if evaluating and last_eval_step != state.step:
         run_eval()
     tracker.close(plot=cfg.logging.plot)
@@ -320,18 +345,34 @@ def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fin
         "zero3_partition_numel": built.partition,
         "base_model": str(cfg.model.path), "data_fingerprint": data_fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint,
+        "settings": plan.settings, "settings_fingerprint": run_settings.fingerprint(plan.settings),
         "metrics": dict(state.metrics),
     }
     if watch is not None and watch.reporting:  # base numbers, guard trips, forgetting table (evaluation/forgetting.py)
         report.update(watch.report_fields(), stopped_by_guard=bool(state.stopped_by_guard))
         if plan.rank == 0:
             report["forgetting"] = write_forgetting_report(cfg.output_dir, watch.base, watch.trips)
-    final = save_final(built.engine, built.engine.module, cfg, tokenizer_dir(cfg), report)
+    if cfg.mode == "lora" and plan.rank == 0:  # `sft export` refuses to merge the adapter into another base
+        from zhllama.model_fingerprint import model_fingerprint
+
+        report["base_model_fingerprint"] = model_fingerprint(cfg.model.path)
+    with _writing(cfg, "the final model"):
+        final = save_final(built.engine, built.engine.module, cfg, tokenizer_dir(cfg), report)
     report["final_dir"] = str(final)
     if plan.rank == 0:
         write_json_atomic(Path(cfg.output_dir) / "train_report.json", report)
     dist.barrier()
     return {**report["metrics"], **{k: v for k, v in report.items() if k != "metrics"}}
+
+
+@contextmanager
+def _writing(cfg: TrainConfig, what: str):
+    """A full disk or a read-only output_dir: one line naming the folder, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"output_dir {cfg.output_dir}: cannot write {what}: {exc.strerror or exc}"
+                        + (f" ({exc.filename})" if exc.filename else "")) from None
 
 
 def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_characters: int | None,

@@ -177,3 +177,20 @@ def count_parameters(module) -> tuple[int, int]:
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total
+
+
+def check_sequence_length(cfg: TrainConfig, seq_len: int | None) -> None:
+    """Refuse sequences longer than the model's trained positions unless RoPE scaling extends them."""
+    if not seq_len:
+        return
+    try:
+        config = json.loads((Path(cfg.model.path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # check_model_folder reports an unreadable folder
+    config = config.get("text_config", config) if "max_position_embeddings" not in config else config
+    limit = config.get("max_position_embeddings")
+    if isinstance(limit, int) and seq_len > limit and not config.get("rope_scaling"):
+        raise UserError(
+            f"the training sequences are {seq_len} tokens but {cfg.model.path} was trained on at most "
+            f"{limit} positions (max_position_embeddings); prepare the data with --block-size <= {limit} "
+            f"(or data.max_seq_length for SFT), or configure rope_scaling in the model's config.json")

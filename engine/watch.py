@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import torch.distributed as dist
 
 from zhllama.errors import UserError

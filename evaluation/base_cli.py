@@ -14,7 +14,6 @@ numbers instead of measuring its starting model.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from zhllama.errors import UserError
 

@@ -84,7 +84,8 @@ def read_prepare_report(data_dir: str | os.PathLike) -> dict[str, Any]:
     """Totals over every part of a prepared folder; UserError when parts are missing or mixed."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise UserError(f"prepared data folder {root} does not exist (run: python -m pretrain prepare --out {root})")
+        raise UserError(f"prepared data folder {root} " + ("is a file, expected a folder" if root.exists() else "does not exist")
+                        + f" (run: python -m pretrain prepare --out {root})")
     parts = list_parts(root)
     if not parts:
         raise UserError(f"{root}: no prepared parts (part-*-of-*/{REPORT}); run python -m pretrain prepare "

@@ -34,10 +34,12 @@ import numpy as np
 
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import atomic_output_dir, sha256_file, sha256_json, write_json_atomic
+from zhllama.locks import output_lock
 
 from .packed import FORMAT, REPORT, SPLITS, list_parts, part_name, read_prepare_report
 from zhllama.tokenizer_files import TOKENIZER_FILES, tokenizer_fingerprint
 from .shards import SplitWriter
+from .prepare_guard import check_sources_unchanged, remove_stale_partials as _remove_stale_partials, source_stats
 
 
 @dataclasses.dataclass
@@ -111,7 +113,7 @@ def tokenizer_files(folder: str | os.PathLike) -> dict[str, str]:
     """sha256 of every file of a tokenizer folder that decides ids (part of the cache key)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"tokenizer folder {folder} does not exist")
+        raise UserError(f"tokenizer folder {folder} " + ("is a file, expected a folder" if folder.exists() else "does not exist"))
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         raise UserError(f"{folder}: not a Hugging Face tokenizer folder (no tokenizer.json or tokenizer_config.json); "
                         "export one first (python -m vocab merge writes one)")
@@ -207,6 +209,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     from corpora.manifest import load_manifest
 
     manifest = load_manifest(cfg.manifest, on_decode_error=cfg.on_decode_error)
+    read_at_start = source_stats(manifest)  # right after the sha256 check: later changes are caught at the end
     index, count = cfg.shard
     # Everything that decides the output. The tokenizer's files decide its ids, specials and
     # dtype, so the key (and the no-op check) needs no tokenizer loading.
@@ -223,6 +226,19 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     }
     cache_key = sha256_json(key_inputs)
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, expected a folder")
+    name = part_name(index, count)
+    # Two runs into one part would race (the later rename silently wins): one writer per part.
+    with output_lock(out / f".{name}.lock", f"--out {out / name}", "python -m pretrain prepare"):
+        _remove_stale_partials(out, name)
+        return _prepare_part(cfg, manifest, key_inputs, cache_key, started, read_at_start)
+
+
+def _prepare_part(cfg: PrepareConfig, manifest: Any, key_inputs: dict, cache_key: str, started: float,
+                  read_at_start: dict) -> PrepareResult:
+    index, count = cfg.shard
+    out = Path(cfg.out)
     part_dir = out / part_name(index, count)
     existing = _check_out(out, cache_key, key_inputs, index, count, cfg.overwrite)
     if existing is not None:
@@ -230,41 +246,52 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         return PrepareResult("up-to-date", part_dir, existing)
 
     tok = load_tokenizer_info(cfg.tokenizer)
-    with atomic_output_dir(part_dir, overwrite=True) as tmp:
-        splits, sources = _tokenize_part(manifest, tok, cfg, tmp)
-        seconds = time.time() - started
-        documents = sum(s["documents"] for s in splits.values())
-        if documents == 0 and count == 1:
-            raise UserError(_no_documents_message(cfg.manifest, sources))
-        tokens = sum(s["tokens"] for s in splits.values())
-        report = {
-            "format": FORMAT,
-            "cache_key": cache_key,
-            "key_inputs": key_inputs,
-            "part": {"index": index, "count": count},
-            "block_size": cfg.block_size,
-            "dtype": tok.dtype,
-            "tokenizer": str(cfg.tokenizer),
-            "tokenizer_fingerprint": key_inputs["tokenizer_fingerprint"],
-            "special_ids": {"start": tok.start_id, "eos": tok.eos_id, "pad": tok.pad_id},
-            "vocab_size": tok.vocab_size,
-            "manifest": {"path": str(cfg.manifest), "name": manifest.name, "fingerprint": manifest.fingerprint(),
-                         "holdout": dataclasses.asdict(manifest.holdout)},
-            "sources": [s.name for s in manifest.sources],
-            "source_stats": sources,
-            "splits": splits,
-            "documents": documents,
-            "tokens": tokens,
-            "characters": sum(s["characters"] for s in splits.values()),
-            "time": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                     "seconds": round(seconds, 3), "num_proc": cfg.num_proc,
-                     "tokens_per_second": round(tokens / max(seconds, 1e-9)),
-                     "documents_per_second": round(documents / max(seconds, 1e-9))},
-            "versions": _versions(),
-        }
-        write_json_atomic(tmp / REPORT, report)
+    try:
+        with atomic_output_dir(part_dir, overwrite=True) as tmp:
+            report = _tokenize_and_report(cfg, manifest, tok, key_inputs, cache_key, started, tmp)
+            check_sources_unchanged(read_at_start)  # what was read is what the manifest's sha256 vouches for
+    except OSError as exc:  # a full disk, a read-only --out: one line, not a traceback
+        raise UserError(f"--out {out}: cannot write {exc.filename or ''}: {exc.strerror or exc}") from None
     _write_total_report(out)
     return PrepareResult("prepared", part_dir, report)
+
+
+def _tokenize_and_report(cfg: PrepareConfig, manifest: Any, tok: TokenizerInfo, key_inputs: dict, cache_key: str,
+                         started: float, tmp: Path) -> dict:
+    index, count = cfg.shard
+    splits, sources = _tokenize_part(manifest, tok, cfg, tmp)
+    seconds = time.time() - started
+    documents = sum(s["documents"] for s in splits.values())
+    if documents == 0 and count == 1:
+        raise UserError(_no_documents_message(cfg.manifest, sources))
+    tokens = sum(s["tokens"] for s in splits.values())
+    report = {
+        "format": FORMAT,
+        "cache_key": cache_key,
+        "key_inputs": key_inputs,
+        "part": {"index": index, "count": count},
+        "block_size": cfg.block_size,
+        "dtype": tok.dtype,
+        "tokenizer": str(cfg.tokenizer),
+        "tokenizer_fingerprint": key_inputs["tokenizer_fingerprint"],
+        "special_ids": {"start": tok.start_id, "eos": tok.eos_id, "pad": tok.pad_id},
+        "vocab_size": tok.vocab_size,
+        "manifest": {"path": str(cfg.manifest), "name": manifest.name, "fingerprint": manifest.fingerprint(),
+                     "holdout": dataclasses.asdict(manifest.holdout)},
+        "sources": [s.name for s in manifest.sources],
+        "source_stats": sources,
+        "splits": splits,
+        "documents": documents,
+        "tokens": tokens,
+        "characters": sum(s["characters"] for s in splits.values()),
+        "time": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                 "seconds": round(seconds, 3), "num_proc": cfg.num_proc,
+                 "tokens_per_second": round(tokens / max(seconds, 1e-9)),
+                 "documents_per_second": round(documents / max(seconds, 1e-9))},
+        "versions": _versions(),
+    }
+    write_json_atomic(tmp / REPORT, report)
+    return report
 
 
 def _versions() -> dict[str, str]:
@@ -282,8 +309,6 @@ def _versions() -> dict[str, str]:
 def _check_out(out: Path, cache_key: str, key_inputs: dict, index: int, count: int,
                overwrite: bool) -> dict | None:
     """This part's report when it is already prepared with ``cache_key``; else clear the way."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, expected a folder")
     if not out.is_dir():
         return None
     foreign = [p.name for p in out.iterdir()

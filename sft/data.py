@@ -16,11 +16,13 @@ of them at once, before any training starts.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from zhllama.errors import UserError, raise_if_problems
+from zhllama.files import describe_not_a_file
 
 _MAX_REPORTED = 20  # enough to see the pattern; a file with 10k bad records should not flood
 _USER_ROLES = {"human", "user"}
@@ -64,7 +66,7 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, Any]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: instruction data file does not exist")
+        raise UserError(f"{path}: instruction data file {describe_not_a_file(path)}")
     text = path.read_text(encoding="utf-8-sig")
     if text.lstrip()[:1] == "[":
         try:
@@ -204,7 +206,20 @@ def load_conversations(path: str | Path) -> list[Conversation]:
     """Every training record of a file, or one UserError listing every malformed record."""
     parsed, problems = parse_file(path, need_answer=True)
     raise_record_problems(f"{path}: malformed instruction records", problems)
-    return [conv for conv, _ in parsed]
+    conversations = [conv for conv, _ in parsed]
+    warn_empty_instructions(path, conversations)
+    return conversations
+
+
+def warn_empty_instructions(path: str | Path, conversations: list[Conversation]) -> list[int]:
+    """Record numbers whose user turn is empty (instruction and input): legal, but usually a broken export."""
+    empty = [i for i, conv in enumerate(conversations, start=1)
+             if any(not (t.user.strip() or (t.input or "").strip()) for t in conv.turns)]
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        print(f"warning: {path}: {len(empty)} of {len(conversations)} records have an empty instruction and input "
+              f"(records {shown}); the model learns to answer nothing in particular", file=sys.stderr)
+    return empty
 
 
 def load_prompts(path: str | Path) -> list[PromptItem]:

@@ -35,6 +35,7 @@ class ExportReport:
     tokenizer_tokens: int = 0
     resized_base_to: int | None = None
     notes: list[str] = field(default_factory=list)
+    forced: bool = False  # --force: merged although the base is not the one the run recorded
 
 
 def find_run_folder(run_output: str | Path) -> Path:
@@ -100,7 +101,7 @@ def _template_for(run_dir: Path, run_output: Path, template: str | None, tokeniz
 
 
 def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, template: str | None = None,
-                  overwrite: bool = False) -> ExportReport:
+                  overwrite: bool = False, force: bool = False) -> ExportReport:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,6 +116,10 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
     report = ExportReport(str(base), str(run_dir), "lora-merge" if is_lora else "full-copy",
                           tokenizer_tokens=len(tokenizer))
     if is_lora:
+        from .export_base import check_base
+
+        report.notes.extend(check_base(base, run_dir, force))
+        report.forced = force
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
         report.base_rows = model.get_input_embeddings().weight.shape[0]
         report.adapter_embedding_rows = adapter_embedding_rows(run_dir)
@@ -154,7 +159,12 @@ def _merge(model: Any, adapter_dir: Path, report: ExportReport):
         model.resize_token_embeddings(adapter_rows, mean_resizing=False)
         report.resized_base_to = adapter_rows
         report.notes.append(f"base resized {base_rows} -> {adapter_rows} rows to match the adapter's trained matrices")
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except RuntimeError as exc:  # e.g. a base of another hidden size: the adapter's matrices do not fit
+        first = str(exc).strip().splitlines()
+        raise UserError(f"--adapter {adapter_dir} does not fit --base {report.base}: "
+                        f"{first[1].strip() if len(first) > 1 else first[0]}") from None
     return peft_model.merge_and_unload()
 
 

@@ -21,12 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
                         help="only for runs without sft_template.json")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--force", action="store_true",
+                        help="merge even when --base is not the model the run recorded (the report says so)")
 
 
 def run(args: argparse.Namespace) -> int:
     from .export import export_merged, summary
 
-    report = export_merged(args.base, args.adapter, args.out, template=args.template, overwrite=args.overwrite)
+    report = export_merged(args.base, args.adapter, args.out, template=args.template, overwrite=args.overwrite,
+                           force=args.force)
     print(summary(report))
     print(f"wrote {args.out}")
     return 0

@@ -242,5 +242,38 @@ def test_fused_loss_under_zero3_trains_like_plain_logits(full_run, tiny_model, t
         torch.testing.assert_close(fused[name], plain[name], rtol=0, atol=2e-4, msg=name)
 
 
+def test_killing_only_the_launcher_ends_the_ranks(tiny_model, tmp_path):
+    """Was: the ranks trained on to the end after `kill -9 <torchrun>` (nothing left to wait for them)."""
+    out = tmp_path / "run"
+    overrides = [f"model.path={tiny_model}", f"output_dir={out}", "schedule.max_steps=400", "eval.every_steps=0",
+                 "eval.at_start=false", "checkpoint.every_steps=0"]
+    proc = subprocess.Popen(_command(overrides), cwd=REPO, env=dist_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    metrics, deadline, ranks = out / "metrics.jsonl", time.time() + 240, []
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:  # both ranks are training
+                ranks = _process_tree(proc.pid)[1:]
+                os.kill(proc.pid, signal.SIGKILL)  # the launcher only: no chance to signal its children
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=30)
+        assert ranks, "the run never started training"
+        alive = lambda: [p for p in ranks if Path(f"/proc/{p}").exists()
+                         and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[:1]]
+        until = time.time() + 60
+        while alive() and time.time() < until:
+            time.sleep(0.2)
+        assert not alive(), "ranks outlived their launcher"
+        assert not (out / "final").exists()
+    finally:
+        _sigkill_tree(proc.pid)
+        for pid in ranks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 if __name__ == "__main__":
     _driver(json.loads(sys.argv[1]))

@@ -221,3 +221,10 @@ def test_every_input_problem_is_reported_at_once(tmp_path):
     assert result.returncode == 2 and "4 problems" in result.stderr, result.stderr
     assert "--base" in result.stderr and "--add" in result.stderr and "already exists" in result.stderr
     assert "--pad-to-multiple-of 0" in result.stderr
+
+
+def test_merging_a_base_into_itself_warns_that_nothing_was_added(tiny_models, tmp_path):
+    base, _ = tiny_models
+    result = _cli("--base", str(base), "--add", str(base), "--out", str(tmp_path / "out"), "--no-verify")
+    assert result.returncode == 0, result.stderr
+    assert "warning: no piece of" in result.stderr and "is the base vocabulary" in result.stderr

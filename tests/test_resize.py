@@ -260,3 +260,33 @@ def test_real_chinese_llama_merge_resizes_and_loads(tmp_path, shared_data):
     with torch.no_grad():
         assert model(ids).logits.shape[-1] == model.config.vocab_size
     assert embedding_rows_match(tmp_path / "out", merged)[0]
+
+
+def test_refuses_non_finite_embeddings_instead_of_spreading_them(tmp_path, toks):
+    """Was: 261 NaN rows written (new rows are means of old ones)."""
+    from safetensors.torch import save_file
+
+    model_dir = _make_model(tmp_path / "m", toks["n"], tied=False, tokenizer=toks["base"])
+    weights = _weights(model_dir)
+    weights[EMB][7, 3] = float("nan")
+    weights[EMB][9, 0] = float("inf")
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"model.embed_tokens.weight holds 2 non-finite values .* in 2 rows \(e.g. \[7, 9\]\)"):
+        resize_model(ResizeConfig(model_dir, toks["merged"], tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_a_truncated_weight_file_in_one_line(tmp_path, toks):
+    model_dir = _make_model(tmp_path / "m", toks["n"], tied=False, tokenizer=toks["base"])
+    path = model_dir / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(UserError, match=r"model.safetensors: truncated safetensors file \([\d,]+ bytes, its header describes"):
+        resize_model(ResizeConfig(model_dir, toks["merged"], tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_given_for_the_model_folder_says_so(tmp_path, toks):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"--model .*weights.bin: is a file, expected a model folder"):
+        resize_model(ResizeConfig(tmp_path / "weights.bin", toks["merged"], tmp_path / "out"))

@@ -163,3 +163,17 @@ def test_tokenized_samples_concat():
     merged, starts = TokenizedSamples.concat([a, b])
     assert starts == [0, 2] and len(merged) == 3
     assert merged.get(2)[0].tolist() == [4, 5, 6] and merged.records.tolist() == [0, 1, 4]
+
+
+def test_records_with_an_empty_instruction_are_warned_about(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"instruction": "写一首诗", "output": "春眠不觉晓"},
+        {"instruction": "  ", "output": "无题"},
+        {"instruction": "", "input": "翻译：hello", "output": "你好"},  # the input carries the request: fine
+        {"instruction": "", "output": "空"},
+    ])
+    assert len(load_conversations(path)) == 4
+    err = capsys.readouterr().err
+    assert "2 of 4 records have an empty instruction and input (records 2, 4)" in err
+    load_conversations(write_jsonl(tmp_path / "ok.jsonl", [{"instruction": "问", "output": "答"}]))
+    assert "warning" not in capsys.readouterr().err

@@ -103,3 +103,40 @@ def test_export_needs_a_template_or_refuses(base, tmp_path):
         export_merged(base, tmp_path / "run", tmp_path / "merged")
     report = export_merged(base, tmp_path / "run", tmp_path / "merged", template="alpaca")
     assert TemplateSpec.load(tmp_path / "merged").name == "alpaca" and report.kind == "lora-merge"
+
+
+def test_an_adapter_is_not_merged_into_another_base_of_the_same_shape(base, tmp_path):
+    """Was: merged silently (notes: []). The run knows its base; another one is refused unless --force."""
+    import json
+
+    from zhllama.model_fingerprint import model_fingerprint
+
+    _fake_run(base, tmp_path / "run")
+    other = tiny_model(tmp_path / "other", base, seed=1)  # same config and shapes, other weights
+    with pytest.raises(UserError, match=r"--base .*other is not the model the adapter .* was trained on") as info:
+        export_merged(other, tmp_path / "run", tmp_path / "merged")
+    assert "--force" in str(info.value) and not (tmp_path / "merged").exists()
+    report = export_merged(other, tmp_path / "run", tmp_path / "merged", force=True)
+    assert report.forced and any(n.startswith("--force") for n in report.notes)
+    saved = json.loads((tmp_path / "merged" / "export_report.json").read_text())
+    assert saved["forced"] is True
+
+    # The engine records the base's fingerprint: a copy of the right base elsewhere is accepted.
+    (tmp_path / "run" / "final" / "train_report.json").write_text(json.dumps(
+        {"base_model": "/gone/base", "base_model_fingerprint": model_fingerprint(base)}))
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy)
+    report = export_merged(copy, tmp_path / "run", tmp_path / "merged2")
+    assert any("verified" in n for n in report.notes) and not report.forced
+    with pytest.raises(UserError, match="is not the model the adapter"):
+        export_merged(other, tmp_path / "run", tmp_path / "merged3")
+
+
+def test_a_base_of_another_hidden_size_is_one_clear_error(base, tmp_path):
+    _fake_run(base, tmp_path / "run")
+    wide = tiny_model(tmp_path / "wide", base, hidden=64)
+    with pytest.raises(UserError, match=r"config differs: .*hidden_size: 32 vs 64"):
+        export_merged(wide, tmp_path / "run", tmp_path / "merged")
+    with pytest.raises(UserError, match=r"does not fit --base .*wide"):  # was a PEFT size-mismatch traceback
+        export_merged(wide, tmp_path / "run", tmp_path / "merged", force=True)
+    assert not (tmp_path / "merged").exists()

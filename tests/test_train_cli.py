@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +62,76 @@ def test_refuses_data_prepared_with_another_tokenizer(assets):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "prepared with another tokenizer" in proc.stderr and "python -m pretrain prepare" in proc.stderr
     assert not (assets["root"] / "refused" / "final").exists()
+
+
+def _model_with(assets, name: str, edit) -> Path:
+    """A copy of the tiny model with ``edit(state_dict)`` applied (e.g. a NaN planted)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = assets["root"] / name
+    if not folder.exists():
+        shutil.copytree(assets["model"], folder)
+        state = load_file(str(folder / "model.safetensors"))
+        edit(state)
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_new_settings_are_refused_and_non_finite_values_stop_the_run(assets):
+    """Was: exit 0 "already finished" with the old model, a PEFT traceback on resume into lora, and a
+    model with NaN weights trained on and exported while the loss looked normal."""
+    from pretrain.packed import PackedDataset
+
+    root = assets["root"]
+    out = root / "guarded"
+    common = [f"model.path={assets['model']}", f"data.dir={assets['shards']}", "schedule.max_steps=4",
+              "eval.every_steps=0", "eval.at_start=false", "logging.wandb=disabled", "logging.tensorboard=false",
+              "logging.plot=false", "checkpoint.every_steps=2"]
+    proc = _train(*common, f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["settings"]["optim.lr"] == 3e-3 and len(report["settings_fingerprint"]) == 64
+
+    proc = _train(*common, f"output_dir={out}", "optim.lr=1e-2")  # a finished run, a new lr
+    assert proc.returncode == 2 and "already finished" not in proc.stdout, proc.stdout[-2000:]
+    assert "was made with other settings" in proc.stderr and "optim.lr: 0.003 -> 0.01" in proc.stderr
+    proc = _train(*common, f"output_dir={out}", "logging.every_steps=2")  # cannot change the result: allowed
+    assert proc.returncode == 0 and "already finished 4 steps" in proc.stdout, proc.stderr[-3000:]
+
+    # A crash after the step-2 checkpoint, then a resume in another mode: refused before PEFT is touched.
+    import shutil
+
+    shutil.rmtree(out / "final")
+    (out / "train_report.json").unlink()
+    proc = _train(*common, f"output_dir={out}", "mode=lora")
+    assert proc.returncode == 2 and 'mode: "full" -> "lora"' in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+    def nan_norm(state):
+        state["model.layers.0.input_layernorm.weight"][0] = float("nan")
+
+    proc = _train(*common, f"model.path={_model_with(assets, 'nan_norm', nan_norm)}", f"output_dir={root / 'nan1'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the loss became non-finite (NaN/inf) at step 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (root / "nan1" / "final").exists() and not (root / "nan1" / "checkpoints").exists()
+
+    used = set()
+    train_ds = PackedDataset(assets["shards"], "train")
+    for i in range(len(train_ds)):
+        used.update(train_ds[i]["input_ids"].tolist())
+    unused = max(set(range(512)) - used)
+
+    def nan_row(state):  # a row no training token reads: the loss stays finite
+        state["model.embed_tokens.weight"][unused] = float("nan")
+
+    proc = _train(*common, "checkpoint.every_steps=0", f"model.path={_model_with(assets, 'nan_row', nan_row)}",
+                  f"output_dir={root / 'nan2'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "not saved, the final weights hold non-finite values" in proc.stderr, proc.stderr[-3000:]
+    assert "model.embed_tokens.weight (32 of" in proc.stderr
+    assert not (root / "nan2" / "final").exists() and not (root / "nan2" / "train_report.json").exists()
 
 
 @pytest.mark.parametrize("override, expected", [

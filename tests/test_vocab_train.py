@@ -127,3 +127,28 @@ def test_merge_into_real_llama(corpus_manifest, tmp_path, shared_data, capsys):
     assert report["base_vocab_size"] == 32000 and report["added"] > 0
     merged = load_tokenizer(out / "merged")
     assert merged.size == 32000 + report["added"]
+
+
+def _manifest_of(folder, lines):
+    import hashlib
+
+    corpus = folder / "c.txt"
+    corpus.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    path = folder / "m.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "sources": [{
+        "name": "c", "path": str(corpus), "format": "txt", "language": "zh", "license": "test",
+        "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()}]}), encoding="utf-8")
+    return path
+
+
+def test_an_empty_corpus_is_a_clear_error_not_sentencepieces_internal_one(tmp_path):
+    manifest = _manifest_of(tmp_path, ["only English text here", "no Chinese at all"])
+    with pytest.raises(UserError, match=r"no training text .*segments=han keeps only Chinese") as info:
+        train(manifest, settings(), tmp_path / "o")
+    assert "INTERNAL" not in str(info.value) and not (tmp_path / "o").exists()
+
+
+def test_a_too_small_vocab_size_says_raise_it(tmp_path):
+    manifest = _manifest_of(tmp_path, ["春眠不觉晓处处闻啼鸟夜来风雨声花落知多少床前明月光疑是地上霜"] * 20)
+    with pytest.raises(UserError, match=r"vocab_size 10 \(--vocab-size\) is too small: .*raise --vocab-size to at least \d+"):
+        train(manifest, settings(vocab_size=10, character_coverage=1.0), tmp_path / "o")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .merge_policy import DEFAULT_POLICY, POLICIES
 
@@ -47,4 +48,8 @@ def run(args: argparse.Namespace) -> int:
     summary["checks"] = {name: c.get("ok") for name, c in report["checks"].items()} if args.verify else "skipped"
     print(json.dumps(summary, ensure_ascii=False))
     print(f"wrote {args.out} (details in {args.out}/merge_report.json)")
+    if report["added"] == 0:  # e.g. the base merged into itself: a "merged" tokenizer that is the base
+        print(f"warning: no piece of {args.add} was added ({report['skipped_duplicate']} already in the base, "
+              f"{report['skipped_by_policy']} left out by --policy {args.policy}): {args.out} is the base "
+              "vocabulary; was --add the Chinese model?", file=sys.stderr)
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from zhllama.errors import UserError, raise_if_problems
-from zhllama.files import atomic_output_dir, sha256_file, write_json_atomic
+from zhllama.files import atomic_output_dir, describe_not_a_file, sha256_file, write_json_atomic
 from zhllama.model_folder import INDEX_FILE, TensorInfo, embedding_rows_match, list_tensors, read_model_config, vocab_holder, weight_files  # noqa: F401 - embedding_rows_match re-exported
 
 from .resize_checkpoint import parse_size, write_checkpoint
@@ -144,9 +144,9 @@ def check_base_ids(model_dir: Path, rows: int, tok: TokenizerInfo) -> tuple[int,
 def _validate_paths(cfg: ResizeConfig) -> None:
     problems = []
     if not Path(cfg.model).is_dir():
-        problems.append(f"--model {cfg.model}: no such folder")
+        problems.append(f"--model {cfg.model}: " + ("is a file, expected a model folder" if Path(cfg.model).exists() else "no such folder"))
     if not Path(cfg.tokenizer).is_dir():
-        problems.append(f"--tokenizer {cfg.tokenizer}: no such folder")
+        problems.append(f"--tokenizer {cfg.tokenizer}: " + ("is a file, expected a tokenizer folder" if Path(cfg.tokenizer).exists() else "no such folder"))
     if Path(cfg.out).exists():
         problems.append(f"--out {cfg.out} already exists; choose a new folder")
     if cfg.init not in METHODS:
@@ -158,7 +158,7 @@ def _validate_paths(cfg: ResizeConfig) -> None:
                         "(a few thousand tokens of each language the model should read)")
     for path in cfg.calibration_text or []:
         if not Path(path).is_file():
-            problems.append(f"--calibration-text {path}: no such file")
+            problems.append(f"--calibration-text {path}: {describe_not_a_file(path)}")
     if cfg.device.startswith("cuda"):
         import torch
 
@@ -260,6 +260,11 @@ def _grow_embeddings(layout: EmbeddingLayout, plan: RowPlan, std: float, seed: i
     def grow(info: TensorInfo, stream: int):
         with safe_open(str(info.file), framework="pt") as fh:
             old = fh.get_tensor(info.name)
+        bad = int((~torch.isfinite(old)).sum()) if old.is_floating_point() else 0
+        if bad:  # new rows are means of old ones: NaN/inf would spread into them
+            rows = torch.nonzero((~torch.isfinite(old)).reshape(old.shape[0], -1).any(dim=1)).flatten().tolist()
+            raise UserError(f"{info.file}: {info.name} holds {bad} non-finite values (NaN/inf) in {len(rows)} rows "
+                            f"(e.g. {rows[:5]}); the base model is broken, resize refuses to copy it")
         generator = torch.Generator().manual_seed(seed * 2 + stream)
         grown = grow_rows(old, plan, std, generator)
         if stream == 1 and spelling is not None:  # output rows only

@@ -198,7 +198,7 @@ def tokenizer_stats(tok: Tokenizer, base: Tokenizer | None) -> dict[str, Any]:
 def read_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: " + ("is a folder, expected a text file" if path.is_dir() else "no such file"))
     lines = []
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import logging
 import os
 import re
@@ -154,9 +155,24 @@ def train_model_proto(sentences: Iterator[str], settings: TrainSettings) -> byte
     try:
         spm.SentencePieceTrainer.train(sentence_iterator=sentences, model_writer=writer, **settings.trainer_kwargs())
     except RuntimeError as exc:
-        raise UserError(f"SentencePiece training failed: {exc} (too little text for vocab_size "
-                        f"{settings.vocab_size}? lower --vocab-size or add text)") from None
+        raise UserError(spm_failure_message(str(exc), settings)) from None
     return writer.getvalue()
+
+
+def spm_failure_message(error: str, settings: TrainSettings) -> str:
+    """SentencePiece's INTERNAL errors as one line saying which way to move --vocab-size."""
+    low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", error)
+    if low:
+        return (f"vocab_size {settings.vocab_size} (--vocab-size) is too small: the text has {low.group(2)} distinct characters "
+                f"(with the special pieces) that must each be a piece; raise --vocab-size to at least "
+                f"{low.group(2)} or lower --character-coverage")
+    high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", error)
+    if high:
+        return (f"vocab_size {settings.vocab_size} (--vocab-size) is too large for this text: at most {high.group(2)} pieces can "
+                f"be learned from it; lower --vocab-size or add text")
+    if "sentences_.empty()" in error:
+        return "no training text reached SentencePiece (every segment was empty or too long); add text"
+    return f"SentencePiece training failed: {error}"
 
 
 def vocab_lines(model: bytes) -> str:
@@ -176,9 +192,13 @@ def train(manifest_path: str | Path, settings: TrainSettings, out: str | Path, *
     manifest = load_manifest(manifest_path)
     started = time.time()
     count = CorpusCount()
-    model = train_model_proto(_sentences(manifest, settings, count), settings)
-    if count.segments == 0:
-        raise UserError(f"{manifest.path}: no training text (every source empty, held out or weight 0)")
+    sentences = _sentences(manifest, settings, count)
+    first = next(sentences, None)  # SentencePiece fails on an empty corpus with an INTERNAL error
+    if first is None:
+        raise UserError(f"{manifest.path}: no training text (every source empty, held out or weight 0"
+                        + (", or no Han characters: segments=han keeps only Chinese" if settings.segments == "han"
+                           else "") + ")")
+    model = train_model_proto(itertools.chain([first], sentences), settings)
     seconds = time.time() - started
     sp = spm.SentencePieceProcessor(model_proto=model)
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]

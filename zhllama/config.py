@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from .errors import UserError, raise_if_problems
+from .files import describe_not_a_file
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"config file {path} does not exist")
+            raise UserError(f"config file {path} {describe_not_a_file(path)}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
@@ -54,8 +55,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             parsed = value
         _set_dotted(raw, key.strip(), parsed)
     cfg = _build(cls, raw, source, "", problems)
-    if not problems:
-        problems.extend(_validate_tree(cfg))
+    problems.extend(_validate_tree(cfg))  # also after type errors: every problem in one run
     raise_if_problems(f"invalid configuration ({source})", problems)
     return cfg
 
@@ -109,7 +109,10 @@ def _build(cls: type, raw: Any, source: str, prefix: str, problems: list[str]) -
     for name, field in fields.items():
         if name not in raw:
             continue
-        kwargs[name] = _coerce(hints[name], raw[name], f"{prefix}{name}", source, problems)
+        before = len(problems)
+        value = _coerce(hints[name], raw[name], f"{prefix}{name}", source, problems)
+        if len(problems) == before or (dataclasses.is_dataclass(hints[name]) and value is not None):
+            kwargs[name] = value  # a wrongly typed value keeps the default, so validate() can still run
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
@@ -210,5 +213,9 @@ def _validate_tree(cfg: Any, prefix: str = "") -> list[str]:
             problems.extend(_validate_tree(child, f"{prefix}{f.name}."))
     validate = getattr(cfg, "validate", None)
     if callable(validate):
-        problems.extend(f"{prefix}{p}" for p in validate())
+        try:
+            found = validate()
+        except (TypeError, ValueError, AttributeError):  # a check tripped over a value already reported as mistyped
+            found = []
+        problems.extend(f"{prefix}{p}" for p in found)
     return problems

@@ -85,3 +85,24 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def check_writable_dir(folder: str | os.PathLike, setting: str, probe: str = ".write-probe") -> None:
+    """Create ``folder`` and write a probe file in it: a read-only or full filesystem fails here, in one line."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{setting} {folder} is a file, expected a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / probe, "wb") as fh:
+            fh.write(b"0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.unlink(folder / probe)
+    except OSError as exc:
+        raise UserError(f"{setting} {folder}: cannot write there: {exc.strerror or exc}") from None
+
+
+def describe_not_a_file(path: str | os.PathLike) -> str:
+    """'is a directory, expected a file' or 'does not exist' (the two need different fixes)."""
+    return "is a directory, expected a file" if Path(path).is_dir() else "does not exist"

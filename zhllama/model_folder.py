@@ -83,11 +83,26 @@ def read_header(path: Path) -> dict:
         raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+def _check_length(path: Path, header: dict) -> None:
+    """A truncated file (a copy or download cut short) has a whole header but not the data it describes."""
+    try:
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+        end = max((int(m["data_offsets"][1]) for k, m in header.items() if k != "__metadata__"), default=0)
+    except (OSError, KeyError, TypeError, ValueError, IndexError, struct.error) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    expected, actual = 8 + length + end, path.stat().st_size
+    if actual < expected:
+        raise UserError(f"{path}: truncated safetensors file ({actual:,} bytes, its header describes {expected:,}); "
+                        "copy or download it again")
+
+
 def list_tensors(files: list[Path]) -> list[TensorInfo]:
     """Every tensor of the checkpoint, in file order then header order."""
     infos: list[TensorInfo] = []
     for path in files:
         header = read_header(path)
+        _check_length(path, header)
         for name, meta in header.items():
             if name == "__metadata__":
                 continue

@@ -1,0 +1,78 @@
+"""The resolved settings that decide a run's result, and the refusal to mix two of them in one output_dir.
+
+A checkpoint marker and train_report.json carry ``settings`` (a flat ``{dotted.key: value}`` of
+every config field, the world size and the data/tokenizer fingerprints) and its sha256. A resume
+or an "already finished" answer compares them with this run's: any change in a field that can
+change the weights (mode, model, optimizer, schedule, batch, seed, data, DeepSpeed) is refused
+with the list of what changed. Fields that cannot change the weights (logging, eval cadence,
+checkpoint cadence, output_dir) are left out, so they may change between a run and its resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from zhllama.errors import UserError
+from zhllama.files import sha256_json
+
+# Prefixes of dotted keys that cannot change the trained weights. ``data.dir`` is a location only: the
+# data's content is compared through data_fingerprint (prepare's cache key), so moved shards still resume.
+NEUTRAL = ("output_dir", "logging.", "eval.", "checkpoint.", "model.gradient_checkpointing", "data.eval_split",
+           "data.dir", "data.cache_dir")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out if out or not prefix else {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): node}
+
+
+def result_settings(cfg: Any, world_size: int, data_fingerprint: str | None,
+                    tokenizer_fingerprint: str | None) -> dict[str, Any]:
+    """Flat, JSON-normalised settings that decide the trained weights."""
+    flat = _flatten(dataclasses.asdict(cfg))
+    flat = {k: v for k, v in flat.items() if not k.startswith(NEUTRAL)}
+    flat.update(world_size=world_size, data_fingerprint=data_fingerprint, tokenizer_fingerprint=tokenizer_fingerprint)
+    return json.loads(json.dumps(flat, sort_keys=True, default=str))  # tuples -> lists, as read back from JSON
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    return sha256_json(settings)
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for every deciding setting that differs (neutral keys are never compared)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(NEUTRAL):
+            continue
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if a != b:
+            out.append(f"{key}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_same(what: str, stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """Refuse to continue or reuse ``what`` (a checkpoint or a finished run) made with other settings.
+
+    ``stored`` is None for outputs written before settings were recorded: they are accepted as before.
+    """
+    if stored is None:
+        return
+    changed = changes(stored, current)
+    if any(c.startswith("data_fingerprint:") for c in changed):
+        raise UserError(f"{what} was trained on other data; resume with the same data or use a new output_dir. "
+                        f"Changed:", changed)
+    if changed:
+        raise UserError(
+            f"{what} was made with other settings, so continuing or reusing it would not give this run's result; "
+            f"use a new output_dir (or restore the old settings). Changed:", changed)

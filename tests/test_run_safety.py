@@ -1,0 +1,231 @@
+"""The engine's decisions that keep a run from being silently wrong, tested as units (no ranks):
+settings fingerprint and what a resume / "already finished" refuses, the choice of checkpoint
+when the newest is broken, NaN/inf guards, all config problems at once, launcher death."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import checkpoint, guards, settings
+from engine.config import TrainConfig
+from zhllama.config import load_config
+from zhllama.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _settings(*overrides: str, world: int = 2, data: str = "d1") -> dict:
+    cfg = load_config(TrainConfig, None, ["model.path=m", *overrides])
+    return settings.result_settings(cfg, world, data, "t1")
+
+
+def test_settings_that_change_the_result_are_listed_and_others_are_not():
+    base = _settings()
+    assert settings.changes(base, _settings("logging.every_steps=3", "eval.every_steps=7", "checkpoint.keep_last=5",
+                                            "output_dir=elsewhere", "model.gradient_checkpointing=true")) == []
+    assert settings.changes(base, _settings("optim.lr=1e-3")) == ["optim.lr: 0.0002 -> 0.001"]
+    changed = settings.changes(base, _settings("mode=lora", "schedule.max_steps=9", "seed=1", world=4))
+    assert changed == ["mode: \"full\" -> \"lora\"", "schedule.max_steps: 0 -> 9", "seed: 42 -> 1", "world_size: 2 -> 4"]
+    assert settings.fingerprint(base) == settings.fingerprint(_settings("logging.every_steps=3"))
+    assert settings.fingerprint(base) != settings.fingerprint(_settings("batch.micro_batch_size=2"))
+    assert json.loads(json.dumps(base)) == base  # what is stored is what is compared
+
+
+def test_check_same_refuses_with_every_change_and_accepts_old_outputs():
+    base = _settings()
+    with pytest.raises(UserError, match="made with other settings") as info:
+        settings.check_same("checkpoint X", base, _settings("optim.lr=1e-3", "mode=lora"))
+    assert info.value.problems == ["mode: \"full\" -> \"lora\"", "optim.lr: 0.0002 -> 0.001"]
+    with pytest.raises(UserError, match="was trained on other data"):
+        settings.check_same("checkpoint X", base, _settings(data="d2"))
+    settings.check_same("checkpoint X", None, base)  # written before settings were recorded
+    settings.check_same("checkpoint X", base, _settings("logging.every_steps=3"))
+
+
+def _checkpoint(root: Path, step: int, marker: dict | str | None, files: dict[str, bytes]) -> Path:
+    folder = checkpoint.checkpoints_dir(root) / checkpoint.tag_for(step)
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    if marker is not None:
+        text = marker if isinstance(marker, str) else json.dumps(marker)
+        (folder / checkpoint.MARKER).write_text(text)
+    return folder
+
+
+def test_resume_falls_back_past_a_truncated_or_garbage_newest_checkpoint(tmp_path, capsys):
+    good = _checkpoint(tmp_path, 4, {"step": 4, "world_size": 1, "files": {"model.pt": 6}}, {"model.pt": b"abcdef"})
+    _checkpoint(tmp_path, 8, {"step": 8, "world_size": 1, "files": {"model.pt": 6}}, {"model.pt": b"abc"})
+    _checkpoint(tmp_path, 12, "{not json", {"model.pt": b"abcdef"})
+    assert checkpoint.find_resume(tmp_path, "auto") == good
+    err = capsys.readouterr().err
+    assert "step-00000012" in err and "unreadable" in err and "step-00000008" in err and "truncated" in err
+    assert "resuming from step-00000004 instead" in err
+    with pytest.raises(UserError, match=r"checkpoint.resume: .*step-00000008 is unusable \(model.pt has 3 bytes, 6"):
+        checkpoint.find_resume(tmp_path, str(checkpoint.checkpoints_dir(tmp_path) / "step-00000008"))
+    (good / "model.pt").unlink()
+    with pytest.raises(UserError, match=r"no checkpoint in .* can be resumed: .*model.pt is missing"):
+        checkpoint.find_resume(tmp_path, "auto")
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):
+    old = _settings(world=1)
+    folder = _checkpoint(tmp_path, 4, {"step": 4, "world_size": 1, "data_fingerprint": "d1", "settings": old}, {})
+    assert checkpoint.check_resumable(folder, 1, "d1", _settings("eval.every_steps=2", world=1))["step"] == 4
+    with pytest.raises(UserError, match="made with other settings") as info:
+        checkpoint.check_resumable(folder, 1, "d1", _settings("mode=lora", world=1))  # was a PEFT traceback
+    assert info.value.problems == ["mode: \"full\" -> \"lora\""]
+
+
+def test_a_finished_run_is_not_returned_for_new_settings(tmp_path):
+    from engine.loop import _finished_report
+
+    cfg = load_config(TrainConfig, None, ["model.path=m", f"output_dir={tmp_path}"])
+    mine = settings.result_settings(cfg, 1, "d1", None)
+    (tmp_path / "final").mkdir()
+    (tmp_path / "train_report.json").write_text(json.dumps({"step": 6, "data_fingerprint": "d1", "settings": mine}))
+    assert _finished_report(cfg, 6, "d1", mine)["step"] == 6
+    changed = load_config(TrainConfig, None, ["model.path=m", f"output_dir={tmp_path}", "optim.lr=1e-3"])
+    with pytest.raises(UserError, match=r"the finished run in .* was made with other settings") as info:
+        _finished_report(changed, 6, "d1", settings.result_settings(changed, 1, "d1", None))
+    assert info.value.problems == ["optim.lr: 0.0002 -> 0.001"]
+
+
+def test_loss_guard_names_the_first_non_finite_step():
+    guard = guards.LossGuard()
+    guard.check()  # nothing seen yet
+    for step, value in ((1, 2.0), (2, 1.5), (3, float("nan")), (4, float("inf")), (5, 1.0)):
+        guard.observe(torch.tensor(value), step)
+    with pytest.raises(UserError, match=r"non-finite \(NaN/inf\) at step 3;"):
+        guard.check()
+    fine = guards.LossGuard()
+    fine.observe(torch.tensor(0.5), 1)
+    fine.check()
+    with pytest.raises(UserError, match=r"gradient norm became non-finite \(inf\) at step 7"):
+        guards.check_grad_norm(float("inf"), 7)
+    guards.check_grad_norm(None, 7)
+    guards.check_grad_norm(3.0, 7)
+
+
+def test_non_finite_weights_are_named_and_never_saved():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    guards.check_weights(model, "checkpoint")
+    with torch.no_grad():
+        model[1].weight[0, 1] = float("nan")
+    with pytest.raises(UserError, match=r"checkpoint: the model's weights hold non-finite .*1.weight \(1 of 4 values\)"):
+        guards.check_weights(model, "checkpoint")
+    state = {"a": torch.ones(3), "ids": torch.tensor([1, 2]), "b": torch.tensor([1.0, float("-inf")])}
+    with pytest.raises(UserError, match=r"out/final: not saved, the final weights .*b \(1 of 2 values\)"):
+        guards.check_state_dict(state, "out/final")
+    guards.check_state_dict({"a": torch.ones(2)}, "out/final")
+
+
+def test_config_reports_type_and_range_problems_in_one_run():
+    bad = ["optim.lr=abc", "optim.betas=[2,3]", "mode=qlora", "batch.micro_batch_size=0", "schedule.max_steps=-1",
+           "schedule.kind=step", "logging.every_steps=0", "checkpoint.keep_last=0", "lora.r=0", "eval.every_steps=x",
+           "schedule.min_lr_ratio=2", "optim.max_grad_norm=-1", "nosuch=1"]
+    with pytest.raises(UserError) as info:
+        load_config(TrainConfig, None, ["model.path=m", *bad])
+    keys = {p.split(":")[0].split(" ")[0] for p in info.value.problems}
+    expected = {"optim.lr", "optim.betas", "mode", "batch.micro_batch_size", "schedule.max_steps", "schedule.kind",
+                "logging.every_steps", "checkpoint.keep_last", "lora.r", "eval.every_steps", "schedule.min_lr_ratio",
+                "optim.max_grad_norm", "nosuch"}
+    assert expected <= keys, sorted(keys)
+
+
+def test_a_folder_given_as_the_config_file_says_so(tmp_path):
+    with pytest.raises(UserError, match=r"config file .* is a directory, expected a file"):
+        load_config(TrainConfig, tmp_path)
+
+
+def test_an_unwritable_output_dir_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from zhllama.files import check_writable_dir
+
+    check_writable_dir(tmp_path / "ok", "output_dir")
+    assert list((tmp_path / "ok").iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="output_dir .*file is a file, expected a folder"):
+        check_writable_dir(tmp_path / "file", "output_dir")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("zhllama.files.open", full, raising=False)
+    with pytest.raises(UserError, match=r"output_dir .*cannot write there: No space left on device"):
+        check_writable_dir(tmp_path / "full", "output_dir")
+
+
+_RANK = """
+import os, sys, time
+os.environ.update(RANK="0")
+from engine.dist import die_with_parent
+assert die_with_parent()
+print(os.getpid(), flush=True)
+time.sleep(120)
+"""
+_LAUNCHER = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=sys.stdout)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_ranks_end_when_their_launcher_is_killed():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, _RANK], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                text=True)
+    try:
+        rank = int(launcher.stdout.readline())
+        launcher.send_signal(signal.SIGKILL)  # no cleanup: only the kernel can tell the rank
+        launcher.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and _alive(rank):
+            time.sleep(0.1)
+        assert not _alive(rank), "the rank outlived its launcher"
+    finally:
+        launcher.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sequences_longer_than_the_models_positions_are_refused_unless_rope_is_scaled(tmp_path):
+    from engine.model import check_sequence_length
+
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64}))
+    cfg = load_config(TrainConfig, None, [f"model.path={tmp_path}"])
+    check_sequence_length(cfg, 64)
+    check_sequence_length(cfg, None)
+    with pytest.raises(UserError, match=r"sequences are 128 tokens but .* at most 64 positions .*--block-size <= 64"):
+        check_sequence_length(cfg, 128)
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64,
+                                                      "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
+    check_sequence_length(cfg, 128)
+
+
+def test_a_full_disk_while_saving_is_one_line_naming_the_output_dir():
+    import errno
+
+    from engine.loop import _writing
+
+    cfg = load_config(TrainConfig, None, ["model.path=m", "output_dir=/data/run"])
+    with pytest.raises(UserError, match=r"^output_dir /data/run: cannot write checkpoint step 8: No space left on "
+                                        r"device \(/data/run/checkpoints/x.pt\)$"):
+        with _writing(cfg, "checkpoint step 8"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/checkpoints/x.pt")

@@ -1,0 +1,64 @@
+"""Exclusive output locks: two runs writing the same output fail clearly instead of racing.
+
+    with output_lock(out / ".part-0-of-1.lock", f"{out}/part-0-of-1", "python -m pretrain prepare"):
+        ...  # only this process writes that output now
+
+``flock`` on a small hidden lock file, removed when done: the kernel drops the lock when the holder
+dies (even SIGKILL), so a killed run never leaves a lock that blocks the next one. Works on local filesystems and NFSv4; on
+filesystems without flock support the lock is skipped with a warning rather than failing the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
+
+
+@contextlib.contextmanager
+def output_lock(lock_file: str | os.PathLike, what: str, command: str) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    lock_file = Path(lock_file)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"{what}: cannot write there ({exc.strerror or exc}: {lock_file})") from None
+    locked = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = _same_file(fd, lock_file)  # else the holder just finished and removed it: busy a moment ago
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                print(f"warning: cannot lock {lock_file} ({exc.strerror}); make sure no other run writes {what}",
+                      file=sys.stderr)
+                yield
+                return
+        if not locked:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+            raise UserError(f"{what} is being written by another `{command}` right now (pid {holder}); wait "
+                            f"for it to finish, or write to another output")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        if locked:  # remove it while still holding it: a waiter that opened it sees it was unlinked
+            with contextlib.suppress(OSError):
+                os.unlink(lock_file)
+        os.close(fd)  # releases the lock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
