@@ -117,7 +117,9 @@ def _system(spec: TemplateSpec, conv: Conversation) -> str | None:
 
 
 def _piece(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # Special-token text inside a record ("</s>" in an answer) stays text, as sentencepiece and
+    # llama.cpp read plain text; the template's BOS/EOS are added as ids.
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def _special_ids(tokenizer: Any) -> tuple[int | None, int]:
@@ -172,7 +174,8 @@ def encode_many(convs: Sequence[Conversation], tokenizer: Any, spec: TemplateSpe
     for start in range(0, len(convs), chunk):
         plans = [_plan(conv, spec, bos, eos) for conv in convs[start:start + chunk]]
         texts = list({p for plan in plans for p, _ in plan if isinstance(p, str)})
-        token_ids = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+        token_ids = dict(zip(texts, tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+                         ) if texts else {}
         for plan in plans:
             yield _assemble(plan, token_ids)
 
