@@ -108,6 +108,15 @@ def prompt_text(spec: TemplateSpec, index: int, turn: Turn, system: str | None) 
     raise UserError(f"template {spec.name!r} has no fixed prompt text")
 
 
+def prompt_piece(spec: TemplateSpec, index: int, turn: Turn, system: str | None) -> str:
+    """The prompt text as it is tokenized: without a trailing space. chinese-alpaca's
+    "### Response: " space is the answer's first character instead — the answer, tokenized on its
+    own, starts with "▁" — so the trained ids are the ids of the text prompt + " " + answer in one
+    piece (what llama.cpp and vLLM get from the chat template), and a prompt ends where it does at
+    training time."""
+    return prompt_text(spec, index, turn, system).rstrip(" ")
+
+
 def _bos_every_turn(spec: TemplateSpec) -> bool:
     return spec.name == "chinese-alpaca-2"  # Llama-2-chat: <s>[INST] … [/INST] answer </s><s>[INST] …
 
@@ -139,7 +148,7 @@ def _plan(conv: Conversation, spec: TemplateSpec, bos: int | None, eos: int) -> 
             raise ValueError("encode_conversation needs every turn answered; use encode_prompt")
         if bos is not None and (index == 0 or _bos_every_turn(spec)):
             pieces.append((bos, False))
-        pieces += [(prompt_text(spec, index, turn, system), False), (turn.assistant, True), (eos, True)]
+        pieces += [(prompt_piece(spec, index, turn, system), False), (turn.assistant, True), (eos, True)]
     return pieces
 
 
@@ -194,7 +203,7 @@ def encode_prompt(conv: Conversation, tokenizer: Any, spec: TemplateSpec) -> lis
     index = len(done)
     if bos is not None and (index == 0 or _bos_every_turn(spec)):
         ids.append(bos)
-    return ids + _piece(tokenizer, prompt_text(spec, index, last, _system(spec, conv)))
+    return ids + _piece(tokenizer, prompt_piece(spec, index, last, _system(spec, conv)))
 
 
 def _messages(conv: Conversation, spec: TemplateSpec) -> list[dict[str, str]]:
