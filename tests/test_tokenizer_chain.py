@@ -8,17 +8,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from chain_support import build_chain
-
 from zhllama.tokenizer_files import TOKENIZER_FILES, tokenizer_fingerprint
 
 STAGES = ("merged", "resized", "pt", "sft", "export")
-
-
-@pytest.fixture(scope="session")
-def chain(tmp_path_factory):
-    return build_chain(tmp_path_factory.mktemp("chain"))
 
 
 def test_tokenizer_files_identical_along_the_chain(chain):
