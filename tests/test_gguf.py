@@ -99,3 +99,21 @@ def test_llama_cpp_ids_equal_sentencepiece(chain, llama_cpp_tree, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         ids = json.loads(proc.stdout.strip().splitlines()[-1])
         assert ids == [sp.bos_id()] + sp.encode(text), text
+
+
+def test_sft_export_gguf_in_one_step(chain, llama_cpp_tree, tmp_path):
+    """`python -m sft export --gguf f32`: the whole model converted, vocab and template as written."""
+    import os
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "export"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-m", "sft", "export", "--base", str(chain["pt"]), "--adapter",
+                           str(chain["sft"].parent), "--out", str(out), "--gguf", "f32"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    got = read_vocab(out / "model-f32.gguf")
+    want = expected_vocab(out)
+    assert got["tokens"] == want["tokens"] and got["chat_template"] == want["chat_template"]
+    assert not list(out.glob(".*.partial"))
