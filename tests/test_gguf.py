@@ -87,18 +87,45 @@ def test_convert_refuses_a_folder_without_config(tmp_path):
         convert(tmp_path, tmp_path / "x.gguf", vocab_only=True)
 
 
-@pytest.mark.skipif(shutil.which("llama-tokenize") is None,
-                    reason="llama.cpp's llama-tokenize is not on PATH (building it takes ~12 min on 2 cores; not in CI)")
+_NO_LLAMA_CPP = "llama.cpp's {} is not on PATH (building it takes ~12 min on 2 cores; not in CI)"
+
+
+@pytest.mark.skipif(shutil.which("llama-tokenize") is None, reason=_NO_LLAMA_CPP.format("llama-tokenize"))
 def test_llama_cpp_ids_equal_sentencepiece(chain, llama_cpp_tree, tmp_path):
     folder = chain["export"]
-    gguf = convert(folder, tmp_path / "model.gguf", outtype="f32")
+    gguf = convert(folder, tmp_path / "vocab.gguf", vocab_only=True)
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    for text in ["    \"merge\": 1", " 一个", "a  b\tc", "中国科学院的研究人员", "a</s>b"]:
+    texts = ["    \"merge\": 1", " 一个", "  a  b\tc", "\tx\ny", "中国科学院的研究人员", "a</s>b <s>"]
+    code = [line for line in (Path(__file__).resolve().parents[1] / "sft" / "serve.py").read_text().split("\n")
+            if line.startswith("    ")][:40]
+    for text in texts + code:
         proc = subprocess.run(["llama-tokenize", "-m", str(gguf), "-p", text, "--ids", "--log-disable",
                                "--no-parse-special"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         ids = json.loads(proc.stdout.strip().splitlines()[-1])
         assert ids == [sp.bos_id()] + sp.encode(text), text
+
+
+@pytest.mark.skipif(shutil.which("llama-simple") is None, reason=_NO_LLAMA_CPP.format("llama-simple"))
+def test_llama_cpp_greedy_tokens_equal_transformers(chain, llama_cpp_tree, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from vocab.hf_export import load_hf_tokenizer
+
+    folder = chain["export"]
+    gguf = convert(folder, tmp_path / "model.gguf", outtype="f32")
+    tok = load_hf_tokenizer(folder)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    for prompt in ["中国科学院的研究人员", "    return 1"]:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None)
+        expected = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        proc = subprocess.run(["llama-simple", "-m", str(gguf), "-n", "10", prompt], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.rstrip("\n").strip().endswith(expected), (prompt, proc.stdout, expected)
 
 
 def test_sft_export_gguf_in_one_step(chain, llama_cpp_tree, tmp_path):
