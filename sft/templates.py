@@ -11,9 +11,11 @@ Templates (``TEMPLATE_NAMES``):
   turns are ``<s>[INST] … [/INST]`` after the previous answer's ``</s>`` (as Llama-2-chat).
 * ``tokenizer`` — the tokenizer's own ``chat_template`` (Jinja), when it has one.
 
-Encoding, as Chinese-Alpaca(-2) did: the prompt and each response are tokenized as separate
-pieces (``add_special_tokens=False``), BOS/EOS are added as ids, so a prompt encodes to the same
-ids at training and at generation time. Labels are -100 on BOS, system, prompt and user tokens;
+Encoding, as Chinese-Alpaca(-2) did: the prompt (without a trailing space, see ``prompt_piece``)
+and each response are tokenized as separate pieces (``add_special_tokens=False``, special-token
+text kept as text), BOS/EOS are added as ids, so a prompt encodes to the same ids at training and
+at generation time — and, with the folder's sentencepiece normalisation, to the ids of the text
+the Jinja chat template renders (chat_templates.py). Labels are -100 on BOS, system, prompt and user tokens;
 response tokens and the EOS after every response are trained. For ``tokenizer`` templates the
 whole rendered text is tokenized once and assistant spans are found by character offsets (the
 template decides how a turn ends).

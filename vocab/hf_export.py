@@ -76,7 +76,7 @@ def _special_added_tokens(table: PieceTable) -> list[tuple[int, AddedToken]]:
 
 def build_backend(proto: pb.ModelProto, add_bos: bool = True, add_eos: bool = False,
                   table: PieceTable | None = None) -> Tokenizer:
-    """The tokenizers object transformers' LlamaTokenizer builds for this model (same settings).
+    """The tokenizers object of the folder for this model: what AutoTokenizer runs (tokenizer.json).
 
     ``table`` (the pieces of ``proto``) may be passed to skip reading the protobuf again."""
     table = piece_table(proto) if table is None else table
