@@ -90,3 +90,19 @@ def test_install_keeps_every_other_key_and_the_fingerprint(tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_named_template_has_one(name):
     assert "messages" in jinja_template(make_spec(name, None))
+
+
+def test_tokenizer_template_offsets_with_our_folder(tmp_path):
+    """template 'tokenizer' finds assistant tokens by character offsets; with the folder's
+    normalizer ("▁" before every piece of text) the offsets still point into the rendered text."""
+    from vocab.hf_export import load_hf_tokenizer
+
+    from sft.templates import IGNORE_INDEX
+
+    tok = load_hf_tokenizer(our_tokenizer_folder(tmp_path / "tok"))
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == "
+                         "'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    spec = make_spec("tokenizer", tok)
+    ids, labels = encode_conversation(Conversation((Turn("你好", "你好！"), Turn("再见", " 再见。"))), tok, spec)
+    assert tok.decode([t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX]) == "你好！</s> 再见。</s>"
