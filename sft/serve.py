@@ -112,8 +112,16 @@ class Engine:
                            f"and max_tokens asks for {sampling.max_new_tokens} more", "messages",
                            "context_length_exceeded")
 
+    @staticmethod
+    def _seed(sampling: Sampling) -> None:
+        if sampling.do_sample:  # a request's seed makes its sample reproducible
+            import torch
+
+            torch.manual_seed(sampling.seed)
+
     def generate(self, prompt: list[int], sampling: Sampling) -> tuple[list[int], str]:
         with self._slots:
+            self._seed(sampling)
             ids = generate_ids(self.model, self.tokenizer, [prompt], sampling)[0]
         return ids, "length" if len(ids) >= sampling.max_new_tokens else "stop"
 
@@ -122,6 +130,7 @@ class Engine:
         from transformers import TextIteratorStreamer
 
         with self._slots:
+            self._seed(sampling)
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             result: list[Any] = []
 

@@ -134,3 +134,10 @@ def test_concurrent_requests_queue_and_none_is_lost(served, monkeypatch):
     assert peak[0] == 1  # max_concurrent=1: the others waited
     for i, q in enumerate(questions):
         assert answers[i] == _expected(engine, [{"role": "user", "content": q}], 6)[2]
+
+
+def test_sampling_with_a_seed_is_reproducible(served):
+    client, _, _ = served
+    ask = lambda: client.chat.completions.create(model="tiny-zh", messages=QUESTION, max_tokens=8, temperature=1.5,
+                                                 seed=7).choices[0].message.content
+    assert ask() == ask()
