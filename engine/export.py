@@ -13,6 +13,7 @@ from typing import Any
 import torch.distributed as dist
 
 from zhllama.files import atomic_output_dir, write_json_atomic
+from zhllama.tokenizer_files import copy_tokenizer_files
 
 COPIED_REPORTS = ("resize_report.json", "merge_report.json")
 
@@ -32,15 +33,10 @@ def save_final(engine, module, cfg, tokenizer_dir: Path, report: dict[str, Any])
     final = Path(cfg.output_dir) / "final"
     check_state_dict(state_dict, str(final))  # collective: a NaN model is never written as the result
     if dist.get_rank() == 0:
-        from transformers import AutoTokenizer
-
         with atomic_output_dir(final, overwrite=True) as tmp:
             extra = {"save_embedding_layers": bool(cfg.lora.modules_to_save)} if cfg.mode == "lora" else {}
             module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
-            AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
-            sp_model = tokenizer_dir / "tokenizer.model"  # save_pretrained does not write it; keep it for sentencepiece users
-            if sp_model.is_file():
-                shutil.copy2(sp_model, tmp / "tokenizer.model")
+            copy_tokenizer_files(tokenizer_dir, tmp)  # byte for byte: never re-saved by transformers
             for name in COPIED_REPORTS:  # the vocab provenance travels with the model to the next stage
                 if (Path(cfg.model.path) / name).is_file():
                     shutil.copy2(Path(cfg.model.path) / name, tmp / name)

@@ -95,7 +95,11 @@ def init_encoder(tokenizer_json: str, start_id: int, eos_id: int, dtype: str, th
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
-    _WORKER.update(tokenizer=Tokenizer.from_str(tokenizer_json), start=start_id, eos=eos_id, dtype=np.dtype(dtype))
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    # "</s>" written inside a document is text (as sentencepiece and llama.cpp read plain text);
+    # document boundaries are the ids added below, never text.
+    tokenizer.encode_special_tokens = True
+    _WORKER.update(tokenizer=tokenizer, start=start_id, eos=eos_id, dtype=np.dtype(dtype))
 
 
 def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""python -m sft COMMAND — Alpaca-style instruction tuning, LoRA export, generation and chat."""
+"""python -m sft COMMAND — Alpaca-style instruction tuning, LoRA export, generation, chat and serving."""
 from zhllama.cli import main_for
 
 COMMANDS = {
@@ -6,6 +6,7 @@ COMMANDS = {
     "export": "sft.export_cli",
     "generate": "sft.generate_cli",
     "chat": "sft.chat_cli",
+    "serve": "sft.serve_cli",
 }
 
 if __name__ == "__main__":

@@ -11,14 +11,15 @@ refused with the three numbers and what they mean.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zhllama.errors import UserError
 from zhllama.files import atomic_output_dir, write_json_atomic
+from zhllama.tokenizer_files import copy_tokenizer_files
 
+from .chat_templates import install_chat_template
 from .templates import TEMPLATE_FILE, TemplateSpec
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -83,12 +84,6 @@ def _vocab_message(base_rows: int, adapter_rows: dict[str, int], tokens: int) ->
     )
 
 
-def _copy_tokenizer(tokenizer: Any, source_dir: Path, out: Path) -> None:
-    tokenizer.save_pretrained(out)
-    if (source_dir / "tokenizer.model").is_file():  # save_pretrained does not write it
-        shutil.copy2(source_dir / "tokenizer.model", out / "tokenizer.model")
-
-
 def _template_for(run_dir: Path, run_output: Path, template: str | None, tokenizer: Any) -> TemplateSpec:
     from .templates import make_spec
 
@@ -135,8 +130,9 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
                             "tokens (padding rows, e.g. pad_to_multiple_of): never produced, harmless")
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        _copy_tokenizer(tokenizer, tok_dir, tmp)
+        copy_tokenizer_files(tok_dir, tmp)  # byte for byte, as the run read it
         spec.save(tmp)
+        install_chat_template(tmp, spec)  # for llama.cpp / vLLM / Ollama chat modes
         write_json_atomic(tmp / "export_report.json", report.__dict__)
     return report
 

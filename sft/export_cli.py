@@ -1,15 +1,19 @@
 """Merge a LoRA SFT run into its base model and write a plain Hugging Face folder (safetensors).
 
-    python -m sft export --base MODEL --adapter RUN_OUTPUT --out DIR
+    python -m sft export --base MODEL --adapter RUN_OUTPUT --out DIR [--gguf f16]
 
 RUN_OUTPUT is the ``output_dir`` of ``python -m sft train`` (its ``final/`` holds the adapter with
 the fully trained embed_tokens/lm_head, the tokenizer and ``sft_template.json``). The vocabulary
 sizes of base, adapter and tokenizer are checked first. A ``mode=full`` run is re-saved as is.
-DIR gets the merged model, the tokenizer, the template and ``export_report.json``.
+DIR gets the merged model, the tokenizer (files copied byte for byte, plus the template's Jinja
+chat template), the template and ``export_report.json``. ``--gguf TYPE`` then converts DIR with
+llama.cpp's own converter (pinned, fetched once) into ``DIR/model-TYPE.gguf``.
 """
 from __future__ import annotations
 
 import argparse
+
+from zhllama.gguf import OUTTYPES
 
 from .templates import TEMPLATE_NAMES
 
@@ -23,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument("--force", action="store_true",
                         help="merge even when --base is not the model the run recorded (the report says so)")
+    parser.add_argument("--gguf", choices=OUTTYPES, default=None,
+                        help="also write DIR/model-TYPE.gguf with llama.cpp's convert_hf_to_gguf.py")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,4 +38,11 @@ def run(args: argparse.Namespace) -> int:
                            force=args.force)
     print(summary(report))
     print(f"wrote {args.out}")
+    if args.gguf:
+        from pathlib import Path
+
+        from zhllama.gguf import convert
+
+        path = convert(args.out, Path(args.out) / f"model-{args.gguf}.gguf", outtype=args.gguf)
+        print(f"wrote {path}")
     return 0

@@ -11,9 +11,11 @@ Templates (``TEMPLATE_NAMES``):
   turns are ``<s>[INST] … [/INST]`` after the previous answer's ``</s>`` (as Llama-2-chat).
 * ``tokenizer`` — the tokenizer's own ``chat_template`` (Jinja), when it has one.
 
-Encoding, as Chinese-Alpaca(-2) did: the prompt and each response are tokenized as separate
-pieces (``add_special_tokens=False``), BOS/EOS are added as ids, so a prompt encodes to the same
-ids at training and at generation time. Labels are -100 on BOS, system, prompt and user tokens;
+Encoding, as Chinese-Alpaca(-2) did: the prompt (without a trailing space, see ``prompt_piece``)
+and each response are tokenized as separate pieces (``add_special_tokens=False``, special-token
+text kept as text), BOS/EOS are added as ids, so a prompt encodes to the same ids at training and
+at generation time — and, with the folder's sentencepiece normalisation, to the ids of the text
+the Jinja chat template renders (chat_templates.py). Labels are -100 on BOS, system, prompt and user tokens;
 response tokens and the EOS after every response are trained. For ``tokenizer`` templates the
 whole rendered text is tokenized once and assistant spans are found by character offsets (the
 template decides how a turn ends).
@@ -108,6 +110,15 @@ def prompt_text(spec: TemplateSpec, index: int, turn: Turn, system: str | None) 
     raise UserError(f"template {spec.name!r} has no fixed prompt text")
 
 
+def prompt_piece(spec: TemplateSpec, index: int, turn: Turn, system: str | None) -> str:
+    """The prompt text as it is tokenized: without a trailing space. chinese-alpaca's
+    "### Response: " space is the answer's first character instead — the answer, tokenized on its
+    own, starts with "▁" — so the trained ids are the ids of the text prompt + " " + answer in one
+    piece (what llama.cpp and vLLM get from the chat template), and a prompt ends where it does at
+    training time."""
+    return prompt_text(spec, index, turn, system).rstrip(" ")
+
+
 def _bos_every_turn(spec: TemplateSpec) -> bool:
     return spec.name == "chinese-alpaca-2"  # Llama-2-chat: <s>[INST] … [/INST] answer </s><s>[INST] …
 
@@ -117,7 +128,9 @@ def _system(spec: TemplateSpec, conv: Conversation) -> str | None:
 
 
 def _piece(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # Special-token text inside a record ("</s>" in an answer) stays text, as sentencepiece and
+    # llama.cpp read plain text; the template's BOS/EOS are added as ids.
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def _special_ids(tokenizer: Any) -> tuple[int | None, int]:
@@ -137,7 +150,7 @@ def _plan(conv: Conversation, spec: TemplateSpec, bos: int | None, eos: int) -> 
             raise ValueError("encode_conversation needs every turn answered; use encode_prompt")
         if bos is not None and (index == 0 or _bos_every_turn(spec)):
             pieces.append((bos, False))
-        pieces += [(prompt_text(spec, index, turn, system), False), (turn.assistant, True), (eos, True)]
+        pieces += [(prompt_piece(spec, index, turn, system), False), (turn.assistant, True), (eos, True)]
     return pieces
 
 
@@ -172,7 +185,8 @@ def encode_many(convs: Sequence[Conversation], tokenizer: Any, spec: TemplateSpe
     for start in range(0, len(convs), chunk):
         plans = [_plan(conv, spec, bos, eos) for conv in convs[start:start + chunk]]
         texts = list({p for plan in plans for p, _ in plan if isinstance(p, str)})
-        token_ids = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+        token_ids = dict(zip(texts, tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+                         ) if texts else {}
         for plan in plans:
             yield _assemble(plan, token_ids)
 
@@ -191,7 +205,7 @@ def encode_prompt(conv: Conversation, tokenizer: Any, spec: TemplateSpec) -> lis
     index = len(done)
     if bos is not None and (index == 0 or _bos_every_turn(spec)):
         ids.append(bos)
-    return ids + _piece(tokenizer, prompt_text(spec, index, last, _system(spec, conv)))
+    return ids + _piece(tokenizer, prompt_piece(spec, index, last, _system(spec, conv)))
 
 
 def _messages(conv: Conversation, spec: TemplateSpec) -> list[dict[str, str]]:

@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         out = Path(cfg.output_dir)
         final = Path(result["final_dir"])
         spec.save(final)  # generation must format prompts exactly as training did
+        from .chat_templates import install_chat_template
+
+        install_chat_template(final, spec)  # other runtimes' chat modes format prompts the same way
         spec.save(out)
         write_json_atomic(out / "sft_data_report.json", asdict(report))
         dump_config(cfg, out / "sft_config.yaml")

@@ -30,3 +30,22 @@ def repo_root() -> Path:
 
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory):
+    """merge -> resize -> pretrain -> sft -> export on tiny assets, built once (tests/chain_support.py)."""
+    from chain_support import build_chain
+
+    return build_chain(tmp_path_factory.mktemp("chain"))
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_tree():
+    """llama.cpp's converter + gguf-py from the pinned llama-cpp-python sdist (downloaded once)."""
+    from zhllama.pinned import LLAMA_CPP, FetchError, fetch_tree
+
+    try:
+        return fetch_tree(LLAMA_CPP)
+    except FetchError as exc:
+        pytest.skip(f"the package registry is unreachable, so llama.cpp's converter cannot be fetched: {exc}")

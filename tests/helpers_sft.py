@@ -44,3 +44,17 @@ def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def our_tokenizer_folder(folder: Path, sp_model: Path | None = None) -> Path:
+    """A tokenizer folder as `python -m vocab merge` writes it (tokenizer.json with sentencepiece's
+    normalisation, generic class) from the tiny SentencePiece model, or from ``sp_model``."""
+    from vocab.hf_export import write_hf_folder
+    from vocab.spm_proto import load_model_proto
+
+    if sp_model is None:
+        sp_model = tiny_tokenizer(folder.with_name(folder.name + "_sp")) / "tokenizer.model"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(Path(sp_model).read_bytes())
+    write_hf_folder(load_model_proto(folder / "tokenizer.model"), folder)
+    return folder

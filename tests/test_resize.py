@@ -106,7 +106,18 @@ def test_mean_random_and_padding(tmp_path, toks):
     for name in (EMB, HEAD):
         assert new_mean[name].shape[0] == padded
         assert all(torch.equal(row, mean_of_rows(old[name])) for row in new_mean[name][n:])
-    assert json.loads((tmp_path / "mean" / "config.json").read_text())["vocab_size"] == padded
+    written = json.loads((tmp_path / "mean" / "config.json").read_text())
+    assert written["vocab_size"] == padded
+    # the merged folder names no pad token: the base's (None) is kept; a named one reaches the config
+    assert written["pad_token_id"] is None and mean["config_special_ids"]["eos_token_id"] == 2
+    named = tmp_path / "named"
+    named.mkdir()
+    for path in toks["merged"].iterdir():
+        named.joinpath(path.name).write_bytes(path.read_bytes())
+    config = json.loads((named / "tokenizer_config.json").read_text())
+    (named / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": "<pad>"}))
+    resize_model(ResizeConfig(model_dir, named, tmp_path / "padded", init="mean"))
+    assert json.loads((tmp_path / "padded" / "config.json").read_text())["pad_token_id"] == n + 4
     ok, message = embedding_rows_match(tmp_path / "mean", toks["merged"])
     assert ok and "padding" in message
     new_rnd = _weights(tmp_path / "rnd")
@@ -260,6 +271,11 @@ def test_real_chinese_llama_merge_resizes_and_loads(tmp_path, shared_data):
     with torch.no_grad():
         assert model(ids).logits.shape[-1] == model.config.vocab_size
     assert embedding_rows_match(tmp_path / "out", merged)[0]
+    # --add-pad-token's <pad> reaches config.json (generate() and serving runtimes read it there)
+    pad = merged_sp.piece_to_id("<pad>")
+    assert pad == tokenizer.pad_token_id == 49472 and model.config.pad_token_id == pad
+    assert (model.config.bos_token_id, model.config.eos_token_id) == (1, 2)
+    assert report["config_special_ids"]["pad_token_id"] == pad
 
 
 def test_refuses_non_finite_embeddings_instead_of_spreading_them(tmp_path, toks):

@@ -1,9 +1,11 @@
 """Write (and load) the Hugging Face side of a merged SentencePiece tokenizer.
 
-transformers 5 has no sentencepiece-backed Llama tokenizer: ``LlamaTokenizer`` is a tokenizers
-BPE model rebuilt from the ``vocab`` and ``merges`` in tokenizer.json (its own pre-tokenizer and
-decoder replace the file's). So the ids it gives depend only on the merges list we write, and we
-write it so that BPE in tokenizers picks merges in the same order as sentencepiece:
+transformers 5 has no sentencepiece-backed Llama tokenizer, and its ``LlamaTokenizer`` rebuilds
+its own pre-tokenizer (which drops sentencepiece's "▁" prefix for text that starts with a space).
+So the folder names the generic class (``PreTrainedTokenizerFast``), which runs tokenizer.json as
+written under transformers 4 and 5: sentencepiece's normalisation (prefix "▁", spaces -> "▁") as
+the normalizer, no pre-tokenizer, and a BPE model whose merges list we write so that BPE in
+tokenizers picks merges in the same order as sentencepiece:
 
 * sentencepiece merges the adjacent pair whose concatenation is a piece with the highest score
   (leftmost on ties); tokenizers merges the pair with the lowest rank (leftmost on ties). So every
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2 as pb
-from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
 
 from .spm_proto import CONTROL, NORMAL, UNKNOWN, USER_DEFINED
@@ -35,6 +37,10 @@ _CARRIED_CONFIG_KEYS = ("chat_template", "model_max_length", "padding_side", "tr
                         "additional_special_tokens", "extra_special_tokens", "bos_token",
                         "eos_token", "unk_token", "pad_token", "use_default_system_prompt")
 
+
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+# Class names the generic class loads as (transformers 5 renamed it).
+GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 PieceTable = list[tuple[str, float, int]]  # (piece, score, type) by id: protobuf access is slow
 
@@ -70,7 +76,7 @@ def _special_added_tokens(table: PieceTable) -> list[tuple[int, AddedToken]]:
 
 def build_backend(proto: pb.ModelProto, add_bos: bool = True, add_eos: bool = False,
                   table: PieceTable | None = None) -> Tokenizer:
-    """The tokenizers object transformers' LlamaTokenizer builds for this model (same settings).
+    """The tokenizers object of the folder for this model: what AutoTokenizer runs (tokenizer.json).
 
     ``table`` (the pieces of ``proto``) may be passed to skip reading the protobuf again."""
     table = piece_table(proto) if table is None else table
@@ -78,9 +84,14 @@ def build_backend(proto: pb.ModelProto, add_bos: bool = True, add_eos: bool = Fa
     unk = table[proto.trainer_spec.unk_id][0]
     tok = Tokenizer(BPE(vocab=vocab, merges=bpe_merges(table), unk_token=unk, fuse_unk=True,
                         byte_fallback=True, dropout=None))
-    tok.normalizer = None
-    prepend = "first" if proto.normalizer_spec.add_dummy_prefix else "never"
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend, split=False)
+    # sentencepiece's own normalisation, as a normalizer: "▁" before the text (add_dummy_prefix),
+    # every space -> "▁", no splitting. (A Metaspace pre-tokenizer, what transformers' Llama class
+    # builds, skips the prefix when the text already starts with a space.) Added tokens split the
+    # text first, so each piece of text between special tokens gets its own "▁" — as when the
+    # pieces are encoded one by one, the way SFT builds its samples.
+    steps_in = [normalizers.Prepend("▁")] if proto.normalizer_spec.add_dummy_prefix else []
+    tok.normalizer = normalizers.Sequence(steps_in + [normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = None
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     if proto.normalizer_spec.add_dummy_prefix:
         steps.append(decoders.Strip(content=" ", left=1))
@@ -132,11 +143,16 @@ def write_hf_folder(proto: pb.ModelProto, out: Path, base_config: dict[str, Any]
         if config.get(key) is not None:
             special_map[key] = config[key]
     config.update({
-        "tokenizer_class": "LlamaTokenizer",
+        # The generic class loads tokenizer.json as written, under transformers 4 and 5 (and so in
+        # vLLM). transformers 5's LlamaTokenizer rebuilds its own normalizer/pre-tokenizer instead,
+        # which gives other ids than sentencepiece for text starting with a space.
+        "tokenizer_class": TOKENIZER_CLASS,
         "add_bos_token": add_bos,
         "add_eos_token": add_eos,
-        # legacy=False: prepend "▁" only at the start of the text, like sentencepiece.
-        "legacy": False,
+        # legacy=True: a loader that still builds transformers 4's Llama class from tokenizer.model
+        # gets the same Prepend + Replace normalizer as tokenizer.json.
+        "legacy": True,
+        # read by llama.cpp's converter (GGUF tokenizer.ggml.add_space_prefix)
         "add_prefix_space": bool(proto.normalizer_spec.add_dummy_prefix),
         "added_tokens_decoder": {
             str(i): dict(_token_entry(t.content), special=t.special)
@@ -162,17 +178,17 @@ def load_backend_tokenizer(folder: str | Path) -> Tokenizer:
 
 
 def load_hf_tokenizer(folder: str | Path):
-    """Load a merged folder as the transformers Llama tokenizer whose ids equal sentencepiece's.
+    """Load a merged folder as the transformers tokenizer whose ids equal sentencepiece's.
 
     Imports transformers (and so torch) lazily. Checks the traps of transformers 5: the class must
-    be LlamaTokenizer, BOS added, no EOS.
+    be the generic one that keeps tokenizer.json's pipeline, BOS added, no EOS.
     """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(folder))
     name = type(tok).__name__
-    if name not in ("LlamaTokenizer", "LlamaTokenizerFast"):
-        raise TypeError(f"{folder}: loaded as {name}, expected LlamaTokenizer (tokenizer_config.json wrong?)")
+    if name not in GENERIC_CLASSES:
+        raise TypeError(f"{folder}: loaded as {name}, expected {TOKENIZER_CLASS} (tokenizer_config.json wrong?)")
     # With a tokenizer.json, transformers 5 takes BOS/EOS from its post-processor (which we wrote)
     # and drops add_bos_token from the config, so the attribute reads False although BOS is added.
     # Setting it rebuilds the same post-processor and makes the attribute tell the truth.

@@ -24,7 +24,7 @@ from zhllama.model_folder import INDEX_FILE, TensorInfo, embedding_rows_match, l
 
 from .resize_checkpoint import parse_size, write_checkpoint
 from .resize_rows import (METHODS, RowPlan, TokenizerInfo, base_processor, base_size_of, grow_rows, plan_rows,
-                          read_tokenizer)
+                          read_tokenizer, special_token_ids)
 from .resize_spelling import apply_spelling, calibration_ids, spell_with_base_model, spelling_summary
 
 REPORT_FILE = "resize_report.json"
@@ -226,6 +226,12 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
         report["weight_files"] = write_checkpoint(tmp, infos, replaced, max_bytes, progress)
         del replaced
         holder["vocab_size"] = new_rows
+        # The merged tokenizer's <pad> (--add-pad-token) must reach the model config, where
+        # generate() and serving runtimes look for it; BOS/EOS as the tokenizer names them.
+        for key, value in special_token_ids(tok).items():
+            if key == "pad_token_id" or holder.get(key) is None:
+                holder[key] = value
+        report["config_special_ids"] = {k: holder.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         extras = ["generation_config.json"] + ([p.name for p in model_dir.glob("*.py")] if cfg.trust_remote_code else [])
         for name in extras:

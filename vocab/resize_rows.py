@@ -205,3 +205,23 @@ def grow_rows(old, plan: RowPlan, std: float, generator=None):
         else:
             new[i] = mean
     return new
+
+
+def special_token_ids(tok: TokenizerInfo) -> dict[str, int]:
+    """``{"pad_token_id": 49953, ...}`` for the special tokens tokenizer_config.json names (and the
+    tokenizer has): what the model's config.json must say, or generate() and servers miss them."""
+    path = tok.folder / "tokenizer_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    ids = {piece: i for i, piece in enumerate(tok.pieces) if piece is not None}
+    out = {}
+    for key in ("bos_token", "eos_token", "pad_token"):
+        value = config.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str) and value in ids:
+            out[f"{key}_id"] = ids[value]
+    return out

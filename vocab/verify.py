@@ -4,11 +4,12 @@ Each check returns ``{"ok": bool, ...numbers..., "examples": [...]}`` so the mer
 merge_report.json and tests can assert on it. They run on any list of lines: the merge's
 ``--verify`` pass uses the built-in samples below, the tests use every line of ../shared/data.
 
-Whitespace edge case (already true of the base LLaMA tokenizer in transformers 5): the HF Llama
-pre-tokenizer does not add the "▁" dummy prefix when the text already starts with a space, while
-sentencepiece always adds it. So what we guarantee is exactly: HF ids == sentencepiece ids for
-every line that does not start with a space, and == the ids of sentencepiece with
-``add_dummy_prefix`` off for lines that do (then HF decode drops that one leading space).
+Whitespace: the HF folder runs sentencepiece's own normalisation ("▁" before the text, every
+space -> "▁", no splitting), so HF ids == sentencepiece ids for every text, leading spaces, tabs,
+runs of spaces and newlines included, and HF decode gives the text back. Literal special-token
+text ("</s>" inside a line) is text to sentencepiece; HF, like llama.cpp with special parsing on,
+makes it the special token unless asked not to (``split_special_tokens=True``, what our data
+paths use), so the same-ids check compares such lines with it.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from tokenizers import Tokenizer
 from .spm_proto import WHITESPACE, clone, is_han
 
 _MAX_EXAMPLES = 5
-HF_GUARANTEE = ("HF ids == sentencepiece ids for every text that does not start with a space; for text that "
-                "starts with a space, HF ids == sentencepiece ids with add_dummy_prefix off (the base LLaMA "
-                "tokenizer already behaves so in transformers 5), and HF decode drops that one leading space.")
+HF_GUARANTEE = ("HF ids == sentencepiece ids for every text (leading/repeated spaces, tabs and newlines "
+                "included); literal special-token text stays text with split_special_tokens=True, as in "
+                "sentencepiece; HF decode(encode(x)) == x.")
 
 SAMPLE_ENGLISH = [
     "The quick brown fox jumps over the lazy dog in 2016 — twice, at 3:45 p.m.",
@@ -43,6 +44,8 @@ SAMPLE_CHINESE = [
     "繁體中文：臺灣的資訊科技產業發達，龍、鬱、靈、體。",
     "数学公式 E=mc² 与 α、β、γ 以及 ① ② ③ 和 〇 一 二。",
     " 行首空格与\t制表符\u3000全角空格。",
+    "    \"merge\": 缩进的代码 ,\t\ttabs  and   runs of spaces\n第二行",
+    "\t制表符开头",
 ]
 
 
@@ -131,10 +134,8 @@ class Backends:
         return [t.content for t in self.hf.get_added_tokens_decoder().values() if t.special]
 
     def hf_reference_ids(self, lines: Sequence[str]) -> list[list[int]]:
-        """What the HF tokenizer is guaranteed to give: see the module docstring."""
-        spaced_lines = [line for line in lines if line.startswith(" ")]
-        spaced = iter(self.sp_no_prefix.encode(spaced_lines))
-        return [next(spaced) if line.startswith(" ") else ids for line, ids in zip(lines, self.sp_ids(lines))]
+        """What the HF tokenizer is guaranteed to give: sentencepiece's ids."""
+        return self.sp_ids(lines)
 
 
 def _result(ok: bool, examples: list, **numbers: Any) -> dict[str, Any]:
@@ -164,7 +165,7 @@ def check_unchanged(base: Backends, merged: Backends, lines: Sequence[str]) -> d
 
 
 def check_roundtrip(merged: Backends, lines: Sequence[str]) -> dict[str, Any]:
-    """Invariant 3: sentencepiece decode(encode(x)) == x; HF too (one leading space aside).
+    """Invariant 3: sentencepiece decode(encode(x)) == x; HF too.
 
     Text holding "▁" (U+2581) itself cannot round-trip in any LLaMA tokenizer, the base included:
     sentencepiece writes spaces as "▁" and decodes every "▁" as a space. Such lines are counted
@@ -175,14 +176,14 @@ def check_roundtrip(merged: Backends, lines: Sequence[str]) -> dict[str, Any]:
     bad = [x for x, y in zip(lines, merged.sp.decode(merged.sp_ids(lines))) if x != y]
     hf_bad = []
     if merged.hf is not None:
-        decoded = merged.hf.decode_batch(merged.hf_ids(lines), skip_special_tokens=False)
-        hf_bad = [x for x, y in zip(lines, decoded) if (x[1:] if x.startswith(" ") else x) != y]
+        decoded = merged.hf.decode_batch(merged.hf_ids(lines, True), skip_special_tokens=False)
+        hf_bad = [x for x, y in zip(lines, decoded) if x != y]
     return _result(not bad and not hf_bad, bad + hf_bad, lines=len(lines),
                    excluded_lines_with_u2581=excluded, sentencepiece_failures=len(bad), hf_failures=len(hf_bad))
 
 
 def check_same_ids(merged: Backends, lines: Sequence[str]) -> dict[str, Any]:
-    """Invariant 4: HF ids == sentencepiece ids (leading-space lines: see module docstring).
+    """Invariant 4: HF ids == sentencepiece ids.
 
     Lines holding a special token's text (e.g. "</s>") are compared with that text kept as text
     (``split_special_tokens=True``): by default HF maps it to the special token, sentencepiece never.

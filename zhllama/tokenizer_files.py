@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from .files import sha256_file, sha256_json
 # Files that decide how text becomes ids (a model folder holds others: weights, config).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model.v1")
+# Copied with the tokenizer files: transformers 5 reads the chat template from this file.
+_COPIED_WITH = ("chat_template.jinja", "chat_template.json")
 _ID_SETTINGS = ("add_bos_token", "add_eos_token", "bos_token", "eos_token", "legacy", "add_prefix_space",
                 "tokenizer_class")
 
@@ -62,3 +65,19 @@ def _load_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not readable JSON ({exc})") from None
+
+
+def copy_tokenizer_files(source_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> list[str]:
+    """Copy a tokenizer folder's files byte for byte into ``dest_dir``; the names copied.
+
+    Every stage's output carries the tokenizer the run started from exactly: re-saving it with
+    transformers 5 drops add_bos_token/add_eos_token/legacy and special_tokens_map.json, which
+    other runtimes (llama.cpp's converter, transformers 4) read.
+    """
+    source, dest = Path(source_dir), Path(dest_dir)
+    names = [n for n in TOKENIZER_FILES + _COPIED_WITH if (source / n).is_file()]
+    if not any(n in names for n in TOKENIZER_FILES):
+        raise UserError(f"{source}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES[:3])})")
+    for name in names:
+        shutil.copyfile(source / name, dest / name)
+    return names

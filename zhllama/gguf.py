@@ -1,0 +1,72 @@
+"""Convert a model folder to GGUF with llama.cpp's own converter, and read a GGUF's vocabulary back.
+
+    from zhllama.gguf import convert, read_vocab
+    convert("outputs/zh_sft_merged", "outputs/zh_sft_merged/model-f16.gguf")   # whole model
+    convert(DIR, "vocab.gguf", vocab_only=True)                              # metadata only, seconds
+    read_vocab("vocab.gguf")["chat_template"]
+
+The converter is llama.cpp's ``convert_hf_to_gguf.py`` with its bundled gguf-py, from the pinned
+llama-cpp-python sdist (zhllama.pinned.LLAMA_CPP), run unmodified as a subprocess: what users of
+llama.cpp, Ollama and LM Studio run on our folders. No C++ build is needed.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .pinned import LLAMA_CPP, fetch_tree
+
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
+
+
+def convert(model_dir: str | Path, outfile: str | Path, *, vocab_only: bool = False, outtype: str = "f16",
+            cache: Path | None = None, log=print) -> Path:
+    """Run the pinned converter on ``model_dir``; the GGUF appears at ``outfile`` only when complete."""
+    model_dir, outfile = Path(model_dir), Path(outfile)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir}: not a Hugging Face model folder (no config.json); GGUF needs one")
+    if outtype not in OUTTYPES:
+        raise UserError(f"GGUF type {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    tree = fetch_tree(LLAMA_CPP, cache, log)
+    partial = outfile.with_name(f".{outfile.name}.partial")
+    cmd = [sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(partial),
+           "--outtype", outtype] + (["--vocab-only"] if vocab_only else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+        raise UserError(f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir}:\n{tail}")
+    os.replace(partial, outfile)
+    return outfile
+
+
+def read_vocab(path: str | Path) -> dict[str, Any]:
+    """The tokenizer metadata of a GGUF file, read with the converter's own gguf-py."""
+    tree = fetch_tree(LLAMA_CPP, log=lambda *_: None)
+    if str(tree / "gguf-py") not in sys.path:
+        sys.path.insert(0, str(tree / "gguf-py"))
+    from gguf import GGUFReader  # the bundled copy, as the converter used
+
+    reader = GGUFReader(str(path))
+
+    def value(key: str) -> Any:
+        field = reader.get_field(key)
+        return None if field is None else field.contents()
+
+    prefix = "tokenizer.ggml."
+    return {
+        "model": value(prefix + "model"),
+        "tokens": value(prefix + "tokens"),
+        "scores": value(prefix + "scores"),
+        "token_type": value(prefix + "token_type"),
+        **{f"{k}_id": value(f"{prefix}{k}_token_id") for k in ("bos", "eos", "unknown", "padding")},
+        "add_bos": value(prefix + "add_bos_token"),
+        "add_eos": value(prefix + "add_eos_token"),
+        "add_space_prefix": value(prefix + "add_space_prefix"),
+        "chat_template": value("tokenizer.chat_template"),
+    }
