@@ -7,7 +7,7 @@ from pathlib import Path
 
 def tiny_export(folder: Path) -> Path:
     """A random tiny LLaMA with our tokenizer folder, sft_template.json and its chat template."""
-    from test_sft_support import our_tokenizer_folder, tiny_model
+    from helpers_sft import our_tokenizer_folder, tiny_model
 
     from sft.chat_templates import install_chat_template
     from sft.templates import TemplateSpec

@@ -88,7 +88,7 @@ def test_spelling_refuses_tied_models_missing_calibration_and_cuda(tmp_path, tok
     with pytest.raises(UserError, match="short.txt: needs at least 500 tokens"):
         resize_model(ResizeConfig(untied, toks["merged"], tmp_path / "out", init="spelling",
                                   calibration_text=[calibration[0], tmp_path / "short.txt"]))
-    with pytest.raises(UserError, match="missing.txt: no such file"):
+    with pytest.raises(UserError, match="missing.txt: does not exist"):
         resize_model(ResizeConfig(untied, toks["merged"], tmp_path / "out", init="spelling",
                                   calibration_text=[tmp_path / "missing.txt"]))
     if not torch.cuda.is_available():

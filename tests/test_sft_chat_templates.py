@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_sft_support import our_tokenizer_folder
+from helpers_sft import our_tokenizer_folder
 
 from sft.chat_templates import install_chat_template, jinja_template
 from sft.data import Conversation, Turn
