@@ -93,3 +93,32 @@ def extend_bbpe(base_path: str | Path, texts: Iterable[str], out: str | Path, se
             report["checks"] = {"skipped": "verify=False (--no-verify)"}
         write_json_atomic(tmp / "merge_report.json", report)
     return report
+
+
+def manifest_texts(manifest_path: str | Path, seed: int = 0) -> tuple[Iterable[str], dict[str, Any]]:
+    """The training split of a corpus manifest, streamed, and its record for the report.
+
+    The one place the byte-level BPE path touches the manifest modules."""
+    from .manifest import iter_weighted, load_manifest
+
+    manifest = load_manifest(manifest_path)
+    record = {"manifest": str(manifest.path), "name": manifest.name, "fingerprint": manifest.fingerprint(),
+              "split": "train", "seed": seed, "files": {s.name: s.sha256 for s in manifest.sources}}
+    return (doc.text for doc in iter_weighted(manifest, seed=seed, split="train")), record
+
+
+def run_from_manifest(base: str | Path, manifest: str | Path, out: str | Path, new_tokens: int, *,
+                      allowed: str = "han", jieba: bool = False, min_count: int = 2, pattern: str | None = None,
+                      seed: int = 0, overwrite: bool = False, verify: bool = True) -> int:
+    """What ``vocab merge`` and ``vocab train --merge-into`` run for a byte-level BPE base."""
+    settings = TrainSettings(new_tokens, allowed=allowed, jieba=jieba, min_count=min_count)
+    load_bbpe_base(base, pattern)  # a bad base fails before the manifest is read
+    texts, record = manifest_texts(manifest, seed)
+    report = extend_bbpe(base, texts, out, settings, text_record=record, pattern=pattern, overwrite=overwrite,
+                         verify=verify)
+    summary = {k: report[k] for k in ("base_vocab_size", "added", "vocab_size", "new_ids")}
+    summary["checks"] = {n: c.get("ok") for n, c in report["checks"].items()} if verify else "skipped"
+    summary["seconds"] = report["training"]["seconds"]
+    print(json.dumps(summary, ensure_ascii=False))
+    print(f"wrote {out} (details in {out}/merge_report.json)")
+    return 0
