@@ -1,0 +1,179 @@
+"""Byte-level BPE extension on a tiny hand-made rank file: no real data, no network."""
+from __future__ import annotations
+
+import base64
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
+from tokenizers import Tokenizer
+
+from vocab.bbpe_base import load_bbpe_base
+from vocab.bbpe_hf import build_tokenizer
+from vocab.bbpe_merge import extend_bbpe
+from vocab.bbpe_profiles import LLAMA3_PATTERN
+from vocab.bbpe_train import TrainSettings, bytes_rule, segments_of
+from vocab.bbpe_verify import ids_of
+from vocab.bbpe_write import load_rank_encoder
+from zhllama.files import sha256_file
+
+WORDS = ["我们", "喜欢", "学习", "中文", "模型", "数据", "研究", "人员", "发布", "大语言", "北京", "大学"]
+PARTIAL = "鬱"  # the base holds only its first two bytes as a token: BPE must finish the character
+
+
+def _tiny_rank_lines() -> list[bytes]:
+    tokens = [bytes([b]) for b in range(256)]
+    tokens += [b"th", b"he", b"the", b" t", b" the", b"in", b"ing", b"er"]
+    for ch in dict.fromkeys("".join(WORDS) + "的了是。"):  # with a merge path: lead 2 bytes, then all 3
+        tokens += [t for t in (ch.encode()[:2], ch.encode()) if t not in tokens]
+    tokens.append(PARTIAL.encode()[:2])
+    return [base64.b64encode(t) + b" " + str(i).encode() for i, t in enumerate(tokens)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bbpe")
+    rank = root / "tiny.tiktoken"
+    rank.write_bytes(b"\n".join(_tiny_rank_lines()) + b"\n")
+    rng = random.Random(0)
+    lines = ["".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + "，" + PARTIAL * 2 + "的。the thing"
+             for _ in range(300)]
+    text = root / "zh.txt"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = root / "m.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "name": "tiny", "sources": [{"name": "zh", "path": "zh.txt", "format": "txt", "language": "zh",
+                                     "license": "CC0", "sha256": sha256_file(text)}]}, allow_unicode=True))
+    out = root / "out"
+    report = extend_bbpe(rank, lines, out, TrainSettings(new_tokens=40), pattern=LLAMA3_PATTERN)
+    return {"rank": rank, "lines": lines, "manifest": manifest, "out": out, "report": report}
+
+
+def test_new_tokens_are_han_only_merges_appended_after_every_base_merge(tiny):
+    report, out = tiny["report"], tiny["out"]
+    base = load_bbpe_base(tiny["rank"], LLAMA3_PATTERN)
+    assert report["added"] > 5 and report["new_ids"][0] == base.next_id == len(_tiny_rank_lines())
+    assert all(c["ok"] for c in report["checks"].values()), report["checks"]
+    new_tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    new = [new_tok.decode([i]) for i in range(base.next_id, base.next_id + report["added"])]
+    assert all(bytes_rule("han")(t.encode()) for t in new), new
+    assert PARTIAL in new  # 2-byte prefix + last byte: a whole character, never a partial one
+    assert "我们" in new and "the" not in new
+    merges = json.loads((out / "tokenizer.json").read_text())["model"]["merges"]
+    base_merges = json.loads(build_tokenizer(base).to_str())["model"]["merges"]
+    assert merges[:len(base_merges)] == base_merges and len(merges) > len(base_merges)
+    # the rank file is the base's bytes plus one line per new token, rank == id
+    written = (out / "tiny.tiktoken").read_bytes()
+    assert written.startswith(tiny["rank"].read_bytes())
+    assert len(written.splitlines()) == base.next_id + report["added"]
+
+
+def test_shorter_on_chinese_and_identical_elsewhere(tiny):
+    base = load_bbpe_base(tiny["rank"], LLAMA3_PATTERN)
+    base_tok = build_tokenizer(base)
+    new_tok = Tokenizer.from_file(str(tiny["out"] / "tokenizer.json"))
+    lines = tiny["lines"][:50]
+    assert sum(map(len, ids_of(new_tok, lines))) < 0.7 * sum(map(len, ids_of(base_tok, lines)))
+    english = ["the thing is in the other thing", "Ünïcödé ąę 123 ┬─┬ 😀"]
+    assert ids_of(new_tok, english) == ids_of(base_tok, english)
+
+
+_BUILT: dict = {}
+
+
+def _property_fixture(tiny):
+    if "tok" in _BUILT:
+        return _BUILT["tok"]
+    base = load_bbpe_base(tiny["rank"], LLAMA3_PATTERN)
+    enc, offset = load_rank_encoder(tiny["out"] / "tiny.tiktoken", "tiktoken", base.pattern)
+    _BUILT["tok"] = build_tokenizer(base), Tokenizer.from_file(str(tiny["out"] / "tokenizer.json")), enc
+    return _BUILT["tok"]
+
+
+HAN_OR_ANY = st.one_of(st.text(max_size=40), st.text(alphabet="".join(WORDS) + PARTIAL + "的 a。", max_size=40),
+                       st.lists(st.sampled_from(WORDS + [PARTIAL, " ", "the", "\n", "😀"])).map("".join))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=HAN_OR_ANY)
+def test_property_never_longer_roundtrip_same_ids(tiny, text):
+    base_tok, new_tok, enc = _property_fixture(tiny)
+    (old,), (new,) = ids_of(base_tok, [text]), ids_of(new_tok, [text])
+    assert len(new) <= len(old)
+    assert new_tok.decode(new, skip_special_tokens=False) == text
+    if not any("\u4e00" <= c <= "\u9fff" for c in text):
+        assert new == old
+    assert enc.encode_ordinary(text) == new
+
+
+def test_jieba_segments_never_cross_a_word_boundary():
+    text = "我们喜欢学习"
+
+    class Enc:  # segments_of needs only an encoding: one token per character, all in one pre-token
+        ids = list(range(len(text)))
+        offsets = [(i, i + 1) for i in range(len(text))]
+        word_ids = [0] * len(text)
+
+    ok = bytes_rule("han")
+    han = lambda c: ok(c.encode())  # noqa: E731
+    assert list(segments_of(text, Enc, han, jieba=False)) == [tuple(range(6))]
+    assert list(segments_of(text, Enc, han, jieba=True)) == [(0, 1), (2, 3), (4, 5)]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vocab", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_cli_merge_and_train_merge_into(tiny, tmp_path):
+    out = tmp_path / "merged"
+    got = _cli("merge", "--base", str(tiny["rank"]), "--pattern", LLAMA3_PATTERN, "--manifest",
+               str(tiny["manifest"]), "--new-tokens", "20", "--out", str(out))
+    assert got.returncode == 0, got.stderr
+    report = json.loads((out / "merge_report.json").read_text())
+    assert report["added"] == 20 and report["training_text"]["name"] == "tiny"
+    # a rank file we do not know needs its pattern: train --merge-into has no --pattern, so it says so
+    got = _cli("train", "--manifest", str(tiny["manifest"]), "--vocab-size", "20", "--out", str(tmp_path / "t"),
+               "--merge-into", str(out))  # the HF folder just written: its tokenizer.json carries the pattern
+    assert got.returncode == 0, got.stderr
+    assert json.loads((tmp_path / "t" / "merged" / "merge_report.json").read_text())["base"]["format"] == "hf"
+
+
+def _wordpiece_json(path: Path) -> None:
+    from tokenizers.models import WordPiece
+    Tokenizer(WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(path))
+
+
+def _unigram_json(path: Path) -> None:
+    from tokenizers.models import Unigram
+    Tokenizer(Unigram([("a", -1.0), ("b", -2.0)], unk_id=None)).save(str(path))
+
+
+def test_bad_bases_give_one_clear_error_and_write_nothing(tiny, tmp_path):
+    lines = _tiny_rank_lines()
+    cases = {"WordPiece": ("wp.json", _wordpiece_json), "Unigram": ("ug.json", _unigram_json)}
+    files = {}
+    for name, (file, make) in cases.items():
+        make(tmp_path / file)
+        files[name] = tmp_path / file
+    (tmp_path / "nopattern.tiktoken").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "corrupt.tiktoken").write_bytes(b"\n".join(lines[:300] + [b"%%notbase64%% 300"] + lines[301:]))
+    (tmp_path / "nobytes.tiktoken").write_bytes(b"\n".join(lines[1:]))  # byte 0x00 missing
+    expected = {
+        "WordPiece": [files["WordPiece"]], "Unigram": [files["Unigram"]],
+        "without a split pattern": [tmp_path / "nopattern.tiktoken"],
+        "line 301 is not a tiktoken rank line": [tmp_path / "corrupt.tiktoken", "--pattern", "x"],
+        "byte fallback": [tmp_path / "nobytes.tiktoken", "--pattern", "x"],
+    }
+    for message, (base, *extra) in expected.items():
+        out = tmp_path / "out"
+        got = _cli("merge", "--base", str(base), *extra, "--manifest", str(tiny["manifest"]), "--new-tokens", "5",
+                   "--out", str(out))
+        assert got.returncode == 2, (message, got.stderr)
+        assert message in got.stderr and str(base) in got.stderr and "Traceback" not in got.stderr, got.stderr
+        assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*")), message
