@@ -177,3 +177,24 @@ def test_bad_bases_give_one_clear_error_and_write_nothing(tiny, tmp_path):
         assert got.returncode == 2, (message, got.stderr)
         assert message in got.stderr and str(base) in got.stderr and "Traceback" not in got.stderr, got.stderr
         assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*")), message
+
+
+def test_stats_reports_tokens_per_char_and_guarantees(tiny, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(tiny["lines"][:20] + ["the thing in the other thing", "😀 ok"]) + "\n", encoding="utf-8")
+    got = _cli("stats", "--tokenizer", str(tiny["out"]), "--base", str(tiny["out"] / "tiny.tiktoken"), "--json",
+               str(text))
+    assert got.returncode != 0 and "without a split pattern" in got.stderr  # the rank file alone has no pattern
+    hf_base = tmp_path / "base"
+    hf_base.mkdir()
+    from vocab.bbpe_write import write_hf_folder
+
+    write_hf_folder(load_bbpe_base(tiny["rank"], LLAMA3_PATTERN), [], hf_base)
+    got = _cli("stats", "--tokenizer", str(tiny["out"]), "--base", str(hf_base), "--json", str(text))
+    assert got.returncode == 0, got.stderr
+    report = json.loads(got.stdout)
+    stats = report["files"][str(text)]
+    assert report["tokenizer"]["added"] == tiny["report"]["added"] and report["tokenizer"]["unreachable_added"] == 0
+    assert stats["tokens_per_char"] < 0.7 * stats["base_tokens_per_char"]
+    assert stats["non_han_lines"] == 2 and stats["non_han_lines_changed"] == 0
+    assert stats["lines_longer"] == 0 and stats["roundtrip_failures"] == 0
