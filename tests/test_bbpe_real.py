@@ -149,3 +149,25 @@ def test_hf_folder_base_learns_the_same_tokens_as_the_rank_file(shared_data, tra
     ta, tb = (Tokenizer.from_file(str(tmp_path / d / "tokenizer.json")) for d in "ab")
     assert ids_of(ta, train_lines[300:400]) == ids_of(tb, train_lines[300:400])
     assert (tmp_path / "b" / "tokenizer_config.json").read_text() == (hf_base / "tokenizer_config.json").read_text()
+
+
+def test_downstream_prepare_and_sft_use_the_extended_folder(extended, train_lines):
+    from transformers import AutoTokenizer
+
+    from pretrain.prepare import load_tokenizer_info
+    from sft.data import Conversation, Turn
+    from sft.templates import encode_conversation, make_spec
+
+    info = load_tokenizer_info(extended["out"])
+    assert info.dtype == "uint32" and info.vocab_size == extended["report"]["vocab_size"]
+    eos = {"llama3": 128001, "qwen": 151643, "tekken": 2}[extended["name"]]
+    assert info.eos_id == eos
+    if extended["name"] == "tekken":
+        return  # no chat template for Tekken (see vocab/bbpe_templates.py)
+    tok = AutoTokenizer.from_pretrained(str(extended["out"]))
+    spec = make_spec("tokenizer", tok)
+    answer = train_lines[0][:80]
+    ids, labels = encode_conversation(Conversation((Turn("请介绍一下。", answer),)), tok, spec)
+    trained = [i for i in labels if i != -100]
+    assert trained and tok.decode(trained).startswith(answer)
+    assert any(i >= extended["base"].next_id for i in ids)  # the new Chinese tokens are used
