@@ -29,7 +29,7 @@ PARTIAL = "鬱"  # the base holds only its first two bytes as a token: BPE must 
 def _tiny_rank_lines() -> list[bytes]:
     tokens = [bytes([b]) for b in range(256)]
     tokens += [b"th", b"he", b"the", b" t", b" the", b"in", b"ing", b"er"]
-    for ch in dict.fromkeys("".join(WORDS) + "的了是。"):  # with a merge path: lead 2 bytes, then all 3
+    for ch in dict.fromkeys("".join(WORDS) + "的了是。，"):  # with a merge path: lead 2 bytes, then all 3
         tokens += [t for t in (ch.encode()[:2], ch.encode()) if t not in tokens]
     tokens.append(PARTIAL.encode()[:2])
     return [base64.b64encode(t) + b" " + str(i).encode() for i, t in enumerate(tokens)]
@@ -198,3 +198,15 @@ def test_stats_reports_tokens_per_char_and_guarantees(tiny, tmp_path):
     assert stats["tokens_per_char"] < 0.7 * stats["base_tokens_per_char"]
     assert stats["non_han_lines"] == 2 and stats["non_han_lines_changed"] == 0
     assert stats["lines_longer"] == 0 and stats["roundtrip_failures"] == 0
+
+
+def test_full_width_punctuation_only_when_allowed(tiny, tmp_path):
+    report = extend_bbpe(tiny["rank"], tiny["lines"], tmp_path / "p", TrainSettings(new_tokens=60, allowed="han+punct"),
+                         pattern=LLAMA3_PATTERN)
+    assert all(c["ok"] for c in report["checks"].values()), report["checks"]
+    tok = Tokenizer.from_file(str(tmp_path / "p" / "tokenizer.json"))
+    first = report["new_ids"][0]
+    punct = [tok.decode([i]) for i in range(first, first + report["added"]) if "，" in tok.decode([i])]
+    assert punct and all(bytes_rule("han+punct")(t.encode()) for t in punct)
+    han_only = Tokenizer.from_file(str(tiny["out"] / "tokenizer.json"))
+    assert not any("，" in han_only.decode([i]) for i in range(first, first + tiny["report"]["added"]))
