@@ -210,3 +210,13 @@ def test_full_width_punctuation_only_when_allowed(tiny, tmp_path):
     assert punct and all(bytes_rule("han+punct")(t.encode()) for t in punct)
     han_only = Tokenizer.from_file(str(tiny["out"] / "tokenizer.json"))
     assert not any("，" in han_only.decode([i]) for i in range(first, first + tiny["report"]["added"]))
+
+
+def test_the_byte_level_merge_never_imports_torch(tiny, tmp_path):
+    code = ("import sys; from vocab.bbpe_merge import extend_bbpe; from vocab.bbpe_train import TrainSettings; "
+            f"from vocab.bbpe_profiles import LLAMA3_PATTERN; extend_bbpe({str(tiny['rank'])!r}, "
+            f"{tiny['lines'][:50]!r}, {str(tmp_path / 'o')!r}, TrainSettings(5), pattern=LLAMA3_PATTERN); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert got.returncode == 0 and got.stdout.split() == ["False", "False"], got.stderr

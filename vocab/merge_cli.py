@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="append <pad> right after the merged pieces (Chinese-Alpaca: id 49953)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                        help="check the five invariants on built-in samples; a failure is an error (default on)")
+                        help="check the invariants (five for SentencePiece bases, six for byte-level BPE) on built-in "
+                        "samples; a failure is an error and writes nothing (default on)")
 
 
 def run(args: argparse.Namespace) -> int:
