@@ -54,3 +54,32 @@ def test_tied_model_stays_tied_and_loads_with_the_extended_tokenizer(tiny, tmp_p
     ids = tok(WORDS[0] + WORDS[1], return_tensors="pt")["input_ids"]
     assert ids.max() >= n  # a new token is used and has a row
     assert model(ids).logits.shape[-1] == weights[EMB].shape[0]
+
+
+def test_special_token_rows_stay_out_of_the_fallback_mean(tiny, tmp_path):  # noqa: F811
+    """Llama-3's reserved special tokens were never trained: their rows must not pull the mean."""
+    import json
+
+    from vocab.bbpe_merge import extend_bbpe
+    from vocab.bbpe_train import TrainSettings
+    from vocab.bbpe_write import write_hf_folder
+
+    base = load_bbpe_base(tiny["rank"], LLAMA3_PATTERN)
+    n = base.next_id
+    folder = tmp_path / "base"
+    folder.mkdir()
+    write_hf_folder(base, [], folder)
+    raw = json.loads((folder / "tokenizer.json").read_text())
+    raw["added_tokens"].append({"id": n, "content": "<|reserved_0|>", "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True})
+    raw["model"]["vocab"]["<|reserved_0|>"] = n
+    (folder / "tokenizer.json").write_text(json.dumps(raw, ensure_ascii=False))
+    report = extend_bbpe(folder, tiny["lines"], tmp_path / "ext", TrainSettings(new_tokens=10))
+    assert report["base_vocab_size"] == n + 1 and report["new_ids"][0] == n + 1
+    model_dir = _make_model(tmp_path / "m", n + 1, tied=True)
+    weights = _weights(model_dir)
+    resized = resize_model(ResizeConfig(model_dir, tmp_path / "ext", tmp_path / "out", init="mean"))
+    assert resized["mean_excludes_special_rows"] == 1
+    old, new = weights[EMB], _weights(tmp_path / "out")[EMB]
+    assert torch.equal(new[n + 1], mean_of_rows(old, upto=n + 1, excludes=[n]))
+    assert not torch.equal(new[n + 1], mean_of_rows(old))

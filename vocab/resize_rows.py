@@ -194,7 +194,11 @@ def plan_rows(tok: TokenizerInfo, old_rows: int, new_rows: int, method: str, bas
             else:
                 rules.append(RULE_SUBTOKEN)
                 sources[i] = ids
-    excludes = sorted(i for i in tok.special_ids if i < start) if first is not None else []
+    from .bbpe_resize import is_bbpe_extension
+
+    # Byte-level BPE bases: special tokens' rows (Llama-3's reserved ones were never trained) stay out
+    # of the fallback mean. SentencePiece merges keep the mean of all rows, as before.
+    excludes = sorted(i for i in tok.special_ids if i < start) if is_bbpe_extension(tok.merge_report) else []
     return RowPlan(old_rows, new_rows, method, rules, sources, start, excludes)
 
 
