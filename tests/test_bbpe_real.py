@@ -114,13 +114,16 @@ def test_random_unicode_never_longer_roundtrip_same_as_rank_file(extended, text)
     assert [i + offset for i in enc.encode_ordinary(text)] == new
 
 
-def test_autotokenizer_loads_the_folder_with_the_same_ids(extended, train_lines):
+def test_autotokenizer_loads_the_folder_with_the_same_ids(extended, train_lines, tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(extended["out"]))
     lines = train_lines[:100] + ["Hello world, <|im_end|> [INST] 你好"]
-    assert [tok(x, add_special_tokens=False)["input_ids"] for x in lines] == [
-        e.ids for e in extended["new_tok"].encode_batch(lines, add_special_tokens=False)]
+    want = [e.ids for e in extended["new_tok"].encode_batch(lines, add_special_tokens=False)]
+    assert [tok(x, add_special_tokens=False)["input_ids"] for x in lines] == want
+    tok.save_pretrained(tmp_path / "saved")  # what `export` does with the tokenizer
+    again = AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
+    assert [again(x, add_special_tokens=False)["input_ids"] for x in lines] == want
     assert len(tok) == extended["report"]["vocab_size"]
     if extended["name"] != "tekken":  # rank-file profiles carry their family's chat template
         text = tok.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
