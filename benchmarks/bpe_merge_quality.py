@@ -35,7 +35,7 @@ from vocab.bbpe_base import load_bbpe_base  # noqa: E402
 from vocab.bbpe_hf import build_tokenizer  # noqa: E402
 from vocab.bbpe_train import TrainSettings, char_rule, learn_tokens  # noqa: E402
 from vocab.bbpe_verify import SAMPLE_MULTILINGUAL, ids_of  # noqa: E402
-from vocab.manifest import iter_weighted, load_manifest  # noqa: E402
+from vocab.bbpe_merge import manifest_texts  # noqa: E402
 from vocab.verify import python_source_lines  # noqa: E402
 
 SHARED = Path(os.environ.get("ZHLLAMA_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -119,9 +119,8 @@ def main() -> None:
     parser.add_argument("--no-sentencepiece", action="store_true", help="skip the LLaMA-2 SentencePiece rows")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    manifest = load_manifest(args.manifest)
-    train = [d.text for d in iter_weighted(manifest, seed=0, split="train")]
-    zh = [line for d in iter_weighted(manifest, seed=0, split="holdout") for line in d.text.split("\n") if line.strip()]
+    train = list(manifest_texts(args.manifest, split="train")[0])
+    zh = [line for text in manifest_texts(args.manifest, split="holdout")[0] for line in text.split("\n") if line.strip()]
     ok = char_rule("han")
     en = (SHARED / "pretrain" / "wiki_demo_en.txt").read_text(encoding="utf-8").split("\n")
     other = [x for x in en + SAMPLE_MULTILINGUAL + python_source_lines() if x.strip() and not any(map(ok, x))]

@@ -95,16 +95,17 @@ def extend_bbpe(base_path: str | Path, texts: Iterable[str], out: str | Path, se
     return report
 
 
-def manifest_texts(manifest_path: str | Path, seed: int = 0) -> tuple[Iterable[str], dict[str, Any]]:
-    """The training split of a corpus manifest, streamed, and its record for the report.
+def manifest_texts(manifest_path: str | Path, seed: int = 0, split: str = "train"
+                   ) -> tuple[Iterable[str], dict[str, Any]]:
+    """A split of a corpus manifest (``train`` or ``holdout``), streamed, and its record for the report.
 
-    The one place the byte-level BPE path touches the manifest modules."""
+    The one place the byte-level BPE path (and its benchmark) touches the manifest modules."""
     from .manifest import iter_weighted, load_manifest
 
     manifest = load_manifest(manifest_path)
     record = {"manifest": str(manifest.path), "name": manifest.name, "fingerprint": manifest.fingerprint(),
-              "split": "train", "seed": seed, "files": {s.name: s.sha256 for s in manifest.sources}}
-    return (doc.text for doc in iter_weighted(manifest, seed=seed, split="train")), record
+              "split": split, "seed": seed, "files": {s.name: s.sha256 for s in manifest.sources}}
+    return (doc.text for doc in iter_weighted(manifest, seed=seed, split=split)), record
 
 
 def run_from_manifest(base: str | Path, manifest: str | Path, out: str | Path, new_tokens: int, *,
