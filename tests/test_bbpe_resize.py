@@ -1,10 +1,11 @@
 """vocab resize for byte-level BPE extensions: base-tokenization means, spare rows, tied embeddings."""
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from test_bbpe_unit import WORDS, tiny  # noqa: F401  (the module-scoped extension of a tiny rank file)
+from bbpe_tiny import WORDS, make_tiny
 from test_resize import EMB, HEAD, _make_model, _weights
 from vocab.bbpe_base import load_bbpe_base
 from vocab.bbpe_hf import build_tokenizer
@@ -13,6 +14,11 @@ from vocab.resize import ResizeConfig, resize_model
 from vocab.resize_rows import RULE_SUBTOKEN, mean_of_rows
 
 SPARE = 6
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("bbpe"))
 
 
 def _expected_sources(tiny, n: int, added: int) -> dict[int, list[int]]:
@@ -24,7 +30,7 @@ def _expected_sources(tiny, n: int, added: int) -> dict[int, list[int]]:
     return {i: base_tok.encode(new_tok.decode([i]), add_special_tokens=False).ids for i in range(n, n + added)}
 
 
-def test_spare_rows_are_reinitialised_and_new_rows_are_base_tokenization_means(tiny, tmp_path):  # noqa: F811
+def test_spare_rows_are_reinitialised_and_new_rows_are_base_tokenization_means(tiny, tmp_path):
     n, added = tiny["report"]["base_vocab_size"], tiny["report"]["added"]
     model_dir = _make_model(tmp_path / "m", n + SPARE, tied=False)  # more rows than the base's ids (as Qwen)
     report = resize_model(ResizeConfig(model_dir, tiny["out"], tmp_path / "out"))
@@ -41,8 +47,8 @@ def test_spare_rows_are_reinitialised_and_new_rows_are_base_tokenization_means(t
             assert not torch.equal(new[name][row], old[name][row])
 
 
-def test_tied_model_stays_tied_and_loads_with_the_extended_tokenizer(tiny, tmp_path):  # noqa: F811
-    n, added = tiny["report"]["base_vocab_size"], tiny["report"]["added"]
+def test_tied_model_stays_tied_and_loads_with_the_extended_tokenizer(tiny, tmp_path):
+    n = tiny["report"]["base_vocab_size"]
     model_dir = _make_model(tmp_path / "m", n, tied=True)
     report = resize_model(ResizeConfig(model_dir, tiny["out"], tmp_path / "out", pad_to_multiple_of=8))
     assert report["tied_embeddings"] and report["reinitialised_spare_rows"] is None
@@ -56,7 +62,7 @@ def test_tied_model_stays_tied_and_loads_with_the_extended_tokenizer(tiny, tmp_p
     assert model(ids).logits.shape[-1] == weights[EMB].shape[0]
 
 
-def test_special_token_rows_stay_out_of_the_fallback_mean(tiny, tmp_path):  # noqa: F811
+def test_special_token_rows_stay_out_of_the_fallback_mean(tiny, tmp_path):
     """Llama-3's reserved special tokens were never trained: their rows must not pull the mean."""
     import json
 

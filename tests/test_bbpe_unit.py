@@ -1,18 +1,16 @@
 """Byte-level BPE extension on a tiny hand-made rank file: no real data, no network."""
 from __future__ import annotations
 
-import base64
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 from tokenizers import Tokenizer
 
+from bbpe_tiny import PARTIAL, WORDS, make_tiny, tiny_rank_lines
 from vocab.bbpe_base import load_bbpe_base
 from vocab.bbpe_hf import build_tokenizer
 from vocab.bbpe_merge import extend_bbpe
@@ -20,44 +18,16 @@ from vocab.bbpe_profiles import LLAMA3_PATTERN
 from vocab.bbpe_train import TrainSettings, bytes_rule, segments_of
 from vocab.bbpe_verify import ids_of
 from vocab.bbpe_write import load_rank_encoder
-from zhllama.files import sha256_file
-
-WORDS = ["我们", "喜欢", "学习", "中文", "模型", "数据", "研究", "人员", "发布", "大语言", "北京", "大学"]
-PARTIAL = "鬱"  # the base holds only its first two bytes as a token: BPE must finish the character
-
-
-def _tiny_rank_lines() -> list[bytes]:
-    tokens = [bytes([b]) for b in range(256)]
-    tokens += [b"th", b"he", b"the", b" t", b" the", b"in", b"ing", b"er"]
-    for ch in dict.fromkeys("".join(WORDS) + "的了是。，"):  # with a merge path: lead 2 bytes, then all 3
-        tokens += [t for t in (ch.encode()[:2], ch.encode()) if t not in tokens]
-    tokens.append(PARTIAL.encode()[:2])
-    return [base64.b64encode(t) + b" " + str(i).encode() for i, t in enumerate(tokens)]
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bbpe")
-    rank = root / "tiny.tiktoken"
-    rank.write_bytes(b"\n".join(_tiny_rank_lines()) + b"\n")
-    rng = random.Random(0)
-    lines = ["".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + "，" + PARTIAL * 2 + "的。the thing"
-             for _ in range(300)]
-    text = root / "zh.txt"
-    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    manifest = root / "m.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "name": "tiny", "sources": [{"name": "zh", "path": "zh.txt", "format": "txt", "language": "zh",
-                                     "license": "CC0", "sha256": sha256_file(text)}]}, allow_unicode=True))
-    out = root / "out"
-    report = extend_bbpe(rank, lines, out, TrainSettings(new_tokens=40), pattern=LLAMA3_PATTERN)
-    return {"rank": rank, "lines": lines, "manifest": manifest, "out": out, "report": report}
+    return make_tiny(tmp_path_factory.mktemp("bbpe"))
 
 
 def test_new_tokens_are_han_only_merges_appended_after_every_base_merge(tiny):
     report, out = tiny["report"], tiny["out"]
     base = load_bbpe_base(tiny["rank"], LLAMA3_PATTERN)
-    assert report["added"] > 5 and report["new_ids"][0] == base.next_id == len(_tiny_rank_lines())
+    assert report["added"] > 5 and report["new_ids"][0] == base.next_id == len(tiny_rank_lines())
     assert all(c["ok"] for c in report["checks"].values()), report["checks"]
     new_tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     new = [new_tok.decode([i]) for i in range(base.next_id, base.next_id + report["added"])]
@@ -155,7 +125,7 @@ def _unigram_json(path: Path) -> None:
 
 
 def test_bad_bases_give_one_clear_error_and_write_nothing(tiny, tmp_path):
-    lines = _tiny_rank_lines()
+    lines = tiny_rank_lines()
     cases = {"WordPiece": ("wp.json", _wordpiece_json), "Unigram": ("ug.json", _unigram_json)}
     files = {}
     for name, (file, make) in cases.items():
