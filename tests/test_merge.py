@@ -176,8 +176,10 @@ def test_bad_inputs_give_one_clear_error_and_no_folder(tiny_models, tmp_path):
     garbage.write_bytes(b"\x00\xff not a protobuf \x12\x99" * 10)
     cases = {
         "no such file": ["--base", str(tmp_path / "missing.model"), "--add", str(add)],
-        "tiktoken": ["--base", str(tiktoken), "--add", str(add)],
-        "not supported yet": ["--base", str(json_only), "--add", str(add)],
+        # byte-level BPE bases (tiktoken, tokenizer.json) learn from text: --add is refused (tests/test_bbpe*.py)
+        "learned from text": ["--base", str(tiktoken), "--add", str(add)],
+        "is a byte-level BPE tokenizer": ["--base", str(json_only), "--add", str(add)],
+        "give --add": ["--base", str(base)],
         "not a SentencePiece model": ["--base", str(base), "--add", str(garbage)],
         "model_type is UNIGRAM": ["--base", str(add), "--add", str(add)],
     }

@@ -3,7 +3,15 @@
     python -m vocab merge --base ../shared/data/tokenizers/llama2c/tokenizer.model --add ../shared/data/tokenizers/chinese_llama_alpaca/chinese_sp.model --out runs/zh_tokenizer
 
 BASE is a SentencePiece tokenizer.model or a Hugging Face folder holding one (its special tokens
-and chat template are kept). ADD is a SentencePiece model (BPE or Unigram) trained on Chinese.
+and chat template are kept).
+
+A byte-level BPE BASE (Llama-3/Qwen tiktoken rank file, Mistral tekken.json, an HF tokenizer.json
+or folder whose model is BPE with a ByteLevel pre-tokenizer) learns its new tokens from text
+instead of an ADD model: continued BPE under the base's own pre-tokenizer, Han-only merges
+appended after every base merge (vocab/bbpe_merge.py):
+
+    python -m vocab merge --base ../shared/data/tokenizers/llama3/tokenizer.model --manifest corpora_manifests/shared_zh_vocab.yaml --new-tokens 20000 --out runs/llama3_zh
+ ADD is a SentencePiece model (BPE or Unigram) trained on Chinese.
 OUT becomes an HF tokenizer folder (tokenizer.model, tokenizer.json, tokenizer_config.json,
 special_tokens_map.json, merge_report.json); pieces 0..N-1 stay the base's.
 
@@ -23,7 +31,16 @@ from .merge_policy import DEFAULT_POLICY, POLICIES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True, help="base tokenizer.model, or an HF folder holding one")
-    parser.add_argument("--add", required=True, help="Chinese SentencePiece .model to merge in")
+    parser.add_argument("--add", help="Chinese SentencePiece .model to merge in (SentencePiece bases)")
+    bpe = parser.add_argument_group("byte-level BPE bases (Llama-3, Qwen, Mistral Tekken)")
+    bpe.add_argument("--manifest", help="corpus manifest whose training split the new merges are learned on")
+    bpe.add_argument("--new-tokens", type=int, help="how many tokens to learn (fewer if pairs run out)")
+    bpe.add_argument("--allowed", choices=["han", "han+punct"], default="han",
+                     help="what a new token may decode to (han+punct: also full-width CJK punctuation)")
+    bpe.add_argument("--jieba", action="store_true", help="no new token crosses a jieba word boundary")
+    bpe.add_argument("--min-count", type=int, default=2, help="stop when no pair occurs this often")
+    bpe.add_argument("--pattern", help="split regex of a tiktoken rank file we do not know (see vocab/bbpe_profiles.py)")
+    bpe.add_argument("--seed", type=int, default=0, help="seeds the manifest's weighted mix")
     parser.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
     parser.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
                         help=f"which pieces to append and how to score them (default {DEFAULT_POLICY})")
@@ -33,10 +50,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="append <pad> right after the merged pieces (Chinese-Alpaca: id 49953)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                        help="check the five invariants on built-in samples; a failure is an error (default on)")
+                        help="check the invariants (five for SentencePiece bases, six for byte-level BPE) on built-in "
+                        "samples; a failure is an error and writes nothing (default on)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from zhllama.errors import UserError
+
+    from .bbpe_base import is_bbpe_base
+
+    if is_bbpe_base(args.base):
+        from .bbpe_merge import run_from_manifest
+
+        if args.add:
+            raise UserError(f"--base {args.base} is a byte-level BPE tokenizer: its new tokens are learned from "
+                            "text (--manifest M --new-tokens N), not taken from an --add model")
+        if not args.manifest or not args.new_tokens:
+            raise UserError(f"--base {args.base} is a byte-level BPE tokenizer: give --manifest and --new-tokens")
+        return run_from_manifest(args.base, args.manifest, args.out, args.new_tokens, allowed=args.allowed,
+                                 jieba=args.jieba, min_count=args.min_count, pattern=args.pattern, seed=args.seed,
+                                 overwrite=args.overwrite, verify=args.verify)
+    if not args.add:
+        raise UserError(f"--base {args.base} is a SentencePiece model: give --add (a Chinese SentencePiece model)")
     from .merge import merge_tokenizers
 
     report = merge_tokenizers(args.base, args.add, args.out, policy=args.policy,

@@ -114,6 +114,9 @@ def check_base_ids(model_dir: Path, rows: int, tok: TokenizerInfo) -> tuple[int,
     model's rows. Either way ids below N must mean what the model's rows were trained for.
     """
     problems: list[str] = []
+    spare = _spare_rows(tok, rows)
+    if spare is not None:  # byte-level BPE extension onto a model with spare rows: see vocab.bbpe_resize
+        return spare, f"{tok.folder / 'merge_report.json'} base_vocab_size (rows {spare}..{rows - 1} are spare)"
     if tok.size < rows:
         problems.append(f"the tokenizer in {tok.folder} has {tok.size} tokens, fewer than the model's "
                         f"{rows} embedding rows: resizing only grows a vocabulary")
@@ -139,6 +142,17 @@ def check_base_ids(model_dir: Path, rows: int, tok: TokenizerInfo) -> tuple[int,
                         f"({source}); new ids would land on rows that mean something else")
     raise_if_problems(f"tokenizer {tok.folder} does not fit model {model_dir}", problems)
     return base_n, source
+
+
+def _spare_rows(tok: TokenizerInfo, rows: int) -> int | None:
+    """A byte-level BPE extension's base_vocab_size when the model has more rows than that (its
+    rows from there on belong to no token and are re-initialised), else None."""
+    from .bbpe_resize import is_bbpe_extension
+
+    base_n = base_size_of(tok)
+    if base_n is None or not is_bbpe_extension(tok.merge_report) or base_n >= rows:
+        return None
+    return base_n
 
 
 def _validate_paths(cfg: ResizeConfig) -> None:
@@ -188,7 +202,9 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
     tok = read_tokenizer(tok_dir)
     base_n, base_source = check_base_ids(model_dir, rows, tok)
     new_rows = _round_up(tok.size, cfg.pad_to_multiple_of)
-    plan = plan_rows(tok, rows, new_rows, cfg.init, base_n)
+    first = base_n if base_n < rows else None  # spare rows: new ids land on them, so they are planned too
+    new_rows = max(new_rows, rows) if first is not None else new_rows
+    plan = plan_rows(tok, rows, new_rows, cfg.init, base_n, first)
     std = float(holder.get("initializer_range", config.get("initializer_range", 0.02)))
     spelling = _spell(cfg, layout, tok, plan, base_n, progress) if cfg.init == "spelling" else None
 
@@ -216,6 +232,8 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
         "initializer_range": std if cfg.init == "random" else None,
         "seed": cfg.seed if cfg.init == "random" else None,
         "rows_per_rule": plan.counts(),
+        "reinitialised_spare_rows": [first, rows - 1] if first is not None else None,
+        "mean_excludes_special_rows": len(plan.mean_excludes),
         "spelling": spelling_summary(spelling, cfg.device, cfg.calibration_text) if spelling is not None else None,
         "dtype": layout.input.dtype,
         "tied_embeddings": layout.tied,

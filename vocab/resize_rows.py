@@ -130,6 +130,12 @@ class RowPlan:
     method: str
     rules: list[str]  # one per new row
     sources: dict[int, list[int]]  # new id -> base ids whose rows are averaged
+    first: int = -1  # first row the plan sets (default old_rows; lower: spare rows are re-initialised)
+    mean_excludes: list[int] = field(default_factory=list)  # rows left out of the fallback mean
+
+    @property
+    def start(self) -> int:
+        return self.old_rows if self.first < 0 else self.first
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -138,20 +144,41 @@ class RowPlan:
         return out
 
 
-def plan_rows(tok: TokenizerInfo, old_rows: int, new_rows: int, method: str, base_size: int) -> RowPlan:
-    """Decide the rule of every new row (and the base ids for sub-token means)."""
-    if method not in METHODS:
-        raise UserError(f"--init {method!r}: expected one of {', '.join(METHODS)}")
-    if method in SPELLED_METHODS and tok.sp_proto is None:
+def _speller(tok: TokenizerInfo, base_size: int, method: str):
+    """id -> base ids of its surface (None: the base cannot spell it)."""
+    from .bbpe_resize import bbpe_speller, is_bbpe_extension
+
+    if is_bbpe_extension(tok.merge_report):
+        if method == "spelling":
+            raise UserError("--init spelling is for SentencePiece merges; byte-level BPE extensions take "
+                            "--init subtoken-mean (the base tokenization of each new token)")
+        return bbpe_speller(tok.folder, base_size)
+    if tok.sp_proto is None:
         raise UserError(
             f"--init {method} needs the merged {SP_FILE} in {tok.folder} to spell new pieces "
             "with the base tokenizer; use --init mean or random for tokenizer.json-only folders"
         )
-    processor = base_processor(tok, base_size) if method in SPELLED_METHODS else None
-    unk = processor.unk_id() if processor is not None else -1
+    processor = base_processor(tok, base_size)
+    unk = processor.unk_id()
+
+    def spell(i: int) -> list[int] | None:
+        ids = processor.encode(tok.pieces[i].replace("\u2581", " "), out_type=int)
+        return ids if ids and unk not in ids else None
+    return spell
+
+
+def plan_rows(tok: TokenizerInfo, old_rows: int, new_rows: int, method: str, base_size: int,
+              first: int | None = None) -> RowPlan:
+    """Decide the rule of every new row (and the base ids for sub-token means).
+
+    ``first`` (below ``old_rows``): spare rows from there on are planned like new ones."""
+    if method not in METHODS:
+        raise UserError(f"--init {method!r}: expected one of {', '.join(METHODS)}")
+    spell = _speller(tok, base_size, method) if method in SPELLED_METHODS else None
     rules: list[str] = []
     sources: dict[int, list[int]] = {}
-    for i in range(old_rows, new_rows):
+    start = old_rows if first is None else first
+    for i in range(start, new_rows):
         if i >= tok.size:
             rules.append(RULE_PADDING)
         elif i in tok.special_ids or tok.pieces[i] is None:
@@ -161,23 +188,32 @@ def plan_rows(tok: TokenizerInfo, old_rows: int, new_rows: int, method: str, bas
         elif method == "random":
             rules.append(RULE_RANDOM)
         else:
-            ids = processor.encode(tok.pieces[i].replace("\u2581", " "), out_type=int)
-            if not ids or unk in ids:
+            ids = spell(i)
+            if not ids:
                 rules.append(RULE_UNDECOMPOSABLE)
             else:
                 rules.append(RULE_SUBTOKEN)
                 sources[i] = ids
-    return RowPlan(old_rows, new_rows, method, rules, sources)
+    from .bbpe_resize import is_bbpe_extension
+
+    # Byte-level BPE bases: special tokens' rows (Llama-3's reserved ones were never trained) stay out
+    # of the fallback mean. SentencePiece merges keep the mean of all rows, as before.
+    excludes = sorted(i for i in tok.special_ids if i < start) if is_bbpe_extension(tok.merge_report) else []
+    return RowPlan(old_rows, new_rows, method, rules, sources, start, excludes)
 
 
-def mean_of_rows(old, chunk: int = 4096):
-    """Mean of all rows in float32, accumulated in float64 chunk by chunk (no full fp32 copy)."""
+def mean_of_rows(old, chunk: int = 4096, upto: int | None = None, excludes: list[int] = ()):
+    """Mean of rows ``[:upto]`` less ``excludes`` in float32, accumulated in float64 chunk by chunk
+    (no full fp32 copy)."""
     import torch
 
+    upto = old.shape[0] if upto is None else upto
     acc = torch.zeros(old.shape[1:], dtype=torch.float64)
-    for start in range(0, old.shape[0], chunk):
-        acc += old[start:start + chunk].to(torch.float64).sum(dim=0)
-    return (acc / old.shape[0]).to(torch.float32)
+    for start in range(0, upto, chunk):
+        acc += old[start:min(start + chunk, upto)].to(torch.float64).sum(dim=0)
+    if excludes:
+        acc -= old[list(excludes)].to(torch.float64).sum(dim=0)
+    return (acc / (upto - len(excludes))).to(torch.float32)
 
 
 def grow_rows(old, plan: RowPlan, std: float, generator=None):
@@ -192,11 +228,11 @@ def grow_rows(old, plan: RowPlan, std: float, generator=None):
         raise ValueError(f"tensor has {old.shape[0]} rows, plan expects {plan.old_rows}")
     new = torch.empty((plan.new_rows, *old.shape[1:]), dtype=old.dtype)
     new[: plan.old_rows].copy_(old)
-    if plan.new_rows == plan.old_rows:
+    if plan.new_rows == plan.start:
         return new
-    mean = mean_of_rows(old).to(old.dtype)
+    mean = mean_of_rows(old, upto=plan.start, excludes=plan.mean_excludes).to(old.dtype)
     for offset, rule in enumerate(plan.rules):
-        i = plan.old_rows + offset
+        i = plan.start + offset
         if rule == RULE_SUBTOKEN:
             new[i] = old[plan.sources[i]].to(torch.float32).mean(dim=0).to(old.dtype)
         elif rule == RULE_RANDOM:

@@ -42,7 +42,8 @@ def _sniff_not_sentencepiece(data: bytes) -> str | None:
     lines = head.splitlines()[:8]
     if lines and all(len(line.split()) == 2 and line.split()[1].isdigit() for line in lines):
         return ("a tiktoken BPE rank file (lines of 'base64(token) rank', e.g. Llama 3), "
-                "not a SentencePiece model; tiktoken bases are not supported yet")
+                "not a SentencePiece model; a byte-level BPE base (Llama-3, Qwen) is extended with "
+                "--base FILE --manifest M --new-tokens N, never used as --add")
     return None
 
 
@@ -74,8 +75,8 @@ def resolve_sentencepiece(path: str | Path, role: str) -> LoadedModel:
         model_file = path / "tokenizer.model"
         if not model_file.is_file():
             has_json = (path / "tokenizer.json").is_file()
-            hint = (" It has only a tokenizer.json (a tokenizers-library model): merging into those "
-                    "is not supported yet; give the SentencePiece tokenizer.model.") if has_json else ""
+            hint = (" It has only a tokenizer.json: a byte-level BPE base is extended with --base DIR "
+                    "--manifest M --new-tokens N, never used as --add.") if has_json else ""
             raise UserError(f"--{role} {path}: folder has no SentencePiece tokenizer.model.{hint}")
         return LoadedModel(load_model_proto(model_file), model_file, path)
     if not path.exists():

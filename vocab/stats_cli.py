@@ -3,7 +3,9 @@
     python -m vocab stats --tokenizer runs/zh_vocab/merged --base ../shared/data/tokenizers/llama2c/tokenizer.model ../shared/data/pretrain/cmrc2018_dev_contexts.txt
     python -m vocab stats --tokenizer T [--base B] [--jieba] [--json] FILE...
 
-T and B are SentencePiece .model files or Hugging Face folders holding tokenizer.model. Each FILE
+T and B are SentencePiece .model files or Hugging Face folders holding tokenizer.model; or
+byte-level BPE tokenizers (a folder with tokenizer.json, a tiktoken rank file, a tekken.json),
+for which it prints JSON with tokens/char and the guarantees against B (vocab/bbpe_stats.py). Each FILE
 is read as UTF-8 text, one text per line. Prints per file: tokens per character, tokens per CJK
 character, byte-fallback share, share of the vocabulary used; with --base also the base's tokens
 per character, non-CJK lines tokenized differently from B and unreachable added pieces; with
@@ -26,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .bbpe_base import is_bbpe_base
+
+    if is_bbpe_base(args.tokenizer):  # Llama-3 / Qwen / Tekken and their extensions: vocab/bbpe_stats.py
+        from .bbpe_stats import bbpe_stats
+
+        report = bbpe_stats(args.tokenizer, args.base, {path: read_lines(path) for path in args.files})
+        print(json.dumps(report, ensure_ascii=False, indent=None if args.json else 2))
+        return 0
     tok = load_tokenizer(args.tokenizer, "tokenizer")
     base = load_tokenizer(args.base, "base") if args.base else None
     lines = {path: read_lines(path) for path in args.files}  # read all first: a bad file fails early

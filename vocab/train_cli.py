@@ -8,6 +8,10 @@ Writes DIR/zh.model, DIR/zh.vocab and DIR/train_report.json (inputs' sha256, eve
 setting, time, corpus size). With --merge-into BASE it then merges zh.model into BASE (the
 `python -m vocab merge` defaults) and writes the merged Hugging Face tokenizer folder to
 --merged-out (default DIR/merged).
+
+With a byte-level BPE BASE (Llama-3/Qwen tiktoken file, tekken.json, HF tokenizer.json) there is
+no SentencePiece model: --vocab-size tokens are learned by continued BPE under the base's own
+pre-tokenizer and written straight to --merged-out (see `python -m vocab merge --help`).
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="han: train on runs of Han characters (default); lines: on whole lines")
     parser.add_argument("--max-segment-chars", type=int, default=d.max_segment_chars)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    parser.add_argument("--merge-into", metavar="BASE", help="then merge into this base tokenizer (file or HF folder)")
+    parser.add_argument("--merge-into", metavar="BASE", help="then merge into this base tokenizer (SentencePiece or byte-level BPE; file or HF folder)")
     parser.add_argument("--merged-out", help="folder for the merged tokenizer (default: OUT/merged)")
 
 
@@ -56,6 +60,15 @@ def run(args: argparse.Namespace) -> int:
     if args.merge_into and not Path(args.merge_into).exists():
         raise UserError(f"--merge-into {args.merge_into}: no such file or folder")
     merged_out = Path(args.merged_out) if args.merged_out else Path(args.out) / "merged"
+    from .bbpe_base import is_bbpe_base
+
+    if args.merge_into and is_bbpe_base(args.merge_into):
+        # A byte-level BPE base is extended by continued BPE (no SentencePiece model): --vocab-size
+        # new tokens are learned straight into the merged folder (see vocab/bbpe_merge.py).
+        from .bbpe_merge import run_from_manifest
+
+        return run_from_manifest(args.merge_into, args.manifest, merged_out, args.vocab_size, jieba=args.jieba,
+                                 seed=args.seed, overwrite=args.overwrite)
     report = train(args.manifest, settings, args.out, overwrite=args.overwrite)
     corpus, model = report["corpus"], report["model"]
     print(f"trained {model['vocab_size']} pieces ({model['multi_char_han_pieces']} multi-character Han) on "

@@ -1,0 +1,45 @@
+"""What ``vocab resize`` needs to know about a byte-level BPE extension (merge_report.json "base").
+
+- Spelling: a new token's decomposition is its base tokenization — the extended tokenizer.json
+  cut back to the base (vocab ids below ``base_vocab_size`` and special tokens; merges whose
+  result is still a token), encoding the new token's text.
+- Spare rows: a model may have more embedding rows than its tokenizer has ids (Qwen: 151,936 rows
+  for 151,665 ids). New ids from ``base_vocab_size`` on then land on rows that were never trained
+  for any token; they are initialised like every other new id, never left as they were.
+- The mean row new tokens fall back to leaves out the special tokens' rows (Llama-3's 250
+  reserved tokens were never trained).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+BBPE_FORMATS = ("tiktoken", "tekken", "hf")
+
+
+def is_bbpe_extension(merge_report: dict) -> bool:
+    base = merge_report.get("base")
+    return isinstance(base, dict) and base.get("format") in BBPE_FORMATS
+
+
+def _joined(merge) -> str:
+    return "".join(merge.split(" ", 1)) if isinstance(merge, str) else "".join(merge)
+
+
+def bbpe_speller(folder: Path, base_size: int) -> Callable[[int], list[int]]:
+    """id -> ids of its text under the base tokenizer (rebuilt from the folder's tokenizer.json)."""
+    from tokenizers import Tokenizer
+
+    text = (Path(folder) / "tokenizer.json").read_text(encoding="utf-8")
+    full = Tokenizer.from_str(text)
+    raw = json.loads(text)
+    special = {t["content"] for t in raw.get("added_tokens", [])}
+    model = raw["model"]
+    model["vocab"] = {t: i for t, i in model["vocab"].items() if i < base_size or t in special}
+    model["merges"] = [m for m in model["merges"] if _joined(m) in model["vocab"]]
+    base = Tokenizer.from_str(json.dumps(raw, ensure_ascii=False))
+
+    def spell(i: int) -> list[int]:
+        return base.encode(full.decode([i], skip_special_tokens=False), add_special_tokens=False).ids
+    return spell
