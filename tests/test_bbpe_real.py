@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from tokenizers import Tokenizer
 
 from conftest import SHARED_DATA
-from demo.fetch import FetchError
 from vocab.bbpe_base import load_bbpe_base
 from vocab.bbpe_hf import build_tokenizer
 from vocab.bbpe_merge import extend_bbpe, verify_folder
@@ -25,6 +24,7 @@ from vocab.bbpe_train import TrainSettings, char_rule
 from vocab.bbpe_verify import ids_of
 from vocab.bbpe_write import load_rank_encoder, write_hf_folder
 from vocab.verify import shared_text_files, text_lines
+from zhllama.pinned import FetchError
 
 N_NEW = 1500
 BASES = ["llama3", "qwen", "tekken"]
