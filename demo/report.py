@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from zhllama.files import write_json_atomic
+from zhllama.files import save_figure_atomic, write_json_atomic
 
 from .budget import Budget
 from .stages import SKIPPED
@@ -55,8 +55,7 @@ def plot_losses(records: dict, out: Path) -> bool:
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure_atomic(fig, out, dpi=110)
     return True
 
 
@@ -77,8 +76,7 @@ def plot_bpc(bpc: dict[str, dict], out: Path) -> bool:
     ax.set_xlabel("bits per character on test reviews (lower is better)")
     ax.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure_atomic(fig, out, dpi=110)
     return True
 
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zhllama.files import save_figure_atomic
+
 from .config import TrainConfig
 
 
@@ -107,10 +109,7 @@ def plot_loss_curve(jsonl: Path, png: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png)
+    save_figure_atomic(fig, png)
 
 
 def _plain(cfg: Any) -> dict:

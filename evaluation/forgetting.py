@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from zhllama.files import save_figure_atomic
+
 WATCHED = re.compile(r"^(eval/([^/]+/)?(loss|bits_per_char)|bench/[^/]+/[^/]+)$")
 
 
@@ -88,10 +90,7 @@ def plot(table: dict[str, Any], png: Path) -> None:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png)
+    save_figure_atomic(fig, png)
 
 
 def write_report(out_dir: Path, base: dict[str, Any] | None, trips: list[dict]) -> dict[str, Any]:

@@ -106,3 +106,15 @@ def check_writable_dir(folder: str | os.PathLike, setting: str, probe: str = ".w
 def describe_not_a_file(path: str | os.PathLike) -> str:
     """'is a directory, expected a file' or 'does not exist' (the two need different fixes)."""
     return "is a directory, expected a file" if Path(path).is_dir() else "does not exist"
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG under a temporary name, close it, then rename over ``path``:
+    a reader (a browser refreshing the plot during training) never sees a half-written image."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")  # the suffix tells matplotlib the format
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
