@@ -34,8 +34,8 @@ def python_exe() -> str:
 
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory):
-    """merge -> resize -> pretrain -> sft -> export on tiny assets, built once (tests/chain_support.py)."""
-    from chain_support import build_chain
+    """merge -> resize -> pretrain -> sft -> export on tiny assets, built once (tests/helpers_chain.py)."""
+    from helpers_chain import build_chain
 
     return build_chain(tmp_path_factory.mktemp("chain"))
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bbpe_tiny import WORDS, make_tiny
+from helpers_bbpe import WORDS, make_tiny
 from helpers_resize import EMB, HEAD, _make_model, _weights
 from vocab.bbpe_base import load_bbpe_base
 from vocab.bbpe_hf import build_tokenizer

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from tokenizers import Tokenizer
 
-from bbpe_tiny import PARTIAL, WORDS, make_tiny, tiny_rank_lines
+from helpers_bbpe import PARTIAL, WORDS, make_tiny, tiny_rank_lines
 from vocab.bbpe_base import load_bbpe_base
 from vocab.bbpe_hf import build_tokenizer
 from vocab.bbpe_merge import extend_bbpe

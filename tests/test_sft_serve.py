@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from serve_support import start_server, tiny_export
+from helpers_serve import start_server, tiny_export
 
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency (pip install -e '.[test]')")
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_support import tiny_export
+from helpers_serve import tiny_export
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency (pip install -e '.[test]')")
 

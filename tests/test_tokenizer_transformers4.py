@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from chain_support import _base_tokenizer
+from helpers_chain import _base_tokenizer
 
 from zhllama.pinned import default_cache
 
