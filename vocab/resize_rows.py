@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhllama.errors import UserError
+from zhllama.tokenizer_files import read_sp_proto
 
 SP_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
@@ -55,11 +56,7 @@ def read_tokenizer(folder: Path) -> TokenizerInfo:
     if sp_path.is_file():
         from sentencepiece import sentencepiece_model_pb2 as pb
 
-        proto = pb.ModelProto()
-        try:
-            proto.ParseFromString(sp_path.read_bytes())
-        except Exception as exc:  # protobuf raises its own DecodeError
-            raise UserError(f"{sp_path}: not a SentencePiece model ({exc})") from None
+        proto = read_sp_proto(sp_path)
         kinds = pb.ModelProto.SentencePiece
         for i, piece in enumerate(proto.pieces):
             pieces[i] = piece.piece

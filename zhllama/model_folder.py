@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .tokenizer_files import read_sp_proto
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -143,14 +144,7 @@ def tokenizer_size(folder: str | Path) -> int:
         ids += [int(t["id"]) for t in data.get("added_tokens") or []]
         return max(ids) + 1 if ids else 0
     if sp.is_file():
-        from sentencepiece import sentencepiece_model_pb2 as pb
-
-        proto = pb.ModelProto()
-        try:
-            proto.ParseFromString(sp.read_bytes())
-        except Exception as exc:  # protobuf raises its own DecodeError
-            raise UserError(f"{sp}: not a SentencePiece model ({exc})") from None
-        return len(proto.pieces)
+        return len(read_sp_proto(sp).pieces)
     raise UserError(f"{folder} is not a tokenizer folder (no tokenizer.json or tokenizer.model)")
 
 

@@ -56,6 +56,18 @@ def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike) -> str:
     return sha256_json(parts)
 
 
+def read_sp_proto(path: str | os.PathLike) -> Any:
+    """The parsed SentencePiece model (a ModelProto) at ``path``; one UserError naming the file if it is not one."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    try:
+        proto.ParseFromString(Path(path).read_bytes())
+    except Exception as exc:  # protobuf raises its own DecodeError
+        raise UserError(f"{path}: not a SentencePiece model ({exc})") from None
+    return proto
+
+
 def _token_text(value: Any) -> Any:
     return value.get("content") if isinstance(value, dict) else value
 
