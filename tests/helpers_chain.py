@@ -7,7 +7,6 @@ ZeRO-3), then ``sft export``. Returns every stage's folder.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -15,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from helpers_prepare import write_lines, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 ZH_LINES = ["中国科学院的研究人员发布了新的大语言模型。", "北京大学的学生在图书馆学习中文。",
@@ -66,14 +65,8 @@ def _base_tokenizer(folder: Path) -> Path:
 
 
 def _manifest(folder: Path) -> Path:
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(ZH_LINES + ["    indented line", "a</s>b 文本里的 </s>"]) + "\n", encoding="utf-8")
-    raw = {"name": "chain", "holdout": {"fraction": 0.2, "salt": "t"}, "sources": [{
-        "name": "chain", "path": str(corpus), "format": "txt", "language": "zh", "license": "test",
-        "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest(), "weight": 1.0}]}
-    path = folder / "manifest.yaml"
-    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    return path
+    corpus = write_lines(folder / "corpus.txt", ZH_LINES + ["    indented line", "a</s>b 文本里的 </s>"])
+    return write_manifest(folder / "manifest.yaml", [{"name": "chain", "file": corpus}], holdout=0.2, name="chain")
 
 
 def build_chain(root: Path) -> dict[str, Path]:

@@ -1,28 +1,21 @@
 """Prepared shards + a tiny model, and `python -m pretrain train` as a subprocess (one rank)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers_prepare import write_lines, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
 
 
 def _manifest(folder: Path, lines: list[str]) -> Path:
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    raw = {"name": "tiny", "holdout": {"fraction": 0.2, "salt": "t"}, "sources": [{
-        "name": "tiny", "path": str(corpus), "format": "txt", "language": "zh", "license": "test",
-        "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest(), "weight": 1.0}]}
-    path = folder / "manifest.yaml"
-    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    return path
+    corpus = write_lines(folder / "corpus.txt", lines)
+    return write_manifest(folder / "manifest.yaml", [{"name": "tiny", "file": corpus}], holdout=0.2, name="tiny")
 
 
 @pytest.fixture(scope="module")
