@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,13 +31,14 @@ from . import checkpoint, settings as run_settings
 from .config import TrainConfig
 from .data import StepPlan, default_collate, fetch
 from .dist import build_ds_config, device, init_distributed, offloads_optimizer
-from .evaluate import evaluate, forward_loss
+from .evaluate import forward_loss
 from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
 from .kernels import apply_liger
 from .loss import install_fused_head
 from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters, load_model, param_groups,
                     tokenizer_dir)
+from .fit_state import Evaluation, FitState, Window
 from .tracking import Tracker
 from .watch import Watch, write_forgetting_report
 
@@ -98,14 +98,6 @@ def _partition_numel(module) -> list[int]:
     return out
 
 
-def _mean_over_ranks(loss_sum: torch.Tensor, count: torch.Tensor) -> float:
-    t = torch.stack([loss_sum.double(), count.double()])
-    if dist.get_backend() != "nccl":
-        t = t.cpu()
-    dist.all_reduce(t)
-    return (t[0] / t[1].clamp(min=1)).item()
-
-
 @dataclass
 class Plan:
     """What pre-flight decided: ranks, data order, length, and where to resume (or that all is done)."""
@@ -136,13 +128,6 @@ class TrainRun:
 
     metrics: dict[str, Any]
     engine: Any = None
-
-
-@dataclass
-class FitState:
-    step: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
-    stopped_by_guard: list[dict[str, Any]] = field(default_factory=list)  # eval.guard_action=stop tripped
 
 
 def _finished_report(cfg: TrainConfig, total_steps: int, data_fingerprint: str | None,
@@ -248,27 +233,12 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
 
     bar = tqdm(total=total_steps, initial=state.step, disable=rank != 0 or not cfg.logging.progress, desc="train",
                unit="step", dynamic_ncols=True)
-    eval_bs = cfg.eval.micro_batch_size or cfg.batch.micro_batch_size
-
-    evaluating = eval_ds is not None or (watch is not None and watch.active)
-
-    def run_eval() -> None:
-        out = evaluate(engine, eval_ds, collate_fn, eval_bs, cfg.eval.max_batches, eval_characters, dev) \
-            if eval_ds is not None else {}
-        if watch is not None:  # named sets, benchmarks, guard (engine/watch.py)
-            out.update(watch.run(engine, state.step, dev, force_all=state.step == total_steps))
-        tracker.log(state.step, out)
-        state.metrics.update(out)
-        if watch is not None and watch.check_guard(state.step, out) and cfg.eval.guard_action == "stop":
-            state.stopped_by_guard = watch.trips
-
-    if watch is not None:
-        watch.ensure_base(engine, state.step, dev, None if eval_ds is None else lambda: evaluate(
-            engine, eval_ds, collate_fn, eval_bs, cfg.eval.max_batches, eval_characters, dev))
-    if evaluating and cfg.eval.at_start and state.step == 0:
-        run_eval()
+    evaluation = Evaluation(cfg, engine, eval_ds, collate_fn, eval_characters, watch, tracker, dev, total_steps)
+    evaluation.ensure_base(state)
+    if evaluation.active and cfg.eval.at_start and state.step == 0:
+        evaluation.run(state)
     engine.train()
-    window = _Window()
+    window = Window()
     last_eval_step = state.step if state.metrics else -1
     while state.step < total_steps:
         lr_used = built.scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler moves on after it)
@@ -282,58 +252,40 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
         state.step += 1
         bar.update(1)
         if state.step % cfg.logging.every_steps == 0 or state.step == total_steps:
-            guard.check()
-            logged = window.flush(engine, dev, lr_used)
-            if cfg.model.dtype != "float16":  # fp16 loss scaling skips overflowed steps by design
-                check_grad_norm(logged.get("train/grad_norm"), state.step)
-            state.metrics.update(logged)
-            tracker.log(state.step, logged)
+            logged = _log_window(cfg, engine, window, guard, state, tracker, dev, lr_used)
             bar.set_postfix(loss=f"{logged['train/loss']:.4f}", tok_s=f"{logged['train/tokens_per_s']:.0f}")
-        if evaluating and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
-            run_eval()
+        if evaluation.active and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
+            evaluation.run(state)
             last_eval_step = state.step
-        saved = cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0 and state.step < total_steps
-        saved = saved or (bool(state.stopped_by_guard) and state.step < total_steps)  # a guard stop stays resumable
-        if saved:
-            guard.check()  # never keep a checkpoint written after a non-finite step
-            check_weights(engine.module, f"checkpoint at step {state.step}")
-            with _writing(cfg, f"checkpoint step {state.step}"):
-                checkpoint.save(engine, cfg.output_dir, state.step, meta, cfg.checkpoint.keep_last)
+        due = cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0
+        if state.step < total_steps and (due or state.stopped_by_guard):  # a guard stop stays resumable
+            _save_checkpoint(cfg, engine, guard, state.step, meta)
         if state.stopped_by_guard:  # a clean stop: export and report as usual
             break
     bar.close()
     guard.check()
-    if evaluating and last_eval_step != state.step:
-        run_eval()
+    if evaluation.active and last_eval_step != state.step:
+        evaluation.run(state)
     tracker.close(plot=cfg.logging.plot)
     return state
 
 
-class _Window:
-    """Loss, tokens and time since the last log line (tensors: no device sync per micro step)."""
+def _log_window(cfg: TrainConfig, engine, window: Window, guard: LossGuard, state: FitState, tracker: Tracker,
+                dev, lr_used: float) -> dict[str, float]:
+    guard.check()
+    logged = window.flush(engine, dev, lr_used)
+    if cfg.model.dtype != "float16":  # fp16 loss scaling skips overflowed steps by design
+        check_grad_norm(logged.get("train/grad_norm"), state.step)
+    state.metrics.update(logged)
+    tracker.log(state.step, logged)
+    return logged
 
-    def __init__(self) -> None:
-        self._reset()
 
-    def _reset(self) -> None:
-        self.loss, self.count, self.tokens, self.start = 0.0, 0.0, 0, time.perf_counter()
-
-    def add(self, loss_sum: torch.Tensor, count: torch.Tensor, tokens: int) -> None:
-        self.loss = self.loss + loss_sum.detach()
-        self.count = self.count + count
-        self.tokens += tokens
-
-    def flush(self, engine, dev, lr_used: float) -> dict[str, float]:
-        loss = _mean_over_ranks(torch.as_tensor(self.loss, device=dev), torch.as_tensor(self.count, device=dev))
-        elapsed = time.perf_counter() - self.start
-        out = {"train/loss": loss, "train/lr": lr_used, "train/tokens_per_s": self.tokens / max(elapsed, 1e-9)}
-        grad_norm = engine.get_global_grad_norm()
-        if grad_norm is not None:
-            out["train/grad_norm"] = float(grad_norm)
-        if torch.cuda.is_available():  # what a user sizing batch and ZeRO stage needs to see
-            out["train/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        self._reset()
-        return out
+def _save_checkpoint(cfg: TrainConfig, engine, guard: LossGuard, step: int, meta: dict[str, Any]) -> None:
+    guard.check()  # never keep a checkpoint written after a non-finite step
+    check_weights(engine.module, f"checkpoint at step {step}")
+    with _writing(cfg, f"checkpoint step {step}"):
+        checkpoint.save(engine, cfg.output_dir, step, meta, cfg.checkpoint.keep_last)
 
 
 def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fingerprint: str | None,
