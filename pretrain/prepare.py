@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,10 +35,10 @@ from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import atomic_output_dir, sha256_file, sha256_json, write_json_atomic
 from zhllama.locks import output_lock
 
-from .packed import FORMAT, REPORT, SPLITS, list_parts, part_name, read_prepare_report
+from .packed import FORMAT, REPORT, SPLITS, part_name, read_prepare_report
 from zhllama.tokenizer_files import TOKENIZER_FILES, tokenizer_fingerprint
 from .shards import SplitWriter
-from .prepare_guard import check_sources_unchanged, remove_stale_partials as _remove_stale_partials, source_stats
+from .prepare_guard import check_out, check_sources_unchanged, remove_stale_partials, source_stats
 
 
 @dataclasses.dataclass
@@ -231,7 +230,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     name = part_name(index, count)
     # Two runs into one part would race (the later rename silently wins): one writer per part.
     with output_lock(out / f".{name}.lock", f"--out {out / name}", "python -m pretrain prepare"):
-        _remove_stale_partials(out, name)
+        remove_stale_partials(out, name)
         return _prepare_part(cfg, manifest, key_inputs, cache_key, started, read_at_start)
 
 
@@ -240,7 +239,7 @@ def _prepare_part(cfg: PrepareConfig, manifest: Any, key_inputs: dict, cache_key
     index, count = cfg.shard
     out = Path(cfg.out)
     part_dir = out / part_name(index, count)
-    existing = _check_out(out, cache_key, key_inputs, index, count, cfg.overwrite)
+    existing = check_out(out, cache_key, key_inputs, index, count, cfg.overwrite)
     if existing is not None:
         _write_total_report(out)
         return PrepareResult("up-to-date", part_dir, existing)
@@ -304,51 +303,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return found
-
-
-def _check_out(out: Path, cache_key: str, key_inputs: dict, index: int, count: int,
-               overwrite: bool) -> dict | None:
-    """This part's report when it is already prepared with ``cache_key``; else clear the way."""
-    if not out.is_dir():
-        return None
-    foreign = [p.name for p in out.iterdir()
-               if not p.name.startswith(".") and p.name != REPORT and not p.name.startswith("part-")]
-    if foreign:
-        raise UserError(f"--out {out} holds other files ({', '.join(sorted(foreign)[:5])}); "
-                        "choose an empty or a prepared-data folder")
-    parts = list_parts(out)
-    for folder, report in parts:
-        if report.get("cache_key") == cache_key and folder.name == part_name(index, count):
-            return report
-    stale = [(f, r) for f, r in parts if r.get("cache_key") != cache_key]
-    if stale and not overwrite:
-        folder, report = stale[0]
-        changes = _describe_changes(report.get("key_inputs", {}), key_inputs)
-        raise UserError(f"--out {out} holds data prepared from other inputs or settings ({folder.name}: "
-                        f"{changes}); pass --overwrite to replace it, or choose another --out")
-    for folder, report in stale:
-        # Parts of another --shard count are never rewritten by this run's sibling jobs: drop them.
-        # Same-count parts belong to sibling jobs (maybe running now), which replace their own.
-        if report.get("part", {}).get("count") != count:
-            shutil.rmtree(folder, ignore_errors=True)
-    if stale and (out / REPORT).exists():
-        (out / REPORT).unlink()
-    return None
-
-
-def _describe_changes(old: dict, new: dict) -> str:
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            if key in ("block_size", "shard_count", "seed", "on_decode_error", "file_tokens"):
-                changed.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
-            elif key == "tokenizer_files":
-                names = sorted(n for n in set(old.get(key, {})) | set(new.get(key, {}))
-                               if old.get(key, {}).get(n) != new.get(key, {}).get(n))
-                changed.append(f"tokenizer files changed ({', '.join(names)})")
-            else:
-                changed.append(f"{key} changed")
-    return "; ".join(changed) or "another format"
 
 
 def _no_documents_message(manifest: str, sources: dict[str, dict]) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhllama.errors import UserError
-from zhllama.tokenizer_files import read_sp_proto
+from zhllama.tokenizer_files import read_sp_proto, tokenizer_json_pieces
 
 SP_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
@@ -65,15 +65,10 @@ def read_tokenizer(folder: Path) -> TokenizerInfo:
             ):
                 special.add(i)
     if hf_path.is_file():
-        try:
-            data = json.loads(hf_path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise UserError(f"{hf_path}: not valid JSON ({exc})") from None
-        vocab = (data.get("model") or {}).get("vocab") or {}
-        items = vocab.items() if isinstance(vocab, dict) else ((p[0], i) for i, p in enumerate(vocab))
-        for text, i in items:
-            pieces.setdefault(int(i), text)
-        for token in data.get("added_tokens") or []:
+        vocab, added = tokenizer_json_pieces(hf_path)
+        for i, text in vocab.items():
+            pieces.setdefault(i, text)
+        for token in added:
             i = int(token["id"])
             pieces.setdefault(i, token["content"])
             if token.get("special") or _SPECIAL_TEXT.match(token["content"]):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .tokenizer_files import read_sp_proto
+from .tokenizer_files import read_sp_proto, tokenizer_json_pieces
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -135,13 +135,8 @@ def tokenizer_size(folder: str | Path) -> int:
     folder = Path(folder)
     hf, sp = folder / "tokenizer.json", folder / "tokenizer.model"
     if hf.is_file():
-        try:
-            data = json.loads(hf.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise UserError(f"{hf}: not valid JSON ({exc})") from None
-        vocab = (data.get("model") or {}).get("vocab") or {}
-        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
-        ids += [int(t["id"]) for t in data.get("added_tokens") or []]
+        pieces, added = tokenizer_json_pieces(hf)
+        ids = list(pieces) + [int(t["id"]) for t in added]
         return max(ids) + 1 if ids else 0
     if sp.is_file():
         return len(read_sp_proto(sp).pieces)

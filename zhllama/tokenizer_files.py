@@ -68,6 +68,17 @@ def read_sp_proto(path: str | os.PathLike) -> Any:
     return proto
 
 
+def tokenizer_json_pieces(path: str | os.PathLike) -> tuple[dict[int, str], list[dict]]:
+    """({id: surface} of the model's vocab, the added_tokens entries) of a tokenizer.json."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    vocab = (data.get("model") or {}).get("vocab") or {}
+    items = vocab.items() if isinstance(vocab, dict) else ((p[0], i) for i, p in enumerate(vocab))
+    return {int(i): text for text, i in items}, list(data.get("added_tokens") or [])
+
+
 def _token_text(value: Any) -> Any:
     return value.get("content") if isinstance(value, dict) else value
 
