@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # torch first, from the pinned CPU build, so nothing pulls a multi-GB CUDA wheel.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast install clean-venv
+.PHONY: demo test test-fast install clean-venv gpu-wheels
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -30,6 +30,15 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(VPY) -m demo
+
+# Wheels the lent GPU machine lacks, for its Python (benchmarks/gpu_device_run.sh installs them there).
+GPU_PYTHON ?= 3.12
+gpu-wheels: $(STAMP)
+	rm -rf .gpu-wheels.partial && mkdir -p .gpu-wheels.partial
+	$(VPY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+	    --platform manylinux_2_17_x86_64 -d .gpu-wheels.partial -r benchmarks/gpu_wheels.txt
+	DS_BUILD_OPS=0 $(VPY) -m pip wheel -q --no-deps --no-build-isolation -w .gpu-wheels.partial deepspeed==0.19.8
+	rm -rf .gpu-wheels && mv .gpu-wheels.partial .gpu-wheels
 
 clean-venv:
 	rm -rf $(VENV)

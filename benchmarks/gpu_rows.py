@@ -6,6 +6,8 @@
   no document mask: blocks attend causally across documents, as those projects train).
 - ``plain``: a plain-torch reference — fp32 master weights, bf16 autocast, fused AdamW, sdpa causal.
 - ``plain_liger``: the same with Liger kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy).
+- ``plain_doc_flex_liger``: Liger and the document mask (packed position_ids, flex_attention): the
+  fastest document-masked plain-torch loop the issue measured, the ceiling the engine is held to.
 Each prints one JSON line ``{"tokens_per_s", "peak_memory_gib", "steps"}`` on its last line.
 """
 from __future__ import annotations
@@ -26,14 +28,12 @@ def _blocks(spec: dict):
     return PackedDataset(spec["data"], "train")
 
 
-def _batch(ds, step: int, micro: int, device):
+def _batch(ds, step: int, micro: int, device) -> dict:
     import torch
 
     n = len(ds)
     items = [ds[(step * micro + i) % n] for i in range(micro)]
-    ids = torch.stack([it["input_ids"] for it in items]).to(device)
-    labels = torch.stack([it["labels"] for it in items]).to(device)
-    return ids, labels
+    return {key: torch.stack([it[key] for it in items]).to(device) for key in ("input_ids", "position_ids", "labels")}
 
 
 def _report(times: list[float], tokens_per_step: int, warmup: int) -> None:
@@ -45,7 +45,7 @@ def _report(times: list[float], tokens_per_step: int, warmup: int) -> None:
                       "steps": len(timed)}), flush=True)
 
 
-def run_plain(spec: dict, liger: bool) -> None:
+def run_plain(spec: dict, liger: bool, document_mask: bool) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -55,7 +55,8 @@ def run_plain(spec: dict, liger: bool) -> None:
 
         apply_liger_kernel_to_llama(rope=True, swiglu=True, rms_norm=True, cross_entropy=False,
                                     fused_linear_cross_entropy=True)
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, attn_implementation="sdpa")
+    attention = ("flex_attention" if device.type == "cuda" else "sdpa") if document_mask else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, attn_implementation=attention)
     model.to(device).train()
     model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -63,17 +64,19 @@ def run_plain(spec: dict, liger: bool) -> None:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["dtype"] == "bfloat16")
     times = []
     for step in range(spec["warmup"] + spec["steps"]):
-        ids, labels = _batch(ds, step, micro, device)
+        batch = _batch(ds, step, micro, device)
+        if not document_mask:  # attend causally across documents, as the peer projects train
+            batch.pop("position_ids")
         start = time.perf_counter()
         with autocast:
-            loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+            loss = model(**batch, use_cache=False).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    _report(times, micro * ids.shape[1], spec["warmup"])
+    _report(times, micro * batch["input_ids"].shape[1], spec["warmup"])
 
 
 def run_peer(spec: dict) -> None:
@@ -121,4 +124,4 @@ if __name__ == "__main__":
     if spec["row"] == "peer":
         run_peer(spec)
     else:
-        run_plain(spec, liger=spec["row"] == "plain_liger")
+        run_plain(spec, liger="liger" in spec["row"], document_mask="doc" in spec["row"])

@@ -36,7 +36,8 @@ ENGINE_ROWS = {  # name -> overrides of the engine config
     "engine lora zero2": ["mode=lora", "deepspeed.preset=zero2"],
 }
 OTHER_ROWS = {"peer: HF Trainer + DeepSpeed zero3 (no doc mask)": "peer", "plain torch (sdpa causal)": "plain",
-              "plain torch + Liger": "plain_liger"}
+              "plain torch + Liger (causal)": "plain_liger",
+              "plain torch + Liger, doc mask (flex_attention)": "plain_doc_flex_liger"}
 SIZES = {  # hidden, layers, heads, mlp, vocab, seq, micro batch
     "1.4b": (2048, 24, 16, 5504, 49472, 2048, 8),
     "tiny": (64, 2, 4, 128, 4096, 128, 2),
@@ -107,10 +108,21 @@ def _numel(shape) -> int:
 
 
 def _env() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    # keep a PYTHONPATH given to us (the GPU machine's carried wheels, benchmarks/gpu_device_run.sh)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env
+
+
+def _run_row(cmd: list[str], spec: dict) -> subprocess.CompletedProcess:
+    """One row in a fresh process; a row that hangs is stopped and reported, the others still run."""
+    try:
+        return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=spec["row_timeout"])
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return subprocess.CompletedProcess(cmd, 124, out[-1000:], f"\nrow stopped after {spec['row_timeout']} s")
 
 
 def run_engine(name: str, overrides: list[str], spec: dict) -> dict:
@@ -124,7 +136,7 @@ def run_engine(name: str, overrides: list[str], spec: dict) -> dict:
            "checkpoint.every_steps=0", "checkpoint.resume=never", "eval.every_steps=0", "eval.at_start=false",
            "logging.every_steps=1", "logging.wandb=disabled", "logging.tensorboard=false", "logging.plot=false",
            "logging.progress=false", "deepspeed.overrides={}", "lora.r=64", "lora.alpha=128", *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
+    proc = _run_row(cmd, spec)
     if proc.returncode != 0:
         return {"error": (proc.stdout + proc.stderr)[-1500:]}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -135,8 +147,7 @@ def run_engine(name: str, overrides: list[str], spec: dict) -> dict:
 
 
 def run_other(row: str, spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_rows.py"), json.dumps({**spec, "row": row})],
-                          cwd=REPO, env=_env(), capture_output=True, text=True)
+    proc = _run_row([sys.executable, str(REPO / "benchmarks" / "gpu_rows.py"), json.dumps({**spec, "row": row})], spec)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": (proc.stdout + proc.stderr)[-1500:]}
@@ -167,6 +178,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per row (default 20)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
     ap.add_argument("--rows", nargs="*", help="only these rows (substring match)")
+    ap.add_argument("--row-timeout", type=int, default=300, help="seconds one row may take (default 300)")
+    ap.add_argument("--results", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 TFLOP/s of the chip")
     args = ap.parse_args()
     import torch
@@ -184,14 +197,15 @@ def main() -> None:
     model = build_model(args.work / f"model-{size}", size, tokenizer, dtype)
     print(f"[bench] model and shards ready in {time.perf_counter() - started:.0f} s", flush=True)
     spec = {"work": str(args.work), "model": str(model), "data": str(data), "dtype": dtype, "micro_batch": micro,
-            "warmup": args.warmup, "steps": args.steps, "tokens_per_step": micro * seq, "cuda": torch.cuda.is_available()}
+            "warmup": args.warmup, "steps": args.steps, "tokens_per_step": micro * seq, "cuda": torch.cuda.is_available(),
+            "row_timeout": args.row_timeout}
     results: dict[str, dict] = {}
     for name, overrides in ENGINE_ROWS.items():
         if not args.rows or any(r in name for r in args.rows):
             results[name] = run_engine(name, overrides, spec)
             print(f"[bench] {name}: {results[name]}", flush=True)
     for name, row in OTHER_ROWS.items():
-        if row == "plain_liger" and not spec["cuda"]:
+        if "liger" in row and not spec["cuda"]:  # Liger is Triton: CUDA only
             continue
         if not args.rows or any(r in name for r in args.rows):
             results[name] = run_other(row, spec)
@@ -199,6 +213,9 @@ def main() -> None:
     print(f"\n{size} LLaMA, micro batch {micro} x {seq} tokens, {dtype}, {args.steps} timed steps after "
           f"{args.warmup}; total {time.perf_counter() - started:.0f} s")
     print(table(results, flops_per_token(model, seq), args.peak_tflops))
+    if args.results:
+        args.results.write_text(json.dumps({"size": size, "micro_batch": micro, "seq": seq, "dtype": dtype,
+                                            "rows": results}, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -231,8 +231,6 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
               + (f", resuming from {plan.resume_from.name}" if plan.resume_from else ""), flush=True)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=state.step, disable=rank != 0 or not cfg.logging.progress, desc="train",
-               unit="step", dynamic_ncols=True)
     evaluation = Evaluation(cfg, engine, eval_ds, collate_fn, eval_characters, watch, tracker, dev, total_steps)
     evaluation.ensure_base(state)
     if evaluation.active and cfg.eval.at_start and state.step == 0:
@@ -240,29 +238,31 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
     engine.train()
     window = Window()
     last_eval_step = state.step if state.metrics else -1
-    while state.step < total_steps:
-        lr_used = built.scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler moves on after it)
-        for indices in plan.steps.micro_batches(state.step, rank):
-            batch = fetch(train_ds, indices, collate_fn)
-            loss_sum, count = forward_loss(engine, batch, dev)
-            guard.observe(loss_sum, state.step + 1)
-            engine.backward(loss_sum / count.clamp(min=1))
-            engine.step()
-            window.add(loss_sum, count, batch["input_ids"].numel() * world)
-        state.step += 1
-        bar.update(1)
-        if state.step % cfg.logging.every_steps == 0 or state.step == total_steps:
-            logged = _log_window(cfg, engine, window, guard, state, tracker, dev, lr_used)
-            bar.set_postfix(loss=f"{logged['train/loss']:.4f}", tok_s=f"{logged['train/tokens_per_s']:.0f}")
-        if evaluation.active and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
-            evaluation.run(state)
-            last_eval_step = state.step
-        due = cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0
-        if state.step < total_steps and (due or state.stopped_by_guard):  # a guard stop stays resumable
-            _save_checkpoint(cfg, engine, guard, state.step, meta)
-        if state.stopped_by_guard:  # a clean stop: export and report as usual
-            break
-    bar.close()
+    # closed on errors too, so a stop message never lands on the bar's line
+    with tqdm(total=total_steps, initial=state.step, disable=rank != 0 or not cfg.logging.progress, desc="train",
+              unit="step", dynamic_ncols=True) as bar:
+        while state.step < total_steps:
+            lr_used = built.scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler then moves on)
+            for indices in plan.steps.micro_batches(state.step, rank):
+                batch = fetch(train_ds, indices, collate_fn)
+                loss_sum, count = forward_loss(engine, batch, dev)
+                guard.observe(loss_sum, state.step + 1)
+                engine.backward(loss_sum / count.clamp(min=1))
+                engine.step()
+                window.add(loss_sum, count, batch["input_ids"].numel() * world)
+            state.step += 1
+            bar.update(1)
+            if state.step % cfg.logging.every_steps == 0 or state.step == total_steps:
+                logged = _log_window(cfg, engine, window, guard, state, tracker, dev, lr_used)
+                bar.set_postfix(loss=f"{logged['train/loss']:.4f}", tok_s=f"{logged['train/tokens_per_s']:.0f}")
+            if evaluation.active and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
+                evaluation.run(state)
+                last_eval_step = state.step
+            due = cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0
+            if state.step < total_steps and (due or state.stopped_by_guard):  # a guard stop stays resumable
+                _save_checkpoint(cfg, engine, guard, state.step, meta)
+            if state.stopped_by_guard:  # a clean stop: export and report as usual
+                break
     guard.check()
     if evaluation.active and last_eval_step != state.step:
         evaluation.run(state)

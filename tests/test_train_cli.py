@@ -115,6 +115,8 @@ def test_new_settings_are_refused_and_non_finite_values_stop_the_run(assets):
     proc = _train(*common, f"model.path={_model_with(assets, 'nan_norm', nan_norm)}", f"output_dir={root / 'nan1'}")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "the loss became non-finite (NaN/inf) at step 1" in proc.stderr and "Traceback" not in proc.stderr
+    line = next(text for text in proc.stderr.split("\n") if "the loss became non-finite" in text)
+    assert "train:" not in line, line  # on a line of its own, not glued onto the progress bar's
     assert not (root / "nan1" / "final").exists() and not (root / "nan1" / "checkpoints").exists()
 
     used = set()
