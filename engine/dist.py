@@ -177,3 +177,16 @@ def _walk(node: Any, prefix: str = ""):
 def offloads_optimizer(ds: dict[str, Any]) -> bool:
     off = ds.get("zero_optimization", {}).get("offload_optimizer", {})
     return isinstance(off, dict) and off.get("device", "none") not in ("none", None)
+
+
+def single_rank_zero3_hint(ds: dict[str, Any], world_size: int) -> str | None:
+    """ZeRO-3 on one rank partitions nothing yet still gathers and releases every layer's weights
+    around each use (measured on one H200: 29,888 tokens/s against 34,647 with ZeRO-2). Only
+    parameter offload makes it worth it there."""
+    zero = ds.get("zero_optimization", {})
+    offload = zero.get("offload_param", {})
+    offloads_params = isinstance(offload, dict) and offload.get("device", "none") not in ("none", None)
+    if world_size != 1 or zero.get("stage") != 3 or offloads_params:
+        return None
+    return ("ZeRO-3 on a single rank partitions nothing but still gathers every layer's weights each step; "
+            "deepspeed.preset=zero2 holds the same model states (one rank partitions nothing either way) and runs faster")

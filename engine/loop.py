@@ -30,7 +30,7 @@ from zhllama.files import check_writable_dir, write_json_atomic
 from . import checkpoint, settings as run_settings
 from .config import TrainConfig
 from .data import StepPlan, default_collate, fetch
-from .dist import build_ds_config, device, init_distributed, offloads_optimizer
+from .dist import build_ds_config, device, init_distributed, offloads_optimizer, single_rank_zero3_hint
 from .evaluate import forward_loss
 from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
@@ -192,6 +192,9 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
     if plan.rank == 0:
         print(f"[zhllama] {kernels}; loss: {'fused, chunked' if cfg.model.fused_loss else 'plain logits'}; "
               f"attention: {cfg.model.attn_implementation}", flush=True)
+        hint = single_rank_zero3_hint(ds_config, plan.world)
+        if hint:
+            print(f"[zhllama] hint: {hint}", flush=True)
     trainable, total_params = count_parameters(module)
     optimizer = _make_optimizer(cfg, module, ds_config)
     factor = lr_factor(cfg, plan.total_steps)

@@ -71,6 +71,18 @@ def test_deepspeed_json_may_not_set_what_the_engine_owns(tmp_path):
         build_ds_config(cfg, world_size=2, hidden_size=64)
 
 
+def test_zero3_on_one_rank_gets_a_hint_towards_zero2_and_nothing_else_does():
+    from engine.dist import build_ds_config, single_rank_zero3_hint
+
+    def hint(preset: str, world: int, *extra: str):
+        cfg = load_config(TrainConfig, None, ["model.path=x", f"deepspeed.preset={preset}", *extra])
+        return single_rank_zero3_hint(build_ds_config(cfg, world_size=world, hidden_size=64), world)
+
+    assert "deepspeed.preset=zero2" in hint("zero3", 1)
+    assert hint("zero3", 2) is None and hint("zero2", 1) is None
+    assert hint("zero3", 1, "deepspeed.overrides={zero_optimization: {offload_param: {device: cpu}}}") is None
+
+
 def test_lora_adapters_stay_whole_under_zero3_and_full_mode_keeps_the_hf_threshold():
     from engine.dist import build_ds_config
 
