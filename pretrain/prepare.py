@@ -33,7 +33,7 @@ import numpy as np
 
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import atomic_output_dir, sha256_file, sha256_json, write_json_atomic
-from zhllama.locks import output_lock
+from zhllama.locks import group_lock, output_lock
 
 from .packed import FORMAT, REPORT, SPLITS, part_name, read_prepare_report
 from zhllama.tokenizer_files import TOKENIZER_FILES, tokenizer_fingerprint
@@ -228,8 +228,11 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, expected a folder")
     name = part_name(index, count)
-    # Two runs into one part would race (the later rename silently wins): one writer per part.
-    with output_lock(out / f".{name}.lock", f"--out {out / name}", "python -m pretrain prepare"):
+    # Sibling jobs of one --shard count share --out; a run of another count would delete their parts
+    # (and they its): one count at a time. Two runs into one part would race (the later rename
+    # silently wins): one writer per part.
+    with group_lock(out, f"shard-count-{count}", f"--out {out}", "python -m pretrain prepare"), \
+            output_lock(out / f".{name}.lock", f"--out {out / name}", "python -m pretrain prepare"):
         remove_stale_partials(out, name)
         return _prepare_part(cfg, manifest, key_inputs, cache_key, started, read_at_start)
 

@@ -58,6 +58,47 @@ def test_a_second_prepare_into_the_same_part_is_refused_while_the_first_runs(man
     assert sorted(p.name for p in out.iterdir()) == [part.name, "prepare_report.json"]  # no lock file left
 
 
+def _hold(code: str) -> subprocess.Popen:
+    """Another process running ``code`` (flock is per process), once it printed 'held'."""
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_prepare_with_another_shard_count_is_refused_while_the_first_runs(manifest, tok_dir, tmp_path):
+    """Was: a --shard 0/4 run deleted the parts of running --shard i/2 siblings and left a mixed folder."""
+    out = tmp_path / "out"
+    holder = _hold("import time; from zhllama.locks import group_lock\n"
+                   f"with group_lock({str(out)!r}, 'shard-count-2', 'x', 'y'):\n"
+                   "    print('held', flush=True); time.sleep(60)")
+    try:
+        with pytest.raises(UserError, match=r"other settings \(shard-count-2; this run: shard-count-4\)"):
+            prepare(_cfg(manifest, tok_dir, out, shard=(0, 4)))
+        assert prepare(_cfg(manifest, tok_dir, out, shard=(1, 2))).status == "prepared"  # a sibling: welcome
+    finally:
+        holder.kill()
+        holder.wait()
+    assert prepare(_cfg(manifest, tok_dir, out, shard=(0, 4), overwrite=True)).status == "prepared"
+    # the 2-part data replaced; the killed holder's lock file cleaned up (the total report waits for parts 1-3)
+    assert sorted(p.name for p in out.iterdir()) == [part_name(0, 4)]
+
+
+def test_group_locks_let_one_group_in_at_a_time_and_clean_up(tmp_path):
+    from zhllama.locks import group_lock
+
+    with group_lock(tmp_path, "a", "OUT", "cmd"), group_lock(tmp_path, "a", "OUT", "cmd"):  # same group: shared
+        holder = _hold("from zhllama.locks import group_lock\n"
+                       f"try:\n    with group_lock({str(tmp_path)!r}, 'b', 'OUT', 'cmd'): pass\n"
+                       "except Exception as e:\n    print('held'); print(e)")
+        refused = holder.stdout.read()
+        holder.wait()
+        assert "OUT is being written by a `cmd` with other settings (a; this run: b)" in refused
+    with group_lock(tmp_path, "b", "OUT", "cmd"):  # group a is gone
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
     lock = tmp_path / ".p.lock"
     with output_lock(lock, "P", "cmd"):

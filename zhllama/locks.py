@@ -62,3 +62,71 @@ def _same_file(fd: int, path: Path) -> bool:
         return os.fstat(fd).st_ino == os.stat(path).st_ino
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def group_lock(folder: str | os.PathLike, group: str, what: str, command: str) -> Iterator[None]:
+    """Runs of one group may share ``folder``; a run of another group is refused while any of them runs.
+
+    Each run holds a shared flock on ``.group-<group>.lock`` and then probes every other group's lock
+    file with a non-blocking exclusive flock: held by someone means a run of that group is live. A
+    run locks its own file before probing, so of two groups starting at once at least one sees the
+    other (both may refuse; never both proceed). The last run of a group out removes its file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    folder = Path(folder)
+    mine = folder / f".group-{group}.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _lock_shared(mine, fcntl)
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # a filesystem without flock
+            print(f"warning: cannot lock {mine} ({exc.strerror}); make sure no other run writes {what}",
+                  file=sys.stderr)
+            yield
+            return
+        raise UserError(f"{what}: cannot write there ({exc.strerror or exc}: {mine})") from None
+    try:
+        busy = [other.name[len(".group-"):-len(".lock")] for other in sorted(folder.glob(".group-*.lock"))
+                if other != mine and _held(other, fcntl)]
+        if busy:
+            raise UserError(f"{what} is being written by a `{command}` with other settings ({', '.join(busy)}; this "
+                            f"run: {group}) right now; wait for it to finish, or write to another output")
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # the last holder of the group removes the file
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_file(fd, mine):
+                os.unlink(mine)
+        os.close(fd)
+
+
+def _lock_shared(path: Path, fcntl) -> int:
+    """A shared flock on ``path``, retried if its last holder removed the file meanwhile."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another run removes or probes it
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)
+
+
+def _held(lock_file: Path, fcntl) -> bool:
+    """Is a run of that group live? A file nobody holds is a killed run's leftover: removed."""
+    try:
+        fd = os.open(lock_file, os.O_RDWR)
+    except OSError:  # removed meanwhile: its group finished
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _same_file(fd, lock_file):  # a run opening it now finds it unlinked and makes a new one
+            os.unlink(lock_file)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)
