@@ -138,7 +138,7 @@ def _read_hub(name: str, split: str) -> dict[str, list[Item]]:
             cells = [rec["question"], *rec["choices"], LETTERS[int(rec["answer"])]]
             out.setdefault(rec["subject"], []).append(_item(rec["subject"], cells, f"hub:{hub}/{hub_split}#{i}", split))
         return out
-    subjects = list(CEVAL_SUBJECTS) if name == "ceval" else CMMLU_SUBJECTS
+    subjects = list(CEVAL_SUBJECTS if name == "ceval" else CMMLU_SUBJECTS)
     keys = LAYOUTS[name].columns
     for subject in subjects:
         ds = load_dataset(hub, subject, split=split)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .benchmarks import LETTERS, Item
-from .subjects import CEVAL_SUBJECTS
+from .subjects import CEVAL_SUBJECTS, CMMLU_SUBJECTS
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,11 @@ STYLES = {
 
 
 def subject_title(benchmark: str, subject: str) -> str:
-    """How the header names a subject: C-Eval's Chinese name; otherwise the name with spaces."""
-    if benchmark == "ceval" and subject in CEVAL_SUBJECTS:
-        return CEVAL_SUBJECTS[subject][0]
+    """How the header names a subject: C-Eval's and CMMLU's Chinese names (as their own prompts do);
+    otherwise (MMLU, unlisted subjects) the name with spaces."""
+    names = {"ceval": CEVAL_SUBJECTS, "cmmlu": CMMLU_SUBJECTS}.get(benchmark, {})
+    if subject in names:
+        return names[subject][0]
     return subject.replace("_", " ")
 
 

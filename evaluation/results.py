@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .benchmarks import LETTERS, Benchmark
-from .subjects import HUMANITIES, OTHER, SOCIAL, STEM, ceval_categories
+from .subjects import CHINA_SPECIFIC, HUMANITIES, OTHER, SOCIAL, STEM, categories_of
 
 
 def predictions(bench: Benchmark, logprobs: list[list[float]]) -> list[dict[str, Any]]:
@@ -22,18 +22,19 @@ def _acc(rows: list[dict]) -> dict[str, Any]:
 
 
 def aggregate(bench: Benchmark, preds: list[dict[str, Any]]) -> dict[str, Any]:
-    """``accuracy`` over all items, ``macro_accuracy`` = mean of subjects; C-Eval adds its categories."""
+    """``accuracy`` over all items, ``macro_accuracy`` = mean of subjects, and per category (each
+    benchmark's own: C-Eval adds "Hard", CMMLU "China specific")."""
     by_subject: dict[str, list[dict]] = {}
     for row in preds:
         by_subject.setdefault(row["subject"], []).append(row)
     subjects = {s: _acc(rows) for s, rows in by_subject.items()}
     out: dict[str, Any] = {**_acc(preds), "macro_accuracy": sum(v["accuracy"] for v in subjects.values()) / len(subjects)}
-    if bench.name == "ceval":
-        cats: dict[str, list[dict]] = {}
-        for row in preds:
-            for cat in ceval_categories(row["subject"]):
-                cats.setdefault(cat, []).append(row)
-        order = [STEM, SOCIAL, HUMANITIES, OTHER, "Hard"]
+    cats: dict[str, list[dict]] = {}
+    for row in preds:
+        for cat in categories_of(bench.name, row["subject"]):
+            cats.setdefault(cat, []).append(row)
+    if cats:
+        order = [STEM, SOCIAL, HUMANITIES, OTHER, CHINA_SPECIFIC, "Hard"]
         out["categories"] = {c: _acc(cats[c]) for c in order if c in cats}
     out["subjects"] = dict(sorted(subjects.items()))
     return out

@@ -43,7 +43,7 @@ def test_few_shot_prompts_are_exact(tmp_path):
     cmmlu = load_benchmark("cmmlu", write_cmmlu(tmp_path / "cmmlu", {"dev": {"arts": ZH[:1]}, "test": {"arts": ZH[1:2]}}),
                            "test", shots=0)
     assert build_prompt("cmmlu", cmmlu.items[0], []) == (
-        "以下是关于arts的单项选择题，请直接给出正确答案的选项。\n\n中国的首都是哪里？\nA. 北京\nB. 上海\nC. 广州\nD. 深圳\n答案：")
+        "以下是关于艺术学的单项选择题，请直接给出正确答案的选项。\n\n中国的首都是哪里？\nA. 北京\nB. 上海\nC. 广州\nD. 深圳\n答案：")
 
 
 def test_aggregation_per_subject_category_and_hard(tmp_path):
@@ -61,6 +61,33 @@ def test_aggregation_per_subject_category_and_hard(tmp_path):
     assert cats["Humanities"]["accuracy"] == 0.5 and cats["Hard"]["items"] == 1
     assert list(cats) == ["STEM", "Humanities", "Hard"]  # the benchmark's order; no item of Other here
     assert metrics_of("ceval", summary)["bench/ceval/stem"] == pytest.approx(2 / 3)
+
+
+def test_cmmlu_and_mmlu_have_their_own_categories(tmp_path):
+    from evaluation.subjects import CMMLU_CHINA_SPECIFIC, CMMLU_SUBJECTS, MMLU_CATEGORIES, MMLU_SUBJECTS
+
+    assert [len(v) for v in MMLU_CATEGORIES.values()] == [18, 13, 12, 14]  # STEM, humanities, social, other
+    assert len(MMLU_SUBJECTS) == len(set(MMLU_SUBJECTS)) == 57
+    cmmlu_sizes = {c: sum(1 for _, cat in CMMLU_SUBJECTS.values() if cat == c) for c in
+                   ("STEM", "Humanities", "Social Science", "Other")}
+    assert cmmlu_sizes == {"STEM": 17, "Humanities": 13, "Social Science": 22, "Other": 15}
+    assert len(CMMLU_CHINA_SPECIFIC) == 15 and CMMLU_CHINA_SPECIFIC <= set(CMMLU_SUBJECTS)
+
+    cmmlu = load_benchmark("cmmlu", write_cmmlu(tmp_path / "cmmlu", {"dev": {"agronomy": ZH[5:]}, "test": {
+        "chinese_history": ZH[:2], "college_mathematics": ZH[2:3], "agronomy": ZH[3:4]}}), "test")
+    wrong = next(it for it in cmmlu.items if it.subject == "chinese_history")
+    picks = ["D" if it is wrong else it.answer for it in cmmlu.items]  # every answer right but one
+    assert wrong.answer != "D"
+    summary = aggregate(cmmlu, predictions(cmmlu, [[0.0 if x == p else -5.0 for x in "ABCD"] for p in picks]))
+    cats = summary["categories"]
+    assert list(cats) == ["STEM", "Humanities", "Other", "China specific"]
+    assert cats["Humanities"] == cats["China specific"] == {"accuracy": 0.5, "correct": 1, "items": 2}
+    assert metrics_of("cmmlu", summary)["bench/cmmlu/china_specific"] == 0.5
+
+    mmlu = load_benchmark("mmlu", write_mmlu(tmp_path / "mmlu", {"dev": {"virology": EN[3:]},
+                                                                  "val": {"virology": EN[:1], "sociology": EN[1:2]}}), "val")
+    summary = aggregate(mmlu, predictions(mmlu, [[0.0 if x == it.answer else -5.0 for x in "ABCD"] for it in mmlu.items]))
+    assert list(summary["categories"]) == ["Social Science", "Other"] and summary["accuracy"] == 1.0
 
 
 def _bad(tmp_path, mutate):
