@@ -133,3 +133,28 @@ def test_liger_switch():
     assert liger_decision("off", cuda=True, installed=True)[0] is False
     with pytest.raises(UserError, match="no CUDA device and liger-kernel is not installed"):
         liger_decision("on", cuda=False, installed=False)
+
+
+def test_at_most_about_one_chunk_of_logits_is_ever_alive():
+    """The point of the fused loss: memory ~ one chunk x vocab, never B x S x V (measured in a fresh
+    process by peak RSS; chunks this large are mmap'ed, so freed ones leave it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tokens, vocab, chunk = 8192, 32000, 1024
+    code = (
+        "import resource, torch\n"
+        "from engine.loss import linear_cross_entropy\n"
+        f"h = torch.randn({tokens}, 64, requires_grad=True); w = torch.randn({vocab}, 64, requires_grad=True)\n"
+        f"y = torch.randint(0, {vocab}, ({tokens},))\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"linear_cross_entropy(h, w, y, chunk={chunk}).backward()\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    added = int(proc.stdout.strip().splitlines()[-1])
+    one_chunk = chunk * vocab * 4
+    assert added < 2.5 * one_chunk, f"{added / 2**20:.0f} MiB added; one chunk of logits is {one_chunk / 2**20:.0f} MiB"
