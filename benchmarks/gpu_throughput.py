@@ -127,10 +127,9 @@ def _run_row(cmd: list[str], spec: dict) -> subprocess.CompletedProcess:
 
 def run_engine(name: str, overrides: list[str], spec: dict) -> dict:
     out = Path(spec["work"]) / ("run-" + name.replace(" ", "-"))
-    cuda = spec["cuda"]
     cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(REPO / "pretrain" / "configs" / "tiny_cpu.yaml"),
            f"model.path={spec['model']}", f"data.dir={spec['data']}", f"output_dir={out}", "data.eval_split=null",
-           f"model.dtype={spec['dtype']}", f"model.attn_implementation={'flex_attention' if cuda else 'sdpa'}",
+           f"model.dtype={spec['dtype']}", "model.attn_implementation=auto",
            f"batch.micro_batch_size={spec['micro_batch']}", "batch.gradient_accumulation_steps=1",
            f"schedule.max_steps={spec['warmup'] + spec['steps']}", "schedule.warmup_steps=0",
            "checkpoint.every_steps=0", "checkpoint.resume=never", "eval.every_steps=0", "eval.at_start=false",
@@ -142,8 +141,10 @@ def run_engine(name: str, overrides: list[str], spec: dict) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "train/tokens_per_s" in r and r["step"] > spec["warmup"]]
     seconds = sum(spec["tokens_per_step"] / r["train/tokens_per_s"] for r in steps)
+    kernels = next((line.split("] ", 1)[-1] for line in proc.stdout.splitlines() if "attention: " in line), "")
     return {"tokens_per_s": spec["tokens_per_step"] * len(steps) / seconds, "steps": len(steps),
-            "peak_memory_gib": max((r.get("train/peak_memory_gib", 0) for r in steps), default=None) or None}
+            "peak_memory_gib": max((r.get("train/peak_memory_gib", 0) for r in steps), default=None) or None,
+            "kernels": kernels}  # the engine's own line: Liger or why not, loss, attention (auto's choice)
 
 
 def run_other(row: str, spec: dict) -> dict:

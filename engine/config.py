@@ -28,8 +28,8 @@ class ModelConfig:
     path: str = ""  # Hugging Face model folder to start from (output of `vocab resize` or a previous stage)
     tokenizer: str | None = None  # tokenizer folder; default: the model folder
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # training precision (CPU: float32 only is fast)
-    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] = (
-        "sdpa")  # attention kernel; packed documents stay apart with each (flex_attention: fastest masked path on GPU)
+    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] = (
+        "auto")  # attention kernel, packed documents kept apart by each; auto: flash-attn if installed, else flex on CUDA, else sdpa
     gradient_checkpointing: bool = False  # recompute activations in backward (saves memory, costs ~30% time)
     fused_loss: bool = True  # loss from hidden states chunk by chunk: never B x S x V fp32 logits (engine/loss.py)
     loss_chunk_tokens: int = 4096  # labelled positions per chunk of the fused loss (memory ~ chunk x vocab x 4 bytes)

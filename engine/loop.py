@@ -34,7 +34,7 @@ from .dist import build_ds_config, device, init_distributed, offloads_optimizer,
 from .evaluate import forward_loss
 from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
-from .kernels import apply_liger
+from .kernels import apply_liger, resolve_attention
 from .loss import install_fused_head
 from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters, load_model, param_groups,
                     tokenizer_dir)
@@ -110,6 +110,7 @@ class Plan:
     marker: dict[str, Any] | None = None
     finished_report: dict[str, Any] | None = None  # set when output_dir already holds this finished run
     settings: dict[str, Any] = field(default_factory=dict)  # what decides the result (engine.settings)
+    attention: str = ""  # the attention kernel in words (model.attn_implementation=auto resolved here)
 
 
 @dataclass
@@ -151,6 +152,7 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
     """Every check is deterministic, so all ranks fail together before any collective."""
     rank, world, _ = init_distributed()
     cfg.batch.resolve(world)  # impossible batch settings fail here, before anything is built
+    attention = resolve_attention(cfg.model)
     check_model_folder(cfg)
     check_sequence_length(cfg, getattr(train_ds, "block_size", None)
                           or getattr(getattr(cfg, "data", None), "max_seq_length", None))
@@ -158,7 +160,7 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
     steps = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed)
     steps.check()
     total_steps = steps.total_steps(cfg.schedule.max_steps, cfg.schedule.epochs)
-    plan = Plan(rank, world, steps, total_steps)
+    plan = Plan(rank, world, steps, total_steps, attention=attention)
     plan.settings = run_settings.result_settings(cfg, world, data_fingerprint, tokenizer_fingerprint)
     plan.finished_report = _finished_report(cfg, total_steps, data_fingerprint, plan.settings)
     if plan.finished_report is not None:
@@ -191,7 +193,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
         install_fused_head(module, cfg.model.loss_chunk_tokens)
     if plan.rank == 0:
         print(f"[zhllama] {kernels}; loss: {'fused, chunked' if cfg.model.fused_loss else 'plain logits'}; "
-              f"attention: {cfg.model.attn_implementation}", flush=True)
+              f"{plan.attention}", flush=True)
         hint = single_rank_zero3_hint(ds_config, plan.world)
         if hint:
             print(f"[zhllama] hint: {hint}", flush=True)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.evaluate import forward_loss
-from engine.kernels import liger_decision
+from engine.kernels import attention_decision, liger_decision
 from engine.loss import fused_head_of, install_fused_head, linear_cross_entropy
 from zhllama.errors import UserError
 
@@ -158,3 +158,16 @@ def test_at_most_about_one_chunk_of_logits_is_ever_alive():
     added = int(proc.stdout.strip().splitlines()[-1])
     one_chunk = chunk * vocab * 4
     assert added < 2.5 * one_chunk, f"{added / 2**20:.0f} MiB added; one chunk of logits is {one_chunk / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("cuda, half, hopper, fa3, fa2, expected", [
+    (False, True, False, True, True, "sdpa"),  # CPU: whatever is installed
+    (True, True, True, True, True, "flash_attention_3"),
+    (True, True, False, True, True, "flash_attention_2"),  # FA3 needs Hopper
+    (True, True, True, False, True, "flash_attention_2"),
+    (True, False, True, True, True, "flex_attention"),  # fp32: flash-attn has no kernels
+    (True, True, True, False, False, "flex_attention"),
+])
+def test_auto_attention_picks_the_fastest_document_masked_kernel_here(cuda, half, hopper, fa3, fa2, expected):
+    chosen, why = attention_decision(cuda, half, hopper, fa3, fa2)
+    assert chosen == expected and why

@@ -61,6 +61,8 @@ def test_dry_run_times_every_row_it_was_asked_for(dry_run):
     for name, row in results["rows"].items():
         assert "error" not in row, (name, row.get("error"))
         assert row["tokens_per_s"] > 0 and row["steps"] == 2, (name, row)
+        if name.startswith("engine"):  # the engine says which kernels it used (on the GPU: Liger? which attention?)
+            assert "attention: sdpa (auto: no CUDA device)" in row["kernels"], row
     assert "vs peer" in stdout and "1.00x" in stdout  # the table, with the peer as its unit
 
 

@@ -89,10 +89,13 @@ def test_new_settings_are_refused_and_non_finite_values_stop_the_run(assets):
     common = [f"model.path={assets['model']}", f"data.dir={assets['shards']}", "schedule.max_steps=4",
               "eval.every_steps=0", "eval.at_start=false", "logging.wandb=disabled", "logging.tensorboard=false",
               "logging.plot=false", "checkpoint.every_steps=2"]
-    proc = _train(*common, f"output_dir={out}")
+    proc = _train(*common, f"output_dir={out}", "model.attn_implementation=auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "train_report.json").read_text())
     assert report["settings"]["optim.lr"] == 3e-3 and len(report["settings_fingerprint"]) == 64
+    # auto is recorded as what it chose here, so a resume where it would choose another kernel is refused
+    assert report["settings"]["model.attn_implementation"] == "sdpa"
+    assert "attention: sdpa (auto: no CUDA device)" in proc.stdout
 
     proc = _train(*common, f"output_dir={out}", "optim.lr=1e-2")  # a finished run, a new lr
     assert proc.returncode == 2 and "already finished" not in proc.stdout, proc.stdout[-2000:]
