@@ -88,7 +88,7 @@ def test_lora_adapters_stay_whole_under_zero3_and_full_mode_keeps_the_hf_thresho
 
     def threshold(mode: str) -> int:
         cfg = load_config(PretrainConfig, Path(CONFIGS[0]).with_name("llama2_7b_8xA100.yaml"),
-                          [f"mode={mode}", "lora.r=64"])
+                          [f"mode={mode}", "lora.r=64", "deepspeed.preset=zero3"])
         ds = build_ds_config(cfg, world_size=8, hidden_size=4096, widest=11008)
         return ds["zero_optimization"]["stage3_param_persistence_threshold"]
 
