@@ -1,8 +1,8 @@
 """The engine on 2 real CPU ranks (torchrun, gloo, DeepSpeed ZeRO-3) with a tiny LlamaForCausalLM.
 
 One 2-rank run per behaviour: full (loss falls, ZeRO-3 halves, checkpoints, logs, export loads and
-generates), SIGKILL + resume == uninterrupted to 1e-6, lora (base frozen, LoRA + embeddings
-trained), embeddings with new rows only. This file is also the per-rank driver: torchrun runs
+generates), SIGKILL + resume == uninterrupted to 1e-6 (full, lora, and lora on ZeRO-2 as the 7B LoRA
+presets run), lora (base frozen, LoRA + embeddings trained), embeddings with new rows only. This file is also the per-rank driver: torchrun runs
 it as a script with a JSON spec.
 """
 from __future__ import annotations
@@ -40,7 +40,8 @@ def _driver(spec: dict) -> None:
     run = loop.run_training(cfg, train_ds, eval_ds, None, eval_characters=eval_ds.characters,
                             data_fingerprint="tiny-v1", tokenizer_fingerprint=None)
     result = run.metrics
-    state = run.engine._zero3_consolidated_16bit_state_dict()  # collective
+    zero3 = run.engine.zero_optimization_stage() == 3
+    state = run.engine._zero3_consolidated_16bit_state_dict() if zero3 else run.engine.module.state_dict()  # collective
     if dist.get_rank() == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, str(Path(cfg.output_dir) / "engine_state.safetensors"))
         (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, default=str))
@@ -145,13 +146,24 @@ def lora_run(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
+ZERO2 = ["deepspeed.preset=zero2", "deepspeed.overrides={}"]  # the 7B LoRA presets' stage
+
+
+@pytest.fixture(scope="module")
+def lora_zero2_run(tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lora_zero2") / "run"
+    _run([f"model.path={tiny_model}", f"output_dir={out}", "mode=lora", "checkpoint.every_steps=0", *ZERO2])
+    return out
+
+
+@pytest.mark.parametrize("mode", ["full", "lora", "lora_zero2"])
 def test_sigkill_then_resume_equals_uninterrupted(mode, request, tiny_model, tmp_path):
     import torch
 
     reference_run = request.getfixturevalue(f"{mode}_run")
     out = tmp_path / "run"
-    overrides = [f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline", f"mode={mode}"]
+    overrides = [f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline",
+                 *(["mode=lora", *ZERO2] if mode == "lora_zero2" else [f"mode={mode}"])]
     proc = subprocess.Popen(_command(overrides), cwd=REPO, env=dist_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     metrics, deadline, killed_at = out / "metrics.jsonl", time.time() + 240, None
