@@ -67,3 +67,21 @@ def test_engine_loss_uses_packed_mask(tiny_llama):
         lb, nb = forward_loss(tiny_llama, {"input_ids": changed, "position_ids": positions, "labels": labels}, "cpu")
     assert na.item() == nb.item() == 9
     assert abs(la.item() - lb.item()) < 1e-5
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager", "flex_attention"])
+def test_right_padded_batches_equal_each_sequence_alone(tiny_llama, impl):
+    """Unpacked SFT batches (sft/collate.py: right padding + attention_mask): with every kernel that
+    model.attn_implementation=auto may pick on CPU/GPU, a padded row gives the logits it has alone."""
+    gen = torch.Generator().manual_seed(2)
+    long, short = torch.randint(3, 97, (12,), generator=gen), torch.randint(3, 97, (7,), generator=gen)
+    ids = torch.zeros((2, 12), dtype=torch.long)
+    ids[0], ids[1, :7] = long, short
+    mask = torch.zeros((2, 12), dtype=torch.long)
+    mask[0], mask[1, :7] = 1, 1
+    tiny_llama.set_attn_implementation(impl)
+    with torch.no_grad():
+        batch = tiny_llama(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        alone = [tiny_llama(input_ids=x.unsqueeze(0), use_cache=False).logits[0] for x in (long, short)]
+    torch.testing.assert_close(batch[0], alone[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(batch[1, :7], alone[1], rtol=0, atol=1e-5)
