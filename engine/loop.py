@@ -36,8 +36,8 @@ from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
 from .kernels import apply_liger, resolve_attention
 from .loss import install_fused_head
-from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters, load_model, param_groups,
-                    tokenizer_dir)
+from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters,
+                    fetch_lora_layers_whole, load_model, param_groups, tokenizer_dir)
 from .fit_state import Evaluation, FitState, Window
 from .tracking import Tracker
 from .watch import Watch, write_forgetting_report
@@ -189,6 +189,8 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
     ds_config = build_ds_config(cfg, plan.world, model_config.hidden_size, widest)
     model, keepalive = load_model(cfg, ds_config)
     module = apply_mode(cfg, model)
+    if cfg.mode == "lora" and ds_config["zero_optimization"].get("stage") == 3:
+        fetch_lora_layers_whole(module)
     if cfg.model.fused_loss:
         install_fused_head(module, cfg.model.loss_chunk_tokens)
     if plan.rank == 0:

@@ -194,3 +194,17 @@ def check_sequence_length(cfg: TrainConfig, seq_len: int | None) -> None:
             f"the training sequences are {seq_len} tokens but {cfg.model.path} was trained on at most "
             f"{limit} positions (max_position_embeddings); prepare the data with --block-size <= {limit} "
             f"(or data.max_seq_length for SFT), or configure rope_scaling in the model's config.json")
+
+
+def fetch_lora_layers_whole(module) -> int:
+    """ZeRO-3: fetch each PEFT LoRA layer (frozen base weight, A, B) as one unit; returns how many.
+
+    Why: ZeRO-3 hooks every module that owns parameters to gather them before it runs and release
+    them after, forward and backward. LoRA adds a lora_A, a lora_B and a dropout module under each
+    of the 7 targets per layer; marked as DeepSpeed leaf modules, the LoRA layer is hooked once
+    and its submodules not at all (deepspeed.utils.set_z3_leaf_modules, made for MoE experts).
+    """
+    from deepspeed.utils import set_z3_leaf_modules
+    from peft.tuners.lora import LoraLayer
+
+    return len(set_z3_leaf_modules(module, [LoraLayer], raise_if_not_found=False))

@@ -81,8 +81,9 @@ def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
         evals = [json.loads(line)["eval/loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
                  if "eval/loss" in line]
         whole = {name: bool(getattr(p, "ds_persist", False)) for name, p in run.engine.module.named_parameters()}
+        leaves = [name for name, m in run.engine.module.named_modules() if getattr(m, "_z3_leaf", False)]
         (out / "result.json").write_text(json.dumps({"evals": evals, "train_loss": run.metrics["train/loss"],
-                                                     "whole_on_every_rank": whole}))
+                                                     "whole_on_every_rank": whole, "zero3_leaf_modules": leaves}))
 
 
 def _driver(spec: dict) -> None:
@@ -151,6 +152,9 @@ def test_mode_trains_in_half_precision(runs, dtype, phase, mode):
             assert any("lora_" in k for k in whole) and any(k.endswith("base_layer.weight") for k in whole)
             assert all(whole[k] for k in whole if "lora_" in k), {k: v for k, v in whole.items() if "lora_" in k}
             assert not any(whole[k] for k in whole if k.endswith("base_layer.weight"))  # the base stays partitioned
+            # each LoRA layer (base weight, A, B) is fetched as one unit: ZeRO-3 hooks it, not its 3 submodules
+            leaves = result["zero3_leaf_modules"]
+            assert len(leaves) == 2 * 7 and all(name.endswith(("_proj",)) for name in leaves), leaves
         for key, value in after.items():
             if "lora_" in key:
                 continue
