@@ -150,6 +150,7 @@ class BatchConfig:
 class DeepSpeedConfig:
     preset: str = "zero3"  # name in engine/ds (zero2, zero3, zero3_offload) or a path to a JSON file
     overrides: dict[str, Any] = field(default_factory=dict)  # nested keys merged into the preset JSON
+    zero3_fetch: Literal["layer", "module"] = "layer"  # ZeRO-3 gathers each decoder layer's weights at once, or per submodule (DeepSpeed's default)
 
     def validate(self) -> list[str]:
         if self.preset in DS_PRESETS or self.preset.endswith(".json"):

@@ -37,7 +37,7 @@ from .export import save_final
 from .kernels import apply_liger, resolve_attention
 from .loss import install_fused_head
 from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters,
-                    fetch_lora_layers_whole, load_model, param_groups, tokenizer_dir)
+                    load_model, param_groups, tokenizer_dir, zero3_fetch_units)
 from .fit_state import Evaluation, FitState, Window
 from .tracking import Tracker
 from .watch import Watch, write_forgetting_report
@@ -189,13 +189,15 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
     ds_config = build_ds_config(cfg, plan.world, model_config.hidden_size, widest)
     model, keepalive = load_model(cfg, ds_config)
     module = apply_mode(cfg, model)
-    if cfg.mode == "lora" and ds_config["zero_optimization"].get("stage") == 3:
-        fetch_lora_layers_whole(module)
+    fetching = (zero3_fetch_units(module, model, cfg.deepspeed.zero3_fetch)
+                if ds_config["zero_optimization"].get("stage") == 3 else "")
     if cfg.model.fused_loss:
         install_fused_head(module, cfg.model.loss_chunk_tokens)
     if plan.rank == 0:
         print(f"[zhllama] {kernels}; loss: {'fused, chunked' if cfg.model.fused_loss else 'plain logits'}; "
               f"{plan.attention}", flush=True)
+        if fetching:
+            print(f"[zhllama] {fetching}", flush=True)
         hint = single_rank_zero3_hint(ds_config, plan.world)
         if hint:
             print(f"[zhllama] hint: {hint}", flush=True)
