@@ -161,6 +161,18 @@ def test_gathering_whole_decoder_layers_changes_nothing_in_the_result(full_run, 
         torch.testing.assert_close(per_module[name], per_layer[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_gradient_checkpointing_with_whole_layer_gathers_trains_the_same_weights(full_run, tiny_model, tmp_path):
+    """Recomputing each decoder layer in backward re-gathers its weights through the layer's own hook
+    (deepspeed.zero3_fetch=layer): the same weights as without checkpointing, up to float rounding."""
+    import torch
+
+    out = tmp_path / "run"
+    _run([f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline", "model.gradient_checkpointing=true"])
+    recomputed, stored = _load(out / "engine_state.safetensors"), _load(full_run / "engine_state.safetensors")
+    for name in stored:
+        torch.testing.assert_close(recomputed[name], stored[name], rtol=0, atol=1e-6, msg=name)
+
+
 ZERO2 = ["deepspeed.preset=zero2", "deepspeed.overrides={}"]  # the 7B LoRA presets' stage
 
 
