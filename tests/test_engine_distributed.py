@@ -45,6 +45,10 @@ def _driver(spec: dict) -> None:
     if dist.get_rank() == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, str(Path(cfg.output_dir) / "engine_state.safetensors"))
         (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, default=str))
+    # Leave together, as the CLI does (finish() ends in a barrier): a rank tearing its process group
+    # down while the other still writes has aborted at exit ("terminate called without an active
+    # exception") after a run whose outputs were complete.
+    dist.barrier()
 
 
 def _command(overrides: list[str]) -> list[str]:

@@ -87,8 +87,11 @@ def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
 
 
 def _driver(spec: dict) -> None:
+    import torch.distributed as dist
+
     for dtype, phase, mode in _runs():
         _train_one(spec, dtype, phase, mode)
+    dist.barrier()  # leave together, as the CLI does (see test_engine_distributed._driver)
 
 
 def _free_port() -> int:
