@@ -102,15 +102,8 @@ def flops_per_token(model_dir: Path, seq: int) -> float:
     from zhllama.model_folder import list_tensors, read_model_config, weight_files
 
     config = read_model_config(model_dir)
-    n = sum(_numel(t.shape) for t in list_tensors(weight_files(model_dir)) if "embed_tokens" not in t.name)
+    n = sum(t.numel for t in list_tensors(weight_files(model_dir)) if "embed_tokens" not in t.name)
     return 6 * n + 12 * config["num_hidden_layers"] * config["hidden_size"] * seq
-
-
-def _numel(shape) -> int:
-    out = 1
-    for dim in shape:
-        out *= dim
-    return out
 
 
 def _env() -> dict:

@@ -110,10 +110,12 @@ def load_ds_preset(preset: str) -> dict[str, Any]:
         raise UserError(f"deepspeed.preset: {path} is not valid JSON: {exc}") from None
 
 
-def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int, widest: int | None = None) -> dict[str, Any]:
+def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int, widest: int | None = None,
+                    layer_numel: int = 0) -> dict[str, Any]:
     """The preset with overrides merged and every "auto" filled from the one place it is set here.
 
     Batch sizes, clipping and precision live in the engine config only; the JSON says "auto".
+    ``layer_numel``: weights of one decoder layer (``first_layer_numel``), for the prefetch size.
     """
     ds = _deep_merge(copy.deepcopy(load_ds_preset(cfg.deepspeed.preset)), copy.deepcopy(cfg.deepspeed.overrides))
     global_batch = cfg.batch.resolve(world_size)
@@ -139,7 +141,7 @@ def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int, widest:
     # The same sizes the HF integration derives from the hidden size.
     sizes = {
         "reduce_bucket_size": hidden_size * hidden_size,
-        "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "stage3_prefetch_bucket_size": _prefetch_size(cfg, hidden_size, layer_numel),
         "stage3_param_persistence_threshold": _persistence_threshold(cfg, hidden_size, widest or hidden_size),
     }
     for key, value in sizes.items():
@@ -149,6 +151,16 @@ def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int, widest:
     if leftover:
         raise UserError(f"deepspeed config: no value for {', '.join(leftover)} (replace \"auto\" with a value)")
     return ds
+
+
+def _prefetch_size(cfg: TrainConfig, hidden_size: int, layer_numel: int) -> int:
+    """Elements ZeRO-3 gathers ahead of use. 0.9 x hidden^2 (the HF integration's value) is about one
+    projection: right when each submodule is fetched on its own. When whole decoder layers are
+    (deepspeed.zero3_fetch=layer), it would prefetch a sliver of the next layer and gather the rest
+    only when that layer starts; one layer's worth lets its gather overlap the current layer's
+    compute (FSDP's per-layer prefetch), at the memory of one more gathered layer."""
+    per_projection = int(0.9 * hidden_size * hidden_size)
+    return max(per_projection, layer_numel) if cfg.deepspeed.zero3_fetch == "layer" else per_projection
 
 
 def _persistence_threshold(cfg: TrainConfig, hidden_size: int, widest: int) -> int:

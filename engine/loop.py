@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from zhllama.errors import UserError
+from zhllama.model_folder import first_layer_numel
 from zhllama.files import check_writable_dir, write_json_atomic
 
 from . import checkpoint, settings as run_settings
@@ -186,7 +187,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
     model_config = AutoConfig.from_pretrained(cfg.model.path)
     kernels = apply_liger(cfg.model.liger, model_config.model_type)  # patches transformers: before the build
     widest = max(model_config.hidden_size, getattr(model_config, "intermediate_size", 0) or 0)
-    ds_config = build_ds_config(cfg, plan.world, model_config.hidden_size, widest)
+    ds_config = build_ds_config(cfg, plan.world, model_config.hidden_size, widest, first_layer_numel(cfg.model.path))
     model, keepalive = load_model(cfg, ds_config)
     module = apply_mode(cfg, model)
     fetching = (zero3_fetch_units(module, model, cfg.deepspeed.zero3_fetch)

@@ -83,6 +83,28 @@ def test_zero3_on_one_rank_gets_a_hint_towards_zero2_and_nothing_else_does():
     assert hint("zero3", 1, "deepspeed.overrides={zero_optimization: {offload_param: {device: cpu}}}") is None
 
 
+def test_whole_layer_fetching_prefetches_one_layer_ahead(tmp_path):
+    from engine.dist import build_ds_config
+    from engine.tiny import make_tiny_model, make_tiny_tokenizer
+    from zhllama.model_folder import first_layer_numel
+
+    model = make_tiny_model(tmp_path / "m", make_tiny_tokenizer(tmp_path / "t"), hidden=32, layers=2, heads=4)
+    from safetensors.torch import load_file
+
+    layer0 = sum(t.numel() for name, t in load_file(str(model / "model.safetensors")).items() if ".layers.0." in name)
+    assert first_layer_numel(model) == layer0 > 0 and first_layer_numel(tmp_path / "t") == 0
+
+    def prefetch(fetch: str, layer_numel: int) -> int:
+        cfg = load_config(TrainConfig, None, ["model.path=x", f"deepspeed.zero3_fetch={fetch}"])
+        ds = build_ds_config(cfg, world_size=8, hidden_size=4096, layer_numel=layer_numel)
+        return ds["zero_optimization"]["stage3_prefetch_bucket_size"]
+
+    seven_b_layer = 202_383_360  # LLaMA-2-7B: 4 x 4096^2 + 3 x 4096 x 11008 + 2 x 4096
+    assert prefetch("layer", seven_b_layer) == seven_b_layer  # the next layer whole, while this one computes
+    assert prefetch("module", seven_b_layer) == int(0.9 * 4096 * 4096)  # the HF integration's value
+    assert prefetch("layer", 0) == int(0.9 * 4096 * 4096)  # no layer found: never less
+
+
 def test_lora_adapters_stay_whole_under_zero3_and_full_mode_keeps_the_hf_threshold():
     from engine.dist import build_ds_config
 

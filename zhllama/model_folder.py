@@ -34,11 +34,15 @@ class TensorInfo:
     shape: tuple[int, ...]
 
     @property
-    def nbytes(self) -> int:
+    def numel(self) -> int:
         count = 1
         for dim in self.shape:
             count *= dim
-        return count * _DTYPE_BYTES.get(self.dtype, 4)
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * _DTYPE_BYTES.get(self.dtype, 4)
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -169,3 +173,13 @@ def embedding_rows_match(model_dir: str | Path, tokenizer_dir: str | Path) -> tu
     if rows > size:
         return True, f"{rows} embedding rows for {size} tokens ({rows - size} padding rows)"
     return True, f"{rows} embedding rows for {size} tokens"
+
+
+def first_layer_numel(model_dir: str | Path) -> int:
+    """Elements of the weights of the first decoder layer (tensors named ``*.layers.0.*``), read from
+    the safetensors headers; 0 when the folder names no such tensors."""
+    try:
+        tensors = list_tensors(weight_files(Path(model_dir)))
+    except UserError:
+        return 0
+    return sum(info.numel for info in tensors if ".layers.0." in f".{info.name}")
