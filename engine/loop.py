@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from zhllama.errors import UserError
-from zhllama.model_folder import first_layer_numel
 from zhllama.files import check_writable_dir, write_json_atomic
+from zhllama.model_folder import first_layer_numel
 
 from . import checkpoint, settings as run_settings
 from .config import TrainConfig
