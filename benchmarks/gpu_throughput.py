@@ -40,6 +40,7 @@ ENGINE_ROWS = {  # name -> overrides of the engine config
 OPTIONAL_ENGINE_ROWS = {
     "engine full zero3 fetch=module": ["mode=full", "deepspeed.preset=zero3", "deepspeed.zero3_fetch=module"],
     "engine full zero3 attention=sdpa": ["mode=full", "deepspeed.preset=zero3", "model.attn_implementation=sdpa"],
+    "engine lora zero3 fetch=module": ["mode=lora", "deepspeed.preset=zero3", "deepspeed.zero3_fetch=module"],
 }
 OTHER_ROWS = {"peer: HF Trainer + DeepSpeed zero3 (no doc mask)": "peer", "plain torch (sdpa causal)": "plain",
               "plain torch + Liger (causal)": "plain_liger",

@@ -205,7 +205,7 @@ def zero3_fetch_units(module, model, unit: str) -> str:
     Marked as DeepSpeed leaf modules (deepspeed.utils.set_z3_leaf_modules, made for MoE experts),
     the decoder layers (transformers' ``_no_split_modules``) are hooked once each and their weights
     gathered together. Measured on the CPU dry run of benchmarks/gpu_throughput.py (median of 3):
-    full 5,910 -> 7,038 tokens/s, LoRA 3,433 -> 4,058. The same training: weights agree to float
+    full 5,789 -> 6,475 tokens/s, LoRA 3,142 -> 4,064. The same training: weights agree to float
     rounding (1e-7 after 16 steps; gradients are reduced in other buckets), so the setting is
     still recorded with the run and a resume may not change it.
     """
