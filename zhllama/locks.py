@@ -109,7 +109,11 @@ def _lock_shared(path: Path, fcntl) -> int:
     """A shared flock on ``path``, retried if its last holder removed the file meanwhile."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another run removes or probes it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another run removes or probes it
+        except OSError:
+            os.close(fd)
+            raise
         if _same_file(fd, path):
             return fd
         os.close(fd)
@@ -123,10 +127,11 @@ def _held(lock_file: Path, fcntl) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if _same_file(fd, lock_file):  # a run opening it now finds it unlinked and makes a new one
-            os.unlink(lock_file)
-        return False
     except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-    finally:
         os.close(fd)
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    with contextlib.suppress(OSError):  # a run opening it now finds it unlinked and makes a new one
+        if _same_file(fd, lock_file):
+            os.unlink(lock_file)
+    os.close(fd)
+    return False
