@@ -4,7 +4,7 @@ DeepSpeed peer vs plain torch, on identical packed blocks. Prints tokens/s, MFU 
     python benchmarks/gpu_throughput.py --work /tmp/gpu_bench            # one H200: the 1.4B model, ~5 min
     python benchmarks/gpu_throughput.py --work /tmp/gpu_bench --tiny     # CPU dry run of every row (~3 min)
     python benchmarks/gpu_throughput.py --work W --tokenizer TOK_DIR --manifest corpora_manifests/shared_zh_pretrain.yaml
-    python benchmarks/gpu_throughput.py --work W --rows "engine full zero3"  # with its lever rows (fetch=module, attention=sdpa)
+    python benchmarks/gpu_throughput.py --work W --rows zero3 --levers   # + fetch=module / attention=sdpa rows
 
 The model is built from a config (no download): by default a 1.4B LLaMA (24 layers x 2048, MLP 5504,
 16 heads) with 49,472 embedding rows (LLaMA-2 + chinese_sp), random init, saved in bf16. The blocks
@@ -36,7 +36,7 @@ ENGINE_ROWS = {  # name -> overrides of the engine config
     "engine lora zero3": ["mode=lora", "deepspeed.preset=zero3"],
     "engine lora zero2": ["mode=lora", "deepspeed.preset=zero2"],
 }
-# Only when named in --rows (each costs a model load): the levers' own comparisons.
+# Only with --levers (each costs a model load): the levers' own comparisons.
 OPTIONAL_ENGINE_ROWS = {
     "engine full zero3 fetch=module": ["mode=full", "deepspeed.preset=zero3", "deepspeed.zero3_fetch=module"],
     "engine full zero3 attention=sdpa": ["mode=full", "deepspeed.preset=zero3", "model.attn_implementation=sdpa"],
@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per row (default 20)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
     ap.add_argument("--rows", nargs="*", help="only these rows (substring match)")
+    ap.add_argument("--levers", action="store_true",
+                    help="also the levers' comparison rows (ZeRO-3 fetch=module, attention=sdpa)")
     ap.add_argument("--row-timeout", type=int, default=300, help="seconds one row may take (default 300)")
     ap.add_argument("--results", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 TFLOP/s of the chip")
@@ -201,8 +203,7 @@ def main() -> None:
             "warmup": args.warmup, "steps": args.steps, "tokens_per_step": micro * seq, "cuda": torch.cuda.is_available(),
             "row_timeout": args.row_timeout}
     results: dict[str, dict] = {}
-    optional = {n: o for n, o in OPTIONAL_ENGINE_ROWS.items() if args.rows and any(r in n for r in args.rows)}
-    for name, overrides in {**ENGINE_ROWS, **optional}.items():
+    for name, overrides in {**ENGINE_ROWS, **(OPTIONAL_ENGINE_ROWS if args.levers else {})}.items():
         if not args.rows or any(r in name for r in args.rows):
             results[name] = run_engine(name, overrides, spec)
             print(f"[bench] {name}: {results[name]}", flush=True)
