@@ -186,8 +186,9 @@ def _walk(node: Any, prefix: str = ""):
         yield prefix.rstrip("."), node
 
 
-def offloads_optimizer(ds: dict[str, Any]) -> bool:
-    off = ds.get("zero_optimization", {}).get("offload_optimizer", {})
+def offloads(ds: dict[str, Any], what: str = "optimizer") -> bool:
+    """Does the config move ``what`` (optimizer state or param) off the GPU (ZeRO-Offload)?"""
+    off = ds.get("zero_optimization", {}).get(f"offload_{what}", {})
     return isinstance(off, dict) and off.get("device", "none") not in ("none", None)
 
 
@@ -196,9 +197,7 @@ def single_rank_zero3_hint(ds: dict[str, Any], world_size: int) -> str | None:
     around each use (measured on one H200: 29,888 tokens/s against 34,647 with ZeRO-2). Only
     parameter offload makes it worth it there."""
     zero = ds.get("zero_optimization", {})
-    offload = zero.get("offload_param", {})
-    offloads_params = isinstance(offload, dict) and offload.get("device", "none") not in ("none", None)
-    if world_size != 1 or zero.get("stage") != 3 or offloads_params:
+    if world_size != 1 or zero.get("stage") != 3 or offloads(ds, "param"):
         return None
     return ("ZeRO-3 on a single rank partitions nothing but still gathers every layer's weights each step; "
             "deepspeed.preset=zero2 holds the same model states (one rank partitions nothing either way) and runs faster")

@@ -31,7 +31,7 @@ from zhllama.model_folder import first_layer_numel
 from . import checkpoint, settings as run_settings
 from .config import TrainConfig
 from .data import StepPlan, default_collate, fetch
-from .dist import build_ds_config, device, init_distributed, offloads_optimizer, single_rank_zero3_hint
+from .dist import build_ds_config, device, init_distributed, offloads, single_rank_zero3_hint
 from .evaluate import forward_loss
 from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
@@ -83,7 +83,7 @@ def _seed_everything(seed: int) -> None:
 def _make_optimizer(cfg: TrainConfig, module, ds_config: dict):
     groups = param_groups(cfg, module)
     kwargs = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    if offloads_optimizer(ds_config):  # ZeRO-Offload steps on the CPU with DeepSpeed's vectorised Adam
+    if offloads(ds_config, "optimizer"):  # ZeRO-Offload steps on the CPU with DeepSpeed's vectorised Adam
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)

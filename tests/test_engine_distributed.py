@@ -30,6 +30,8 @@ def _driver(spec: dict) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
+    from engine.export import consolidated_state_dict
+
     from engine import loop
     from pretrain.train_cli import PretrainConfig
     from zhllama.config import load_config
@@ -40,8 +42,7 @@ def _driver(spec: dict) -> None:
     run = loop.run_training(cfg, train_ds, eval_ds, None, eval_characters=eval_ds.characters,
                             data_fingerprint="tiny-v1", tokenizer_fingerprint=None)
     result = run.metrics
-    zero3 = run.engine.zero_optimization_stage() == 3
-    state = run.engine._zero3_consolidated_16bit_state_dict() if zero3 else run.engine.module.state_dict()  # collective
+    state = consolidated_state_dict(run.engine)  # collective; the full weights on rank 0 (ZeRO-2 or 3)
     if dist.get_rank() == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, str(Path(cfg.output_dir) / "engine_state.safetensors"))
         (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, default=str))

@@ -51,6 +51,8 @@ def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
+    from engine.export import consolidated_state_dict
+
     from engine.loop import run_training
     from zhllama.config import load_config
 
@@ -74,8 +76,7 @@ def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
         cfg.eval.at_start = True
     run = run_training(cfg, train_ds, eval_ds, collate, eval_characters=None, data_fingerprint=None,
                        tokenizer_fingerprint=None)
-    zero3 = run.engine.zero_optimization_stage() == 3
-    state = run.engine._zero3_consolidated_16bit_state_dict() if zero3 else run.engine.module.state_dict()  # collective
+    state = consolidated_state_dict(run.engine)  # collective; the full weights on rank 0 (ZeRO-2 or 3)
     if dist.get_rank() == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "engine_state.safetensors"))
         evals = [json.loads(line)["eval/loss"] for line in (out / "metrics.jsonl").read_text().splitlines()

@@ -39,8 +39,7 @@ def output_lock(lock_file: str | os.PathLike, what: str, command: str) -> Iterat
             locked = _same_file(fd, lock_file)  # else the holder just finished and removed it: busy a moment ago
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                print(f"warning: cannot lock {lock_file} ({exc.strerror}); make sure no other run writes {what}",
-                      file=sys.stderr)
+                _warn_unlocked(lock_file, exc, what)
                 yield
                 return
         if not locked:
@@ -55,6 +54,11 @@ def output_lock(lock_file: str | os.PathLike, what: str, command: str) -> Iterat
             with contextlib.suppress(OSError):
                 os.unlink(lock_file)
         os.close(fd)  # releases the lock
+
+
+def _warn_unlocked(lock_file: Path, exc: OSError, what: str) -> None:
+    """A filesystem without flock: run unlocked rather than fail, and say so."""
+    print(f"warning: cannot lock {lock_file} ({exc.strerror}); make sure no other run writes {what}", file=sys.stderr)
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -85,8 +89,7 @@ def group_lock(folder: str | os.PathLike, group: str, what: str, command: str) -
         fd = _lock_shared(mine, fcntl)
     except OSError as exc:
         if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # a filesystem without flock
-            print(f"warning: cannot lock {mine} ({exc.strerror}); make sure no other run writes {what}",
-                  file=sys.stderr)
+            _warn_unlocked(mine, exc, what)
             yield
             return
         raise UserError(f"{what}: cannot write there ({exc.strerror or exc}: {mine})") from None
