@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 
 def _blocks(spec: dict):
-    from pretrain.packed import PackedDataset
+    from engine.packed import PackedDataset
 
     return PackedDataset(spec["data"], "train")
 

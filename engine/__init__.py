@@ -61,8 +61,9 @@ def train(
       output_dir with other settings is refused, listing what changed.
     - ``tokenizer_fingerprint``: the tokenizer the data was made with; compared to the model's
       tokenizer before training (``zhllama.tokenizer_files.tokenizer_fingerprint``), mismatch = UserError.
-    - ``eval_sets``: the named held-out sets of ``cfg.eval.sets``, ``{name: (dataset, characters)}``
-      (engine/watch.py); benchmarks and the guard come from ``cfg.eval`` alone.
+    - ``eval_sets``: None reads the named held-out sets of ``cfg.eval.sets`` from their prepared
+      folders (engine/packed.py); a dict ``{name: (dataset, characters)}`` of packed-block datasets
+      supplies them instead (engine/watch.py). Benchmarks and the guard come from ``cfg.eval`` alone.
 
     Writes under ``cfg.output_dir``: ``checkpoints/step-N`` (resumable, ``complete.json`` last),
     ``metrics.jsonl``, ``tensorboard/``, ``wandb/``, ``loss_curve.png``, ``train_report.json``

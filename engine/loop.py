@@ -350,7 +350,7 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
             print(f"[zhllama] {cfg.output_dir} already finished {plan.total_steps} steps; final model: "
                   f"{report.get('final_dir')}", flush=True)
         return TrainRun({**report.pop("metrics", {}), **report})
-    watch = Watch(cfg, eval_sets, collate_fn or default_collate)  # reads and checks benchmark files before the model
+    watch = Watch(cfg, eval_sets)  # reads and checks named sets and benchmark files before the model
     built = build(cfg, plan)
     state = fit(cfg, plan, built, train_ds, eval_ds, collate_fn or default_collate, eval_characters, data_fingerprint,
                 watch)

@@ -63,7 +63,7 @@ def make_tiny_model(out: str | Path, tokenizer_dir: str | Path | None = None, hi
 
 
 class TinyPacked:
-    """A few documents of DEFAULT_TEXT as packed blocks, the shape of ``pretrain.packed.PackedDataset``
+    """A few documents of DEFAULT_TEXT as packed blocks, the shape of ``engine.packed.PackedDataset``
     (positions restart per document; labels -100 on each block's first token and document starts)."""
 
     def __init__(self, tok_dir: str, first_doc: int, n_docs: int, block: int = 32, texts: list[str] | None = None):

@@ -1,10 +1,14 @@
 """What guards the model during training: named held-out sets, multiple-choice benchmarks, the guard.
 
-    watch = Watch(cfg, eval_sets={"zh": (dataset, characters), "en": ...}, collate_fn=collate)
+    watch = Watch(cfg)                            # eval.sets read from their prepared folders
+    watch = Watch(cfg, eval_sets={"zh": (dataset, characters), "en": ...})   # or given (packed blocks)
     watch.ensure_base(engine, step, device)       # once: output_dir/eval_base.json (before step 1)
     metrics = watch.run(engine, step, device)     # eval/<set>/loss, eval/<set>/bits_per_char, bench/<name>/...
     trips = watch.check_guard(step, metrics)      # bounds from eval.guard, relative to the base
 
+Named sets are packed blocks (engine/packed.py: ``input_ids``, ``position_ids``, ``labels``), the
+same in every phase, so they are collated by stacking whatever the phase trains on (SFT's padded
+conversations included) and score the same text the same way in pretraining and SFT.
 Everything that touches the model is collective: every rank calls ``run`` and ``ensure_base`` at
 the same steps (ZeRO-3 gathers parameters on every forward). Benchmark files are read and checked
 when the Watch is built, before the model loads, so bad data fails the run at once. Benchmark
@@ -22,6 +26,7 @@ from zhllama.errors import UserError
 from zhllama.files import write_json_atomic
 
 from .config import TrainConfig
+from .data import default_collate
 from .evaluate import evaluate
 from .watch_config import guard_metric
 
@@ -29,15 +34,13 @@ BASE_FILE = "eval_base.json"
 
 
 class Watch:
-    def __init__(self, cfg: TrainConfig, eval_sets: dict[str, tuple[Any, int | None]] | None,
-                 collate_fn: Callable) -> None:
-        self.cfg, self.collate_fn = cfg, collate_fn
+    def __init__(self, cfg: TrainConfig, eval_sets: dict[str, tuple[Any, int | None]] | None = None) -> None:
+        self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.sets = dict(eval_sets or {})
+        self.sets = dict(eval_sets) if eval_sets is not None else _read_sets(cfg)
         missing = [s.name for s in cfg.eval.sets if s.name not in self.sets]
         if missing:
-            raise UserError(f"eval.sets {missing}: this phase did not provide them (named held-out sets are read by "
-                            f"`python -m pretrain train`)")
+            raise UserError(f"eval.sets {missing}: the caller's eval_sets do not hold them")
         self.benches = [self._load_bench(b) for b in cfg.eval.benchmarks]
         self.base: dict[str, Any] | None = None
         self.trips: list[dict[str, Any]] = []
@@ -80,7 +83,7 @@ class Watch:
         bs = ev.micro_batch_size or self.cfg.batch.micro_batch_size
         out: dict[str, float] = {}
         for name, (ds, characters) in self.sets.items():
-            got = evaluate(engine, ds, self.collate_fn, bs, ev.max_batches, characters, device)
+            got = evaluate(engine, ds, default_collate, bs, ev.max_batches, characters, device)
             out.update({f"eval/{name}/{k.split('/', 1)[1]}": v for k, v in got.items()})
         final = step == 0 or force_all
         for b, bench, requests, pad in self.benches:
@@ -161,6 +164,15 @@ class Watch:
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _read_sets(cfg: TrainConfig) -> dict[str, tuple[Any, int | None]]:
+    if not cfg.eval.sets:
+        return {}
+    from .model import tokenizer_dir
+    from .packed import named_eval_sets
+
+    return named_eval_sets(cfg.eval.sets, tokenizer_dir(cfg))
 
 
 def _read_base(path: Path) -> dict[str, Any]:

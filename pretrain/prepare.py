@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from engine.packed import FORMAT, REPORT, SPLITS, part_name, read_prepare_report
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import atomic_output_dir, sha256_file, sha256_json, write_json_atomic
 from zhllama.locks import group_lock, output_lock
-
-from .packed import FORMAT, REPORT, SPLITS, part_name, read_prepare_report
 from zhllama.tokenizer_files import TOKENIZER_FILES, tokenizer_fingerprint
-from .shards import SplitWriter
+
 from .prepare_guard import check_out, check_sources_unchanged, remove_stale_partials, source_stats
+from .shards import SplitWriter
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ documents, tokens, characters, time). The validation split is the manifest's hol
 
 Re-running with identical inputs and settings does nothing and says so. --shard i/n prepares the
 i-th of n disjoint parts into OUT/part-i-of-n (one job per machine); the training loader reads all
-parts as one dataset (pretrain.packed.PackedDataset).
+parts as one dataset (engine.packed.PackedDataset).
 """
 from __future__ import annotations
 

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.packed import REPORT, list_parts, part_name
 from zhllama.errors import UserError
-
-from .packed import REPORT, list_parts, part_name
 
 
 def source_stats(manifest: Any) -> dict[str, tuple[int, int]]:

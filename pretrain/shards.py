@@ -1,7 +1,7 @@
 """Write one split of one part: token files of a fixed size plus document starts, streamed.
 
 Memory stays flat whatever the corpus size: tokens and document offsets are appended to files
-batch by batch. The layout is described in ``pretrain/packed.py`` (the reader).
+batch by batch. The layout is described in ``engine/packed.py`` (the reader, shared: both phases evaluate on prepared folders).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .packed import num_blocks
+from engine.packed import num_blocks
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@
 
 Settings: the engine's (engine/config.py) plus ``data.dir`` (the folder written by
 ``python -m pretrain prepare``). Named held-out sets (``eval.sets``: name, dir, split) are
-other ``prepare`` folders, e.g. one per language, each logged with its bits per character. Overrides are dotted keys: ``mode=lora optim.lr=1e-4``.
+other ``prepare`` folders, e.g. one per language, each logged with its bits per character (``sft train`` reads them too). Overrides are dotted keys: ``mode=lora optim.lr=1e-4``.
 Kill it at any time; the same command continues from the latest complete checkpoint.
 """
 from __future__ import annotations
@@ -40,29 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4")
 
 
-def named_eval_sets(cfg: PretrainConfig, tokenizer_fingerprint: str | None) -> dict:
-    """eval.sets -> {name: (PackedDataset, characters)}; each must be prepared with the training tokenizer."""
-    from pretrain.packed import PackedDataset
-    from zhllama.errors import UserError
-
-    out = {}
-    for s in cfg.eval.sets:
-        ds = PackedDataset(s.dir, s.split)
-        if len(ds) == 0:
-            raise UserError(f"eval.sets {s.name}: split {s.split!r} of {s.dir} is empty")
-        if tokenizer_fingerprint is not None and ds.tokenizer_fingerprint != tokenizer_fingerprint:
-            raise UserError(f"eval.sets {s.name}: {s.dir} was prepared with another tokenizer than the training data; "
-                            f"prepare it with the model's tokenizer")
-        out[s.name] = (ds, ds.characters)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from zhllama.config import load_config
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     from engine import train
-    from pretrain.packed import PackedDataset
+    from engine.packed import PackedDataset
 
     train_ds = PackedDataset(cfg.data.dir, cfg.data.train_split)
     eval_ds = PackedDataset(cfg.data.dir, cfg.data.eval_split) if cfg.data.eval_split else None
@@ -72,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
         cfg, train_ds, eval_ds, None,
         eval_characters=eval_ds.characters if eval_ds is not None else None,
         data_fingerprint=train_ds.cache_key, tokenizer_fingerprint=train_ds.tokenizer_fingerprint,
-        eval_sets=named_eval_sets(cfg, train_ds.tokenizer_fingerprint),
     )
     if result.get("world_size") is not None:
         import torch.distributed as dist

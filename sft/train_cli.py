@@ -10,6 +10,8 @@ validated before anything is tokenized or trained; files are tokenized once into
 cache. Loss is on response tokens only. The template is saved with the model
 (``output_dir/final/sft_template.json``) so ``sft export``/``generate``/``chat`` format prompts the
 same way. A LoRA run's ``final/`` is an adapter: merge it with ``python -m sft export``.
+``eval.sets`` (held-out ``pretrain prepare`` folders, e.g. zh and en text) and ``eval.benchmarks``
+measure what instruction tuning costs, as in pretraining (README section 7).
 """
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                                           "train_rows": report.train_rows, "eval_samples": report.eval_samples,
                                           "train_trainable_tokens": report.train_trainable_tokens},
                                          ensure_ascii=False), flush=True)
-    if eval_ds is None and cfg.eval.every_steps and not cfg.eval.benchmarks:  # no held-out records, no benchmarks
+    if eval_ds is None and cfg.eval.every_steps and not (cfg.eval.sets or cfg.eval.benchmarks):  # nothing to evaluate
         cfg.eval.every_steps = 0
     from engine import train
 

@@ -79,7 +79,7 @@ def test_guard_bounds_a_rise_or_a_fall_relative_to_base(tmp_path):
     base.write_text(json.dumps({"metrics": {"eval/en/bits_per_char": 1.0, "bench/ceval/accuracy": 0.5}}))
     cfg = _cfg(tmp_path, sets="[{name: en, dir: x}]", guard="{en.bits_per_char: 0.05, eval.loss: 0.1}",
                base=str(base))
-    watch = Watch(cfg, {"en": (None, None)}, None)
+    watch = Watch(cfg, {"en": (None, None)})
     assert watch.check_guard(4, {"eval/en/bits_per_char": 1.05}) == []  # on the bound: fine
     (trip,) = watch.check_guard(8, {"eval/en/bits_per_char": 1.06, "eval/loss": 9.0})  # eval.loss: no base, skipped
     assert (trip["key"], trip["step"], trip["bound"]) == ("en.bits_per_char", 8, pytest.approx(1.05))
@@ -88,7 +88,7 @@ def test_guard_bounds_a_rise_or_a_fall_relative_to_base(tmp_path):
     from engine.tiny import make_tiny_model
 
     cfg.model.path = str(make_tiny_model(tmp_path / "m"))
-    watch = Watch(cfg, None, None)
+    watch = Watch(cfg)
     assert watch.check_guard(2, {"bench/ceval/accuracy": 0.45}) == []
     assert [t["metric"] for t in watch.check_guard(3, {"bench/ceval/accuracy": 0.39})] == ["bench/ceval/accuracy"]
 
@@ -102,10 +102,16 @@ def test_eval_config_problems_are_named(tmp_path):
                      "guard.fr.bits_per_char: expected <set>", "guard.en.bits_per_char: expected a non-zero number",
                      "guard.en.accuracy: expected <set>", "guard: needs base numbers; base is 'none'"):
         assert expected in text, text
-    with pytest.raises(UserError, match="eval.sets \\['en'\\]: this phase did not provide them"):
-        from engine.watch import Watch
+    from engine.watch import Watch
 
-        Watch(_cfg(tmp_path, sets="[{name: en, dir: x}]"), None, None)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError) as err:  # every set is checked before the model loads, one error for all
+        Watch(_cfg(tmp_path, sets=f"[{{name: en, dir: {tmp_path / 'none'}}}, {{name: zh, dir: {tmp_path / 'a_file'}}}]"))
+    text = str(err.value)
+    assert "2 problems" in text and f"eval.sets en: prepared data folder {tmp_path / 'none'} does not exist" in text
+    assert f"eval.sets zh: prepared data folder {tmp_path / 'a_file'} is a file" in text, text
+    with pytest.raises(UserError, match="eval.sets \\['en'\\]: the caller's eval_sets do not hold them"):
+        Watch(_cfg(tmp_path, sets="[{name: en, dir: x}]"), {})
 
 
 def test_forgetting_report_rows_changes_and_trips(tmp_path):

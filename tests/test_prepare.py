@@ -12,7 +12,7 @@ from helpers_prepare import (corpus_lines, documents_of, make_tokenizer, read_js
                                   write_manifest)
 
 from pretrain import prepare_cli
-from pretrain.packed import PackedDataset, part_name, read_prepare_report
+from engine.packed import PackedDataset, part_name, read_prepare_report
 from pretrain.prepare import PrepareConfig, parse_shard, prepare
 from zhllama.errors import UserError
 

@@ -1,4 +1,4 @@
-"""pretrain.packed.PackedDataset: blocks, document boundaries, position ids, labels, real tokenizers."""
+"""engine.packed.PackedDataset: blocks, document boundaries, position ids, labels, real tokenizers."""
 from __future__ import annotations
 
 import pickle
@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers_prepare import corpus_lines, make_tokenizer, split_stream, write_lines, write_manifest
 
-from pretrain.packed import IGNORE_INDEX, PackedDataset, read_prepare_report
+from engine.packed import IGNORE_INDEX, PackedDataset, read_prepare_report
 from zhllama.tokenizer_files import tokenizer_fingerprint
 from pretrain.prepare import PrepareConfig, prepare
 from zhllama.errors import UserError

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers_prepare import corpus_lines, make_tokenizer, write_lines, write_manifest
 
-from pretrain.packed import PackedDataset, part_name
+from engine.packed import PackedDataset, part_name
 from pretrain.prepare import PrepareConfig, prepare
 from zhllama.errors import UserError
 from zhllama.locks import output_lock

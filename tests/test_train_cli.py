@@ -23,7 +23,7 @@ def test_single_process_cli_trains_on_prepared_shards_and_stages_chain(assets):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "done:" in proc.stdout
     report = json.loads((out / "train_report.json").read_text())
-    from pretrain.packed import PackedDataset
+    from engine.packed import PackedDataset
 
     train_ds = PackedDataset(assets["shards"], "train")
     assert report["data_fingerprint"] == train_ds.cache_key and report["world_size"] == 1
@@ -82,7 +82,7 @@ def _model_with(assets, name: str, edit) -> Path:
 def test_new_settings_are_refused_and_non_finite_values_stop_the_run(assets):
     """Was: exit 0 "already finished" with the old model, a PEFT traceback on resume into lora, and a
     model with NaN weights trained on and exported while the loss looked normal."""
-    from pretrain.packed import PackedDataset
+    from engine.packed import PackedDataset
 
     root = assets["root"]
     out = root / "guarded"

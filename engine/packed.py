@@ -1,6 +1,10 @@
 """Read the token shards written by ``python -m pretrain prepare`` as one map-style dataset.
 
-    from pretrain.packed import PackedDataset, read_prepare_report
+The reader lives in the engine, not in pretrain/, because every phase reads these folders: pretraining
+trains on them, and pretraining and SFT alike score the named held-out sets of ``eval.sets`` on them
+(what the model forgets while it learns).
+
+    from engine.packed import PackedDataset, named_eval_sets, read_prepare_report
     from zhllama.tokenizer_files import tokenizer_fingerprint
     ds = PackedDataset(data_dir, split="train")      # or "validation"; all --shard parts as one
     len(ds)                                          # number of blocks
@@ -9,6 +13,7 @@
     ds.block_size, ds.tokens, ds.labelled_tokens, ds.characters, ds.documents
     ds.cache_key, ds.tokenizer_fingerprint           # compare with tokenizer_fingerprint(model_dir)
     read_prepare_report(data_dir) -> dict            # totals over all parts, plus each part's report
+    named_eval_sets(cfg.eval.sets, fingerprint)      # {name: (PackedDataset, characters)}, checked
 
 The token stream. Every document is ``[START] + ids(text) + [EOS]``: START is the tokenizer's BOS
 (LLaMA's ``<s>``), or its EOS when it has no BOS. The documents of one part and split are
@@ -52,12 +57,14 @@ from typing import Any
 
 import numpy as np
 
-from zhllama.errors import UserError
+from zhllama.errors import UserError, raise_if_problems
 
 FORMAT = "zhllama-packed/1"
 REPORT = "prepare_report.json"
 SPLITS = ("train", "validation")
 IGNORE_INDEX = -100
+
+
 def part_name(index: int, count: int) -> str:
     return f"part-{index:05d}-of-{count:05d}"
 
@@ -241,3 +248,30 @@ class PackedDataset:
     def __repr__(self) -> str:
         return (f"PackedDataset({str(self.data_dir)!r}, split={self.split!r}: {len(self)} blocks of "
                 f"{self.block_size}, {self.tokens} tokens, {self.documents} documents)")
+
+
+def named_eval_sets(sets, tokenizer_folder: str | os.PathLike | None) -> dict[str, tuple[PackedDataset, int]]:
+    """``eval.sets`` -> {name: (PackedDataset, characters)}; every set checked, all problems in one error.
+
+    Each must be a prepared folder made with the model's tokenizer (``tokenizer_folder``; None skips
+    that check): other ids would be scored against the wrong embedding rows."""
+    found, problems = {}, []
+    for s in sets:
+        try:
+            ds = PackedDataset(s.dir, s.split)
+        except UserError as exc:
+            problems.append(f"eval.sets {s.name}: {exc}")
+            continue
+        if len(ds) == 0:
+            problems.append(f"eval.sets {s.name}: split {s.split!r} of {s.dir} is empty")
+        else:
+            found[s.name] = ds
+    if found and tokenizer_folder is not None:
+        from zhllama.tokenizer_files import tokenizer_fingerprint
+
+        mine = tokenizer_fingerprint(tokenizer_folder)
+        problems += [f"eval.sets {name}: {ds.data_dir} was prepared with another tokenizer than the model's "
+                     f"{tokenizer_folder}; prepare it with that one (python -m pretrain prepare --tokenizer "
+                     f"{tokenizer_folder})" for name, ds in found.items() if ds.tokenizer_fingerprint != mine]
+    raise_if_problems("cannot read the named held-out sets", problems)
+    return {name: (ds, ds.characters) for name, ds in found.items()}
