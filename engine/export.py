@@ -13,9 +13,7 @@ from typing import Any
 import torch.distributed as dist
 
 from zhllama.files import atomic_output_dir, write_json_atomic
-from zhllama.tokenizer_files import copy_tokenizer_files
-
-COPIED_REPORTS = ("resize_report.json", "merge_report.json")
+from zhllama.tokenizer_files import VOCAB_REPORTS, copy_tokenizer_files
 
 
 def consolidated_state_dict(engine) -> dict | None:
@@ -37,7 +35,7 @@ def save_final(engine, module, cfg, tokenizer_dir: Path, report: dict[str, Any])
             extra = {"save_embedding_layers": bool(cfg.lora.modules_to_save)} if cfg.mode == "lora" else {}
             module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
             copy_tokenizer_files(tokenizer_dir, tmp)  # byte for byte: never re-saved by transformers
-            for name in COPIED_REPORTS:  # the vocab provenance travels with the model to the next stage
+            for name in VOCAB_REPORTS:  # the vocab provenance travels with the model to the next stage
                 if (Path(cfg.model.path) / name).is_file():
                     shutil.copy2(Path(cfg.model.path) / name, tmp / name)
             write_json_atomic(tmp / "train_report.json", report)

@@ -38,7 +38,7 @@ def test_new_tokens_are_han_only_merges_appended_after_every_base_merge(tiny):
     base_merges = json.loads(build_tokenizer(base).to_str())["model"]["merges"]
     assert merges[:len(base_merges)] == base_merges and len(merges) > len(base_merges)
     # the rank file is the base's bytes plus one line per new token, rank == id
-    written = (out / "tiny.tiktoken").read_bytes()
+    written = (out / "original" / "tiny.tiktoken").read_bytes()
     assert written.startswith(tiny["rank"].read_bytes())
     assert len(written.splitlines()) == base.next_id + report["added"]
 
@@ -60,7 +60,7 @@ def _property_fixture(tiny):
     if "tok" in _BUILT:
         return _BUILT["tok"]
     base = load_bbpe_base(tiny["rank"], LLAMA3_PATTERN)
-    enc, offset = load_rank_encoder(tiny["out"] / "tiny.tiktoken", "tiktoken", base.pattern)
+    enc, offset = load_rank_encoder(tiny["out"] / "original" / "tiny.tiktoken", "tiktoken", base.pattern)
     _BUILT["tok"] = build_tokenizer(base), Tokenizer.from_file(str(tiny["out"] / "tokenizer.json")), enc
     return _BUILT["tok"]
 
@@ -152,7 +152,7 @@ def test_bad_bases_give_one_clear_error_and_write_nothing(tiny, tmp_path):
 def test_stats_reports_tokens_per_char_and_guarantees(tiny, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("\n".join(tiny["lines"][:20] + ["the thing in the other thing", "😀 ok"]) + "\n", encoding="utf-8")
-    got = _cli("stats", "--tokenizer", str(tiny["out"]), "--base", str(tiny["out"] / "tiny.tiktoken"), "--json",
+    got = _cli("stats", "--tokenizer", str(tiny["out"]), "--base", str(tiny["out"] / "original" / "tiny.tiktoken"), "--json",
                str(text))
     assert got.returncode != 0 and "without a split pattern" in got.stderr  # the rank file alone has no pattern
     hf_base = tmp_path / "base"

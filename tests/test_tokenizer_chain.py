@@ -31,6 +31,8 @@ def test_tokenizer_files_identical_along_the_chain(chain):
         config = json.loads((chain[stage] / "tokenizer_config.json").read_text())
         assert "[INST] <<SYS>>" in config.pop("chat_template"), stage  # the only key SFT adds
         assert config == original, stage
+    for stage in STAGES[1:]:  # the vocab's provenance travels too (GGUF of BPE extensions reads it)
+        assert (chain[stage] / "merge_report.json").read_bytes() == (merged / "merge_report.json").read_bytes(), stage
 
 
 def test_export_config_and_ids(chain):

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -23,22 +22,15 @@ def is_bbpe_extension(merge_report: dict) -> bool:
     return isinstance(base, dict) and base.get("format") in BBPE_FORMATS
 
 
-def _joined(merge) -> str:
-    return "".join(merge.split(" ", 1)) if isinstance(merge, str) else "".join(merge)
-
-
 def bbpe_speller(folder: Path, base_size: int) -> Callable[[int], list[int]]:
     """id -> ids of its text under the base tokenizer (rebuilt from the folder's tokenizer.json)."""
     from tokenizers import Tokenizer
 
+    from zhllama.tokenizer_files import base_tokenizer_json
+
     text = (Path(folder) / "tokenizer.json").read_text(encoding="utf-8")
     full = Tokenizer.from_str(text)
-    raw = json.loads(text)
-    special = {t["content"] for t in raw.get("added_tokens", [])}
-    model = raw["model"]
-    model["vocab"] = {t: i for t, i in model["vocab"].items() if i < base_size or t in special}
-    model["merges"] = [m for m in model["merges"] if _joined(m) in model["vocab"]]
-    base = Tokenizer.from_str(json.dumps(raw, ensure_ascii=False))
+    base = Tokenizer.from_str(base_tokenizer_json(text, base_size))
 
     def spell(i: int) -> list[int]:
         return base.encode(full.decode([i], skip_special_tokens=False), add_special_tokens=False).ids

@@ -7,8 +7,8 @@ special tokens keep their ids, so they stay right); vocab.json/merges.txt (the s
 files) are not copied, since they would lack the new tokens. For a rank file we write a config
 that AutoTokenizer loads as the fast tokenizer of tokenizer.json.
 
-Original format, when the base had one: the rank file with one line ``base64(token) id`` per new
-token appended (its ids are its ranks), or the tekken.json with vocab entries appended and
+Original format, when the base had one: the rank file (in ``original/``, as Meta's repositories keep
+it) with one line ``base64(token) id`` per new token appended (its ids are its ranks), or the tekken.json with vocab entries appended and
 ``default_vocab_size`` raised (the unused tail of its vocab list, beyond the old
 ``default_vocab_size``, is dropped: it was never part of the tokenizer and would collide).
 """
@@ -65,8 +65,19 @@ def write_hf_folder(base: ByteBPEBase, new: list[bytes], out: Path) -> list[str]
     return written + carried
 
 
+ORIGINAL_DIR = "original"
+
+
 def original_name(base: ByteBPEBase) -> str | None:
-    return base.path.name if base.fmt in ("tiktoken", "tekken") else None
+    """Where the extended original-format file goes, relative to the folder (None: an HF base).
+
+    A rank file goes under ``original/``, as in Meta's own Hugging Face repositories: at the top level
+    Llama-3's ``tokenizer.model`` is taken for a SentencePiece model by llama.cpp's converter and by
+    every tool that looks for one there. tekken.json stays at the top, where Mistral's repositories
+    and vLLM's mistral tokenizer mode keep it."""
+    if base.fmt == "tiktoken":
+        return f"{ORIGINAL_DIR}/{base.path.name}"
+    return base.path.name if base.fmt == "tekken" else None
 
 
 def write_original(base: ByteBPEBase, new: list[bytes], out: Path) -> str | None:
@@ -77,6 +88,7 @@ def write_original(base: ByteBPEBase, new: list[bytes], out: Path) -> str | None
         if data and not data.endswith(b"\n"):
             data += b"\n"
         lines = [base64.b64encode(t) + b" " + str(base.next_id + k).encode() + b"\n" for k, t in enumerate(new)]
+        (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_bytes(data + b"".join(lines))
     elif base.fmt == "tekken":
         raw = json.loads(json.dumps(base.tekken_json))

@@ -44,6 +44,14 @@ class TokenizerInfo:
     merge_report: dict = field(default_factory=dict)
 
 
+def _is_rank_file(path: Path) -> bool:
+    """Llama-3's tiktoken ``tokenizer.model`` beside a tokenizer.json (folders extended before the rank
+    file moved to original/, or copied so by hand): tokenizer.json is the tokenizer, not SentencePiece."""
+    from .bbpe_base import looks_like_tiktoken
+
+    return looks_like_tiktoken(path)
+
+
 def read_tokenizer(folder: Path) -> TokenizerInfo:
     """Pieces, size and special ids of a tokenizer folder (tokenizer.model and/or tokenizer.json)."""
     folder = Path(folder)
@@ -53,7 +61,7 @@ def read_tokenizer(folder: Path) -> TokenizerInfo:
     pieces: dict[int, str] = {}
     special: set[int] = set()
     proto = None
-    if sp_path.is_file():
+    if sp_path.is_file() and not (hf_path.is_file() and _is_rank_file(sp_path)):
         from sentencepiece import sentencepiece_model_pb2 as pb
 
         proto = read_sp_proto(sp_path)

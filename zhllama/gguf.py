@@ -6,8 +6,11 @@
     read_vocab("vocab.gguf")["chat_template"]
 
 The converter is llama.cpp's ``convert_hf_to_gguf.py`` with its bundled gguf-py, from the pinned
-llama-cpp-python sdist (zhllama.pinned.LLAMA_CPP), run unmodified as a subprocess: what users of
-llama.cpp, Ollama and LM Studio run on our folders. No C++ build is needed.
+llama-cpp-python sdist (zhllama.pinned.LLAMA_CPP), run as a subprocess: what users of llama.cpp,
+Ollama and LM Studio run on our folders. No C++ build is needed. It runs as shipped but for one
+case (zhllama/gguf_launch.py): a byte-level BPE base extended with Chinese tokens changes the ids
+of the check text by which the converter names the pre-tokenizer, so there the base tokenizer's
+ids name it.
 """
 from __future__ import annotations
 
@@ -31,11 +34,13 @@ def convert(model_dir: str | Path, outfile: str | Path, *, vocab_only: bool = Fa
         raise UserError(f"{model_dir}: not a Hugging Face model folder (no config.json); GGUF needs one")
     if outtype not in OUTTYPES:
         raise UserError(f"GGUF type {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    _refuse_rank_file_as_sentencepiece(model_dir)
     tree = fetch_tree(LLAMA_CPP, cache, log)
     partial = outfile.with_name(f".{outfile.name}.partial")
-    cmd = [sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(partial),
+    cmd = [sys.executable, "-m", "zhllama.gguf_launch", str(tree), str(model_dir), "--outfile", str(partial),
            "--outtype", outtype] + (["--vocab-only"] if vocab_only else [])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]  # zhllama itself
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
@@ -43,6 +48,19 @@ def convert(model_dir: str | Path, outfile: str | Path, *, vocab_only: bool = Fa
         raise UserError(f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir}:\n{tail}")
     os.replace(partial, outfile)
     return outfile
+
+
+def _refuse_rank_file_as_sentencepiece(model_dir: Path) -> None:
+    """Llama-3's tiktoken ``tokenizer.model`` at the top of a folder: the converter reads that name as
+    SentencePiece and fails deep inside protobuf; say what it is and what to do instead."""
+    path = model_dir / "tokenizer.model"
+    if path.is_file() and (model_dir / "tokenizer.json").is_file():
+        with open(path, "rb") as fh:
+            head = fh.read(512).splitlines()[:4]
+        if head and all(len(line.split()) == 2 and line.split()[1].isdigit() for line in head):
+            raise UserError(f"{path} is a tiktoken rank file, which llama.cpp's converter reads as a SentencePiece "
+                            f"model; move it to {model_dir / 'original'}/ (where `python -m vocab merge` now writes "
+                            "it and Meta's repositories keep it): tokenizer.json is the tokenizer")
 
 
 def read_vocab(path: str | Path) -> dict[str, Any]:
@@ -61,7 +79,9 @@ def read_vocab(path: str | Path) -> dict[str, Any]:
     prefix = "tokenizer.ggml."
     return {
         "model": value(prefix + "model"),
+        "pre": value(prefix + "pre"),
         "tokens": value(prefix + "tokens"),
+        "merges": value(prefix + "merges"),
         "scores": value(prefix + "scores"),
         "token_type": value(prefix + "token_type"),
         **{f"{k}_id": value(f"{prefix}{k}_token_id") for k in ("bos", "eos", "unknown", "padding")},

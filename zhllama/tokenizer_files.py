@@ -22,6 +22,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model.v1")
 # Copied with the tokenizer files: transformers 5 reads the chat template from this file.
 _COPIED_WITH = ("chat_template.jinja", "chat_template.json")
+# Where a model's vocabulary came from (vocab resize, vocab merge): every stage passes them on, next to
+# the weights; a byte-level BPE extension's GGUF conversion reads the base's size in merge_report.json.
+VOCAB_REPORTS = ("resize_report.json", "merge_report.json")
 _ID_SETTINGS = ("add_bos_token", "add_eos_token", "bos_token", "eos_token", "legacy", "add_prefix_space",
                 "tokenizer_class")
 
@@ -77,6 +80,19 @@ def tokenizer_json_pieces(path: str | os.PathLike) -> tuple[dict[int, str], list
     vocab = (data.get("model") or {}).get("vocab") or {}
     items = vocab.items() if isinstance(vocab, dict) else ((p[0], i) for i, p in enumerate(vocab))
     return {int(i): text for text, i in items}, list(data.get("added_tokens") or [])
+
+
+def base_tokenizer_json(text: str, base_size: int) -> str:
+    """An extended byte-level BPE tokenizer.json (``vocab merge`` on Llama-3, Qwen, Tekken) cut back to
+    its base: the ids below ``base_size`` and the special tokens, and the merges whose result is still
+    a token. New tokens and their merges come after every base one, so this tokenizes as the base did."""
+    raw = json.loads(text)
+    special = {t["content"] for t in raw.get("added_tokens", [])}
+    model = raw["model"]
+    model["vocab"] = {t: i for t, i in model["vocab"].items() if i < base_size or t in special}
+    joined = ("".join(m.split(" ", 1)) if isinstance(m, str) else "".join(m) for m in model["merges"])
+    model["merges"] = [m for m, result in zip(model["merges"], joined) if result in model["vocab"]]
+    return json.dumps(raw, ensure_ascii=False)
 
 
 def _token_text(value: Any) -> Any:

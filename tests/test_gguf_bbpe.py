@@ -1,0 +1,194 @@
+"""GGUF of models whose byte-level BPE base (Llama-3, Qwen, Mistral Tekken) was extended with Chinese.
+
+Each real base (pinned wheels, as tests/test_bbpe_real.py) is extended with tokens learned on text
+where "我想" is frequent, a tiny model of that architecture is resized to it with `vocab resize`,
+and llama.cpp's converter (pinned, through zhllama.gguf.convert) writes its vocabulary: the GGUF
+must name the base's pre-tokenizer (llama-bpe, qwen2, tekken) and hold every token and merge of
+tokenizer.json in id order. Without the base's identification the converter refuses the Llama-3
+one (the check text's "我想" became one new token). Where a llama.cpp runtime is at hand — a
+``llama-tokenize`` binary on PATH, or node-llama-cpp in $ZHLLAMA_NODE_MODULES — its ids on held-out
+Chinese and English must equal transformers' ids.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA
+from zhllama.errors import UserError
+from zhllama.gguf import convert, read_vocab
+
+BASES = {  # fetched name, name of the file as its owners ship it, model class, GGUF pre-tokenizer
+    "llama3": ("llama3_tokenizer.model", "tokenizer.model", "LlamaConfig", "llama-bpe"),
+    "qwen": ("qwen.tiktoken", "qwen.tiktoken", "Qwen2Config", "qwen2"),
+    "tekken": ("tekken_240911.json", "tekken.json", "MistralConfig", "tekken"),
+}
+N_NEW = 300
+
+
+def _lines() -> list[str]:
+    path = SHARED_DATA / "pretrain" / "cmrc2018_dev_contexts.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (real Chinese text ships beside the repo only on dev machines)")
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def fetched():
+    from vocab.bbpe_sources import fetch_bpe_bases
+    from zhllama.pinned import FetchError
+
+    try:
+        return fetch_bpe_bases(log=lambda *_: None)
+    except FetchError as exc:
+        pytest.skip(f"Llama-3/Qwen/Tekken files could not be fetched: {exc}")
+
+
+def _tiny_model(folder: Path, config_class: str, rows: int) -> Path:
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    config = getattr(transformers, config_class)(vocab_size=rows, hidden_size=16, intermediate_size=32,
+                                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                                 tie_word_embeddings=False)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def _resize(name: str, fetched: dict, root: Path) -> dict:
+    from vocab.bbpe_merge import extend_bbpe
+    from vocab.bbpe_train import TrainSettings
+
+    fetched_name, shipped_name, config_class, pre = BASES[name]
+    (root / "base_files").mkdir()
+    base_file = root / "base_files" / shipped_name  # Llama-3's rank file under Meta's own name
+    shutil.copyfile(fetched[fetched_name], base_file)
+    lines = _lines()
+    train = lines[:300] + ["我想" + line[:40] for line in lines[:200]]
+    report = extend_bbpe(base_file, train, root / "tok", TrainSettings(new_tokens=N_NEW), verify=False)
+    base_model = _tiny_model(root / "base_model", config_class, report["base_vocab_size"])
+    proc = subprocess.run([sys.executable, "-m", "vocab", "resize", "--model", str(base_model), "--tokenizer",
+                           str(root / "tok"), "--out", str(root / "resized")],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"name": name, "root": root, "folder": root / "resized", "report": report, "pre": pre,
+            "held_out": lines[600:700]}
+
+
+@pytest.fixture(scope="module")
+def built(fetched, tmp_path_factory):
+    cache: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in cache:
+            cache[name] = _resize(name, fetched, tmp_path_factory.mktemp(f"gguf_{name}"))
+        return cache[name]
+    return get
+
+
+@pytest.fixture(scope="module", params=list(BASES))
+def resized(request, built):
+    return built(request.param)
+
+
+@pytest.fixture(scope="module")
+def llama3(built):
+    return built("llama3")
+
+
+def test_the_rank_file_is_kept_where_converters_do_not_take_it_for_sentencepiece(resized):
+    written = resized["report"]["original_format_file"]
+    assert written == {"llama3": "original/tokenizer.model", "qwen": "original/qwen.tiktoken",
+                       "tekken": "tekken.json"}[resized["name"]]
+    assert (resized["root"] / "tok" / written).is_file() and not (resized["folder"] / "tokenizer.model").exists()
+
+
+def test_gguf_names_the_base_pre_tokenizer_and_holds_every_token_and_merge(resized, llama_cpp_tree, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = resized["folder"]
+    vocab = read_vocab(convert(folder, tmp_path / "vocab.gguf", vocab_only=True))
+    assert vocab["pre"] == resized["pre"]
+    raw = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    by_id = {i: t for t, i in raw["model"]["vocab"].items()} | {t["id"]: t["content"] for t in raw["added_tokens"]}
+    assert vocab["tokens"][:len(by_id)] == [by_id[i] for i in range(len(by_id))]
+    assert vocab["merges"] == [m if isinstance(m, str) else " ".join(m) for m in raw["model"]["merges"]]
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    assert len(vocab["tokens"]) == resized["report"]["vocab_size"] == len(tok)
+
+
+def test_the_bare_converter_refuses_the_extension(llama3, llama_cpp_tree, tmp_path):
+    """What the base's identification is for: the converter alone does not know the new hash."""
+    proc = subprocess.run([sys.executable, str(llama_cpp_tree / "convert_hf_to_gguf.py"), str(llama3["folder"]),
+                           "--outfile", str(tmp_path / "bare.gguf"), "--vocab-only"],
+                          env={**os.environ, "PYTHONPATH": str(llama_cpp_tree / "gguf-py")},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "BPE pre-tokenizer was not recognized" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_rank_file_named_tokenizer_model_beside_tokenizer_json(llama3, tmp_path):
+    """Folders extended before the rank file moved to original/: resize reads tokenizer.json, GGUF
+    conversion says what to move instead of failing inside protobuf."""
+    from vocab.resize_rows import read_tokenizer
+
+    old = tmp_path / "old_layout"
+    shutil.copytree(llama3["folder"], old)
+    shutil.copyfile(llama3["root"] / "tok" / "original" / "tokenizer.model", old / "tokenizer.model")
+    info = read_tokenizer(old)
+    assert info.sp_proto is None and info.size == llama3["report"]["vocab_size"]
+    with pytest.raises(UserError, match="tokenizer.model is a tiktoken rank file.*move it to"):
+        convert(old, tmp_path / "x.gguf", vocab_only=True)
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def _llama_cpp_ids(gguf: Path, texts: list[str], tmp_path: Path) -> list[list[int]]:
+    if shutil.which("llama-tokenize"):
+        out = []
+        for text in texts:
+            proc = subprocess.run(["llama-tokenize", "-m", str(gguf), "-p", text, "--ids", "--log-disable",
+                                   "--no-parse-special", "--no-escape", "--no-bos"],
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        return out
+    modules = os.environ.get("ZHLLAMA_NODE_MODULES")
+    if not (modules and shutil.which("node") and (Path(modules) / "node-llama-cpp").is_dir()):
+        pytest.skip("no llama.cpp runtime: put llama-tokenize on PATH, or `npm install --prefix DIR "
+                    "node-llama-cpp@3.22.1` and set ZHLLAMA_NODE_MODULES=DIR/node_modules")
+    script = tmp_path / "tokenize.mjs"
+    script.write_text(
+        "import fs from 'fs'; import {pathToFileURL} from 'url';\n"
+        "const [gguf, file, entry] = process.argv.slice(2);\n"
+        "const {getLlama} = await import(pathToFileURL(entry).href);  // ESM ignores NODE_PATH\n"
+        "const llama = await getLlama({gpu: false, build: 'never'});\n"
+        "const model = await llama.loadModel({modelPath: gguf, vocabOnly: true});\n"
+        "const texts = JSON.parse(fs.readFileSync(file, 'utf8'));\n"
+        "console.log(JSON.stringify(texts.map(t => Array.from(model.tokenize(t, false)))));\n", encoding="utf-8")
+    (tmp_path / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    entry = Path(modules) / "node-llama-cpp" / "dist" / "index.js"
+    proc = subprocess.run(["node", str(script), str(gguf), str(tmp_path / "texts.json"), str(entry)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_llama_cpp_tokenizes_like_transformers(resized, llama_cpp_tree, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = resized["folder"]
+    gguf = convert(folder, tmp_path / "vocab.gguf", vocab_only=True)
+    english = [line for line in (SHARED_DATA / "pretrain" / "wiki_demo_en.txt").read_text("utf-8").splitlines()
+               if line.strip()][:30]
+    texts = [x[:300] for x in resized["held_out"]] + ["我想" + x[:30] for x in resized["held_out"][:20]] + \
+        [x[:300] for x in english] + ["  a  b\tc", "\n\n中文 English 123 😀 ～"]
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    want = [tok.encode(text, add_special_tokens=False) for text in texts]
+    base_size = resized["report"]["base_vocab_size"]
+    assert sum(any(i >= base_size for i in ids) for ids in want) >= 30  # the new tokens are used
+    assert _llama_cpp_ids(gguf, texts, tmp_path) == want
