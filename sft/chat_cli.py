@@ -47,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     from .data import Conversation, Turn
     from .generate import Sampling, generate_ids, load_model
-    from .templates import encode_prompt
+    from .templates import encode_prompt, stop_ids
 
     model, tokenizer, spec = load_model(args.model, args.template, args.dtype)
+    stops = stop_ids(tokenizer, spec)
     sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k,
                         args.repetition_penalty)
     encode = lambda turns: encode_prompt(Conversation(tuple(turns), args.system), tokenizer, spec)
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
         def produce() -> None:
             try:
-                generate_ids(model, tokenizer, [ids], sampling, streamer)
+                generate_ids(model, tokenizer, [ids], sampling, streamer, stops)
             except BaseException as exc:  # noqa: BLE001 - re-raised below; end() unblocks the reader
                 failure.append(exc)
                 streamer.end()

@@ -21,7 +21,7 @@ from zhllama.files import atomic_output_dir, write_json_atomic
 from zhllama.tokenizer_files import VOCAB_REPORTS, copy_tokenizer_files
 
 from .chat_templates import install_chat_template
-from .templates import TEMPLATE_FILE, TemplateSpec
+from .templates import TEMPLATE_FILE, TemplateSpec, stop_ids
 
 ADAPTER_CONFIG = "adapter_config.json"
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -129,6 +129,9 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
     if len(tokenizer) < rows:
         report.notes.append(f"{rows - len(tokenizer)} embedding rows beyond the tokenizer's {len(tokenizer)} "
                             "tokens (padding rows, e.g. pad_to_multiple_of): never produced, harmless")
+    stops = stop_ids(tokenizer, spec)
+    if len(stops) > 1:  # generation_config.json: transformers, vLLM and TGI then stop where a reply ends
+        model.generation_config.eos_token_id = stops
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer_files(tok_dir, tmp)  # byte for byte, as the run read it

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from zhllama.errors import UserError
 
 from .data import PromptItem
-from .templates import TemplateSpec, encode_prompt, make_spec, pad_token_id
+from .templates import TemplateSpec, encode_prompt, make_spec, pad_token_id, stop_ids
 
 
 @dataclass
@@ -62,9 +62,12 @@ def load_model(model_dir: str | Path, template: str | None = None, dtype: str = 
 
 
 def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[list[int]], sampling: Sampling,
-                 streamer: Any = None) -> list[list[int]]:
-    """New token ids for each prompt (one batch, left-padded)."""
+                 streamer: Any = None, stop: Sequence[int] | None = None) -> list[list[int]]:
+    """New token ids for each prompt (one batch, left-padded), each cut before its first ``stop`` id
+    (default: EOS; pass ``templates.stop_ids(tokenizer, spec)`` to stop where the template's reply ends)."""
     import torch
+
+    stop = list(stop) if stop is not None else [tokenizer.eos_token_id]
 
     width = max(len(p) for p in prompts)
     pad = pad_token_id(tokenizer)
@@ -76,12 +79,11 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[list[int]], sampl
     device = next(model.parameters()).device
     with torch.no_grad():
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), pad_token_id=pad,
-                             eos_token_id=tokenizer.eos_token_id, streamer=streamer, **sampling.generate_kwargs())
+                             eos_token_id=stop, streamer=streamer, **sampling.generate_kwargs())
     results = []
     for row in out[:, width:].tolist():
-        if tokenizer.eos_token_id in row:
-            row = row[: row.index(tokenizer.eos_token_id)]
-        results.append(row)
+        ends = [k for k, token in enumerate(row) if token in stop]
+        results.append(row[:ends[0]] if ends else row)
     return results
 
 
@@ -92,13 +94,14 @@ def generate_all(model: Any, tokenizer: Any, spec: TemplateSpec, items: Sequence
 
     torch.manual_seed(sampling.seed)
     prompts = [encode_prompt(item.conversation, tokenizer, spec) for item in items]
+    stops = stop_ids(tokenizer, spec)
     if max_prompt_tokens:  # keep the end: the instruction to answer is there
         prompts = [p[-max_prompt_tokens:] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc="generating", unit="batch"):
         batch = order[start:start + batch_size]
-        new_ids = generate_ids(model, tokenizer, [prompts[i] for i in batch], sampling)
+        new_ids = generate_ids(model, tokenizer, [prompts[i] for i in batch], sampling, stop=stops)
         for i, ids in zip(batch, new_ids):
             answers[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return answers

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from .data import Conversation, Turn
 from .generate import Sampling, generate_ids
-from .templates import TemplateSpec, encode_prompt
+from .templates import TemplateSpec, encode_prompt, stop_ids
 
 MAX_BODY = 1 << 20
 
@@ -89,6 +89,7 @@ class Engine:
         # A tokenizers object must not encode in two threads at once ("Already borrowed"):
         # encoding sets its truncation/special-token state.
         self._encode_lock = threading.Lock()
+        self.stop = stop_ids(self.tokenizer, self.spec)  # EOS, and the chat template's end of a reply
 
     def encode(self, fn, *args) -> list[int]:
         with self._encode_lock:
@@ -122,7 +123,7 @@ class Engine:
     def generate(self, prompt: list[int], sampling: Sampling) -> tuple[list[int], str]:
         with self._slots:
             self._seed(sampling)
-            ids = generate_ids(self.model, self.tokenizer, [prompt], sampling)[0]
+            ids = generate_ids(self.model, self.tokenizer, [prompt], sampling, stop=self.stop)[0]
         return ids, "length" if len(ids) >= sampling.max_new_tokens else "stop"
 
     def stream(self, prompt: list[int], sampling: Sampling) -> Iterator[str | tuple[int, str]]:
@@ -136,7 +137,8 @@ class Engine:
 
             def produce() -> None:
                 try:
-                    result.append(generate_ids(self.model, self.tokenizer, [prompt], sampling, streamer)[0])
+                    result.append(generate_ids(self.model, self.tokenizer, [prompt], sampling, streamer,
+                                                self.stop)[0])
                 except BaseException as exc:  # noqa: BLE001 - reported by the reader below
                     result.append(exc)
                     streamer.end()

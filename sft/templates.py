@@ -249,6 +249,30 @@ def _encode_chat_template(conv: Conversation, tokenizer: Any, spec: TemplateSpec
     return ids, labels, text
 
 
+def stop_ids(tokenizer: Any, spec: TemplateSpec) -> list[int]:
+    """Ids that end an answer: what training taught the model to emit after each reply.
+
+    The named templates append the tokenizer's EOS. A chat template closes an assistant turn with
+    its own token — Llama-3's ``<|eot_id|>``, ChatML's ``<|im_end|>`` — and SFT trains on it (it is
+    inside the rendered reply), so generation stops there too; stopping only at EOS, the model
+    would write the next turn's header and go on until max_new_tokens."""
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    closing = _turn_closing_id(tokenizer, spec) if spec.name == "tokenizer" else None
+    return stops + ([closing] if closing is not None and closing not in stops else [])
+
+
+def _turn_closing_id(tokenizer: Any, spec: TemplateSpec) -> int | None:
+    """The special token right after a reply's text in the chat template's rendering, if any."""
+    marker = "zhllama-end-of-reply"
+    text = _render(tokenizer, spec, _messages(Conversation((Turn("?", marker),)), spec), generation=False)
+    at = text.find(marker)
+    if at < 0:
+        return None
+    after = tokenizer(text[at + len(marker):], add_special_tokens=False)["input_ids"]
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return after[0] if after and after[0] in special else None
+
+
 def truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[list[int], list[int]] | None:
     """Cut to ``max_length`` tokens; None when nothing trainable would be left (the caller counts it)."""
     ids, labels = ids[:max_length], labels[:max_length]
