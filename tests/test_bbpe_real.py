@@ -30,16 +30,6 @@ N_NEW = 1500
 BASES = ["llama3", "qwen", "tekken"]
 
 
-@pytest.fixture(scope="module")
-def fetched():
-    from vocab.bbpe_sources import fetch_bpe_bases
-
-    try:
-        return fetch_bpe_bases(log=lambda *_: None)
-    except FetchError as exc:
-        pytest.skip(f"Llama-3/Qwen/Tekken files could not be fetched: {exc}")
-
-
 def _base_path(name, request):
     files = request.getfixturevalue("fetched")
     return files[{"llama3": "llama3_tokenizer.model", "qwen": "qwen.tiktoken", "tekken": "tekken_240911.json"}[name]]

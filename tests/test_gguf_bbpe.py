@@ -39,17 +39,6 @@ def _lines() -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def fetched():
-    from vocab.bbpe_sources import fetch_bpe_bases
-    from zhllama.pinned import FetchError
-
-    try:
-        return fetch_bpe_bases(log=lambda *_: None)
-    except FetchError as exc:
-        pytest.skip(f"Llama-3/Qwen/Tekken files could not be fetched: {exc}")
-
-
 def _tiny_model(folder: Path, config_class: str, rows: int) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM
