@@ -13,7 +13,7 @@ trains on them, and pretraining and SFT alike score the named held-out sets of `
     ds.block_size, ds.tokens, ds.labelled_tokens, ds.characters, ds.documents
     ds.cache_key, ds.tokenizer_fingerprint           # compare with tokenizer_fingerprint(model_dir)
     read_prepare_report(data_dir) -> dict            # totals over all parts, plus each part's report
-    named_eval_sets(cfg.eval.sets, fingerprint)      # {name: (PackedDataset, characters)}, checked
+    named_eval_sets(cfg.eval.sets, model_dir)        # {name: (PackedDataset, characters)}, checked
 
 The token stream. Every document is ``[START] + ids(text) + [EOS]``: START is the tokenizer's BOS
 (LLaMA's ``<s>``), or its EOS when it has no BOS. The documents of one part and split are

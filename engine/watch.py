@@ -6,9 +6,9 @@
     metrics = watch.run(engine, step, device)     # eval/<set>/loss, eval/<set>/bits_per_char, bench/<name>/...
     trips = watch.check_guard(step, metrics)      # bounds from eval.guard, relative to the base
 
-Named sets are packed blocks (engine/packed.py: ``input_ids``, ``position_ids``, ``labels``), the
-same in every phase, so they are collated by stacking whatever the phase trains on (SFT's padded
-conversations included) and score the same text the same way in pretraining and SFT.
+Named sets are packed blocks (engine/packed.py: ``input_ids``, ``position_ids``, ``labels``) in
+every phase: they are stacked as they are, whatever the phase's own collator does with its data
+(SFT pads conversations), so pretraining and SFT score the same text the same way.
 Everything that touches the model is collective: every rank calls ``run`` and ``ensure_base`` at
 the same steps (ZeRO-3 gathers parameters on every forward). Benchmark files are read and checked
 when the Watch is built, before the model loads, so bad data fails the run at once. Benchmark

@@ -1,7 +1,8 @@
 """Write one split of one part: token files of a fixed size plus document starts, streamed.
 
 Memory stays flat whatever the corpus size: tokens and document offsets are appended to files
-batch by batch. The layout is described in ``engine/packed.py`` (the reader, shared: both phases evaluate on prepared folders).
+batch by batch. The layout is described in ``engine/packed.py`` (the reader; it lives in the engine
+because every phase reads prepared folders).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@
 
 Settings: the engine's (engine/config.py) plus ``data.dir`` (the folder written by
 ``python -m pretrain prepare``). Named held-out sets (``eval.sets``: name, dir, split) are
-other ``prepare`` folders, e.g. one per language, each logged with its bits per character (``sft train`` reads them too). Overrides are dotted keys: ``mode=lora optim.lr=1e-4``.
+other ``prepare`` folders, e.g. one per language, each logged with its bits per character
+(``sft train`` reads them too). Overrides are dotted keys: ``mode=lora optim.lr=1e-4``.
 Kill it at any time; the same command continues from the latest complete checkpoint.
 """
 from __future__ import annotations

@@ -23,6 +23,7 @@ from typing import Any
 
 from zhllama.errors import UserError
 from zhllama.files import sha256_file
+from zhllama.tokenizer_files import looks_like_tiktoken
 
 from .bbpe_profiles import KNOWN_RANK_FILES, tekken_specials
 
@@ -82,13 +83,6 @@ class ByteBPEBase:
         return {"path": str(given), "file": str(self.path), "sha256": self.sha256, "format": self.fmt,
                 "profile": self.profile, "tokens": len(self.tokens), "special_tokens": len(self.specials),
                 "next_id": self.next_id, "pattern": self.pattern, "pattern_source": self.pattern_source}
-
-
-def looks_like_tiktoken(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
-    lines = head.splitlines()[:8]
-    return bool(lines) and all(len(x.split()) == 2 and x.split()[1].isdigit() for x in lines)
 
 
 def _check_bytes(path: Path, tokens: dict[int, bytes]) -> None:

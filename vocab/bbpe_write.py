@@ -8,9 +8,10 @@ files) are not copied, since they would lack the new tokens. For a rank file we 
 that AutoTokenizer loads as the fast tokenizer of tokenizer.json.
 
 Original format, when the base had one: the rank file (in ``original/``, as Meta's repositories keep
-it) with one line ``base64(token) id`` per new token appended (its ids are its ranks), or the tekken.json with vocab entries appended and
-``default_vocab_size`` raised (the unused tail of its vocab list, beyond the old
-``default_vocab_size``, is dropped: it was never part of the tokenizer and would collide).
+it) with one line ``base64(token) id`` per new token appended (its ids are its ranks), or the
+tekken.json with vocab entries appended and ``default_vocab_size`` raised (the unused tail of its
+vocab list, beyond the old ``default_vocab_size``, is dropped: it was never part of the tokenizer
+and would collide).
 """
 from __future__ import annotations
 

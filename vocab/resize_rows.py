@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhllama.errors import UserError
-from zhllama.tokenizer_files import read_sp_proto, tokenizer_json_pieces
+from zhllama.tokenizer_files import looks_like_tiktoken, read_sp_proto, tokenizer_json_pieces
 
 SP_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
@@ -44,14 +44,6 @@ class TokenizerInfo:
     merge_report: dict = field(default_factory=dict)
 
 
-def _is_rank_file(path: Path) -> bool:
-    """Llama-3's tiktoken ``tokenizer.model`` beside a tokenizer.json (folders extended before the rank
-    file moved to original/, or copied so by hand): tokenizer.json is the tokenizer, not SentencePiece."""
-    from .bbpe_base import looks_like_tiktoken
-
-    return looks_like_tiktoken(path)
-
-
 def read_tokenizer(folder: Path) -> TokenizerInfo:
     """Pieces, size and special ids of a tokenizer folder (tokenizer.model and/or tokenizer.json)."""
     folder = Path(folder)
@@ -61,7 +53,9 @@ def read_tokenizer(folder: Path) -> TokenizerInfo:
     pieces: dict[int, str] = {}
     special: set[int] = set()
     proto = None
-    if sp_path.is_file() and not (hf_path.is_file() and _is_rank_file(sp_path)):
+    # Llama-3's tiktoken tokenizer.model beside a tokenizer.json (a folder extended before the rank file
+    # moved to original/, or copied so by hand): tokenizer.json is the tokenizer, not SentencePiece.
+    if sp_path.is_file() and not (hf_path.is_file() and looks_like_tiktoken(sp_path)):
         from sentencepiece import sentencepiece_model_pb2 as pb
 
         proto = read_sp_proto(sp_path)

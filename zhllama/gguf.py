@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import UserError
 from .pinned import LLAMA_CPP, fetch_tree
+from .tokenizer_files import looks_like_tiktoken
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
 
@@ -54,13 +55,10 @@ def _refuse_rank_file_as_sentencepiece(model_dir: Path) -> None:
     """Llama-3's tiktoken ``tokenizer.model`` at the top of a folder: the converter reads that name as
     SentencePiece and fails deep inside protobuf; say what it is and what to do instead."""
     path = model_dir / "tokenizer.model"
-    if path.is_file() and (model_dir / "tokenizer.json").is_file():
-        with open(path, "rb") as fh:
-            head = fh.read(512).splitlines()[:4]
-        if head and all(len(line.split()) == 2 and line.split()[1].isdigit() for line in head):
-            raise UserError(f"{path} is a tiktoken rank file, which llama.cpp's converter reads as a SentencePiece "
-                            f"model; move it to {model_dir / 'original'}/ (where `python -m vocab merge` now writes "
-                            "it and Meta's repositories keep it): tokenizer.json is the tokenizer")
+    if path.is_file() and (model_dir / "tokenizer.json").is_file() and looks_like_tiktoken(path):
+        raise UserError(f"{path} is a tiktoken rank file, which llama.cpp's converter reads as a SentencePiece "
+                        f"model; move it to {model_dir / 'original'}/ (where `python -m vocab merge` now writes "
+                        "it and Meta's repositories keep it): tokenizer.json is the tokenizer")
 
 
 def read_vocab(path: str | Path) -> dict[str, Any]:

@@ -82,6 +82,15 @@ def tokenizer_json_pieces(path: str | os.PathLike) -> tuple[dict[int, str], list
     return {int(i): text for text, i in items}, list(data.get("added_tokens") or [])
 
 
+def looks_like_tiktoken(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like a tiktoken rank file (``base64 rank`` lines): Llama-3 ships one
+    named tokenizer.model, the name SentencePiece models have."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    lines = head.splitlines()[:8]
+    return bool(lines) and all(len(x.split()) == 2 and x.split()[1].isdigit() for x in lines)
+
+
 def base_tokenizer_json(text: str, base_size: int) -> str:
     """An extended byte-level BPE tokenizer.json (``vocab merge`` on Llama-3, Qwen, Tekken) cut back to
     its base: the ids below ``base_size`` and the special tokens, and the merges whose result is still
