@@ -61,3 +61,26 @@ def fetched() -> dict[str, Path]:
         return fetch_bpe_bases(log=lambda *_: None)
     except FetchError as exc:
         pytest.skip(f"Llama-3/Qwen/Tekken files could not be fetched: {exc}")
+
+
+def pinned_site(name: str, pins: tuple[str, ...]) -> Path:
+    """``pip install --target`` of ``pins`` into the cache once (``<cache>/pinned/<name>``), for a
+    subprocess to put first on PYTHONPATH beside the test's own packages; skips without an index."""
+    import shutil
+    import subprocess
+
+    from zhllama.pinned import default_cache
+
+    target = default_cache() / "pinned" / name
+    if (target / "DONE").is_file():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
+                           "--target", str(partial), *pins], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"could not install {', '.join(pins)} from the package index: {proc.stderr.strip()[-300:]}")
+    (partial / "DONE").write_text("\n".join(pins))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target

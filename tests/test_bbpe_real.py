@@ -131,9 +131,10 @@ def test_autotokenizer_loads_the_folder_with_the_same_ids(extended, train_lines,
     again = AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
     assert [again(x, add_special_tokens=False)["input_ids"] for x in lines] == want
     assert len(tok) == extended["report"]["vocab_size"]
-    if extended["name"] != "tekken":  # rank-file profiles carry their family's chat template
-        text = tok.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
-        assert ("<|im_start|>assistant" if extended["name"] == "qwen" else "<|start_header_id|>assistant") in text
+    # every base file carries its family's chat template (Tekken v3: Mistral's [INST] format)
+    text = tok.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
+    assert {"qwen": "<|im_start|>assistant", "llama3": "<|start_header_id|>assistant",
+            "tekken": "[INST]你好[/INST]"}[extended["name"]] in text
 
 
 def test_qwen_pattern_and_specials_are_the_wheels(fetched):
@@ -185,8 +186,6 @@ def test_downstream_prepare_and_sft_use_the_extended_folder(extended, train_line
     assert info.dtype == "uint32" and info.vocab_size == extended["report"]["vocab_size"]
     eos = {"llama3": 128001, "qwen": 151643, "tekken": 2}[extended["name"]]
     assert info.eos_id == eos
-    if extended["name"] == "tekken":
-        return  # no chat template for Tekken (see vocab/bbpe_templates.py)
     tok = AutoTokenizer.from_pretrained(str(extended["out"]))
     spec = make_spec("tokenizer", tok)
     answer = max(train_lines[:50], key=len)[:80]

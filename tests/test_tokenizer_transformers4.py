@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import pinned_site
 from helpers_chain import _base_tokenizer
-
-from zhllama.pinned import default_cache
 
 PINS = ("transformers==4.57.1", "tokenizers==0.22.1", "huggingface-hub==0.36.0")
 TEXTS = ["    \"merge\": True,", " 一个", "  two spaces", "\tTab", "a  b   c", "trailing   ", "x\ny\n\n z",
@@ -37,19 +35,7 @@ print(json.dumps({"version": transformers.__version__, "class": type(tok).__name
 
 @pytest.fixture(scope="session")
 def transformers4() -> Path:
-    target = default_cache() / "pinned" / "transformers-4.57.1"
-    if (target / "DONE").is_file():
-        return target
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
-                           "--target", str(partial), *PINS], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"could not install {', '.join(PINS)} from the package index: {proc.stderr.strip()[-300:]}")
-    (partial / "DONE").write_text("\n".join(PINS))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
-    return target
+    return pinned_site("transformers-4.57.1", PINS)
 
 
 def test_transformers4_gives_sentencepiece_ids(transformers4, tmp_path):

@@ -2,8 +2,12 @@
 
 Written from each family's documented conversation format, so SFT's ``tokenizer`` template works
 on the extended folder: Llama-3 headers (``<|start_header_id|>role<|end_header_id|>``, turns end
-with ``<|eot_id|>``) and Qwen's ChatML (``<|im_start|>role``, ``<|im_end|>``). Tekken has none:
-Mistral's format is applied by mistral-common, not by a template.
+with ``<|eot_id|>``), Qwen's ChatML (``<|im_start|>role``, ``<|im_end|>``) and Mistral's v3 Tekken
+instruct format (Nemo), as mistral-common encodes it: ``<s>[INST]user[/INST]answer</s>``, a
+system prompt put before the LAST user message (``[INST]system\n\nuser[/INST]``), trailing spaces
+of an answer dropped. A
+test compares the ids with mistral-common's own ``encode_instruct`` / ``encode_chat_completion``.
+Other Tekken versions (v7+: ``[SYSTEM_PROMPT]`` tokens) get no template: say a named one.
 """
 from __future__ import annotations
 
@@ -17,8 +21,21 @@ CHATML = (
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-TEMPLATES = {"llama3": LLAMA3, "qwen": CHATML}
+TEKKEN_V3 = (
+    "{%- if messages and messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
+    "{%- set turns = messages[1:] %}{%- else %}{%- set turns = messages %}{%- endif %}"
+    "{%- set ns = namespace(last_user=-1) %}"
+    "{%- for m in turns %}{%- if m['role'] == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}{%- endfor %}"
+    "{{- bos_token }}{%- for m in turns %}"
+    "{%- if m['role'] == 'user' %}"
+    "{%- if loop.index0 == ns.last_user and system is defined %}{{- '[INST]' + system + '\n\n' + m['content'] + '[/INST]' }}"
+    "{%- else %}{{- '[INST]' + m['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif m['role'] == 'assistant' %}{{- m['content'].rstrip(' ') + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+TEMPLATES = {"llama3": LLAMA3, "qwen": CHATML, "tekken-v3": TEKKEN_V3}
 
 
-def chat_template(profile: str) -> str | None:
-    return TEMPLATES.get(profile)
+def chat_template(profile: str, version: str | None = None) -> str | None:
+    """The template of a base profile (Tekken: of its format version), or None."""
+    return TEMPLATES.get(f"{profile}-{version}" if version else profile)

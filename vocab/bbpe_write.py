@@ -45,7 +45,8 @@ def _config_for_rank_file(base: ByteBPEBase) -> dict[str, Any]:
         config["eos_token"] = base.eos
     from .bbpe_templates import chat_template  # known profiles only
 
-    template = chat_template(base.profile)
+    version = (base.tekken_json or {}).get("config", {}).get("version") if base.fmt == "tekken" else None
+    template = chat_template(base.profile, version)
     if template:
         config["chat_template"] = template
     return config
