@@ -1,0 +1,78 @@
+"""The whole chain on a real byte-level BPE base, as a Llama-3 user runs it: `vocab merge` on Meta's
+tokenizer.model → `vocab resize` → `pretrain prepare` / `pretrain train` → `sft train` with the
+Llama-3 chat template → `sft export --gguf` (single process, tiny model, 2 steps each).
+
+Every stage keeps the tokenizer (same fingerprint) and the vocab's provenance (merge_report.json);
+the export's generation_config.json stops at <|eot_id|> as well as EOS; the GGUF names Llama-3's
+pre-tokenizer and holds every token. Each of these was broken before for this base.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA
+from helpers_chain import SFT_RECORDS, _manifest, _run
+
+from zhllama.tokenizer_files import tokenizer_fingerprint
+
+
+@pytest.fixture(scope="module")
+def chain(fetched, tmp_path_factory) -> dict[str, Path]:
+    import transformers
+
+    from pretrain.prepare import PrepareConfig, prepare
+    from vocab.bbpe_merge import extend_bbpe
+    from vocab.bbpe_train import TrainSettings
+
+    text = SHARED_DATA / "pretrain" / "cmrc2018_dev_contexts.txt"
+    if not text.is_file():
+        pytest.skip(f"{text} is absent (real Chinese text ships beside the repo only on dev machines)")
+    root = tmp_path_factory.mktemp("bbpe_chain")
+    (root / "meta").mkdir()
+    shutil.copyfile(fetched["llama3_tokenizer.model"], root / "meta" / "tokenizer.model")  # Meta's name
+    lines = [line for line in text.read_text(encoding="utf-8").splitlines() if line.strip()][:300]
+    extend_bbpe(root / "meta" / "tokenizer.model", lines, root / "merged", TrainSettings(new_tokens=200), verify=False)
+    config = transformers.LlamaConfig(vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+                                      bos_token_id=128000, eos_token_id=128001)
+    transformers.LlamaForCausalLM(config).save_pretrained(root / "base")
+    _run("vocab", "resize", "--model", str(root / "base"), "--tokenizer", str(root / "merged"), "--out",
+         str(root / "resized"))
+    prepare(PrepareConfig(manifest=str(_manifest(root)), tokenizer=str(root / "resized"), block_size=32,
+                          out=str(root / "shards"), progress=False))
+    quiet = ["checkpoint.every_steps=0", "logging.wandb=disabled", "logging.tensorboard=false", "logging.plot=false"]
+    _run("pretrain", "train", "--config", "pretrain/configs/tiny_cpu.yaml", f"model.path={root / 'resized'}",
+         f"data.dir={root / 'shards'}", f"output_dir={root / 'pt'}", "schedule.max_steps=2", "eval.every_steps=0",
+         "eval.at_start=false", *quiet)
+    data = root / "sft.json"
+    data.write_text(json.dumps(SFT_RECORDS, ensure_ascii=False), encoding="utf-8")
+    _run("sft", "train", "--config", "sft/configs/tiny_cpu.yaml", f"model.path={root / 'pt' / 'final'}",
+         f"output_dir={root / 'sft'}", f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}'}}]",
+         "data.eval_fraction=0.0", "schedule.max_steps=2", "data.template=tokenizer")
+    _run("sft", "export", "--base", str(root / "pt" / "final"), "--adapter", str(root / "sft"), "--out",
+         str(root / "export"), "--gguf", "f32")
+    return {"merged": root / "merged", "resized": root / "resized", "pt": root / "pt" / "final",
+            "sft": root / "sft" / "final", "export": root / "export"}
+
+
+def test_every_stage_keeps_the_tokenizer_and_its_provenance(chain):
+    merged = chain["merged"]
+    assert (merged / "original" / "tokenizer.model").is_file() and not (merged / "tokenizer.model").exists()
+    for stage in ("resized", "pt", "sft", "export"):
+        assert tokenizer_fingerprint(chain[stage]) == tokenizer_fingerprint(merged), stage
+        assert (chain[stage] / "merge_report.json").read_bytes() == (merged / "merge_report.json").read_bytes(), stage
+
+
+def test_the_export_stops_at_the_end_of_a_reply_and_converts(chain, llama_cpp_tree):
+    from zhllama.gguf import read_vocab
+
+    export = chain["export"]
+    generation = json.loads((export / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [128001, 128009]  # <|end_of_text|>, <|eot_id|>
+    vocab = read_vocab(export / "model-f32.gguf")
+    report = json.loads((export / "merge_report.json").read_text())
+    assert vocab["pre"] == "llama-bpe" and len(vocab["tokens"]) == report["vocab_size"]
+    assert "<|start_header_id|>" in vocab["chat_template"]
