@@ -89,3 +89,10 @@ def _byte_ids(sp, text: str) -> list[int]:
 def _assert_nothing_written(parent: Path, out: Path) -> None:
     assert not out.exists()
     assert not [p for p in parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def logprob_rest(model, context: list[int], ids: list[int]) -> float:
+    """log p(a2 .. ak | context, a1) by plain teacher forcing: what --init spelling must reproduce."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([context + ids])).logits[0].float(), dim=-1)
+    return sum(float(logp[len(context) + j - 1, ids[j]]) for j in range(1, len(ids)))

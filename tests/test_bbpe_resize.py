@@ -89,3 +89,61 @@ def test_special_token_rows_stay_out_of_the_fallback_mean(tiny, tmp_path):
     old, new = weights[EMB], _weights(tmp_path / "out")[EMB]
     assert torch.equal(new[n + 1], mean_of_rows(old, upto=n + 1, excludes=[n]))
     assert not torch.equal(new[n + 1], mean_of_rows(old))
+
+
+def test_spelling_on_a_real_llama3_extension(fetched, tmp_path):
+    """--init spelling on Llama-3 + Chinese: contexts start with <|begin_of_text|> and are read by the
+    base tokenizer; each spelled output row is w[a1] + c * u with c recomputed here by teacher forcing."""
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from conftest import SHARED_DATA
+    from helpers_resize import logprob_rest
+    from vocab.bbpe_merge import extend_bbpe
+    from vocab.bbpe_train import TrainSettings
+    from zhllama.tokenizer_files import base_tokenizer_json
+
+    zh_file = SHARED_DATA / "pretrain" / "cmrc2018_dev_contexts.txt"
+    if not zh_file.is_file():
+        pytest.skip(f"{zh_file} is absent (real Chinese text ships beside the repo only on dev machines)")
+    lines = [line for line in zh_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    (tmp_path / "meta").mkdir()
+    shutil.copyfile(fetched["llama3_tokenizer.model"], tmp_path / "meta" / "tokenizer.model")
+    report = extend_bbpe(tmp_path / "meta" / "tokenizer.model", lines[:200], tmp_path / "tok",
+                         TrainSettings(new_tokens=60), verify=False)
+    n, added = report["base_vocab_size"], report["added"]
+    zh, en = tmp_path / "zh.txt", tmp_path / "en.txt"
+    zh.write_text("\n".join(lines[300:340]) + "\n", encoding="utf-8")
+    en.write_text("\n".join((SHARED_DATA / "pretrain" / "wiki_demo_en.txt").read_text("utf-8").splitlines()[:40]) + "\n",
+                  encoding="utf-8")
+    model_dir = _make_model(tmp_path / "m", n, tied=False)
+    out = resize_model(ResizeConfig(model_dir, tmp_path / "tok", tmp_path / "out", init="spelling",
+                                    calibration_text=[zh, en]))
+    assert out["spelling"]["output_rows"] == added and out["spelling"]["contexts"] == 4
+    base_tok = Tokenizer.from_str(base_tokenizer_json((tmp_path / "tok" / "tokenizer.json").read_text("utf-8"), n))
+    full = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
+    spelled = {i: base_tok.encode(full.decode([i]), add_special_tokens=False).ids for i in range(n, n + added)}
+    contexts = [[128000] + base_tok.encode(line, add_special_tokens=False).ids[:8] for line in lines[300:304]]
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    old, new = _weights(model_dir), _weights(tmp_path / "out")
+    rows = [i for i, ids in spelled.items() if len(ids) > 1][:8]
+    assert len(rows) >= 4
+    rests = {i: sum(logprob_rest(base, ctx, spelled[i]) for ctx in contexts) / 4 for i in rows}
+    offsets = {i: new[HEAD][i] - old[HEAD][spelled[i][0]] for i in rows}
+    direction = offsets[rows[0]] / rests[rows[0]]
+    for i in rows:
+        assert torch.equal(new[EMB][i], old[EMB][spelled[i]].mean(dim=0))  # input rows: sub-token means
+        torch.testing.assert_close(offsets[i], rests[i] * direction, rtol=1e-4, atol=1e-5)
+
+
+def test_spelling_needs_a_document_start_token(tiny, tmp_path):
+    """The tiny rank file names no BOS/EOS: nothing to start a calibration document with, one clear error."""
+    from zhllama.errors import UserError
+
+    n = tiny["report"]["base_vocab_size"]
+    (tmp_path / "zh.txt").write_text("\n".join(tiny["lines"]) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="names neither a BOS nor an EOS"):
+        resize_model(ResizeConfig(_make_model(tmp_path / "m", n, tied=False), tiny["out"], tmp_path / "out",
+                                  init="spelling", calibration_text=[tmp_path / "zh.txt"]))
+    assert not (tmp_path / "out").exists()

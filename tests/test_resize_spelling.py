@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers_resize import (  # noqa: F401  (toks is a fixture)
-    EMB, ENGLISH, HEAD, _assert_nothing_written, _byte_ids, _make_model, _weights, toks)
+    EMB, ENGLISH, HEAD, _assert_nothing_written, _byte_ids, _make_model, _weights, logprob_rest, toks)
 from transformers import AutoModelForCausalLM
 
 from vocab.resize import ResizeConfig, resize_model
@@ -19,13 +19,6 @@ def _calibration(folder) -> tuple[list, list[str], list[str]]:
     (folder / "zh.txt").write_text("\n".join(mixed) + "\n", encoding="utf-8")
     (folder / "en.txt").write_text("\n".join(reversed(ENGLISH)) + "\n", encoding="utf-8")
     return [folder / "zh.txt", folder / "en.txt"], mixed, list(reversed(ENGLISH))
-
-
-def _logprob_rest(model, context: list[int], ids: list[int]) -> float:
-    """log p(a2 .. ak | context, a1) by plain teacher forcing."""
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=torch.tensor([context + ids])).logits[0].float(), dim=-1)
-    return sum(float(logp[len(context) + j - 1, ids[j]]) for j in range(1, len(ids)))
 
 
 def test_spelling_rows_are_first_piece_plus_logprob_of_the_rest(tmp_path, toks):
@@ -48,7 +41,7 @@ def test_spelling_rows_are_first_piece_plus_logprob_of_the_rest(tmp_path, toks):
     # Output rows: w[a1] + c * u with c the base model's log-probability of the rest of the spelling
     # (mean over the contexts) and one shared direction u.
     offsets = {row: new[HEAD][row] - old[HEAD][ids[0]] for row, ids in spellings.items()}
-    rests = {row: sum(_logprob_rest(base, ctx, ids) for ctx in contexts) / 4 for row, ids in spellings.items()}
+    rests = {row: sum(logprob_rest(base, ctx, ids) for ctx in contexts) / 4 for row, ids in spellings.items()}
     assert all(c < 0 for c in rests.values())
     direction = offsets[n] / rests[n]
     for row in spellings:

@@ -263,16 +263,23 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
 
 def _spell(cfg: ResizeConfig, layout: EmbeddingLayout, tok: TokenizerInfo, plan: RowPlan, base_n: int, progress):
     """Run the base model over every new piece's spelling (refused where it cannot apply)."""
+    from .bbpe_resize import bbpe_reader, is_bbpe_extension
+
     problems = []
     if layout.tied:
         problems.append("--init spelling sets output rows apart from input rows, but this model ties them; "
                         "use --init subtoken-mean")
-    bos_id = tok.sp_proto.trainer_spec.bos_id
-    if bos_id < 0:
-        problems.append(f"--init spelling scores spellings after BOS, but {tok.folder / 'tokenizer.model'} has no BOS")
-    raise_if_problems("cannot resize", problems)
-    reader = base_processor(tok, base_n, for_pieces=False)
-    contexts, windows = calibration_ids(cfg.calibration_text, lambda text: reader.encode(text, out_type=int), bos_id)
+    if is_bbpe_extension(tok.merge_report):
+        raise_if_problems("cannot resize", problems)
+        bos_id, encode = bbpe_reader(tok.folder, base_n, special_token_ids(tok))
+    else:
+        bos_id = tok.sp_proto.trainer_spec.bos_id
+        if bos_id < 0:
+            problems.append(f"--init spelling scores spellings after BOS, but {tok.folder / 'tokenizer.model'} has no BOS")
+        raise_if_problems("cannot resize", problems)
+        reader = base_processor(tok, base_n, for_pieces=False)
+        encode = lambda text: reader.encode(text, out_type=int)  # noqa: E731
+    contexts, windows = calibration_ids(cfg.calibration_text, encode, bos_id)
     return spell_with_base_model(cfg.model, plan.sources, contexts, windows, cfg.device, cfg.trust_remote_code,
                                  progress)
 

@@ -143,9 +143,6 @@ def _speller(tok: TokenizerInfo, base_size: int, method: str):
     from .bbpe_resize import bbpe_speller, is_bbpe_extension
 
     if is_bbpe_extension(tok.merge_report):
-        if method == "spelling":
-            raise UserError("--init spelling is for SentencePiece merges; byte-level BPE extensions take "
-                            "--init subtoken-mean (the base tokenization of each new token)")
         return bbpe_speller(tok.folder, base_size)
     if tok.sp_proto is None:
         raise UserError(
