@@ -138,12 +138,14 @@ def test_spelling_on_a_real_llama3_extension(fetched, tmp_path):
 
 
 def test_spelling_needs_a_document_start_token(tiny, tmp_path):
-    """The tiny rank file names no BOS/EOS: nothing to start a calibration document with, one clear error."""
+    """The tiny rank file names no BOS/EOS: nothing to start a calibration document with; said together
+    with the other problem (a tied model) in one error."""
     from zhllama.errors import UserError
 
     n = tiny["report"]["base_vocab_size"]
     (tmp_path / "zh.txt").write_text("\n".join(tiny["lines"]) + "\n", encoding="utf-8")
-    with pytest.raises(UserError, match="names neither a BOS nor an EOS"):
-        resize_model(ResizeConfig(_make_model(tmp_path / "m", n, tied=False), tiny["out"], tmp_path / "out",
+    with pytest.raises(UserError, match="names neither a BOS nor an EOS") as err:
+        resize_model(ResizeConfig(_make_model(tmp_path / "m", n, tied=True), tiny["out"], tmp_path / "out",
                                   init="spelling", calibration_text=[tmp_path / "zh.txt"]))
+    assert "2 problems" in str(err.value) and "ties them" in str(err.value)  # every problem at once
     assert not (tmp_path / "out").exists()

@@ -39,19 +39,16 @@ def bbpe_speller(folder: Path, base_size: int) -> Callable[[int], list[int]]:
     return spell
 
 
-def bbpe_reader(folder: Path, base_size: int, special_ids: dict[str, int]) -> tuple[int, Callable[[str], list[int]]]:
+def bbpe_reader(folder: Path, base_size: int,
+                special_ids: dict[str, int]) -> tuple[int | None, Callable[[str], list[int]]]:
     """(document-start id, text -> base ids) for ``--init spelling``'s calibration text: the base as
     it reads running text. A document starts with BOS, or EOS where the base has none (Qwen), as
-    ``pretrain prepare`` starts documents."""
+    ``pretrain prepare`` starts documents; None when the tokenizer names neither."""
     from tokenizers import Tokenizer
 
-    from zhllama.errors import UserError
     from zhllama.tokenizer_files import base_tokenizer_json
 
     start = special_ids.get("bos_token_id", special_ids.get("eos_token_id"))
-    if start is None:
-        raise UserError(f"--init spelling scores spellings after a document start, but {folder} names neither a "
-                        "BOS nor an EOS token (tokenizer_config.json)")
     base = Tokenizer.from_str(base_tokenizer_json((Path(folder) / "tokenizer.json").read_text(encoding="utf-8"),
                                                   base_size))
     return start, lambda text: base.encode(text, add_special_tokens=False).ids

@@ -270,15 +270,17 @@ def _spell(cfg: ResizeConfig, layout: EmbeddingLayout, tok: TokenizerInfo, plan:
         problems.append("--init spelling sets output rows apart from input rows, but this model ties them; "
                         "use --init subtoken-mean")
     if is_bbpe_extension(tok.merge_report):
-        raise_if_problems("cannot resize", problems)
         bos_id, encode = bbpe_reader(tok.folder, base_n, special_token_ids(tok))
+        if bos_id is None:
+            problems.append(f"--init spelling scores spellings after a document start, but {tok.folder} names "
+                            "neither a BOS nor an EOS token (tokenizer_config.json)")
     else:
         bos_id = tok.sp_proto.trainer_spec.bos_id
         if bos_id < 0:
             problems.append(f"--init spelling scores spellings after BOS, but {tok.folder / 'tokenizer.model'} has no BOS")
-        raise_if_problems("cannot resize", problems)
         reader = base_processor(tok, base_n, for_pieces=False)
         encode = lambda text: reader.encode(text, out_type=int)  # noqa: E731
+    raise_if_problems("cannot resize", problems)
     contexts, windows = calibration_ids(cfg.calibration_text, encode, bos_id)
     return spell_with_base_model(cfg.model, plan.sources, contexts, windows, cfg.device, cfg.trust_remote_code,
                                  progress)
