@@ -6,14 +6,13 @@ lm_head (PEFT's save_embedding_layers); ``python -m sft export`` merges it into 
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 from zhllama.files import atomic_output_dir, write_json_atomic
-from zhllama.tokenizer_files import VOCAB_REPORTS, copy_tokenizer_files
+from zhllama.tokenizer_files import copy_tokenizer_files, copy_vocab_reports
 
 
 def consolidated_state_dict(engine) -> dict | None:
@@ -35,9 +34,7 @@ def save_final(engine, module, cfg, tokenizer_dir: Path, report: dict[str, Any])
             extra = {"save_embedding_layers": bool(cfg.lora.modules_to_save)} if cfg.mode == "lora" else {}
             module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
             copy_tokenizer_files(tokenizer_dir, tmp)  # byte for byte: never re-saved by transformers
-            for name in VOCAB_REPORTS:  # the vocab provenance travels with the model to the next stage
-                if (Path(cfg.model.path) / name).is_file():
-                    shutil.copy2(Path(cfg.model.path) / name, tmp / name)
+            copy_vocab_reports([cfg.model.path], tmp)  # the vocab provenance travels to the next stage
             write_json_atomic(tmp / "train_report.json", report)
     dist.barrier()
     return final

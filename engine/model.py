@@ -13,11 +13,11 @@ import torch
 
 from zhllama.errors import UserError
 from zhllama.model_folder import embedding_rows_match
+from zhllama.tokenizer_files import VOCAB_REPORTS
 
 from .config import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-REPORT_FILES = ("resize_report.json", "merge_report.json")
 BASE_SIZE_KEYS = ("old_vocab_size", "base_vocab_size")  # resize_report: rows the model had; merge_report: base pieces
 
 
@@ -39,7 +39,7 @@ def base_vocab_size(cfg: TrainConfig) -> int:
     """Rows that existed before the vocab merge (kept fixed by embeddings.train_new_rows_only)."""
     if cfg.embeddings.base_vocab_size is not None:
         return cfg.embeddings.base_vocab_size
-    for name in REPORT_FILES:
+    for name in VOCAB_REPORTS:
         path = Path(cfg.model.path) / name
         if path.is_file():
             report = json.loads(path.read_text(encoding="utf-8"))
@@ -48,7 +48,7 @@ def base_vocab_size(cfg: TrainConfig) -> int:
                     return report[key]
     raise UserError(
         f"embeddings.train_new_rows_only: cannot tell how many rows are old; {cfg.model.path} has no "
-        f"{' or '.join(REPORT_FILES)} with one of {list(BASE_SIZE_KEYS)}; set embeddings.base_vocab_size"
+        f"{' or '.join(VOCAB_REPORTS)} with one of {list(BASE_SIZE_KEYS)}; set embeddings.base_vocab_size"
     )
 
 

@@ -11,14 +11,13 @@ refused with the three numbers and what they mean.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zhllama.errors import UserError
 from zhllama.files import atomic_output_dir, write_json_atomic
-from zhllama.tokenizer_files import VOCAB_REPORTS, copy_tokenizer_files
+from zhllama.tokenizer_files import copy_tokenizer_files, copy_vocab_reports
 
 from .chat_templates import install_chat_template
 from .templates import TEMPLATE_FILE, TemplateSpec, stop_ids
@@ -135,20 +134,11 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer_files(tok_dir, tmp)  # byte for byte, as the run read it
-        _copy_vocab_reports((run_dir, base), tmp)
+        copy_vocab_reports((run_dir, base), tmp)
         spec.save(tmp)
         install_chat_template(tmp, spec)  # for llama.cpp / vLLM / Ollama chat modes
         write_json_atomic(tmp / "export_report.json", report.__dict__)
     return report
-
-
-def _copy_vocab_reports(sources: tuple[Path, ...], out: Path) -> None:
-    """merge_report.json / resize_report.json travel on, as every stage passes them: GGUF conversion
-    of a byte-level BPE extension reads the base's size there (zhllama/gguf_launch.py)."""
-    for name in VOCAB_REPORTS:
-        found = next((folder / name for folder in sources if (folder / name).is_file()), None)
-        if found is not None:
-            shutil.copy2(found, out / name)
 
 
 def _merge(model: Any, adapter_dir: Path, report: ExportReport):

@@ -84,3 +84,10 @@ def pinned_site(name: str, pins: tuple[str, ...]) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def cmrc_lines(shared_data) -> list[str]:
+    """The non-empty lines of ../shared/data's CMRC paragraphs (real Chinese text; skips where absent)."""
+    text = (shared_data / "pretrain" / "cmrc2018_dev_contexts.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]

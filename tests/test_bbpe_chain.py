@@ -13,28 +13,23 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
 from helpers_chain import SFT_RECORDS, _manifest, _run
 
 from zhllama.tokenizer_files import tokenizer_fingerprint
 
 
 @pytest.fixture(scope="module")
-def chain(fetched, tmp_path_factory) -> dict[str, Path]:
+def chain(fetched, cmrc_lines, tmp_path_factory) -> dict[str, Path]:
     import transformers
 
     from pretrain.prepare import PrepareConfig, prepare
     from vocab.bbpe_merge import extend_bbpe
     from vocab.bbpe_train import TrainSettings
 
-    text = SHARED_DATA / "pretrain" / "cmrc2018_dev_contexts.txt"
-    if not text.is_file():
-        pytest.skip(f"{text} is absent (real Chinese text ships beside the repo only on dev machines)")
     root = tmp_path_factory.mktemp("bbpe_chain")
     (root / "meta").mkdir()
     shutil.copyfile(fetched["llama3_tokenizer.model"], root / "meta" / "tokenizer.model")  # Meta's name
-    lines = [line for line in text.read_text(encoding="utf-8").splitlines() if line.strip()][:300]
-    extend_bbpe(root / "meta" / "tokenizer.model", lines, root / "merged", TrainSettings(new_tokens=200), verify=False)
+    extend_bbpe(root / "meta" / "tokenizer.model", cmrc_lines[:300], root / "merged", TrainSettings(new_tokens=200), verify=False)
     config = transformers.LlamaConfig(vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
                                       bos_token_id=128000, eos_token_id=128001)

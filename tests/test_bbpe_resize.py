@@ -91,23 +91,19 @@ def test_special_token_rows_stay_out_of_the_fallback_mean(tiny, tmp_path):
     assert not torch.equal(new[n + 1], mean_of_rows(old))
 
 
-def test_spelling_on_a_real_llama3_extension(fetched, tmp_path):
+def test_spelling_on_a_real_llama3_extension(fetched, cmrc_lines, shared_data, tmp_path):
     """--init spelling on Llama-3 + Chinese: contexts start with <|begin_of_text|> and are read by the
     base tokenizer; each spelled output row is w[a1] + c * u with c recomputed here by teacher forcing."""
     import shutil
 
     from tokenizers import Tokenizer
 
-    from conftest import SHARED_DATA
     from helpers_resize import logprob_rest
     from vocab.bbpe_merge import extend_bbpe
     from vocab.bbpe_train import TrainSettings
     from zhllama.tokenizer_files import base_tokenizer_json
 
-    zh_file = SHARED_DATA / "pretrain" / "cmrc2018_dev_contexts.txt"
-    if not zh_file.is_file():
-        pytest.skip(f"{zh_file} is absent (real Chinese text ships beside the repo only on dev machines)")
-    lines = [line for line in zh_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = cmrc_lines
     (tmp_path / "meta").mkdir()
     shutil.copyfile(fetched["llama3_tokenizer.model"], tmp_path / "meta" / "tokenizer.model")
     report = extend_bbpe(tmp_path / "meta" / "tokenizer.model", lines[:200], tmp_path / "tok",
@@ -115,7 +111,7 @@ def test_spelling_on_a_real_llama3_extension(fetched, tmp_path):
     n, added = report["base_vocab_size"], report["added"]
     zh, en = tmp_path / "zh.txt", tmp_path / "en.txt"
     zh.write_text("\n".join(lines[300:340]) + "\n", encoding="utf-8")
-    en.write_text("\n".join((SHARED_DATA / "pretrain" / "wiki_demo_en.txt").read_text("utf-8").splitlines()[:40]) + "\n",
+    en.write_text("\n".join((shared_data / "pretrain" / "wiki_demo_en.txt").read_text("utf-8").splitlines()[:40]) + "\n",
                   encoding="utf-8")
     model_dir = _make_model(tmp_path / "m", n, tied=False)
     out = resize_model(ResizeConfig(model_dir, tmp_path / "tok", tmp_path / "out", init="spelling",

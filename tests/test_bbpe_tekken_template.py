@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, pinned_site
+from conftest import pinned_site
 
 from zhllama.errors import UserError
 
@@ -51,18 +51,14 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def extended(fetched, tmp_path_factory) -> Path:
+def extended(fetched, cmrc_lines, tmp_path_factory) -> Path:
     from vocab.bbpe_merge import extend_bbpe
     from vocab.bbpe_train import TrainSettings
 
-    path = SHARED_DATA / "pretrain" / "cmrc2018_dev_contexts.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (real Chinese text ships beside the repo only on dev machines)")
     root = tmp_path_factory.mktemp("tekken")
     base = root / "tekken.json"
     shutil.copyfile(fetched["tekken_240911.json"], base)
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:300]
-    extend_bbpe(base, lines, root / "out", TrainSettings(new_tokens=200), verify=False)
+    extend_bbpe(base, cmrc_lines[:300], root / "out", TrainSettings(new_tokens=200), verify=False)
     return root / "out"
 
 

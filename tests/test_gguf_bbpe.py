@@ -32,13 +32,6 @@ BASES = {  # fetched name, name of the file as its owners ship it, model class, 
 N_NEW = 300
 
 
-def _lines() -> list[str]:
-    path = SHARED_DATA / "pretrain" / "cmrc2018_dev_contexts.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (real Chinese text ships beside the repo only on dev machines)")
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _tiny_model(folder: Path, config_class: str, rows: int) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM
@@ -50,7 +43,7 @@ def _tiny_model(folder: Path, config_class: str, rows: int) -> Path:
     return folder
 
 
-def _resize(name: str, fetched: dict, root: Path) -> dict:
+def _resize(name: str, fetched: dict, lines: list[str], root: Path) -> dict:
     from vocab.bbpe_merge import extend_bbpe
     from vocab.bbpe_train import TrainSettings
 
@@ -58,7 +51,6 @@ def _resize(name: str, fetched: dict, root: Path) -> dict:
     (root / "base_files").mkdir()
     base_file = root / "base_files" / shipped_name  # Llama-3's rank file under Meta's own name
     shutil.copyfile(fetched[fetched_name], base_file)
-    lines = _lines()
     train = lines[:300] + ["我想" + line[:40] for line in lines[:200]]
     report = extend_bbpe(base_file, train, root / "tok", TrainSettings(new_tokens=N_NEW), verify=False)
     base_model = _tiny_model(root / "base_model", config_class, report["base_vocab_size"])
@@ -71,12 +63,12 @@ def _resize(name: str, fetched: dict, root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def built(fetched, tmp_path_factory):
+def built(fetched, cmrc_lines, tmp_path_factory):
     cache: dict[str, dict] = {}
 
     def get(name: str) -> dict:
         if name not in cache:
-            cache[name] = _resize(name, fetched, tmp_path_factory.mktemp(f"gguf_{name}"))
+            cache[name] = _resize(name, fetched, cmrc_lines, tmp_path_factory.mktemp(f"gguf_{name}"))
         return cache[name]
     return get
 

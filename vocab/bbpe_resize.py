@@ -16,14 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-BBPE_FORMATS = ("tiktoken", "tekken", "hf")
-
-
-def is_bbpe_extension(merge_report: dict) -> bool:
-    base = merge_report.get("base")
-    return isinstance(base, dict) and base.get("format") in BBPE_FORMATS
-
-
 def bbpe_speller(folder: Path, base_size: int) -> Callable[[int], list[int]]:
     """id -> ids of its text under the base tokenizer (rebuilt from the folder's tokenizer.json)."""
     from tokenizers import Tokenizer

@@ -21,6 +21,7 @@ from typing import Literal
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import atomic_output_dir, describe_not_a_file, sha256_file, write_json_atomic
 from zhllama.model_folder import INDEX_FILE, TensorInfo, embedding_rows_match, list_tensors, read_model_config, vocab_holder, weight_files  # noqa: F401 - embedding_rows_match re-exported
+from zhllama.tokenizer_files import is_bbpe_extension
 
 from .resize_checkpoint import parse_size, write_checkpoint
 from .resize_rows import (METHODS, RowPlan, TokenizerInfo, base_processor, base_size_of, grow_rows, plan_rows,
@@ -147,7 +148,6 @@ def check_base_ids(model_dir: Path, rows: int, tok: TokenizerInfo) -> tuple[int,
 def _spare_rows(tok: TokenizerInfo, rows: int) -> int | None:
     """A byte-level BPE extension's base_vocab_size when the model has more rows than that (its
     rows from there on belong to no token and are re-initialised), else None."""
-    from .bbpe_resize import is_bbpe_extension
 
     base_n = base_size_of(tok)
     if base_n is None or not is_bbpe_extension(tok.merge_report) or base_n >= rows:
@@ -263,7 +263,7 @@ def resize_model(cfg: ResizeConfig, progress=None) -> dict:
 
 def _spell(cfg: ResizeConfig, layout: EmbeddingLayout, tok: TokenizerInfo, plan: RowPlan, base_n: int, progress):
     """Run the base model over every new piece's spelling (refused where it cannot apply)."""
-    from .bbpe_resize import bbpe_reader, is_bbpe_extension
+    from .bbpe_resize import bbpe_reader
 
     problems = []
     if layout.tied:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhllama.errors import UserError
-from zhllama.tokenizer_files import looks_like_tiktoken, read_sp_proto, tokenizer_json_pieces
+from zhllama.tokenizer_files import is_bbpe_extension, looks_like_tiktoken, read_sp_proto, tokenizer_json_pieces
 
 SP_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
@@ -140,7 +140,7 @@ class RowPlan:
 
 def _speller(tok: TokenizerInfo, base_size: int, method: str):
     """id -> base ids of its surface (None: the base cannot spell it)."""
-    from .bbpe_resize import bbpe_speller, is_bbpe_extension
+    from .bbpe_resize import bbpe_speller
 
     if is_bbpe_extension(tok.merge_report):
         return bbpe_speller(tok.folder, base_size)
@@ -185,7 +185,6 @@ def plan_rows(tok: TokenizerInfo, old_rows: int, new_rows: int, method: str, bas
             else:
                 rules.append(RULE_SUBTOKEN)
                 sources[i] = ids
-    from .bbpe_resize import is_bbpe_extension
 
     # Byte-level BPE bases: special tokens' rows (Llama-3's reserved ones were never trained) stay out
     # of the fallback mean. SentencePiece merges keep the mean of all rows, as before.

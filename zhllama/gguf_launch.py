@@ -41,9 +41,10 @@ def base_view(model_dir: Path) -> BaseView | None:
     report, tok = model_dir / "merge_report.json", model_dir / "tokenizer.json"
     if not report.is_file() or not tok.is_file():
         return None
+    from zhllama.tokenizer_files import is_bbpe_extension
+
     merge = json.loads(report.read_text(encoding="utf-8"))
-    base = merge.get("base")
-    if not isinstance(base, dict) or base.get("format") not in ("tiktoken", "tekken", "hf"):
+    if not is_bbpe_extension(merge):
         return None
     return BaseView(tok.read_text(encoding="utf-8"), int(merge["base_vocab_size"]))
 

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import UserError
 from .files import sha256_file, sha256_json
@@ -91,6 +91,15 @@ def looks_like_tiktoken(path: str | os.PathLike) -> bool:
     return bool(lines) and all(len(x.split()) == 2 and x.split()[1].isdigit() for x in lines)
 
 
+BBPE_FORMATS = ("tiktoken", "tekken", "hf")  # the base formats of `vocab merge`'s byte-level BPE path
+
+
+def is_bbpe_extension(merge_report: dict) -> bool:
+    """Whether a merge_report.json describes a byte-level BPE base extended by `vocab merge`."""
+    base = merge_report.get("base")
+    return isinstance(base, dict) and base.get("format") in BBPE_FORMATS
+
+
 def base_tokenizer_json(text: str, base_size: int) -> str:
     """An extended byte-level BPE tokenizer.json (``vocab merge`` on Llama-3, Qwen, Tekken) cut back to
     its base: the ids below ``base_size`` and the special tokens, and the merges whose result is still
@@ -129,3 +138,12 @@ def copy_tokenizer_files(source_dir: str | os.PathLike, dest_dir: str | os.PathL
     for name in names:
         shutil.copyfile(source / name, dest / name)
     return names
+
+
+def copy_vocab_reports(sources: Iterable[str | os.PathLike], dest_dir: str | os.PathLike) -> None:
+    """Copy each of VOCAB_REPORTS from the first of ``sources`` that has it: the vocab's provenance
+    travels with the model to the next stage (GGUF conversion of a BPE extension reads merge_report.json)."""
+    for name in VOCAB_REPORTS:
+        found = next((Path(folder) / name for folder in sources if (Path(folder) / name).is_file()), None)
+        if found is not None:
+            shutil.copy2(found, Path(dest_dir) / name)
