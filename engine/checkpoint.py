@@ -23,6 +23,9 @@ import torch.distributed as dist
 from zhllama.errors import UserError
 from zhllama.files import write_json_atomic
 
+from .reshape import (Reshape, as_reshaped, optimizer_hyperparameters, repair_after_universal_load, reseed,
+                      reshape_of, universal_checkpoint)
+
 MARKER = "complete.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -164,15 +167,19 @@ def save(engine, output_dir: str | Path, step: int, meta: dict[str, Any], keep_l
 
 
 def check_resumable(path: Path, world_size: int, data_fingerprint: str | None,
-                    settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pre-flight: the marker of ``path``, refused when this run cannot continue it exactly."""
+                    settings: dict[str, Any] | None = None) -> tuple[dict[str, Any], Reshape | None]:
+    """Pre-flight: the marker of ``path`` and how the ranks changed (None: they did not); refused when
+    this run cannot continue it (other data or settings; another global batch on another number of ranks)."""
     marker = read_marker(path)
+    stored = marker.get("settings")
+    reshaped = None
     if marker.get("world_size") != world_size:
-        # DeepSpeed can re-partition ZeRO state, but exact resume needs the same data split.
-        raise UserError(
-            f"checkpoint {path} was written by {marker.get('world_size')} ranks, this run has {world_size}; "
-            f"resume with the same number of ranks (or use a new output_dir)"
-        )
+        if settings is None or stored is None:
+            raise UserError(
+                f"checkpoint {path} was written by {marker.get('world_size')} ranks, this run has {world_size}, and "
+                f"it records no settings to check a change of ranks against; resume with the same number of ranks")
+        reshaped = reshape_of(f"checkpoint {path}", stored, settings)
+        stored = as_reshaped(stored, settings)
     theirs = marker.get("data_fingerprint")
     if data_fingerprint and theirs and theirs != data_fingerprint:
         raise UserError(f"checkpoint {path} was trained on other data (fingerprint {theirs[:12]}, this run's "
@@ -180,16 +187,25 @@ def check_resumable(path: Path, world_size: int, data_fingerprint: str | None,
     if settings is not None:
         from .settings import check_same
 
-        check_same(f"checkpoint {path}", marker.get("settings"), settings)
-    return marker
+        check_same(f"checkpoint {path}", stored, settings)
+    return marker, reshaped
 
 
-def load(engine, path: Path) -> None:
-    """Collective: restore module, optimizer, scheduler and this rank's RNG."""
-    load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
+def load(engine, path: Path, reshaped: Reshape | None = None, seed: int = 0, step: int = 0) -> None:
+    """Collective: restore module, optimizer, scheduler and this rank's RNG (on another number of ranks:
+    from the universal conversion, with fresh per-rank random streams)."""
+    load_dir, tag = path.parent, path.name
+    if reshaped is not None:
+        load_dir, tag = universal_checkpoint(path, dist.get_rank())
+        hyperparameters = optimizer_hyperparameters(engine)
+    load_path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if load_path is None:
         raise UserError(f"DeepSpeed could not load checkpoint {path}")
+    if reshaped is not None:
+        repair_after_universal_load(engine, hyperparameters)
+        reseed(seed, step, dist.get_rank())
+        return
     rng = path / f"rng-rank{dist.get_rank()}.pt"
     if rng.is_file():
         _set_rng_state(torch.load(rng, weights_only=False))

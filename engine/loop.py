@@ -37,6 +37,7 @@ from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
 from .kernels import apply_liger, resolve_attention
 from .loss import install_fused_head
+from .reshape import Reshape, as_reshaped, reshape_of
 from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters,
                     load_model, param_groups, tokenizer_dir, zero3_fetch_units)
 from .fit_state import Evaluation, FitState, Window
@@ -109,6 +110,7 @@ class Plan:
     total_steps: int
     resume_from: Path | None = None
     marker: dict[str, Any] | None = None
+    reshape: Reshape | None = None  # set when resuming on another number of ranks (engine/reshape.py)
     finished_report: dict[str, Any] | None = None  # set when output_dir already holds this finished run
     settings: dict[str, Any] = field(default_factory=dict)  # what decides the result (engine.settings)
     attention: str = ""  # the attention kernel in words (model.attn_implementation=auto resolved here)
@@ -142,7 +144,10 @@ def _finished_report(cfg: TrainConfig, total_steps: int, data_fingerprint: str |
     except (OSError, UnicodeDecodeError, ValueError):
         return None  # not a report this engine wrote whole: decide from the checkpoints
     # Returning the old model for new settings would be a silently wrong answer.
-    run_settings.check_same(f"the finished run in {cfg.output_dir}", report.get("settings"), settings)
+    what, stored = f"the finished run in {cfg.output_dir}", report.get("settings")
+    if stored is not None and reshape_of(what, stored, settings) is not None:  # same run, other ranks
+        stored = as_reshaped(stored, settings)
+    run_settings.check_same(what, stored, settings)
     if report.get("step") == total_steps and report.get("data_fingerprint") == data_fingerprint:
         return report
     return None
@@ -171,7 +176,7 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
         raise UserError(f"output_dir {cfg.output_dir} already holds checkpoints; use checkpoint.resume=auto "
                         f"to continue them or choose a new output_dir")
     if plan.resume_from is not None:
-        plan.marker = checkpoint.check_resumable(plan.resume_from, world, data_fingerprint, plan.settings)
+        plan.marker, plan.reshape = checkpoint.check_resumable(plan.resume_from, world, data_fingerprint, plan.settings)
     if cfg.eval.every_steps and eval_ds is None and not (cfg.eval.sets or cfg.eval.benchmarks):
         raise UserError("eval.every_steps is set but there is no validation set (set eval.every_steps=0)")
     check_writable_dir(cfg.output_dir, "output_dir", f".write-probe-{rank}")
@@ -188,6 +193,8 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
     kernels = apply_liger(cfg.model.liger, model_config.model_type)  # patches transformers: before the build
     widest = max(model_config.hidden_size, getattr(model_config, "intermediate_size", 0) or 0)
     ds_config = build_ds_config(cfg, plan.world, model_config.hidden_size, widest, first_layer_numel(cfg.model.path))
+    if plan.reshape is not None:  # the ZeRO slices are re-cut from the universal conversion
+        ds_config.setdefault("checkpoint", {})["load_universal"] = True
     model, keepalive = load_model(cfg, ds_config)
     module = apply_mode(cfg, model)
     fetching = (zero3_fetch_units(module, model, cfg.deepspeed.zero3_fetch)
@@ -216,10 +223,13 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
 def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
     step = 0
     if plan.resume_from is not None:
-        checkpoint.load(built.engine, plan.resume_from)
+        step = int(plan.marker["step"])
+        if plan.reshape is not None and plan.rank == 0:
+            print(f"[zhllama] resuming {plan.resume_from.name} on another number of ranks: {plan.reshape.describe()} "
+                  f"(the same samples each step; float sums in another order)", flush=True)
+        checkpoint.load(built.engine, plan.resume_from, plan.reshape, cfg.seed, step)
         check_weights(built.engine.module, f"checkpoint {plan.resume_from} (resume from an earlier one: "
                                            f"checkpoint.resume=PATH)")
-        step = int(plan.marker["step"])
     if plan.rank == 0:  # leftovers of a crash mid-save; nobody writes checkpoints before the first save's barrier
         checkpoint.remove_incomplete(cfg.output_dir)
     return step

@@ -2,7 +2,7 @@
 
 One 2-rank run per behaviour: full (loss falls, ZeRO-3 halves, checkpoints, logs, export loads and
 generates), SIGKILL + resume == uninterrupted to 1e-6 (full, lora, and lora on ZeRO-2 as the 7B LoRA
-presets run), lora (base frozen, LoRA + embeddings trained), embeddings with new rows only. This file is also the per-rank driver: torchrun runs
+presets run), resume on 1 rank of a 2-rank run's checkpoint == uninterrupted to 1e-6, lora (base frozen, LoRA + embeddings trained), embeddings with new rows only. This file is also the per-rank driver: torchrun runs
 it as a script with a JSON spec.
 """
 from __future__ import annotations
@@ -52,12 +52,12 @@ def _driver(spec: dict) -> None:
     dist.barrier()
 
 
-def _command(overrides: list[str]) -> list[str]:
-    return torchrun_command(__file__, {"overrides": overrides})
+def _command(overrides: list[str], ranks: int = 2) -> list[str]:
+    return torchrun_command(__file__, {"overrides": overrides}, ranks)
 
 
-def _run(overrides: list[str], timeout: int = 240) -> str:
-    proc = subprocess.run(_command(overrides), cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=timeout)
+def _run(overrides: list[str], timeout: int = 240, ranks: int = 2) -> str:
+    proc = subprocess.run(_command(overrides, ranks), cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     return out
@@ -230,6 +230,32 @@ def test_sigkill_then_resume_equals_uninterrupted(mode, request, tiny_model, tmp
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=1e-6, msg=name)
     assert [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train/loss" in r] == list(range(1, 17))
+
+
+def test_resume_on_fewer_ranks_trains_on_as_the_uninterrupted_run(tiny_model, tmp_path):
+    """A node is lost: the run started on 2 ranks x 2 accumulation steps goes on from its step-8
+    checkpoint on 1 rank x 4 (the same global batch). Weight decay is on, so the run has a decay and
+    a no-decay param group: DeepSpeed's ZeRO-3 universal load gives both the first one's settings and
+    one shared Adam step counter (each alone moves the weights by 2e-4 here; engine/reshape.py)."""
+    import shutil
+
+    import torch
+
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    common = [f"model.path={tiny_model}", "optim.weight_decay=0.1"]
+    _run([*common, f"output_dir={reference}"])
+    shutil.copytree(reference, out, ignore=shutil.ignore_patterns("final", "train_report.json", "step-00000012",
+                                                                   "engine_state.safetensors"))
+    log = _run([*common, f"output_dir={out}", "batch.gradient_accumulation_steps=4"], ranks=1)
+    assert "2 ranks x 2 accumulation steps -> 1 x 4" in log and "converted in" in log, log[-3000:]
+    assert (out / "checkpoints" / "step-00000008" / "universal" / "step-00000008").is_dir()
+    assert json.loads((out / "checkpoints" / "step-00000012" / "complete.json").read_text())["world_size"] == 1
+    resumed, uninterrupted = _load(out / "engine_state.safetensors"), _load(reference / "engine_state.safetensors")
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6, msg=name)
+    trained = lambda run: [r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                           if "train/loss" in r and r["step"] > 8]
+    assert trained(out)[-8:] == pytest.approx(trained(reference), abs=1e-5)
 
 
 def test_lora_trains_adapters_and_embeddings_only(lora_run, tiny_model):

@@ -54,7 +54,7 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     with pytest.raises(UserError, match="not a complete checkpoint"):
         checkpoint.find_resume(tmp_path, str(root / "step-00000012"))
     assert checkpoint.remove_incomplete(tmp_path) == [root / "step-00000012"]
-    with pytest.raises(UserError, match="written by 2 ranks, this run has 4"):
+    with pytest.raises(UserError, match="written by 2 ranks, this run has 4, and it records no settings"):
         checkpoint.check_resumable(root / "step-00000008", 4, None)
 
 

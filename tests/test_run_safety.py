@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint, guards, settings
+from engine import checkpoint, guards, reshape, settings
 from engine.config import TrainConfig
 from zhllama.config import load_config
 from zhllama.errors import UserError
@@ -79,10 +79,44 @@ def test_resume_falls_back_past_a_truncated_or_garbage_newest_checkpoint(tmp_pat
 def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):
     old = _settings(world=1)
     folder = _checkpoint(tmp_path, 4, {"step": 4, "world_size": 1, "data_fingerprint": "d1", "settings": old}, {})
-    assert checkpoint.check_resumable(folder, 1, "d1", _settings("eval.every_steps=2", world=1))["step"] == 4
+    assert checkpoint.check_resumable(folder, 1, "d1", _settings("eval.every_steps=2", world=1)) == (
+        {"step": 4, "world_size": 1, "data_fingerprint": "d1", "settings": old}, None)
     with pytest.raises(UserError, match="made with other settings") as info:
         checkpoint.check_resumable(folder, 1, "d1", _settings("mode=lora", world=1))  # was a PEFT traceback
     assert info.value.problems == ["mode: \"full\" -> \"lora\""]
+
+
+def test_resume_on_other_ranks_must_keep_micro_and_global_batch(tmp_path):
+    old = _settings("batch.micro_batch_size=2", "batch.gradient_accumulation_steps=2", world=2)
+    folder = _checkpoint(tmp_path, 4, {"step": 4, "world_size": 2, "data_fingerprint": "d1", "settings": old}, {})
+    same_global = _settings("batch.micro_batch_size=2", "batch.gradient_accumulation_steps=4",
+                            "batch.global_batch_size=8", world=1)
+    marker, reshaped = checkpoint.check_resumable(folder, 1, "d1", same_global)
+    assert marker["step"] == 4 and reshaped == reshape.Reshape(2, 1, 2, 4)
+    assert reshaped.describe() == "2 ranks x 2 accumulation steps -> 1 x 4"
+    with pytest.raises(UserError, match=r"global batch 8; this run has 1 x 2 x 2 = 4\..*"
+                                        r"set batch.micro_batch_size=2 batch.gradient_accumulation_steps=4"):
+        checkpoint.check_resumable(folder, 1, "d1", _settings("batch.micro_batch_size=2",
+                                                                "batch.gradient_accumulation_steps=2", world=1))
+    with pytest.raises(UserError, match=r"4 micro batches per step cannot be shared by 3 ranks; use one of \[1, 2, 4\]"):
+        checkpoint.check_resumable(folder, 3, "d1", _settings("batch.micro_batch_size=2", world=3))
+    with pytest.raises(UserError, match="must keep the micro batch"):  # same global batch, other micro batches
+        checkpoint.check_resumable(folder, 1, "d1", _settings("batch.micro_batch_size=4",
+                                                                "batch.gradient_accumulation_steps=2", world=1))
+    with pytest.raises(UserError, match="made with other settings") as info:  # any other change is still refused
+        checkpoint.check_resumable(folder, 1, "d1", _settings("batch.micro_batch_size=2", "optim.lr=1e-3",
+                                                                "batch.gradient_accumulation_steps=4", world=1))
+    assert info.value.problems == ["optim.lr: 0.0002 -> 0.001"]
+
+
+def test_a_checkpoint_that_cannot_be_converted_is_named_and_leaves_nothing_behind(tmp_path):
+    folder = _checkpoint(tmp_path, 4, {"step": 4, "world_size": 2}, {"zero_pp_rank_0_mp_rank_00_optim_states.pt": b"x"})
+    (folder / reshape.UNIVERSAL).mkdir()  # a conversion by hand that stopped half-way
+    assert not reshape._converted(folder / reshape.UNIVERSAL / folder.name)
+    with pytest.raises(UserError, match=r"could not convert checkpoint .*step-00000004 for another number of ranks "
+                                        r"\(deepspeed.checkpoint.ds_to_universal exited 1\)"):
+        reshape._convert(folder, folder / reshape.UNIVERSAL)
+    assert sorted(p.name for p in folder.iterdir()) == ["complete.json", "zero_pp_rank_0_mp_rank_00_optim_states.pt"]
 
 
 def test_a_finished_run_is_not_returned_for_new_settings(tmp_path):
@@ -97,6 +131,13 @@ def test_a_finished_run_is_not_returned_for_new_settings(tmp_path):
     with pytest.raises(UserError, match=r"the finished run in .* was made with other settings") as info:
         _finished_report(changed, 6, "d1", settings.result_settings(changed, 1, "d1", None))
     assert info.value.problems == ["optim.lr: 0.0002 -> 0.001"]
+    two_ranks = settings.result_settings(cfg, 2, "d1", None)  # the same run finished on 2 ranks
+    (tmp_path / "train_report.json").write_text(json.dumps({"step": 6, "data_fingerprint": "d1", "settings": two_ranks}))
+    one_rank = load_config(TrainConfig, None, ["model.path=m", f"output_dir={tmp_path}",
+                                               "batch.gradient_accumulation_steps=2"])
+    assert _finished_report(one_rank, 6, "d1", settings.result_settings(one_rank, 1, "d1", None))["step"] == 6
+    with pytest.raises(UserError, match="must keep the micro batch and the global batch"):
+        _finished_report(cfg, 6, "d1", mine)
 
 
 def test_loss_guard_names_the_first_non_finite_step():
