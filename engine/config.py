@@ -163,14 +163,29 @@ class CheckpointConfig:
     every_steps: int = 500  # save a resumable checkpoint every N optimizer steps (0: only at the end)
     keep_last: int = 2  # complete checkpoints kept; older ones are deleted
     resume: str = "auto"  # "auto" (latest complete checkpoint in output_dir, if any), "never", or a checkpoint path
+    # A preemption or time-limit warning (engine/stop_signals.py):
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # on these, save after the step and exit 75 ([]: die at once)
 
     def validate(self) -> list[str]:
-        problems = []
+        problems = _signal_problems(self.stop_signals)
         if self.every_steps < 0:
             problems.append(f"every_steps: must be >= 0, got {self.every_steps}")
         if self.keep_last < 1:
             problems.append(f"keep_last: must be >= 1, got {self.keep_last}")
         return problems
+
+
+def _signal_problems(names: list[str]) -> list[str]:
+    """Every name a signal this process can catch (SIGKILL and SIGSTOP cannot be)."""
+    import signal
+
+    problems = []
+    for name in names:
+        if not isinstance(getattr(signal, str(name), None), signal.Signals):
+            problems.append(f"stop_signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+        elif name in ("SIGKILL", "SIGSTOP"):
+            problems.append(f"stop_signals: {name} cannot be caught, so no checkpoint can be saved on it")
+    return problems
 
 
 @dataclass

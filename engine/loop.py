@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from zhllama.errors import UserError
+from zhllama.errors import Stopped, UserError
 from zhllama.files import check_writable_dir, write_json_atomic
 from zhllama.model_folder import first_layer_numel
 
@@ -38,6 +38,7 @@ from .export import save_final
 from .kernels import apply_liger, resolve_attention
 from .loss import install_fused_head
 from .reshape import Reshape, as_reshaped, reshape_of
+from .stop_signals import StopSignals
 from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters,
                     load_model, param_groups, tokenizer_dir, zero3_fetch_units)
 from .fit_state import Evaluation, FitState, Window
@@ -260,7 +261,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
     last_eval_step = state.step if state.metrics else -1
     # closed on errors too, so a stop message never lands on the bar's line
     with tqdm(total=total_steps, initial=state.step, disable=rank != 0 or not cfg.logging.progress, desc="train",
-              unit="step", dynamic_ncols=True) as bar:
+              unit="step", dynamic_ncols=True) as bar, StopSignals(cfg.checkpoint.stop_signals).installed() as stop:
         while state.step < total_steps:
             lr_used = built.scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler then moves on)
             for indices in plan.steps.micro_batches(state.step, rank):
@@ -283,6 +284,13 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
                 _save_checkpoint(cfg, engine, guard, state.step, meta)
             if state.stopped_by_guard:  # a clean stop: export and report as usual
                 break
+            signalled = stop.any_rank_received()  # collective, every step (engine/stop_signals.py)
+            if signalled and state.step < total_steps:
+                if not due:
+                    _save_checkpoint(cfg, engine, guard, state.step, meta)
+                tracker.close(plot=cfg.logging.plot)
+                raise Stopped(f"{signalled} at step {state.step}: checkpoint {checkpoint.tag_for(state.step)} saved; "
+                              f"run the same command to resume")
     guard.check()
     if evaluation.active and last_eval_step != state.step:
         evaluation.run(state)

@@ -312,6 +312,41 @@ def test_fused_loss_under_zero3_trains_like_plain_logits(full_run, tiny_model, t
         torch.testing.assert_close(fused[name], plain[name], rtol=0, atol=2e-4, msg=name)
 
 
+def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_as_the_uninterrupted_run(full_run, tiny_model, tmp_path):
+    """A preemption: SIGTERM to the launcher, which torchrun forwards to its ranks (SLURM signals them all).
+    Both finish the step, save a checkpoint together (there is no other: every_steps=0) and stop with
+    status 75; the same command resumes from it and ends at the uninterrupted weights."""
+    import torch
+
+    out = tmp_path / "run"
+    overrides = [f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline", "checkpoint.every_steps=0"]
+    log_file = tmp_path / "stopped.log"
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(_command(overrides), cwd=REPO, env=dist_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        metrics, deadline = out / "metrics.jsonl", time.time() + 240
+        try:
+            while time.time() < deadline and proc.poll() is None:
+                if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+                    os.kill(proc.pid, signal.SIGTERM)
+                    break
+                time.sleep(0.02)
+            proc.wait(timeout=60)
+        finally:
+            _sigkill_tree(proc.pid)
+    text = log_file.read_text()
+    assert text.count("stopped: SIGTERM at step") == 2, text[-4000:]  # each rank, exit status 75
+    saved = [p.name for p in (out / "checkpoints").iterdir() if (p / "complete.json").is_file()]
+    assert len(saved) == 1 and 3 <= int(saved[0][5:]) < 16, saved
+    assert not (out / "final").exists()
+
+    log = _run(overrides)
+    assert f"resuming from {saved[0]}" in log, log[-3000:]
+    resumed, reference = _load(out / "engine_state.safetensors"), _load(full_run / "engine_state.safetensors")
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=1e-6, msg=name)
+
+
 def test_killing_only_the_launcher_ends_the_ranks(tiny_model, tmp_path):
     """Was: the ranks trained on to the end after `kill -9 <torchrun>` (nothing left to wait for them)."""
     out = tmp_path / "run"
@@ -336,6 +371,8 @@ def test_killing_only_the_launcher_ends_the_ranks(tiny_model, tmp_path):
             time.sleep(0.2)
         assert not alive(), "ranks outlived their launcher"
         assert not (out / "final").exists()
+        # The launcher's death reached the ranks as SIGTERM: they saved where they stood before ending.
+        assert [p for p in (out / "checkpoints").iterdir() if (p / "complete.json").is_file()]
     finally:
         _sigkill_tree(proc.pid)
         for pid in ranks:
@@ -346,4 +383,6 @@ def test_killing_only_the_launcher_ends_the_ranks(tiny_model, tmp_path):
 
 
 if __name__ == "__main__":
-    _driver(json.loads(sys.argv[1]))
+    from zhllama.errors import run_cli
+
+    run_cli(lambda: _driver(json.loads(sys.argv[1])))  # as the CLI: exit 2 on a UserError, 75 when stopped

@@ -238,6 +238,40 @@ def test_ranks_end_when_their_launcher_is_killed():
         launcher.kill()
 
 
+_SIGNALLED = """
+import os, signal, sys
+os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+import torch.distributed as dist
+from engine import stop_signals
+dist.init_process_group("gloo")
+with stop_signals.StopSignals(["SIGUSR1", "SIGTERM"]).installed() as stop:
+    print("before:", stop.any_rank_received(), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)  # the same event twice (a launcher's death can do that)
+    print("after:", stop.any_rank_received(), flush=True)
+    stop_signals.REPEAT_AFTER_S = 0.0
+    os.kill(os.getpid(), signal.SIGUSR1)  # asked again, later: die as if never caught
+    print("still alive", flush=True)
+"""
+
+
+def test_a_stop_signal_is_noted_for_the_step_end_and_a_second_one_kills():
+    from helpers_dist import free_port
+
+    proc = subprocess.run([sys.executable, "-c", _SIGNALLED, str(free_port())], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.splitlines() == ["before: None", "after: SIGTERM"], proc.stdout + proc.stderr[-2000:]
+    assert proc.returncode == -signal.SIGUSR1
+
+
+def test_stop_signals_are_checked_with_the_config():
+    with pytest.raises(UserError, match="2 problems") as info:
+        load_config(TrainConfig, None, ["model.path=m", "checkpoint.stop_signals=[SIGTERM,SIGKILL,TERM]"])
+    assert info.value.problems == [
+        "checkpoint.stop_signals: SIGKILL cannot be caught, so no checkpoint can be saved on it",
+        "checkpoint.stop_signals: 'TERM' is not a signal name (e.g. SIGTERM, SIGUSR1)"]
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -26,13 +26,23 @@ def raise_if_problems(what: str, problems: Iterable[str]) -> None:
         raise UserError(f"{what}: {len(problems)} {noun}", problems)
 
 
+class Stopped(Exception):
+    """The run saved its state and stopped on request (a signal); running the same command resumes it."""
+
+    EXIT_STATUS = 75  # EX_TEMPFAIL: a temporary failure, try again
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
-    """Run a CLI main(): a UserError prints 'error: ...' on stderr and exits with status 2."""
+    """Run a CLI main(): a UserError prints 'error: ...' on stderr and exits with status 2; a Stopped run
+    prints 'stopped: ...' and exits with status 75."""
     try:
         code = main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        sys.exit(Stopped.EXIT_STATUS)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
