@@ -114,17 +114,20 @@ class ScheduleConfig:
 @dataclass
 class BatchConfig:
     micro_batch_size: int = 1  # sequences per rank per forward pass
-    gradient_accumulation_steps: int = 1  # micro batches per optimizer step
-    global_batch_size: int | None = None  # optional check: must equal micro * accumulation * world size
+    gradient_accumulation_steps: int | None = None  # micro batches per optimizer step (null: global_batch_size / (micro x ranks), or 1)
+    global_batch_size: int | None = None  # sequences per optimizer step: gives the accumulation, or checks it
 
     def validate(self) -> list[str]:
         problems = []
         if self.micro_batch_size < 1:
             problems.append(f"micro_batch_size: must be >= 1, got {self.micro_batch_size}")
-        if self.gradient_accumulation_steps < 1:
-            problems.append(f"gradient_accumulation_steps: must be >= 1, got {self.gradient_accumulation_steps}")
-        if self.global_batch_size is not None and self.micro_batch_size >= 1 and self.gradient_accumulation_steps >= 1:
-            per_rank = self.micro_batch_size * self.gradient_accumulation_steps
+        accumulation = self.gradient_accumulation_steps
+        if accumulation is not None and accumulation < 1:
+            problems.append(f"gradient_accumulation_steps: must be >= 1, got {accumulation}")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            problems.append(f"global_batch_size: must be >= 1, got {self.global_batch_size}")
+        elif self.global_batch_size is not None and self.micro_batch_size >= 1 and (accumulation or 0) >= 1:
+            per_rank = self.micro_batch_size * accumulation
             if self.global_batch_size % per_rank:
                 problems.append(
                     f"global_batch_size ({self.global_batch_size}) is not a multiple of micro_batch_size x "
@@ -133,15 +136,30 @@ class BatchConfig:
         return problems
 
     def resolve(self, world_size: int) -> int:
-        """The global batch (sequences per optimizer step) for ``world_size`` ranks; checks the optional target."""
+        """The global batch (sequences per optimizer step) for ``world_size`` ranks. Sets an unset
+        accumulation from ``global_batch_size`` (so one command keeps its global batch on any number of
+        ranks that divides it, and a resume on fewer nodes needs no new setting), or checks a set one."""
         from zhllama.errors import UserError
 
-        total = self.micro_batch_size * self.gradient_accumulation_steps * world_size
+        per_step = self.micro_batch_size * world_size
+        if self.gradient_accumulation_steps is None:
+            if self.global_batch_size is None:
+                self.gradient_accumulation_steps = 1
+            elif self.global_batch_size % per_step:
+                micro_batches = self.global_batch_size / self.micro_batch_size
+                ranks = [w for w in range(1, int(micro_batches) + 1) if micro_batches % w == 0]
+                raise UserError(
+                    f"impossible batch settings: batch.global_batch_size={self.global_batch_size} is not a multiple of "
+                    f"micro_batch_size ({self.micro_batch_size}) x {world_size} ranks; "
+                    + (f"run on one of {ranks} ranks" if micro_batches.is_integer() else "change the micro batch"))
+            else:
+                self.gradient_accumulation_steps = self.global_batch_size // per_step
+        total = per_step * self.gradient_accumulation_steps
         if self.global_batch_size is not None and self.global_batch_size != total:
             raise UserError(
                 f"impossible batch settings: batch.global_batch_size={self.global_batch_size} but micro_batch_size "
                 f"({self.micro_batch_size}) x gradient_accumulation_steps ({self.gradient_accumulation_steps}) x "
-                f"{world_size} ranks = {total}; change one of them"
+                f"{world_size} ranks = {total}; change one of them (or leave gradient_accumulation_steps unset)"
             )
         return total
 

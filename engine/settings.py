@@ -33,7 +33,10 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def result_settings(cfg: Any, world_size: int, data_fingerprint: str | None,
                     tokenizer_fingerprint: str | None) -> dict[str, Any]:
-    """Flat, JSON-normalised settings that decide the trained weights."""
+    """Flat, JSON-normalised settings that decide the trained weights (the accumulation as resolved for
+    ``world_size``: an unset one is derived from the global batch)."""
+    if hasattr(cfg, "batch"):
+        cfg.batch.resolve(world_size)
     flat = _flatten(dataclasses.asdict(cfg))
     flat = {k: v for k, v in flat.items() if not k.startswith(NEUTRAL)}
     flat.update(world_size=world_size, data_fingerprint=data_fingerprint, tokenizer_fingerprint=tokenizer_fingerprint)

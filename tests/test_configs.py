@@ -38,11 +38,19 @@ def test_every_deepspeed_preset_fills_its_autos(preset):
     assert "auto" not in repr(ds)
 
 
-def test_7b_preset_batch_matches_8_gpus_only():
-    cfg = load_config(PretrainConfig, Path(CONFIGS[0]).with_name("llama2_7b_8xA100.yaml"))
-    assert cfg.batch.resolve(8) == 256
-    with pytest.raises(UserError, match="impossible batch settings"):
-        cfg.batch.resolve(4)
+def test_7b_preset_keeps_its_global_batch_on_any_number_of_gpus_that_divides_it():
+    preset = Path(CONFIGS[0]).with_name("llama2_7b_8xA100.yaml")
+    for gpus, accumulation in ((8, 8), (16, 4), (4, 16), (64, 1)):
+        cfg = load_config(PretrainConfig, preset)
+        assert cfg.batch.resolve(gpus) == 256 and cfg.batch.gradient_accumulation_steps == accumulation
+    with pytest.raises(UserError, match=r"global_batch_size=256 is not a multiple of micro_batch_size \(4\) x 3 "
+                                        r"ranks; run on one of \[1, 2, 4, 8, 16, 32, 64\] ranks"):
+        load_config(PretrainConfig, preset).batch.resolve(3)
+    fixed = load_config(PretrainConfig, preset, ["batch.gradient_accumulation_steps=8"])  # set: only checked
+    assert fixed.batch.resolve(8) == 256
+    with pytest.raises(UserError, match=r"x 4 ranks = 128; change one of them \(or leave gradient_accumulation"):
+        fixed.batch.resolve(4)
+    assert load_config(PretrainConfig, preset, ["batch.global_batch_size=null"]).batch.resolve(2) == 8  # 4 x 1 x 2
 
 
 def test_validation_reports_every_problem_at_once():

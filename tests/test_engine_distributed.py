@@ -233,8 +233,8 @@ def test_sigkill_then_resume_equals_uninterrupted(mode, request, tiny_model, tmp
 
 
 def test_resume_on_fewer_ranks_trains_on_as_the_uninterrupted_run(tiny_model, tmp_path):
-    """A node is lost: the run started on 2 ranks x 2 accumulation steps goes on from its step-8
-    checkpoint on 1 rank x 4 (the same global batch). Weight decay is on, so the run has a decay and
+    """A node is lost: the same command (global batch 8, accumulation derived) started on 2 ranks x 2
+    accumulation steps goes on from its step-8 checkpoint on 1 rank x 4. Weight decay is on, so the run has a decay and
     a no-decay param group: DeepSpeed's ZeRO-3 universal load gives both the first one's settings and
     one shared Adam step counter (each alone moves the weights by 2e-4 here; engine/reshape.py)."""
     import shutil
@@ -242,11 +242,12 @@ def test_resume_on_fewer_ranks_trains_on_as_the_uninterrupted_run(tiny_model, tm
     import torch
 
     reference, out = tmp_path / "reference", tmp_path / "run"
-    common = [f"model.path={tiny_model}", "optim.weight_decay=0.1"]
+    common = [f"model.path={tiny_model}", "optim.weight_decay=0.1", "batch.gradient_accumulation_steps=null",
+              "batch.global_batch_size=8"]
     _run([*common, f"output_dir={reference}"])
     shutil.copytree(reference, out, ignore=shutil.ignore_patterns("final", "train_report.json", "step-00000012",
                                                                    "engine_state.safetensors"))
-    log = _run([*common, f"output_dir={out}", "batch.gradient_accumulation_steps=4"], ranks=1)
+    log = _run([*common, f"output_dir={out}"], ranks=1)
     assert "2 ranks x 2 accumulation steps -> 1 x 4" in log and "converted in" in log, log[-3000:]
     assert (out / "checkpoints" / "step-00000008" / "universal" / "step-00000008").is_dir()
     assert json.loads((out / "checkpoints" / "step-00000012" / "complete.json").read_text())["world_size"] == 1
