@@ -47,7 +47,8 @@ class Reshape:
     new_accumulation: int
 
     def describe(self) -> str:
-        return (f"{self.old_world} ranks x {self.old_accumulation} accumulation steps -> {self.new_world} x "
+        ranks = "rank" if self.old_world == 1 else "ranks"
+        return (f"{self.old_world} {ranks} x {self.old_accumulation} accumulation steps -> {self.new_world} x "
                 f"{self.new_accumulation}")
 
 
