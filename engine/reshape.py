@@ -94,12 +94,12 @@ def universal_checkpoint(path: Path, rank: int) -> tuple[Path, str]:
     the training group's (DEEPSPEED_TIMEOUT, 10 min), which would kill the ranks that wait."""
     root = path / UNIVERSAL
     error = [None]
+    waiting = dist.new_group(backend="gloo", timeout=CONVERSION_TIMEOUT)  # made by all ranks before the wait
     if rank == 0 and not _converted(root / path.name):
         try:
             _convert(path, root)
         except Exception as exc:  # noqa: BLE001 - the other ranks must hear of any failure, not hang
             error[0] = str(exc) if isinstance(exc, UserError) else f"converting checkpoint {path} failed: {exc!r}"
-    waiting = dist.new_group(backend="gloo", timeout=CONVERSION_TIMEOUT)
     dist.broadcast_object_list(error, src=0, group=waiting)
     dist.destroy_process_group(waiting)
     if error[0]:
