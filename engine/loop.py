@@ -233,6 +233,7 @@ def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
                                            f"checkpoint.resume=PATH)")
     if plan.rank == 0:  # leftovers of a crash mid-save; nobody writes checkpoints before the first save's barrier
         checkpoint.remove_incomplete(cfg.output_dir)
+        (Path(cfg.output_dir) / STOPPED).unlink(missing_ok=True)  # resumed: no longer waiting
     return step
 
 
@@ -286,8 +287,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
                 break
             signalled = stop.any_rank_received()  # collective, every step (engine/stop_signals.py)
             if signalled and state.step < total_steps:
-                if not due:
-                    _save_checkpoint(cfg, engine, guard, state.step, meta)
+                _stop(cfg, engine, guard, state.step, meta, signalled, saved=due, rank=rank)
                 tracker.close(plot=cfg.logging.plot)
                 raise Stopped(f"{signalled} at step {state.step}: checkpoint {checkpoint.tag_for(state.step)} saved; "
                               f"run the same command to resume")
@@ -296,6 +296,20 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
         evaluation.run(state)
     tracker.close(plot=cfg.logging.plot)
     return state
+
+
+STOPPED = "stopped.json"  # in output_dir while a run stopped by a signal waits to be resumed
+
+
+def _stop(cfg: TrainConfig, engine, guard: LossGuard, step: int, meta: dict[str, Any], signalled: str, *,
+          saved: bool, rank: int) -> None:
+    """Save (unless this step's checkpoint was just saved) and leave a note a job script can test: torchrun
+    exits 1 whatever its ranks' status (75 here), so `[ -f OUT/stopped.json ] && scontrol requeue ...`."""
+    if not saved:
+        _save_checkpoint(cfg, engine, guard, step, meta)
+    if rank == 0:
+        write_json_atomic(Path(cfg.output_dir) / STOPPED, {"signal": signalled, "step": step,
+                                                          "checkpoint": checkpoint.tag_for(step)})
 
 
 def _log_window(cfg: TrainConfig, engine, window: Window, guard: LossGuard, state: FitState, tracker: Tracker,

@@ -352,9 +352,12 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_as_the_uninterrupted_run(
     saved = [p.name for p in (out / "checkpoints").iterdir() if (p / "complete.json").is_file()]
     assert len(saved) == 1 and 3 <= int(saved[0][5:]) < 16, saved
     assert not (out / "final").exists()
+    assert json.loads((out / "stopped.json").read_text()) == {"signal": "SIGTERM", "step": int(saved[0][5:]),
+                                                               "checkpoint": saved[0]}  # for job scripts
 
     log = _run(overrides)
     assert f"resuming from {saved[0]}" in log, log[-3000:]
+    assert not (out / "stopped.json").exists()
     resumed, reference = _load(out / "engine_state.safetensors"), _load(full_run / "engine_state.safetensors")
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=1e-6, msg=name)

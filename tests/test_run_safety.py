@@ -264,6 +264,18 @@ def test_a_stop_signal_is_noted_for_the_step_end_and_a_second_one_kills():
     assert proc.returncode == -signal.SIGUSR1
 
 
+def test_a_stopped_run_exits_75_saying_why(capsys):
+    from zhllama.errors import Stopped, run_cli
+
+    def stopped():
+        raise Stopped("SIGTERM at step 6: checkpoint step-00000006 saved; run the same command to resume")
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(stopped)
+    assert info.value.code == 75
+    assert capsys.readouterr().err == "stopped: SIGTERM at step 6: checkpoint step-00000006 saved; run the same command to resume\n"
+
+
 def test_stop_signals_are_checked_with_the_config():
     with pytest.raises(UserError, match="2 problems") as info:
         load_config(TrainConfig, None, ["model.path=m", "checkpoint.stop_signals=[SIGTERM,SIGKILL,TERM]"])
