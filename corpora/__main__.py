@@ -3,6 +3,7 @@ from zhllama.cli import main_for
 
 COMMANDS = {
     "check": "corpora.check_cli",
+    "near-dups": "corpora.near_dup_cli",
 }
 
 if __name__ == "__main__":

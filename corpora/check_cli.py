@@ -5,7 +5,7 @@
 
 Loads each manifest (keys, files, sha256), streams every source once and prints per source:
 documents kept (and how many of them are in the held-out slice), characters, CJK share,
-duplicates and short documents dropped, empty and undecodable records. Exits non-zero on any
+duplicates, excluded (the manifest's exclude: file) and short documents dropped, empty and undecodable records. Exits non-zero on any
 problem: a manifest that does not load, a bad record, a source left with no documents, or a
 source declared Chinese (language zh*) whose text is less than 20% Chinese characters.
 """
@@ -61,13 +61,14 @@ def check_manifest(path: str, on_decode_error: str | None = None) -> dict:
 def format_report(report: dict) -> str:
     head = (f"{report['manifest']}  name={report['name']}  fingerprint={report['fingerprint'][:16]}  "
             f"holdout={report['holdout']['fraction']:g}")
-    cols = ["source", "docs", "held_out", "chars", "cjk_share", "dups", "short", "empty", "undecodable", "weight"]
+    cols = ["source", "docs", "held_out", "chars", "cjk_share", "dups", "excluded", "short", "empty", "undecodable",
+            "weight"]
     rows = [[s["name"], s["documents"], s["held_out_documents"], s["characters"], f"{s['cjk_share']:.1%}",
-             s["duplicates"], s["too_short"], s["empty"], s["undecodable"], f"{s['weight']:g}"]
+             s["duplicates"], s["excluded"], s["too_short"], s["empty"], s["undecodable"], f"{s['weight']:g}"]
             for s in report["sources"]]
     total = ["TOTAL"] + [sum(r[i] for r in rows) for i in (1, 2, 3)]
     cjk = sum(s["cjk_characters"] for s in report["sources"])
-    total += [f"{cjk / total[3]:.1%}" if total[3] else "-"] + [sum(r[i] for r in rows) for i in (5, 6, 7, 8)] + [""]
+    total += [f"{cjk / total[3]:.1%}" if total[3] else "-"] + [sum(r[i] for r in rows) for i in (5, 6, 7, 8, 9)] + [""]
     table = [cols] + rows + [total]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(cols))]
     lines = [head] + ["  ".join(str(v).rjust(w) if j else str(v).ljust(w) for j, (v, w) in enumerate(zip(r, widths)))

@@ -70,6 +70,8 @@ class Document:
     source: str
     file: str
     line: int  # 1-based line of txt/jsonl, line where a json record starts, row number of datasets
+    # document_key of the raw text, when computed (always with keys=True); not part of equality
+    key: bytes | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass
@@ -82,6 +84,7 @@ class SourceStats:
     other_split: int = 0  # held out (or, with split="holdout", not held out)
     other_shard: int = 0
     duplicates: int = 0
+    excluded: int = 0  # listed in the manifest's exclude: file (e.g. near-duplicates)
     too_short: int = 0  # dropped by min_chars after cleaning
     documents: int = 0  # yielded
     held_out_documents: int = 0  # of those, in the held-out slice (only non-zero with split="all")
@@ -105,11 +108,12 @@ def shard_of(key: bytes, n: int) -> int:
 
 
 def iter_documents(source: Source, *, shard: tuple[int, int] | None = None, split: Split = "train",
-                   stats: SourceStats | None = None) -> Iterator[Document]:
+                   stats: SourceStats | None = None, keys: bool = False) -> Iterator[Document]:
     """Stream one source's cleaned documents (never loads a corpus whole).
 
     ``shard=(i, n)`` yields the i-th of n disjoint parts (see the module doc); ``split`` picks the
     training part (default), the held-out slice, or all. ``stats`` is updated as documents pass.
+    Documents whose key is in ``source.exclude`` are left out; ``keys=True`` fills ``Document.key``.
     """
     if shard is not None:
         i, n = shard
@@ -123,7 +127,8 @@ def iter_documents(source: Source, *, shard: tuple[int, int] | None = None, spli
     sharded = shard is not None and shard[1] > 1
     # The key decides holdout, shard and dedup; this is prepare's hot path, so skip hashing when
     # none of them is asked for (the key would not change any decision).
-    needs_key = fraction > 0 or sharded or dedup
+    exclude = source.exclude
+    needs_key = fraction > 0 or sharded or dedup or bool(exclude) or keys
     # Han characters are counted over chunks of documents: a per-document regex cost ~15% of
     # prepare's CPU time, and only the per-source sum is reported.
     pending: list[str] = []
@@ -138,9 +143,12 @@ def iter_documents(source: Source, *, shard: tuple[int, int] | None = None, spli
             if not raw:
                 stats.empty += 1
                 continue
-            held = False
+            held, key = False, None
             if needs_key:
                 key = document_key(raw, source.holdout.salt)
+                if key in exclude:
+                    stats.excluded += 1
+                    continue
                 held = is_held_out(key, fraction)
             if (split == "train" and held) or (split == "holdout" and not held):
                 stats.other_split += 1
@@ -165,7 +173,7 @@ def iter_documents(source: Source, *, shard: tuple[int, int] | None = None, spli
             if pending_chars >= CJK_COUNT_CHUNK_CHARS:
                 stats.cjk_characters += cjk_count_many(pending)
                 pending, pending_chars = [], 0
-            yield Document(text, source.name, file, line)
+            yield Document(text, source.name, file, line, key)
     finally:  # also when the consumer stops early: the counts cover what was yielded
         stats.cjk_characters += cjk_count_many(pending)
 

@@ -23,6 +23,7 @@ from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import describe_not_a_file, sha256_file, sha256_json
 
 from .cleaning import Cleaning
+from .exclude import ExcludeSpec, read_exclude
 
 Format = Literal["txt", "jsonl", "json", "datasets"]
 Split = Literal["train", "holdout", "all"]
@@ -115,6 +116,7 @@ class ManifestFile:
     base_dir: str = "."  # relative to the manifest's folder
     on_decode_error: Literal["fail", "skip"] = "fail"
     holdout: Holdout = dataclasses.field(default_factory=Holdout)
+    exclude: ExcludeSpec | None = None  # document keys no phase reads (corpora/exclude.py)
     sources: list[Any] = dataclasses.field(default_factory=list)  # SourceSpec mappings, built one by one
 
     UNKNOWN_KEY = "unknown key"
@@ -139,6 +141,7 @@ class Source:
     holdout: Holdout = Holdout()
     on_decode_error: Literal["fail", "skip"] = "fail"
     manifest_path: Path | None = None
+    exclude: frozenset[bytes] = frozenset()  # document keys left out (the manifest's exclude: file)
 
     def relative(self, file: Path) -> str:
         return os.path.relpath(file, self.base_dir).replace(os.sep, "/")
@@ -194,6 +197,9 @@ def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None
         mode = "fail"
     bad_holdout = any(p.startswith("holdout.") for p in problems)
     holdout = top.holdout if isinstance(top.holdout, Holdout) and not bad_holdout else Holdout()
+    exclude, exclude_sha = frozenset(), None
+    if isinstance(top.exclude, ExcludeSpec) and base_dir.is_dir():
+        exclude, exclude_sha = read_exclude(top.exclude, base_dir, holdout.salt, problems)
     if isinstance(top.sources, list) and not top.sources:
         problems.append("sources: expected a non-empty list of sources")
     sources: list[Source] = []
@@ -204,6 +210,7 @@ def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None
         if built is None:
             continue
         source, normalized = built
+        source = dataclasses.replace(source, exclude=exclude)
         if source.name in seen:
             problems.append(f"sources[{i}].name: duplicate source name {source.name!r}")
         seen.add(source.name)
@@ -211,6 +218,8 @@ def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None
         normalized_sources.append(normalized)
     raise_if_problems(f"invalid manifest {path}", problems)
     normalized = {"name": top.name, "holdout": dataclasses.asdict(holdout), "sources": normalized_sources}
+    if exclude_sha is not None:  # absent otherwise, so the fingerprints of older manifests stay the same
+        normalized["exclude"] = exclude_sha
     return Manifest(path, top.name, top.description, base_dir, holdout, mode, sources, normalized)
 
 

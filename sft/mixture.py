@@ -34,6 +34,11 @@ class SourceFile:
     weight: float
     holdout_fraction: float
     holdout_salt: str
+    # A manifest's exclude: list (corpora/exclude.py), keyed as corpora keys documents: the record's
+    # text_fields joined, under the manifest's own salt.
+    exclude: frozenset[bytes] = frozenset()
+    text_fields: tuple[str, ...] = ()
+    exclude_salt: str = ""
 
 
 @dataclass
@@ -57,7 +62,8 @@ def resolve_sources(data: SFTData, config_dir: Path | None = None) -> list[Sourc
             for file in source.files:
                 name = source.name if len(source.files) == 1 else f"{source.name}:{source.relative(file)}"
                 out.append(SourceFile(name, file, source.weight, manifest.holdout.fraction,
-                                      manifest.holdout.salt or _SFT_SALT))
+                                      manifest.holdout.salt or _SFT_SALT, source.exclude, tuple(source.text_fields),
+                                      manifest.holdout.salt))
         if not out:
             raise UserError(f"{data.manifest}: the manifest lists no files (hub sources are not read by sft)")
         return out
@@ -75,6 +81,14 @@ def _record_key(obj: Any, salt: str) -> bytes:
     return document_key(json.dumps(obj, sort_keys=True, ensure_ascii=False), salt)
 
 
+def _excluded(obj: Any, source: SourceFile) -> bool:
+    from corpora.manifest import document_key
+    from corpora.readers import record_text
+
+    text = record_text(obj, list(source.text_fields), str(source.path)) if source.text_fields else ""
+    return document_key(text.strip(), source.exclude_salt) in source.exclude
+
+
 def read_and_validate(sources: list[SourceFile]):
     """Parse every file; raise one UserError with every malformed record of every file."""
     from corpora.manifest import is_held_out
@@ -82,7 +96,7 @@ def read_and_validate(sources: list[SourceFile]):
     problems: list[str] = []
     parsed = []
     for source in sources:
-        conversations, keys, held = [], [], []
+        conversations, keys, held, excluded = [], [], [], []
         try:
             records, bad = parse_file(source.path, need_answer=True)
         except UserError as exc:  # unreadable JSON: report with the others
@@ -93,7 +107,8 @@ def read_and_validate(sources: list[SourceFile]):
             conversations.append(conversation)
             keys.append(key)
             held.append(is_held_out(key, source.holdout_fraction))
-        parsed.append((conversations, keys, held))
+            excluded.append(bool(source.exclude) and _excluded(obj, source))
+        parsed.append((conversations, keys, held, excluded))
     raise_record_problems("malformed instruction data (nothing was trained)", problems)
     return parsed
 
@@ -116,20 +131,23 @@ def build_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok_finger
     parts: list = []
     keys_all: list[tuple[list[bytes], list[bool]]] = []
     cache_keys = []
-    for source, (conversations, keys, held) in zip(sources, parsed):
+    for source, (conversations, keys, held, excluded) in zip(sources, parsed):
         samples, stats, key = cached_tokenize(source.path, conversations, tokenizer, spec, data.max_seq_length,
                                               data.cache_dir, tok_fingerprint)
         parts.append(samples)
-        keys_all.append((keys, held))
+        keys_all.append((keys, held, excluded))
         cache_keys.append({"name": source.name, "cache_key": key, "weight": source.weight,
-                           "holdout": [source.holdout_fraction, source.holdout_salt]})
+                           "holdout": [source.holdout_fraction, source.holdout_salt],
+                           **({"excluded": sha256_json(sorted(k.hex() for k in source.exclude))} if source.exclude else {})})
         report.files[source.name] = {"path": str(source.path), "weight": source.weight, **asdict(stats),
-                                     "held_out_records": int(sum(held))}
+                                     "held_out_records": int(sum(held)), "excluded_records": int(sum(excluded))}
     merged, starts = TokenizedSamples.concat(parts)
     train_order, eval_order = [], []
-    for part, start, (keys, held), source in zip(parts, starts, keys_all, sources):
+    for part, start, (keys, held, excluded), source in zip(parts, starts, keys_all, sources):
         for i in range(len(part)):
             record = int(part.records[i])
+            if excluded[record]:  # the manifest's exclude: list (e.g. near-duplicates)
+                continue
             if held[record]:
                 eval_order.append(start + i)
             else:
