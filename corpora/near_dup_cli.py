@@ -64,14 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
 def near_duplicate_report(manifest_path: str, settings: NearDupSettings) -> dict:
     """The keys to leave out and the counts (keys under "keys", bytes; the rest is JSON)."""
-    manifest = load_manifest(manifest_path)
+    manifest = load_manifest(manifest_path, with_exclude=False)  # from scratch, whatever is excluded now
     index = NearDupIndex(settings)
     docs: list[tuple[str, str, int, bool]] = []  # (source, file, line, held out) of each document offered
     keys, examples = [], []
     per_source = {s.name: {"documents": 0, "copies": 0} for s in manifest.sources}
     across, started = 0, time.monotonic()
     for source in manifest.sources:
-        source = dataclasses.replace(source, exclude=frozenset())  # from scratch, whatever is excluded now
         for doc in tqdm(iter_documents(source, split="all", keys=True), desc=source.name, unit=" docs", disable=None):
             held = is_held_out(doc.key, source.holdout.fraction)
             match = index.offer(len(docs), doc.text)

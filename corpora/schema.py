@@ -174,12 +174,14 @@ class Manifest:
         raise UserError(f"{self.path}: no source named {name!r} (have: {', '.join(s.name for s in self.sources)})")
 
 
-def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None) -> Manifest:
+def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None,
+                  with_exclude: bool = True) -> Manifest:
     """Read and validate a manifest; every problem is reported at once as a UserError.
 
     Keys and types are checked by the typed loader (zhllama.config) against ``ManifestFile`` and
     ``SourceSpec``; then every file must exist and match its sha256. ``on_decode_error``
-    overrides the manifest's key of the same name.
+    overrides the manifest's key of the same name. ``with_exclude=False`` ignores the ``exclude:`` file (for
+    the command that writes it anew).
     """
     path = Path(path)
     raw = _read_yaml(path)
@@ -198,7 +200,7 @@ def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None
     bad_holdout = any(p.startswith("holdout.") for p in problems)
     holdout = top.holdout if isinstance(top.holdout, Holdout) and not bad_holdout else Holdout()
     exclude, exclude_sha = frozenset(), None
-    if isinstance(top.exclude, ExcludeSpec) and base_dir.is_dir():
+    if with_exclude and isinstance(top.exclude, ExcludeSpec) and base_dir.is_dir():
         exclude, exclude_sha = read_exclude(top.exclude, base_dir, holdout.salt, problems)
     if isinstance(top.sources, list) and not top.sources:
         problems.append("sources: expected a non-empty list of sources")

@@ -91,6 +91,8 @@ def test_cli_lists_the_copies_and_the_manifest_exclude_leaves_them_out_everywher
         assert not copies & {d.text for d in iter_documents(after.sources[0], split=split)}
     assert run(args) == 0  # the manifest's own exclusion is ignored: the same list again
     assert keys_file.read_text().count("\n") == 15 + 4
+    keys_file.unlink()  # even when the file it names is gone (the manifest would not load otherwise)
+    assert run(args) == 0 and keys_file.read_text().count("\n") == 15 + 4
 
 
 def test_a_bad_exclude_file_is_reported_with_every_problem(tmp_path):
