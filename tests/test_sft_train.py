@@ -113,5 +113,6 @@ def test_sft_manifests_validate_and_parse(path, shared_data, tmp_path):
 
     sources = resolve_sources(SFTData(manifest=str(path)))
     parsed = read_and_validate(sources)
-    assert all(len(convs) > 100 for convs, _, _ in parsed)
-    assert any(any(held) for _, _, held in parsed)  # the manifest's holdout gives an eval split
+    assert all(len(convs) > 100 for convs, _, _, _ in parsed)
+    assert any(any(held) for _, _, held, _ in parsed)  # the manifest's holdout gives an eval split
+    assert not any(any(excluded) for _, _, _, excluded in parsed)  # no exclude: in the shipped manifests
