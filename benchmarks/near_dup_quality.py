@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from corpora.manifest import iter_documents, load_manifest  # noqa: E402
-from corpora.near_dup import NearDupSettings, find_near_duplicates, ngram_hashes  # noqa: E402
+from corpora.near_dup import NearDupSettings, find_near_duplicates, ngram_jaccard  # noqa: E402
 
 PEER = ("datasketch==2.0.0", "scipy==1.16.3")
 BANDS = ((0.9, 1.01), (0.8, 0.9), (0.7, 0.8), (0.5, 0.7), (0.0, 0.5))
@@ -43,11 +43,6 @@ def plant(originals: list[str], copies_per_kind: int, seed: int) -> list[tuple[i
     for i in rng.sample(range(len(originals)), copies_per_kind):
         out.append((i, originals[i][: int(len(originals[i]) * 0.9)]))
     return out
-
-
-def jaccard(a: str, b: str) -> float:
-    x, y = set(ngram_hashes(a, 5).tolist()), set(ngram_hashes(b, 5).tolist())
-    return len(x & y) / len(x | y)
 
 
 def ours(texts: list[str]) -> tuple[set[int], float]:
@@ -100,7 +95,7 @@ def main() -> None:
     originals = [d.text for s in manifest.sources for d in iter_documents(s, split="all") if len(d.text) >= 100]
     planted = plant(originals, args.copies, seed=0)
     texts = originals + [copy for _, copy in planted]
-    truth = [jaccard(originals[i], copy) for i, copy in planted]
+    truth = [ngram_jaccard(originals[i], copy) for i, copy in planted]
     print(f"{len(originals)} originals ({sum(map(len, originals)) / len(originals):.0f} characters on average), "
           f"{len(planted)} planted copies")
     rows = [("zhllama (corpora/near_dup.py)", *ours(texts))]

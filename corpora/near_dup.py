@@ -64,6 +64,12 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
     return np.unique(hashes)
 
 
+def ngram_jaccard(a: str, b: str, n: int = 5) -> float:
+    """The exact Jaccard similarity of two texts' n-gram sets (what a signature estimates)."""
+    x, y = set(ngram_hashes(a, n).tolist()), set(ngram_hashes(b, n).tolist())
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
 class MinHasher:
     def __init__(self, settings: NearDupSettings) -> None:
         self.settings = settings

@@ -66,28 +66,29 @@ def near_duplicate_report(manifest_path: str, settings: NearDupSettings) -> dict
     """The keys to leave out and the counts (keys under "keys", bytes; the rest is JSON)."""
     manifest = load_manifest(manifest_path, with_exclude=False)  # from scratch, whatever is excluded now
     index = NearDupIndex(settings)
-    docs: list[tuple[str, str, int, bool]] = []  # (source, file, line, held out) of each document offered
+    kept: dict[int, tuple[str, str, int, bool]] = {}  # (source, file, line, held out) of each kept document
     keys, examples = [], []
     per_source = {s.name: {"documents": 0, "copies": 0} for s in manifest.sources}
-    across, started = 0, time.monotonic()
+    offered, across, started = 0, 0, time.monotonic()
     for source in manifest.sources:
         for doc in tqdm(iter_documents(source, split="all", keys=True), desc=source.name, unit=" docs", disable=None):
             held = is_held_out(doc.key, source.holdout.fraction)
-            match = index.offer(len(docs), doc.text)
-            docs.append((doc.source, source.relative(Path(doc.file)) if doc.file else "", doc.line, held))
+            match = index.offer(offered, doc.text)
             per_source[doc.source]["documents"] += 1
             if match is None:
-                continue
-            per_source[doc.source]["copies"] += 1
-            keys.append(doc.key)
-            across += held != docs[match.kept][3]
-            if len(examples) < EXAMPLES:
-                examples.append(_example(doc, docs[match.kept], match.similarity, held))
+                kept[offered] = (doc.source, source.relative(Path(doc.file)) if doc.file else "", doc.line, held)
+            else:
+                per_source[doc.source]["copies"] += 1
+                keys.append(doc.key)
+                across += held != kept[match.kept][3]
+                if len(examples) < EXAMPLES:
+                    examples.append(_example(doc, kept[match.kept], match.similarity, held))
+            offered += 1
     seconds = time.monotonic() - started
     return {"keys": keys, "manifest": str(manifest_path), "fingerprint": manifest.fingerprint(),
             "salt": manifest.holdout.salt, "settings": dataclasses.asdict(settings), "sources": per_source,
-            "totals": {"documents": len(docs), "copies": len(keys), "across_holdout": across,
-                       "seconds": round(seconds, 1), "docs_per_s": len(docs) / max(seconds, 1e-9)},
+            "totals": {"documents": offered, "copies": len(keys), "across_holdout": across,
+                       "seconds": round(seconds, 1), "docs_per_s": offered / max(seconds, 1e-9)},
             "examples": examples}
 
 

@@ -111,6 +111,11 @@ class ScheduleConfig:
         return problems
 
 
+def rank_counts(micro_batches: int) -> list[int]:
+    """The numbers of ranks that can share ``micro_batches`` micro batches per step evenly."""
+    return [w for w in range(1, micro_batches + 1) if micro_batches % w == 0]
+
+
 @dataclass
 class BatchConfig:
     micro_batch_size: int = 1  # sequences per rank per forward pass
@@ -146,12 +151,12 @@ class BatchConfig:
             if self.global_batch_size is None:
                 self.gradient_accumulation_steps = 1
             elif self.global_batch_size % per_step:
-                micro_batches = self.global_batch_size / self.micro_batch_size
-                ranks = [w for w in range(1, int(micro_batches) + 1) if micro_batches % w == 0]
+                divisible = self.global_batch_size % self.micro_batch_size == 0
                 raise UserError(
                     f"impossible batch settings: batch.global_batch_size={self.global_batch_size} is not a multiple of "
                     f"micro_batch_size ({self.micro_batch_size}) x {world_size} ranks; "
-                    + (f"run on one of {ranks} ranks" if micro_batches.is_integer() else "change the micro batch"))
+                    + (f"run on one of {rank_counts(self.global_batch_size // self.micro_batch_size)} ranks"
+                       if divisible else "change the micro batch"))
             else:
                 self.gradient_accumulation_steps = self.global_batch_size // per_step
         total = per_step * self.gradient_accumulation_steps

@@ -30,6 +30,8 @@ import torch.distributed as dist
 
 from zhllama.errors import UserError
 
+from .config import rank_counts
+
 WORLD, ACCUMULATION, MICRO, GLOBAL = ("world_size", "batch.gradient_accumulation_steps", "batch.micro_batch_size",
                                       "batch.global_batch_size")
 UNIVERSAL = "universal"  # step-N/universal/<step-N>/ holds the converted checkpoint
@@ -77,8 +79,9 @@ def _hint(global_batch: int, micro: int, world: int) -> str:
     if global_batch % (micro * world) == 0:
         return (f"set batch.micro_batch_size={micro} batch.gradient_accumulation_steps="
                 f"{global_batch // (micro * world)}")
-    fits = [w for w in range(1, global_batch // micro + 1) if (global_batch // micro) % w == 0]
-    return f"{global_batch // micro} micro batches per step cannot be shared by {world} ranks; use one of {fits} ranks"
+    micro_batches = global_batch // micro
+    return (f"{micro_batches} micro batches per step cannot be shared by {world} ranks; use one of "
+            f"{rank_counts(micro_batches)} ranks")
 
 
 def as_reshaped(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:

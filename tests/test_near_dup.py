@@ -11,7 +11,7 @@ import yaml
 from helpers_prepare import write_lines, write_manifest
 
 from corpora.manifest import SourceStats, document_key, is_held_out, iter_documents, load_manifest
-from corpora.near_dup import MinHasher, NearDupSettings, find_near_duplicates, ngram_hashes
+from corpora.near_dup import MinHasher, NearDupSettings, find_near_duplicates, ngram_jaccard
 from corpora.near_dup_cli import run
 from zhllama.errors import UserError
 
@@ -27,18 +27,13 @@ def _edited(text: str, rate: float, rng: random.Random) -> str:
     return "".join(chars)
 
 
-def _jaccard(a: str, b: str, n: int = 5) -> float:
-    x, y = set(ngram_hashes(a, n).tolist()), set(ngram_hashes(b, n).tolist())
-    return len(x & y) / len(x | y)
-
-
 def test_agreeing_slots_estimate_the_ngram_jaccard_similarity():
     rng, hasher = random.Random(0), MinHasher(NearDupSettings(permutations=256, bands=16))
     for rate in (0.0, 0.01, 0.03, 0.06, 0.15):
         a = _paragraph(rng)
         b = _edited(a, rate, rng)
         estimate = float(np.mean(hasher.signature(a) == hasher.signature(b)))
-        assert abs(estimate - _jaccard(a, b)) < 0.1, (rate, estimate, _jaccard(a, b))
+        assert abs(estimate - ngram_jaccard(a, b)) < 0.1, (rate, estimate, ngram_jaccard(a, b))
     # Whitespace does not count, and the same text has the same signature in every run and machine.
     assert np.array_equal(hasher.signature("春眠 不觉晓，处处闻啼鸟"), hasher.signature("春眠不觉晓，\n处处闻啼鸟"))
     # Pinned: the same corpus gives the same list on every machine and numpy version.
