@@ -1,6 +1,9 @@
-"""A manifest's ``exclude:`` file: document keys every phase leaves out (near-duplicates, or any list).
+"""A manifest's ``exclude:`` files: document keys every phase leaves out (near-duplicates, or any list).
 
     exclude: {file: near_dups.keys, sha256: 3f5c…}   # relative to base_dir; made by `python -m corpora near-dups`
+    exclude:                                         # or several lists, e.g. with benchmark contamination
+      - {file: near_dups.keys, sha256: 3f5c…}
+      - {file: contamination.keys, sha256: 9a01…}    # made by `python -m evaluation contamination`
 
 One 32-hex-digit document key per line (``corpora.manifest.document_key``); lines starting with ``#`` are
 comments, and ``# salt: S`` records the holdout salt the keys were made with — keys are salted, so a file
@@ -25,21 +28,38 @@ class ExcludeSpec:
 
     UNKNOWN_KEY = "unknown key"
 
-    def validate(self) -> list[str]:
-        return [] if self.file else [f"file: expected a path, got {self.file!r}"]
+
+def read_excludes(specs: ExcludeSpec | list[ExcludeSpec], base_dir: Path, salt: str,
+                  problems: list[str]) -> tuple[frozenset[bytes], str | list[str]]:
+    """(the union of the keys, the sha256 of one file or the list of them); problems go to ``problems``."""
+    if isinstance(specs, ExcludeSpec):
+        return read_exclude(specs, base_dir, salt, problems)
+    if not specs:
+        problems.append("exclude: expected a file ({file, sha256}) or a non-empty list of them, got []")
+    keys: set[bytes] = set()
+    digests = []
+    for i, spec in enumerate(specs):
+        part, digest = read_exclude(spec, base_dir, salt, problems, f"exclude[{i}]")
+        keys |= part
+        digests.append(digest)
+    return frozenset(keys), digests
 
 
-def read_exclude(spec: ExcludeSpec, base_dir: Path, salt: str, problems: list[str]) -> tuple[frozenset[bytes], str]:
-    """(the keys, the file's sha256); every problem goes to ``problems``."""
+def read_exclude(spec: ExcludeSpec, base_dir: Path, salt: str, problems: list[str],
+                 where: str = "exclude") -> tuple[frozenset[bytes], str]:
+    """(the keys, the file's sha256); every problem goes to ``problems``, prefixed with ``where``."""
+    if not spec.file:
+        problems.append(f"{where}.file: expected a path, got {spec.file!r}")
+        return frozenset(), ""
     path = base_dir / spec.file
     if not path.is_file():
-        problems.append(f"exclude.file: {path} {describe_not_a_file(path)}")
+        problems.append(f"{where}.file: {path} {describe_not_a_file(path)}")
         return frozenset(), ""
     digest = sha256_file(path)
     if spec.sha256 is None:
-        problems.append(f"exclude.sha256: required (checked on every load); {spec.file} now hashes to {digest}")
+        problems.append(f"{where}.sha256: required (checked on every load); {spec.file} now hashes to {digest}")
     elif spec.sha256 != digest:
-        problems.append(f"exclude.sha256: {spec.file} hashes to {digest}, the manifest says {spec.sha256}")
+        problems.append(f"{where}.sha256: {spec.file} hashes to {digest}, the manifest says {spec.sha256}")
     keys, file_salt = set(), None
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
@@ -51,8 +71,8 @@ def read_exclude(spec: ExcludeSpec, base_dir: Path, salt: str, problems: list[st
                 break
             keys.add(bytes.fromhex(line))
     if file_salt is not None and file_salt != salt:
-        problems.append(f"exclude.file: {spec.file} was made with holdout salt {file_salt!r} but the manifest's is "
-                        f"{salt!r}, so its keys match no document; run `python -m corpora near-dups` again")
+        problems.append(f"{where}.file: {spec.file} was made with holdout salt {file_salt!r} but the manifest's is "
+                        f"{salt!r}, so its keys match no document; make it again with this manifest")
     return frozenset(keys), digest
 
 

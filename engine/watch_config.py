@@ -1,7 +1,8 @@
 """Checks of the eval section's named sets, benchmarks and guard, and the metric each guard key watches.
 
 Metric names: a set ``zh`` logs ``eval/zh/loss``, ``eval/zh/perplexity``, ``eval/zh/bits_per_char``;
-a benchmark ``ceval`` logs ``bench/ceval/accuracy`` (+ ``bench/ceval/stem`` ... ``/hard``); the
+a benchmark ``ceval`` logs ``bench/ceval/accuracy`` (+ ``bench/ceval/stem`` ... ``/hard``, and with a
+contamination report ``/clean_accuracy`` and ``/contaminated_accuracy``); the
 phase's own validation split keeps ``eval/loss`` and ``eval/bits_per_char``. A guard key is
 ``<set or benchmark>.<metric>`` (``eval.<metric>`` for the validation split) and its value the
 allowed change from the base model: ``en.bits_per_char: 0.05`` trips above base + 0.05,
@@ -10,11 +11,14 @@ allowed change from the base model: ``en.bits_per_char: 0.05`` trips above base 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 SET_METRICS = ("loss", "perplexity", "bits_per_char")
-BENCH_METRICS = ("accuracy", "stem", "social_science", "humanities", "other", "hard")
+BENCH_METRICS = ("accuracy", "stem", "social_science", "humanities", "other", "hard", "clean_accuracy",
+                 "contaminated_accuracy")
+CONTAMINATION_METRICS = ("clean_accuracy", "contaminated_accuracy")
 
 
 def guard_metric(key: str, set_names: list[str], bench_names: list[str]) -> str | None:
@@ -43,6 +47,9 @@ def check_watch_config(ev: Any) -> list[str]:
             problems.append(f"benchmarks[{i}].data: required (a folder in the official layout, or 'hub')")
         if b.shots < 0 or b.every_steps < 0 or b.batch_size < 1:
             problems.append(f"benchmarks[{i}]: shots and every_steps must be >= 0 and batch_size >= 1")
+        if b.contamination is not None and not Path(b.contamination).is_file():
+            problems.append(f"benchmarks[{i}].contamination: {b.contamination} is not a file (expected the OUT.json "
+                            f"of `python -m evaluation contamination`)")
     for names, what in ((set_names, "sets"), (bench_names, "benchmarks")):
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
@@ -55,6 +62,9 @@ def check_watch_config(ev: Any) -> list[str]:
             problems.append(f"guard.{key}: expected <set>.{{{','.join(SET_METRICS)}}} or "
                             f"<benchmark>.{{{','.join(BENCH_METRICS)}}} with a set in {set_names} or a benchmark in "
                             f"{bench_names} (eval.<metric> for the validation split)")
+        elif key.partition(".")[2] in CONTAMINATION_METRICS and not any(
+                b.name == key.partition(".")[0] and b.contamination for b in ev.benchmarks):
+            problems.append(f"guard.{key}: needs the benchmark's contamination report (benchmarks[].contamination)")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0:
             problems.append(f"guard.{key}: expected a non-zero number (+ bounds a rise, - a fall), got {value!r}")
     if ev.guard and ev.base == "none":

@@ -1,10 +1,11 @@
-"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports."""
+"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination."""
 from zhllama.cli import main_for
 
 COMMANDS = {
     "choice": "evaluation.choice_cli",
     "report": "evaluation.report_cli",
     "base": "evaluation.base_cli",
+    "contamination": "evaluation.contamination_cli",
 }
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ subject present in dev but not in the scored split (or, with shots, the other wa
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +51,15 @@ class Item:
     choices: tuple[str, str, str, str]
     answer: str  # one of LETTERS
     where: str  # "file:line" (or "hub:name/subject/split#row")
+
+    @property
+    def key(self) -> str:
+        """The item's identity by content (wherever its file lies): what contamination reports name."""
+        return item_key([self.question, *self.choices])
+
+
+def item_key(fields: list[str]) -> str:
+    return hashlib.blake2b(json.dumps(fields, ensure_ascii=False).encode("utf-8"), digest_size=12).hexdigest()
 
 
 @dataclass
@@ -90,9 +101,9 @@ def _rows_from_csv(path: Path, layout: Layout) -> list[tuple[int, list[str]]]:
         raise UserError(f"{path}: not UTF-8 ({exc})") from None
 
 
-def _item(subject: str, cells: list[str], where: str, split: str) -> Item:
+def _item(subject: str, cells: list[str], where: str, split: str, need_answers: bool = True) -> Item:
     question, a, b, c, d, answer = (cell.strip() for cell in cells)
-    if answer not in LETTERS:
+    if answer not in LETTERS and (need_answers or answer):
         hint = " (C-Eval does not publish test answers: score --split val)" if not answer and split == "test" else ""
         raise UserError(f"{where}: answer {answer!r} is not one of A, B, C, D{hint}")
     if not question:
@@ -105,7 +116,8 @@ def _subject_of(path: Path, split: str, layout: Layout) -> str:
     return stem[: -len(split) - 1] if layout.suffix and stem.endswith("_" + split) else stem
 
 
-def _read_split(root: Path, name: str, split: str, layout: Layout) -> tuple[dict[str, list[Item]], list[str]]:
+def _read_split(root: Path, name: str, split: str, layout: Layout,
+                need_answers: bool = True) -> tuple[dict[str, list[Item]], list[str]]:
     folder = root / split
     if not folder.is_dir():
         raise UserError(f"{name}: folder {folder} does not exist (expected the official layout: "
@@ -120,11 +132,11 @@ def _read_split(root: Path, name: str, split: str, layout: Layout) -> tuple[dict
         rows = _rows_from_csv(path, layout)
         if not rows:
             raise UserError(f"{path}: subject {subject!r} has no questions")
-        by_subject[subject] = [_item(subject, cells, f"{path}:{line}", split) for line, cells in rows]
+        by_subject[subject] = [_item(subject, cells, f"{path}:{line}", split, need_answers) for line, cells in rows]
     return by_subject, [str(p) for p in files]
 
 
-def _read_hub(name: str, split: str) -> dict[str, list[Item]]:
+def _read_hub(name: str, split: str, need_answers: bool = True) -> dict[str, list[Item]]:
     """The same items from the Hugging Face hub (needs network and `datasets`)."""
     from datasets import load_dataset
 
@@ -136,13 +148,14 @@ def _read_hub(name: str, split: str) -> dict[str, list[Item]]:
         hub_split = {"val": "validation"}.get(split, split)
         for i, rec in enumerate(load_dataset(hub, "all", split=hub_split)):
             cells = [rec["question"], *rec["choices"], LETTERS[int(rec["answer"])]]
-            out.setdefault(rec["subject"], []).append(_item(rec["subject"], cells, f"hub:{hub}/{hub_split}#{i}", split))
+            out.setdefault(rec["subject"], []).append(
+                _item(rec["subject"], cells, f"hub:{hub}/{hub_split}#{i}", split, need_answers))
         return out
     subjects = list(CEVAL_SUBJECTS if name == "ceval" else CMMLU_SUBJECTS)
     keys = LAYOUTS[name].columns
     for subject in subjects:
         ds = load_dataset(hub, subject, split=split)
-        out[subject] = [_item(subject, [rec[k] for k in keys], f"hub:{hub}/{subject}/{split}#{i}", split)
+        out[subject] = [_item(subject, [rec[k] for k in keys], f"hub:{hub}/{subject}/{split}#{i}", split, need_answers)
                         for i, rec in enumerate(ds)]
     return out
 
@@ -178,6 +191,30 @@ def load_benchmark(name: str, data: str | Path, split: str, shots: int = 0,
         raise UserError(f"{name}: --shots {shots} but the dev split has fewer exemplars for {short}")
     items = [it for s in scored for it in scored[s][:max_items_per_subject]]
     return Benchmark(name, split, items, {s: dev.get(s, [])[:shots] for s in scored}, files)
+
+
+def read_all_splits(name: str, data: str | Path) -> tuple[dict[str, list[Item]], list[str]]:
+    """Every item of every split folder present (dev, val, test; all of them from the hub), checked; and the
+    files read. Unpublished answers (C-Eval's test split) are allowed: only the text is needed."""
+    if name not in LAYOUTS:
+        raise UserError(f"unknown benchmark {name!r}; expected one of {sorted(LAYOUTS)}")
+    layout = LAYOUTS[name]
+    if str(data) == "hub":
+        return {split: [it for items in _read_hub(name, split, need_answers=False).values() for it in items]
+                for split in layout.splits}, []
+    root = Path(data)
+    if not root.is_dir():
+        raise UserError(f"{name}: data folder {root} does not exist")
+    splits = [s for s in layout.splits if (root / s).is_dir()]
+    if not splits:
+        raise UserError(f"{name}: none of the folders {list(layout.splits)} is in {root} (expected the official "
+                        f"layout: {'/'.join(layout.splits)} folders of CSV files)")
+    items, files = {}, []
+    for split in splits:
+        by_subject, split_files = _read_split(root, name, split, layout, need_answers=False)
+        items[split] = [item for subject_items in by_subject.values() for item in subject_items]
+        files += split_files
+    return items, files
 
 
 def _check_subjects(name: str, scored: dict, dev: dict, split: str, shots: int) -> None:

@@ -3,10 +3,13 @@
     python -m evaluation choice --model DIR --benchmark ceval --data data/ceval --split val --shots 5 \
         --out runs/ceval.json [--device cuda] [--dtype bfloat16] [--batch-size 8] [--max-items-per-subject N]
     python -m evaluation choice --model DIR --benchmark mmlu --data hub --split test --out runs/mmlu.json
+    python -m evaluation choice ... --contamination runs/contamination.keys.json   # clean items apart
 
 Writes the results JSON (settings, data files' sha256, accuracy overall / per category / per
-subject, every item's choice and letter log-probabilities) and prints a table. The data are
-checked before the model loads; on bad data nothing is written.
+subject, every item's choice and letter log-probabilities) and prints a table. With
+``--contamination`` (a report of ``python -m evaluation contamination``) the accuracy on clean,
+partially and fully contaminated items is reported apart. The data are checked before the model
+loads; on bad data nothing is written.
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, help="prompt tokens kept (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--contamination", default=None, metavar="REPORT",
+                        help="a contamination report (OUT.json of `python -m evaluation contamination`): "
+                             "accuracy on clean and contaminated items apart")
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -44,7 +50,16 @@ def run(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").is_file():
         raise UserError(f"--model {model_dir}: not a Hugging Face model folder (no config.json)")
     bench = load_benchmark(args.benchmark, args.data, split, args.shots, args.max_items_per_subject, args.subjects)
+    statuses = None
+    if args.contamination:
+        from .contamination_cli import item_statuses
+
+        statuses = item_statuses(args.contamination, bench.name, split)
     summary, preds, seconds = _score(args, bench)
+    if statuses is not None:
+        from .results import by_contamination
+
+        summary["contamination"] = by_contamination(preds, statuses)
     from zhllama.files import sha256_file, write_json_atomic
 
     from .results import table
@@ -53,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": bench.name, "split": split, "shots": args.shots, "model": str(model_dir),
         "data": str(args.data), "data_sha256": {f: sha256_file(f) for f in bench.files},
         "max_items_per_subject": args.max_items_per_subject, "dtype": args.dtype, "seconds": round(seconds, 2),
+        "contamination_report": args.contamination,
         **summary, "predictions": preds,
     }
     write_json_atomic(args.out, report)

@@ -11,7 +11,7 @@ def predictions(bench: Benchmark, logprobs: list[list[float]]) -> list[dict[str,
     out = []
     for item, lps in zip(bench.items, logprobs):
         pred = LETTERS[max(range(4), key=lambda j: (lps[j], -j))]  # ties: the earlier letter
-        out.append({"subject": item.subject, "where": item.where, "answer": item.answer, "pred": pred,
+        out.append({"subject": item.subject, "where": item.where, "key": item.key, "answer": item.answer, "pred": pred,
                     "correct": pred == item.answer, "logprobs": [round(v, 6) for v in lps]})
     return out
 
@@ -40,11 +40,24 @@ def aggregate(bench: Benchmark, preds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def by_contamination(preds: list[dict[str, Any]], statuses: dict[str, str]) -> dict[str, Any]:
+    """Accuracy on the clean, partial and contaminated items apart (LLaMA-2's clean/dirty split): a gain
+    that only the contaminated items show is memory, not skill. Marks each prediction's status."""
+    groups: dict[str, list[dict]] = {}
+    for row in preds:
+        row["contamination"] = statuses.get(row["key"], "clean")
+        groups.setdefault(row["contamination"], []).append(row)
+    return {status: _acc(groups[status]) for status in ("clean", "partial", "contaminated") if status in groups}
+
+
 def metrics_of(name: str, summary: dict[str, Any]) -> dict[str, float]:
     """Flat metrics for the logs: ``bench/<name>/accuracy`` and one per category."""
     out = {f"bench/{name}/accuracy": summary["accuracy"]}
     for cat, value in summary.get("categories", {}).items():
         out[f"bench/{name}/{cat.lower().replace(' ', '_')}"] = value["accuracy"]
+    for status in ("clean", "contaminated"):  # with a contamination report (by_contamination)
+        if status in summary.get("contamination", {}):
+            out[f"bench/{name}/{status}_accuracy"] = summary["contamination"][status]["accuracy"]
     return out
 
 
@@ -53,5 +66,7 @@ def table(summary: dict[str, Any]) -> str:
              f"| **all** | {summary['accuracy']:.4f} | {summary['items']} |",
              f"| mean of subjects | {summary['macro_accuracy']:.4f} | {len(summary['subjects'])} subjects |"]
     lines += [f"| {c} (category) | {v['accuracy']:.4f} | {v['items']} |" for c, v in summary.get("categories", {}).items()]
+    lines += [f"| {g} items (contamination report) | {v['accuracy']:.4f} | {v['items']} |"
+              for g, v in summary.get("contamination", {}).items()]
     lines += [f"| {s} | {v['accuracy']:.4f} | {v['items']} |" for s, v in summary["subjects"].items()]
     return "\n".join(lines)

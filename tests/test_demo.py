@@ -94,6 +94,11 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
     assert f"| SFT model, {ev['examples']} test reviews | {fmt(ev['accuracy'])} |" in text
     assert f"| majority-class baseline | {fmt(ev['majority_baseline_accuracy'])} |" in text
     assert ev["correct"] / ev["examples"] == pytest.approx(ev["accuracy"], abs=1e-4)
+    apart, counts = ev["contamination"], ev["contamination"]["counts"]  # test reviews found in the train reviews
+    assert counts["items"] == ev["examples"] == sum(apart[k]["n"] for k in ("clean", "partial", "contaminated")
+                                                    if k in apart)
+    assert apart.get("contaminated", {}).get("n", 0) == counts["contaminated"]
+    assert f"beyond that, {counts['contaminated']} of {counts['items']} test reviews" in text
     for name in ("03_base_pretrain", "05_cpt", "06_sft"):
         train = _json(work / name / "run/train_report.json")
         assert f"| {fmt(train['step'])} | {fmt(train['global_batch'])} | {fmt(train['metrics']['train/loss'])} |" in text

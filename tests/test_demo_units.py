@@ -89,3 +89,48 @@ def test_failed_stage_is_recorded_and_its_dependents_skipped(tmp_path):
                   {"model": tmp_path / "f" / "out.txt"}, [Command([sys.executable, "-c", "pass"])], code=[])
     record = runner.run(after)
     assert record["status"] == "skipped" and "model" in record["reason"] and not record["metrics"]
+
+
+FIRST_PARTY = ("vocab", "corpora", "pretrain", "sft", "engine", "evaluation", "zhllama", "demo")
+
+
+def _imports(path: Path) -> set[str]:
+    """First-party code a file imports: a package name, or demo/<module>.py (demo files are listed one by one)."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level and path.parts[-2] == "demo":
+            out.add(f"demo/{(node.module or '').split('.')[0]}.py")
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+        for name in names:
+            top = name.split(".")[0]
+            if top == "demo" and "." in name:
+                out.add(f"demo/{name.split('.')[1]}.py")
+            elif top in FIRST_PARTY and top != "demo":
+                out.add(top)
+    return out
+
+
+def test_every_stage_key_covers_the_code_its_commands_import(tmp_path):
+    """A stage is reused when its code is unchanged: so its key must cover every first-party file its
+    commands can import (an engine fix must rerun the training stages)."""
+    from demo.budget import BUDGETS
+    from demo.pipeline import build_stages
+
+    root = Path(__file__).resolve().parents[1]
+    for stage in build_stages(tmp_path, BUDGETS["small"], {n: tmp_path / n for n in ("tokenizer.model", "neg.txt",
+                                                                                     "pos.txt", "LICENSE")}):
+        covered = {*stage.code, "zhllama"}
+        run = {c.argv[i + 1] for c in stage.commands for i, a in enumerate(c.argv) if a in ("-m", "--module")}
+        todo = {m.split(".")[0] if not m.startswith("demo.") else f"demo/{m.split('.')[1]}.py" for m in run
+                if m.split(".")[0] in FIRST_PARTY}  # not the launcher's own module (torchrun)
+        assert todo, f"{stage.name}: no first-party module found in its commands"
+        seen: set[str] = set()
+        while todo:
+            code = todo.pop()
+            seen.add(code)
+            assert code in covered, f"{stage.name}: its commands import {code}, which its key does not cover"
+            files = [root / code] if code.endswith(".py") else sorted((root / code).rglob("*.py"))
+            todo |= set().union(*map(_imports, files)) - seen

@@ -63,6 +63,24 @@ def _english_base(out: Path) -> Path:
     return path
 
 
+def _contamination_report(root, ceval):
+    """A report in which one C-Eval val item (ZH[2]) is contaminated: its question is in the corpus."""
+    import argparse
+
+    from helpers_bench import ZH
+    from helpers_prepare import write_lines, write_manifest
+
+    from evaluation import contamination_cli
+
+    corpus = write_lines(root / "web.txt", ["今天去公园散步", f"考试题：{ZH[2][0]}答案是一百"])
+    keys = root / "contamination.keys"
+    assert contamination_cli.run(argparse.Namespace(
+        manifest=str(write_manifest(root / "web.yaml", [{"name": "web", "file": corpus}])),
+        benchmark=[f"ceval={ceval}"], eval_manifest=[], out=str(keys), workers=1, ngram=13, min_units=5, max_items=5,
+        min_coverage=0.5)) == 0
+    return root / "contamination.keys.json"
+
+
 @pytest.fixture(scope="module")
 def guarded_run(tmp_path_factory):
     import subprocess
@@ -72,10 +90,11 @@ def guarded_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("guard")
     base, ceval, out = _english_base(root / "base"), small_ceval(root / "ceval"), root / "run"
+    contamination = _contamination_report(root, ceval)
     overrides = [
         f"model.path={base}", f"output_dir={out}", "checkpoint.every_steps=0", "eval.every_steps=4",
         "eval.at_start=false", "eval.sets=[{name: zh, dir: driver}, {name: en, dir: driver}]",
-        f"eval.benchmarks=[{{name: ceval, data: '{ceval}', shots: 1, batch_size: 2}}]",
+        f"eval.benchmarks=[{{name: ceval, data: '{ceval}', shots: 1, batch_size: 2, contamination: '{contamination}'}}]",
         f"eval.guard={{en.bits_per_char: {GUARD}}}", "eval.guard_action=stop",
     ]
     cmd = torchrun_command(__file__, {"overrides": overrides})  # this file is the driver
@@ -90,7 +109,8 @@ def test_named_sets_benchmarks_guard_and_report(guarded_run):
     evals = [r for r in records if "eval/en/bits_per_char" in r]
     for r in evals:  # the validation split keeps its metrics; named sets and the benchmark join them
         assert {"eval/loss", "eval/bits_per_char", "eval/zh/loss", "eval/zh/bits_per_char", "eval/en/loss",
-                "bench/ceval/accuracy", "bench/ceval/stem", "bench/ceval/hard"} <= set(r), sorted(r)
+                "bench/ceval/accuracy", "bench/ceval/stem", "bench/ceval/hard", "bench/ceval/clean_accuracy",
+                "bench/ceval/contaminated_accuracy"} <= set(r), sorted(r)
     base_metrics = json.loads((out / "eval_base.json").read_text())["metrics"]
     bound = base_metrics["eval/en/bits_per_char"] + GUARD
     first_over = next(r["step"] for r in evals if r["eval/en/bits_per_char"] > bound)  # the planted drift
@@ -117,6 +137,8 @@ def test_in_training_numbers_equal_standalone(guarded_run):
     from evaluation.benchmarks import load_benchmark
     from evaluation.bpc import dataset_bits
     from evaluation.choice import evaluate_benchmark
+    from evaluation.contamination_cli import item_statuses
+    from evaluation.results import by_contamination
 
     base, ceval, out, _ = guarded_run
     step = json.loads((out / "train_report.json").read_text())["step"]
@@ -136,6 +158,10 @@ def test_in_training_numbers_equal_standalone(guarded_run):
         torch.testing.assert_close(torch.tensor([p["logprobs"] for p in preds]),
                                    torch.tensor([p["logprobs"] for p in inside["predictions"]]), rtol=0, atol=1e-4)
         assert summary["accuracy"] == pytest.approx(expected["bench/ceval/accuracy"])
+        apart = by_contamination(preds, item_statuses(ceval.parent / "contamination.keys.json", "ceval", "val"))
+        assert apart["contaminated"]["items"] == 1 and apart["clean"]["items"] == len(preds) - 1
+        assert apart["clean"]["accuracy"] == pytest.approx(expected["bench/ceval/clean_accuracy"])
+        assert inside["contamination"] == apart
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from evaluation.benchmarks import load_benchmark
+from evaluation.benchmarks import load_benchmark, read_all_splits
 from evaluation.prompts import build_prompt, continuations
 from evaluation.results import aggregate, metrics_of, predictions
 from helpers_bench import EN, ZH, small_ceval, write_ceval, write_cmmlu, write_mmlu
@@ -125,7 +125,8 @@ def test_bad_input_one_clear_error_and_nothing_written(tmp_path, case, expected)
     (tmp_path / "m" / "config.json").write_text("{}")
     args = argparse.Namespace(model=str(tmp_path / "m"), tokenizer=None, benchmark="ceval", data=str(root), split="val",
                               shots=1, max_items_per_subject=None, subjects=None, batch_size=2, max_length=None,
-                              device="cpu", dtype="auto", out=str(out), no_progress=True)
+                              device="cpu", dtype="auto", out=str(out), no_progress=True,
+                              contamination=None)
     with pytest.raises(UserError) as err:
         choice_cli.run(args)
     assert expected in str(err.value)
@@ -200,3 +201,6 @@ def test_hub_records_become_the_same_items(monkeypatch):
     assert ("cais/mmlu", "all", "validation") in calls
     ceval = load_benchmark("ceval", "hub", "val", shots=2)
     assert len(ceval.subjects) == 52 and len(ceval.items) == 104 and ceval.items[0].where.startswith("hub:ceval/ceval-exam/")
+    splits, files = read_all_splits("mmlu", "hub")  # the contamination check reads every split
+    assert sorted(splits) == ["dev", "test", "val"] and [it.question for it in splits["test"]] == [q[0] for q in EN]
+    assert files == [] and ("cais/mmlu", "all", "test") in calls

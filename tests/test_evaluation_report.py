@@ -93,6 +93,15 @@ def test_guard_bounds_a_rise_or_a_fall_relative_to_base(tmp_path):
     assert [t["metric"] for t in watch.check_guard(3, {"bench/ceval/accuracy": 0.39})] == ["bench/ceval/accuracy"]
 
 
+def test_contamination_settings_of_a_benchmark_are_checked(tmp_path):
+    with pytest.raises(UserError) as err:
+        _cfg(tmp_path, benchmarks=f"[{{name: ceval, data: d, contamination: {tmp_path / 'none.json'}}}, "
+                                  "{name: mmlu, data: d}]", guard="{mmlu.clean_accuracy: -0.1}")
+    text = str(err.value)
+    assert "benchmarks[0].contamination: " in text and "none.json is not a file" in text, text
+    assert "guard.mmlu.clean_accuracy: needs the benchmark's contamination report" in text, text
+
+
 def test_eval_config_problems_are_named(tmp_path):
     with pytest.raises(UserError) as err:
         _cfg(tmp_path, sets="[{name: en, dir: x}, {name: en, dir: y}, {name: 'a b', dir: z}]",

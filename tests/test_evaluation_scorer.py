@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
 def _args(model, data, bench, out, **kw):
     base = dict(model=str(model), tokenizer=None, benchmark=bench, data=str(data), split="val", shots=0,
                 max_items_per_subject=None, subjects=None, batch_size=2, max_length=None, device="cpu",
-                dtype="float32", out=str(out), no_progress=True)
+                dtype="float32", out=str(out), no_progress=True, contamination=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -58,3 +58,25 @@ def test_batching_and_padding_do_not_change_scores(trained):
     assert [p["pred"] for p in one] == [p["pred"] for p in four]
     torch.testing.assert_close(torch.tensor([p["logprobs"] for p in one]), torch.tensor([p["logprobs"] for p in four]),
                                rtol=0, atol=1e-4)
+
+
+def test_contaminated_items_are_scored_apart(trained, tmp_path, capsys):
+    from evaluation import choice_cli, contamination_cli
+    from helpers_bench import ZH
+    from helpers_prepare import write_lines, write_manifest
+
+    model, root = trained
+    corpus = write_lines(tmp_path / "web.txt", ["今天去公园散步", f"考试题：{ZH[2][0]}答案是一百"])
+    manifest = write_manifest(tmp_path / "m.yaml", [{"name": "web", "file": corpus}])
+    keys = tmp_path / "c.keys"
+    assert contamination_cli.run(argparse.Namespace(
+        manifest=str(manifest), benchmark=[f"ceval={root / 'ceval'}"], eval_manifest=[], out=str(keys), workers=1, ngram=13,
+        min_units=5, max_items=5, min_coverage=0.5)) == 0
+    out = tmp_path / "ceval.json"
+    assert choice_cli.run(_args(model, root / "ceval", "ceval", out, contamination=str(keys) + ".json")) == 0
+    res = json.loads(out.read_text())
+    assert res["contamination"] == {"clean": {"accuracy": 1.0, "correct": 4, "items": 4},
+                                    "contaminated": {"accuracy": 1.0, "correct": 1, "items": 1}}
+    leaked = [p for p in res["predictions"] if p["contamination"] == "contaminated"]
+    assert [p["where"].rsplit("/", 1)[1] for p in leaked] == ["law_val.csv:2"]
+    assert "| contaminated items (contamination report) | 1.0000 | 1 |" in capsys.readouterr().out
