@@ -8,6 +8,7 @@ Text is compared as *units*: after NFKC and casefolding, every Han (or kana, han
 unit and every run of other letters and digits (an English word, a number) is one unit; spaces and
 punctuation are dropped. So "下列说法，正确的是" matches "下列说法正确的是" and "The cat" matches
 "the cat!" — reformatting does not hide a copy. Chinese has no spaces, so a character is its word.
+With ``t2s`` both sides are first converted from Traditional to Simplified characters.
 
 Each field of an item (the question, each choice) is cut into grams of ``ngram`` units (13, as GPT-3
 used words). A field shorter than that but of at least ``min_units`` is one gram of its own length;
@@ -38,8 +39,13 @@ def _word_unit(match: re.Match) -> str:
     return chr(0xF0000 + zlib.crc32(match.group().encode("utf-8")) % _WORD_SLOTS)
 
 
-def units(text: str) -> str:
-    """The text as a string of units, one character each (see the module doc)."""
+def units(text: str, t2s: bool = False) -> str:
+    """The text as a string of units, one character each (see the module doc); ``t2s`` first maps
+    Traditional to Simplified characters, so a copy in the other script is found too."""
+    if t2s:
+        from corpora.cleaning import t2s as to_simplified
+
+        text = to_simplified(text)
     text = unicodedata.normalize("NFKC", text).casefold()
     text = _PRIVATE_RE.sub("", text)  # private-use characters in the input would pose as words
     return _DROP_RE.sub("", _WORD_RE.sub(_word_unit, text))
@@ -51,6 +57,7 @@ class ContaminationSettings:
     min_units: int = 8  # a field this long but under ngram is one gram of its own; shorter ones are skipped
     max_items: int = 5  # a gram found in this many items or more is a template, not an item's identity
     min_coverage: float = 0.5  # share of an item's checked units in found grams that makes it contaminated
+    t2s: bool = False  # compare after Traditional -> Simplified (OpenCC t2s) on both sides
 
     def problems(self) -> list[str]:
         out = []
@@ -83,7 +90,7 @@ class ItemIndex:
         by_length: dict[int, dict[str, list[tuple[int, int]]]] = {}
         for item, fields in enumerate(fields_per_item):
             for field in fields:
-                self._add_field(by_length, item, units(field))
+                self._add_field(by_length, item, units(field, settings.t2s))
         self.templates = 0
         for grams in by_length.values():
             for gram in [g for g, places in grams.items() if len({i for i, _ in places}) >= settings.max_items]:
@@ -111,7 +118,7 @@ class ItemIndex:
 
     def scan(self, doc_id: int, text: str) -> set[int]:
         """Record every gram ``text`` contains; returns the items it touched."""
-        seq = units(text)
+        seq = units(text, self.settings.t2s)
         touched: set[int] = set()
         prefixes, width = self.prefixes, self.prefix_length
         for start in range(len(seq) - width + 1):

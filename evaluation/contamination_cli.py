@@ -58,12 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"shorter fields are not checked ({defaults.min_units})")
     parser.add_argument("--max-items", type=int, default=defaults.max_items,
                         help=f"a gram in this many items is a template and dropped ({defaults.max_items})")
+    parser.add_argument("--t2s", action="store_true",
+                        help="compare after Traditional -> Simplified conversion (finds copies in the other script)")
     parser.add_argument("--min-coverage", type=float, default=defaults.min_coverage,
                         help=f"share of an item's units found that makes it contaminated ({defaults.min_coverage})")
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = ContaminationSettings(args.ngram, args.min_units, args.max_items, args.min_coverage)
+    settings = ContaminationSettings(args.ngram, args.min_units, args.max_items, args.min_coverage, args.t2s)
     problems = [f"--{p}" for p in settings.problems()]
     specs = _benchmark_specs(args.benchmark, problems)
     if not specs and not args.eval_manifest:

@@ -121,7 +121,7 @@ def _cli(manifest, ceval, mmlu, out, **kw):
     base = dict(manifest=str(manifest), benchmark=[f"ceval={ceval}", f"mmlu={mmlu}"], eval_manifest=[], out=str(out),
                 workers=1,
                 ngram=defaults.ngram, min_units=defaults.min_units, max_items=defaults.max_items,
-                min_coverage=defaults.min_coverage)
+                min_coverage=defaults.min_coverage, t2s=False)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -236,3 +236,11 @@ def test_belle_eval_questions_are_found_in_the_manifest_that_holds_them(shared_d
     # Two more share most of their words with a trained item ("将以下句子进行改写，使其更加简洁明了: <another
     # sentence>"): an instruction template in under max_items items still counts, as n-gram checks do.
     assert len(contaminated) - len(in_training) <= 2
+
+
+def test_t2s_finds_a_copy_written_in_the_other_script():
+    simplified = "这是一个关于台湾历史的问题，请问下列关于清朝时期的说法哪一项是正确的？"
+    traditional = "這是一個關於臺灣歷史的問題，請問下列關於清朝時期的說法哪一項是正確的？"
+    for t2s, expected in ((False, set()), (True, {0})):
+        index = ItemIndex([[simplified]], _settings(t2s=t2s))
+        assert index.scan(0, FILLER + traditional + FILLER) == expected, t2s

@@ -77,7 +77,7 @@ def _contamination_report(root, ceval):
     assert contamination_cli.run(argparse.Namespace(
         manifest=str(write_manifest(root / "web.yaml", [{"name": "web", "file": corpus}])),
         benchmark=[f"ceval={ceval}"], eval_manifest=[], out=str(keys), workers=1, ngram=13, min_units=5, max_items=5,
-        min_coverage=0.5)) == 0
+        min_coverage=0.5, t2s=False)) == 0
     return root / "contamination.keys.json"
 
 

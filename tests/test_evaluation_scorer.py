@@ -71,7 +71,7 @@ def test_contaminated_items_are_scored_apart(trained, tmp_path, capsys):
     keys = tmp_path / "c.keys"
     assert contamination_cli.run(argparse.Namespace(
         manifest=str(manifest), benchmark=[f"ceval={root / 'ceval'}"], eval_manifest=[], out=str(keys), workers=1, ngram=13,
-        min_units=5, max_items=5, min_coverage=0.5)) == 0
+        min_units=5, max_items=5, min_coverage=0.5, t2s=False)) == 0
     out = tmp_path / "ceval.json"
     assert choice_cli.run(_args(model, root / "ceval", "ceval", out, contamination=str(keys) + ".json")) == 0
     res = json.loads(out.read_text())
