@@ -157,7 +157,9 @@ def test_cli_entry_point_lists_and_documents_commands(repo_root):
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
     top = subprocess.run([sys.executable, "-m", "evaluation", "--help"], cwd=repo_root, env=env, capture_output=True,
                          text=True, timeout=120)
-    assert top.returncode == 0 and all(c in top.stdout for c in ("choice", "base", "report")), top.stdout + top.stderr
+    assert top.returncode == 0, top.stdout + top.stderr
+    for command in ("choice", "base", "report", "contamination"):  # one aligned column, however long the name
+        assert f"  {command:<13} python -m evaluation {command} --help" in top.stdout, top.stdout
     sub = subprocess.run([sys.executable, "-m", "evaluation", "choice", "--help"], cwd=repo_root, env=env,
                          capture_output=True, text=True, timeout=120)
     assert sub.returncode == 0 and "python -m evaluation choice --model DIR --benchmark ceval" in sub.stdout

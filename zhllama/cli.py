@@ -37,7 +37,8 @@ def main_for(prog: str, commands: dict[str, str], description: str, argv: list[s
     argv = strip_launcher_args(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         lines = [f"usage: python -m {prog} COMMAND [options]", "", description, "", "commands:"]
-        lines += [f"  {name:<10} python -m {prog} {name} --help" for name in commands]
+        width = max(10, *map(len, commands))
+        lines += [f"  {name:<{width}} python -m {prog} {name} --help" for name in commands]
         print("\n".join(lines), file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
