@@ -1,5 +1,7 @@
 """A Mistral Nemo (Tekken v3) base extended with Chinese gets Mistral's instruct template, and it
-gives exactly the ids mistral-common gives — on the extended tekken.json, Chinese included.
+gives exactly the ids mistral-common gives — on the extended tekken.json, Chinese included. The same for
+the v7 format (Mistral Small 3: ``[SYSTEM_PROMPT]`` first) on a v7 file, and on a v13 file that lists its
+special tokens (``[THINK]`` among them) as the newer files do.
 
 mistral-common 1.13.1 (pinned) is installed once into the cache with pip (``--target``) and run in a
 subprocess on the folder's own tekken.json: ``encode_instruct`` for training conversations (ending
@@ -9,7 +11,6 @@ template rendered by transformers and tokenized, and ``sft.templates`` encoding 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,12 +38,16 @@ from mistral_common.protocol.instruct.request import ChatCompletionRequest, Inst
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 tok = MistralTokenizer.from_file(sys.argv[1])
 kinds = {"user": UserMessage, "assistant": AssistantMessage}
+v3 = json.load(open(sys.argv[1]))["config"]["version"] == "v3"
 out = []
 for conv in json.loads(sys.argv[2]):
     system = next((m["content"] for m in conv if m["role"] == "system"), None)
     msgs = [kinds[m["role"]](content=m["content"]) for m in conv if m["role"] != "system"]
-    if conv[-1]["role"] == "assistant":
+    if conv[-1]["role"] == "assistant" and v3:  # v3 takes the system prompt beside the messages
         out.append(tok.instruct_tokenizer.encode_instruct(InstructRequest(messages=msgs, system_prompt=system)).tokens)
+    elif conv[-1]["role"] == "assistant":  # v7+: a system message, first
+        system_msgs = [SystemMessage(content=system)] if system else []
+        out.append(tok.instruct_tokenizer.encode_instruct(InstructRequest(messages=system_msgs + msgs)).tokens)
     else:
         system_msgs = [SystemMessage(content=system)] if system else []
         out.append(tok.encode_chat_completion(ChatCompletionRequest(messages=system_msgs + msgs)).tokens)
@@ -50,14 +55,24 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def extended(fetched, cmrc_lines, tmp_path_factory) -> Path:
+# v13 files list their special tokens: mistral-common's 20 defaults, then the later ones ([ARGS], [THINK], ...)
+NEWER_SPECIALS = ["[ARGS]", "[CALL_ID]", "[AUDIO]", "[BEGIN_AUDIO]", "[TRANSCRIBE]", "[THINK]", "[/THINK]"]
+
+
+@pytest.fixture(scope="module", params=["v3", "v7", "v13"])
+def extended(request, fetched, cmrc_lines, tmp_path_factory) -> Path:
     from vocab.bbpe_merge import extend_bbpe
+    from vocab.bbpe_profiles import TEKKEN_DEFAULT_SPECIALS
     from vocab.bbpe_train import TrainSettings
 
-    root = tmp_path_factory.mktemp("tekken")
+    root = tmp_path_factory.mktemp(f"tekken_{request.param}")
     base = root / "tekken.json"
-    shutil.copyfile(fetched["tekken_240911.json"], base)
+    raw = json.loads(fetched["tekken_240911.json"].read_text(encoding="utf-8"))
+    raw["config"]["version"] = request.param
+    if request.param == "v13":
+        names = TEKKEN_DEFAULT_SPECIALS + NEWER_SPECIALS
+        raw["special_tokens"] = [{"rank": i, "token_str": n, "is_control": True} for i, n in enumerate(names)]
+    base.write_text(json.dumps(raw), encoding="utf-8")
     extend_bbpe(base, cmrc_lines[:300], root / "out", TrainSettings(new_tokens=200), verify=False)
     return root / "out"
 
@@ -100,9 +115,10 @@ def test_sft_encodes_and_stops_as_mistral_common(extended, mistral_ids):
         pairs = [m["content"] for m in conv if m["role"] != "system"] + ([None] if conv[-1]["role"] == "user" else [])
         turns = tuple(Turn(pairs[k], pairs[k + 1]) for k in range(0, len(pairs), 2))
         conversation = Conversation(turns, system)
+        v3 = json.loads((extended / "tekken.json").read_text(encoding="utf-8"))["config"]["version"] == "v3"
         if conv[-1]["role"] == "user":
             assert encode_prompt(conversation, tok, spec) == want
-        elif system is not None and len(turns) > 1:
+        elif system is not None and len(turns) > 1 and v3:
             # Mistral moves the system prompt to the last user message: no prefix of the text is the
             # earlier turns' text, so SFT cannot find the earlier answers and says so.
             with pytest.raises(UserError, match="incrementally"):

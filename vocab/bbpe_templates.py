@@ -5,9 +5,11 @@ on the extended folder: Llama-3 headers (``<|start_header_id|>role<|end_header_i
 with ``<|eot_id|>``), Qwen's ChatML (``<|im_start|>role``, ``<|im_end|>``) and Mistral's v3 Tekken
 instruct format (Nemo), as mistral-common encodes it: ``<s>[INST]user[/INST]answer</s>``, a
 system prompt put before the LAST user message (``[INST]system\n\nuser[/INST]``), trailing spaces
-of an answer dropped. A
-test compares the ids with mistral-common's own ``encode_instruct`` / ``encode_chat_completion``.
-Other Tekken versions (v7+: ``[SYSTEM_PROMPT]`` tokens) get no template: say a named one.
+of an answer dropped; and the v7 format (Mistral Small 3, Large 2411; v11 and v13 write plain chats the
+same way), where the system prompt stays first in its own tokens:
+``<s>[SYSTEM_PROMPT]system[/SYSTEM_PROMPT][INST]user[/INST]answer</s>``. A test compares the ids
+with mistral-common's own ``encode_instruct`` / ``encode_chat_completion`` for each version.
+v15 (model settings such as reasoning effort) gets no template: say a named one.
 """
 from __future__ import annotations
 
@@ -33,7 +35,17 @@ TEKKEN_V3 = (
     "{%- elif m['role'] == 'assistant' %}{{- m['content'].rstrip(' ') + eos_token }}{%- endif %}"
     "{%- endfor %}"
 )
-TEMPLATES = {"llama3": LLAMA3, "qwen": CHATML, "tekken-v3": TEKKEN_V3}
+TEKKEN_V7 = (
+    "{{- bos_token }}{%- if messages and messages[0]['role'] == 'system' %}"
+    "{{- '[SYSTEM_PROMPT]' + messages[0]['content'] + '[/SYSTEM_PROMPT]' }}{%- set turns = messages[1:] %}"
+    "{%- else %}{%- set turns = messages %}{%- endif %}"
+    "{%- for m in turns %}"
+    "{%- if m['role'] == 'user' %}{{- '[INST]' + m['content'] + '[/INST]' }}"
+    "{%- elif m['role'] == 'assistant' %}{{- m['content'].rstrip(' ') + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+TEMPLATES = {"llama3": LLAMA3, "qwen": CHATML, "tekken-v3": TEKKEN_V3, "tekken-v7": TEKKEN_V7, "tekken-v11": TEKKEN_V7,
+             "tekken-v13": TEKKEN_V7}
 
 
 def chat_template(profile: str, version: str | None = None) -> str | None:
