@@ -253,15 +253,28 @@ def _resume_on_one_rank(reference: Path, out: Path, overrides: list[str]) -> Non
     assert trained(out)[-8:] == pytest.approx(trained(reference), abs=1e-5)
 
 
-def test_resume_on_fewer_ranks_trains_on_as_the_uninterrupted_run(tiny_model, tmp_path):
+def test_resume_on_fewer_then_more_ranks_trains_on_as_the_uninterrupted_run(tiny_model, tmp_path):
     """A node is lost: the same command (global batch 8, accumulation derived) started on 2 ranks x 2
-    accumulation steps goes on from its step-8 checkpoint on 1 rank x 4. Weight decay is on, so the run has a
+    accumulation steps goes on from its step-8 checkpoint on 1 rank x 4; then the node is back and the
+    1-rank run's step-12 checkpoint goes on on 2 ranks again. Weight decay is on, so the run has a
     decay and a no-decay param group: DeepSpeed's ZeRO-3 universal load gives both the first one's settings and
     one shared Adam step counter (each alone moves the weights by 2e-4 here; engine/reshape.py)."""
+    import shutil
+
+    import torch
+
     common = [f"model.path={tiny_model}", "optim.weight_decay=0.1", "batch.gradient_accumulation_steps=null",
               "batch.global_batch_size=8"]
-    _run([*common, f"output_dir={tmp_path / 'reference'}"])
-    _resume_on_one_rank(tmp_path / "reference", tmp_path / "run", common)
+    reference, shrunk, grown = tmp_path / "reference", tmp_path / "run", tmp_path / "grown"
+    _run([*common, f"output_dir={reference}"])
+    _resume_on_one_rank(reference, shrunk, common)
+    shutil.copytree(shrunk, grown, ignore=shutil.ignore_patterns("final", "train_report.json", "step-00000016",
+                                                                 "engine_state.safetensors"))
+    log = _run([*common, f"output_dir={grown}"])
+    assert "1 rank x 4 accumulation steps -> 2 x 2" in log and "resuming from step-00000012" in log, log[-3000:]
+    resumed, uninterrupted = _load(grown / "engine_state.safetensors"), _load(reference / "engine_state.safetensors")
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6, msg=name)
 
 
 def test_lora_on_zero2_resumes_on_fewer_ranks(lora_zero2_run, tiny_model, tmp_path):
