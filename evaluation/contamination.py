@@ -26,12 +26,16 @@ import unicodedata
 import zlib
 from collections.abc import Sequence
 
+from zhllama.errors import UserError
+
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f"
 _PRIVATE = "\U000f0000-\U0010fffd"  # where words go: one code point per word
 _PRIVATE_RE = re.compile(f"[{_PRIVATE}]")
 _WORD_RE = re.compile(rf"[^\W_{_CJK}]+")
 _DROP_RE = re.compile(f"[^{_CJK}{_PRIVATE}]+")
 _WORD_SLOTS = 0x10FFFD - 0xF0000
+_AT_BITS = 24
+_AT_MASK = (1 << 24) - 1  # a place is item << 24 | first unit: one int per gram (a list of tuples cost ~2.5x the memory)
 
 
 def _word_unit(match: re.Match) -> str:
@@ -86,21 +90,25 @@ class ItemIndex:
     def __init__(self, fields_per_item: Sequence[Sequence[str]], settings: ContaminationSettings):
         self.settings = settings
         self.checked_units = [0] * len(fields_per_item)
-        # gram -> [(item, first unit of the gram in the item's checked units)]
-        by_length: dict[int, dict[str, list[tuple[int, int]]]] = {}
+        # gram -> its place (item << _AT_BITS | first unit of the gram in the item's checked units), or a
+        # tuple of places when several items (or spots) hold it
+        by_length: dict[int, dict[str, int | tuple[int, ...]]] = {}
         for item, fields in enumerate(fields_per_item):
             for field in fields:
                 self._add_field(by_length, item, units(field, settings.t2s))
         self.templates = 0
         for grams in by_length.values():
-            for gram in [g for g, places in grams.items() if len({i for i, _ in places}) >= settings.max_items]:
+            for gram in [g for g, value in grams.items() if isinstance(value, tuple)
+                         and len({place >> _AT_BITS for place in value}) >= settings.max_items]:
                 del grams[gram]
                 self.templates += 1
         self.grams = {length: grams for length, grams in by_length.items() if grams}
         # One lookup per position: only where the shortest gram length's prefix is some gram's prefix
         # are the grams of each length looked up (6 lengths cost one pass, not six).
-        self.prefix_length = min(self.grams, default=settings.min_units)
-        self.prefixes = {g[:self.prefix_length] for grams in self.grams.values() for g in grams}
+        self.prefix_length = width = min(self.grams, default=settings.min_units)
+        shortest = self.grams.get(width, {})
+        self.prefixes = set(shortest).union(  # the shortest grams' own strings: no copies of them
+            g[:width] for length, grams in self.grams.items() if length != width for g in grams)
         self.lengths = sorted(self.grams)
         self.found: list[set[tuple[int, int]]] = [set() for _ in fields_per_item]  # (start, length) covered
         self.documents: list[list[int]] = [[] for _ in fields_per_item]
@@ -112,8 +120,12 @@ class ItemIndex:
         length = min(n, len(field))
         grams = by_length.setdefault(length, {})
         base = self.checked_units[item]
+        if base + len(field) >= 1 << _AT_BITS:
+            raise UserError(f"an evaluation item of over {1 << _AT_BITS:,} units cannot be checked")
         for start in range(len(field) - length + 1):
-            grams.setdefault(field[start:start + length], []).append((item, base + start))
+            gram, place = field[start:start + length], item << _AT_BITS | base + start
+            held = grams.get(gram)
+            grams[gram] = place if held is None else (held, place) if isinstance(held, int) else (*held, place)
         self.checked_units[item] += len(field)
 
     def scan(self, doc_id: int, text: str) -> set[int]:
@@ -125,9 +137,12 @@ class ItemIndex:
             if seq[start:start + width] not in prefixes:
                 continue
             for length in self.lengths:
-                places = self.grams[length].get(seq[start:start + length])
-                for item, at in places or ():
-                    self.found[item].add((at, length))
+                held = self.grams[length].get(seq[start:start + length])
+                if held is None:
+                    continue
+                for place in (held,) if isinstance(held, int) else held:
+                    item = place >> _AT_BITS
+                    self.found[item].add((place & _AT_MASK, length))
                     touched.add(item)
         for item in touched:
             self.documents[item].append(doc_id)
