@@ -2,14 +2,17 @@
 
     python -m evaluation base --model BASE_DIR --out OUTPUT_DIR/eval_base.json \
         --set zh=corpora_manifests/zh.yaml --set en=corpora_manifests/en.yaml \
-        --benchmark ceval=data/ceval --shots 5 [--max-items-per-subject N] [--device cuda] [--block-size 1024]
+        --benchmark ceval=data/ceval --shots 5 [--max-items-per-subject N] [--device cuda] [--block-size 1024] \
+        [--contamination ceval=runs/contamination.keys.json]
 
 Each ``--set NAME=MANIFEST`` scores the manifest's held-out slice (the documents ``pretrain prepare``
 puts in the validation split) as ``eval/NAME/bits_per_char`` and ``eval/NAME/loss``; ``eval=...``
 gives the run's own validation split (``eval/bits_per_char``). Each ``--benchmark NAME=DIR`` is
 scored as in training (use the run's eval.benchmarks settings). Write the file into the run's
 output_dir before training starts, or point ``eval.base`` at it: the run then compares to these
-numbers instead of measuring its starting model.
+numbers instead of measuring its starting model. ``--contamination NAME=REPORT`` (a report of
+``python -m evaluation contamination``, as the run's ``eval.benchmarks[].contamination``) adds
+``bench/NAME/clean_accuracy`` and ``contaminated_accuracy``, so a guard on them has a base.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="usually OUTPUT_DIR/eval_base.json of the run")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=MANIFEST")
     parser.add_argument("--benchmark", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--contamination", action="append", default=[], metavar="NAME=REPORT",
+                        help="a benchmark's contamination report: its clean and contaminated accuracy too")
     parser.add_argument("--shots", type=int, default=0)
     parser.add_argument("--max-items-per-subject", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=1024, help="the run's prepare --block-size")
@@ -45,19 +50,26 @@ def run(args: argparse.Namespace) -> int:
     from .benchmarks import load_benchmark
     from .text_bpc import held_out_texts
 
+    from .contamination_cli import item_statuses
+
     sets, benches = _pairs(args.set, "--set"), _pairs(args.benchmark, "--benchmark")
+    reports = dict(_pairs(args.contamination, "--contamination"))
     if not sets and not benches:
         raise UserError("nothing to measure: give --set NAME=MANIFEST and/or --benchmark NAME=DIR")
+    unknown = sorted(set(reports) - {name for name, _ in benches})
+    if unknown:
+        raise UserError(f"--contamination {unknown}: no --benchmark of that name")
     texts = {name: held_out_texts(path) for name, path in sets}  # every input checked before the model loads
     loaded = [(name, load_benchmark(name, path, "test" if name == "cmmlu" else "val", args.shots,
                                     args.max_items_per_subject)) for name, path in benches]
+    statuses = {name: item_statuses(reports[name], name, bench.split) for name, bench in loaded if name in reports}
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from zhllama.files import write_json_atomic
 
     from .choice import evaluate_benchmark
-    from .results import metrics_of
+    from .results import by_contamination, metrics_of
     from .text_bpc import text_bits
 
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -69,11 +81,14 @@ def run(args: argparse.Namespace) -> int:
         prefix = "eval/" if name == "eval" else f"eval/{name}/"
         metrics.update({prefix + "loss": got["loss"], prefix + "bits_per_char": got["bits_per_char"]})
     for name, bench in loaded:
-        summary, _ = evaluate_benchmark(model, tok, bench, batch_size=args.batch_size, device=args.device,
-                                        max_length=getattr(model.config, "max_position_embeddings", None))
+        summary, preds = evaluate_benchmark(model, tok, bench, batch_size=args.batch_size, device=args.device,
+                                            max_length=getattr(model.config, "max_position_embeddings", None))
+        if name in statuses:
+            summary["contamination"] = by_contamination(preds, statuses[name])
         metrics.update(metrics_of(name, summary))
     base = {"source": f"{args.model} with its own tokenizer (python -m evaluation base)", "model": str(args.model),
-            "sets": dict(sets), "benchmarks": dict(benches), "shots": args.shots, "metrics": metrics}
+            "sets": dict(sets), "benchmarks": dict(benches), "contamination": reports, "shots": args.shots,
+            "metrics": metrics}
     write_json_atomic(args.out, base)
     for key, value in metrics.items():
         print(f"{key}\t{value:.4f}")

@@ -98,3 +98,21 @@ def tiny_model_knowing(out: Path, benches: list, steps: int = 120, seed: int = 0
         opt.zero_grad()
     model.save_pretrained(out / "model")
     return out / "model"
+
+
+def contamination_report(root: Path, ceval: Path) -> Path:
+    """A `python -m evaluation contamination` report on ``ceval`` (small_ceval) in which the val item
+    ZH[2] is contaminated: its question is in the one-document corpus. Returns the report's path."""
+    import argparse
+
+    from helpers_prepare import write_lines, write_manifest
+
+    from evaluation import contamination_cli
+
+    corpus = write_lines(root / "web.txt", ["今天去公园散步", f"考试题：{ZH[2][0]}答案是一百"])
+    keys = root / "contamination.keys"
+    assert contamination_cli.run(argparse.Namespace(
+        manifest=str(write_manifest(root / "web.yaml", [{"name": "web", "file": corpus}])),
+        benchmark=[f"ceval={ceval}"], eval_manifest=[], out=str(keys), workers=1, ngram=13, min_units=5, max_items=5,
+        min_coverage=0.5, t2s=False)) == 0
+    return root / "contamination.keys.json"

@@ -63,34 +63,16 @@ def _english_base(out: Path) -> Path:
     return path
 
 
-def _contamination_report(root, ceval):
-    """A report in which one C-Eval val item (ZH[2]) is contaminated: its question is in the corpus."""
-    import argparse
-
-    from helpers_bench import ZH
-    from helpers_prepare import write_lines, write_manifest
-
-    from evaluation import contamination_cli
-
-    corpus = write_lines(root / "web.txt", ["今天去公园散步", f"考试题：{ZH[2][0]}答案是一百"])
-    keys = root / "contamination.keys"
-    assert contamination_cli.run(argparse.Namespace(
-        manifest=str(write_manifest(root / "web.yaml", [{"name": "web", "file": corpus}])),
-        benchmark=[f"ceval={ceval}"], eval_manifest=[], out=str(keys), workers=1, ngram=13, min_units=5, max_items=5,
-        min_coverage=0.5, t2s=False)) == 0
-    return root / "contamination.keys.json"
-
-
 @pytest.fixture(scope="module")
 def guarded_run(tmp_path_factory):
     import subprocess
 
-    from helpers_bench import small_ceval
+    from helpers_bench import contamination_report, small_ceval
     from helpers_dist import dist_env, torchrun_command
 
     root = tmp_path_factory.mktemp("guard")
     base, ceval, out = _english_base(root / "base"), small_ceval(root / "ceval"), root / "run"
-    contamination = _contamination_report(root, ceval)
+    contamination = contamination_report(root, ceval)
     overrides = [
         f"model.path={base}", f"output_dir={out}", "checkpoint.every_steps=0", "eval.every_steps=4",
         "eval.at_start=false", "eval.sets=[{name: zh, dir: driver}, {name: en, dir: driver}]",

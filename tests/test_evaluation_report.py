@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers_bench import small_ceval
+from helpers_bench import contamination_report, small_ceval
 from helpers_prepare import write_lines, write_manifest
 from zhllama.errors import UserError
 
@@ -49,13 +49,19 @@ def test_base_cli_writes_base_numbers_and_nothing_on_bad_input(tiny, tmp_path):
     corpus = write_lines(tmp_path / "zh.txt", TEXTS)
     manifest = write_manifest(tmp_path / "zh.yaml", [{"name": "zh", "file": corpus}], holdout=0.5)
     out = tmp_path / "run" / "eval_base.json"
+    ceval = small_ceval(tmp_path / "ceval")
     args = argparse.Namespace(model=str(tiny), out=str(out), set=[f"zh={manifest}", f"eval={manifest}"],
-                              benchmark=[f"ceval={small_ceval(tmp_path / 'ceval')}"], shots=1,
+                              benchmark=[f"ceval={ceval}"], shots=1, contamination=[
+                                  f"ceval={contamination_report(tmp_path, ceval)}"],
                               max_items_per_subject=None, block_size=64, batch_size=4, device="cpu", dtype="float32")
     assert base_cli.run(args) == 0
     base = json.loads(out.read_text())
     assert {"eval/zh/bits_per_char", "eval/zh/loss", "eval/bits_per_char", "bench/ceval/accuracy",
-            "bench/ceval/stem"} <= set(base["metrics"])
+            "bench/ceval/stem", "bench/ceval/clean_accuracy", "bench/ceval/contaminated_accuracy"} <= set(base["metrics"])
+    args.contamination = [f"mmlu={tmp_path / 'contamination.keys.json'}"]
+    with pytest.raises(UserError, match=r"--contamination \['mmlu'\]: no --benchmark of that name"):
+        base_cli.run(args)
+    args.contamination = []
     assert base["metrics"]["eval/zh/bits_per_char"] == base["metrics"]["eval/bits_per_char"] > 0
     bad = write_manifest(tmp_path / "none.yaml", [{"name": "zh", "file": corpus}])  # no holdout slice
     args.set, args.out = [f"zh={bad}"], str(tmp_path / "other" / "eval_base.json")

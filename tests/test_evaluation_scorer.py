@@ -61,19 +61,13 @@ def test_batching_and_padding_do_not_change_scores(trained):
 
 
 def test_contaminated_items_are_scored_apart(trained, tmp_path, capsys):
-    from evaluation import choice_cli, contamination_cli
-    from helpers_bench import ZH
-    from helpers_prepare import write_lines, write_manifest
+    from evaluation import choice_cli
+    from helpers_bench import contamination_report
 
     model, root = trained
-    corpus = write_lines(tmp_path / "web.txt", ["今天去公园散步", f"考试题：{ZH[2][0]}答案是一百"])
-    manifest = write_manifest(tmp_path / "m.yaml", [{"name": "web", "file": corpus}])
-    keys = tmp_path / "c.keys"
-    assert contamination_cli.run(argparse.Namespace(
-        manifest=str(manifest), benchmark=[f"ceval={root / 'ceval'}"], eval_manifest=[], out=str(keys), workers=1, ngram=13,
-        min_units=5, max_items=5, min_coverage=0.5, t2s=False)) == 0
+    report = contamination_report(tmp_path, root / "ceval")
     out = tmp_path / "ceval.json"
-    assert choice_cli.run(_args(model, root / "ceval", "ceval", out, contamination=str(keys) + ".json")) == 0
+    assert choice_cli.run(_args(model, root / "ceval", "ceval", out, contamination=str(report))) == 0
     res = json.loads(out.read_text())
     assert res["contamination"] == {"clean": {"accuracy": 1.0, "correct": 4, "items": 4},
                                     "contaminated": {"accuracy": 1.0, "correct": 1, "items": 1}}
