@@ -34,8 +34,10 @@ _PRIVATE_RE = re.compile(f"[{_PRIVATE}]")
 _WORD_RE = re.compile(rf"[^\W_{_CJK}]+")
 _DROP_RE = re.compile(f"[^{_CJK}{_PRIVATE}]+")
 _WORD_SLOTS = 0x10FFFD - 0xF0000
+# A gram's place is item << _AT_BITS | its first unit in the item: one int per gram (a list of tuples per
+# gram took 1.3x the memory of the whole index).
 _AT_BITS = 24
-_AT_MASK = (1 << 24) - 1  # a place is item << 24 | first unit: one int per gram (a list of tuples cost ~2.5x the memory)
+_AT_MASK = (1 << _AT_BITS) - 1
 
 
 def _word_unit(match: re.Match) -> str:
