@@ -212,6 +212,9 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
             print(f"[zhllama] hint: {hint}", flush=True)
     trainable, total_params = count_parameters(module)
     optimizer = _make_optimizer(cfg, module, ds_config)
+    if plan.rank == 0:
+        print(f"[zhllama] optimizer: {type(optimizer).__name__}"
+              + (" on the CPU (ZeRO-Offload)" if offloads(ds_config, "optimizer") else ""), flush=True)
     factor = lr_factor(cfg, plan.total_steps)
     engine, _, _, scheduler = deepspeed.initialize(
         model=module, optimizer=optimizer, config=ds_config,

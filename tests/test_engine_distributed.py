@@ -415,3 +415,18 @@ if __name__ == "__main__":
     from zhllama.errors import run_cli
 
     run_cli(lambda: _driver(json.loads(sys.argv[1])))  # as the CLI: exit 2 on a UserError, 75 when stopped
+
+
+def test_cpu_offload_preset_resumes_on_fewer_ranks(tiny_model, tmp_path):
+    """The zero3_offload preset (optimizer and parameters on the CPU; DeepSpeed's CPU Adam, compiled on first
+    use) trains, and its step-8 checkpoint goes on on 1 rank as the uninterrupted run."""
+    import shutil
+
+    if not (shutil.which("c++") and shutil.which("ninja")):
+        pytest.skip("DeepSpeed's CPU Adam is compiled on first use: it needs a C++ compiler (c++) and ninja")
+    common = [f"model.path={tiny_model}", "deepspeed.preset=zero3_offload", "optim.weight_decay=0.1",
+              "batch.gradient_accumulation_steps=null", "batch.global_batch_size=8"]
+    log = _run([*common, f"output_dir={tmp_path / 'reference'}"], timeout=600)
+    assert "optimizer: DeepSpeedCPUAdam on the CPU (ZeRO-Offload)" in log, log[-3000:]
+    assert _evals(tmp_path / "reference")[-1] < _evals(tmp_path / "reference")[0], log[-3000:]
+    _resume_on_one_rank(tmp_path / "reference", tmp_path / "run", common)
