@@ -117,19 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def by_status(report_path: Path, eval_file: Path, correct: list[bool]) -> dict:
-    """Accuracy per contamination status (clean / partial / contaminated / unchecked) of the records,
-    which the report names by line of ``eval_file`` (one record per line)."""
+    """Accuracy on the clean / partial / contaminated records apart (evaluation.results.by_contamination);
+    the report names the records by their line in ``eval_file`` (one record per line)."""
+    from evaluation.results import by_contamination
+
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    status_of_line = {int(it["where"].rsplit(":", 1)[1]): it["status"] for it in report["items"]}
-    lines = [n for n, line in enumerate(eval_file.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    status_of_line = {it["where"].rsplit(":", 1)[1]: it["status"] for it in report["items"]}
+    lines = [str(n) for n, line in enumerate(eval_file.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
     (results,) = report["results"].values()
-    out: dict = {"report": str(report_path), "counts": results["all"]}
-    groups: dict[str, list[bool]] = {}
-    for line, ok in zip(lines, correct):
-        groups.setdefault(status_of_line.get(line, "clean"), []).append(ok)
-    for status, oks in groups.items():
-        out[status] = {"n": len(oks), "accuracy": round(sum(oks) / len(oks), 4)}
-    return out
+    rows = [{"key": line, "correct": ok} for line, ok in zip(lines, correct)]
+    return {"report": str(report_path), "counts": results["all"], **by_contamination(rows, status_of_line)}
 
 
 if __name__ == "__main__":

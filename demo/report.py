@@ -225,7 +225,7 @@ def contamination_lines(c: dict | None) -> list[str]:
          "| test reviews | n | accuracy |", "|---|---|---|"]
     labels = {"clean": "not found in the train reviews (or too short)", "partial": "partly in the train reviews",
               "contaminated": "mostly in the train reviews"}
-    return L + [f"| {label} | {c[k]['n']} | {fmt(c[k]['accuracy'])} |" for k, label in labels.items() if k in c]
+    return L + [f"| {label} | {c[k]['items']} | {fmt(c[k]['accuracy'])} |" for k, label in labels.items() if k in c]
 
 
 def generations_section(records: dict) -> list[str]:

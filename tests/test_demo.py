@@ -95,9 +95,9 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
     assert f"| majority-class baseline | {fmt(ev['majority_baseline_accuracy'])} |" in text
     assert ev["correct"] / ev["examples"] == pytest.approx(ev["accuracy"], abs=1e-4)
     apart, counts = ev["contamination"], ev["contamination"]["counts"]  # test reviews found in the train reviews
-    assert counts["items"] == ev["examples"] == sum(apart[k]["n"] for k in ("clean", "partial", "contaminated")
+    assert counts["items"] == ev["examples"] == sum(apart[k]["items"] for k in ("clean", "partial", "contaminated")
                                                     if k in apart)
-    assert apart.get("contaminated", {}).get("n", 0) == counts["contaminated"]
+    assert apart.get("contaminated", {}).get("items", 0) == counts["contaminated"]
     assert f"beyond that, {counts['contaminated']} of {counts['items']} test reviews" in text
     for name in ("03_base_pretrain", "05_cpt", "06_sft"):
         train = _json(work / name / "run/train_report.json")
