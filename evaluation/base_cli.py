@@ -36,13 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
 
-def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
+def name_pairs(values: list[str], flag: str, problems: list[str]) -> list[tuple[str, str]]:
+    """``NAME=PATH`` command-line values as pairs; a malformed one is added to ``problems``."""
     out = []
     for v in values:
         name, sep, path = v.partition("=")
         if not sep or not name or not path:
-            raise UserError(f"{flag} {v!r}: expected NAME=PATH")
-        out.append((name, path))
+            problems.append(f"{flag} {v!r}: expected NAME=PATH")
+        else:
+            out.append((name, path))
+    return out
+
+
+def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
+    problems: list[str] = []
+    out = name_pairs(values, flag, problems)
+    if problems:
+        raise UserError(problems[0])
     return out
 
 

@@ -26,6 +26,7 @@ from corpora.manifest import iter_documents, load_manifest
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import sha256_file, write_json_atomic
 
+from .base_cli import name_pairs
 from .benchmarks import LAYOUTS, item_key, read_all_splits
 from .contamination import ContaminationSettings, Verdict
 from .contamination_scan import scan_manifest
@@ -99,10 +100,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _benchmark_specs(values: list[str], problems: list[str]) -> list[tuple[str, str]]:
     specs = []
-    for value in values:
-        name, sep, folder = value.partition("=")
-        if not sep or not folder or name not in LAYOUTS:
-            problems.append(f"--benchmark {value!r}: expected NAME=DIR with NAME one of {sorted(LAYOUTS)}")
+    for name, folder in name_pairs(values, "--benchmark", problems):
+        if name not in LAYOUTS:
+            problems.append(f"--benchmark {name + '=' + folder!r}: expected NAME=DIR with NAME one of {sorted(LAYOUTS)}")
         else:
             specs.append((name, folder))
     names = [n for n, _ in specs]

@@ -45,9 +45,8 @@ class ManifestScan:
     seconds: float
 
 
-def scan_part(manifest: Manifest, fields_per_item: Sequence[Sequence[str]], settings: ContaminationSettings,
-              shard: tuple[int, int], progress: bool) -> PartScan:
-    index = ItemIndex(fields_per_item, settings)
+def scan_part(manifest: Manifest, index: ItemIndex, shard: tuple[int, int], progress: bool) -> PartScan:
+    """Scan one shard of the training part into ``index`` (its findings are shared with the result)."""
     part, parts = shard
     out = PartScan(index.found, index.documents, {}, {})
     local = 0
@@ -66,17 +65,24 @@ def scan_part(manifest: Manifest, fields_per_item: Sequence[Sequence[str]], sett
     return out
 
 
+def _scan_in_worker(manifest: Manifest, fields_per_item: Sequence[Sequence[str]], settings: ContaminationSettings,
+                    shard: tuple[int, int], progress: bool) -> PartScan:
+    return scan_part(manifest, ItemIndex(fields_per_item, settings), shard, progress)
+
+
 def scan_manifest(manifest: Manifest, fields_per_item: Sequence[Sequence[str]], settings: ContaminationSettings,
                   workers: int = 1) -> ManifestScan:
     started = time.monotonic()
     index = ItemIndex(fields_per_item, settings)
-    if workers == 1:
-        parts = [scan_part(manifest, fields_per_item, settings, (0, 1), True)]
-    else:  # spawn: a clean interpreter per worker (no forked tqdm threads or locks)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(scan_part, manifest, fields_per_item, settings, (i, workers), i == 0)
-                       for i in range(workers)]
-            parts = [f.result() for f in futures]
+    if workers == 1:  # into this index directly: one build of it, not two
+        part = scan_part(manifest, index, (0, 1), True)
+        return ManifestScan(index, part.touched, part.keys, part.documents_scanned, part.characters,
+                            time.monotonic() - started)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # spawn: a clean interpreter per worker (no forked tqdm threads or locks); each builds its own index
+        futures = [pool.submit(_scan_in_worker, manifest, fields_per_item, settings, (i, workers), i == 0)
+                   for i in range(workers)]
+        parts = [f.result() for f in futures]
     touched, keys = {}, {}
     for part in parts:
         index.absorb(part.found, part.documents)
