@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # torch first, from the pinned CPU build, so nothing pulls a multi-GB CUDA wheel.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast install clean-venv gpu-wheels
+.PHONY: demo test test-fast install clean-venv gpu-wheels llama-cpp
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -21,7 +21,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# llama.cpp itself for the GGUF tests: node-llama-cpp's prebuilt CPU build, versions and integrity hashes
+# pinned in the lock file (npm checks them). Where npm is missing, those tests skip and say so.
+LLAMA_CPP := tests/llama_cpp/node_modules/.package-lock.json
+$(LLAMA_CPP): tests/llama_cpp/package.json tests/llama_cpp/package-lock.json
+	cd tests/llama_cpp && npm install -q --omit=optional --ignore-scripts --no-save --no-audit --no-fund
+	touch $(LLAMA_CPP)
+
+llama-cpp: $(LLAMA_CPP)
+
+test: $(STAMP) $(if $(shell command -v npm 2>/dev/null),$(LLAMA_CPP))
 	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VPY) -m pytest -q tests
 
 # The distributed tests (marker in pyproject.toml) each start real 2-rank DeepSpeed runs: most of the time.

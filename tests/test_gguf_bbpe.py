@@ -5,9 +5,8 @@ where "我想" is frequent, a tiny model of that architecture is resized to it w
 and llama.cpp's converter (pinned, through zhllama.gguf.convert) writes its vocabulary: the GGUF
 must name the base's pre-tokenizer (llama-bpe, qwen2, tekken) and hold every token and merge of
 tokenizer.json in id order. Without the base's identification the converter refuses the Llama-3
-one (the check text's "我想" became one new token). Where a llama.cpp runtime is at hand — a
-``llama-tokenize`` binary on PATH, or node-llama-cpp in $ZHLLAMA_NODE_MODULES — its ids on held-out
-Chinese and English must equal transformers' ids.
+one (the check text's "我想" became one new token). llama.cpp itself (node-llama-cpp's prebuilt
+build, tests/helpers_llama_cpp.py) must give transformers' ids on held-out Chinese and English.
 """
 from __future__ import annotations
 
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers_llama_cpp as llama_cpp
 from conftest import SHARED_DATA
 from zhllama.errors import UserError
 from zhllama.gguf import convert, read_vocab
@@ -128,37 +128,6 @@ def test_a_rank_file_named_tokenizer_model_beside_tokenizer_json(llama3, tmp_pat
     assert not (tmp_path / "x.gguf").exists()
 
 
-def _llama_cpp_ids(gguf: Path, texts: list[str], tmp_path: Path) -> list[list[int]]:
-    if shutil.which("llama-tokenize"):
-        out = []
-        for text in texts:
-            proc = subprocess.run(["llama-tokenize", "-m", str(gguf), "-p", text, "--ids", "--log-disable",
-                                   "--no-parse-special", "--no-escape", "--no-bos"],
-                                  capture_output=True, text=True, timeout=120)
-            assert proc.returncode == 0, proc.stderr[-2000:]
-            out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        return out
-    modules = os.environ.get("ZHLLAMA_NODE_MODULES")
-    if not (modules and shutil.which("node") and (Path(modules) / "node-llama-cpp").is_dir()):
-        pytest.skip("no llama.cpp runtime: put llama-tokenize on PATH, or `npm install --prefix DIR "
-                    "node-llama-cpp@3.22.1` and set ZHLLAMA_NODE_MODULES=DIR/node_modules")
-    script = tmp_path / "tokenize.mjs"
-    script.write_text(
-        "import fs from 'fs'; import {pathToFileURL} from 'url';\n"
-        "const [gguf, file, entry] = process.argv.slice(2);\n"
-        "const {getLlama} = await import(pathToFileURL(entry).href);  // ESM ignores NODE_PATH\n"
-        "const llama = await getLlama({gpu: false, build: 'never'});\n"
-        "const model = await llama.loadModel({modelPath: gguf, vocabOnly: true});\n"
-        "const texts = JSON.parse(fs.readFileSync(file, 'utf8'));\n"
-        "console.log(JSON.stringify(texts.map(t => Array.from(model.tokenize(t, false)))));\n", encoding="utf-8")
-    (tmp_path / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
-    entry = Path(modules) / "node-llama-cpp" / "dist" / "index.js"
-    proc = subprocess.run(["node", str(script), str(gguf), str(tmp_path / "texts.json"), str(entry)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def test_llama_cpp_tokenizes_like_transformers(resized, llama_cpp_tree, tmp_path):
     from transformers import AutoTokenizer
 
@@ -172,4 +141,31 @@ def test_llama_cpp_tokenizes_like_transformers(resized, llama_cpp_tree, tmp_path
     want = [tok.encode(text, add_special_tokens=False) for text in texts]
     base_size = resized["report"]["base_vocab_size"]
     assert sum(any(i >= base_size for i in ids) for ids in want) >= 30  # the new tokens are used
-    assert _llama_cpp_ids(gguf, texts, tmp_path) == want
+    assert llama_cpp.tokenize(gguf, texts, tmp_path) == want
+
+
+def test_llama_cpp_runs_the_whole_model_like_transformers(resized, llama_cpp_tree, tmp_path):
+    """The f32 GGUF of the resized model (new rows included) continues prompts greedily with
+    transformers' tokens: architecture, weights and vocabulary all arrive in llama.cpp."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resized["folder"]
+    gguf = convert(folder, tmp_path / "model.gguf", outtype="f32")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    base_size = resized["report"]["base_vocab_size"]
+    encoded = [tok.encode(line[:30], add_special_tokens=False) for line in resized["held_out"]]
+    prompts = [ids for ids in encoded if any(i >= base_size for i in ids)][:3]  # prompts that use new rows
+    assert len(prompts) == 3
+    new = 10
+    want = []
+    for ids in prompts:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        want.append(out[0, len(ids):].tolist())
+    special = {t.content for t in tok.added_tokens_decoder.values() if t.special}
+    for got, expected in zip(llama_cpp.greedy(gguf, prompts, new, tmp_path), want):
+        assert got == expected[:len(got)]
+        # llama.cpp stops at any end-of-generation token; transformers was told not to
+        assert len(got) == new or tok.convert_ids_to_tokens(expected[len(got)]) in special, (got, expected)
