@@ -1,4 +1,4 @@
-"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination."""
+"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination, LLM judge."""
 from zhllama.cli import main_for
 
 COMMANDS = {
@@ -6,6 +6,7 @@ COMMANDS = {
     "report": "evaluation.report_cli",
     "base": "evaluation.base_cli",
     "contamination": "evaluation.contamination_cli",
+    "judge": "evaluation.judge_cli",
 }
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ characters are the unit Chinese evaluation tools commonly use (e.g. LCSTS summar
 character ROUGE). The LCS rewards content in the right order without requiring exact wording, costs
 O(len·len) per pair with no extra dependency, and is deterministic. It is a cheap proxy for
 regression checks, not a judgement of quality: BELLE's own evaluation asks a strong LLM to grade
-answers against ``std_answer``, and the JSONL written here carries everything such a judge needs.
+answers against ``std_answer``; the JSONL written here is what ``python -m evaluation judge`` reads.
 """
 from __future__ import annotations
 

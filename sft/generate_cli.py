@@ -6,8 +6,8 @@
 FILE: BELLE's eval set (JSON Lines of question/std_answer/class, e.g.
 ../shared/data/sft/belle_eval_set.json), Alpaca records (output, when present, is the reference)
 or conversations (the last assistant message is the reference). FILE.jsonl gets one row per
-record: id, class, question, input, std_answer, prediction, rouge_l_f1_char, template — ready for
-an LLM judge. FILE.scores.json gets the mean character-level ROUGE-L F1 per class where a
+record: id, class, question, input, std_answer, prediction, rouge_l_f1_char, template — what
+`python -m evaluation judge` reads. FILE.scores.json gets the mean character-level ROUGE-L F1 per class where a
 reference exists (why that metric: sft/generate.py).
 """
 from __future__ import annotations

@@ -1,0 +1,179 @@
+"""LLM-as-judge over `sft generate` answers: a 1-10 grade per answer, or one model against another.
+
+Grading suits tracking one model over time; comparing suits "did this stage help?" (after SFT vs
+before, LoRA vs full), and is what judges do most reliably. Judges prefer a position, so each pair
+is asked twice, the answers swapped: an answer wins only when it wins in both orders, and loses only
+when it loses in both; anything else is a tie (MT-Bench's rule). How often the two orders agree is
+reported: a low rate means the judge is guessing.
+
+Reported per BELLE class and overall: the mean grade with a 95% interval, or wins / ties / losses
+and the win rate (a tie counts half) with a 95% interval, plus every item's verdicts and replies.
+A reply without a readable verdict is counted as unparsed and left out of the means.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zhllama.errors import UserError, raise_if_problems
+
+from .judge_prompts import TIE, compare_messages, grade_messages, read_grade, read_verdict, task_class
+
+MAX_REPORTED = 20
+
+
+@dataclass(frozen=True)
+class Answer:
+    where: str  # file:line
+    id: str
+    task: str
+    question: str
+    context: str
+    reference: str | None
+    prediction: str
+
+
+def read_answers(path: str | Path) -> list[Answer]:
+    """The rows of an `sft generate` JSONL (question, prediction; id, class, input, std_answer optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (write it with python -m sft generate)")
+    answers, problems = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: not JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"{where}: expected a JSON object")
+            continue
+        bad = [k for k in ("question", "prediction") if not isinstance(row.get(k), str)]
+        bad += [k for k in ("input", "std_answer", "class") if row.get(k) is not None and not isinstance(row[k], str)]
+        if bad:
+            problems.append(f"{where}: expected text in {', '.join(bad)}")
+            continue
+        answers.append(Answer(where, str(row.get("id", number)), task_class(row.get("class")), row["question"],
+                              row.get("input") or "", row.get("std_answer") or None, row["prediction"]))
+    if not answers and not problems:
+        problems.append(f"{path}: no answers")
+    raise_if_problems(f"{path}", problems[:MAX_REPORTED] + _more(problems))
+    return answers
+
+
+def _more(problems: list[str]) -> list[str]:
+    return [f"... and {len(problems) - MAX_REPORTED} more"] if len(problems) > MAX_REPORTED else []
+
+
+def pair_answers(ours: list[Answer], theirs: list[Answer]) -> list[tuple[Answer, Answer]]:
+    """The two files' answers to the same questions, matched by id; every mismatch is reported."""
+    by_id = {a.id: a for a in theirs}
+    problems = [f"{a.where}: id {a.id!r} is not in the other file" for a in ours if a.id not in by_id]
+    ids = {a.id for a in ours}
+    problems += [f"{b.where}: id {b.id!r} is not in the first file" for b in theirs if b.id not in ids]
+    problems += [f"{a.where} and {by_id[a.id].where}: id {a.id!r} has two different questions" for a in ours
+                 if a.id in by_id and (a.question, a.context) != (by_id[a.id].question, by_id[a.id].context)]
+    raise_if_problems("the two answer files do not answer the same questions", problems[:MAX_REPORTED] + _more(problems))
+    return [(a, by_id[a.id]) for a in ours]
+
+
+def grade_calls(answers: list[Answer], key) -> list[dict[str, Any]]:
+    """One call per answer: {"answer", "key", "messages"}; ``key(messages)`` names the call."""
+    calls = []
+    for a in answers:
+        messages = grade_messages(a.task, a.question, a.context, a.reference, a.prediction)
+        calls.append({"answer": a, "key": key(messages), "messages": messages})
+    return calls
+
+
+def compare_calls(pairs: list[tuple[Answer, Answer]], key) -> list[dict[str, Any]]:
+    """Two calls per pair: ours first, then theirs first."""
+    calls = []
+    for a, b in pairs:
+        first = compare_messages(a.task, a.question, a.context, a.reference, a.prediction, b.prediction)
+        swapped = compare_messages(a.task, a.question, a.context, a.reference, b.prediction, a.prediction)
+        calls.append({"answer": a, "key": key(first), "swapped_key": key(swapped),
+                      "messages": first, "swapped_messages": swapped})
+    return calls
+
+
+def _interval(values: list[float]) -> list[float] | None:
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = 1.96 * sd / math.sqrt(len(values))
+    return [round(mean - half, 4), round(mean + half, 4)]
+
+
+def grade_report(calls: list[dict[str, Any]], replies: dict[str, str]) -> dict[str, Any]:
+    items = [{"where": c["answer"].where, "id": c["answer"].id, "class": c["answer"].task,
+              "score": read_grade(replies[c["key"]]), "reply": replies[c["key"]]} for c in calls]
+
+    def summary(rows: list[dict]) -> dict[str, Any]:
+        scores = [r["score"] for r in rows if r["score"] is not None]
+        return {"items": len(rows), "graded": len(scores), "unparsed": len(rows) - len(scores),
+                "mean": round(sum(scores) / len(scores), 4) if scores else None, "ci95": _interval(scores)}
+    return {"mode": "grade", "overall": summary(items), "by_class": _by_class(items, summary), "items": items}
+
+
+# (verdict with ours first, verdict with theirs first) -> outcome for ours
+def _outcome(first: str | None, swapped: str | None) -> str | None:
+    if first is None or swapped is None:
+        return None
+    ours = {"A": "win", "B": "loss", TIE: "tie"}[first]
+    mirrored = {"B": "win", "A": "loss", TIE: "tie"}[swapped]
+    return ours if ours == mirrored else "tie"
+
+
+def compare_report(calls: list[dict[str, Any]], replies: dict[str, str]) -> dict[str, Any]:
+    items = []
+    for c in calls:
+        first, swapped = read_verdict(replies[c["key"]]), read_verdict(replies[c["swapped_key"]])
+        items.append({"where": c["answer"].where, "id": c["answer"].id, "class": c["answer"].task,
+                      "outcome": _outcome(first, swapped), "verdicts": [first, swapped],
+                      "consistent": None if None in (first, swapped) else {"A": "B", "B": "A", TIE: TIE}[first] == swapped,
+                      "replies": [replies[c["key"]], replies[c["swapped_key"]]]})
+
+    def summary(rows: list[dict]) -> dict[str, Any]:
+        judged = [r for r in rows if r["outcome"] is not None]
+        counts = {k: sum(r["outcome"] == k for r in judged) for k in ("win", "tie", "loss")}
+        points = [{"win": 1.0, "tie": 0.5, "loss": 0.0}[r["outcome"]] for r in judged]
+        return {"items": len(rows), **counts, "unparsed": len(rows) - len(judged),
+                "win_rate": round(sum(points) / len(points), 4) if points else None, "ci95": _interval(points),
+                "position_consistency": round(sum(bool(r["consistent"]) for r in judged) / len(judged), 4)
+                if judged else None}
+    return {"mode": "compare", "overall": summary(items), "by_class": _by_class(items, summary), "items": items}
+
+
+def _by_class(items: list[dict], summary) -> dict[str, Any]:
+    classes = sorted({r["class"] for r in items})
+    return {name: summary([r for r in items if r["class"] == name]) for name in classes}
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    rows = [("all", report["overall"])] + list(report["by_class"].items())
+    if report["mode"] == "grade":
+        lines = ["| class | items | mean grade (1-10) | 95% interval | unparsed |", "|---|---:|---:|---|---:|"]
+        lines += [f"| {name} | {s['items']} | {_fmt(s['mean'])} | {_fmt_ci(s['ci95'])} | {s['unparsed']} |"
+                  for name, s in rows]
+    else:
+        lines = ["| class | items | win | tie | loss | win rate | 95% interval | same in both orders | unparsed |",
+                 "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+        lines += [f"| {name} | {s['items']} | {s['win']} | {s['tie']} | {s['loss']} | {_fmt(s['win_rate'])} | "
+                  f"{_fmt_ci(s['ci95'])} | {_fmt(s['position_consistency'])} | {s['unparsed']} |" for name, s in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _fmt_ci(ci: list[float] | None) -> str:
+    return "—" if ci is None else f"{ci[0]:.3f} – {ci[1]:.3f}"

@@ -1,0 +1,105 @@
+"""Have an LLM judge the answers of `sft generate`: grade them, or compare two models' answers.
+
+    python -m sft generate --model outputs/zh_sft_merged --input ../shared/data/sft/belle_eval_set.json \\
+        --out runs/belle_sft.jsonl
+    # any OpenAI-compatible endpoint: vLLM (vllm serve Qwen/Qwen2.5-72B-Instruct), TGI, llama.cpp's
+    # llama-server, a hosted API (key from an environment variable, never the command line)
+    python -m evaluation judge --answers runs/belle_sft.jsonl --judge-url http://127.0.0.1:8000/v1 \\
+        --judge-model Qwen2.5-72B-Instruct --out runs/belle_sft.judge.json [--workers 8]
+    python -m evaluation judge --answers runs/belle_sft.jsonl --versus runs/belle_base.jsonl \\
+        --judge-url https://api.example.com/v1 --judge-model gpt-4o --api-key-env OPENAI_API_KEY \\
+        --out runs/sft_vs_base.judge.json
+
+Without ``--versus`` each answer gets a 1-10 grade (against its reference answer where the file has
+one); with it, each question is judged twice with the answers swapped and ``--answers`` wins, ties or
+loses (evaluation/judge.py). OUT gets the summary per BELLE class and every item's verdicts; the table
+is printed. Every reply is kept in OUT.calls.jsonl: rerun the same command after a crash or Ctrl-C and
+only the missing calls are made (delete that file to ask again).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from zhllama.errors import UserError, raise_if_problems
+from zhllama.files import sha256_file, write_json_atomic
+
+from .judge import compare_calls, compare_report, grade_calls, grade_report, markdown_table, pair_answers, read_answers
+from .judge_client import Endpoint, ReplyCache, ask_all
+from .judge_prompts import prompts_fingerprint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Endpoint("", "")
+    parser.add_argument("--answers", required=True, help="the JSONL of `sft generate` to judge")
+    parser.add_argument("--versus", default=None, help="another model's JSONL on the same questions: compare instead of grade")
+    parser.add_argument("--judge-url", required=True, help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--judge-model", required=True, help="the model name the endpoint serves")
+    parser.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable holding the API key")
+    parser.add_argument("--out", required=True, help="the report to write (JSON); replies are kept in OUT.calls.jsonl")
+    parser.add_argument("--workers", type=int, default=8, help="requests in flight at once (8)")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+                        help=f"longest judge reply ({defaults.max_tokens})")
+    parser.add_argument("--timeout", type=float, default=defaults.timeout_s,
+                        help=f"seconds to wait for one reply ({defaults.timeout_s:g})")
+    parser.add_argument("--retries", type=int, default=defaults.retries,
+                        help=f"retries of a transient failure, with backoff ({defaults.retries})")
+    parser.add_argument("--limit", type=int, default=None, help="judge only the first N answers")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _check(args: argparse.Namespace) -> list[str]:
+    problems = []
+    for flag, value in (("--answers", args.answers), ("--versus", args.versus)):
+        if value is not None and not Path(value).is_file():
+            problems.append(f"{flag} {value}: no such file")
+    if not args.judge_url.startswith(("http://", "https://")):
+        problems.append(f"--judge-url {args.judge_url!r}: expected an http:// or https:// address")
+    if args.api_key_env and not os.environ.get(args.api_key_env):
+        problems.append(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    for flag, value, least in (("--workers", args.workers, 1), ("--max-tokens", args.max_tokens, 16),
+                               ("--retries", args.retries, 0), ("--limit", args.limit, 1)):
+        if value is not None and value < least:
+            problems.append(f"{flag}: expected >= {least}, got {value}")
+    if args.timeout <= 0:
+        problems.append(f"--timeout: expected > 0, got {args.timeout}")
+    if Path(args.out).is_dir():
+        problems.append(f"--out {args.out} is a folder; give a file path")
+    return problems
+
+
+def run(args: argparse.Namespace) -> int:
+    raise_if_problems("judge settings", _check(args))
+    answers = read_answers(args.answers)[: args.limit]
+    endpoint = Endpoint(args.judge_url, args.judge_model, os.environ.get(args.api_key_env) if args.api_key_env else None,
+                        args.max_tokens, 0.0, args.timeout, args.retries)
+    if args.versus:
+        calls = compare_calls(pair_answers(answers, read_answers(args.versus)), endpoint.key)
+        asked = {c[k]: c[m] for c in calls for k, m in (("key", "messages"), ("swapped_key", "swapped_messages"))}
+    else:
+        calls = grade_calls(answers, endpoint.key)
+        asked = {c["key"]: c["messages"] for c in calls}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cache = ReplyCache(out.with_name(out.name + ".calls.jsonl"))
+    replies = ask_all(endpoint, asked, cache, args.workers, progress=not args.no_progress)
+    report = compare_report(calls, replies) if args.versus else grade_report(calls, replies)
+    report["made_by"] = {
+        "judge": {"url": endpoint.chat_url, "model": endpoint.model, "temperature": endpoint.temperature,
+                  "max_tokens": endpoint.max_tokens},
+        "prompts_sha256": prompts_fingerprint(),
+        "answers": {"file": str(args.answers), "sha256": sha256_file(args.answers)},
+        "versus": {"file": str(args.versus), "sha256": sha256_file(args.versus)} if args.versus else None,
+        "limit": args.limit,
+    }
+    write_json_atomic(out, report)
+    print(markdown_table(report))
+    unparsed = report["overall"]["unparsed"]
+    if unparsed:
+        print(f"{unparsed} of {report['overall']['items']} judged without a readable verdict (see 'reply' in {out})")
+    if unparsed == report["overall"]["items"]:
+        raise UserError(f"the judge {endpoint.model} gave no readable verdict at all: is it an instruction model? "
+                        f"Its replies are in {out}")
+    print(f"wrote {out}")
+    return 0
