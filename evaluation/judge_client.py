@@ -135,11 +135,12 @@ def ask_all(endpoint: Endpoint, calls: dict[str, list[dict]], cache: ReplyCache,
             print(f"judge: {done[0]}/{len(calls)} answered", file=sys.stderr)
 
     if missing:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(one, key) for key in missing]
-            finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()  # stop asking after the first hard failure; what came back is cached
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            finished, _ = wait([pool.submit(one, key) for key in missing], return_when=FIRST_EXCEPTION)
             for future in finished:
                 future.result()
+        finally:
+            # after the first hard failure, or Ctrl-C: ask nothing new, keep the replies in flight
+            pool.shutdown(wait=True, cancel_futures=True)
     return {key: cache.replies[key] for key in calls}

@@ -157,7 +157,7 @@ def test_a_stopped_run_asks_only_what_is_missing_when_rerun(judge, tmp_path):
     judge.fail_hard_after = 3
     with pytest.raises(UserError, match="HTTP 400: .*prompt is longer than the context"):
         _run(*argv)
-    assert not (tmp_path / "r.json").exists()
+    assert not (tmp_path / "r.json").exists() and len(judge.requests) == 4  # nothing asked after the failure
     assert len((tmp_path / "r.json.calls.jsonl").read_text().splitlines()) == 3
     with (tmp_path / "r.json.calls.jsonl").open("a") as fh:
         fh.write('{"key": "torn')  # a run killed mid-write
