@@ -128,8 +128,17 @@ def ask_all(endpoint: Endpoint, calls: dict[str, list[dict]], cache: ReplyCache,
     if progress:
         print(f"judge: {len(calls)} calls, {done[0]} already answered (cache {cache.path.name})", file=sys.stderr)
 
+    stop = threading.Event()  # set by the first hard failure or Ctrl-C: no new call is sent after it
+
     def one(key: str) -> None:
-        cache.add(key, ask(endpoint, calls[key]))
+        if stop.is_set():
+            return
+        try:
+            reply = ask(endpoint, calls[key])
+        except BaseException:
+            stop.set()
+            raise
+        cache.add(key, reply)
         done[0] += 1
         if progress and (done[0] % 20 == 0 or done[0] == len(calls)):
             print(f"judge: {done[0]}/{len(calls)} answered", file=sys.stderr)
@@ -141,6 +150,6 @@ def ask_all(endpoint: Endpoint, calls: dict[str, list[dict]], cache: ReplyCache,
             for future in finished:
                 future.result()
         finally:
-            # after the first hard failure, or Ctrl-C: ask nothing new, keep the replies in flight
+            stop.set()  # after a hard failure or Ctrl-C: ask nothing new, keep the replies in flight
             pool.shutdown(wait=True, cancel_futures=True)
     return {key: cache.replies[key] for key in calls}
