@@ -71,16 +71,24 @@ def _more(problems: list[str]) -> list[str]:
     return [f"... and {len(problems) - MAX_REPORTED} more"] if len(problems) > MAX_REPORTED else []
 
 
-def pair_answers(ours: list[Answer], theirs: list[Answer]) -> list[tuple[Answer, Answer]]:
-    """The two files' answers to the same questions, matched by id; every mismatch is reported."""
+def pair_answers(ours: list[Answer], theirs: list[Answer], only_ours: bool = False) -> list[tuple[Answer, Answer]]:
+    """The two files' answers to the same questions, matched by id; every mismatch is reported.
+    ``only_ours``: ``ours`` is a part of its file (--limit), so answers only in ``theirs`` are fine."""
+    problems = [f"{a.where}: id {a.id!r} again (first at {first.where})" for answers in (ours, theirs)
+                for a, first in _repeated(answers)]
     by_id = {a.id: a for a in theirs}
-    problems = [f"{a.where}: id {a.id!r} is not in the other file" for a in ours if a.id not in by_id]
+    problems += [f"{a.where}: id {a.id!r} is not in the other file" for a in ours if a.id not in by_id]
     ids = {a.id for a in ours}
-    problems += [f"{b.where}: id {b.id!r} is not in the first file" for b in theirs if b.id not in ids]
+    problems += [] if only_ours else [f"{b.where}: id {b.id!r} is not in the first file" for b in theirs if b.id not in ids]
     problems += [f"{a.where} and {by_id[a.id].where}: id {a.id!r} has two different questions" for a in ours
                  if a.id in by_id and (a.question, a.context) != (by_id[a.id].question, by_id[a.id].context)]
     raise_if_problems("the two answer files do not answer the same questions", problems[:MAX_REPORTED] + _more(problems))
     return [(a, by_id[a.id]) for a in ours]
+
+
+def _repeated(answers: list[Answer]) -> list[tuple[Answer, Answer]]:
+    first: dict[str, Answer] = {}
+    return [(a, first[a.id]) for a in answers if first.setdefault(a.id, a) is not a]
 
 
 def grade_calls(answers: list[Answer], key) -> list[dict[str, Any]]:

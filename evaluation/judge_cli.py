@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     endpoint = Endpoint(args.judge_url, args.judge_model, os.environ.get(args.api_key_env) if args.api_key_env else None,
                         args.max_tokens, 0.0, args.timeout, args.retries)
     if args.versus:
-        calls = compare_calls(pair_answers(answers, read_answers(args.versus)), endpoint.key)
+        pairs = pair_answers(answers, read_answers(args.versus), only_ours=args.limit is not None)
+        calls = compare_calls(pairs, endpoint.key)
         asked = {c[k]: c[m] for c in calls for k, m in (("key", "messages"), ("swapped_key", "swapped_messages"))}
     else:
         calls = grade_calls(answers, endpoint.key)

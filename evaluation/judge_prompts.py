@@ -1,6 +1,7 @@
 """What the LLM judge is asked, and how its verdict is read back.
 
-Two questions, both in Chinese (the answers being judged are Chinese):
+Two questions, in Chinese (strong judges read both languages; an English eval set works too: an
+answer is marked down for not using the question's language, so forgetting English shows):
 
 * grade: one answer, with the reference answer when the item has one, scored 1-10;
 * compare: two answers to the same question, verdict A, B or tie. The caller asks twice with the
@@ -34,7 +35,7 @@ CRITERIA = {
     "open qa": "回答是否准确、有用、全面。" + _LOOSE,
 }
 DEFAULT_CRITERION = "回答是否正确、有用、切题、表达清楚。"
-_LANGUAGE = "除非问题要求，回答不是中文应扣分；重复、跑题或没有说完的回答应扣分。"
+_LANGUAGE = "回答的语言与问题不同（问题另有要求的除外）、重复、跑题或没有说完，都应扣分。"
 
 GRADE_ASK = "先用一两句话说明理由，最后单独一行写“评分：X”，X 是 1 到 10 的整数（10 最好）。"
 COMPARE_ASK = "先简要说明理由，最后单独一行写“结论：A”、“结论：B”或“结论：平”（两者一样好或一样差）。"

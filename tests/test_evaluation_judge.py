@@ -207,6 +207,19 @@ def test_compared_files_must_answer_the_same_questions(tmp_path):
         _run("--answers", str(ours), "--versus", str(theirs), "--judge-url", "http://127.0.0.1:9/v1",
              "--judge-model", "j", "--out", str(tmp_path / "r.json"))
     assert "id '4' is not in the other file" in str(err.value) and "id '1' has two different questions" in str(err.value)
+    theirs.write_text(ours.read_text(encoding="utf-8") + ours.read_text(encoding="utf-8").splitlines()[0] + "\n",
+                      encoding="utf-8")
+    with pytest.raises(UserError, match=r"theirs.jsonl:6: id '0' again \(first at .*theirs.jsonl:1\)"):
+        _run("--answers", str(ours), "--versus", str(theirs), "--judge-url", "http://127.0.0.1:9/v1",
+             "--judge-model", "j", "--out", str(tmp_path / "r.json"))
+
+
+def test_limit_judges_the_first_answers_against_the_same_questions(judge, tmp_path):
+    ours = _answers(tmp_path / "ours.jsonl", ["7", "10", "不会", "北京", "不知道"])
+    theirs = _answers(tmp_path / "theirs.jsonl", ["8", "9", "print('hi')", "北京", "不清楚"])
+    report = _run("--answers", str(ours), "--versus", str(theirs), "--judge-url", judge.url, "--judge-model", "j",
+                  "--out", str(tmp_path / "r.json"), "--limit", "2")
+    assert [r["outcome"] for r in report["items"]] == ["win", "win"] and len(judge.requests) == 4
 
 
 def test_verdicts_are_read_from_the_last_verdict_line():
