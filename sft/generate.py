@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from zhllama.errors import UserError
 
+from .answer_health import health
 from .data import PromptItem
 from .templates import TemplateSpec, encode_prompt, make_spec, pad_token_id, stop_ids
 
@@ -88,7 +89,9 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[list[int]], sampl
 
 
 def generate_all(model: Any, tokenizer: Any, spec: TemplateSpec, items: Sequence[PromptItem], sampling: Sampling,
-                 batch_size: int = 8, max_prompt_tokens: int | None = None) -> list[str]:
+                 batch_size: int = 8, max_prompt_tokens: int | None = None) -> tuple[list[str], list[bool]]:
+    """(answer text, finished) per item: finished means it ended at a stop id, not at max_new_tokens
+    (a row that never stops gets exactly max_new_tokens new tokens; one that stops is cut before the stop)."""
     import torch
     from tqdm import tqdm
 
@@ -99,12 +102,14 @@ def generate_all(model: Any, tokenizer: Any, spec: TemplateSpec, items: Sequence
         prompts = [p[-max_prompt_tokens:] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
+    finished = [True] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc="generating", unit="batch"):
         batch = order[start:start + batch_size]
         new_ids = generate_ids(model, tokenizer, [prompts[i] for i in batch], sampling, stop=stops)
         for i, ids in zip(batch, new_ids):
             answers[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    return answers
+            finished[i] = len(ids) < sampling.max_new_tokens
+    return answers, finished
 
 
 # ---------------------------------------------------------------- scoring
@@ -142,10 +147,10 @@ def score_by_class(items: Sequence[PromptItem], answers: Sequence[str]) -> dict[
             for k, v in sorted(sums.items())}
 
 
-def prediction_records(items: Sequence[PromptItem], answers: Sequence[str], spec: TemplateSpec,
-                       sampling: Sampling) -> list[dict[str, Any]]:
+def prediction_records(items: Sequence[PromptItem], answers: Sequence[str], finished: Sequence[bool],
+                       spec: TemplateSpec) -> list[dict[str, Any]]:
     rows = []
-    for index, (item, answer) in enumerate(zip(items, answers)):
+    for index, (item, answer, done) in enumerate(zip(items, answers, finished)):
         last = item.conversation.turns[-1]
         row = {"id": item.record.get("id", index), "class": item.category, "question": last.user}
         if last.input:
@@ -153,6 +158,7 @@ def prediction_records(items: Sequence[PromptItem], answers: Sequence[str], spec
         row.update({"std_answer": item.reference, "prediction": answer,
                     "rouge_l_f1_char": None if item.reference is None else round(rouge_l_f1_chars(answer, item.reference), 4),
                     "template": spec.name})
+        row.update(health(last.user + "\n" + last.input, answer, done))
         rows.append(row)
     return rows
 

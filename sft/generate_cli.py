@@ -6,9 +6,11 @@
 FILE: BELLE's eval set (JSON Lines of question/std_answer/class, e.g.
 ../shared/data/sft/belle_eval_set.json), Alpaca records (output, when present, is the reference)
 or conversations (the last assistant message is the reference). FILE.jsonl gets one row per
-record: id, class, question, input, std_answer, prediction, rouge_l_f1_char, template — what
-`python -m evaluation judge` reads. FILE.scores.json gets the mean character-level ROUGE-L F1 per class where a
-reference exists (why that metric: sft/generate.py).
+record: id, class, question, input, std_answer, prediction, rouge_l_f1_char, template, and the
+answer's health: finished, repetition, looping, language_switch (sft/answer_health.py) — what
+`python -m evaluation judge` reads. FILE.scores.json gets the mean character-level ROUGE-L F1 per
+class where a reference exists (why that metric: sft/generate.py) and, per class, the share of
+answers unfinished, looping or in the wrong language, with their mean length.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from zhllama.files import write_json_atomic
 
     from .data import load_prompts
+    from .answer_health import health_by_class, health_table
     from .generate import (Sampling, generate_all, load_model, prediction_records, score_by_class,
                            settings_dict, write_jsonl)
 
@@ -55,14 +58,18 @@ def run(args: argparse.Namespace) -> int:
     sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k,
                         args.repetition_penalty, args.seed)
     model, tokenizer, spec = load_model(args.model, args.template, args.dtype)
-    answers = generate_all(model, tokenizer, spec, items, sampling, args.batch_size, args.max_prompt_tokens)
-    write_jsonl(args.out, prediction_records(items, answers, spec, sampling))
+    answers, finished = generate_all(model, tokenizer, spec, items, sampling, args.batch_size, args.max_prompt_tokens)
+    rows = prediction_records(items, answers, finished, spec)
+    write_jsonl(args.out, rows)
     scores = score_by_class(items, answers)
+    health = health_by_class(rows)
     out = Path(args.out)
     scores_path = out.with_name(out.name.removesuffix(".jsonl") + ".scores.json")
     write_json_atomic(scores_path, {"metric": "character-level ROUGE-L F1 (mean over records with a reference)",
                                     "model": str(args.model), "input": str(args.input), "records": len(items),
-                                    "template": spec.name, "sampling": settings_dict(sampling), "by_class": scores})
+                                    "template": spec.name, "sampling": settings_dict(sampling), "by_class": scores,
+                                    "health": health})
     print(json.dumps(scores, ensure_ascii=False, indent=2))
+    print(health_table(health))
     print(f"wrote {out} ({len(items)} predictions) and {scores_path}")
     return 0

@@ -47,7 +47,8 @@ def _check_predictions(out: Path, records: list[dict]):
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == len(records)
     for row, record in zip(rows, records):
-        assert {"id", "class", "question", "std_answer", "prediction", "rouge_l_f1_char", "template"} <= set(row)
+        assert {"id", "class", "question", "std_answer", "prediction", "rouge_l_f1_char", "template", "finished",
+                "repetition", "looping", "language_switch"} <= set(row)
         assert row["question"] == record["question"] and row["class"] == record["class"]
         assert isinstance(row["prediction"], str) and row["template"] == "chinese-alpaca-2"
         assert (row["rouge_l_f1_char"] is None) == (not record["std_answer"])
@@ -65,6 +66,11 @@ def test_generate_on_belle_records(model_dir, tmp_path, capsys):
     assert set(scores["by_class"]) == {"open qa", "rewrite", "math", "all"}  # generation has no reference
     assert scores["by_class"]["open qa"]["scored"] == 2 and scores["by_class"]["all"]["scored"] == 4
     assert "ROUGE-L" in scores["metric"] and 0 <= scores["by_class"]["all"]["exact_match"] <= 1
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    health = scores["health"]
+    assert set(health) == {"open qa", "generation", "rewrite", "math", "all"} and health["all"]["answers"] == 5
+    assert health["all"]["unfinished"] == sum(not r["finished"] for r in rows) / 5
+    assert "| class | answers | unfinished | looping | language switch |" in capsys.readouterr().out
 
 
 def test_classification_records_score_exact_match_per_label(tmp_path):
@@ -121,3 +127,65 @@ def test_chat_streams_and_keeps_history(model_dir, monkeypatch, capsys):
     tok = load_tokenizer(model_dir)
     assert "[INST] 再见 [/INST]" in tok.decode(seen[1][1])
     assert capsys.readouterr().out.count("\n") >= 3  # a streamed answer (ended by a newline) per turn
+
+
+def test_answer_health_signs():
+    from sft.answer_health import health, health_by_class, is_looping, repetition, switched_language
+
+    prose = "中国科学院的研究人员今天发布了一个新的大语言模型，它在中文理解和写作上都有明显进步。"
+    assert repetition(prose) < 0.1 and not is_looping(prose)
+    assert is_looping("我喜欢北京。" * 10) and repetition("我喜欢北京。" * 10) > 0.8
+    assert not is_looping("好好好好好")  # too short to tell
+    assert switched_language("中国的首都是哪里？", "The capital of China is Beijing.")
+    assert not switched_language("中国的首都是哪里？", "北京。")
+    assert switched_language("What is the capital of China?", "中国的首都是北京，一座历史悠久的城市。")
+    code = "下面是程序：\n```python\nimport random\nprint([random.randint(1, 10) for _ in range(5)])\n```"
+    assert not switched_language("写一个生成五个随机数的 Python 程序。", code)  # the code block is left out
+    assert not switched_language("1+1=?", "2")  # no letters: nothing to tell
+    rows = [{"class": "math", "prediction": "2", **health("1+1=?", "2", True)},
+            {"class": "math", "prediction": "我喜欢北京。" * 10, **health("1+1等于几？", "我喜欢北京。" * 10, False)}]
+    by_class = health_by_class(rows)
+    assert by_class["math"] == {"answers": 2, "unfinished": 0.5, "looping": 0.5, "language_switch": 0.0,
+                                "mean_chars": 30.5}
+    assert by_class["all"] == by_class["math"]
+
+
+def test_unfinished_answers_are_those_that_never_reached_a_stop_id(model_dir, tmp_path):
+    """`finished` against an oracle: the same greedy generation without any stop, searched for a stop id.
+    The EOS row of the head is made a copy (0.1% larger) of a token one prompt's answer has and
+    another's has not, so some answers end early and others run to the limit."""
+    import torch
+
+    from sft.data import load_prompts
+    from sft.generate import Sampling, generate_all, load_model
+    from sft.templates import encode_prompt, stop_ids
+
+    model, tok, spec = load_model(model_dir)
+    items = load_prompts(write_jsonl(tmp_path / "e.jsonl", BELLE))
+    prompts = [encode_prompt(item.conversation, tok, spec) for item in items]
+    new = 6
+
+    def raw_answers() -> list[list[int]]:
+        with torch.no_grad():
+            return [model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False, eos_token_id=None,
+                                   pad_token_id=tok.eos_token_id)[0, len(ids):].tolist() for ids in prompts]
+    before = raw_answers()
+    marker = next(t for t in before[0] + [t for a in before for t in a] if any(t not in a for a in before))
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] = model.lm_head.weight[marker] * 1.001
+    answers, finished = generate_all(model, tok, spec, items, Sampling(max_new_tokens=new, repetition_penalty=1.0))
+    stops = set(stop_ids(tok, spec))
+    expected = [any(t in stops for t in raw) for raw in raw_answers()]
+    assert finished == expected and True in finished and False in finished, (finished, expected)
+
+
+def test_belle_reference_answers_look_healthy(shared_data):
+    """The thresholds on real answers: none of BELLE's 631 reference answers loops, and the only
+    language switches are translations (on purpose), unfenced code and one English article classified in Chinese."""
+    from sft.answer_health import is_looping, switched_language
+
+    rows = [json.loads(line) for line in (shared_data / "sft/belle_eval_set.json").read_text(encoding="utf-8").splitlines()]
+    rows = [r for r in rows if r.get("std_answer")]
+    assert len(rows) == 631 and not [r for r in rows if is_looping(r["std_answer"])]
+    switched = [r["class"] for r in rows if switched_language(r["question"], r["std_answer"])]
+    assert sorted(set(switched)) == ["classification", "code", "rewrite"] and len(switched) == 22
