@@ -365,5 +365,5 @@ def collect_eval(stage: Stage) -> dict[str, Any]:
     rows = [json.loads(line) for line in stage.path("generations.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
     samples = [{"input": r.get("input") or r.get("question"), "reference": r.get("std_answer"),
-                "prediction": r.get("prediction")} for r in rows]
+                "prediction": r.get("prediction"), "finished": r.get("finished")} for r in rows]
     return {**_read_json(stage.path("eval.json")), "samples": samples}

@@ -232,11 +232,13 @@ def generations_section(records: dict) -> list[str]:
     e = _metrics(records, "07_eval")
     if not e.get("samples"):
         return [NO_RESULT]
-    L = ["Greedy decoding (`python -m sft generate`, at most 8 new tokens) on the first test reviews:", "",
-         "| review (clipped) | label | generation |", "|---|---|---|"]
+    L = ["Greedy decoding (`python -m sft generate`, at most 8 new tokens) on the first test reviews; "
+         "*stopped*: the answer ended with EOS, as SFT taught, not at the token limit:", "",
+         "| review (clipped) | label | generation | stopped |", "|---|---|---|---|"]
     for smp in e["samples"]:
         text = (smp["input"] or "").replace("|", "｜").replace("\n", " ")
-        L.append(f"| {text} | {smp['reference']} | {(smp['prediction'] or '').replace('|', '｜')} |")
+        stopped = {True: "yes", False: "no"}.get(smp.get("finished"), NO_RESULT)
+        L.append(f"| {text} | {smp['reference']} | {(smp['prediction'] or '').replace('|', '｜')} | {stopped} |")
     return L
 
 

@@ -99,6 +99,8 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
                                                     if k in apart)
     assert apart.get("contaminated", {}).get("items", 0) == counts["contaminated"]
     assert f"beyond that, {counts['contaminated']} of {counts['items']} test reviews" in text
+    for row in map(json.loads, (work / "07_eval/generations.jsonl").read_text(encoding="utf-8").splitlines()):
+        assert f"| {row['prediction'].replace('|', '｜')} | {'yes' if row['finished'] else 'no'} |" in text
     for name in ("03_base_pretrain", "05_cpt", "06_sft"):
         train = _json(work / name / "run/train_report.json")
         assert f"| {fmt(train['step'])} | {fmt(train['global_batch'])} | {fmt(train['metrics']['train/loss'])} |" in text
