@@ -23,11 +23,16 @@ import os
 from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
-from zhllama.files import sha256_file, write_json_atomic
+from zhllama.files import sha256_file, sha256_json, write_json_atomic
+
+from zhllama.openai_client import Endpoint, ReplyCache, ask_all, check_url, first_choice, post
 
 from .judge import compare_calls, compare_report, grade_calls, grade_report, markdown_table, pair_answers, read_answers
-from .judge_client import Endpoint, ReplyCache, ask_all
 from .judge_prompts import prompts_fingerprint
+
+CHAT = "/chat/completions"
+MAX_TOKENS = 512  # a verdict with a few sentences of reasons
+TEMPERATURE = 0.0  # the same question gets the same verdict: reruns and the cache agree
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable holding the API key")
     parser.add_argument("--out", required=True, help="the report to write (JSON); replies are kept in OUT.calls.jsonl")
     parser.add_argument("--workers", type=int, default=8, help="requests in flight at once (8)")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
-                        help=f"longest judge reply ({defaults.max_tokens})")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help=f"longest judge reply ({MAX_TOKENS})")
     parser.add_argument("--timeout", type=float, default=defaults.timeout_s,
                         help=f"seconds to wait for one reply ({defaults.timeout_s:g})")
     parser.add_argument("--retries", type=int, default=defaults.retries,
@@ -54,8 +58,7 @@ def _check(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--answers", args.answers), ("--versus", args.versus)):
         if value is not None and not Path(value).is_file():
             problems.append(f"{flag} {value}: no such file")
-    if not args.judge_url.startswith(("http://", "https://")):
-        problems.append(f"--judge-url {args.judge_url!r}: expected an http:// or https:// address")
+    problems += check_url("--judge-url", args.judge_url)
     if args.api_key_env and not os.environ.get(args.api_key_env):
         problems.append(f"--api-key-env {args.api_key_env}: that environment variable is not set")
     for flag, value, least in (("--workers", args.workers, 1), ("--max-tokens", args.max_tokens, 16),
@@ -69,26 +72,37 @@ def _check(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+def _key(endpoint: Endpoint, max_tokens: int):
+    """What makes two calls the same question (the address and the key do not)."""
+    return lambda messages: sha256_json({"model": endpoint.model, "messages": messages, "max_tokens": max_tokens,
+                                         "temperature": TEMPERATURE})
+
+
 def run(args: argparse.Namespace) -> int:
     raise_if_problems("judge settings", _check(args))
     answers = read_answers(args.answers)[: args.limit]
     endpoint = Endpoint(args.judge_url, args.judge_model, os.environ.get(args.api_key_env) if args.api_key_env else None,
-                        args.max_tokens, 0.0, args.timeout, args.retries)
+                        args.timeout, args.retries)
+    key = _key(endpoint, args.max_tokens)
     if args.versus:
         pairs = pair_answers(answers, read_answers(args.versus), only_ours=args.limit is not None)
-        calls = compare_calls(pairs, endpoint.key)
+        calls = compare_calls(pairs, key)
         asked = {c[k]: c[m] for c in calls for k, m in (("key", "messages"), ("swapped_key", "swapped_messages"))}
     else:
-        calls = grade_calls(answers, endpoint.key)
+        calls = grade_calls(answers, key)
         asked = {c["key"]: c["messages"] for c in calls}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cache = ReplyCache(out.with_name(out.name + ".calls.jsonl"))
-    replies = ask_all(endpoint, asked, cache, args.workers, progress=not args.no_progress)
+
+    def send(messages: list[dict]) -> str:
+        reply = post(endpoint, CHAT, {"messages": messages, "max_tokens": args.max_tokens, "temperature": TEMPERATURE})
+        return (first_choice(endpoint, CHAT, reply).get("message") or {}).get("content") or ""
+    replies = ask_all(asked, send, ReplyCache(out.with_name(out.name + ".calls.jsonl")), args.workers, "judge",
+                      progress=not args.no_progress)
     report = compare_report(calls, replies) if args.versus else grade_report(calls, replies)
     report["made_by"] = {
-        "judge": {"url": endpoint.chat_url, "model": endpoint.model, "temperature": endpoint.temperature,
-                  "max_tokens": endpoint.max_tokens},
+        "judge": {"url": endpoint.address(CHAT), "model": endpoint.model, "temperature": TEMPERATURE,
+                  "max_tokens": args.max_tokens},
         "prompts_sha256": prompts_fingerprint(),
         "answers": {"file": str(args.answers), "sha256": sha256_file(args.answers)},
         "versus": {"file": str(args.versus), "sha256": sha256_file(args.versus)} if args.versus else None,

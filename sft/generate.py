@@ -44,17 +44,24 @@ class Sampling:
         return kwargs
 
 
-def load_model(model_dir: str | Path, template: str | None = None, dtype: str = "float32"):
-    """(model, tokenizer, template spec) of an exported folder; the saved template unless overridden."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer_and_template(model_dir: str | Path, template: str | None = None):
+    """(tokenizer, template spec) of an exported folder; the saved template unless overridden."""
+    from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"--model {model_dir}: not a Hugging Face model folder (no config.json); "
                         "merge a LoRA run first with python -m sft export")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    spec = make_spec(template, tokenizer) if template else TemplateSpec.load(model_dir)
+    return tokenizer, make_spec(template, tokenizer) if template else TemplateSpec.load(model_dir)
+
+
+def load_model(model_dir: str | Path, template: str | None = None, dtype: str = "float32"):
+    """(model, tokenizer, template spec) of an exported folder; the saved template unless overridden."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, spec = load_tokenizer_and_template(model_dir, template)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
     model.eval()
     if torch.cuda.is_available():
@@ -88,6 +95,14 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[list[int]], sampl
     return results
 
 
+def encode_prompts(tokenizer: Any, spec: TemplateSpec, items: Sequence[PromptItem],
+                   max_prompt_tokens: int | None = None) -> list[list[int]]:
+    """The template's prompt ids of each item (the ids training used), cut to the last
+    ``max_prompt_tokens``: the instruction to answer is at the end."""
+    prompts = [encode_prompt(item.conversation, tokenizer, spec) for item in items]
+    return [p[-max_prompt_tokens:] for p in prompts] if max_prompt_tokens else prompts
+
+
 def generate_all(model: Any, tokenizer: Any, spec: TemplateSpec, items: Sequence[PromptItem], sampling: Sampling,
                  batch_size: int = 8, max_prompt_tokens: int | None = None) -> tuple[list[str], list[bool]]:
     """(answer text, finished) per item: finished means it ended at a stop id, not at max_new_tokens
@@ -96,10 +111,8 @@ def generate_all(model: Any, tokenizer: Any, spec: TemplateSpec, items: Sequence
     from tqdm import tqdm
 
     torch.manual_seed(sampling.seed)
-    prompts = [encode_prompt(item.conversation, tokenizer, spec) for item in items]
+    prompts = encode_prompts(tokenizer, spec, items, max_prompt_tokens)
     stops = stop_ids(tokenizer, spec)
-    if max_prompt_tokens:  # keep the end: the instruction to answer is there
-        prompts = [p[-max_prompt_tokens:] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     finished = [True] * len(prompts)

@@ -2,6 +2,8 @@
 
     python -m sft generate --model DIR --input FILE --out FILE.jsonl [--batch-size 8] [--limit N]
         [--max-new-tokens 512] [--do-sample --temperature 0.7 --top-p 0.9 --top-k 40] [--repetition-penalty 1.1]
+    # the same on a server: vllm serve DIR   (sft/generate_remote.py: the prompts go as token ids)
+    python -m sft generate --model DIR --input FILE --out FILE.jsonl --server http://127.0.0.1:8000/v1
 
 FILE: BELLE's eval set (JSON Lines of question/std_answer/class, e.g.
 ../shared/data/sft/belle_eval_set.json), Alpaca records (output, when present, is the reference)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .templates import TEMPLATE_NAMES
@@ -37,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    server = parser.add_argument_group("generate on an OpenAI-compatible server instead (vLLM, TGI, sft serve)")
+    server.add_argument("--server", default=None, metavar="URL", help="its API base, e.g. http://127.0.0.1:8000/v1; "
+                        "--model then only gives the tokenizer and template")
+    server.add_argument("--server-model", default=None, help="the name it serves the model under (default: --model "
+                        "as given, vLLM's name for `vllm serve DIR`)")
+    server.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable holding its API key")
+    server.add_argument("--workers", type=int, default=32, help="requests in flight at once (32)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,8 +58,15 @@ def run(args: argparse.Namespace) -> int:
     from .generate import (Sampling, generate_all, load_model, prediction_records, score_by_class,
                            settings_dict, write_jsonl)
 
-    if args.batch_size < 1 or args.max_new_tokens < 1:
-        raise UserError("--batch-size and --max-new-tokens must be >= 1")
+    if args.batch_size < 1 or args.max_new_tokens < 1 or args.workers < 1:
+        raise UserError("--batch-size, --max-new-tokens and --workers must be >= 1")
+    if args.server:
+        from zhllama.errors import raise_if_problems
+        from zhllama.openai_client import check_url
+
+        missing_key = args.api_key_env and not os.environ.get(args.api_key_env)
+        raise_if_problems("--server settings", check_url("--server", args.server) + (
+            [f"--api-key-env {args.api_key_env}: that environment variable is not set"] if missing_key else []))
     items = load_prompts(args.input)  # validate the file before loading a model
     if args.limit is not None:
         items = items[: args.limit]
@@ -57,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.input}: no records to answer")
     sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k,
                         args.repetition_penalty, args.seed)
-    model, tokenizer, spec = load_model(args.model, args.template, args.dtype)
-    answers, finished = generate_all(model, tokenizer, spec, items, sampling, args.batch_size, args.max_prompt_tokens)
+    if args.server:
+        tokenizer, spec, answers, finished = _generate_on_server(args, items, sampling)
+    else:
+        model, tokenizer, spec = load_model(args.model, args.template, args.dtype)
+        answers, finished = generate_all(model, tokenizer, spec, items, sampling, args.batch_size, args.max_prompt_tokens)
     rows = prediction_records(items, answers, finished, spec)
     write_jsonl(args.out, rows)
     scores = score_by_class(items, answers)
@@ -66,10 +86,29 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     scores_path = out.with_name(out.name.removesuffix(".jsonl") + ".scores.json")
     write_json_atomic(scores_path, {"metric": "character-level ROUGE-L F1 (mean over records with a reference)",
-                                    "model": str(args.model), "input": str(args.input), "records": len(items),
+                                    "model": str(args.model), "server": args.server, "input": str(args.input),
+                                    "records": len(items),
                                     "template": spec.name, "sampling": settings_dict(sampling), "by_class": scores,
                                     "health": health})
     print(json.dumps(scores, ensure_ascii=False, indent=2))
     print(health_table(health))
     print(f"wrote {out} ({len(items)} predictions) and {scores_path}")
     return 0
+
+
+def _generate_on_server(args: argparse.Namespace, items, sampling):
+    from zhllama.openai_client import Endpoint
+
+    from .generate import encode_prompts, load_tokenizer_and_template
+    from .generate_remote import generate_remote
+    from .templates import stop_ids
+
+    tokenizer, spec = load_tokenizer_and_template(args.model, args.template)
+    endpoint = Endpoint(args.server, args.server_model or args.model,
+                        os.environ.get(args.api_key_env) if args.api_key_env else None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    answers, finished = generate_remote(endpoint, encode_prompts(tokenizer, spec, items, args.max_prompt_tokens),
+                                        sampling, stop_ids(tokenizer, spec), out.with_name(out.name + ".calls.jsonl"),
+                                        args.workers)
+    return tokenizer, spec, answers, finished

@@ -104,8 +104,11 @@ class Engine:
                 raise ApiError(400, f"{key} must be a non-negative number", key)
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ApiError(400, "max_tokens must be a positive integer", "max_tokens")
+        penalty = body.get("repetition_penalty", 1.0)  # not OpenAI's; vLLM's and TGI's name for it
+        if not isinstance(penalty, (int, float)) or isinstance(penalty, bool) or penalty <= 0:
+            raise ApiError(400, "repetition_penalty must be a positive number", "repetition_penalty")
         return Sampling(max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-                        top_p=top_p or 1.0, top_k=0, repetition_penalty=1.0, seed=int(body.get("seed") or 0))
+                        top_p=top_p or 1.0, top_k=0, repetition_penalty=float(penalty), seed=int(body.get("seed") or 0))
 
     def check_fits(self, prompt: list[int], sampling: Sampling) -> None:
         if len(prompt) + sampling.max_new_tokens > self.max_context:
@@ -160,12 +163,18 @@ def _chat_prompt(engine: Engine, body: dict[str, Any]) -> list[int]:
 
 
 def _completion_prompt(engine: Engine, body: dict[str, Any]) -> list[int]:
+    """A text (tokenized, BOS added as at training time) or, as the OpenAI API allows, token ids used
+    as they are (`sft generate --server` sends the template's ids this way)."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
+    if isinstance(prompt, list) and prompt and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
+        if not all(0 <= i < len(engine.tokenizer) for i in prompt):
+            raise ApiError(400, f"prompt token ids must lie in 0..{len(engine.tokenizer) - 1}", "prompt")
+        return list(prompt)
     if not isinstance(prompt, str) or not prompt:
-        raise ApiError(400, "prompt must be a non-empty string", "prompt")
-    return list(engine.tokenizer(prompt)["input_ids"])  # BOS added as at training time
+        raise ApiError(400, "prompt must be a non-empty string or a list of token ids", "prompt")
+    return list(engine.tokenizer(prompt)["input_ids"])
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -150,33 +150,81 @@ def test_answer_health_signs():
     assert by_class["all"] == by_class["math"]
 
 
-def test_unfinished_answers_are_those_that_never_reached_a_stop_id(model_dir, tmp_path):
-    """`finished` against an oracle: the same greedy generation without any stop, searched for a stop id.
-    The EOS row of the head is made a copy (0.1% larger) of a token one prompt's answer has and
-    another's has not, so some answers end early and others run to the limit."""
+NEW = 6  # new tokens per answer in the stopping tests
+
+
+def _raw_answers(model, tok, prompts) -> list[list[int]]:
+    """Greedy answers with no stop at all: NEW tokens each."""
+    import torch
+
+    with torch.no_grad():
+        return [model.generate(torch.tensor([ids]), max_new_tokens=NEW, do_sample=False, eos_token_id=None,
+                               pad_token_id=tok.eos_token_id)[0, len(ids):].tolist() for ids in prompts]
+
+
+@pytest.fixture(scope="module")
+def stopping_model(model_dir, tmp_path_factory):
+    """The tiny model with its head's EOS row made a copy (0.1% larger) of a token one prompt's answer
+    has and another's has not: some answers end early, others run to the limit. (folder, items, prompts)"""
+    import shutil
+
     import torch
 
     from sft.data import load_prompts
-    from sft.generate import Sampling, generate_all, load_model
-    from sft.templates import encode_prompt, stop_ids
+    from sft.generate import encode_prompts, load_model
 
     model, tok, spec = load_model(model_dir)
-    items = load_prompts(write_jsonl(tmp_path / "e.jsonl", BELLE))
-    prompts = [encode_prompt(item.conversation, tok, spec) for item in items]
-    new = 6
-
-    def raw_answers() -> list[list[int]]:
-        with torch.no_grad():
-            return [model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False, eos_token_id=None,
-                                   pad_token_id=tok.eos_token_id)[0, len(ids):].tolist() for ids in prompts]
-    before = raw_answers()
+    items = load_prompts(write_jsonl(tmp_path_factory.mktemp("stop") / "e.jsonl", BELLE))
+    prompts = encode_prompts(tok, spec, items)
+    before = _raw_answers(model, tok, prompts)
     marker = next(t for t in before[0] + [t for a in before for t in a] if any(t not in a for a in before))
     with torch.no_grad():
         model.lm_head.weight[tok.eos_token_id] = model.lm_head.weight[marker] * 1.001
-    answers, finished = generate_all(model, tok, spec, items, Sampling(max_new_tokens=new, repetition_penalty=1.0))
+    folder = tmp_path_factory.mktemp("stopping") / "model"
+    shutil.copytree(model_dir, folder)
+    model.save_pretrained(folder)
+    return folder, items, prompts
+
+
+def test_unfinished_answers_are_those_that_never_reached_a_stop_id(stopping_model):
+    """`finished` against an oracle: the same greedy generation without any stop, searched for a stop id."""
+    from sft.generate import Sampling, generate_all, load_model
+    from sft.templates import stop_ids
+
+    folder, items, prompts = stopping_model
+    model, tok, spec = load_model(folder)
+    answers, finished = generate_all(model, tok, spec, items, Sampling(max_new_tokens=NEW, repetition_penalty=1.0))
     stops = set(stop_ids(tok, spec))
-    expected = [any(t in stops for t in raw) for raw in raw_answers()]
+    expected = [any(t in stops for t in raw) for raw in _raw_answers(model, tok, prompts)]
     assert finished == expected and True in finished and False in finished, (finished, expected)
+
+
+def test_generating_on_a_server_gives_the_local_answers(stopping_model, tmp_path):
+    """`--server`: the prompts go to /v1/completions as token ids (here `sft serve` of the same
+    folder); answers and finished flags equal local generation's, and a rerun asks nothing."""
+    from helpers_serve import start_server
+
+    folder, _, _ = stopping_model
+    source = write_jsonl(tmp_path / "e.jsonl", BELLE)
+    common = ["--model", str(folder), "--input", str(source), "--max-new-tokens", str(NEW), "--repetition-penalty", "1.0"]
+    generate_cli.run(_args(generate_cli, [*common, "--out", str(tmp_path / "local.jsonl")]))
+    server, url, _ = start_server(folder, max_context=512, max_concurrent=2)
+    try:
+        remote = [*common, "--out", str(tmp_path / "remote.jsonl"), "--server", url + "/v1", "--server-model", "tiny-zh",
+                  "--workers", "3"]
+        generate_cli.run(_args(generate_cli, remote))
+        calls = (tmp_path / "remote.jsonl.calls.jsonl").read_text(encoding="utf-8")
+        generate_cli.run(_args(generate_cli, remote))
+        assert (tmp_path / "remote.jsonl.calls.jsonl").read_text(encoding="utf-8") == calls  # all cached
+    finally:
+        server.shutdown()
+        server.server_close()
+    local, served = ([json.loads(x) for x in (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+                     for name in ("local", "remote"))
+    assert [(r["prediction"], r["finished"]) for r in served] == [(r["prediction"], r["finished"]) for r in local]
+    assert {r["finished"] for r in local} == {True, False}
+    scores = json.loads((tmp_path / "remote.scores.json").read_text(encoding="utf-8"))
+    assert scores["server"] == url + "/v1"
 
 
 def test_belle_reference_answers_look_healthy(shared_data):

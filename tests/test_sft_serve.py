@@ -70,6 +70,12 @@ def test_text_completions_plain_and_streamed(served):
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model="tiny-zh", prompt="春眠不觉晓", max_tokens=6, stream=True) if c.choices)
     assert whole.choices[0].text == streamed and whole.usage.completion_tokens <= 6
+    ids = client.completions.create(model="tiny-zh", prompt=[engine_ids := _ids(served, "春眠不觉晓")], max_tokens=6)
+    assert ids.choices[0].text == whole.choices[0].text and ids.usage.prompt_tokens == len(engine_ids)
+
+
+def _ids(served, text: str) -> list[int]:
+    return list(served[2].tokenizer(text)["input_ids"])
 
 
 def test_bad_requests_get_the_openai_error_shape(served):
@@ -86,7 +92,9 @@ def test_bad_requests_get_the_openai_error_shape(served):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="tiny-zh", messages=[{"role": "assistant", "content": "hi"}])
     for path, data in (("/v1/chat/completions", b"{not json"), ("/v1/nothing", b"{}"),
-                       ("/v1/completions", b'{"prompt": 3}'), ("/v1/chat/completions", b'{"messages": [1]}')):
+                       ("/v1/completions", b'{"prompt": 3}'), ("/v1/chat/completions", b'{"messages": [1]}'),
+                       ("/v1/completions", b'{"prompt": [1, 99999999]}'),
+                       ("/v1/completions", b'{"prompt": "x", "repetition_penalty": -1}')):
         request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=60)
