@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from zhllama.errors import UserError
-from zhllama.model_folder import embedding_rows_match
+from zhllama.model_folder import embedding_rows_match, require_model_folder
 from zhllama.tokenizer_files import VOCAB_REPORTS
 
 from .config import TrainConfig
@@ -28,8 +28,7 @@ def tokenizer_dir(cfg: TrainConfig) -> Path:
 def check_model_folder(cfg: TrainConfig) -> None:
     """Refuse missing folders and a model whose embedding rows do not match its tokenizer."""
     model_dir, tok_dir = Path(cfg.model.path), tokenizer_dir(cfg)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"model.path: {model_dir} is not a Hugging Face model folder (no config.json)")
+    require_model_folder(model_dir, "model.path:")
     ok, message = embedding_rows_match(str(model_dir), str(tok_dir))
     if not ok:
         raise UserError(f"model {model_dir} does not match tokenizer {tok_dir}: {message}")

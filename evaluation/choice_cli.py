@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from zhllama.errors import UserError
+from zhllama.model_folder import require_model_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +46,7 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or ("test" if args.benchmark == "cmmlu" else "val")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"--model {model_dir}: not a Hugging Face model folder (no config.json)")
+    model_dir = require_model_folder(args.model, "--model")
     bench = load_benchmark(args.benchmark, args.data, split, args.shots, args.max_items_per_subject, args.subjects)
     statuses = None
     if args.contamination:

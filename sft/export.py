@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from zhllama.errors import UserError
+from zhllama.model_folder import require_model_folder
 from zhllama.files import atomic_output_dir, write_json_atomic
 from zhllama.tokenizer_files import copy_tokenizer_files, copy_vocab_reports
 
@@ -23,6 +24,7 @@ from .chat_templates import install_chat_template
 from .templates import TEMPLATE_FILE, TemplateSpec, stop_ids
 
 ADAPTER_CONFIG = "adapter_config.json"
+SFT_DATA_REPORT = "sft_data_report.json"  # sft/train_cli.py writes it into every SFT run
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -37,6 +39,7 @@ class ExportReport:
     resized_base_to: int | None = None
     notes: list[str] = field(default_factory=list)
     forced: bool = False  # --force: merged although the base is not the one the run recorded
+    template: str | None = None  # None: a pretraining run, exported as a base model (no chat template)
 
 
 def find_run_folder(run_output: str | Path) -> Path:
@@ -84,7 +87,9 @@ def _vocab_message(base_rows: int, adapter_rows: dict[str, int], tokens: int) ->
     )
 
 
-def _template_for(run_dir: Path, run_output: Path, template: str | None, tokenizer: Any) -> TemplateSpec:
+def _template_for(run_dir: Path, run_output: Path, template: str | None, tokenizer: Any) -> TemplateSpec | None:
+    """The run's chat template; None for a pretraining run (`pretrain train` writes no SFT data report):
+    its merge is a base model, with no chat template to advertise."""
     from .templates import make_spec
 
     if template is not None:
@@ -92,7 +97,9 @@ def _template_for(run_dir: Path, run_output: Path, template: str | None, tokeniz
     for folder in (run_dir, run_output):
         if (folder / TEMPLATE_FILE).is_file():
             return TemplateSpec.load(folder)
-    raise UserError(f"{run_output}: no {TEMPLATE_FILE} (was it trained by `sft train`?); pass --template NAME")
+    if not any((folder / SFT_DATA_REPORT).is_file() for folder in (run_output, run_dir.parent)):
+        return None
+    raise UserError(f"{run_output}: an `sft train` run without {TEMPLATE_FILE}; pass --template NAME")
 
 
 def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, template: str | None = None,
@@ -101,15 +108,17 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, run_output = Path(base), Path(run_output)
-    if not (base / "config.json").is_file():
-        raise UserError(f"--base {base}: not a Hugging Face model folder (no config.json)")
+    require_model_folder(base, "--base")
     run_dir = find_run_folder(run_output)
     tok_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else base
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     spec = _template_for(run_dir, run_output, template, tokenizer)
     is_lora = (run_dir / ADAPTER_CONFIG).is_file()
     report = ExportReport(str(base), str(run_dir), "lora-merge" if is_lora else "full-copy",
-                          tokenizer_tokens=len(tokenizer))
+                          tokenizer_tokens=len(tokenizer), template=spec.name if spec else None)
+    if spec is None:
+        report.notes.append("a pretraining run: exported as a base model, without a chat template "
+                            "(generate/chat need --template; SFT starts from it)")
     if is_lora:
         from .export_base import check_base
 
@@ -128,15 +137,16 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
     if len(tokenizer) < rows:
         report.notes.append(f"{rows - len(tokenizer)} embedding rows beyond the tokenizer's {len(tokenizer)} "
                             "tokens (padding rows, e.g. pad_to_multiple_of): never produced, harmless")
-    stops = stop_ids(tokenizer, spec)
+    stops = stop_ids(tokenizer, spec) if spec else [tokenizer.eos_token_id]
     if len(stops) > 1:  # generation_config.json: transformers, vLLM and TGI then stop where a reply ends
         model.generation_config.eos_token_id = stops
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer_files(tok_dir, tmp)  # byte for byte, as the run read it
         copy_vocab_reports((run_dir, base), tmp)
-        spec.save(tmp)
-        install_chat_template(tmp, spec)  # for llama.cpp / vLLM / Ollama chat modes
+        if spec is not None:
+            spec.save(tmp)
+            install_chat_template(tmp, spec)  # for llama.cpp / vLLM / Ollama chat modes
         write_json_atomic(tmp / "export_report.json", report.__dict__)
     return report
 

@@ -4,7 +4,9 @@
 
 RUN_OUTPUT is the ``output_dir`` of ``python -m sft train`` (its ``final/`` holds the adapter with
 the fully trained embed_tokens/lm_head, the tokenizer and ``sft_template.json``). The vocabulary
-sizes of base, adapter and tokenizer are checked first. A ``mode=full`` run is re-saved as is.
+sizes of base, adapter and tokenizer are checked first. A ``mode=full`` run is re-saved as is. A
+``pretrain train`` LoRA run merges the same way into a base model: no template, no chat template
+(``python -m sft export --base RESIZED --adapter outputs/pt-7b --out outputs/pt-7b-merged``).
 DIR gets the merged model, the tokenizer (files copied byte for byte, plus the template's Jinja
 chat template), the template and ``export_report.json``. ``--gguf TYPE`` then converts DIR with
 llama.cpp's own converter (pinned, fetched once) into ``DIR/model-TYPE.gguf``.
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", required=True, help="the run's output_dir (or its final/ folder)")
     parser.add_argument("--out", required=True, help="folder to write (refused if it exists, unless --overwrite)")
     parser.add_argument("--template", choices=TEMPLATE_NAMES, default=None,
-                        help="only for runs without sft_template.json")
+                        help="only for SFT runs without sft_template.json (a pretraining run gets none)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument("--force", action="store_true",
                         help="merge even when --base is not the model the run recorded (the report says so)")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from zhllama.errors import UserError
+from zhllama.model_folder import require_model_folder
 
 from .answer_health import health
 from .data import PromptItem
@@ -49,9 +49,7 @@ def load_tokenizer_and_template(model_dir: str | Path, template: str | None = No
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"--model {model_dir}: not a Hugging Face model folder (no config.json); "
-                        "merge a LoRA run first with python -m sft export")
+    require_model_folder(model_dir, "--model")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     return tokenizer, make_spec(template, tokenizer) if template else TemplateSpec.load(model_dir)
 

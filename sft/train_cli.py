@@ -91,10 +91,11 @@ def run(args: argparse.Namespace) -> int:
         final = Path(result["final_dir"])
         spec.save(final)  # generation must format prompts exactly as training did
         from .chat_templates import install_chat_template
+        from .export import SFT_DATA_REPORT
 
         install_chat_template(final, spec)  # other runtimes' chat modes format prompts the same way
         spec.save(out)
-        write_json_atomic(out / "sft_data_report.json", asdict(report))
+        write_json_atomic(out / SFT_DATA_REPORT, asdict(report))  # also tells `sft export` it is an SFT run
         dump_config(cfg, out / "sft_config.yaml")
         shown = {k: result[k] for k in sorted(result) if k.startswith(("eval/", "train/loss"))}
         print(f"done: {final}  " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()), flush=True)

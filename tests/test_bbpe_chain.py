@@ -1,10 +1,13 @@
-"""The whole chain on a real byte-level BPE base, as a Llama-3 user runs it: `vocab merge` on Meta's
-tokenizer.model → `vocab resize` → `pretrain prepare` / `pretrain train` → `sft train` with the
-Llama-3 chat template → `sft export --gguf` (single process, tiny model, 2 steps each).
+"""The whole chain on a real byte-level BPE base, as a Llama-3.2 user runs it: `vocab merge` on Meta's
+tokenizer.model → `vocab resize` → `pretrain prepare` / `pretrain train` mode=lora (the flagship
+recipe) → `sft export` of that run into a base model → `sft train` with the Llama-3 chat template →
+`sft export --gguf` (single process, tiny model, 2 steps each). The model ties its input and output
+embeddings, as Llama-3.2 1B/3B and Qwen2.5 up to 3B do.
 
 Every stage keeps the tokenizer (same fingerprint) and the vocab's provenance (merge_report.json);
 the export's generation_config.json stops at <|eot_id|> as well as EOS; the GGUF names Llama-3's
-pre-tokenizer and holds every token. Each of these was broken before for this base.
+pre-tokenizer and holds every token, and llama.cpp continues prompts as transformers does. The
+embeddings stay tied and trained through both LoRA merges.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def chain(fetched, cmrc_lines, tmp_path_factory) -> dict[str, Path]:
     shutil.copyfile(fetched["llama3_tokenizer.model"], root / "meta" / "tokenizer.model")  # Meta's name
     extend_bbpe(root / "meta" / "tokenizer.model", cmrc_lines[:300], root / "merged", TrainSettings(new_tokens=200), verify=False)
     config = transformers.LlamaConfig(vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+                                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
                                       bos_token_id=128000, eos_token_id=128001)
     transformers.LlamaForCausalLM(config).save_pretrained(root / "base")
     _run("vocab", "resize", "--model", str(root / "base"), "--tokenizer", str(root / "merged"), "--out",
@@ -41,22 +44,23 @@ def chain(fetched, cmrc_lines, tmp_path_factory) -> dict[str, Path]:
     quiet = ["checkpoint.every_steps=0", "logging.wandb=disabled", "logging.tensorboard=false", "logging.plot=false"]
     _run("pretrain", "train", "--config", "pretrain/configs/tiny_cpu.yaml", f"model.path={root / 'resized'}",
          f"data.dir={root / 'shards'}", f"output_dir={root / 'pt'}", "schedule.max_steps=2", "eval.every_steps=0",
-         "eval.at_start=false", *quiet)
+         "eval.at_start=false", "mode=lora", *quiet)
+    _run("sft", "export", "--base", str(root / "resized"), "--adapter", str(root / "pt"), "--out", str(root / "pt_merged"))
     data = root / "sft.json"
     data.write_text(json.dumps(SFT_RECORDS, ensure_ascii=False), encoding="utf-8")
-    _run("sft", "train", "--config", "sft/configs/tiny_cpu.yaml", f"model.path={root / 'pt' / 'final'}",
+    _run("sft", "train", "--config", "sft/configs/tiny_cpu.yaml", f"model.path={root / 'pt_merged'}",
          f"output_dir={root / 'sft'}", f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}'}}]",
          "data.eval_fraction=0.0", "schedule.max_steps=2", "data.template=tokenizer")
-    _run("sft", "export", "--base", str(root / "pt" / "final"), "--adapter", str(root / "sft"), "--out",
+    _run("sft", "export", "--base", str(root / "pt_merged"), "--adapter", str(root / "sft"), "--out",
          str(root / "export"), "--gguf", "f32")
     return {"merged": root / "merged", "resized": root / "resized", "pt": root / "pt" / "final",
-            "sft": root / "sft" / "final", "export": root / "export"}
+            "pt_merged": root / "pt_merged", "sft": root / "sft" / "final", "export": root / "export"}
 
 
 def test_every_stage_keeps_the_tokenizer_and_its_provenance(chain):
     merged = chain["merged"]
     assert (merged / "original" / "tokenizer.model").is_file() and not (merged / "tokenizer.model").exists()
-    for stage in ("resized", "pt", "sft", "export"):
+    for stage in ("resized", "pt", "pt_merged", "sft", "export"):
         assert tokenizer_fingerprint(chain[stage]) == tokenizer_fingerprint(merged), stage
         assert (chain[stage] / "merge_report.json").read_bytes() == (merged / "merge_report.json").read_bytes(), stage
 
@@ -71,3 +75,38 @@ def test_the_export_stops_at_the_end_of_a_reply_and_converts(chain, llama_cpp_tr
     report = json.loads((export / "merge_report.json").read_text())
     assert vocab["pre"] == "llama-bpe" and len(vocab["tokens"]) == report["vocab_size"]
     assert "<|start_header_id|>" in vocab["chat_template"]
+
+
+def test_tied_embeddings_stay_tied_and_trained_through_both_merges(chain):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    embeddings = {}
+    for stage in ("resized", "pt_merged", "export"):
+        model = AutoModelForCausalLM.from_pretrained(str(chain[stage]), dtype=torch.float32)
+        assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight, stage
+        embeddings[stage] = model.model.embed_tokens.weight.detach()
+    assert not torch.equal(embeddings["resized"], embeddings["pt_merged"])  # LoRA pretraining trained them
+    assert not torch.equal(embeddings["pt_merged"], embeddings["export"])  # and so did LoRA SFT
+    assert not (chain["pt_merged"] / "sft_template.json").exists()  # a base model: the tokenizer's files as they were
+
+
+def test_llama_cpp_continues_the_exported_model_as_transformers_does(chain, tmp_path):
+    import helpers_llama_cpp as llama_cpp
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    export = chain["export"]
+    tok = AutoTokenizer.from_pretrained(str(export))
+    model = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval()
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+             for q in ("中国的首都是哪里？", "写一行缩进的代码")]
+    prompts = [tok(text, add_special_tokens=False).input_ids for text in texts]
+    special = {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    want = []
+    for ids in prompts:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        want.append(out[0, len(ids):].tolist())
+    for got, expected in zip(llama_cpp.greedy(export / "model-f32.gguf", prompts, 8, tmp_path), want):
+        assert got == expected[:len(got)] and (len(got) == 8 or expected[len(got)] in special), (got, expected)

@@ -99,10 +99,22 @@ def test_unexplained_vocab_mismatch_is_refused_with_the_numbers(base, tmp_path):
 def test_export_needs_a_template_or_refuses(base, tmp_path):
     _fake_run(base, tmp_path / "run")
     (tmp_path / "run" / "final" / TEMPLATE_FILE).unlink()
+    (tmp_path / "run" / "sft_data_report.json").write_text("{}")  # an `sft train` run
     with pytest.raises(UserError, match="--template"):
         export_merged(base, tmp_path / "run", tmp_path / "merged")
     report = export_merged(base, tmp_path / "run", tmp_path / "merged", template="alpaca")
     assert TemplateSpec.load(tmp_path / "merged").name == "alpaca" and report.kind == "lora-merge"
+
+
+def test_a_pretraining_run_merges_into_a_base_model_without_a_template(base, tmp_path):
+    import json
+
+    _fake_run(base, tmp_path / "run")
+    (tmp_path / "run" / "final" / TEMPLATE_FILE).unlink()  # `pretrain train` writes no template, no SFT report
+    report = export_merged(base, tmp_path / "run", tmp_path / "merged")
+    assert report.kind == "lora-merge" and report.template is None
+    assert not (tmp_path / "merged" / TEMPLATE_FILE).exists()
+    assert "chat_template" not in json.loads((tmp_path / "merged" / "tokenizer_config.json").read_text())
 
 
 def test_an_adapter_is_not_merged_into_another_base_of_the_same_shape(base, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,21 @@ def test_single_process_cli_trains_on_prepared_shards_and_stages_chain(assets):
     assert proc.returncode == 0, proc.stderr[-3000:]
     adapter = json.loads((stage2 / "final" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(out / "final")
+
+    # A LoRA run is not a model: training on from it says how to merge it, and the merge of a
+    # pretraining run is a base model (no chat template to advertise), ready for SFT.
+    proc = _train(f"model.path={stage2}", f"data.dir={assets['shards']}", f"output_dir={assets['root'] / 'stage3'}")
+    assert proc.returncode == 2 and "holds a LoRA adapter, not a whole model" in proc.stderr, proc.stderr[-3000:]
+    assert f"python -m sft export --base BASE --adapter {stage2}" in proc.stderr
+    merged = assets["root"] / "stage2_merged"
+    proc = subprocess.run([sys.executable, "-m", "sft", "export", "--base", str(out / "final"), "--adapter",
+                           str(stage2), "--out", str(merged)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((merged / "export_report.json").read_text())
+    assert report["template"] is None and any("a pretraining run" in note for note in report["notes"])
+    assert not (merged / "sft_template.json").exists()
+    assert "chat_template" not in json.loads((merged / "tokenizer_config.json").read_text())
 
 
 def test_refuses_data_prepared_with_another_tokenizer(assets):

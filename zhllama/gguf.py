@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .model_folder import require_model_folder
 from .pinned import LLAMA_CPP, fetch_tree
 from .tokenizer_files import looks_like_tiktoken
 
@@ -31,8 +32,7 @@ def convert(model_dir: str | Path, outfile: str | Path, *, vocab_only: bool = Fa
             cache: Path | None = None, log=print) -> Path:
     """Run the pinned converter on ``model_dir``; the GGUF appears at ``outfile`` only when complete."""
     model_dir, outfile = Path(model_dir), Path(outfile)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir}: not a Hugging Face model folder (no config.json); GGUF needs one")
+    require_model_folder(model_dir, "GGUF conversion:")
     if outtype not in OUTTYPES:
         raise UserError(f"GGUF type {outtype!r}: choose one of {', '.join(OUTTYPES)}")
     _refuse_rank_file_as_sentencepiece(model_dir)

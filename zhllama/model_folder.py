@@ -45,6 +45,21 @@ class TensorInfo:
         return self.numel * _DTYPE_BYTES.get(self.dtype, 4)
 
 
+def require_model_folder(model_dir: str | Path, what: str) -> Path:
+    """``model_dir`` when it holds a whole model (config.json); otherwise one error that says what it is.
+    A LoRA run's folder (adapter_config.json) is the common mistake: training, scoring, generating or
+    converting it needs the adapter merged into its base first."""
+    model_dir = Path(model_dir)
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    for folder in (model_dir, model_dir / "final"):
+        if (folder / "adapter_config.json").is_file():
+            raise UserError(f"{what} {model_dir} holds a LoRA adapter, not a whole model: merge it into its base "
+                            f"first: python -m sft export --base BASE --adapter {model_dir} --out MERGED "
+                            "(BASE: the model.path the run started from)")
+    raise UserError(f"{what} {model_dir}: not a Hugging Face model folder (no config.json)")
+
+
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of a model folder, in index order; a UserError for anything else."""
     model_dir = Path(model_dir)
