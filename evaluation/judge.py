@@ -8,6 +8,8 @@ reported: a low rate means the judge is guessing.
 
 Reported per BELLE class and overall: the mean grade with a 95% interval, or wins / ties / losses
 and the win rate (a tie counts half) with a 95% interval, plus every item's verdicts and replies.
+Beside position consistency, how often the longer answer won among decided pairs: judges also
+favour length, and a value near 1.0 says the win rate may be measuring it.
 A reply without a readable verdict is counted as unparsed and left out of the means.
 """
 from __future__ import annotations
@@ -107,7 +109,8 @@ def compare_calls(pairs: list[tuple[Answer, Answer]], key) -> list[dict[str, Any
         first = compare_messages(a.task, a.question, a.context, a.reference, a.prediction, b.prediction)
         swapped = compare_messages(a.task, a.question, a.context, a.reference, b.prediction, a.prediction)
         calls.append({"answer": a, "key": key(first), "swapped_key": key(swapped),
-                      "messages": first, "swapped_messages": swapped})
+                      "messages": first, "swapped_messages": swapped,
+                      "lengths": [len(a.prediction), len(b.prediction)]})
     return calls
 
 
@@ -147,7 +150,7 @@ def compare_report(calls: list[dict[str, Any]], replies: dict[str, str]) -> dict
         items.append({"where": c["answer"].where, "id": c["answer"].id, "class": c["answer"].task,
                       "outcome": _outcome(first, swapped), "verdicts": [first, swapped],
                       "consistent": None if None in (first, swapped) else {"A": "B", "B": "A", TIE: TIE}[first] == swapped,
-                      "replies": [replies[c["key"]], replies[c["swapped_key"]]]})
+                      "lengths": c["lengths"], "replies": [replies[c["key"]], replies[c["swapped_key"]]]})
 
     def summary(rows: list[dict]) -> dict[str, Any]:
         judged = [r for r in rows if r["outcome"] is not None]
@@ -156,8 +159,18 @@ def compare_report(calls: list[dict[str, Any]], replies: dict[str, str]) -> dict
         return {"items": len(rows), **counts, "unparsed": len(rows) - len(judged),
                 "win_rate": round(sum(points) / len(points), 4) if points else None, "ci95": _interval(points),
                 "position_consistency": round(sum(bool(r["consistent"]) for r in judged) / len(judged), 4)
-                if judged else None}
+                if judged else None, "longer_won": _longer_won(judged)}
     return {"mode": "compare", "overall": summary(items), "by_class": _by_class(items, summary), "items": items}
+
+
+def _longer_won(judged: list[dict]) -> float | None:
+    """Among wins and losses between answers of different length, the share the longer answer won.
+    Near 1.0 with answers that are merely longer is the length bias judges are known for."""
+    decided = [r for r in judged if r["outcome"] in ("win", "loss") and r["lengths"][0] != r["lengths"][1]]
+    if not decided:
+        return None
+    longer = sum((r["outcome"] == "win") == (r["lengths"][0] > r["lengths"][1]) for r in decided)
+    return round(longer / len(decided), 4)
 
 
 def _by_class(items: list[dict], summary) -> dict[str, Any]:
@@ -172,10 +185,11 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines += [f"| {name} | {s['items']} | {_fmt(s['mean'])} | {_fmt_ci(s['ci95'])} | {s['unparsed']} |"
                   for name, s in rows]
     else:
-        lines = ["| class | items | win | tie | loss | win rate | 95% interval | same in both orders | unparsed |",
-                 "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+        lines = ["| class | items | win | tie | loss | win rate | 95% interval | same in both orders | longer won "
+                 "| unparsed |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
         lines += [f"| {name} | {s['items']} | {s['win']} | {s['tie']} | {s['loss']} | {_fmt(s['win_rate'])} | "
-                  f"{_fmt_ci(s['ci95'])} | {_fmt(s['position_consistency'])} | {s['unparsed']} |" for name, s in rows]
+                  f"{_fmt_ci(s['ci95'])} | {_fmt(s['position_consistency'])} | {_fmt(s['longer_won'])} | "
+                  f"{s['unparsed']} |" for name, s in rows]
     return "\n".join(lines)
 
 

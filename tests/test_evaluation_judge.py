@@ -139,6 +139,7 @@ def test_compare_asks_both_orders_so_a_judge_that_prefers_a_position_gives_ties(
     report = _run(*argv, "--out", str(tmp_path / "fair.json"))
     assert [r["outcome"] for r in report["items"]] == ["win", "win", "loss", "tie", "tie"]
     assert report["overall"]["win_rate"] == 0.6 and report["overall"]["position_consistency"] == 1.0
+    assert report["overall"]["longer_won"] == 1.0  # "10" beat "9", "print('hi')" beat "不会"; "7" vs "8" is even
     orders = {(_block(m, "回答 A"), _block(m, "回答 B")) for m in
               (r["body"]["messages"][-1]["content"] for r in judge.requests)}
     assert {("7", "8"), ("8", "7"), ("不会", "print('hi')"), ("print('hi')", "不会")} <= orders
@@ -148,6 +149,7 @@ def test_compare_asks_both_orders_so_a_judge_that_prefers_a_position_gives_ties(
     biased = _run(*argv, "--out", str(tmp_path / "biased.json"))
     assert {r["outcome"] for r in biased["items"]} == {"tie"}
     assert biased["overall"]["win_rate"] == 0.5 and biased["overall"]["position_consistency"] == 0.0
+    assert biased["overall"]["longer_won"] is None  # nothing was decided
 
 
 def test_a_stopped_run_asks_only_what_is_missing_when_rerun(judge, tmp_path):
