@@ -363,7 +363,9 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_as_the_uninterrupted_run(
     text = log_file.read_text()
     assert text.count("stopped: SIGTERM at step") == 2, text[-4000:]  # each rank, exit status 75
     saved = [p.name for p in (out / "checkpoints").iterdir() if (p / "complete.json").is_file()]
-    assert len(saved) == 1 and 3 <= int(saved[0][5:]) < 16, saved
+    # Sent once step 2 was logged: the stop comes at the first step boundary after that, which is step 2
+    # itself when the signal lands between the log line and the ranks' stop check (seen once in CI).
+    assert len(saved) == 1 and 2 <= int(saved[0][5:]) < 16, saved
     assert not (out / "final").exists()
     assert json.loads((out / "stopped.json").read_text()) == {"signal": "SIGTERM", "step": int(saved[0][5:]),
                                                                "checkpoint": saved[0]}  # for job scripts
