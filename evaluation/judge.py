@@ -65,12 +65,8 @@ def read_answers(path: str | Path) -> list[Answer]:
                               row.get("input") or "", row.get("std_answer") or None, row["prediction"]))
     if not answers and not problems:
         problems.append(f"{path}: no answers")
-    raise_if_problems(f"{path}", problems[:MAX_REPORTED] + _more(problems))
+    raise_if_problems(f"{path}", problems, limit=MAX_REPORTED)
     return answers
-
-
-def _more(problems: list[str]) -> list[str]:
-    return [f"... and {len(problems) - MAX_REPORTED} more"] if len(problems) > MAX_REPORTED else []
 
 
 def pair_answers(ours: list[Answer], theirs: list[Answer], only_ours: bool = False) -> list[tuple[Answer, Answer]]:
@@ -84,7 +80,7 @@ def pair_answers(ours: list[Answer], theirs: list[Answer], only_ours: bool = Fal
     problems += [] if only_ours else [f"{b.where}: id {b.id!r} is not in the first file" for b in theirs if b.id not in ids]
     problems += [f"{a.where} and {by_id[a.id].where}: id {a.id!r} has two different questions" for a in ours
                  if a.id in by_id and (a.question, a.context) != (by_id[a.id].question, by_id[a.id].context)]
-    raise_if_problems("the two answer files do not answer the same questions", problems[:MAX_REPORTED] + _more(problems))
+    raise_if_problems("the two answer files do not answer the same questions", problems, limit=MAX_REPORTED)
     return [(a, by_id[a.id]) for a in ours]
 
 

@@ -19,13 +19,13 @@ only the missing calls are made (delete that file to ask again).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import sha256_file, sha256_json, write_json_atomic
 
-from zhllama.openai_client import Endpoint, ReplyCache, ask_all, check_url, first_choice, post
+from zhllama.openai_client import (Endpoint, ReplyCache, api_key, ask_all, check_api_key_env, check_url,
+                                   first_choice, post)
 
 from .judge import compare_calls, compare_report, grade_calls, grade_report, markdown_table, pair_answers, read_answers
 from .judge_prompts import prompts_fingerprint
@@ -59,8 +59,7 @@ def _check(args: argparse.Namespace) -> list[str]:
         if value is not None and not Path(value).is_file():
             problems.append(f"{flag} {value}: no such file")
     problems += check_url("--judge-url", args.judge_url)
-    if args.api_key_env and not os.environ.get(args.api_key_env):
-        problems.append(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    problems += check_api_key_env(args.api_key_env)
     for flag, value, least in (("--workers", args.workers, 1), ("--max-tokens", args.max_tokens, 16),
                                ("--retries", args.retries, 0), ("--limit", args.limit, 1)):
         if value is not None and value < least:
@@ -81,8 +80,7 @@ def _key(endpoint: Endpoint, max_tokens: int):
 def run(args: argparse.Namespace) -> int:
     raise_if_problems("judge settings", _check(args))
     answers = read_answers(args.answers)[: args.limit]
-    endpoint = Endpoint(args.judge_url, args.judge_model, os.environ.get(args.api_key_env) if args.api_key_env else None,
-                        args.timeout, args.retries)
+    endpoint = Endpoint(args.judge_url, args.judge_model, api_key(args.api_key_env), args.timeout, args.retries)
     key = _key(endpoint, args.max_tokens)
     if args.versus:
         pairs = pair_answers(answers, read_answers(args.versus), only_ours=args.limit is not None)

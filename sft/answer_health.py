@@ -27,16 +27,27 @@ LATIN = re.compile(r"[A-Za-z]")
 FENCED = re.compile(r"```.*?(```|$)", re.S)
 
 
-def repetition(text: str) -> float:
-    """Share of the character 4-grams (whitespace removed) that repeat an earlier 4-gram."""
+def _grams(text: str) -> list[str]:
     chars = "".join(text.split())
-    grams = [chars[i:i + NGRAM] for i in range(len(chars) - NGRAM + 1)]
+    return [chars[i:i + NGRAM] for i in range(len(chars) - NGRAM + 1)]
+
+
+def _repeated_share(grams: list[str]) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
+def repetition(text: str) -> float:
+    """Share of the character 4-grams (whitespace removed) that repeat an earlier 4-gram."""
+    return _repeated_share(_grams(text))
+
+
+def _loops(grams: list[str], share: float) -> bool:
+    return len(grams) >= MIN_GRAMS and share >= LOOPING_SHARE  # too few grams: too short to tell
+
+
 def is_looping(text: str) -> bool:
-    chars = "".join(text.split())
-    return len(chars) - NGRAM + 1 >= MIN_GRAMS and repetition(text) >= LOOPING_SHARE
+    grams = _grams(text)
+    return _loops(grams, _repeated_share(grams))
 
 
 def han_share(text: str) -> float | None:
@@ -54,7 +65,10 @@ def switched_language(question: str, answer: str) -> bool:
 
 def health(question: str, answer: str, finished: bool) -> dict[str, bool | float]:
     """The row fields `sft generate` writes for one answer."""
-    return {"finished": finished, "repetition": round(repetition(answer), 4), "looping": is_looping(answer),
+    grams = _grams(answer)  # once: repetition and looping read the same grams
+    share = _repeated_share(grams)
+    return {"finished": finished, "repetition": round(share, 4),
+            "looping": _loops(grams, share),
             "language_switch": switched_language(question, answer)}
 
 

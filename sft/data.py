@@ -96,7 +96,7 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, Any]]:
             parsed.append((number, where, json.loads(line)))
         except json.JSONDecodeError as exc:
             problems.append(f"{path}: {where}: not valid JSON: {exc.msg} at column {exc.colno}")
-    raise_if_problems(f"{path}: malformed JSON Lines", problems[:_MAX_REPORTED])
+    raise_if_problems(f"{path}: malformed JSON Lines", problems, limit=_MAX_REPORTED)
     yield from parsed
 
 
@@ -196,10 +196,7 @@ def parse_file(path: str | Path, need_answer: bool = True) -> tuple[list[tuple[C
 
 def raise_record_problems(title: str, problems: list[str]) -> None:
     """One UserError listing malformed records (the first ``_MAX_REPORTED`` and how many more)."""
-    if len(problems) > _MAX_REPORTED:
-        more = len(problems) - _MAX_REPORTED
-        problems = problems[:_MAX_REPORTED] + [f"... and {more} more malformed records"]
-    raise_if_problems(title, problems)
+    raise_if_problems(title, problems, limit=_MAX_REPORTED)
 
 
 def load_conversations(path: str | Path) -> list[Conversation]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from .templates import TEMPLATE_NAMES
@@ -62,11 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size, --max-new-tokens and --workers must be >= 1")
     if args.server:
         from zhllama.errors import raise_if_problems
-        from zhllama.openai_client import check_url
+        from zhllama.openai_client import check_api_key_env, check_url
 
-        missing_key = args.api_key_env and not os.environ.get(args.api_key_env)
-        raise_if_problems("--server settings", check_url("--server", args.server) + (
-            [f"--api-key-env {args.api_key_env}: that environment variable is not set"] if missing_key else []))
+        raise_if_problems("--server settings", check_url("--server", args.server) + check_api_key_env(args.api_key_env))
     items = load_prompts(args.input)  # validate the file before loading a model
     if args.limit is not None:
         items = items[: args.limit]
@@ -97,15 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _generate_on_server(args: argparse.Namespace, items, sampling):
-    from zhllama.openai_client import Endpoint
+    from zhllama.openai_client import Endpoint, api_key
 
     from .generate import encode_prompts, load_tokenizer_and_template
     from .generate_remote import generate_remote
     from .templates import stop_ids
 
     tokenizer, spec = load_tokenizer_and_template(args.model, args.template)
-    endpoint = Endpoint(args.server, args.server_model or args.model,
-                        os.environ.get(args.api_key_env) if args.api_key_env else None)
+    endpoint = Endpoint(args.server, args.server_model or args.model, api_key(args.api_key_env))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     answers, finished = generate_remote(endpoint, encode_prompts(tokenizer, spec, items, args.max_prompt_tokens),

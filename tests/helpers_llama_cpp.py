@@ -52,3 +52,23 @@ def tokenize(gguf: Path, texts: list[str], work: Path) -> list[list[int]]:
 def greedy(gguf: Path, prompts: list[list[int]], max_new: int, work: Path) -> list[list[int]]:
     """llama.cpp's greedy continuation of each prompt (ids), up to its end-of-generation token."""
     return _run("greedy", gguf, prompts, str(max_new), work)
+
+
+def assert_continues_like_transformers(gguf: Path, folder: Path, prompts: list[list[int]], new: int,
+                                       work: Path) -> None:
+    """llama.cpp's greedy continuation of each prompt equals transformers' on ``folder``'s model, up to
+    where llama.cpp stops: at ``new`` tokens, or before any special (end-of-generation) token, which
+    transformers is told not to stop at."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    special = {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    want = []
+    for ids in prompts:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        want.append(out[0, len(ids):].tolist())
+    for got, expected in zip(greedy(gguf, prompts, new, work), want):
+        assert got == expected[:len(got)] and (len(got) == new or expected[len(got)] in special), (got, expected)

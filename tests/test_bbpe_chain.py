@@ -93,20 +93,11 @@ def test_tied_embeddings_stay_tied_and_trained_through_both_merges(chain):
 
 def test_llama_cpp_continues_the_exported_model_as_transformers_does(chain, tmp_path):
     import helpers_llama_cpp as llama_cpp
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     export = chain["export"]
     tok = AutoTokenizer.from_pretrained(str(export))
-    model = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval()
     texts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
              for q in ("中国的首都是哪里？", "写一行缩进的代码")]
     prompts = [tok(text, add_special_tokens=False).input_ids for text in texts]
-    special = {i for i, t in tok.added_tokens_decoder.items() if t.special}
-    want = []
-    for ids in prompts:
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False)
-        want.append(out[0, len(ids):].tolist())
-    for got, expected in zip(llama_cpp.greedy(export / "model-f32.gguf", prompts, 8, tmp_path), want):
-        assert got == expected[:len(got)] and (len(got) == 8 or expected[len(got)] in special), (got, expected)
+    llama_cpp.assert_continues_like_transformers(export / "model-f32.gguf", export, prompts, 8, tmp_path)

@@ -18,12 +18,15 @@ class UserError(Exception):
         super().__init__(message)
 
 
-def raise_if_problems(what: str, problems: Iterable[str]) -> None:
-    """Raise one UserError listing every problem, if there is any."""
+def raise_if_problems(what: str, problems: Iterable[str], limit: int | None = None) -> None:
+    """Raise one UserError listing every problem, if there is any; with ``limit``, the first ``limit``
+    and how many more (a file with 10k bad records should not flood the terminal)."""
     problems = list(problems)
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
-        raise UserError(f"{what}: {len(problems)} {noun}", problems)
+        shown = problems if limit is None or len(problems) <= limit else (
+            problems[:limit] + [f"... and {len(problems) - limit} more"])
+        raise UserError(f"{what}: {len(problems)} {noun}", shown)
 
 
 class Stopped(Exception):

@@ -13,6 +13,7 @@ completions) and `sft generate --server` (completions from token ids).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -45,6 +46,17 @@ class Endpoint:
 
 def check_url(flag: str, url: str) -> list[str]:
     return [] if url.startswith(("http://", "https://")) else [f"{flag} {url!r}: expected an http:// or https:// address"]
+
+
+def check_api_key_env(variable: str | None) -> list[str]:
+    """``--api-key-env VAR``: VAR must be set (the key itself never goes on a command line)."""
+    if variable and not os.environ.get(variable):
+        return [f"--api-key-env {variable}: that environment variable is not set"]
+    return []
+
+
+def api_key(variable: str | None) -> str | None:
+    return os.environ.get(variable) if variable else None
 
 
 class _Transient(Exception):
