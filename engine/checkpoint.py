@@ -3,7 +3,10 @@
 Layout: ``output_dir/checkpoints/step-00000040/`` holds DeepSpeed's files (module, optimizer and
 scheduler state of every rank), ``rng-rank{r}.pt`` per rank and, written atomically by rank 0
 after every rank has finished, ``complete.json``. A folder without ``complete.json`` (a process
-died while writing) is never resumed from and is deleted by the next save or resume.
+died while writing) is never resumed from and is deleted by the next save or resume. The newest
+``keep_last`` are kept, plus any whose marker says ``kept`` (a wsd run's last step before its decay).
+A run continued into a changed schedule moves the old schedule's later checkpoints and final model
+to ``output_dir/superseded/`` (engine/schedule.py says when a checkpoint may continue).
 Assumes ``output_dir`` is on a filesystem every node sees (as DeepSpeed's own checkpoints do).
 """
 from __future__ import annotations
@@ -23,8 +26,10 @@ import torch.distributed as dist
 from zhllama.errors import UserError
 from zhllama.files import write_json_atomic
 
+from .config import ScheduleConfig
 from .reshape import (Reshape, as_reshaped, optimizer_hyperparameters, repair_after_universal_load, reseed,
                       reshape_of, universal_checkpoint)
+from .schedule import RatesDiffer, adopt_schedule
 
 MARKER = "complete.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -143,8 +148,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine, output_dir: str | Path, step: int, meta: dict[str, Any], keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the completed checkpoint folder."""
+def save(engine, output_dir: str | Path, step: int, meta: dict[str, Any], keep_last: int, kept: str = "") -> Path:
+    """Collective: every rank calls it. Returns the completed checkpoint folder. ``kept`` (why) exempts it from
+    the ``keep_last`` rotation."""
     root = checkpoints_dir(output_dir)
     tag = tag_for(step)
     path = root / tag
@@ -159,17 +165,27 @@ def save(engine, output_dir: str | Path, step: int, meta: dict[str, Any], keep_l
     dist.barrier()  # every rank's files are on disk before the marker says so
     if rank == 0:
         marker = {"step": step, "world_size": dist.get_world_size(), **meta, "files": _file_sizes(path)}
-        write_json_atomic(path / MARKER, marker)
-        for old in list_complete(output_dir)[:-keep_last]:
+        write_json_atomic(path / MARKER, marker | ({"kept": kept} if kept else {}))
+        for old in [p for p in list_complete(output_dir) if not _kept(p)][:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return path
 
 
+def _kept(path: Path) -> bool:
+    try:
+        return bool(read_marker(path).get("kept"))
+    except UserError:
+        return False
+
+
 def check_resumable(path: Path, world_size: int, data_fingerprint: str | None,
-                    settings: dict[str, Any] | None = None) -> tuple[dict[str, Any], Reshape | None]:
+                    settings: dict[str, Any] | None = None, schedule: ScheduleConfig | None = None,
+                    total_steps: int = 0) -> tuple[dict[str, Any], Reshape | None]:
     """Pre-flight: the marker of ``path`` and how the ranks changed (None: they did not); refused when
-    this run cannot continue it (other data or settings; another global batch on another number of ranks)."""
+    this run cannot continue it (other data or settings; another global batch on another number of ranks;
+    with ``schedule``, a changed schedule is accepted where the rates agree through the checkpoint's step:
+    engine/schedule.py)."""
     marker = read_marker(path)
     stored = marker.get("settings")
     reshaped = None
@@ -187,8 +203,51 @@ def check_resumable(path: Path, world_size: int, data_fingerprint: str | None,
     if settings is not None:
         from .settings import check_same
 
+        if stored is not None and schedule is not None:
+            stored = adopt_schedule(f"checkpoint {path.name}", marker, stored, settings, schedule, total_steps)
         check_same(f"checkpoint {path}", stored, settings)
     return marker, reshaped
+
+
+def choose_resume(output_dir: str | Path, resume: str, world_size: int, data_fingerprint: str | None,
+                  settings: dict[str, Any], schedule: ScheduleConfig,
+                  total_steps: int) -> tuple[Path | None, dict[str, Any] | None, Reshape | None, list[Path]]:
+    """``find_resume`` checked against this run: (checkpoint, marker, reshape, superseded). Under ``auto``, when
+    only the schedule changed (a longer wsd run), checkpoints trained with other rates give way to the newest
+    older one whose rates agree; they are returned as ``superseded`` (``set_aside`` moves them)."""
+    first = find_resume(output_dir, resume)
+    if first is None:
+        return None, None, None, []
+    older = [p for p in reversed(list_complete(output_dir)) if p.name < first.name] if resume == "auto" else []
+    candidates = [first] + [p for p in older if unusable(p) is None]
+    differing = []
+    for path in candidates:
+        try:
+            marker, reshaped = check_resumable(path, world_size, data_fingerprint, settings, schedule, total_steps)
+            return path, marker, reshaped, candidates[:len(differing)]
+        except RatesDiffer as exc:
+            differing.append(str(exc))
+    raise UserError(
+        f"the schedule changed, and no checkpoint in {checkpoints_dir(output_dir)} was trained with this run's "
+        f"learning rates up to its step, so none can continue into it (a run with schedule.kind=wsd keeps the "
+        f"checkpoint at the start of its decay, from which a longer wsd run continues); keep the old schedule, or "
+        f"start a new output_dir from a final model (model.path=...)", differing)
+
+
+SUPERSEDED = "superseded"  # in output_dir: what a longer schedule replaced (moved, never deleted)
+
+
+def set_aside(output_dir: str | Path, paths: list[Path], step: int) -> Path:
+    """Rank 0: move ``paths`` into output_dir/superseded/from-step-<step>/ (the step the run went on from)."""
+    target = Path(output_dir) / SUPERSEDED / f"from-{tag_for(step)}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = target.with_name(f"from-{tag_for(step)}-{suffix}")
+    target.mkdir(parents=True)
+    for path in paths:
+        shutil.move(str(path), str(target / path.name))
+    return target
 
 
 def load(engine, path: Path, reshaped: Reshape | None = None, seed: int = 0, step: int = 0) -> None:

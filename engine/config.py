@@ -93,8 +93,10 @@ class ScheduleConfig:
     max_steps: int = 0  # optimizer steps to run; 0 = derive from epochs
     epochs: float = 1.0  # passes over the training set (used when max_steps is 0)
     warmup_steps: int = 0  # linear warmup from 0 to optim.lr
-    kind: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
-    min_lr_ratio: float = 0.1  # final lr = min_lr_ratio * optim.lr (cosine/linear)
+    kind: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # decay after warmup; wsd: flat, then decay at the end (a longer run can continue it: engine/schedule.py)
+    min_lr_ratio: float = 0.1  # final lr = min_lr_ratio * optim.lr (cosine/linear/wsd)
+    decay_fraction: float = 0.2  # wsd: the last share of the steps that decays (the checkpoint at its start is kept)
+    decay_shape: Literal["1-sqrt", "linear"] = "1-sqrt"  # wsd: how the rate falls to the floor
 
     def validate(self) -> list[str]:
         problems = []
@@ -108,6 +110,8 @@ class ScheduleConfig:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         if not 0 <= self.min_lr_ratio <= 1:
             problems.append(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 < self.decay_fraction <= 1:
+            problems.append(f"decay_fraction: must be in (0, 1], got {self.decay_fraction}")
         return problems
 
 

@@ -12,13 +12,12 @@ mixed precision, sharded checkpoint files, consolidation.
 from __future__ import annotations
 
 import json
-import math
 import random
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from zhllama.files import check_writable_dir, write_json_atomic
 from zhllama.model_folder import first_layer_numel
 
 from . import checkpoint, settings as run_settings
+from .schedule import decay_start, lr_factor, only_schedule_changed
 from .config import TrainConfig
 from .data import StepPlan, default_collate, fetch
 from .dist import build_ds_config, device, init_distributed, offloads, single_rank_zero3_hint
@@ -44,22 +44,6 @@ from .model import (apply_mode, check_model_folder, check_sequence_length, count
 from .fit_state import Evaluation, FitState, Window
 from .tracking import Tracker
 from .watch import Watch, write_forgetting_report
-
-def lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    warm, kind, floor = cfg.schedule.warmup_steps, cfg.schedule.kind, cfg.schedule.min_lr_ratio
-
-    def factor(step: int) -> float:  # step = optimizer steps already taken
-        if step < warm:
-            return (step + 1) / warm
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-        if kind == "linear":
-            return 1.0 - (1.0 - floor) * progress
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
 
 def check_data_tokenizer(cfg: TrainConfig, data_tokenizer_fingerprint: str | None) -> None:
     """Refuse data made with another tokenizer: its ids would index the wrong embedding rows."""
@@ -113,6 +97,7 @@ class Plan:
     marker: dict[str, Any] | None = None
     reshape: Reshape | None = None  # set when resuming on another number of ranks (engine/reshape.py)
     finished_report: dict[str, Any] | None = None  # set when output_dir already holds this finished run
+    superseded: list[Path] = field(default_factory=list)  # a changed schedule's outdated checkpoints, set aside
     settings: dict[str, Any] = field(default_factory=dict)  # what decides the result (engine.settings)
     attention: str = ""  # the attention kernel in words (model.attn_implementation=auto resolved here)
 
@@ -148,6 +133,11 @@ def _finished_report(cfg: TrainConfig, total_steps: int, data_fingerprint: str |
     what, stored = f"the finished run in {cfg.output_dir}", report.get("settings")
     if stored is not None and reshape_of(what, stored, settings) is not None:  # same run, other ranks
         stored = as_reshaped(stored, settings)
+    if stored is not None and only_schedule_changed(stored, settings):
+        if not checkpoint.list_complete(cfg.output_dir):  # nothing to go on from; never overwrite the result
+            raise UserError(f"{what} has another schedule and no checkpoint to continue from; use a new output_dir. "
+                            f"Changed:", run_settings.changes(stored, settings))
+        return None  # a longer schedule: its checkpoints decide whether the run can go on (engine/schedule.py)
     run_settings.check_same(what, stored, settings)
     if report.get("step") == total_steps and report.get("data_fingerprint") == data_fingerprint:
         return report
@@ -172,12 +162,11 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
     plan.finished_report = _finished_report(cfg, total_steps, data_fingerprint, plan.settings)
     if plan.finished_report is not None:
         return plan
-    plan.resume_from = checkpoint.find_resume(cfg.output_dir, cfg.checkpoint.resume)
+    plan.resume_from, plan.marker, plan.reshape, plan.superseded = checkpoint.choose_resume(
+        cfg.output_dir, cfg.checkpoint.resume, world, data_fingerprint, plan.settings, cfg.schedule, total_steps)
     if plan.resume_from is None and checkpoint.list_complete(cfg.output_dir):
         raise UserError(f"output_dir {cfg.output_dir} already holds checkpoints; use checkpoint.resume=auto "
                         f"to continue them or choose a new output_dir")
-    if plan.resume_from is not None:
-        plan.marker, plan.reshape = checkpoint.check_resumable(plan.resume_from, world, data_fingerprint, plan.settings)
     if cfg.eval.every_steps and eval_ds is None and not (cfg.eval.sets or cfg.eval.benchmarks):
         raise UserError("eval.every_steps is set but there is no validation set (set eval.every_steps=0)")
     check_writable_dir(cfg.output_dir, "output_dir", f".write-probe-{rank}")
@@ -215,7 +204,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
     if plan.rank == 0:
         print(f"[zhllama] optimizer: {type(optimizer).__name__}"
               + (" on the CPU (ZeRO-Offload)" if offloads(ds_config, "optimizer") else ""), flush=True)
-    factor = lr_factor(cfg, plan.total_steps)
+    factor = lr_factor(cfg.schedule, plan.total_steps)
     engine, _, _, scheduler = deepspeed.initialize(
         model=module, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
@@ -236,8 +225,24 @@ def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
                                            f"checkpoint.resume=PATH)")
     if plan.rank == 0:  # leftovers of a crash mid-save; nobody writes checkpoints before the first save's barrier
         checkpoint.remove_incomplete(cfg.output_dir)
+        _set_aside_old_schedule(cfg, plan, step)
         (Path(cfg.output_dir) / STOPPED).unlink(missing_ok=True)  # resumed: no longer waiting
     return step
+
+
+def _set_aside_old_schedule(cfg: TrainConfig, plan: Plan, step: int) -> None:
+    """A run continued into a changed schedule: the old schedule's later checkpoints and its final model
+    would be mistaken for this run's (resumed, rotated, reported as finished), so they move, never deleted."""
+    stored = (plan.marker or {}).get("settings")
+    if stored is None or not only_schedule_changed(as_reshaped(stored, plan.settings) if plan.reshape else stored,
+                                                   plan.settings):
+        return
+    output = Path(cfg.output_dir)
+    old = plan.superseded + [p for p in (output / "final", output / "train_report.json") if p.exists()]
+    moved = checkpoint.set_aside(cfg.output_dir, old, step) if old else None
+    print(f"[zhllama] the schedule changed ({plan.marker.get('total_steps')} -> {plan.total_steps} steps); "
+          f"{plan.resume_from.name} was trained with this run's learning rates, so the run goes on from it"
+          + (f"; moved to {moved}: {', '.join(p.name for p in old)}" if moved else ""), flush=True)
 
 
 def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_fn, eval_characters: int | None,
@@ -246,6 +251,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
     engine, rank, world, dev = built.engine, plan.rank, plan.world, device()
     state = FitState(step=_resume(cfg, plan, built))
     total_steps = plan.total_steps
+    stable_end = decay_start(cfg.schedule, total_steps)  # wsd: always kept, a longer run continues from it
     tracker = Tracker(cfg, enabled=rank == 0, resumed_step=state.step)
     meta = {"data_fingerprint": data_fingerprint, "mode": cfg.mode, "total_steps": total_steps,
             "settings": plan.settings, "settings_fingerprint": run_settings.fingerprint(plan.settings)}
@@ -283,9 +289,10 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
             if evaluation.active and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
                 evaluation.run(state)
                 last_eval_step = state.step
-            due = cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0
+            kept = "the last step before the wsd decay" if state.step == stable_end else ""
+            due = bool(kept) or (cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0)
             if state.step < total_steps and (due or state.stopped_by_guard):  # a guard stop stays resumable
-                _save_checkpoint(cfg, engine, guard, state.step, meta)
+                _save_checkpoint(cfg, engine, guard, state.step, meta, kept)
             if state.stopped_by_guard:  # a clean stop: export and report as usual
                 break
             signalled = stop.any_rank_received()  # collective, every step (engine/stop_signals.py)
@@ -326,11 +333,12 @@ def _log_window(cfg: TrainConfig, engine, window: Window, guard: LossGuard, stat
     return logged
 
 
-def _save_checkpoint(cfg: TrainConfig, engine, guard: LossGuard, step: int, meta: dict[str, Any]) -> None:
+def _save_checkpoint(cfg: TrainConfig, engine, guard: LossGuard, step: int, meta: dict[str, Any],
+                     kept: str = "") -> None:
     guard.check()  # never keep a checkpoint written after a non-finite step
     check_weights(engine.module, f"checkpoint at step {step}")
     with _writing(cfg, f"checkpoint step {step}"):
-        checkpoint.save(engine, cfg.output_dir, step, meta, cfg.checkpoint.keep_last)
+        checkpoint.save(engine, cfg.output_dir, step, meta, cfg.checkpoint.keep_last, kept)
 
 
 def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fingerprint: str | None,

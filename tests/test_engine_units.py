@@ -32,10 +32,10 @@ def test_eval_batches_give_every_rank_the_same_number_of_forwards():
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    from engine.loop import lr_factor
+    from engine.schedule import lr_factor
 
     cfg = load_config(TrainConfig, None, ["model.path=x", "schedule.warmup_steps=4", "schedule.min_lr_ratio=0.1"])
-    f = lr_factor(cfg, total_steps=20)
+    f = lr_factor(cfg.schedule, total_steps=20)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == pytest.approx(1.0) and f(20) == pytest.approx(0.1)
     assert all(f(s) >= f(s + 1) for s in range(4, 20))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from engine import checkpoint
 from helpers_train import REPO, TINY, _train, assets  # noqa: F401  (assets is a fixture)
 
 
@@ -72,6 +74,53 @@ def test_single_process_cli_trains_on_prepared_shards_and_stages_chain(assets):
     assert "chat_template" not in json.loads((merged / "tokenizer_config.json").read_text())
 
 
+def test_a_longer_wsd_run_continues_from_the_start_of_the_old_decay(assets):
+    """Continued pretraining's way to train longer: the same command with a larger max_steps goes on from
+    the checkpoint before the old decay and ends with the weights of the longer run planned from the start."""
+    import torch
+    from safetensors.torch import load_file
+
+    root = assets["root"]
+    common = [f"model.path={assets['model']}", f"data.dir={assets['shards']}", "schedule.kind=wsd",
+              "schedule.decay_fraction=0.5", "eval.every_steps=0", "eval.at_start=false", "logging.wandb=disabled",
+              "logging.tensorboard=false", "logging.plot=false", "checkpoint.every_steps=2", "checkpoint.keep_last=1"]
+    out, planned = root / "wsd", root / "wsd_planned"
+    proc = _train(*common, "schedule.max_steps=6", f"output_dir={out}")  # decays after step 3
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kept = [p.name for p in checkpoint.list_complete(out)]
+    assert kept == ["step-00000003", "step-00000004"]  # step 3 outlives keep_last=1: the decay starts after it
+    assert json.loads((out / "checkpoints" / "step-00000003" / "complete.json").read_text())["kept"]
+    short_final = load_file(str(out / "final" / "model.safetensors"))
+
+    proc = _train(*common, "schedule.max_steps=10", f"output_dir={out}")  # decays after step 5
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the schedule changed (6 -> 10 steps); step-00000003 was trained with this run's" in proc.stdout
+    aside = out / "superseded" / "from-step-00000003"
+    assert sorted(p.name for p in aside.iterdir()) == ["final", "step-00000004", "train_report.json"]
+    assert load_file(str(aside / "final" / "model.safetensors")).keys() == short_final.keys()
+    proc = _train(*common, "schedule.max_steps=10", f"output_dir={planned}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    longer, uninterrupted = (load_file(str(folder / "final" / "model.safetensors")) for folder in (out, planned))
+    assert all(torch.equal(longer[k], uninterrupted[k]) for k in uninterrupted)
+    assert not all(torch.equal(longer[k], short_final[k]) for k in short_final)
+    proc = _train(*common, "schedule.max_steps=10", f"output_dir={out}")
+    assert proc.returncode == 0 and "already finished 10 steps" in proc.stdout, proc.stderr[-3000:]
+    # a branch in another folder (e.g. a cooldown of a run that goes on): the same weights
+    branch = root / "wsd_branch"
+    proc = _train(*common, "schedule.max_steps=10", f"output_dir={branch}",
+                  f"checkpoint.resume={out / 'checkpoints' / 'step-00000003'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    branched = load_file(str(branch / "final" / "model.safetensors"))
+    assert all(torch.equal(branched[k], uninterrupted[k]) for k in uninterrupted)
+
+    proc = _train(*common, "schedule.kind=cosine", "schedule.max_steps=12", f"output_dir={out}")
+    assert proc.returncode == 2 and "the schedule changed, and no checkpoint" in proc.stderr, proc.stderr[-3000:]
+    for folder in checkpoint.list_complete(out):  # a finished run with no checkpoints is never overwritten
+        shutil.rmtree(folder)
+    proc = _train(*common, "schedule.max_steps=12", f"output_dir={out}")
+    assert proc.returncode == 2 and "has another schedule and no checkpoint to continue from" in proc.stderr
+
+
 def test_refuses_data_prepared_with_another_tokenizer(assets):
     proc = _train(f"model.path={assets['model']}", f"data.dir={assets['other_shards']}",
                   f"output_dir={assets['root'] / 'refused'}", "logging.wandb=disabled")
@@ -82,8 +131,6 @@ def test_refuses_data_prepared_with_another_tokenizer(assets):
 
 def _model_with(assets, name: str, edit) -> Path:
     """A copy of the tiny model with ``edit(state_dict)`` applied (e.g. a NaN planted)."""
-    import shutil
-
     from safetensors.torch import load_file, save_file
 
     folder = assets["root"] / name
@@ -120,8 +167,6 @@ def test_new_settings_are_refused_and_non_finite_values_stop_the_run(assets):
     assert proc.returncode == 0 and "already finished 4 steps" in proc.stdout, proc.stderr[-3000:]
 
     # A crash after the step-2 checkpoint, then a resume in another mode: refused before PEFT is touched.
-    import shutil
-
     shutil.rmtree(out / "final")
     (out / "train_report.json").unlink()
     proc = _train(*common, f"output_dir={out}", "mode=lora")
