@@ -4,6 +4,7 @@ from zhllama.cli import main_for
 COMMANDS = {
     "prepare": "pretrain.prepare_cli",
     "train": "pretrain.train_cli",
+    "export-checkpoint": "pretrain.export_checkpoint_cli",
 }
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from zhllama.cli import main_for
 COMMANDS = {
     "train": "sft.train_cli",
     "export": "sft.export_cli",
+    "export-checkpoint": "sft.export_checkpoint_cli",
     "generate": "sft.generate_cli",
     "chat": "sft.chat_cli",
     "serve": "sft.serve_cli",

@@ -34,7 +34,7 @@ def _env() -> dict:
 def _overrides(root: Path, model: Path, data: Path, out: Path) -> list[str]:
     return [f"model.path={model}", f"output_dir={out}", f"data.cache_dir={root / 'cache'}",
             f"data.files=[{{path: '{data}', weight: 4.0}}]", "data.eval_fraction=0.0", "data.max_seq_length=256",
-            "schedule.max_steps=10", "data.template=chinese-alpaca-2"]
+            "schedule.max_steps=10", "data.template=chinese-alpaca-2", "checkpoint.every_steps=5"]
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,35 @@ def test_export_of_the_trained_run_matches_the_adapter(sft_run):
     ids = torch.tensor([[1, 5, 17, 200, 300, 411, 2]])
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, adapter(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.distributed  # sft_run launches torchrun with 2 ranks
+def test_a_checkpoint_exports_with_the_template_the_run_trained_with(sft_run):
+    """Gathered from 2 ranks' ZeRO-3 shards (the values are checked bit for bit on 1 rank in
+    test_checkpoint_export.py); the folder formats prompts as final/ does, and merges as it does."""
+    from safetensors.torch import load_file
+
+    root, model_dir, out, _ = sft_run
+    step5, folder = out / "checkpoints" / "step-00000005", root / "step5"
+    proc = subprocess.run([sys.executable, "-m", "pretrain", "export-checkpoint", str(step5), "--out", str(folder)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "use python -m sft export-checkpoint" in proc.stderr, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-m", "sft", "export-checkpoint", str(step5), "--out", str(folder)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = out / "final"
+    for name in ("sft_template.json", "tokenizer_config.json", "tokenizer.json"):
+        assert (folder / name).read_bytes() == (final / name).read_bytes(), name
+    exported, trained = (load_file(str(f / "adapter_model.safetensors")) for f in (folder, final))
+    assert exported.keys() == trained.keys()
+    lora_b = [k for k in exported if "lora_B" in k]
+    assert lora_b and all(exported[k].abs().sum() > 0 for k in lora_b)  # trained away from PEFT's zeros
+    assert not all(torch.equal(exported[k], trained[k]) for k in trained)  # step 5, not step 10
+    proc = subprocess.run([sys.executable, "-m", "sft", "export", "--base", str(model_dir), "--adapter", str(folder),
+                           "--out", str(root / "step5_merged")], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((root / "step5_merged" / "sft_template.json").read_text())["name"] == "chinese-alpaca-2"
 
 
 def test_malformed_record_stops_before_training(tmp_path):

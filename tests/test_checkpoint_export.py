@@ -1,0 +1,74 @@
+"""`python -m pretrain export-checkpoint`: a checkpoint at step N becomes the folder a run of N steps
+ends with (full: the same weights; LoRA: the same adapter), without ranks; bad input is refused."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers_train import REPO, _train, assets  # noqa: F401  (assets is a fixture)
+
+
+def _export(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "pretrain", "export-checkpoint", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _common(assets, *more: str) -> list[str]:
+    # a constant rate: a run of N steps and a longer run's checkpoint at step N have seen the same rates
+    return [f"model.path={assets['model']}", f"data.dir={assets['shards']}", "schedule.kind=constant",
+            "eval.every_steps=0", "eval.at_start=false", "logging.wandb=disabled", "logging.tensorboard=false",
+            "logging.plot=false", *more]
+
+
+def _tensors(folder, name):
+    return load_file(str(folder / name))
+
+
+@pytest.mark.parametrize("mode, weights_file", [("full", "model.safetensors"), ("lora", "adapter_model.safetensors")])
+def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mode, weights_file):
+    root = assets["root"]
+    longer, short, out = root / f"{mode}_longer", root / f"{mode}_short", root / f"{mode}_step2"
+    proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=4", "checkpoint.every_steps=2",
+                           f"output_dir={longer}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=2", f"output_dir={short}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    proc = _export(str(longer / "checkpoints" / "step-00000002"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"done: {out} (step 2 of 4, mode {mode})" in proc.stdout
+    exported, final = _tensors(out, weights_file), _tensors(short / "final", weights_file)
+    assert exported.keys() == final.keys()
+    assert all(torch.equal(exported[k], final[k]) for k in final)
+    assert not all(torch.equal(exported[k], _tensors(longer / "final", weights_file)[k]) for k in final)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # byte for byte, as final/ has them
+        assert (out / name).read_bytes() == (short / "final" / name).read_bytes()
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["step"] == 2 and report["from_checkpoint"].endswith("step-00000002")
+    if mode == "lora":  # the adapter names its base, as final/ does: `sft export` merges it the same way
+        assert report["base_model_fingerprint"] == json.loads(
+            (short / "final" / "train_report.json").read_text())["base_model_fingerprint"]
+        config, expected = (json.loads((folder / "adapter_config.json").read_text()) for folder in (out, short / "final"))
+        assert sorted(config.pop("target_modules")) == sorted(expected.pop("target_modules"))  # PEFT: a set
+        assert config == expected
+
+    proc = _export(str(longer / "checkpoints" / "step-00000002"), "--out", str(out))
+    assert proc.returncode == 2 and "exists; pass --overwrite" in proc.stderr
+
+
+def test_what_is_not_a_whole_checkpoint_is_refused(assets, tmp_path):
+    proc = _export(str(tmp_path), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "is not a complete checkpoint (no complete.json)" in proc.stderr
+    broken = tmp_path / "step-00000002"
+    broken.mkdir()
+    (broken / "complete.json").write_text(json.dumps({"step": 2, "files": {"mp_rank_00_model_states.pt": 10}}))
+    proc = _export(str(broken), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "is unusable (mp_rank_00_model_states.pt is missing)" in proc.stderr
+    assert not (tmp_path / "out").exists()
