@@ -95,7 +95,7 @@ def export_checkpoint(path: str | Path, out: str | Path, *, overwrite: bool = Fa
     from transformers import AutoModelForCausalLM
 
     from .guards import check_state_dict
-    from .model import DTYPES, apply_mode, tokenizer_dir
+    from .model import DTYPES, apply_mode, model_config, tokenizer_dir
 
     path, out = Path(path), Path(out)
     marker, cfg = read_checkpoint(path)
@@ -105,7 +105,7 @@ def export_checkpoint(path: str | Path, out: str | Path, *, overwrite: bool = Fa
           file=sys.stderr, flush=True)
     weights = _trained_weights(path)
     check_state_dict(weights, str(out))
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=DTYPES[cfg.model.dtype])
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, config=model_config(cfg), dtype=DTYPES[cfg.model.dtype])
     module = apply_mode(cfg, model)
     _load_into(module, weights, path)
     report = {key: marker.get(key) for key in ("step", "total_steps", "mode", "data_fingerprint", "settings",

@@ -34,12 +34,16 @@ class ModelConfig:
     fused_loss: bool = True  # loss from hidden states chunk by chunk: never B x S x V fp32 logits (engine/loss.py)
     loss_chunk_tokens: int = 4096  # labelled positions per chunk of the fused loss (memory ~ chunk x vocab x 4 bytes)
     liger: Literal["auto", "on", "off"] = "auto"  # Liger Triton kernels (RMSNorm, SwiGLU, RoPE): auto = on CUDA when installed
+    rope_scaling: dict[str, Any] = field(default_factory=dict)  # longer context, e.g. {rope_type: linear, factor: 4} (or yarn); saved with the result (engine/context.py)
+    max_position_embeddings: int | None = None  # positions the result covers (default: the model's, times rope_scaling.factor)
 
     def validate(self) -> list[str]:
+        from .context import validate as validate_context
+
         problems = [] if self.path else ["model.path: required (a Hugging Face model folder)"]
         if self.loss_chunk_tokens < 1:
             problems.append(f"loss_chunk_tokens: must be >= 1, got {self.loss_chunk_tokens}")
-        return problems
+        return problems + validate_context(self.rope_scaling, self.max_position_embeddings)
 
 
 @dataclass

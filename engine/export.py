@@ -6,6 +6,7 @@ lm_head (PEFT's save_embedding_layers); ``python -m sft export`` merges it into 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ def save_final(engine, module, cfg, tokenizer_dir: Path, report: dict[str, Any])
     final = Path(cfg.output_dir) / "final"
     check_state_dict(state_dict, str(final))  # collective: a NaN model is never written as the result
     if dist.get_rank() == 0:
+        _restore_use_cache(module, cfg.model.path)
         with atomic_output_dir(final, overwrite=True) as tmp:
             extra = {"save_embedding_layers": bool(cfg.lora.modules_to_save)} if cfg.mode == "lora" else {}
             module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
@@ -38,3 +40,15 @@ def save_final(engine, module, cfg, tokenizer_dir: Path, report: dict[str, Any])
             write_json_atomic(tmp / "train_report.json", report)
     dist.barrier()
     return final
+
+
+def _restore_use_cache(module, model_path: str) -> None:
+    """Training turns the KV cache off (engine/model.py); the result must generate with it, as its base did."""
+    config_file = Path(model_path) / "config.json"
+    try:
+        use_cache = json.loads(config_file.read_text(encoding="utf-8")).get("use_cache", True)
+    except (OSError, ValueError):
+        use_cache = True
+    config = getattr(module, "config", None)
+    if config is not None:
+        config.use_cache = use_cache

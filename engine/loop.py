@@ -29,6 +29,7 @@ from zhllama.model_folder import first_layer_numel
 
 from . import checkpoint, settings as run_settings
 from .schedule import decay_start, lr_factor, only_schedule_changed
+from .context import describe as describe_context
 from .config import TrainConfig
 from .data import StepPlan, default_collate, fetch
 from .dist import build_ds_config, device, init_distributed, offloads, single_rank_zero3_hint
@@ -191,11 +192,14 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
                 if ds_config["zero_optimization"].get("stage") == 3 else "")
     if cfg.model.fused_loss:
         install_fused_head(module, cfg.model.loss_chunk_tokens)
+    context = describe_context(cfg.model.path, cfg.model.rope_scaling, cfg.model.max_position_embeddings)
     if plan.rank == 0:
         print(f"[zhllama] {kernels}; loss: {'fused, chunked' if cfg.model.fused_loss else 'plain logits'}; "
               f"{plan.attention}", flush=True)
         if fetching:
             print(f"[zhllama] {fetching}", flush=True)
+        if context:
+            print(f"[zhllama] {context}", flush=True)
         hint = single_rank_zero3_hint(ds_config, plan.world)
         if hint:
             print(f"[zhllama] hint: {hint}", flush=True)

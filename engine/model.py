@@ -51,6 +51,13 @@ def base_vocab_size(cfg: TrainConfig) -> int:
     )
 
 
+def model_config(cfg: TrainConfig):
+    """The model's config as this run builds it (``model.rope_scaling``/``max_position_embeddings`` merged in)."""
+    from .context import scaled_config
+
+    return scaled_config(cfg.model.path, cfg.model.rope_scaling, cfg.model.max_position_embeddings)
+
+
 def load_model(cfg: TrainConfig, ds_config: dict[str, Any]):
     """Build the model (partitioned at construction under ZeRO-3); returns (model, keepalive)."""
     from transformers import AutoModelForCausalLM
@@ -60,7 +67,8 @@ def load_model(cfg: TrainConfig, ds_config: dict[str, Any]):
     if ds_config.get("zero_optimization", {}).get("stage") == 3:
         keepalive = HfDeepSpeedConfig(ds_config)  # must stay alive until deepspeed.initialize
     model = AutoModelForCausalLM.from_pretrained(
-        cfg.model.path, dtype=DTYPES[cfg.model.dtype], attn_implementation=cfg.model.attn_implementation
+        cfg.model.path, config=model_config(cfg), dtype=DTYPES[cfg.model.dtype],
+        attn_implementation=cfg.model.attn_implementation,
     )
     model.config.use_cache = False
     if cfg.model.gradient_checkpointing:
@@ -179,20 +187,10 @@ def count_parameters(module) -> tuple[int, int]:
 
 
 def check_sequence_length(cfg: TrainConfig, seq_len: int | None) -> None:
-    """Refuse sequences longer than the model's trained positions unless RoPE scaling extends them."""
-    if not seq_len:
-        return
-    try:
-        config = json.loads((Path(cfg.model.path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # check_model_folder reports an unreadable folder
-    config = config.get("text_config", config) if "max_position_embeddings" not in config else config
-    limit = config.get("max_position_embeddings")
-    if isinstance(limit, int) and seq_len > limit and not config.get("rope_scaling"):
-        raise UserError(
-            f"the training sequences are {seq_len} tokens but {cfg.model.path} was trained on at most "
-            f"{limit} positions (max_position_embeddings); prepare the data with --block-size <= {limit} "
-            f"(or data.max_seq_length for SFT), or configure rope_scaling in the model's config.json")
+    """Refuse sequences longer than the positions the model (with this run's RoPE scaling) covers."""
+    from .context import check_sequence_length as check
+
+    check(cfg.model.path, cfg.model.rope_scaling, cfg.model.max_position_embeddings, seq_len)
 
 
 def zero3_fetch_units(module, model, unit: str) -> str:

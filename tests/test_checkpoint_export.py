@@ -1,5 +1,6 @@
 """`python -m pretrain export-checkpoint`: a checkpoint at step N becomes the folder a run of N steps
-ends with (full: the same weights; LoRA: the same adapter), without ranks; bad input is refused."""
+ends with (full: the same weights and config, RoPE scaling included; LoRA: the same adapter), without
+ranks; bad input is refused. Also where `model.rope_scaling` is shown to reach training and final/."""
 from __future__ import annotations
 
 import json
@@ -35,11 +36,19 @@ def _tensors(folder, name):
 def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mode, weights_file):
     root = assets["root"]
     longer, short, out = root / f"{mode}_longer", root / f"{mode}_short", root / f"{mode}_step2"
+    # full: with a longer context too (position interpolation), which the model folder must carry
+    rope = ["model.rope_scaling={rope_type: linear, factor: 2}"] if mode == "full" else []
     proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=4", "checkpoint.every_steps=2",
-                           f"output_dir={longer}"))
+                           f"output_dir={longer}", *rope))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=2", f"output_dir={short}"))
+    proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=2", f"output_dir={short}", *rope))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if rope:
+        assert "[zhllama] context: RoPE linear x2, positions 512 -> 1024" in proc.stdout
+        config = json.loads((short / "final" / "config.json").read_text())
+        assert config["rope_parameters"]["rope_type"] == "linear" and config["rope_parameters"]["factor"] == 2
+        assert config["max_position_embeddings"] == 1024
+        assert json.loads((longer / "final" / "config.json").read_text()) == config
 
     proc = _export(str(longer / "checkpoints" / "step-00000002"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,6 +59,8 @@ def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mod
     assert not all(torch.equal(exported[k], _tensors(longer / "final", weights_file)[k]) for k in final)
     for name in ("tokenizer.json", "tokenizer_config.json"):  # byte for byte, as final/ has them
         assert (out / name).read_bytes() == (short / "final" / name).read_bytes()
+    if rope:  # the scaled positions the run trained with, not the base's
+        assert json.loads((out / "config.json").read_text()) == json.loads((short / "final" / "config.json").read_text())
     report = json.loads((out / "train_report.json").read_text())
     assert report["step"] == 2 and report["from_checkpoint"].endswith("step-00000002")
     if mode == "lora":  # the adapter names its base, as final/ does: `sft export` merges it the same way

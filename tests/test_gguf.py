@@ -137,3 +137,26 @@ def test_sft_export_gguf_in_one_step(chain, llama_cpp_tree, tmp_path):
     want = expected_vocab(out)
     assert got["tokens"] == want["tokens"] and got["chat_template"] == want["chat_template"]
     assert not list(out.glob(".*.partial"))
+
+
+def test_a_longer_context_reaches_the_gguf(chain, llama_cpp_tree, tmp_path):
+    """A model whose context a run extended (model.rope_scaling: its config as engine/context.py makes it
+    and transformers 5 saves it, `rope_parameters`) converts with llama.cpp's scaling type, factor and
+    context length. (The tiny model's greedy tokens do not depend on positions, so no continuation here.)"""
+    import sys
+
+    from engine.context import scaled_config
+
+    folder = tmp_path / "long"
+    shutil.copytree(chain["pt"], folder)
+    scaled_config(str(chain["pt"]), {"rope_type": "linear", "factor": 4.0}, None).save_pretrained(folder)
+    gguf = convert(folder, tmp_path / "long.gguf", vocab_only=True)
+    sys.path.insert(0, str(llama_cpp_tree / "gguf-py"))
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    meta = {key: reader.get_field(key).contents() for key in
+            ("llama.rope.scaling.type", "llama.rope.scaling.factor", "llama.context_length")}
+    base_context = json.loads((chain["pt"] / "config.json").read_text())["max_position_embeddings"]
+    assert meta == {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0,
+                    "llama.context_length": 4 * base_context}

@@ -304,6 +304,33 @@ def test_sequences_longer_than_the_models_positions_are_refused_unless_rope_is_s
     (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64,
                                                       "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
     check_sequence_length(cfg, 128)
+    # transformers 5 writes rope_parameters (was refused: only rope_scaling was read); "default" scales nothing
+    for rope_type, fits in (("yarn", True), ("default", False)):
+        (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64, "rope_parameters": {
+            "rope_type": rope_type, "factor": 4.0, "rope_theta": 10000.0}}))
+        if fits:
+            check_sequence_length(cfg, 256)
+        else:
+            with pytest.raises(UserError, match=r"or extend the context: model.rope_scaling=\{rope_type: linear, "
+                                                r"factor: 4\}"):
+                check_sequence_length(cfg, 256)
+    # this run's scaling: the model's positions times the factor, or the length given
+    scaled = load_config(TrainConfig, None, [f"model.path={tmp_path}", "model.rope_scaling={rope_type: linear, factor: 2}"])
+    check_sequence_length(scaled, 128)
+    with pytest.raises(UserError, match="covers at most 128 positions"):
+        check_sequence_length(scaled, 129)
+    longer = load_config(TrainConfig, None, [f"model.path={tmp_path}", "model.max_position_embeddings=200"])
+    check_sequence_length(longer, 200)
+
+
+def test_bad_rope_scaling_is_refused_with_the_other_problems():
+    with pytest.raises(UserError) as info:
+        load_config(TrainConfig, None, ["model.path=m", "model.rope_scaling={rope_type: bogus, factor: 0.5}",
+                                        "model.max_position_embeddings=0"])
+    text = str(info.value)
+    assert "rope_scaling.rope_type: one of linear, yarn, got 'bogus'" in text
+    assert "rope_scaling.factor: a number > 1 (how many times longer), got 0.5" in text
+    assert "max_position_embeddings: must be >= 1, got 0" in text
 
 
 def test_a_full_disk_while_saving_is_one_line_naming_the_output_dir():
