@@ -88,30 +88,79 @@ def _load_into(module, weights: dict[str, Any], path: Path) -> None:
                 target.copy_(value.to(target.dtype))
 
 
-def export_checkpoint(path: str | Path, out: str | Path, *, overwrite: bool = False,
+# What decides which tensors a checkpoint holds, how they are read and (SFT) which prompts they answer:
+# checkpoints average only when these are equal.
+SHAPING = ("model.path", "model.tokenizer", "model.dtype", "model.rope_scaling", "model.max_position_embeddings",
+           "mode", "lora.", "embeddings.", "data.template", "data.system_prompt")
+
+
+def _shaping(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k.startswith(SHAPING)}
+
+
+def _check_averageable(paths: list[Path], markers: list[dict[str, Any]], cfg: TrainConfig) -> None:
+    from .settings import changes
+
+    if len(paths) > 1 and cfg.mode == "lora":
+        raise UserError("LoRA checkpoints do not average: the mean of the A and B factors is not the mean of their "
+                        "products; merge each (sft export) and compare them, or train with mode=full")
+    first = _shaping(markers[0]["settings"])
+    for path, marker in zip(paths[1:], markers[1:]):
+        differ = changes(first, _shaping(marker["settings"]))
+        if differ:
+            raise UserError(f"checkpoints {paths[0]} and {path} hold different models; only checkpoints of one "
+                            f"model average", differ)
+
+
+def _mean_weights(paths: list[Path]) -> dict[str, Any]:
+    """The trained tensors of one checkpoint, or their mean over several (one checkpoint in memory at a time)."""
+    total: dict[str, Any] = {}
+    for i, path in enumerate(paths, 1):
+        print(f"[zhllama] gathering the trained weights of {path} ({i}/{len(paths)})", file=sys.stderr, flush=True)
+        weights = _trained_weights(path)
+        if total and weights.keys() != total.keys():
+            raise UserError(f"checkpoint {path} holds other tensors than {paths[0]}")
+        for name, value in weights.items():
+            if len(paths) == 1:
+                total[name] = value
+            elif name in total:
+                total[name].add_(value)
+            else:  # a copy: the loaded tensors may be views of mapped files, never summed into in place
+                total[name] = value.clone()
+        del weights
+    return total if len(paths) == 1 else {name: value.div_(len(paths)) for name, value in total.items()}
+
+
+def export_checkpoint(paths: str | Path | list, out: str | Path, *, overwrite: bool = False,
                       add_files: Callable[[Path, TrainConfig, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Write checkpoint ``path`` as a model folder at ``out``; returns the report written there.
-    ``add_files(folder, cfg, settings)`` adds a phase's own files before the folder appears (SFT: its template)."""
+    """Write checkpoint ``paths`` (one, or several whose fp32 weights are averaged) as a model folder at
+    ``out``; returns the report written there. ``add_files(folder, cfg, settings)`` adds a phase's own
+    files before the folder appears (SFT: its template)."""
     from transformers import AutoModelForCausalLM
 
     from .guards import check_state_dict
     from .model import DTYPES, apply_mode, model_config, tokenizer_dir
 
-    path, out = Path(path), Path(out)
-    marker, cfg = read_checkpoint(path)
+    paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
+    out = Path(out)
+    read = [read_checkpoint(path) for path in paths]
+    markers, cfg = [marker for marker, _ in read], read[0][1]
+    _check_averageable(paths, markers, cfg)
     if out.exists() and not overwrite:
         raise UserError(f"--out {out} exists; pass --overwrite to replace it")
-    print(f"[zhllama] gathering the trained weights of {path} (step {marker['step']}, mode {cfg.mode})",
-          file=sys.stderr, flush=True)
-    weights = _trained_weights(path)
+    weights = _mean_weights(paths)
     check_state_dict(weights, str(out))
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path, config=model_config(cfg), dtype=DTYPES[cfg.model.dtype])
     module = apply_mode(cfg, model)
-    _load_into(module, weights, path)
+    _load_into(module, weights, paths[0])
+    marker = markers[-1]
     report = {key: marker.get(key) for key in ("step", "total_steps", "mode", "data_fingerprint", "settings",
                                                "settings_fingerprint")}
-    report.update(from_checkpoint=str(path.resolve()), base_model=str(cfg.model.path),
+    report.update(from_checkpoint=str(paths[-1].resolve()), base_model=str(cfg.model.path),
                   tokenizer_fingerprint=marker["settings"].get("tokenizer_fingerprint"))
+    if len(paths) > 1:  # a mean: every source named, with its step and run
+        report["averaged"] = [{"checkpoint": str(p.resolve()), "step": m["step"],
+                               "settings_fingerprint": m.get("settings_fingerprint")} for p, m in zip(paths, markers)]
     if cfg.mode == "lora":  # `sft export` checks the base it merges into against this
         from zhllama.model_fingerprint import model_fingerprint
 
@@ -125,3 +174,11 @@ def export_checkpoint(path: str | Path, out: str | Path, *, overwrite: bool = Fa
         if add_files is not None:
             add_files(tmp, cfg, marker["settings"])
     return report
+
+
+def describe(report: dict[str, Any]) -> str:
+    """Which weights a report's folder holds: "step 2 of 4", or "the mean of steps 2, 4 and 6"."""
+    if "averaged" not in report:
+        return f"step {report['step']} of {report['total_steps']}"
+    steps = [str(item["step"]) for item in report["averaged"]]
+    return f"the mean of steps {', '.join(steps[:-1])} and {steps[-1]}"

@@ -18,7 +18,9 @@ from zhllama.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a complete checkpoint folder of an sft train run: RUN/checkpoints/step-N")
+    parser.add_argument("checkpoint", nargs="+",
+                        help="a complete checkpoint folder of an sft train run RUN/checkpoints/step-N; several: "
+                             "their weights' mean")
     parser.add_argument("--out", required=True, help="the model folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -36,12 +38,13 @@ def _add_template(folder: Path, cfg: Any, settings: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.checkpoint_export import export_checkpoint, read_checkpoint
+    from engine.checkpoint_export import describe, export_checkpoint, read_checkpoint
 
-    marker, _ = read_checkpoint(Path(args.checkpoint))
-    if "data.template" not in marker["settings"]:
-        raise UserError(f"{args.checkpoint} is not an `sft train` checkpoint (it records no data.template): use "
-                        f"python -m pretrain export-checkpoint")
+    for path in args.checkpoint:
+        marker, _ = read_checkpoint(Path(path))
+        if "data.template" not in marker["settings"]:
+            raise UserError(f"{path} is not an `sft train` checkpoint (it records no data.template): use "
+                            f"python -m pretrain export-checkpoint")
     report = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite, add_files=_add_template)
-    print(f"done: {args.out} (step {report['step']} of {report['total_steps']}, mode {report['mode']})", flush=True)
+    print(f"done: {args.out} ({describe(report)}, mode {report['mode']})", flush=True)
     return 0

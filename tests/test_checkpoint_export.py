@@ -38,7 +38,7 @@ def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mod
     longer, short, out = root / f"{mode}_longer", root / f"{mode}_short", root / f"{mode}_step2"
     # full: with a longer context too (position interpolation), which the model folder must carry
     rope = ["model.rope_scaling={rope_type: linear, factor: 2}"] if mode == "full" else []
-    proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=4", "checkpoint.every_steps=2",
+    proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=6", "checkpoint.every_steps=2",
                            f"output_dir={longer}", *rope))
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=2", f"output_dir={short}", *rope))
@@ -52,7 +52,7 @@ def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mod
 
     proc = _export(str(longer / "checkpoints" / "step-00000002"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"done: {out} (step 2 of 4, mode {mode})" in proc.stdout
+    assert f"done: {out} (step 2 of 6, mode {mode})" in proc.stdout
     exported, final = _tensors(out, weights_file), _tensors(short / "final", weights_file)
     assert exported.keys() == final.keys()
     assert all(torch.equal(exported[k], final[k]) for k in final)
@@ -72,6 +72,34 @@ def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mod
 
     proc = _export(str(longer / "checkpoints" / "step-00000002"), "--out", str(out))
     assert proc.returncode == 2 and "exists; pass --overwrite" in proc.stderr
+    steps = [str(longer / "checkpoints" / f"step-0000000{n}") for n in (2, 4)]
+    if mode == "lora":
+        proc = _export(*steps, "--out", str(root / "lora_mean"))
+        assert proc.returncode == 2 and "LoRA checkpoints do not average" in proc.stderr
+        return
+    # several checkpoints: the mean of their fp32 weights (checkpoint averaging)
+    assert _export(steps[1], "--out", str(root / "step4")).returncode == 0
+    proc = _export(*steps, "--out", str(root / "mean"))
+    assert proc.returncode == 0 and "(the mean of steps 2 and 4, mode full)" in proc.stdout, proc.stderr[-3000:]
+    at4, mean = _tensors(root / "step4", weights_file), _tensors(root / "mean", weights_file)
+    assert all(torch.equal(mean[k], (exported[k] + at4[k]) / 2) for k in mean)
+    assert [item["step"] for item in json.loads((root / "mean" / "train_report.json").read_text())["averaged"]] == [2, 4]
+
+
+def test_checkpoints_of_different_models_do_not_average(tmp_path):
+    from engine.checkpoint_export import _check_averageable
+    from engine.config import TrainConfig
+    from zhllama.config import load_config
+    from zhllama.errors import UserError
+
+    cfg = load_config(TrainConfig, None, ["model.path=m"])
+    full = {"settings": {"model.path": "m", "mode": "full", "optim.lr": 1e-3}}
+    other_lr = {"settings": {"model.path": "m", "mode": "full", "optim.lr": 1e-4}}  # other runs of one model: fine
+    _check_averageable([tmp_path / "a", tmp_path / "b"], [full, other_lr], cfg)
+    with pytest.raises(UserError, match="hold different models") as info:
+        _check_averageable([tmp_path / "a", tmp_path / "b"], [full, {"settings": {"model.path": "n", "mode": "full"}}],
+                           cfg)
+    assert info.value.problems == ['model.path: "m" -> "n"']
 
 
 def test_what_is_not_a_whole_checkpoint_is_refused(assets, tmp_path):
