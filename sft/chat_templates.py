@@ -17,6 +17,7 @@ Limits of a text template: Alpaca's "### Input:" variant cannot be told apart in
 """
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Any
@@ -33,18 +34,34 @@ def _lit(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-# (first turn's prompt, later turns' prompt, BOS before every turn) as Jinja expressions over
-# ``system`` and ``content``; they mirror templates.prompt_text with the trailing space removed.
-_PROMPTS = {
-    "alpaca": ("system + " + _lit("\n\n### Instruction:\n") + " + content + " + _lit("\n\n### Response:"),
-               _lit("### Instruction:\n") + " + content + " + _lit("\n\n### Response:"), False),
-    "chinese-alpaca": ("system + " + _lit("\n\n### Instruction:\n") + " + content + " + _lit("\n\n### Response:"),
-                       _lit("### Instruction:\n") + " + content + " + _lit("\n\n### Response:"), False),
-    "chinese-alpaca-2": (_lit("[INST] <<SYS>>\n") + " + system + " + _lit("\n<</SYS>>\n\n") + " + content + "
-                         + _lit(" [/INST]"), _lit("[INST] ") + " + content + " + _lit(" [/INST]"), True),
+class Slot(enum.Enum):
+    """A place in a prompt that a conversation fills (its value is the Jinja variable's name)."""
+    SYSTEM = "system"
+    CONTENT = "content"
+
+
+# (first turn's prompt, later turns' prompt) as text and slots: they mirror templates.prompt_text with
+# the trailing space removed. Both the Jinja template and Ollama's Go template (sft/ollama.py) are
+# written from these, so the two cannot drift apart.
+PROMPT_PIECES: dict[str, tuple[tuple[str | Slot, ...], tuple[str | Slot, ...]]] = {
+    "alpaca": ((Slot.SYSTEM, "\n\n### Instruction:\n", Slot.CONTENT, "\n\n### Response:"),
+               ("### Instruction:\n", Slot.CONTENT, "\n\n### Response:")),
+    "chinese-alpaca-2": (("[INST] <<SYS>>\n", Slot.SYSTEM, "\n<</SYS>>\n\n", Slot.CONTENT, " [/INST]"),
+                         ("[INST] ", Slot.CONTENT, " [/INST]")),
 }
-_DEFAULT_SYSTEM = {"alpaca": ALPACA_PREAMBLE, "chinese-alpaca": ALPACA_PREAMBLE,
-                   "chinese-alpaca-2": CHINESE_ALPACA_2_SYSTEM}
+PROMPT_PIECES["chinese-alpaca"] = PROMPT_PIECES["alpaca"]
+BOS_EVERY_TURN = {"chinese-alpaca-2"}  # Llama-2-chat: <s>[INST] … [/INST] answer </s><s>[INST] …
+DEFAULT_SYSTEM = {"alpaca": ALPACA_PREAMBLE, "chinese-alpaca": ALPACA_PREAMBLE,
+                  "chinese-alpaca-2": CHINESE_ALPACA_2_SYSTEM}
+
+
+def system_prompt(spec: TemplateSpec) -> str:
+    """The system prompt a conversation without its own gets."""
+    return spec.system_prompt if spec.system_prompt is not None else DEFAULT_SYSTEM[spec.name]
+
+
+def _jinja(pieces: tuple[str | Slot, ...]) -> str:
+    return " + ".join(piece.value if isinstance(piece, Slot) else _lit(piece) for piece in pieces)
 
 
 def jinja_template(spec: TemplateSpec) -> str:
@@ -53,13 +70,12 @@ def jinja_template(spec: TemplateSpec) -> str:
         if not spec.chat_template:
             raise UserError("template 'tokenizer' without a chat_template")
         return spec.chat_template
-    if spec.name not in _PROMPTS:
+    if spec.name not in PROMPT_PIECES:
         raise UserError(f"template {spec.name!r} has no chat template")
-    first, later, bos_every_turn = _PROMPTS[spec.name]
-    system = spec.system_prompt if spec.system_prompt is not None else _DEFAULT_SYSTEM[spec.name]
-    later_bos = "(bos_token or '') + " if bos_every_turn else ""
+    first, later = (_jinja(pieces) for pieces in PROMPT_PIECES[spec.name])
+    later_bos = "(bos_token or '') + " if spec.name in BOS_EVERY_TURN else ""
     return (
-        "{%- set ns = namespace(turn=0, system=" + _lit(system) + ") -%}"
+        "{%- set ns = namespace(turn=0, system=" + _lit(system_prompt(spec)) + ") -%}"
         "{%- for message in messages -%}"
         "{%- set content = message['content'] -%}"
         "{%- if message['role'] == 'system' -%}{%- set ns.system = content -%}"

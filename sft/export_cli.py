@@ -9,7 +9,8 @@ sizes of base, adapter and tokenizer are checked first. A ``mode=full`` run is r
 (``python -m sft export --base RESIZED --adapter outputs/pt-7b --out outputs/pt-7b-merged``).
 DIR gets the merged model, the tokenizer (files copied byte for byte, plus the template's Jinja
 chat template), the template and ``export_report.json``. ``--gguf TYPE`` then converts DIR with
-llama.cpp's own converter (pinned, fetched once) into ``DIR/model-TYPE.gguf``.
+llama.cpp's own converter (pinned, fetched once) into ``DIR/model-TYPE.gguf``, with
+``DIR/Modelfile`` for Ollama (its Go chat template, sft/ollama.py): ``ollama create NAME -f DIR/Modelfile``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="merge even when --base is not the model the run recorded (the report says so)")
     parser.add_argument("--gguf", choices=OUTTYPES, default=None,
-                        help="also write DIR/model-TYPE.gguf with llama.cpp's convert_hf_to_gguf.py")
+                        help="also write DIR/model-TYPE.gguf with llama.cpp's convert_hf_to_gguf.py, and DIR/Modelfile "
+                             "for Ollama")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
         from zhllama.gguf import convert
 
-        path = convert(args.out, Path(args.out) / f"model-{args.gguf}.gguf", outtype=args.gguf)
-        print(f"wrote {path}")
+        from .ollama import modelfile_text, write_modelfile
+
+        gguf = Path(args.out) / f"model-{args.gguf}.gguf"
+        modelfile = modelfile_text(args.out, gguf.name)  # refused before minutes of conversion, not after
+        print(f"wrote {convert(args.out, gguf, outtype=args.gguf)}")
+        print(f"wrote {write_modelfile(args.out, modelfile)} (ollama create NAME -f {Path(args.out) / 'Modelfile'})")
     return 0

@@ -44,9 +44,10 @@ def _run(command: str, gguf: Path, inputs: list, arg: str, work: Path) -> list[l
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def tokenize(gguf: Path, texts: list[str], work: Path) -> list[list[int]]:
-    """llama.cpp's ids for each text: no BOS, special-token text kept as text."""
-    return _run("tokenize", gguf, texts, "-", work)
+def tokenize(gguf: Path, texts: list[str], work: Path, *, special: bool = False) -> list[list[int]]:
+    """llama.cpp's ids for each text: no BOS; special-token text kept as text, or (``special``) read as
+    those tokens, as chat front ends (llama-server, Ollama) tokenize a rendered prompt."""
+    return _run("tokenize", gguf, texts, "special" if special else "-", work)
 
 
 def greedy(gguf: Path, prompts: list[list[int]], max_new: int, work: Path) -> list[list[int]]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sft.data import Conversation, Turn
+
 ZH_RECORDS = [
     {"instruction": "把这句话翻译成英文。", "input": "春眠不觉晓", "output": "Spring sleep knows no dawn."},
     {"instruction": "床前明月光的下一句是什么？", "input": "", "output": "疑是地上霜。"},
@@ -16,6 +18,25 @@ ZH_RECORDS = [
     {"instruction": "Say hello.", "input": "", "output": "Hello! 你好！"},
     {"instruction": "夜来风雨声的下一句？", "input": "", "output": "花落知多少。"},
 ]
+
+
+# Conversations for the chat-template tests: default, custom and empty system prompts; inputs; odd spacing.
+CONVERSATIONS = [
+    Conversation((Turn("列出三种水果。", "苹果、香蕉、橙子。"),)),
+    Conversation((Turn("Say hello.", "Hello! 你好！"), Turn("再来一个", " 缩进的回答\n    第二行")), system="自定义系统"),
+    Conversation((Turn("翻译", "cat", input="猫"), Turn("床前明月光", "疑是地上霜。"), Turn("x", "\n换行开头"))),
+    Conversation((Turn("  空格开头的问题", "答：def f():\n\treturn 1"),), system=""),
+]
+
+
+def chat_messages(conv) -> list[dict]:
+    """A conversation as chat messages (an Alpaca input joins its instruction, as in the chat templates)."""
+    out = [{"role": "system", "content": conv.system}] if conv.system is not None else []
+    for turn in conv.turns:
+        out.append({"role": "user", "content": turn.user + "\n" + turn.input if turn.input else turn.user})
+        if turn.assistant is not None:
+            out.append({"role": "assistant", "content": turn.assistant})
+    return out
 
 
 def tiny_tokenizer(folder: Path) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers_chain import SFT_RECORDS, _manifest, _run
+from helpers_ollama import modelfile_values
 
 from zhllama.tokenizer_files import tokenizer_fingerprint
 
@@ -75,6 +76,9 @@ def test_the_export_stops_at_the_end_of_a_reply_and_converts(chain, llama_cpp_tr
     report = json.loads((export / "merge_report.json").read_text())
     assert vocab["pre"] == "llama-bpe" and len(vocab["tokens"]) == report["vocab_size"]
     assert "<|start_header_id|>" in vocab["chat_template"]
+    # Ollama: no TEMPLATE of ours (Ollama picks a known one like the GGUF's); it stops at the end of a reply too
+    modelfile = modelfile_values((export / "Modelfile").read_text(encoding="utf-8"))
+    assert "TEMPLATE" not in modelfile and 'stop "<|eot_id|>"' in modelfile["PARAMETER"]
 
 
 def test_tied_embeddings_stay_tied_and_trained_through_both_merges(chain):

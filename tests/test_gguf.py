@@ -18,6 +18,7 @@ import pytest
 import sentencepiece as spm
 
 import helpers_llama_cpp as llama_cpp
+from helpers_ollama import modelfile_values
 from zhllama.gguf import convert, read_vocab
 from zhllama.errors import UserError
 
@@ -137,6 +138,10 @@ def test_sft_export_gguf_in_one_step(chain, llama_cpp_tree, tmp_path):
     want = expected_vocab(out)
     assert got["tokens"] == want["tokens"] and got["chat_template"] == want["chat_template"]
     assert not list(out.glob(".*.partial"))
+    # and Ollama's Modelfile beside it (its template: tests/test_ollama_modelfile.py)
+    modelfile = modelfile_values((out / "Modelfile").read_text(encoding="utf-8"))
+    assert modelfile["FROM"] == "./model-f32.gguf" and "{{ .Content }}" in modelfile["TEMPLATE"]
+    assert f"ollama create NAME -f {out / 'Modelfile'}" in proc.stdout
 
 
 def test_a_longer_context_reaches_the_gguf(chain, llama_cpp_tree, tmp_path):

@@ -4,28 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers_sft import our_tokenizer_folder
+from helpers_sft import CONVERSATIONS, chat_messages, our_tokenizer_folder
 
 from sft.chat_templates import install_chat_template, jinja_template
 from sft.data import Conversation, Turn
 from sft.templates import encode_conversation, encode_prompt, make_spec
 
 NAMES = ("alpaca", "chinese-alpaca", "chinese-alpaca-2")
-CONVERSATIONS = [
-    Conversation((Turn("列出三种水果。", "苹果、香蕉、橙子。"),)),
-    Conversation((Turn("Say hello.", "Hello! 你好！"), Turn("再来一个", " 缩进的回答\n    第二行")), system="自定义系统"),
-    Conversation((Turn("翻译", "cat", input="猫"), Turn("床前明月光", "疑是地上霜。"), Turn("x", "\n换行开头"))),
-    Conversation((Turn("  空格开头的问题", "答：def f():\n\treturn 1"),), system=""),
-]
-
-
-def _messages(conv: Conversation) -> list[dict]:
-    out = [{"role": "system", "content": conv.system}] if conv.system is not None else []
-    for turn in conv.turns:
-        out.append({"role": "user", "content": turn.user + "\n" + turn.input if turn.input else turn.user})
-        if turn.assistant is not None:
-            out.append({"role": "assistant", "content": turn.assistant})
-    return out
 
 
 def _check_all(tok) -> int:
@@ -38,10 +23,10 @@ def _check_all(tok) -> int:
                 if name == "alpaca" and any(t.input for t in conv.turns):
                     continue  # the "### Input:" variant is not expressible in chat messages
                 ids, _ = encode_conversation(conv, tok, spec)
-                text = tok.apply_chat_template(_messages(conv), tokenize=False)
+                text = tok.apply_chat_template(chat_messages(conv), tokenize=False)
                 assert tok(text, add_special_tokens=False)["input_ids"] == ids, (name, text)
                 asked = Conversation(conv.turns[:-1] + (Turn(conv.turns[-1].user, None),), conv.system)
-                prompt = tok.apply_chat_template(_messages(asked), tokenize=False, add_generation_prompt=True)
+                prompt = tok.apply_chat_template(chat_messages(asked), tokenize=False, add_generation_prompt=True)
                 assert tok(prompt, add_special_tokens=False)["input_ids"] == encode_prompt(asked, tok, spec), name
                 checked += 1
     return checked
@@ -70,7 +55,7 @@ def test_a_wrong_template_is_caught(tmp_path):
     spec = make_spec("chinese-alpaca-2", tok)
     tok.chat_template = jinja_template(spec).replace("{{ ' ' + content", "{{ content")
     conv = CONVERSATIONS[0]
-    text = tok.apply_chat_template(_messages(conv), tokenize=False)
+    text = tok.apply_chat_template(chat_messages(conv), tokenize=False)
     assert tok(text, add_special_tokens=False)["input_ids"] != encode_conversation(conv, tok, spec)[0]
 
 

@@ -1,6 +1,8 @@
 // llama.cpp itself (node-llama-cpp's prebuilt CPU build) for the GGUF tests, through
 // tests/helpers_llama_cpp.py:
 //   node runtime.mjs tokenize MODEL.gguf TEXTS.json - ENTRY   -> [[id, ...], ...]  (no BOS, special tokens as text)
+//   node runtime.mjs tokenize MODEL.gguf TEXTS.json special ENTRY   (special-token text -> their ids, as a
+//                                                                  chat front end tokenizes a rendered prompt)
 //   node runtime.mjs greedy MODEL.gguf PROMPTS.json N ENTRY   -> [[id, ...], ...]  (greedy, stops at EOG or N)
 // ENTRY is node-llama-cpp's dist/index.js: ESM imports ignore NODE_PATH, so the caller names it.
 import fs from "fs";
@@ -13,7 +15,8 @@ const inputs = JSON.parse(fs.readFileSync(file, "utf8"));
 
 if (command === "tokenize") {
     const model = await llama.loadModel({modelPath: gguf, vocabOnly: true});
-    console.log(JSON.stringify(inputs.map(text => Array.from(model.tokenize(text, false)))));
+    const special = arg === "special";
+    console.log(JSON.stringify(inputs.map(text => Array.from(model.tokenize(text, special)))));
 } else if (command === "greedy") {
     const model = await llama.loadModel({modelPath: gguf});
     const results = [];
