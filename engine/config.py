@@ -36,6 +36,7 @@ class ModelConfig:
     liger: Literal["auto", "on", "off"] = "auto"  # Liger Triton kernels (RMSNorm, SwiGLU, RoPE): auto = on CUDA when installed
     rope_scaling: dict[str, Any] = field(default_factory=dict)  # longer context, e.g. {rope_type: linear, factor: 4} (or yarn); saved with the result (engine/context.py)
     max_position_embeddings: int | None = None  # positions the result covers (default: the model's, times rope_scaling.factor)
+    neftune_alpha: float = 0.0  # noise on the input embeddings while training (NEFTune; 5 is the paper's choice for SFT); 0 = off
 
     def validate(self) -> list[str]:
         from .context import validate as validate_context
@@ -43,6 +44,8 @@ class ModelConfig:
         problems = [] if self.path else ["model.path: required (a Hugging Face model folder)"]
         if self.loss_chunk_tokens < 1:
             problems.append(f"loss_chunk_tokens: must be >= 1, got {self.loss_chunk_tokens}")
+        if not 0 <= self.neftune_alpha <= 100:
+            problems.append(f"neftune_alpha: expected 0 (off) to 100 (the paper uses 5 to 15), got {self.neftune_alpha}")
         return problems + validate_context(self.rope_scaling, self.max_position_embeddings)
 
 

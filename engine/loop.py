@@ -38,6 +38,7 @@ from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
 from .kernels import apply_liger, resolve_attention
 from .loss import install_fused_head
+from .noise import install_embedding_noise
 from .reshape import Reshape, as_reshaped, reshape_of
 from .stop_signals import StopSignals
 from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters,
@@ -192,10 +193,12 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
                 if ds_config["zero_optimization"].get("stage") == 3 else "")
     if cfg.model.fused_loss:
         install_fused_head(module, cfg.model.loss_chunk_tokens)
+    install_embedding_noise(module, cfg.model.neftune_alpha)
     context = describe_context(cfg.model.path, cfg.model.rope_scaling, cfg.model.max_position_embeddings)
     if plan.rank == 0:
         print(f"[zhllama] {kernels}; loss: {'fused, chunked' if cfg.model.fused_loss else 'plain logits'}; "
-              f"{plan.attention}", flush=True)
+              f"{plan.attention}" + (f"; NEFTune noise, alpha {cfg.model.neftune_alpha:g}"
+                                     if cfg.model.neftune_alpha else ""), flush=True)
         if fetching:
             print(f"[zhllama] {fetching}", flush=True)
         if context:
