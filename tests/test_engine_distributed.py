@@ -144,10 +144,14 @@ def test_full_mode_trains_partitions_checkpoints_and_exports(full_run, tiny_mode
     assert isinstance(tok.decode(generated[0]), str)
 
 
+NOISE = ["model.neftune_alpha=5"]
+
+
 @pytest.fixture(scope="module")
 def lora_run(tiny_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lora") / "run"
-    _run([f"model.path={tiny_model}", f"output_dir={out}", "mode=lora", "checkpoint.every_steps=0"])
+    # with NEFTune noise: the killed-and-resumed LoRA run below must draw the same noise after its resume
+    _run([f"model.path={tiny_model}", f"output_dir={out}", "mode=lora", "checkpoint.every_steps=0", *NOISE])
     return out
 
 
@@ -195,7 +199,8 @@ def test_sigkill_then_resume_equals_uninterrupted(mode, request, tiny_model, tmp
 
     reference_run = request.getfixturevalue(f"{mode}_run")
     out = tmp_path / "run"
-    overrides = [f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline", f"mode={mode}"]
+    overrides = [f"model.path={tiny_model}", f"output_dir={out}", "logging.wandb=offline", f"mode={mode}",
+                 *(NOISE if mode == "lora" else [])]
     proc = subprocess.Popen(_command(overrides), cwd=REPO, env=dist_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     metrics, deadline, killed_at = out / "metrics.jsonl", time.time() + 240, None
