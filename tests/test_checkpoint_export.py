@@ -38,7 +38,7 @@ def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mod
     longer, short, out = root / f"{mode}_longer", root / f"{mode}_short", root / f"{mode}_step2"
     # full: with a longer context too (position interpolation), which the model folder must carry
     rope = ["model.rope_scaling={rope_type: linear, factor: 2}"] if mode == "full" else []
-    proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=4", "checkpoint.every_steps=2",
+    proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=6", "checkpoint.every_steps=2",
                            f"output_dir={longer}", *rope))
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=2", f"output_dir={short}", *rope))
@@ -52,7 +52,7 @@ def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mod
 
     proc = _export(str(longer / "checkpoints" / "step-00000002"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"done: {out} (step 2 of 4, mode {mode})" in proc.stdout
+    assert f"done: {out} (step 2 of 6, mode {mode})" in proc.stdout
     exported, final = _tensors(out, weights_file), _tensors(short / "final", weights_file)
     assert exported.keys() == final.keys()
     assert all(torch.equal(exported[k], final[k]) for k in final)
@@ -77,10 +77,11 @@ def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mod
         proc = _export(*steps, "--out", str(root / "lora_mean"))
         assert proc.returncode == 2 and "LoRA checkpoints do not average" in proc.stderr
         return
-    # several checkpoints: the mean of their fp32 weights (checkpoint averaging); step 4's are the run's final/
+    # several checkpoints: the mean of their fp32 weights (checkpoint averaging)
+    assert _export(steps[1], "--out", str(root / "step4")).returncode == 0
     proc = _export(*steps, "--out", str(root / "mean"))
     assert proc.returncode == 0 and "(the mean of steps 2 and 4, mode full)" in proc.stdout, proc.stderr[-3000:]
-    at4, mean = _tensors(longer / "final", weights_file), _tensors(root / "mean", weights_file)
+    at4, mean = _tensors(root / "step4", weights_file), _tensors(root / "mean", weights_file)
     assert all(torch.equal(mean[k], (exported[k] + at4[k]) / 2) for k in mean)
     assert [item["step"] for item in json.loads((root / "mean" / "train_report.json").read_text())["averaged"]] == [2, 4]
 
