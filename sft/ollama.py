@@ -90,7 +90,7 @@ def modelfile_text(folder: str | Path, gguf: str) -> str:
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    lines = [f"# Ollama: ollama create NAME -f {MODELFILE}   (written by `python -m sft export`)",
+    lines = [f"# Ollama: ollama create NAME -f {MODELFILE}   (written by zhllama: python -m sft export or modelfile)",
              f"FROM {gguf if gguf.startswith(('.', '/')) else './' + gguf}"]
     if (folder / TEMPLATE_FILE).is_file():
         spec = TemplateSpec.load(folder)
