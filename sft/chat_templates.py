@@ -24,7 +24,7 @@ from typing import Any
 
 from zhllama.errors import UserError
 
-from .templates import ALPACA_PREAMBLE, CHINESE_ALPACA_2_SYSTEM, TemplateSpec
+from .templates import ALPACA_PREAMBLE, BOS_EVERY_TURN, CHINESE_ALPACA_2_SYSTEM, TemplateSpec
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
@@ -50,7 +50,6 @@ PROMPT_PIECES: dict[str, tuple[tuple[str | Slot, ...], tuple[str | Slot, ...]]] 
                          ("[INST] ", Slot.CONTENT, " [/INST]")),
 }
 PROMPT_PIECES["chinese-alpaca"] = PROMPT_PIECES["alpaca"]
-BOS_EVERY_TURN = {"chinese-alpaca-2"}  # Llama-2-chat: <s>[INST] … [/INST] answer </s><s>[INST] …
 DEFAULT_SYSTEM = {"alpaca": ALPACA_PREAMBLE, "chinese-alpaca": ALPACA_PREAMBLE,
                   "chinese-alpaca-2": CHINESE_ALPACA_2_SYSTEM}
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from zhllama.errors import UserError
 
-from .chat_templates import BOS_EVERY_TURN, PROMPT_PIECES, Slot, system_prompt
-from .templates import TEMPLATE_FILE, TemplateSpec, stop_ids
+from .chat_templates import PROMPT_PIECES, Slot, system_prompt
+from .templates import BOS_EVERY_TURN, TEMPLATE_FILE, TemplateSpec, stop_ids
 
 MODELFILE = "Modelfile"
 MAX_NUM_CTX = 8192  # Ollama allocates the KV cache for num_ctx tokens: a 128k-token model would not load

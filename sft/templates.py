@@ -119,8 +119,11 @@ def prompt_piece(spec: TemplateSpec, index: int, turn: Turn, system: str | None)
     return prompt_text(spec, index, turn, system).rstrip(" ")
 
 
+BOS_EVERY_TURN = {"chinese-alpaca-2"}  # Llama-2-chat: <s>[INST] … [/INST] answer </s><s>[INST] …
+
+
 def _bos_every_turn(spec: TemplateSpec) -> bool:
-    return spec.name == "chinese-alpaca-2"  # Llama-2-chat: <s>[INST] … [/INST] answer </s><s>[INST] …
+    return spec.name in BOS_EVERY_TURN
 
 
 def _system(spec: TemplateSpec, conv: Conversation) -> str | None:
