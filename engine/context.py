@@ -35,13 +35,14 @@ def validate(rope_scaling: dict[str, Any], max_positions: int | None) -> list[st
     return problems
 
 
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config.json dict that holds the language model's settings (multimodal configs nest it)."""
     return config.get("text_config", config) if "max_position_embeddings" not in config else config
 
 
 def scaling_in(config: dict[str, Any]) -> dict[str, Any] | None:
     """The RoPE scaling a config.json holds (transformers 5 ``rope_parameters``, 4 ``rope_scaling``), or None."""
-    config = _text_config(config)
+    config = text_config(config)
     for key in ("rope_parameters", "rope_scaling"):
         params = config.get(key)
         if isinstance(params, dict) and (params.get("rope_type") or params.get("type") or "default") != "default":
@@ -53,7 +54,7 @@ def positions(model_config: dict[str, Any], rope_scaling: dict[str, Any], max_po
     """The positions this run's model covers: the override, else the model's (times the new scaling's factor)."""
     if max_positions is not None:
         return max_positions
-    limit = _text_config(model_config).get("max_position_embeddings")
+    limit = text_config(model_config).get("max_position_embeddings")
     if not isinstance(limit, int):
         return None
     return int(limit * float(rope_scaling["factor"])) if rope_scaling else limit
@@ -76,7 +77,7 @@ def check_sequence_length(model_path: str, rope_scaling: dict[str, Any], max_pos
         f"the training sequences are {seq_len} tokens but {model_path} (with this run's settings) covers at most "
         f"{limit} positions (max_position_embeddings); prepare the data with --block-size <= {limit} (or "
         f"data.max_seq_length for SFT), or extend the context: model.rope_scaling={{rope_type: linear, factor: "
-        f"{-(-seq_len // (_text_config(config).get('max_position_embeddings') or seq_len))}}}")
+        f"{-(-seq_len // (text_config(config).get('max_position_embeddings') or seq_len))}}}")
 
 
 def scaled_config(model_path: str, rope_scaling: dict[str, Any], max_positions: int | None):
@@ -105,6 +106,6 @@ def describe(model_path: str, rope_scaling: dict[str, Any], max_positions: int |
     if not rope_scaling and max_positions is None:
         return ""
     config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    before = _text_config(config).get("max_position_embeddings")
+    before = text_config(config).get("max_position_embeddings")
     kind = f"RoPE {rope_scaling['rope_type']} x{rope_scaling['factor']}" if rope_scaling else "RoPE as the model has it"
     return f"context: {kind}, positions {before} -> {positions(config, rope_scaling, max_positions)}"

@@ -63,8 +63,10 @@ def _check_value(what: str, text: str) -> None:
 
 
 def _context_length(folder: Path) -> int | None:
+    from engine.context import text_config
+
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    value = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    value = text_config(config).get("max_position_embeddings")
     return int(value) if value else None
 
 
