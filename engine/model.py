@@ -120,7 +120,11 @@ def apply_mode(cfg: TrainConfig, model):
     # The adapter file still carries them (save_embedding_layers, engine/export.py).
     for module in full:
         module.requires_grad_(True)
-    if cfg.model.gradient_checkpointing:
+    # The decoder layers' inputs must carry gradients when the input embeddings are frozen: with whole
+    # layers as ZeRO-3 fetch units (zero3_fetch_units) DeepSpeed otherwise runs a layer's backward with its
+    # weights still partitioned ("size of tensor a (0) must match ... (8)", lora.modules_to_save=[]), and
+    # gradient checkpointing needs the same to recompute a layer.
+    if cfg.model.gradient_checkpointing or model.get_input_embeddings() not in full:
         peft_model.enable_input_require_grads()
     return peft_model
 
