@@ -51,6 +51,7 @@ def train(
     data_fingerprint: str | None = None,
     tokenizer_fingerprint: str | None = None,
     eval_sets: dict[str, tuple[Any, int | None]] | None = None,
+    objective: Any | None = None,
 ) -> dict:
     """Train ``cfg.model.path`` on ``train_dataset`` under DeepSpeed; return the final metrics (every rank).
 
@@ -64,6 +65,9 @@ def train(
     - ``eval_sets``: None reads the named held-out sets of ``cfg.eval.sets`` from their prepared
       folders (engine/packed.py); a dict ``{name: (dataset, characters)}`` of packed-block datasets
       supplies them instead (engine/watch.py). Benchmarks and the guard come from ``cfg.eval`` alone.
+    - ``objective``: None trains on the next-token loss of the labelled tokens. Another objective
+      (``engine.preference.DPOObjective``) supplies ``loss(engine, batch, device) -> (sum, count)``,
+      ``evaluate(...)`` for the eval split, and ``prepare(...)``, run once before step 1 or on resume.
 
     Writes under ``cfg.output_dir``: ``checkpoints/step-N`` (resumable, ``complete.json`` last),
     ``metrics.jsonl``, ``tensorboard/``, ``wandb/``, ``loss_curve.png``, ``train_report.json``
@@ -78,5 +82,5 @@ def train(
     return run_training(
         cfg, train_dataset, eval_dataset, collate_fn,
         eval_characters=eval_characters, data_fingerprint=data_fingerprint,
-        tokenizer_fingerprint=tokenizer_fingerprint, eval_sets=eval_sets,
+        tokenizer_fingerprint=tokenizer_fingerprint, eval_sets=eval_sets, objective=objective,
     ).metrics

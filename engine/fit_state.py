@@ -42,6 +42,7 @@ class Evaluation:
     tracker: Tracker
     dev: Any
     total_steps: int
+    objective: Any | None = None  # validates with its own metrics when set (engine/preference.py)
 
     @property
     def active(self) -> bool:
@@ -49,6 +50,9 @@ class Evaluation:
 
     def validation(self) -> dict[str, float]:
         batch_size = self.cfg.eval.micro_batch_size or self.cfg.batch.micro_batch_size
+        if self.objective is not None:
+            return self.objective.evaluate(self.engine, self.eval_ds, self.collate_fn, batch_size,
+                                           self.cfg.eval.max_batches, self.dev)
         return evaluate(self.engine, self.eval_ds, self.collate_fn, batch_size, self.cfg.eval.max_batches,
                         self.eval_characters, self.dev)
 

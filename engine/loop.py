@@ -253,7 +253,7 @@ def _set_aside_old_schedule(cfg: TrainConfig, plan: Plan, step: int) -> None:
 
 
 def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_fn, eval_characters: int | None,
-        data_fingerprint: str | None, watch: Watch | None = None) -> FitState:
+        data_fingerprint: str | None, watch: Watch | None = None, objective: Any | None = None) -> FitState:
     """The loop: micro batches → backward → step; logs, evaluation and checkpoints on their cadence."""
     engine, rank, world, dev = built.engine, plan.rank, plan.world, device()
     state = FitState(step=_resume(cfg, plan, built))
@@ -269,7 +269,13 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
               + (f", resuming from {plan.resume_from.name}" if plan.resume_from else ""), flush=True)
     from tqdm.auto import tqdm
 
-    evaluation = Evaluation(cfg, engine, eval_ds, collate_fn, eval_characters, watch, tracker, dev, total_steps)
+    if objective is not None:  # e.g. DPO's reference log-probabilities, from the model as it starts
+        datasets = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
+        objective.prepare(engine, datasets, collate_fn, cfg.eval.micro_batch_size or cfg.batch.micro_batch_size,
+                          cfg.output_dir, state.step > 0, data_fingerprint, dev, progress=cfg.logging.progress)
+    loss_of = objective.loss if objective is not None else forward_loss
+    evaluation = Evaluation(cfg, engine, eval_ds, collate_fn, eval_characters, watch, tracker, dev, total_steps,
+                            objective)
     evaluation.ensure_base(state)
     if evaluation.active and cfg.eval.at_start and state.step == 0:
         evaluation.run(state)
@@ -283,7 +289,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
             lr_used = built.scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler then moves on)
             for indices in plan.steps.micro_batches(state.step, rank):
                 batch = fetch(train_ds, indices, collate_fn)
-                loss_sum, count = forward_loss(engine, batch, dev)
+                loss_sum, count = loss_of(engine, batch, dev)
                 guard.observe(loss_sum, state.step + 1)
                 engine.backward(loss_sum / count.clamp(min=1))
                 engine.step()
@@ -389,7 +395,7 @@ def _writing(cfg: TrainConfig, what: str):
 
 def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_characters: int | None,
                  data_fingerprint: str | None, tokenizer_fingerprint: str | None,
-                 eval_sets: dict[str, tuple[Any, int | None]] | None = None) -> TrainRun:
+                 eval_sets: dict[str, tuple[Any, int | None]] | None = None, objective: Any | None = None) -> TrainRun:
     # DeepSpeed calls torch.distributed functions torch has renamed; one warning per step is noise.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -403,5 +409,5 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
     watch = Watch(cfg, eval_sets)  # reads and checks named sets and benchmark files before the model
     built = build(cfg, plan)
     state = fit(cfg, plan, built, train_ds, eval_ds, collate_fn or default_collate, eval_characters, data_fingerprint,
-                watch)
+                watch, objective)
     return TrainRun(finish(cfg, plan, built, state, data_fingerprint, tokenizer_fingerprint, watch), built.engine)

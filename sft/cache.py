@@ -43,25 +43,40 @@ class FileStats:
     trainable_tokens: int = 0
 
 
-def cache_key(file_sha256: str, tok_fingerprint: str, spec: TemplateSpec, max_seq_length: int) -> str:
+def cache_key(file_sha256: str, tok_fingerprint: str, spec: TemplateSpec, max_seq_length: int,
+              pairs: bool = False) -> str:
     return sha256_json({
         "encoder_version": ENCODER_VERSION,
         "file_sha256": file_sha256,
         "tokenizer": tok_fingerprint,
         "template": dataclasses.asdict(spec),
         "max_seq_length": max_seq_length,
+        **({"pairs": "chosen, rejected; last answer only"} if pairs else {}),
     })
 
 
+def last_answer_only(labels: list[int]) -> list[int]:
+    """Labels of the final answer (its last run of trained tokens) only: in a preference pair the earlier
+    turns are shared context, not what is compared."""
+    end = len(labels)
+    while end and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    start = end
+    while start and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return [IGNORE_INDEX] * start + labels[start:]
+
+
 def encode_all(conversations: Sequence[Conversation], tokenizer: Any, spec: TemplateSpec, max_seq_length: int,
-               desc: str = "tokenizing") -> tuple[TokenizedSamples, FileStats]:
+               desc: str = "tokenizing", pairs: bool = False) -> tuple[TokenizedSamples, FileStats]:
+    """``pairs``: conversations come as chosen, rejected, chosen, ... and only their final answers are labelled."""
     stats = FileStats(records=len(conversations))
     kept: list[tuple[list[int], list[int]]] = []
     records: list[int] = []
     encoded = encode_many(conversations, tokenizer, spec)
     for number, (ids, labels) in enumerate(tqdm(encoded, total=len(conversations), desc=desc, unit="rec",
                                                 disable=len(conversations) < 2000)):
-        cut = truncate(ids, labels, max_seq_length)
+        cut = truncate(ids, last_answer_only(labels) if pairs else labels, max_seq_length)
         if cut is None:
             stats.dropped_no_trainable_token += 1
             continue
@@ -83,9 +98,9 @@ def _load_entry(entry: Path) -> tuple[TokenizedSamples, FileStats]:
 
 def cached_tokenize(path: str | Path, conversations: Sequence[Conversation], tokenizer: Any, spec: TemplateSpec,
                     max_seq_length: int, cache_dir: str | Path, tok_fingerprint: str,
-                    wait_seconds: float = 3600.0) -> tuple[TokenizedSamples, FileStats, str]:
+                    wait_seconds: float = 3600.0, pairs: bool = False) -> tuple[TokenizedSamples, FileStats, str]:
     """Samples of one file from the cache, tokenizing on a miss. Returns (samples, stats, key)."""
-    key = cache_key(sha256_file(path), tok_fingerprint, spec, max_seq_length)
+    key = cache_key(sha256_file(path), tok_fingerprint, spec, max_seq_length, pairs)
     entry = Path(cache_dir) / key
     if (entry / "stats.json").is_file():
         return (*_load_entry(entry), key)
@@ -96,7 +111,8 @@ def cached_tokenize(path: str | Path, conversations: Sequence[Conversation], tok
                 raise UserError(f"waited {wait_seconds:.0f}s for local rank 0 to tokenize {path} into {entry}")
             time.sleep(0.5)
         return (*_load_entry(entry), key)
-    samples, stats = encode_all(conversations, tokenizer, spec, max_seq_length, desc=f"tokenizing {Path(path).name}")
+    samples, stats = encode_all(conversations, tokenizer, spec, max_seq_length, desc=f"tokenizing {Path(path).name}",
+                                pairs=pairs)
     try:
         with atomic_output_dir(entry) as tmp:
             for name in _ARRAYS:

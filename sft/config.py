@@ -51,5 +51,36 @@ class SFTData:
 
 
 @dataclass
+class DPOSettings:
+    """Used when ``objective: dpo`` (engine/preference.py); the data are then preference pairs."""
+
+    beta: float = 0.1  # how far the policy may move from the starting model (0.1 as in the DPO paper)
+    label_smoothing: float = 0.0  # assumed share of pairs whose preference is wrong (cDPO); 0 = plain DPO
+    nll_weight: float = 0.0  # adds the chosen answer's per-token NLL times this (RPO); 0 = off
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not 0 < self.beta <= 10:
+            problems.append(f"beta: expected a value in (0, 10] (0.1 is usual), got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            problems.append(f"label_smoothing: expected [0, 0.5), got {self.label_smoothing}")
+        if self.nll_weight < 0:
+            problems.append(f"nll_weight: must be >= 0, got {self.nll_weight}")
+        return problems
+
+
+@dataclass
 class SFTConfig(TrainConfig):
     data: SFTData = field(default_factory=SFTData)
+    objective: str = "sft"  # sft (answers' next-token loss) | dpo (preference pairs: chosen vs rejected)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        if self.objective not in ("sft", "dpo"):
+            problems.append(f"objective: expected sft or dpo, got {self.objective!r}")
+        if self.objective == "dpo" and self.data.packing:
+            problems.append("data.packing: not with objective=dpo (a batch holds whole chosen/rejected pairs)")
+        if self.objective == "dpo" and self.mode == "embeddings":
+            problems.append("mode: embeddings is for new vocabulary rows; DPO trains with mode=full or lora")
+        return problems

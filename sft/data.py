@@ -19,14 +19,14 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import describe_not_a_file
 
 _MAX_REPORTED = 20  # enough to see the pattern; a file with 10k bad records should not flood
-_USER_ROLES = {"human", "user"}
-_ASSISTANT_ROLES = {"gpt", "assistant", "bot", "chatgpt", "model"}
+USER_ROLES = {"human", "user"}
+ASSISTANT_ROLES = {"gpt", "assistant", "bot", "chatgpt", "model"}
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,9 @@ def _messages(record: dict, key: str, need_answer: bool) -> Conversation:
                 raise RecordError(f"`{key}[{i}]`: a system message may only come first")
             system = value
             continue
-        if role in _USER_ROLES:
+        if role in USER_ROLES:
             roles.append(("user", value))
-        elif role in _ASSISTANT_ROLES:
+        elif role in ASSISTANT_ROLES:
             roles.append(("assistant", value))
         else:
             raise RecordError(f"`{key}[{i}]`: unknown role {role!r} (expected human/user, gpt/assistant, system)")
@@ -183,12 +183,14 @@ def parse_record(record: Any, need_answer: bool = True) -> Conversation:
     return Conversation(turns=tuple(turns), system=system)
 
 
-def parse_file(path: str | Path, need_answer: bool = True) -> tuple[list[tuple[Conversation, Any]], list[str]]:
-    """(conversation, raw record) for every well-formed record, and one problem line per malformed one."""
+def parse_file(path: str | Path, need_answer: bool = True, parse: Callable[[Any], Any] | None = None
+               ) -> tuple[list[tuple[Any, Any]], list[str]]:
+    """(conversation, raw record) for every well-formed record, and one problem line per malformed one.
+    ``parse``: another record reader raising RecordError (e.g. sft.pairs.parse_pair)."""
     parsed, problems = [], []
     for _, where, obj in iter_json_records(path):
         try:
-            parsed.append((parse_record(obj, need_answer=need_answer), obj))
+            parsed.append((parse(obj) if parse else parse_record(obj, need_answer=need_answer), obj))
         except RecordError as exc:
             problems.append(f"{path}: {where}: {exc}")
     return parsed, problems

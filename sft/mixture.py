@@ -15,7 +15,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from zhllama.errors import UserError
 from zhllama.files import sha256_json
@@ -89,8 +89,10 @@ def _excluded(obj: Any, source: SourceFile) -> bool:
     return document_key(text.strip(), source.exclude_salt) in source.exclude
 
 
-def read_and_validate(sources: list[SourceFile]):
-    """Parse every file; raise one UserError with every malformed record of every file."""
+def read_and_validate(sources: list[SourceFile], parse: Callable[[Any], Any] | None = None,
+                      what: str = "instruction data"):
+    """Parse every file; raise one UserError with every malformed record of every file.
+    ``parse``: a record reader other than an instruction record's (sft.pairs.parse_pair)."""
     from corpora.manifest import is_held_out
 
     problems: list[str] = []
@@ -98,7 +100,7 @@ def read_and_validate(sources: list[SourceFile]):
     for source in sources:
         conversations, keys, held, excluded = [], [], [], []
         try:
-            records, bad = parse_file(source.path, need_answer=True)
+            records, bad = parse_file(source.path, need_answer=True, parse=parse)
         except UserError as exc:  # unreadable JSON: report with the others
             records, bad = [], [str(exc)]
         problems += bad
@@ -109,7 +111,7 @@ def read_and_validate(sources: list[SourceFile]):
             held.append(is_held_out(key, source.holdout_fraction))
             excluded.append(bool(source.exclude) and _excluded(obj, source))
         parsed.append((conversations, keys, held, excluded))
-    raise_record_problems("malformed instruction data (nothing was trained)", problems)
+    raise_record_problems(f"malformed {what} (nothing was trained)", problems)
     return parsed
 
 

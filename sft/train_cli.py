@@ -5,7 +5,11 @@
     deepspeed --hostfile HOSTS --module sft train --config sft/configs/chinese_alpaca2_7b_lora.yaml
 
 Settings: the engine's (engine/config.py) plus ``data:`` (sft/config.py): a manifest (or
-a list of files with weights), the template, max_seq_length, packing. Every record of every file is
+a list of files with weights), the template, max_seq_length, packing. ``objective: dpo`` trains on
+preference pairs (``chosen``/``rejected``, sft/pairs.py) with DPO (engine/preference.py) instead:
+
+    python -m sft train --config sft/configs/dpo_tiny_cpu.yaml model.path=outputs/zh_sft_merged
+ Every record of every file is
 validated before anything is tokenized or trained; files are tokenized once into a content-keyed
 cache. Loss is on response tokens only. The template is saved with the model
 (``output_dir/final/sft_template.json``) so ``sft export``/``generate``/``chat`` format prompts the
@@ -41,9 +45,11 @@ def _rank() -> int:
 def prepare(cfg):
     """Everything before the engine: tokenizer, template, validated + tokenized datasets, collator."""
     from .mixture import build_datasets, read_and_validate, resolve_sources
+    from .pairs import build_pair_datasets, read_pairs
 
+    dpo = cfg.objective == "dpo"
     sources = resolve_sources(cfg.data)
-    validated = sources, read_and_validate(sources)  # every record checked before anything heavy
+    validated = sources, (read_pairs if dpo else read_and_validate)(sources)  # every record checked first
 
     from transformers import AutoTokenizer
 
@@ -51,6 +57,7 @@ def prepare(cfg):
     from zhllama.tokenizer_files import tokenizer_fingerprint
 
     from .collate import SFTCollator
+    from .pairs import PairCollator
     from .templates import make_spec, pad_token_id
 
     tok_dir = tokenizer_dir(cfg)
@@ -59,12 +66,22 @@ def prepare(cfg):
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     spec = make_spec(cfg.data.template, tokenizer, cfg.data.system_prompt)
     fingerprint = tokenizer_fingerprint(tok_dir)
-    train_ds, eval_ds, report = build_datasets(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated)
+    build = build_pair_datasets if dpo else build_datasets
+    train_ds, eval_ds, report = build(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated)
     pad = pad_token_id(tokenizer)
     # Any id works as padding: padded positions are masked (attention_mask) and labelled -100, so
     # no <pad> token is added (adding one is what made Chinese-Alpaca 49,954 rows vs 49,953).
-    collator = SFTCollator(pad_token_id=pad, pad_to_multiple_of=cfg.data.pad_to_multiple_of)
+    collator = (PairCollator if dpo else SFTCollator)(pad_token_id=pad, pad_to_multiple_of=cfg.data.pad_to_multiple_of)
     return spec, fingerprint, train_ds, eval_ds, report, collator
+
+
+def objective_of(cfg):
+    """None (the engine's next-token loss on answers) or DPO's objective."""
+    if cfg.objective != "dpo":
+        return None
+    from engine.preference import DPOObjective
+
+    return DPOObjective(beta=cfg.dpo.beta, label_smoothing=cfg.dpo.label_smoothing, nll_weight=cfg.dpo.nll_weight)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from engine import train
 
     result = train(cfg, train_ds, eval_ds, collator, data_fingerprint=report.fingerprint,
-                   tokenizer_fingerprint=fingerprint)
+                   tokenizer_fingerprint=fingerprint, objective=objective_of(cfg))
     if _rank() == 0:
         out = Path(cfg.output_dir)
         final = Path(result["final_dir"])

@@ -3,7 +3,7 @@
 The fp32 tests (test_engine_distributed, test_sft_train) prove what each mode trains; GPU runs use
 bf16, where PEFT's fp32 adapters beside bf16 weights once crashed ``deepspeed.initialize``
 (defragment: one dtype per flat buffer). One 2-rank torchrun runs every (dtype, phase, mode) a few
-steps in sequence — pretraining on packed blocks, SFT on padded batches — and rank 0 saves each
+steps in sequence — pretraining on packed blocks, SFT on padded batches, DPO on pairs — and rank 0 saves each
 run's consolidated weights; the tests below check finite falling loss and trained/frozen weights.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PT_CONFIG = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
 SFT_CONFIG = REPO / "sft" / "configs" / "tiny_cpu.yaml"
+DPO_CONFIG = REPO / "sft" / "configs" / "dpo_tiny_cpu.yaml"  # LoRA without trained embeddings
 BASE_ROWS = 300  # "embeddings, new rows only": rows below this stay exact
 MODES = {
     "full": ["mode=full"],
@@ -43,7 +44,8 @@ def _fp16_supported() -> bool:
 
 def _runs() -> list[tuple[str, str, str]]:
     dtypes = ["bfloat16"] + (["float16"] if _fp16_supported() else [])
-    return [(d, phase, m) for d in dtypes for phase in ("pt", "sft") for m in MODES]
+    return [(d, phase, m) for d in dtypes for phase in ("pt", "sft") for m in MODES] + \
+        [(d, "dpo", m) for d in dtypes for m in ("full", "lora")]
 
 
 def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
@@ -66,16 +68,16 @@ def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
         train_ds, eval_ds, collate = TinyPacked(cfg.model.path, 0, 24), TinyPacked(cfg.model.path, 3, 6), None
     else:
         from sft.config import SFTConfig
-        from sft.train_cli import prepare
+        from sft.train_cli import objective_of, prepare
 
-        cfg = load_config(SFTConfig, SFT_CONFIG, overrides + [
-            f"data.files=[{{path: '{spec['sft_data']}', weight: 4.0}}]", "data.eval_fraction=0.0",
-            f"data.cache_dir={Path(spec['work']) / 'sft_cache'}", "data.max_seq_length=128"])
+        cfg = load_config(SFTConfig, DPO_CONFIG if phase == "dpo" else SFT_CONFIG, overrides + [
+            f"data.files=[{{path: '{spec[phase + '_data']}', weight: 4.0}}]", "data.eval_fraction=0.0",
+            f"data.cache_dir={Path(spec['work']) / 'sft_cache'}", "data.max_seq_length=128", "dpo.beta=0.5"])
         _, _, train_ds, _, _, collate = prepare(cfg)
         eval_ds = train_ds  # the loss on the data it trains on must fall in 4 steps
         cfg.eval.at_start = True
     run = run_training(cfg, train_ds, eval_ds, collate, eval_characters=None, data_fingerprint=None,
-                       tokenizer_fingerprint=None)
+                       tokenizer_fingerprint=None, objective=objective_of(cfg) if phase != "pt" else None)
     state = consolidated_state_dict(run.engine)  # collective; the full weights on rank 0 (ZeRO-2 or 3)
     if dist.get_rank() == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "engine_state.safetensors"))
@@ -111,7 +113,9 @@ def runs(tmp_path_factory) -> Path:
     tok = make_tiny_tokenizer(work / "tok")
     model = make_tiny_model(work / "model", tok, hidden=32, layers=2, heads=4)
     data = write_json(work / "zh.json", ZH_RECORDS)
-    spec = json.dumps({"model": str(model), "work": str(work), "sft_data": str(data)})
+    pairs = write_json(work / "pairs.json", [{"instruction": r["instruction"], "input": r["input"],
+                                              "chosen": r["output"], "rejected": "不知道。"} for r in ZH_RECORDS])
+    spec = json.dumps({"model": str(model), "work": str(work), "sft_data": str(data), "dpo_data": str(pairs)})
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONWARNINGS": "ignore"}
@@ -163,7 +167,7 @@ def test_mode_trains_in_half_precision(runs, dtype, phase, mode):
             if "lora_" in key:
                 continue
             original = key.replace("base_model.model.", "").replace(".base_layer", "")
-            if original in embeddings:  # trained in full, in place
+            if original in embeddings and phase != "dpo":  # trained in full, in place (DPO: lora.modules_to_save=[])
                 assert not torch.equal(value, before[original]), key
             else:
                 torch.testing.assert_close(value, before[original], rtol=0, atol=0, msg=key)  # frozen: bit-identical

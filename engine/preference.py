@@ -1,0 +1,173 @@
+"""Direct Preference Optimization (DPO, Rafailov et al. 2023) as an objective of the one engine.
+
+A batch holds pairs: row 2i is pair i's chosen answer, row 2i+1 its rejected one, both after the same
+prompt, labelled on the final answer only (and its EOS). With the policy's summed log-probability
+``pi`` of each answer and the reference model's ``ref``,
+
+    margin = beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected))
+    loss   = -(1 - eps) * log sigmoid(margin) - eps * log sigmoid(-margin)     (eps: label_smoothing, cDPO)
+           + nll_weight * (-pi_chosen / chosen tokens)                          (RPO's NLL on the chosen answer)
+
+The reference is the model the run starts from. Its log-probabilities are computed once, before step 1,
+in one evaluation pass over the train and eval pairs (eval mode: no dropout, no NEFTune noise), and
+kept in ``output_dir/dpo_reference.json``. So no second model sits in GPU memory, LoRA and full training
+are treated alike, and a resumed run uses the very numbers the interrupted one used (a resume without
+that file is refused: after step 1 the starting model no longer exists in the run).
+
+Memory: the policy's logits are the model's own; only the labelled positions get an fp32 copy for the
+log-softmax (answers, not prompts). ``model.fused_loss`` does not apply here (it returns one summed
+loss, DPO needs one log-probability per answer).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from zhllama.errors import UserError
+from zhllama.files import write_json_atomic
+
+from .data import eval_batches, fetch
+from .evaluate import MODEL_KEYS
+from .loss import IGNORE_INDEX
+
+REFERENCE_FILE = "dpo_reference.json"  # float64 as JSON numbers: read back bit for bit
+
+
+def sequence_logps(engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probability of each row's labelled tokens (fp32), labelled tokens per row)."""
+    inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
+    logits = engine(**inputs, use_cache=False).logits[:, :-1]
+    labels = batch["labels"].to(device)[:, 1:]
+    keep = labels != IGNORE_INDEX
+    rows = keep.nonzero()[:, 0]
+    picked = logits[keep].float().log_softmax(dim=-1)  # fp32 only where an answer token is predicted
+    token_logps = picked.gather(1, labels[keep][:, None]).squeeze(1)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=token_logps.device)
+    return sums.index_add(0, rows, token_logps), keep.sum(dim=1)
+
+
+@dataclass
+class PairStats:
+    """Per pair: the DPO loss, the implicit rewards beta * (pi - ref) of both answers."""
+
+    loss: torch.Tensor
+    chosen_reward: torch.Tensor
+    rejected_reward: torch.Tensor
+
+
+@dataclass
+class DPOObjective:
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    nll_weight: float = 0.0
+
+    def pair_stats(self, engine, batch: dict[str, torch.Tensor], device) -> PairStats:
+        if "reference_logps" not in batch:
+            raise RuntimeError("a DPO batch needs reference_logps (DPOObjective.prepare sets them)")
+        logps, tokens = sequence_logps(engine, batch, device)
+        reference = batch["reference_logps"].to(device=logps.device, dtype=torch.float32)  # (pairs, 2)
+        chosen = self.beta * (logps[0::2] - reference[:, 0])
+        rejected = self.beta * (logps[1::2] - reference[:, 1])
+        margin = chosen - rejected
+        eps = self.label_smoothing
+        loss = -(1 - eps) * F.logsigmoid(margin) - (eps * F.logsigmoid(-margin) if eps else 0.0)
+        if self.nll_weight:
+            loss = loss + self.nll_weight * (-logps[0::2] / tokens[0::2].clamp(min=1))
+        return PairStats(loss, chosen, rejected)
+
+    def loss(self, engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed loss over the batch's pairs, number of pairs): the engine's loss contract."""
+        stats = self.pair_stats(engine, batch, device)
+        return stats.loss.sum(), torch.tensor(stats.loss.numel(), device=stats.loss.device)
+
+    # ------------------------------------------------------------------ the reference pass
+    def prepare(self, engine, datasets: dict[str, Any], collate_fn: Callable, batch_size: int, output_dir: str | Path,
+                resumed: bool, data_fingerprint: str | None, device, progress: bool = True) -> None:
+        """Give every dataset its reference log-probabilities: computed now on a fresh run, read back on a
+        resume. Datasets take them through ``set_reference(tensor of shape (len, 2))``."""
+        path = Path(output_dir) / REFERENCE_FILE
+        if resumed:
+            tables = _read_reference(path, data_fingerprint, datasets)
+        else:
+            tables = {name: reference_logps(engine, ds, collate_fn, batch_size, device, f"reference ({name})",
+                                            progress) for name, ds in datasets.items()}
+            if dist.get_rank() == 0:
+                write_json_atomic(path, {"data_fingerprint": data_fingerprint,
+                                         "tables": {name: t.tolist() for name, t in tables.items()}})
+            dist.barrier()
+        for name, ds in datasets.items():
+            ds.set_reference(tables[name])
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def evaluate(self, engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None,
+                 device) -> dict[str, float]:
+        """Mean DPO loss, reward accuracy (chosen reward above rejected) and mean margin over the eval pairs."""
+        rank, world = dist.get_rank(), dist.get_world_size()
+        was_training = engine.module.training
+        engine.eval()
+        totals = torch.zeros(4, dtype=torch.float64)  # loss, pairs, correct, margin
+        for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
+            stats = self.pair_stats(engine, fetch(dataset, indices or [0], collate_fn), device)
+            if indices:  # an empty list: a dummy forward so every rank runs as many (ZeRO-3)
+                margin = (stats.chosen_reward - stats.rejected_reward).double().cpu()
+                totals += torch.tensor([stats.loss.sum().item(), len(indices), (margin > 0).sum().item(),
+                                        margin.sum().item()], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            totals = totals.to(device)
+        dist.all_reduce(totals)
+        loss, pairs, correct, margin = totals.tolist()
+        if was_training:
+            engine.train()
+        pairs = max(pairs, 1.0)
+        return {"eval/loss": loss / pairs, "eval/reward_accuracy": correct / pairs, "eval/reward_margin": margin / pairs,
+                "eval/pairs": pairs}
+
+
+@torch.no_grad()
+def reference_logps(engine, dataset: Any, collate_fn: Callable, batch_size: int, device, desc: str = "reference",
+                    progress: bool = True) -> torch.Tensor:
+    """(len(dataset), 2) float64: chosen and rejected log-probabilities under the model as it is now.
+    Every rank runs the same number of forwards (ZeRO-3 gathers are collective); the table is summed."""
+    from tqdm.auto import tqdm
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    was_training = engine.module.training
+    engine.eval()
+    table = torch.zeros(len(dataset), 2, dtype=torch.float64)
+    batches = list(eval_batches(len(dataset), batch_size, rank, world, None))
+    for indices in tqdm(batches, desc=desc, unit="batch", disable=rank != 0 or not progress, dynamic_ncols=True):
+        logps, _ = sequence_logps(engine, fetch(dataset, indices or [0], collate_fn), device)
+        if indices:
+            table[indices] = logps.double().cpu().view(-1, 2)
+    if dist.get_backend() == "nccl":
+        table = table.to(device)
+    dist.all_reduce(table)
+    if was_training:
+        engine.train()
+    return table.cpu()
+
+
+def _read_reference(path: Path, data_fingerprint: str | None, datasets: dict[str, Any]) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"{path}: missing. A DPO run keeps the starting model's log-probabilities there; without "
+                        f"them it cannot resume (the starting model is gone after step 1). Start the run again "
+                        f"in a new output_dir")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); start the run again in a new output_dir") from None
+    if saved.get("data_fingerprint") != data_fingerprint:
+        raise UserError(f"{path}: made for other data (data fingerprint {saved.get('data_fingerprint')}, this run's "
+                        f"{data_fingerprint})")
+    tables = {name: torch.tensor(rows, dtype=torch.float64).reshape(-1, 2) for name, rows in saved["tables"].items()}
+    for name, ds in datasets.items():
+        if name not in tables or tuple(tables[name].shape) != (len(ds), 2):
+            raise UserError(f"{path}: holds no reference for the {len(ds)} {name} pairs of this run")
+    return tables
