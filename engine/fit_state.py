@@ -74,7 +74,8 @@ class Evaluation:
 class Window:
     """Loss, tokens and time since the last log line (tensors: no device sync per micro step)."""
 
-    def __init__(self) -> None:
+    def __init__(self, objective: Any | None = None) -> None:
+        self.objective = objective  # may add its own metrics to each log line (DPO: reward accuracy)
         self._reset()
 
     def _reset(self) -> None:
@@ -92,6 +93,8 @@ class Window:
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             out["train/grad_norm"] = float(grad_norm)
+        if hasattr(self.objective, "train_metrics"):
+            out.update(self.objective.train_metrics(dev))
         if torch.cuda.is_available():  # what a user sizing batch and ZeRO stage needs to see
             out["train/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         self._reset()

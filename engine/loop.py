@@ -280,7 +280,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
     if evaluation.active and cfg.eval.at_start and state.step == 0:
         evaluation.run(state)
     engine.train()
-    window = Window()
+    window = Window(objective)
     last_eval_step = state.step if state.metrics else -1
     # closed on errors too, so a stop message never lands on the bar's line
     with tqdm(total=total_steps, initial=state.step, disable=rank != 0 or not cfg.logging.progress, desc="train",

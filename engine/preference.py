@@ -21,7 +21,7 @@ loss, DPO needs one log-probability per answer).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,11 +54,19 @@ def sequence_logps(engine, batch: dict[str, torch.Tensor], device) -> tuple[torc
 
 @dataclass
 class PairStats:
-    """Per pair: the DPO loss, the implicit rewards beta * (pi - ref) of both answers."""
+    """Per pair: the DPO loss, the implicit rewards beta * (pi - ref) and the policy's log-probabilities."""
 
     loss: torch.Tensor
     chosen_reward: torch.Tensor
     rejected_reward: torch.Tensor
+    chosen_logp: torch.Tensor
+    rejected_logp: torch.Tensor
+
+    def sums(self) -> torch.Tensor:
+        """pairs, pairs ranked right, margin, chosen and rejected log-probabilities: summed, detached."""
+        margin = (self.chosen_reward - self.rejected_reward).detach()
+        return torch.stack([torch.tensor(float(margin.numel()), device=margin.device), (margin > 0).sum().float(),
+                            margin.sum(), self.chosen_logp.detach().sum(), self.rejected_logp.detach().sum()])
 
 
 @dataclass
@@ -66,6 +74,7 @@ class DPOObjective:
     beta: float = 0.1
     label_smoothing: float = 0.0
     nll_weight: float = 0.0
+    _window: torch.Tensor | None = field(default=None, repr=False)  # training pairs' sums since the last log line
 
     def pair_stats(self, engine, batch: dict[str, torch.Tensor], device) -> PairStats:
         if "reference_logps" not in batch:
@@ -79,12 +88,26 @@ class DPOObjective:
         loss = -(1 - eps) * F.logsigmoid(margin) - (eps * F.logsigmoid(-margin) if eps else 0.0)
         if self.nll_weight:
             loss = loss + self.nll_weight * (-logps[0::2] / tokens[0::2].clamp(min=1))
-        return PairStats(loss, chosen, rejected)
+        return PairStats(loss, chosen, rejected, logps[0::2], logps[1::2])
 
     def loss(self, engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed loss over the batch's pairs, number of pairs): the engine's loss contract."""
         stats = self.pair_stats(engine, batch, device)
+        sums = stats.sums()
+        self._window = sums if self._window is None else self._window + sums  # no device sync per micro batch
         return stats.loss.sum(), torch.tensor(stats.loss.numel(), device=stats.loss.device)
+
+    def train_metrics(self, device) -> dict[str, float]:
+        """The log line's reward accuracy, margin and log-probabilities over every rank's pairs since the
+        last one (collective: every rank calls it at each log line)."""
+        sums = self._window if self._window is not None else torch.zeros(5)
+        sums = sums.to(device if dist.get_backend() == "nccl" else "cpu", torch.float64)
+        dist.all_reduce(sums)
+        self._window = None
+        pairs, correct, margin, chosen, rejected = sums.tolist()
+        pairs = max(pairs, 1.0)
+        return {"train/reward_accuracy": correct / pairs, "train/reward_margin": margin / pairs,
+                "train/logp_chosen": chosen / pairs, "train/logp_rejected": rejected / pairs}
 
     # ------------------------------------------------------------------ the reference pass
     def prepare(self, engine, datasets: dict[str, Any], collate_fn: Callable, batch_size: int, output_dir: str | Path,
@@ -112,22 +135,20 @@ class DPOObjective:
         rank, world = dist.get_rank(), dist.get_world_size()
         was_training = engine.module.training
         engine.eval()
-        totals = torch.zeros(4, dtype=torch.float64)  # loss, pairs, correct, margin
+        totals = torch.zeros(6, dtype=torch.float64)  # loss, then PairStats.sums()
         for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
             stats = self.pair_stats(engine, fetch(dataset, indices or [0], collate_fn), device)
             if indices:  # an empty list: a dummy forward so every rank runs as many (ZeRO-3)
-                margin = (stats.chosen_reward - stats.rejected_reward).double().cpu()
-                totals += torch.tensor([stats.loss.sum().item(), len(indices), (margin > 0).sum().item(),
-                                        margin.sum().item()], dtype=torch.float64)
+                totals += torch.cat([stats.loss.sum()[None], stats.sums()]).double().cpu()
         if dist.get_backend() == "nccl":
             totals = totals.to(device)
         dist.all_reduce(totals)
-        loss, pairs, correct, margin = totals.tolist()
+        loss, pairs, correct, margin, chosen, rejected = totals.tolist()
         if was_training:
             engine.train()
         pairs = max(pairs, 1.0)
         return {"eval/loss": loss / pairs, "eval/reward_accuracy": correct / pairs, "eval/reward_margin": margin / pairs,
-                "eval/pairs": pairs}
+                "eval/logp_chosen": chosen / pairs, "eval/logp_rejected": rejected / pairs, "eval/pairs": pairs}
 
 
 @torch.no_grad()

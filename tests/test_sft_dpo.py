@@ -201,6 +201,9 @@ def test_two_rank_zero3_lora_dpo_learns_the_preference(dpo_run):
     losses = [r["train/loss"] for r in _metrics(out) if "train/loss" in r]
     assert len(losses) == 8 and losses[0] == pytest.approx(math.log(2), abs=1e-5)
     assert sum(losses[-2:]) / 2 < 0.7 * math.log(2), losses
+    logged = [r for r in _metrics(out) if "train/reward_accuracy" in r]  # every log line, over both ranks' pairs
+    assert len(logged) == 8 and logged[-1]["train/reward_accuracy"] == 1.0 and logged[-1]["train/reward_margin"] > 0
+    assert last["eval/logp_rejected"] < first["eval/logp_rejected"]  # the held-out refusals lost probability
     data_report = json.loads((out / "sft_data_report.json").read_text())
     assert data_report["eval_samples"] >= 1 and data_report["train_samples"] == 2 * (12 - data_report["eval_samples"])
     reference = json.loads((out / "dpo_reference.json").read_text())

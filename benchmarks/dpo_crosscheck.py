@@ -1,0 +1,272 @@
+"""Cross-check the DPO objective (engine/preference.py) against TRL's DPOTrainer, pair by pair and gradient by gradient.
+
+    PYTHONPATH=. /tmp/trl/bin/python benchmarks/dpo_crosscheck.py --work runs/dpo_crosscheck
+
+Needs ``trl`` (tested with 1.16.0, on torch 2.13 CPU and transformers 5.23), which is not a project dependency:
+install it into a separate venv that also sees this project's venv (pip then adds only trl, and a newer setuptools
+inside /tmp/trl; torch, transformers, accelerate and datasets stay the project's):
+``python3 -m venv /tmp/trl && echo $PWD/.venv/lib/python3.11/site-packages > /tmp/trl/lib/python3.11/site-packages/zhllama.pth
+&& /tmp/trl/bin/pip install trl==1.16.0`` (check first with ``pip install --dry-run``).
+
+What it does, offline on CPU in fp32: builds a tiny tokenizer, a random tiny LLaMA as the reference and, as the policy,
+that model after a few SFT steps on some chosen answers (so rewards are neither zero nor of one sign). Chinese
+preference pairs are tokenized once our way (chinese-alpaca-2 template, final answer + EOS labelled); TRL gets the
+very same ids as ``prompt_ids``/``chosen_ids``/``rejected_ids`` through its own collator and computes the loss with
+``DPOTrainer.compute_loss`` (its own reference forward, its fused LM head, its metrics). Compared per setting: the
+token ids and labelled positions, per-pair policy log-probs and rewards, per-pair loss (TRL called one pair at a
+time), reward accuracy and mean margin, the gradient of the mean loss w.r.t. every policy parameter, and the loss and
+gradient of one batch of all pairs. Exit status 1 when anything differs beyond float tolerance.
+
+Definitions compared with TRL 1.16 (both sum, not average, the answer tokens' log-probs for the sigmoid loss; both
+average the per-pair losses over the batch):
+* label smoothing (cDPO): TRL's ``sigmoid`` loss no longer takes ``label_smoothing`` (it only feeds ``robust`` and
+  ``exo_pair``). cDPO is checked through an exact identity of TRL's own losses with ``label_smoothing=eps``:
+  (1-eps)*sigmoid(m) + eps*sigmoid(-m) = (2-2eps)*sigmoid - (1-2eps)*robust.
+* RPO: TRL has no ``rpo_alpha`` any more; its NLL term is ``loss_type="sft"`` with a loss weight, the mean NLL over
+  all chosen tokens of the batch. Ours is, per pair, the chosen answer's mean per-token NLL, averaged over pairs. They
+  agree for one pair at a time (checked) and differ for a batch of answers of unequal length (printed, marked *,
+  not a failure).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+RECORDS = [  # (instruction, input, answer): chosen = the answer, rejected = a refusal or another record's answer
+    ("把这句话翻译成英文。", "春眠不觉晓", "Spring sleep knows no dawn."),
+    ("床前明月光的下一句是什么？", "", "疑是地上霜。"),
+    ("续写诗句", "白日依山尽", "黄河入海流。欲穷千里目，更上一层楼。"),
+    ("大语言模型是什么？", "", "大语言模型在大量语料上预训练，可以理解和生成中文。"),
+    ("夜来风雨声的下一句？", "", "花落知多少。"),
+    ("中国的首都是哪里？", "", "北京。"),
+    ("一年有几个季节？", "", "四个：春、夏、秋、冬。"),
+    ("用一句话介绍长江。", "", "长江是中国最长的河流，全长约六千三百公里。"),
+]
+REFUSAL = "不知道。"
+SETTINGS = [  # (name, beta, label_smoothing, nll_weight)
+    ("sigmoid", 0.1, 0.0, 0.0), ("sigmoid", 0.5, 0.0, 0.0), ("cdpo", 0.1, 0.1, 0.0), ("cdpo", 0.5, 0.1, 0.0),
+    ("rpo", 0.1, 0.0, 0.5), ("rpo", 0.5, 0.0, 0.5), ("cdpo+rpo", 0.5, 0.1, 1.0),
+]
+ABS_TOL, REL_TOL = 1e-4, 1e-4
+
+
+def pair_records() -> list[dict]:
+    out = []
+    for i, (question, extra, answer) in enumerate(RECORDS):
+        other = RECORDS[(i + 3) % len(RECORDS)][2]
+        for rejected in (REFUSAL, other):
+            out.append({"instruction": question, "input": extra, "chosen": answer, "rejected": rejected})
+    return out
+
+
+def encode_pairs(tok):
+    """Our tokenization: one PairDataset whose pair i is samples (2i, 2i+1)."""
+    from sft.cache import encode_all
+    from sft.pairs import PairDataset, parse_pair
+    from sft.templates import make_spec
+
+    convs = [conv for record in pair_records() for conv in parse_pair(record)]
+    samples, stats = encode_all(convs, tok, make_spec("chinese-alpaca-2", tok), 512, pairs=True)
+    assert stats.kept == len(convs), stats
+    return PairDataset(samples, [(2 * i, 2 * i + 1) for i in range(len(convs) // 2)])
+
+
+def trl_examples(ds) -> tuple[list[dict], bool]:
+    """Our ids cut where the labels start, in TRL's pre-tokenized form; and whether that cut is clean (one shared
+    prompt, every token after it labelled), i.e. whether TRL's completion mask can equal our labels at all."""
+    import numpy as np
+
+    out, clean = [], True
+    for c, r in ds.pairs:
+        (cid, clab), (rid, rlab) = ds.samples.get(c), ds.samples.get(r)
+        cs, rs = int(np.argmax(clab != -100)), int(np.argmax(rlab != -100))
+        clean &= cs == rs and np.array_equal(cid[:cs], rid[:rs]) and (clab[cs:] != -100).all() and (rlab[rs:] != -100).all()
+        out.append({"prompt_ids": cid[:cs].tolist(), "chosen_ids": cid[cs:].tolist(), "rejected_ids": rid[rs:].tolist()})
+    return out, bool(clean)
+
+
+def same_ids(ours: dict, theirs: dict) -> bool:
+    """Row for row (ours interleaves chosen/rejected, TRL puts all chosen first): same unpadded ids, and TRL's
+    completion mask marks exactly the positions we label."""
+    import torch
+
+    n = ours["input_ids"].shape[0]
+    for t, o in enumerate(list(range(0, n, 2)) + list(range(1, n, 2))):
+        k = int(ours["attention_mask"][o].sum())
+        if int(theirs["attention_mask"][t].sum()) != k or not torch.equal(ours["input_ids"][o, :k], theirs["input_ids"][t, :k]):
+            return False
+        if not torch.equal((ours["labels"][o, :k] != -100).long(), theirs["completion_mask"][t, :k].long()):
+            return False
+    return True
+
+
+def load(path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+
+
+def make_models(work: Path, ds, steps: int = 12) -> tuple[Path, Path]:
+    """Reference: a random tiny LLaMA. Policy: the reference after a few SFT steps on the chosen answers of every
+    other record (so its log-probs differ from the reference's, and not every pair is already ranked right)."""
+    import torch
+
+    from engine.tiny import make_tiny_model
+    from sft.pairs import PairCollator
+
+    ref_dir = make_tiny_model(work / "reference", work / "tok", hidden=64, layers=2, heads=4, seed=0)
+    model = load(ref_dir).train()
+    rows = {k: v[0::2] for k, v in PairCollator(0)([ds[i] for i in range(0, len(ds), 4)]).items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        model(**rows).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(work / "policy")
+    return ref_dir, work / "policy"
+
+
+def grads(model) -> dict:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def rel_grad_diff(a: dict, b: dict) -> float:
+    if a.keys() != b.keys():
+        return float("inf")
+    scale = max(float(g.abs().max()) for g in a.values())
+    return max(float((a[n] - b[n]).abs().max()) for n in a) / scale
+
+
+def run_ours(policy_dir, batch, beta, eps, nll) -> dict:
+    import torch
+
+    from engine.preference import DPOObjective, sequence_logps
+
+    model, cpu, objective = load(policy_dir), torch.device("cpu"), DPOObjective(beta, eps, nll)
+    total, pairs = objective.loss(model, batch, cpu)  # the engine's contract: summed loss, pair count
+    (total / pairs).backward()
+    with torch.no_grad():
+        stats = objective.pair_stats(model, batch, cpu)
+        logps, _ = sequence_logps(model, batch, cpu)
+    margin = stats.chosen_reward - stats.rejected_reward
+    return {"logps": logps.view(-1, 2), "rewards": torch.stack([stats.chosen_reward, stats.rejected_reward], 1),
+            "loss": stats.loss, "mean": float(total / pairs), "acc": float((margin > 0).float().mean()),
+            "margin": float(margin.mean()), "grads": grads(model)}
+
+
+def trl_losses(eps: float, nll: float) -> tuple[list[str], list[float]]:
+    """Our setting as TRL 1.16 loss types and weights (see the module docstring for the cDPO identity)."""
+    types, weights = (["sigmoid", "robust"], [2 - 2 * eps, -(1 - 2 * eps)]) if eps else (["sigmoid"], [1.0])
+    if nll:
+        types, weights = types + ["sft"], weights + [nll]
+    return types, weights
+
+
+def run_trl(ref_dir, policy_dir, tok, examples, text, beta, eps, nll, work: Path) -> dict:
+    import torch
+    from trl import DPOConfig, DPOTrainer
+
+    types, weights = trl_losses(eps, nll)
+    cfg = DPOConfig(output_dir=str(work / "trl"), beta=beta, loss_type=types, loss_weights=weights,
+                    label_smoothing=eps, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+                    max_length=None, report_to="none", per_device_train_batch_size=len(examples))
+    trainer = DPOTrainer(load(policy_dir), load(ref_dir), args=cfg, train_dataset=text, processing_class=tok)
+    model = trainer.model
+    metrics = trainer._metrics["train" if model.training else "eval"]  # TRL's own per-call logps / rewards
+    pick = lambda *keys: [metrics[k][-1] for k in keys]
+    logps, rewards, losses = [], [], []
+    for example in examples:  # one pair per call; gradients accumulated as the mean over pairs
+        loss = trainer.compute_loss(model, trainer.data_collator([example]))
+        (loss / len(examples)).backward()
+        logps.append(pick("logps/chosen", "logps/rejected"))
+        rewards.append(pick("rewards/chosen", "rewards/rejected"))
+        losses.append(loss.item())
+    out = {"logps": torch.tensor(logps), "rewards": torch.tensor(rewards), "loss": torch.tensor(losses),
+           "grads": grads(model)}
+    model.zero_grad()
+    batch = trainer.data_collator(examples)
+    loss = trainer.compute_loss(model, batch)  # all pairs in one padded batch, TRL's batch mean
+    loss.backward()
+    acc, margin = pick("rewards/accuracies", "rewards/margins")
+    own = sum(row["prompt_ids"] + row["chosen_ids"] == ex["prompt_ids"] + ex["chosen_ids"]
+              for row, ex in zip(trainer.train_dataset, examples))
+    return {**out, "batch": batch, "mean": loss.item(), "acc": acc, "margin": margin, "batch_grads": grads(model),
+            "own_tokenization": own}
+
+
+def compare(ours: dict, theirs: dict, ids_ok: bool, nll: float) -> tuple[dict, bool]:
+    """One table row and whether it passes. With RPO the batch numbers differ by definition (docstring)."""
+    row = {"ids": ids_ok,
+           "logp": float((ours["logps"] - theirs["logps"]).abs().max()),
+           "reward": float((ours["rewards"] - theirs["rewards"]).abs().max()),
+           "loss": float((ours["loss"] - theirs["loss"]).abs().max()),
+           "acc": (ours["acc"], theirs["acc"]), "margin": abs(ours["margin"] - theirs["margin"]),
+           "grad": rel_grad_diff(ours["grads"], theirs["grads"]),
+           "batch_loss": abs(ours["mean"] - theirs["mean"]),
+           "batch_grad": rel_grad_diff(ours["grads"], theirs["batch_grads"])}
+    ok = (ids_ok and max(row["logp"], row["reward"], row["loss"], row["margin"]) <= ABS_TOL
+          and row["acc"][0] == row["acc"][1] and row["grad"] <= REL_TOL)
+    if not nll:
+        ok &= row["batch_loss"] <= ABS_TOL and row["batch_grad"] <= REL_TOL
+    return row, ok
+
+
+def print_row(name, beta, pairs, row, nll, ok) -> None:
+    mark = "*" if nll else " "
+    print(f"{name:<9} {beta:<4} {pairs:>5} {'yes' if row['ids'] else 'NO':>4} {row['logp']:9.1e} {row['reward']:9.1e} "
+          f"{row['loss']:9.1e} {row['acc'][0]:5.2f}/{row['acc'][1]:4.2f} {row['margin']:9.1e} {row['grad']:9.1e} "
+          f"{row['batch_loss']:9.1e}{mark} {row['batch_grad']:9.1e}{mark} {'ok' if ok else 'DIFFERS'}", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="runs/dpo_crosscheck", help="folder for the tiny tokenizer and models")
+    args = p.parse_args()
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from engine.preference import sequence_logps
+    from engine.tiny import DEFAULT_TEXT, make_tiny_tokenizer
+    from sft.pairs import PairCollator
+
+    start, work = time.time(), Path(args.work)
+    torch.manual_seed(0)
+    texts = [f"{q}{i}{a}" for q, i, a in RECORDS]
+    tok = AutoTokenizer.from_pretrained(str(make_tiny_tokenizer(work / "tok", DEFAULT_TEXT + texts * 5)))
+    ds = encode_pairs(tok)
+    ref_dir, policy_dir = make_models(work, ds)
+    with torch.no_grad():  # our reference pass: the reference model's summed log-probs, as DPOObjective.prepare keeps them
+        table, _ = sequence_logps(load(ref_dir), PairCollator(0)([ds[i] for i in range(len(ds))]), torch.device("cpu"))
+    ds.set_reference(table.double().view(-1, 2))
+    batch = PairCollator(0)([ds[i] for i in range(len(ds))])
+    examples, clean = trl_examples(ds)
+    # TRL insists on a text dataset (it tokenizes it itself); the loss is fed our ids, the text only shows whether
+    # TRL's own tokenization of the decoded prompt/answers would give them too (information, not a check)
+    text = Dataset.from_list([{k: tok.decode(ex[f"{k}_ids"], skip_special_tokens=True)
+                               for k in ("prompt", "chosen", "rejected")} for ex in examples])
+    print(f"TRL {trl.__version__}, torch {torch.__version__}; {len(ds)} pairs; tolerances {ABS_TOL} abs, {REL_TOL} rel\n"
+          f"{'setting':<9} {'beta':<4} {'pairs':>5} {'ids':>4} {'|dlogp|':>9} {'|dreward|':>9} {'|dloss|':>9} "
+          f"{'acc o/t':>10} {'|dmargin|':>9} {'grad rel':>9} {'batchloss':>10} {'batchgrad':>10}")
+    failed, own = 0, 0
+    for name, beta, eps, nll in SETTINGS:
+        ours = run_ours(policy_dir, batch, beta, eps, nll)
+        theirs = run_trl(ref_dir, policy_dir, tok, examples, text, beta, eps, nll, work)
+        row, ok = compare(ours, theirs, clean and same_ids(batch, theirs["batch"]), nll)
+        print_row(name, beta, len(ds), row, nll, ok)
+        failed, own = failed + (not ok), theirs["own_tokenization"]
+    print(f"* RPO in one batch: TRL averages the NLL over all chosen tokens, we average each answer's per-token mean "
+          f"over pairs (equal per pair, checked above).\nTRL tokenizing the decoded text itself: {own}/{len(ds)} "
+          f"pairs give our ids (information only).\n{failed} of {len(SETTINGS)} settings differ; "
+          f"{time.time() - start:.1f}s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
