@@ -33,6 +33,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 RECORDS = [  # (instruction, input, answer): chosen = the answer, rejected = a refusal or another record's answer
@@ -103,6 +104,14 @@ def same_ids(ours: dict, theirs: dict) -> bool:
     return True
 
 
+def as_text(tok, example: dict) -> dict:
+    """Rendered prompt and answers; an answer keeps the space the template puts after [/INST] (decoding it
+    alone would drop that space), so TRL's prompt+answer text is our rendered conversation."""
+    prompt = tok.decode(example["prompt_ids"], skip_special_tokens=True)
+    full = lambda k: tok.decode(example["prompt_ids"] + example[f"{k}_ids"], skip_special_tokens=True)
+    return {"prompt": prompt, "chosen": full("chosen")[len(prompt):], "rejected": full("rejected")[len(prompt):]}
+
+
 def load(path):
     import torch
     from transformers import AutoModelForCausalLM
@@ -148,13 +157,14 @@ def run_ours(policy_dir, batch, beta, eps, nll) -> dict:
 
     model, cpu, objective = load(policy_dir), torch.device("cpu"), DPOObjective(beta, eps, nll)
     total, pairs = objective.loss(model, batch, cpu)  # the engine's contract: summed loss, pair count
-    (total / pairs).backward()
+    mean = total / pairs
+    mean.backward()
     with torch.no_grad():
         stats = objective.pair_stats(model, batch, cpu)
         logps, _ = sequence_logps(model, batch, cpu)
     margin = stats.chosen_reward - stats.rejected_reward
     return {"logps": logps.view(-1, 2), "rewards": torch.stack([stats.chosen_reward, stats.rejected_reward], 1),
-            "loss": stats.loss, "mean": float(total / pairs), "acc": float((margin > 0).float().mean()),
+            "loss": stats.loss, "mean": mean.item(), "acc": float((margin > 0).float().mean()),
             "margin": float(margin.mean()), "grads": grads(model)}
 
 
@@ -192,8 +202,7 @@ def run_trl(ref_dir, policy_dir, tok, examples, text, beta, eps, nll, work: Path
     loss = trainer.compute_loss(model, batch)  # all pairs in one padded batch, TRL's batch mean
     loss.backward()
     acc, margin = pick("rewards/accuracies", "rewards/margins")
-    own = sum(row["prompt_ids"] + row["chosen_ids"] == ex["prompt_ids"] + ex["chosen_ids"]
-              for row, ex in zip(trainer.train_dataset, examples))
+    own = sum(all(row[k] == ex[k] for k in ex) for row, ex in zip(trainer.train_dataset, examples))
     return {**out, "batch": batch, "mean": loss.item(), "acc": acc, "margin": margin, "batch_grads": grads(model),
             "own_tokenization": own}
 
@@ -204,7 +213,8 @@ def compare(ours: dict, theirs: dict, ids_ok: bool, nll: float) -> tuple[dict, b
            "logp": float((ours["logps"] - theirs["logps"]).abs().max()),
            "reward": float((ours["rewards"] - theirs["rewards"]).abs().max()),
            "loss": float((ours["loss"] - theirs["loss"]).abs().max()),
-           "acc": (ours["acc"], theirs["acc"]), "margin": abs(ours["margin"] - theirs["margin"]),
+           "acc": (ours["acc"], theirs["acc"]), "our_margin": ours["margin"],
+           "margin": abs(ours["margin"] - theirs["margin"]),
            "grad": rel_grad_diff(ours["grads"], theirs["grads"]),
            "batch_loss": abs(ours["mean"] - theirs["mean"]),
            "batch_grad": rel_grad_diff(ours["grads"], theirs["batch_grads"])}
@@ -218,7 +228,8 @@ def compare(ours: dict, theirs: dict, ids_ok: bool, nll: float) -> tuple[dict, b
 def print_row(name, beta, pairs, row, nll, ok) -> None:
     mark = "*" if nll else " "
     print(f"{name:<9} {beta:<4} {pairs:>5} {'yes' if row['ids'] else 'NO':>4} {row['logp']:9.1e} {row['reward']:9.1e} "
-          f"{row['loss']:9.1e} {row['acc'][0]:5.2f}/{row['acc'][1]:4.2f} {row['margin']:9.1e} {row['grad']:9.1e} "
+          f"{row['loss']:9.1e} {row['acc'][0]:5.2f}/{row['acc'][1]:4.2f} {row['our_margin']:7.3f} {row['margin']:9.1e} "
+          f"{row['grad']:9.1e} "
           f"{row['batch_loss']:9.1e}{mark} {row['batch_grad']:9.1e}{mark} {'ok' if ok else 'DIFFERS'}", flush=True)
 
 
@@ -227,6 +238,7 @@ def main() -> int:
     p.add_argument("--work", default="runs/dpo_crosscheck", help="folder for the tiny tokenizer and models")
     args = p.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames TrainingArguments fields
     import torch
     import trl
     from datasets import Dataset
@@ -248,12 +260,11 @@ def main() -> int:
     batch = PairCollator(0)([ds[i] for i in range(len(ds))])
     examples, clean = trl_examples(ds)
     # TRL insists on a text dataset (it tokenizes it itself); the loss is fed our ids, the text only shows whether
-    # TRL's own tokenization of the decoded prompt/answers would give them too (information, not a check)
-    text = Dataset.from_list([{k: tok.decode(ex[f"{k}_ids"], skip_special_tokens=True)
-                               for k in ("prompt", "chosen", "rejected")} for ex in examples])
+    # TRL's own tokenization of the rendered prompt and answers would give them too (information, not a check)
+    text = Dataset.from_list([as_text(tok, ex) for ex in examples])
     print(f"TRL {trl.__version__}, torch {torch.__version__}; {len(ds)} pairs; tolerances {ABS_TOL} abs, {REL_TOL} rel\n"
           f"{'setting':<9} {'beta':<4} {'pairs':>5} {'ids':>4} {'|dlogp|':>9} {'|dreward|':>9} {'|dloss|':>9} "
-          f"{'acc o/t':>10} {'|dmargin|':>9} {'grad rel':>9} {'batchloss':>10} {'batchgrad':>10}")
+          f"{'acc o/t':>10} {'margin':>7} {'|dmargin|':>9} {'grad rel':>9} {'batchloss':>10} {'batchgrad':>10}")
     failed, own = 0, 0
     for name, beta, eps, nll in SETTINGS:
         ours = run_ours(policy_dir, batch, beta, eps, nll)
@@ -262,8 +273,8 @@ def main() -> int:
         print_row(name, beta, len(ds), row, nll, ok)
         failed, own = failed + (not ok), theirs["own_tokenization"]
     print(f"* RPO in one batch: TRL averages the NLL over all chosen tokens, we average each answer's per-token mean "
-          f"over pairs (equal per pair, checked above).\nTRL tokenizing the decoded text itself: {own}/{len(ds)} "
-          f"pairs give our ids (information only).\n{failed} of {len(SETTINGS)} settings differ; "
+          f"over pairs (equal per pair, checked above).\nTRL tokenizing the rendered text itself: {own}/{len(ds)} "
+          f"pairs give our prompt/chosen/rejected ids (information only).\n{failed} of {len(SETTINGS)} settings differ; "
           f"{time.time() - start:.1f}s")
     return 1 if failed else 0
 

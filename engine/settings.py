@@ -47,12 +47,24 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return sha256_json(settings)
 
 
+# Settings added after runs began recording theirs, each with the value that trains exactly as the
+# engine did before it existed: a checkpoint or finished run that lacks the key is the same run when
+# this run has that value, so upgrading zhllama does not strand a run half way. (fused_loss, liger and
+# zero3_fetch are not here: their defaults change float rounding, so such a resume is refused.)
+ADDED_LATER = {"model.neftune_alpha": 0.0, "model.rope_scaling": {}, "model.max_position_embeddings": None,
+               "schedule.decay_fraction": 0.2, "schedule.decay_shape": "1-sqrt", "deepspeed.overrides": {},
+               "objective": "sft", "dpo.beta": 0.1, "dpo.label_smoothing": 0.0, "dpo.nll_weight": 0.0}
+_ABSENT = object()
+
+
 def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'key: old -> new' for every deciding setting that differs (neutral keys are never compared)."""
     out = []
     for key in sorted(set(old) | set(new)):
         if key.startswith(NEUTRAL):
             continue
+        if key not in old and ADDED_LATER.get(key, _ABSENT) == new.get(key):
+            continue  # recorded before the setting existed, and this run keeps the old behaviour
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if a != b:
             out.append(f"{key}: {_short(a)} -> {_short(b)}")

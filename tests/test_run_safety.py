@@ -39,6 +39,22 @@ def test_settings_that_change_the_result_are_listed_and_others_are_not():
     assert json.loads(json.dumps(base)) == base  # what is stored is what is compared
 
 
+def test_a_setting_added_later_at_its_old_behaviour_does_not_block_a_resume():
+    from sft.config import SFTConfig
+
+    current = settings.result_settings(load_config(SFTConfig, None, ["model.path=m", "data.files=[{path: x}]"]),
+                                       2, "d1", "t1")
+    recorded_before = {k: v for k, v in current.items()
+                       if k not in ("objective", "model.neftune_alpha") and not k.startswith("dpo.")}
+    assert settings.changes(recorded_before, current) == []
+    settings.check_same("checkpoint X", recorded_before, current)
+    dpo = settings.result_settings(load_config(SFTConfig, None, ["model.path=m", "data.files=[{path: x}]",
+                                                                 "objective=dpo", "model.neftune_alpha=5"]), 2, "d1", "t1")
+    assert settings.changes(recorded_before, dpo) == ['model.neftune_alpha: "<unset>" -> 5.0',
+                                                      'objective: "<unset>" -> "dpo"']
+    assert set(settings.ADDED_LATER) <= set(current)  # every listed key is a real setting
+
+
 def test_check_same_refuses_with_every_change_and_accepts_old_outputs():
     base = _settings()
     with pytest.raises(UserError, match="made with other settings") as info:
