@@ -2,30 +2,29 @@
 
     PYTHONPATH=. /tmp/trl/bin/python benchmarks/dpo_crosscheck.py --work runs/dpo_crosscheck
 
-Needs ``trl`` (tested with 1.16.0, on torch 2.13 CPU and transformers 5.23), which is not a project dependency:
-install it into a separate venv that also sees this project's venv (pip then adds only trl, and a newer setuptools
-inside /tmp/trl; torch, transformers, accelerate and datasets stay the project's):
-``python3 -m venv /tmp/trl && echo $PWD/.venv/lib/python3.11/site-packages > /tmp/trl/lib/python3.11/site-packages/zhllama.pth
-&& /tmp/trl/bin/pip install trl==1.16.0`` (check first with ``pip install --dry-run``).
+Needs ``trl`` (tested: 1.16.0 with torch 2.13 CPU, transformers 5.23), not a project dependency: a separate venv
+that sees this project's venv (torch, transformers, accelerate, datasets stay the project's; pip only adds trl and
+a newer setuptools inside /tmp/trl). From the repository root:
 
-What it does, offline on CPU in fp32: builds a tiny tokenizer, a random tiny LLaMA as the reference and, as the policy,
-that model after a few SFT steps on some chosen answers (so rewards are neither zero nor of one sign). Chinese
-preference pairs are tokenized once our way (chinese-alpaca-2 template, final answer + EOS labelled); TRL gets the
-very same ids as ``prompt_ids``/``chosen_ids``/``rejected_ids`` through its own collator and computes the loss with
-``DPOTrainer.compute_loss`` (its own reference forward, its fused LM head, its metrics). Compared per setting: the
-token ids and labelled positions, per-pair policy log-probs and rewards, per-pair loss (TRL called one pair at a
-time), reward accuracy and mean margin, the gradient of the mean loss w.r.t. every policy parameter, and the loss and
-gradient of one batch of all pairs. Exit status 1 when anything differs beyond float tolerance.
+    python3 -m venv /tmp/trl
+    echo $PWD/.venv/lib/python3.11/site-packages > /tmp/trl/lib/python3.11/site-packages/zhllama.pth
+    /tmp/trl/bin/pip install --dry-run trl==1.16.0   # must list nothing but trl-1.16.0 (and setuptools)
+    /tmp/trl/bin/pip install trl==1.16.0
 
-Definitions compared with TRL 1.16 (both sum, not average, the answer tokens' log-probs for the sigmoid loss; both
-average the per-pair losses over the batch):
-* label smoothing (cDPO): TRL's ``sigmoid`` loss no longer takes ``label_smoothing`` (it only feeds ``robust`` and
-  ``exo_pair``). cDPO is checked through an exact identity of TRL's own losses with ``label_smoothing=eps``:
-  (1-eps)*sigmoid(m) + eps*sigmoid(-m) = (2-2eps)*sigmoid - (1-2eps)*robust.
-* RPO: TRL has no ``rpo_alpha`` any more; its NLL term is ``loss_type="sft"`` with a loss weight, the mean NLL over
-  all chosen tokens of the batch. Ours is, per pair, the chosen answer's mean per-token NLL, averaged over pairs. They
-  agree for one pair at a time (checked) and differ for a batch of answers of unequal length (printed, marked *,
-  not a failure).
+Offline, CPU, fp32: a tiny tokenizer; a random tiny LLaMA as reference and, as policy, that model after a few SFT
+steps on some chosen answers. Chinese pairs are tokenized once our way (chinese-alpaca-2, final answer + EOS
+labelled); TRL gets the same ids as ``prompt_ids``/``chosen_ids``/``rejected_ids`` through its own collator, and
+``DPOTrainer.compute_loss`` does the rest (its reference forward, fused LM head, metrics). Compared per setting: ids
+and labelled positions; per-pair log-probs, rewards, loss (TRL fed one pair at a time); reward accuracy and margin;
+the gradient of the mean loss w.r.t. every policy parameter; loss and gradient of one padded batch. Exit 1 on a
+difference beyond float tolerance.
+
+Definitions, ours vs TRL 1.16 (both sum, not average, answer log-probs; both average losses over pairs):
+* cDPO: TRL's ``sigmoid`` takes no ``label_smoothing`` (only ``robust``, ``exo_pair`` do). With L(x) = -log sigmoid(x),
+  our (1-eps) L(m) + eps L(-m) = (2-2eps) * TRL sigmoid - (1-2eps) * TRL robust(eps), exactly: that is compared.
+* RPO: no ``rpo_alpha``; TRL's NLL term is ``loss_type="sft"`` (weighted): the mean NLL over all chosen tokens of the
+  batch. Ours: each chosen answer's mean per-token NLL, averaged over pairs. Equal pair by pair (checked); in a batch
+  of unequal answer lengths they differ (printed, marked *, not a failure).
 """
 from __future__ import annotations
 
@@ -54,59 +53,55 @@ SETTINGS = [  # (name, beta, label_smoothing, nll_weight)
 ABS_TOL, REL_TOL = 1e-4, 1e-4
 
 
-def pair_records() -> list[dict]:
-    out = []
-    for i, (question, extra, answer) in enumerate(RECORDS):
-        other = RECORDS[(i + 3) % len(RECORDS)][2]
-        for rejected in (REFUSAL, other):
-            out.append({"instruction": question, "input": extra, "chosen": answer, "rejected": rejected})
-    return out
-
-
 def encode_pairs(tok):
-    """Our tokenization: one PairDataset whose pair i is samples (2i, 2i+1)."""
+    """Our tokenization: a PairDataset whose pair i is samples (2i, 2i+1)."""
     from sft.cache import encode_all
     from sft.pairs import PairDataset, parse_pair
     from sft.templates import make_spec
 
-    convs = [conv for record in pair_records() for conv in parse_pair(record)]
+    others = [RECORDS[(i + 3) % len(RECORDS)][2] for i in range(len(RECORDS))]
+    records = [{"instruction": q, "input": extra, "chosen": answer, "rejected": rejected}
+               for (q, extra, answer), other in zip(RECORDS, others) for rejected in (REFUSAL, other)]
+    convs = [conv for record in records for conv in parse_pair(record)]
     samples, stats = encode_all(convs, tok, make_spec("chinese-alpaca-2", tok), 512, pairs=True)
     assert stats.kept == len(convs), stats
-    return PairDataset(samples, [(2 * i, 2 * i + 1) for i in range(len(convs) // 2)])
+    return PairDataset(samples, [(2 * i, 2 * i + 1) for i in range(len(records))])
 
 
 def trl_examples(ds) -> tuple[list[dict], bool]:
-    """Our ids cut where the labels start, in TRL's pre-tokenized form; and whether that cut is clean (one shared
-    prompt, every token after it labelled), i.e. whether TRL's completion mask can equal our labels at all."""
+    """Our ids cut where the labels start, in TRL's pre-tokenized form; and whether the cut is clean (one shared
+    prompt, every token after it labelled): else TRL's completion mask could not equal our labels."""
     import numpy as np
 
     out, clean = [], True
     for c, r in ds.pairs:
         (cid, clab), (rid, rlab) = ds.samples.get(c), ds.samples.get(r)
         cs, rs = int(np.argmax(clab != -100)), int(np.argmax(rlab != -100))
-        clean &= cs == rs and np.array_equal(cid[:cs], rid[:rs]) and (clab[cs:] != -100).all() and (rlab[rs:] != -100).all()
-        out.append({"prompt_ids": cid[:cs].tolist(), "chosen_ids": cid[cs:].tolist(), "rejected_ids": rid[rs:].tolist()})
-    return out, bool(clean)
+        clean &= cs == rs and np.array_equal(cid[:cs], rid[:rs]) and bool((clab[cs:] != -100).all()
+                                                                         and (rlab[rs:] != -100).all())
+        out.append({"prompt_ids": cid[:cs].tolist(), "chosen_ids": cid[cs:].tolist(),
+                    "rejected_ids": rid[rs:].tolist()})
+    return out, clean
 
 
 def same_ids(ours: dict, theirs: dict) -> bool:
-    """Row for row (ours interleaves chosen/rejected, TRL puts all chosen first): same unpadded ids, and TRL's
+    """Row for row (we interleave chosen/rejected, TRL puts all chosen first): the same unpadded ids, and TRL's
     completion mask marks exactly the positions we label."""
     import torch
 
     n = ours["input_ids"].shape[0]
     for t, o in enumerate(list(range(0, n, 2)) + list(range(1, n, 2))):
         k = int(ours["attention_mask"][o].sum())
-        if int(theirs["attention_mask"][t].sum()) != k or not torch.equal(ours["input_ids"][o, :k], theirs["input_ids"][t, :k]):
-            return False
-        if not torch.equal((ours["labels"][o, :k] != -100).long(), theirs["completion_mask"][t, :k].long()):
+        ids_ok = int(theirs["attention_mask"][t].sum()) == k and torch.equal(ours["input_ids"][o, :k],
+                                                                             theirs["input_ids"][t, :k])
+        if not ids_ok or not torch.equal((ours["labels"][o, :k] != -100).long(), theirs["completion_mask"][t, :k]):
             return False
     return True
 
 
 def as_text(tok, example: dict) -> dict:
-    """Rendered prompt and answers; an answer keeps the space the template puts after [/INST] (decoding it
-    alone would drop that space), so TRL's prompt+answer text is our rendered conversation."""
+    """Rendered prompt and answers. An answer keeps the space the template puts after [/INST] (decoded alone it
+    would lose it), so prompt + answer is our rendered conversation."""
     prompt = tok.decode(example["prompt_ids"], skip_special_tokens=True)
     full = lambda k: tok.decode(example["prompt_ids"] + example[f"{k}_ids"], skip_special_tokens=True)
     return {"prompt": prompt, "chosen": full("chosen")[len(prompt):], "rejected": full("rejected")[len(prompt):]}
@@ -121,7 +116,7 @@ def load(path):
 
 def make_models(work: Path, ds, steps: int = 12) -> tuple[Path, Path]:
     """Reference: a random tiny LLaMA. Policy: the reference after a few SFT steps on the chosen answers of every
-    other record (so its log-probs differ from the reference's, and not every pair is already ranked right)."""
+    other record (its log-probs differ from the reference's, and not every pair is ranked right already)."""
     import torch
 
     from engine.tiny import make_tiny_model
@@ -144,10 +139,10 @@ def grads(model) -> dict:
 
 
 def rel_grad_diff(a: dict, b: dict) -> float:
+    """Largest |difference| over all parameters, relative to the largest |gradient|."""
     if a.keys() != b.keys():
         return float("inf")
-    scale = max(float(g.abs().max()) for g in a.values())
-    return max(float((a[n] - b[n]).abs().max()) for n in a) / scale
+    return max(float((a[n] - b[n]).abs().max()) for n in a) / max(float(g.abs().max()) for g in a.values())
 
 
 def run_ours(policy_dir, batch, beta, eps, nll) -> dict:
@@ -169,11 +164,9 @@ def run_ours(policy_dir, batch, beta, eps, nll) -> dict:
 
 
 def trl_losses(eps: float, nll: float) -> tuple[list[str], list[float]]:
-    """Our setting as TRL 1.16 loss types and weights (see the module docstring for the cDPO identity)."""
+    """Our setting as TRL 1.16 loss types and weights (the cDPO identity: module docstring)."""
     types, weights = (["sigmoid", "robust"], [2 - 2 * eps, -(1 - 2 * eps)]) if eps else (["sigmoid"], [1.0])
-    if nll:
-        types, weights = types + ["sft"], weights + [nll]
-    return types, weights
+    return (types + ["sft"], weights + [nll]) if nll else (types, weights)
 
 
 def run_trl(ref_dir, policy_dir, tok, examples, text, beta, eps, nll, work: Path) -> dict:
@@ -186,7 +179,7 @@ def run_trl(ref_dir, policy_dir, tok, examples, text, beta, eps, nll, work: Path
                     max_length=None, report_to="none", per_device_train_batch_size=len(examples))
     trainer = DPOTrainer(load(policy_dir), load(ref_dir), args=cfg, train_dataset=text, processing_class=tok)
     model = trainer.model
-    metrics = trainer._metrics["train" if model.training else "eval"]  # TRL's own per-call logps / rewards
+    metrics = trainer._metrics["train" if model.training else "eval"]  # TRL's own logps / rewards of the last call
     pick = lambda *keys: [metrics[k][-1] for k in keys]
     logps, rewards, losses = [], [], []
     for example in examples:  # one pair per call; gradients accumulated as the mean over pairs
@@ -196,49 +189,36 @@ def run_trl(ref_dir, policy_dir, tok, examples, text, beta, eps, nll, work: Path
         rewards.append(pick("rewards/chosen", "rewards/rejected"))
         losses.append(loss.item())
     out = {"logps": torch.tensor(logps), "rewards": torch.tensor(rewards), "loss": torch.tensor(losses),
-           "grads": grads(model)}
+           "grads": grads(model), "batch": trainer.data_collator(examples)}
     model.zero_grad()
-    batch = trainer.data_collator(examples)
-    loss = trainer.compute_loss(model, batch)  # all pairs in one padded batch, TRL's batch mean
+    loss = trainer.compute_loss(model, out["batch"])  # all pairs in one padded batch: TRL's batch mean
     loss.backward()
     acc, margin = pick("rewards/accuracies", "rewards/margins")
     own = sum(all(row[k] == ex[k] for k in ex) for row, ex in zip(trainer.train_dataset, examples))
-    return {**out, "batch": batch, "mean": loss.item(), "acc": acc, "margin": margin, "batch_grads": grads(model),
-            "own_tokenization": own}
+    return {**out, "mean": loss.item(), "acc": acc, "margin": margin, "batch_grads": grads(model), "own": own}
 
 
-def compare(ours: dict, theirs: dict, ids_ok: bool, nll: float) -> tuple[dict, bool]:
-    """One table row and whether it passes. With RPO the batch numbers differ by definition (docstring)."""
-    row = {"ids": ids_ok,
-           "logp": float((ours["logps"] - theirs["logps"]).abs().max()),
-           "reward": float((ours["rewards"] - theirs["rewards"]).abs().max()),
-           "loss": float((ours["loss"] - theirs["loss"]).abs().max()),
-           "acc": (ours["acc"], theirs["acc"]), "our_margin": ours["margin"],
-           "margin": abs(ours["margin"] - theirs["margin"]),
-           "grad": rel_grad_diff(ours["grads"], theirs["grads"]),
-           "batch_loss": abs(ours["mean"] - theirs["mean"]),
-           "batch_grad": rel_grad_diff(ours["grads"], theirs["batch_grads"])}
-    ok = (ids_ok and max(row["logp"], row["reward"], row["loss"], row["margin"]) <= ABS_TOL
-          and row["acc"][0] == row["acc"][1] and row["grad"] <= REL_TOL)
-    if not nll:
-        ok &= row["batch_loss"] <= ABS_TOL and row["batch_grad"] <= REL_TOL
-    return row, ok
-
-
-def print_row(name, beta, pairs, row, nll, ok) -> None:
-    mark = "*" if nll else " "
-    print(f"{name:<9} {beta:<4} {pairs:>5} {'yes' if row['ids'] else 'NO':>4} {row['logp']:9.1e} {row['reward']:9.1e} "
-          f"{row['loss']:9.1e} {row['acc'][0]:5.2f}/{row['acc'][1]:4.2f} {row['our_margin']:7.3f} {row['margin']:9.1e} "
-          f"{row['grad']:9.1e} "
-          f"{row['batch_loss']:9.1e}{mark} {row['batch_grad']:9.1e}{mark} {'ok' if ok else 'DIFFERS'}", flush=True)
+def compare(ours: dict, theirs: dict, ids_ok: bool, nll: float) -> tuple[str, bool]:
+    """The table row (after setting, beta, pairs) and whether it passes. With RPO the batch loss and gradient differ
+    by definition (docstring): printed with *, not checked."""
+    diff = lambda k: float((ours[k] - theirs[k]).abs().max())
+    logp, reward, loss, margin = diff("logps"), diff("rewards"), diff("loss"), abs(ours["margin"] - theirs["margin"])
+    grad, batch_grad = (rel_grad_diff(ours["grads"], theirs[k]) for k in ("grads", "batch_grads"))
+    batch_loss, mark = abs(ours["mean"] - theirs["mean"]), "*" if nll else " "
+    ok = (ids_ok and max(logp, reward, loss, margin) <= ABS_TOL and ours["acc"] == theirs["acc"] and grad <= REL_TOL
+          and (nll or (batch_loss <= ABS_TOL and batch_grad <= REL_TOL)))
+    return (f"{'yes' if ids_ok else 'NO':>4} {logp:9.1e} {reward:9.1e} {loss:9.1e} {ours['acc']:5.2f}/"
+            f"{theirs['acc']:4.2f} {ours['margin']:7.3f} {margin:9.1e} {grad:9.1e} {batch_loss:9.1e}{mark} "
+            f"{batch_grad:9.1e}{mark} "
+            f"{'ok' if ok else 'DIFFERS'}"), bool(ok)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="runs/dpo_crosscheck", help="folder for the tiny tokenizer and models")
-    args = p.parse_args()
+    work = Path(p.parse_args().work)
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames TrainingArguments fields
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renaming TrainingArguments fields
     import torch
     import trl
     from datasets import Dataset
@@ -248,34 +228,32 @@ def main() -> int:
     from engine.tiny import DEFAULT_TEXT, make_tiny_tokenizer
     from sft.pairs import PairCollator
 
-    start, work = time.time(), Path(args.work)
-    torch.manual_seed(0)
-    texts = [f"{q}{i}{a}" for q, i, a in RECORDS]
-    tok = AutoTokenizer.from_pretrained(str(make_tiny_tokenizer(work / "tok", DEFAULT_TEXT + texts * 5)))
+    start = time.time()
+    tok_dir = make_tiny_tokenizer(work / "tok", DEFAULT_TEXT + [q + i + a for q, i, a in RECORDS] * 5)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
     ds = encode_pairs(tok)
     ref_dir, policy_dir = make_models(work, ds)
-    with torch.no_grad():  # our reference pass: the reference model's summed log-probs, as DPOObjective.prepare keeps them
+    with torch.no_grad():  # our reference pass (what DPOObjective.prepare keeps): the reference's summed log-probs
         table, _ = sequence_logps(load(ref_dir), PairCollator(0)([ds[i] for i in range(len(ds))]), torch.device("cpu"))
     ds.set_reference(table.double().view(-1, 2))
     batch = PairCollator(0)([ds[i] for i in range(len(ds))])
     examples, clean = trl_examples(ds)
-    # TRL insists on a text dataset (it tokenizes it itself); the loss is fed our ids, the text only shows whether
-    # TRL's own tokenization of the rendered prompt and answers would give them too (information, not a check)
+    # TRL insists on a text dataset, which it tokenizes itself; the loss gets our ids, the text only shows whether
+    # TRL's own tokenization of the rendered prompt and answers gives them too (information, not a check)
     text = Dataset.from_list([as_text(tok, ex) for ex in examples])
-    print(f"TRL {trl.__version__}, torch {torch.__version__}; {len(ds)} pairs; tolerances {ABS_TOL} abs, {REL_TOL} rel\n"
-          f"{'setting':<9} {'beta':<4} {'pairs':>5} {'ids':>4} {'|dlogp|':>9} {'|dreward|':>9} {'|dloss|':>9} "
-          f"{'acc o/t':>10} {'margin':>7} {'|dmargin|':>9} {'grad rel':>9} {'batchloss':>10} {'batchgrad':>10}")
-    failed, own = 0, 0
+    print(f"TRL {trl.__version__}, torch {torch.__version__}; tolerances {ABS_TOL} abs, {REL_TOL} rel\nsetting   beta "
+          f"pairs  ids   |dlogp| |dreward|   |dloss|    acc o/t  margin |dmargin|  grad rel  batchloss  batchgrad")
+    failed = 0
     for name, beta, eps, nll in SETTINGS:
         ours = run_ours(policy_dir, batch, beta, eps, nll)
         theirs = run_trl(ref_dir, policy_dir, tok, examples, text, beta, eps, nll, work)
         row, ok = compare(ours, theirs, clean and same_ids(batch, theirs["batch"]), nll)
-        print_row(name, beta, len(ds), row, nll, ok)
-        failed, own = failed + (not ok), theirs["own_tokenization"]
+        print(f"{name:<9} {beta:<4} {len(ds):>5} {row}", flush=True)
+        failed += not ok
     print(f"* RPO in one batch: TRL averages the NLL over all chosen tokens, we average each answer's per-token mean "
-          f"over pairs (equal per pair, checked above).\nTRL tokenizing the rendered text itself: {own}/{len(ds)} "
-          f"pairs give our prompt/chosen/rejected ids (information only).\n{failed} of {len(SETTINGS)} settings differ; "
-          f"{time.time() - start:.1f}s")
+          f"over pairs (equal per pair, checked).\nTRL tokenizing the rendered text itself: {theirs['own']}/{len(ds)} "
+          f"pairs give our prompt/chosen/rejected ids (information only).\n"
+          f"{failed} of {len(SETTINGS)} settings differ; {time.time() - start:.1f}s")
     return 1 if failed else 0
 
 
