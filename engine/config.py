@@ -285,6 +285,9 @@ class LoggingConfig:
         return [] if self.every_steps >= 1 else [f"every_steps: must be >= 1, got {self.every_steps}"]
 
 
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "simpo")  # engine/preference.py; here so configs load without torch
+
+
 @dataclass
 class TrainConfig:
     """Everything the engine needs except the data (phases add a ``data:`` section)."""

@@ -8,7 +8,11 @@ prompt, labelled on the final answer only (and its EOS). With the policy's summe
     loss   = -(1 - eps) * log sigmoid(margin) - eps * log sigmoid(-margin)     (eps: label_smoothing, cDPO)
            + nll_weight * (-pi_chosen / chosen tokens)                          (RPO's NLL on the chosen answer)
 
-The reference is the model the run starts from. Its log-probabilities are computed once, before step 1,
+``kind="ipo"``: the same margin of per-token mean log-probabilities, loss (margin/beta - 1/(2 beta))^2.
+``kind="simpo"``: no reference; margin = beta * (mean pi_chosen - mean pi_rejected), loss as above on
+margin - simpo_gamma. The implicit rewards (beta times the compared scores) are logged for every kind.
+
+The reference (sigmoid, ipo) is the model the run starts from. Its log-probabilities are computed once, before step 1,
 in one evaluation pass over the train and eval pairs (eval mode: no dropout, no NEFTune noise), and
 kept in ``output_dir/dpo_reference.json``. So no second model sits in GPU memory, LoRA and full training
 are treated alike, and a resumed run uses the very numbers the interrupted one used (a resume without
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from zhllama.errors import UserError
 from zhllama.files import write_json_atomic
 
+from .config import PREFERENCE_LOSSES
 from .data import eval_batches, fetch
 from .evaluate import MODEL_KEYS
 from .loss import IGNORE_INDEX
@@ -71,21 +76,42 @@ class PairStats:
 
 @dataclass
 class DPOObjective:
+    """``kind``: sigmoid (DPO), ipo (Azar et al. 2023: a squared loss on per-token mean log-ratios, which
+    does not push a margin without bound) or simpo (Meng et al. 2024: per-token mean log-probabilities
+    against a margin ``simpo_gamma``, no reference model at all)."""
+
     beta: float = 0.1
     label_smoothing: float = 0.0
     nll_weight: float = 0.0
+    kind: str = "sigmoid"
+    simpo_gamma: float = 0.5
     _window: torch.Tensor | None = field(default=None, repr=False)  # training pairs' sums since the last log line
 
+    def __post_init__(self) -> None:
+        if self.kind not in PREFERENCE_LOSSES:
+            raise ValueError(f"kind: expected one of {PREFERENCE_LOSSES}, got {self.kind!r}")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kind != "simpo"
+
     def pair_stats(self, engine, batch: dict[str, torch.Tensor], device) -> PairStats:
-        if "reference_logps" not in batch:
+        if self.needs_reference and "reference_logps" not in batch:
             raise RuntimeError("a DPO batch needs reference_logps (DPOObjective.prepare sets them)")
         logps, tokens = sequence_logps(engine, batch, device)
-        reference = batch["reference_logps"].to(device=logps.device, dtype=torch.float32)  # (pairs, 2)
-        chosen = self.beta * (logps[0::2] - reference[:, 0])
-        rejected = self.beta * (logps[1::2] - reference[:, 1])
+        per_token = self.kind in ("ipo", "simpo")  # both compare mean log-probabilities, as their papers do
+        scores = logps / tokens.clamp(min=1) if per_token else logps
+        if self.needs_reference:
+            reference = batch["reference_logps"].to(device=logps.device, dtype=torch.float32).reshape(-1)
+            scores = scores - (reference / tokens.clamp(min=1) if per_token else reference)
+        chosen, rejected = self.beta * scores[0::2], self.beta * scores[1::2]
         margin = chosen - rejected
-        eps = self.label_smoothing
-        loss = -(1 - eps) * F.logsigmoid(margin) - (eps * F.logsigmoid(-margin) if eps else 0.0)
+        if self.kind == "ipo":
+            loss = (margin / self.beta - 1 / (2 * self.beta)) ** 2
+        else:
+            shifted = margin - self.simpo_gamma if self.kind == "simpo" else margin
+            eps = self.label_smoothing
+            loss = -(1 - eps) * F.logsigmoid(shifted) - (eps * F.logsigmoid(-shifted) if eps else 0.0)
         if self.nll_weight:
             loss = loss + self.nll_weight * (-logps[0::2] / tokens[0::2].clamp(min=1))
         return PairStats(loss, chosen, rejected, logps[0::2], logps[1::2])
@@ -114,10 +140,15 @@ class DPOObjective:
                 resumed: bool, data_fingerprint: str | None, device, progress: bool = True) -> None:
         """Give every dataset its reference log-probabilities: computed now on a fresh run, read back on a
         resume. Datasets take them through ``set_reference(tensor of shape (len, 2))``."""
+        if not self.needs_reference:
+            return
         path = Path(output_dir) / REFERENCE_FILE
+        counts = " + ".join(f"{len(ds):,} {name}" for name, ds in datasets.items())
         if resumed:
             tables = _read_reference(path, data_fingerprint, datasets)
+            _say(f"DPO reference: the starting model's log-probabilities of {counts} pairs read back from {path}")
         else:
+            _say(f"DPO reference: scoring {counts} pairs with the starting model -> {path}")
             tables = {name: reference_logps(engine, ds, collate_fn, batch_size, device, f"reference ({name})",
                                             progress) for name, ds in datasets.items()}
             if dist.get_rank() == 0:
@@ -173,6 +204,11 @@ def reference_logps(engine, dataset: Any, collate_fn: Callable, batch_size: int,
     if was_training:
         engine.train()
     return table.cpu()
+
+
+def _say(line: str) -> None:
+    if dist.get_rank() == 0:
+        print(f"[zhllama] {line}", flush=True)
 
 
 def _read_reference(path: Path, data_fingerprint: str | None, datasets: dict[str, Any]) -> dict[str, torch.Tensor]:

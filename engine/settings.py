@@ -53,7 +53,8 @@ def fingerprint(settings: dict[str, Any]) -> str:
 # zero3_fetch are not here: their defaults change float rounding, so such a resume is refused.)
 ADDED_LATER = {"model.neftune_alpha": 0.0, "model.rope_scaling": {}, "model.max_position_embeddings": None,
                "schedule.decay_fraction": 0.2, "schedule.decay_shape": "1-sqrt", "deepspeed.overrides": {},
-               "objective": "sft", "dpo.beta": 0.1, "dpo.label_smoothing": 0.0, "dpo.nll_weight": 0.0}
+               "objective": "sft", "dpo.loss": "sigmoid", "dpo.beta": 0.1, "dpo.label_smoothing": 0.0,
+               "dpo.nll_weight": 0.0, "dpo.simpo_gamma": 0.5}
 _ABSENT = object()
 
 

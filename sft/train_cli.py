@@ -81,7 +81,8 @@ def objective_of(cfg):
         return None
     from engine.preference import DPOObjective
 
-    return DPOObjective(beta=cfg.dpo.beta, label_smoothing=cfg.dpo.label_smoothing, nll_weight=cfg.dpo.nll_weight)
+    return DPOObjective(beta=cfg.dpo.beta, label_smoothing=cfg.dpo.label_smoothing, nll_weight=cfg.dpo.nll_weight,
+                        kind=cfg.dpo.loss, simpo_gamma=cfg.dpo.simpo_gamma)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -85,6 +85,12 @@ def test_dpo_settings_are_validated(tmp_path):
         assert what in str(err.value), str(err.value)
     with pytest.raises(UserError, match="objective: expected sft or dpo, got 'ppo'"):
         load_config(SFTConfig, CONFIG, ["objective=ppo"])
+    with pytest.raises(UserError) as err:
+        load_config(SFTConfig, CONFIG, ["dpo.loss=kto", "dpo.simpo_gamma=-1"])
+    assert "dpo.loss: expected one of ['sigmoid', 'ipo', 'simpo'], got 'kto'" in str(err.value)
+    assert "dpo.simpo_gamma: must be >= 0" in str(err.value)
+    with pytest.raises(UserError, match="dpo.label_smoothing: only with loss sigmoid or simpo"):
+        load_config(SFTConfig, CONFIG, ["dpo.loss=ipo", "dpo.label_smoothing=0.1"])
 
 
 def test_only_the_final_answer_is_labelled_and_a_cut_answer_drops_the_pair(tmp_path):
@@ -139,13 +145,25 @@ def test_dpo_loss_equals_a_direct_computation(tmp_path):
         logps, tokens = sequence_logps(model, batch, torch.device("cpu"))
         want = torch.tensor([direct(r) for r in range(6)])
         torch.testing.assert_close(logps, want, rtol=0, atol=1e-4)  # padding changes nothing
-        beta, eps, nll = 0.3, 0.1, 0.5
-        stats = DPOObjective(beta, eps, nll).pair_stats(model, batch, torch.device("cpu"))
-    margin = beta * ((want[0::2] - reference[:, 0].float()) - (want[1::2] - reference[:, 1].float()))
-    expect = (-(1 - eps) * torch.nn.functional.logsigmoid(margin) - eps * torch.nn.functional.logsigmoid(-margin)
-              + nll * (-want[0::2] / tokens[0::2]))
-    torch.testing.assert_close(stats.loss, expect, rtol=0, atol=1e-4)
-    assert (stats.chosen_reward - stats.rejected_reward).tolist() == pytest.approx(margin.tolist(), abs=1e-4)
+        beta, eps, nll, gamma = 0.3, 0.1, 0.5, 0.4
+        stats = {kind: DPOObjective(beta, 0.0 if kind == "ipo" else eps, nll, kind, gamma).pair_stats(
+            model, batch, torch.device("cpu")) for kind in ("sigmoid", "ipo", "simpo")}
+        del batch["reference_logps"]  # SimPO needs none
+        torch.testing.assert_close(DPOObjective(beta, eps, nll, "simpo", gamma).pair_stats(
+            model, batch, torch.device("cpu")).loss, stats["simpo"].loss, rtol=0, atol=0)
+    logsig, ref, n = torch.nn.functional.logsigmoid, reference.float(), tokens.float()
+    rpo = nll * (-want[0::2] / n[0::2])
+    smoothed = lambda m: -(1 - eps) * logsig(m) - eps * logsig(-m)
+    dpo = beta * ((want[0::2] - ref[:, 0]) - (want[1::2] - ref[:, 1]))  # sums of log-probabilities
+    mean = want / n  # IPO and SimPO compare per-token means
+    ipo = beta * ((mean[0::2] - ref[:, 0] / n[0::2]) - (mean[1::2] - ref[:, 1] / n[1::2]))
+    simpo = beta * (mean[0::2] - mean[1::2])
+    for kind, margin, expect in [("sigmoid", dpo, smoothed(dpo) + rpo),
+                                 ("ipo", ipo, (ipo / beta - 1 / (2 * beta)) ** 2 + rpo),
+                                 ("simpo", simpo, smoothed(simpo - gamma) + rpo)]:
+        torch.testing.assert_close(stats[kind].loss, expect, rtol=0, atol=1e-4, msg=kind)
+        got = (stats[kind].chosen_reward - stats[kind].rejected_reward).tolist()
+        assert got == pytest.approx(margin.tolist(), abs=1e-4), kind
 
 
 def test_a_resume_without_the_reference_file_is_refused(tmp_path):
@@ -211,6 +229,21 @@ def test_two_rank_zero3_lora_dpo_learns_the_preference(dpo_run):
     adapter = load_file(str(out / "final" / "adapter_model.safetensors"))
     assert adapter and all("lora_" in name for name in adapter)  # the base weights stayed frozen
     assert "mode=lora" in log and (out / "final" / "sft_template.json").is_file()
+    assert f"DPO reference: scoring {data_report['train_samples']} train + {data_report['eval_samples']} eval pairs" in log
+
+
+def test_simpo_trains_without_a_reference_pass(dpo_run):
+    """One rank, SimPO: no reference file, no reference pass, and the preference is still learned."""
+    root, model, data, _, _ = dpo_run
+    out = root / "simpo"
+    cmd = [sys.executable, "-m", "sft", "train", "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
+           f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}', weight: 2.0}}]", "data.eval_fraction=0.25",
+           "dpo.loss=simpo", "dpo.beta=2.0", "schedule.max_steps=8", "batch.micro_batch_size=4"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert not (out / "dpo_reference.json").exists() and "DPO reference" not in proc.stdout + proc.stderr
+    evals = [r for r in _metrics(out) if "eval/reward_accuracy" in r]
+    assert evals[-1]["eval/reward_accuracy"] == 1.0 and evals[-1]["eval/loss"] < evals[0]["eval/loss"], evals
 
 
 @pytest.mark.distributed
@@ -223,7 +256,7 @@ def test_resume_reads_the_reference_back_and_ends_as_the_uninterrupted_run(dpo_r
     resumed = root / "resumed"
     shutil.copytree(out, resumed, ignore=shutil.ignore_patterns("final", "train_report.json", "step-00000008"))
     log = _train(root, model, data, resumed)
-    assert "resuming from step-00000004" in log, log[-3000:]
+    assert "resuming from step-00000004" in log and "read back from" in log, log[-3000:]
     got = load_file(str(resumed / "final" / "adapter_model.safetensors"))
     want = load_file(str(out / "final" / "adapter_model.safetensors"))
     assert got.keys() == want.keys()
