@@ -36,6 +36,8 @@ class Answer:
     context: str
     reference: str | None
     prediction: str
+    history: tuple[tuple[str, str], ...] = ()  # earlier [user, assistant] turns of a conversation
+    system: str | None = None
 
 
 def read_answers(path: str | Path) -> list[Answer]:
@@ -57,12 +59,17 @@ def read_answers(path: str | Path) -> list[Answer]:
             problems.append(f"{where}: expected a JSON object")
             continue
         bad = [k for k in ("question", "prediction") if not isinstance(row.get(k), str)]
-        bad += [k for k in ("input", "std_answer", "class") if row.get(k) is not None and not isinstance(row[k], str)]
+        bad += [k for k in ("input", "std_answer", "class", "system") if row.get(k) is not None and not isinstance(row[k], str)]
+        history = row.get("history") or []
+        if not (isinstance(history, list) and all(isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t)
+                                                  for t in history)):
+            bad.append("history (a list of [user, assistant] pairs)")
         if bad:
             problems.append(f"{where}: expected text in {', '.join(bad)}")
             continue
         answers.append(Answer(where, str(row.get("id", number)), task_class(row.get("class")), row["question"],
-                              row.get("input") or "", row.get("std_answer") or None, row["prediction"]))
+                              row.get("input") or "", row.get("std_answer") or None, row["prediction"],
+                              tuple(tuple(t) for t in history), row.get("system")))
     if not answers and not problems:
         problems.append(f"{path}: no answers")
     raise_if_problems(f"{path}", problems, limit=MAX_REPORTED)
@@ -79,9 +86,13 @@ def pair_answers(ours: list[Answer], theirs: list[Answer], only_ours: bool = Fal
     ids = {a.id for a in ours}
     problems += [] if only_ours else [f"{b.where}: id {b.id!r} is not in the first file" for b in theirs if b.id not in ids]
     problems += [f"{a.where} and {by_id[a.id].where}: id {a.id!r} has two different questions" for a in ours
-                 if a.id in by_id and (a.question, a.context) != (by_id[a.id].question, by_id[a.id].context)]
+                 if a.id in by_id and _prompt(a) != _prompt(by_id[a.id])]
     raise_if_problems("the two answer files do not answer the same questions", problems, limit=MAX_REPORTED)
     return [(a, by_id[a.id]) for a in ours]
+
+
+def _prompt(a: Answer) -> tuple:
+    return a.question, a.context, a.history, a.system
 
 
 def _repeated(answers: list[Answer]) -> list[tuple[Answer, Answer]]:
@@ -104,7 +115,7 @@ def compare_calls(pairs: list[tuple[Answer, Answer]], key) -> list[dict[str, Any
     for a, b in pairs:
         first = compare_messages(a.task, a.question, a.context, a.reference, a.prediction, b.prediction)
         swapped = compare_messages(a.task, a.question, a.context, a.reference, b.prediction, a.prediction)
-        calls.append({"answer": a, "key": key(first), "swapped_key": key(swapped),
+        calls.append({"answer": a, "other": b, "key": key(first), "swapped_key": key(swapped),
                       "messages": first, "swapped_messages": swapped,
                       "lengths": [len(a.prediction), len(b.prediction)]})
     return calls
@@ -157,6 +168,28 @@ def compare_report(calls: list[dict[str, Any]], replies: dict[str, str]) -> dict
                 "position_consistency": round(sum(bool(r["consistent"]) for r in judged) / len(judged), 4)
                 if judged else None, "longer_won": _longer_won(judged)}
     return {"mode": "compare", "overall": summary(items), "by_class": _by_class(items, summary), "items": items}
+
+
+def preference_pairs(calls: list[dict[str, Any]], report: dict[str, Any], judge_model: str) -> list[dict[str, Any]]:
+    """The compared questions the judge decided in both orders, as DPO pairs (sft/pairs.py reads them):
+    the winner's answer is ``chosen``. Ties, unreadable verdicts and order-dependent verdicts (counted as
+    ties) give no pair: a preference the judge does not hold both ways is noise to train on."""
+    pairs = []
+    for call, item in zip(calls, report["items"]):
+        if item["outcome"] not in ("win", "loss"):
+            continue
+        ours, theirs = call["answer"], call["other"]
+        chosen, rejected = (ours, theirs) if item["outcome"] == "win" else (theirs, ours)
+        record: dict[str, Any] = {"id": ours.id, "class": ours.task, "instruction": ours.question}
+        if ours.context:
+            record["input"] = ours.context
+        if ours.history:
+            record["history"] = [list(turn) for turn in ours.history]
+        if ours.system is not None:
+            record["system"] = ours.system
+        record.update(chosen=chosen.prediction, rejected=rejected.prediction, judge=judge_model)
+        pairs.append(record)
+    return pairs
 
 
 def _longer_won(judged: list[dict]) -> float | None:

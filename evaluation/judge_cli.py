@@ -14,20 +14,24 @@ Without ``--versus`` each answer gets a 1-10 grade (against its reference answer
 one); with it, each question is judged twice with the answers swapped and ``--answers`` wins, ties or
 loses (evaluation/judge.py). OUT gets the summary per BELLE class and every item's verdicts; the table
 is printed. Every reply is kept in OUT.calls.jsonl: rerun the same command after a crash or Ctrl-C and
-only the missing calls are made (delete that file to ask again).
+only the missing calls are made (delete that file to ask again). ``--pairs-out FILE`` (with
+``--versus``) turns the verdicts into DPO pairs: every question the judge decided the same way in both
+orders, the winner's answer as ``chosen`` (two sampled answers of one model: on-policy pairs).
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
-from zhllama.files import sha256_file, sha256_json, write_json_atomic
+from zhllama.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 
 from zhllama.openai_client import (Endpoint, ReplyCache, api_key, ask_all, check_api_key_env, check_url,
                                    first_choice, post)
 
-from .judge import compare_calls, compare_report, grade_calls, grade_report, markdown_table, pair_answers, read_answers
+from .judge import (compare_calls, compare_report, grade_calls, grade_report, markdown_table, pair_answers,
+                    preference_pairs, read_answers)
 from .judge_prompts import prompts_fingerprint
 
 CHAT = "/chat/completions"
@@ -50,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=defaults.retries,
                         help=f"retries of a transient failure, with backoff ({defaults.retries})")
     parser.add_argument("--limit", type=int, default=None, help="judge only the first N answers")
+    parser.add_argument("--pairs-out", default=None, metavar="FILE",
+                        help="with --versus: write the questions the judge decided both ways as DPO pairs "
+                             "(JSON Lines: instruction, chosen, rejected; python -m sft train objective=dpo)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -68,6 +75,10 @@ def _check(args: argparse.Namespace) -> list[str]:
         problems.append(f"--timeout: expected > 0, got {args.timeout}")
     if Path(args.out).is_dir():
         problems.append(f"--out {args.out} is a folder; give a file path")
+    if args.pairs_out is not None and args.versus is None:
+        problems.append("--pairs-out: needs --versus (pairs come from comparing two answers)")
+    if args.pairs_out is not None and Path(args.pairs_out).is_dir():
+        problems.append(f"--pairs-out {args.pairs_out} is a folder; give a file path")
     return problems
 
 
@@ -106,8 +117,15 @@ def run(args: argparse.Namespace) -> int:
         "versus": {"file": str(args.versus), "sha256": sha256_file(args.versus)} if args.versus else None,
         "limit": args.limit,
     }
+    if args.pairs_out:
+        pairs = preference_pairs(calls, report, endpoint.model)
+        write_text_atomic(args.pairs_out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+        report["made_by"]["pairs_out"] = {"file": str(args.pairs_out), "pairs": len(pairs)}
     write_json_atomic(out, report)
     print(markdown_table(report))
+    if args.pairs_out:
+        print(f"wrote {len(pairs)} preference pairs (of {len(calls)} compared; ties, order-dependent and "
+              f"unreadable verdicts give none) to {args.pairs_out}")
     unparsed = report["overall"]["unparsed"]
     if unparsed:
         print(f"{unparsed} of {report['overall']['items']} judged without a readable verdict (see 'reply' in {out})")

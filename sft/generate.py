@@ -166,6 +166,10 @@ def prediction_records(items: Sequence[PromptItem], answers: Sequence[str], fini
         row = {"id": item.record.get("id", index), "class": item.category, "question": last.user}
         if last.input:
             row["input"] = last.input
+        if len(item.conversation.turns) > 1:  # the earlier turns, so a judge's verdicts can become DPO pairs
+            row["history"] = [[t.user, t.assistant] for t in item.conversation.turns[:-1]]
+        if item.conversation.system is not None:
+            row["system"] = item.conversation.system
         row.update({"std_answer": item.reference, "prediction": answer,
                     "rouge_l_f1_char": None if item.reference is None else round(rouge_l_f1_chars(answer, item.reference), 4),
                     "template": spec.name})

@@ -152,6 +152,37 @@ def test_compare_asks_both_orders_so_a_judge_that_prefers_a_position_gives_ties(
     assert biased["overall"]["longer_won"] is None  # nothing was decided
 
 
+def test_verdicts_held_both_ways_become_dpo_pairs_that_sft_reads(judge, tmp_path):
+    from sft.config import SFTData, SFTFile
+    from sft.mixture import resolve_sources
+    from sft.pairs import read_pairs
+
+    ours = _answers(tmp_path / "ours.jsonl", ["7", "10", "不会", "北京", "不知道"])
+    theirs = _answers(tmp_path / "theirs.jsonl", ["8", "9", "print('hi')", "北京", "不清楚"])
+    for path in (ours, theirs):  # a multi-turn question, as `sft generate` writes it
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        rows[0].update(history=[["你好", "你好！"]], system="你是数学老师。")
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    pairs_file = tmp_path / "pairs.jsonl"
+    argv = ["--answers", str(ours), "--versus", str(theirs), "--judge-url", judge.url, "--judge-model", "j",
+            "--pairs-out", str(pairs_file)]
+    report = _run(*argv, "--out", str(tmp_path / "r.json"))
+    assert [r["outcome"] for r in report["items"]] == ["win", "win", "loss", "tie", "tie"]
+    pairs = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines()]
+    assert [(p["instruction"], p["chosen"], p["rejected"]) for p in pairs] == [
+        ("3+4=?", "7", "8"), ("2*5=?", "10", "9"), ("写一个打印 hi 的程序", "print('hi')", "不会")]
+    assert pairs[0]["history"] == [["你好", "你好！"]] and pairs[0]["system"] == "你是数学老师。"
+    assert report["made_by"]["pairs_out"]["pairs"] == 3
+    (conversations, _, _, _), = read_pairs(resolve_sources(SFTData(files=[SFTFile(str(pairs_file))])))
+    chosen, rejected = conversations[0]
+    assert [t.user for t in chosen.turns] == ["你好", "3+4=?"] and chosen.system == "你是数学老师。"
+    assert (chosen.turns[-1].assistant, rejected.turns[-1].assistant) == ("7", "8")
+
+    judge.prefer_first = True  # a judge that prefers a position holds no preference both ways: no pairs
+    _run(*argv, "--out", str(tmp_path / "biased.json"))
+    assert pairs_file.read_text(encoding="utf-8") == ""
+
+
 def test_a_stopped_run_asks_only_what_is_missing_when_rerun(judge, tmp_path):
     answers = _answers(tmp_path / "a.jsonl", ["7", "10", "print('hi')", "北京", "多读多写"])
     argv = ["--answers", str(answers), "--judge-url", judge.url, "--judge-model", "j", "--workers", "1",
@@ -186,11 +217,16 @@ def test_the_api_key_is_sent_and_never_written(judge, tmp_path, monkeypatch):
 def test_bad_settings_and_files_are_reported_together(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "prediction": "p"}\nnot json\n{"question": "q"}\n{"question": "q", '
-                   '"prediction": "p", "class": 3}\n[1]\n', encoding="utf-8")
+                   '"prediction": "p", "class": 3}\n[1]\n{"question": "q", "prediction": "p", "history": [["u"]]}\n',
+                   encoding="utf-8")
     with pytest.raises(UserError) as err:
         _run("--answers", str(bad), "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "j",
              "--out", str(tmp_path / "r.json"))
-    assert all(f"bad.jsonl:{n}" in str(err.value) for n in (2, 3, 4, 5)) and "bad.jsonl:1" not in str(err.value)
+    assert all(f"bad.jsonl:{n}" in str(err.value) for n in (2, 3, 4, 5, 6)) and "bad.jsonl:1" not in str(err.value)
+    assert "history (a list of [user, assistant] pairs)" in str(err.value)
+    with pytest.raises(UserError, match="--pairs-out: needs --versus"):
+        _run("--answers", str(bad), "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "j",
+             "--out", str(tmp_path / "r.json"), "--pairs-out", str(tmp_path / "p.jsonl"))
     with pytest.raises(UserError) as err:
         _run("--answers", str(bad), "--versus", str(tmp_path / "none.jsonl"), "--judge-url", "localhost:8000",
              "--judge-model", "j", "--out", str(tmp_path), "--workers", "0", "--api-key-env", "ZHLLAMA_NO_SUCH_VAR")

@@ -237,3 +237,16 @@ def test_belle_reference_answers_look_healthy(shared_data):
     assert len(rows) == 631 and not [r for r in rows if is_looping(r["std_answer"])]
     switched = [r["class"] for r in rows if switched_language(r["question"], r["std_answer"])]
     assert sorted(set(switched)) == ["classification", "code", "rewrite"] and len(switched) == 22
+
+
+def test_a_conversation_keeps_its_earlier_turns_and_system_in_the_predictions():
+    """So `evaluation judge --pairs-out` can turn verdicts on it into DPO pairs with the whole context."""
+    from sft.data import Conversation, PromptItem, Turn
+    from sft.generate import prediction_records
+
+    items = [PromptItem(Conversation((Turn("你好", "你好！"), Turn("1+1等于几？", None)), system="你是数学老师。"), "2"),
+             PromptItem(Conversation((Turn("大语言模型是什么？", None),)), None)]
+    rows = prediction_records(items, ["2", "一种模型"], [True, True], TemplateSpec("chinese-alpaca-2"))
+    assert rows[0]["question"] == "1+1等于几？" and rows[0]["history"] == [["你好", "你好！"]]
+    assert rows[0]["system"] == "你是数学老师。"
+    assert "history" not in rows[1] and "system" not in rows[1]  # single-turn rows are as before
