@@ -1,4 +1,5 @@
-"""Cross-check the DPO objective (engine/preference.py) against TRL's DPOTrainer, pair by pair and gradient by gradient.
+"""Cross-check the DPO objective (engine/preference.py) against TRL's DPOTrainer (sigmoid, IPO) and CPOTrainer (SimPO),
+pair by pair and gradient by gradient.
 
     PYTHONPATH=. /tmp/trl/bin/python benchmarks/dpo_crosscheck.py --work runs/dpo_crosscheck
 
@@ -14,17 +15,26 @@ a newer setuptools inside /tmp/trl). From the repository root:
 Offline, CPU, fp32: a tiny tokenizer; a random tiny LLaMA as reference and, as policy, that model after a few SFT
 steps on some chosen answers. Chinese pairs are tokenized once our way (chinese-alpaca-2, final answer + EOS
 labelled); TRL gets the same ids as ``prompt_ids``/``chosen_ids``/``rejected_ids`` through its own collator, and
-``DPOTrainer.compute_loss`` does the rest (its reference forward, fused LM head, metrics). Compared per setting: ids
+``DPOTrainer.compute_loss`` does the rest (its reference forward, fused LM head, metrics); for SimPO the same ids go
+as CPO features (prompt + answer, labels -100 on the prompt) to ``CPOTrainer.compute_loss``. Compared per setting: ids
 and labelled positions; per-pair log-probs, rewards, loss (TRL fed one pair at a time); reward accuracy and margin;
 the gradient of the mean loss w.r.t. every policy parameter; loss and gradient of one padded batch. Exit 1 on a
 difference beyond float tolerance.
 
-Definitions, ours vs TRL 1.16 (both sum, not average, answer log-probs; both average losses over pairs):
+Definitions, ours vs TRL 1.16 (sigmoid: both sum answer log-probs; ipo, simpo: both average them over the answer's
+labelled tokens; both average losses over pairs):
 * cDPO: TRL's ``sigmoid`` takes no ``label_smoothing`` (only ``robust``, ``exo_pair`` do). With L(x) = -log sigmoid(x),
   our (1-eps) L(m) + eps L(-m) = (2-2eps) * TRL sigmoid - (1-2eps) * TRL robust(eps), exactly: that is compared.
 * RPO: no ``rpo_alpha``; TRL's NLL term is ``loss_type="sft"`` (weighted): the mean NLL over all chosen tokens of the
   batch. Ours: each chosen answer's mean per-token NLL, averaged over pairs. Equal pair by pair (checked); in a batch
   of unequal answer lengths they differ (printed, marked *, not a failure).
+* IPO: DPOTrainer ``loss_type="ipo"`` length-normalises too ((mean log-ratio_c - mean log-ratio_r - 1/(2 beta))^2,
+  the IPO authors' form, says its comment), as ours. But it logs rewards beta * SUMMED log-ratio (and accuracy, margin
+  from those), we beta * the per-token mean the loss compares: TRL's rewards / labelled tokens are compared (marked †).
+* SimPO: ``trl.experimental.cpo.CPOTrainer(loss_type="simpo")``, no reference: -(1-eps) log sigmoid(beta l) - eps log
+  sigmoid(-beta l), l = mean logp_c - mean logp_r - gamma/beta: ours; rewards beta * mean logp, as ours; it logs mean
+  log-probs (times labelled tokens: marked †). ``cpo_alpha`` (default 1, kept by loss_type="simpo") adds the NLL of
+  "sft" above: we pass our nll_weight (0 for SimPO; simpo+nll is CPO-SimPO, * as RPO).
 """
 from __future__ import annotations
 
@@ -46,9 +56,12 @@ RECORDS = [  # (instruction, input, answer): chosen = the answer, rejected = a r
     ("用一句话介绍长江。", "", "长江是中国最长的河流，全长约六千三百公里。"),
 ]
 REFUSAL = "不知道。"
-SETTINGS = [  # (name, beta, label_smoothing, nll_weight)
-    ("sigmoid", 0.1, 0.0, 0.0), ("sigmoid", 0.5, 0.0, 0.0), ("cdpo", 0.1, 0.1, 0.0), ("cdpo", 0.5, 0.1, 0.0),
-    ("rpo", 0.1, 0.0, 0.5), ("rpo", 0.5, 0.0, 0.5), ("cdpo+rpo", 0.5, 0.1, 1.0),
+SETTINGS = [  # (name, kind, beta, label_smoothing, nll_weight, simpo_gamma)
+    ("sigmoid", "sigmoid", 0.1, 0, 0, 0), ("sigmoid", "sigmoid", 0.5, 0, 0, 0), ("cdpo", "sigmoid", 0.1, 0.1, 0, 0),
+    ("cdpo", "sigmoid", 0.5, 0.1, 0, 0), ("rpo", "sigmoid", 0.1, 0, 0.5, 0), ("rpo", "sigmoid", 0.5, 0, 0.5, 0),
+    ("cdpo+rpo", "sigmoid", 0.5, 0.1, 1.0, 0), ("ipo", "ipo", 0.1, 0, 0, 0), ("ipo", "ipo", 0.5, 0, 0, 0),
+    ("simpo", "simpo", 2.0, 0, 0, 0.5), ("simpo", "simpo", 2.5, 0, 0, 1.25), ("simpo+ls", "simpo", 2.0, 0.1, 0, 0.5),
+    ("simpo+nll", "simpo", 2.0, 0, 1.0, 0.5),  # CPO-SimPO: cpo_alpha 1
 ]
 ABS_TOL, REL_TOL = 1e-4, 1e-4
 
@@ -145,69 +158,119 @@ def rel_grad_diff(a: dict, b: dict) -> float:
     return max(float((a[n] - b[n]).abs().max()) for n in a) / max(float(g.abs().max()) for g in a.values())
 
 
-def run_ours(policy_dir, batch, beta, eps, nll) -> dict:
+def run_ours(policy_dir, batch, kind, beta, eps, nll, gamma) -> dict:
     import torch
 
-    from engine.preference import DPOObjective, sequence_logps
+    from engine.loss import install_fused_head
+    from engine.preference import DPOObjective
 
-    model, cpu, objective = load(policy_dir), torch.device("cpu"), DPOObjective(beta, eps, nll)
+    model, cpu, objective = load(policy_dir), torch.device("cpu"), DPOObjective(beta, eps, nll, kind, gamma)
+    install_fused_head(model, chunk_tokens=7)  # the engine's default path (model.fused_loss), in several chunks
+    if not objective.needs_reference:  # SimPO: prepare() adds no reference log-probs; the loss must need none
+        batch = {k: v for k, v in batch.items() if k != "reference_logps"}
     total, pairs = objective.loss(model, batch, cpu)  # the engine's contract: summed loss, pair count
     mean = total / pairs
     mean.backward()
     with torch.no_grad():
         stats = objective.pair_stats(model, batch, cpu)
-        logps, _ = sequence_logps(model, batch, cpu)
     margin = stats.chosen_reward - stats.rejected_reward
-    return {"logps": logps.view(-1, 2), "rewards": torch.stack([stats.chosen_reward, stats.rejected_reward], 1),
-            "loss": stats.loss, "mean": mean.item(), "acc": float((margin > 0).float().mean()),
-            "margin": float(margin.mean()), "grads": grads(model)}
+    return {"logps": torch.stack([stats.chosen_logp, stats.rejected_logp], 1), "loss": stats.loss,
+            "rewards": torch.stack([stats.chosen_reward, stats.rejected_reward], 1), "mean": mean.item(),
+            "acc": float((margin > 0).float().mean()), "margin": float(margin.mean()), "grads": grads(model)}
 
 
-def trl_losses(eps: float, nll: float) -> tuple[list[str], list[float]]:
-    """Our setting as TRL 1.16 loss types and weights (the cDPO identity: module docstring)."""
-    types, weights = (["sigmoid", "robust"], [2 - 2 * eps, -(1 - 2 * eps)]) if eps else (["sigmoid"], [1.0])
+def trl_losses(kind: str, eps: float, nll: float) -> tuple[list[str], list[float]]:
+    """Our setting as TRL 1.16 DPOTrainer loss types and weights (the cDPO identity: module docstring)."""
+    types, weights = (["sigmoid", "robust"], [2 - 2 * eps, -(1 - 2 * eps)]) if eps else ([kind], [1.0])
     return (types + ["sft"], weights + [nll]) if nll else (types, weights)
 
 
-def run_trl(ref_dir, policy_dir, tok, examples, text, beta, eps, nll, work: Path) -> dict:
-    import torch
+def dpo_trainer(ref_dir, policy_dir, tok, examples, text, kind, beta, eps, nll, gamma, work: Path):
+    """(trainer, the features it gets, its last call's metrics, its padded batch as same_ids' rows)."""
     from trl import DPOConfig, DPOTrainer
 
-    types, weights = trl_losses(eps, nll)
+    types, weights = trl_losses(kind, eps, nll)
     cfg = DPOConfig(output_dir=str(work / "trl"), beta=beta, loss_type=types, loss_weights=weights,
                     label_smoothing=eps, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
                     max_length=None, report_to="none", per_device_train_batch_size=len(examples))
     trainer = DPOTrainer(load(policy_dir), load(ref_dir), args=cfg, train_dataset=text, processing_class=tok)
+    return trainer, examples, lambda: trainer._metrics["train" if trainer.model.training else "eval"], lambda b: b
+
+
+def cpo_feature(example: dict) -> dict:
+    """Our ids as a CPO feature: prompt + answer, labels -100 on the prompt (what its tokenize_row makes)."""
+    prompt = example["prompt_ids"]
+    out = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+    for k, answer in ((k, example[f"{k}_ids"]) for k in ("chosen", "rejected")):
+        out.update({f"{k}_input_ids": prompt + answer, f"{k}_attention_mask": [1] * len(prompt + answer),
+                    f"{k}_labels": [-100] * len(prompt) + answer})
+    return out
+
+
+def cpo_trainer(ref_dir, policy_dir, tok, examples, text, kind, beta, eps, nll, gamma, work: Path):
+    """As dpo_trainer, for SimPO: CPOTrainer, no reference model; cpo_alpha is our nll_weight (its default is 1)."""
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    cfg = CPOConfig(output_dir=str(work / "trl"), beta=beta, loss_type="simpo", simpo_gamma=gamma, cpo_alpha=nll,
+                    label_smoothing=eps, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+                    max_length=512, report_to="none", per_device_train_batch_size=len(examples))
+    trainer = CPOTrainer(load(policy_dir), args=cfg, train_dataset=text, processing_class=tok)
+
+    def rows(batch):  # what its forward sees: all chosen rows, then all rejected, padded alike
+        cat = trainer.concatenated_inputs(batch, padding_value=trainer.pad_token_id)
+        return {"input_ids": cat["concatenated_input_ids"], "attention_mask": cat["concatenated_attention_mask"],
+                "completion_mask": (cat["concatenated_labels"] != -100).long()}
+    return trainer, [cpo_feature(ex) for ex in examples], lambda: trainer._stored_metrics["train"], rows
+
+
+def run_trl(make, *args) -> dict:
+    import torch
+
+    trainer, feats, metrics, rows = make(*args)
     model = trainer.model
-    metrics = trainer._metrics["train" if model.training else "eval"]  # TRL's own logps / rewards of the last call
-    pick = lambda *keys: [metrics[k][-1] for k in keys]
+    pick = lambda *keys: [metrics()[k][-1] for k in keys]  # TRL's own logps / rewards of the last call
     logps, rewards, losses = [], [], []
-    for example in examples:  # one pair per call; gradients accumulated as the mean over pairs
-        loss = trainer.compute_loss(model, trainer.data_collator([example]))
-        (loss / len(examples)).backward()
+    for feat in feats:  # one pair per call; gradients accumulated as the mean over pairs
+        loss = trainer.compute_loss(model, trainer.data_collator([feat]))
+        (loss / len(feats)).backward()
         logps.append(pick("logps/chosen", "logps/rejected"))
         rewards.append(pick("rewards/chosen", "rewards/rejected"))
         losses.append(loss.item())
     out = {"logps": torch.tensor(logps), "rewards": torch.tensor(rewards), "loss": torch.tensor(losses),
-           "grads": grads(model), "batch": trainer.data_collator(examples)}
+           "grads": grads(model)}
     model.zero_grad()
-    loss = trainer.compute_loss(model, out["batch"])  # all pairs in one padded batch: TRL's batch mean
+    loss = trainer.compute_loss(model, batch := trainer.data_collator(feats))  # all pairs in one padded batch
     loss.backward()
     acc, margin = pick("rewards/accuracies", "rewards/margins")
-    own = sum(all(row[k] == ex[k] for k in ex) for row, ex in zip(trainer.train_dataset, examples))
-    return {**out, "mean": loss.item(), "acc": acc, "margin": margin, "batch_grads": grads(model), "own": own}
+    own = sum(all(row[k] == f[k] for k in f) for row, f in zip(trainer.train_dataset, feats))
+    return {**out, "mean": loss.item(), "acc": acc, "margin": margin, "batch_grads": grads(model), "own": own,
+            "batch": rows(batch)}
 
 
-def compare(ours: dict, theirs: dict, ids_ok: bool, nll: float) -> tuple[str, bool]:
-    """The table row (after setting, beta, pairs) and whether it passes. With RPO the batch loss and gradient differ
-    by definition (docstring): printed with *, not checked."""
+def align(theirs: dict, kind: str, tokens) -> dict:
+    """TRL's numbers in our terms where it logs another quantity (†, docstring): CPOTrainer's mean log-probs times
+    labelled tokens; DPOTrainer's IPO rewards per labelled token, accuracy and margin from those (its own kept)."""
+    if kind == "simpo":
+        theirs["logps"] = theirs["logps"] * tokens
+    elif kind == "ipo":
+        rewards = theirs["rewards"] / tokens
+        margin = rewards[:, 0] - rewards[:, 1]
+        theirs.update(rewards=rewards, trl_acc_margin=(theirs["acc"], theirs["margin"]),
+                      acc=float((margin > 0).float().mean()), margin=float(margin.mean()))
+    return theirs
+
+
+def compare(ours: dict, theirs: dict, ids_ok: bool, kind: str, nll: float) -> tuple[str, bool]:
+    """The table row (after setting, beta, gamma, pairs) and whether it passes. With an NLL term the batch loss and
+    gradient differ by definition (docstring): printed with *, not checked."""
     diff = lambda k: float((ours[k] - theirs[k]).abs().max())
     logp, reward, loss, margin = diff("logps"), diff("rewards"), diff("loss"), abs(ours["margin"] - theirs["margin"])
     grad, batch_grad = (rel_grad_diff(ours["grads"], theirs[k]) for k in ("grads", "batch_grads"))
     batch_loss, mark = abs(ours["mean"] - theirs["mean"]), "*" if nll else " "
+    lmark, rmark = "†" if kind == "simpo" else " ", "†" if kind == "ipo" else " "
     ok = (ids_ok and max(logp, reward, loss, margin) <= ABS_TOL and ours["acc"] == theirs["acc"] and grad <= REL_TOL
           and (nll or (batch_loss <= ABS_TOL and batch_grad <= REL_TOL)))
-    return (f"{'yes' if ids_ok else 'NO':>4} {logp:9.1e} {reward:9.1e} {loss:9.1e} {ours['acc']:5.2f}/"
+    return (f"{'yes' if ids_ok else 'NO':>4} {logp:9.1e}{lmark} {reward:9.1e}{rmark} {loss:9.1e} {ours['acc']:5.2f}/"
             f"{theirs['acc']:4.2f} {ours['margin']:7.3f} {margin:9.1e} {grad:9.1e} {batch_loss:9.1e}{mark} "
             f"{batch_grad:9.1e}{mark} "
             f"{'ok' if ok else 'DIFFERS'}"), bool(ok)
@@ -238,22 +301,31 @@ def main() -> int:
     ds.set_reference(table.double().view(-1, 2))
     batch = PairCollator(0)([ds[i] for i in range(len(ds))])
     examples, clean = trl_examples(ds)
+    tokens = (batch["labels"][:, 1:] != -100).sum(1).view(-1, 2)  # labelled tokens per answer, as (chosen, rejected)
     # TRL insists on a text dataset, which it tokenizes itself; the loss gets our ids, the text only shows whether
     # TRL's own tokenization of the rendered prompt and answers gives them too (information, not a check)
     text = Dataset.from_list([as_text(tok, ex) for ex in examples])
     print(f"TRL {trl.__version__}, torch {torch.__version__}; tolerances {ABS_TOL} abs, {REL_TOL} rel\nsetting   beta "
-          f"pairs  ids   |dlogp| |dreward|   |dloss|    acc o/t  margin |dmargin|  grad rel  batchloss  batchgrad")
-    failed = 0
-    for name, beta, eps, nll in SETTINGS:
-        ours = run_ours(policy_dir, batch, beta, eps, nll)
-        theirs = run_trl(ref_dir, policy_dir, tok, examples, text, beta, eps, nll, work)
-        row, ok = compare(ours, theirs, clean and same_ids(batch, theirs["batch"]), nll)
-        print(f"{name:<9} {beta:<4} {len(ds):>5} {row}", flush=True)
+          f"gamma pairs  ids    |dlogp|  |dreward|   |dloss|    acc o/t  margin |dmargin|  grad rel  batchloss  "
+          f"batchgrad")
+    failed, own, ipo_own = 0, {}, []
+    for name, kind, beta, eps, nll, gamma in SETTINGS:
+        ours = run_ours(policy_dir, batch, kind, beta, eps, nll, gamma)
+        make = cpo_trainer if kind == "simpo" else dpo_trainer
+        theirs = align(run_trl(make, ref_dir, policy_dir, tok, examples, text, kind, beta, eps, nll, gamma, work),
+                       kind, tokens)
+        row, ok = compare(ours, theirs, clean and same_ids(batch, theirs["batch"]), kind, nll)
+        print(f"{name:<9} {beta:<4} {gamma if kind == 'simpo' else '-':>5} {len(ds):>5} {row}", flush=True)
         failed += not ok
-    print(f"* RPO in one batch: TRL averages the NLL over all chosen tokens, we average each answer's per-token mean "
-          f"over pairs (equal per pair, checked).\nTRL tokenizing the rendered text itself: {theirs['own']}/{len(ds)} "
-          f"pairs give our prompt/chosen/rejected ids (information only).\n"
-          f"{failed} of {len(SETTINGS)} settings differ; {time.time() - start:.1f}s")
+        own[make] = f"{'CPO' if kind == 'simpo' else 'DPO'}Trainer {theirs['own']}/{len(ds)}"
+        if kind == "ipo":
+            ipo_own.append("beta {}: {:.2f} / {:.3f}".format(beta, *theirs["trl_acc_margin"]))
+    print(f"* NLL term in one batch (RPO; CPO-SimPO's cpo_alpha): TRL averages it over all chosen tokens, we average "
+          f"each answer's per-token mean over pairs (equal per pair, checked).\n† TRL logs another quantity, compared "
+          f"after converting with labelled tokens: SimPO per-token mean log-probs; IPO rewards beta * SUMMED log-ratio."
+          f"\n  TRL's own IPO batch accuracy / margin, from those summed rewards: {'; '.join(ipo_own)}.\n"
+          f"TRL tokenizing the rendered text itself ({', '.join(own.values())}): pairs giving our prompt/chosen/"
+          f"rejected ids (information only).\n{failed} of {len(SETTINGS)} settings differ; {time.time() - start:.1f}s")
     return 1 if failed else 0
 
 

@@ -9,7 +9,8 @@ chunk), so backward only scales them. Positions labelled -100 (prompts in SFT, d
 padding) are dropped before the projection: they cost nothing.
 
 How it plugs in: ``install_fused_head(model)`` replaces the forward of the model's output Linear
-with one that, while ``head.zhllama_labels`` is set, returns the summed loss instead of logits.
+with one that, while ``head.zhllama_labels`` is set, returns the summed loss instead of logits (or,
+for DPO, each labelled position's log-probability: ``labels_for(..., per_token=True)``).
 The model's own forward (HF's ``lm_head(hidden_states)`` call) and DeepSpeed's ZeRO-3 hooks on
 that module (gather the partitioned weight before, release it after, gather again for backward)
 are unchanged. Without labels set (generation, HF evaluation) the head returns logits as before.
@@ -89,6 +90,58 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     return _LinearCrossEntropy.apply(hidden, weight, labels, chunk)
 
 
+class _LinearTokenLogps(torch.autograd.Function):
+    """log softmax(hidden @ weight.T)[label] per row, chunk by chunk. Unlike the summed loss, each row's
+    upstream gradient is only known in backward, so backward recomputes each chunk's logits (one more
+    matmul) instead of keeping them: one chunk alive at a time either way."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight, labels)  # under ZeRO-3, weight is gathered again for backward
+        ctx.chunk = chunk
+        return _token_logps(hidden, weight, labels, chunk)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        hidden, weight, labels = ctx.saved_tensors
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(hidden) if want_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            h, y = hidden[start:start + ctx.chunk], labels[start:start + ctx.chunk]
+            probs = (h @ weight.t()).float().softmax(dim=-1)
+            probs[torch.arange(y.shape[0], device=y.device), y] -= 1.0  # d(-logp)/dlogits: softmax minus one-hot
+            grad_logits = (probs.mul_(-grad_out[start:start + ctx.chunk, None].float())).to(h.dtype)
+            del probs
+            if want_h:
+                grad_h[start:start + ctx.chunk] = grad_logits @ weight
+            if want_w:
+                grad_w += (grad_logits.t() @ h).float()
+        return grad_h, (grad_w.to(weight.dtype) if want_w else None), None, None
+
+
+def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        logits = (hidden[start:start + chunk] @ weight.t()).float()
+        target = logits.gather(1, labels[start:start + chunk, None]).squeeze(1)
+        out[start:start + chunk] = target - logits.logsumexp(dim=-1)
+        del logits
+    return out
+
+
+def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                       chunk: int = 4096) -> torch.Tensor:
+    """fp32 log-probability of each labelled position's label (row-major order; -100 positions left out),
+    never materialising more than ``chunk`` positions' logits: DPO's per-answer sums (engine/preference.py)."""
+    hidden, labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    keep = labels != IGNORE_INDEX
+    hidden, labels = hidden[keep], labels[keep]
+    if not torch.is_grad_enabled():
+        return _token_logps(hidden, weight, labels, chunk)
+    return _LinearTokenLogps.apply(hidden, weight, labels, chunk)
+
+
 def fused_head_of(model) -> torch.nn.Module | None:
     """The output Linear when ``install_fused_head`` was applied to ``model``, else None."""
     try:
@@ -118,21 +171,25 @@ def install_fused_head(model, chunk_tokens: int) -> torch.nn.Module:
         labels = getattr(head, "zhllama_labels", None)
         if labels is None:
             return plain_forward(hidden)
+        if head.zhllama_per_token:
+            return linear_token_logps(hidden, head.weight, labels, chunk_tokens)
         return linear_cross_entropy(hidden, head.weight, labels, chunk_tokens)
 
     head.forward = forward
     head.zhllama_labels = None
+    head.zhllama_per_token = False
     return head
 
 
 @contextmanager
-def labels_for(head: torch.nn.Module, labels: torch.Tensor) -> Iterator[None]:
-    """While inside, the head computes the loss against ``labels`` (aligned with its input positions)."""
-    head.zhllama_labels = labels
+def labels_for(head: torch.nn.Module, labels: torch.Tensor, per_token: bool = False) -> Iterator[None]:
+    """While inside, the head computes the loss against ``labels`` (aligned with its input positions):
+    summed, or (``per_token``) each labelled position's log-probability, as ``linear_token_logps``."""
+    head.zhllama_labels, head.zhllama_per_token = labels, per_token
     try:
         yield
     finally:
-        head.zhllama_labels = None
+        head.zhllama_labels, head.zhllama_per_token = None, False
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,10 @@ kept in ``output_dir/dpo_reference.json``. So no second model sits in GPU memory
 are treated alike, and a resumed run uses the very numbers the interrupted one used (a resume without
 that file is refused: after step 1 the starting model no longer exists in the run).
 
-Memory: the policy's logits are the model's own; only the labelled positions get an fp32 copy for the
-log-softmax (answers, not prompts). ``model.fused_loss`` does not apply here (it returns one summed
-loss, DPO needs one log-probability per answer).
+Memory: with ``model.fused_loss`` (the default) the output layer computes each answer position's
+log-probability from the hidden states ``loss_chunk_tokens`` positions at a time (engine/loss.py
+``linear_token_logps``; backward recomputes a chunk's logits), so the B x S x V logits never exist;
+without it, the model's logits plus an fp32 copy of the answer positions' rows.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from zhllama.files import write_json_atomic
 from .config import PREFERENCE_LOSSES
 from .data import eval_batches, fetch
 from .evaluate import MODEL_KEYS
-from .loss import IGNORE_INDEX
+from .loss import IGNORE_INDEX, fused_head_of, labels_for, shift_labels
 
 REFERENCE_FILE = "dpo_reference.json"  # float64 as JSON numbers: read back bit for bit
 
@@ -47,14 +48,17 @@ REFERENCE_FILE = "dpo_reference.json"  # float64 as JSON numbers: read back bit 
 def sequence_logps(engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed log-probability of each row's labelled tokens (fp32), labelled tokens per row)."""
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
-    logits = engine(**inputs, use_cache=False).logits[:, :-1]
-    labels = batch["labels"].to(device)[:, 1:]
-    keep = labels != IGNORE_INDEX
-    rows = keep.nonzero()[:, 0]
-    picked = logits[keep].float().log_softmax(dim=-1)  # fp32 only where an answer token is predicted
-    token_logps = picked.gather(1, labels[keep][:, None]).squeeze(1)
-    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=token_logps.device)
-    return sums.index_add(0, rows, token_logps), keep.sum(dim=1)
+    targets = shift_labels(batch["labels"].to(device))  # label i is predicted at position i
+    keep = targets != IGNORE_INDEX
+    head = fused_head_of(getattr(engine, "module", engine))
+    if head is not None:  # chunked: answer positions' log-probabilities straight from the hidden states
+        with labels_for(head, targets, per_token=True):
+            token_logps = engine(**inputs, use_cache=False).logits
+    else:  # the model's logits; an fp32 copy only where an answer token is predicted
+        logits = engine(**inputs, use_cache=False).logits
+        token_logps = logits[keep].float().log_softmax(dim=-1).gather(1, targets[keep][:, None]).squeeze(1)
+    sums = torch.zeros(targets.shape[0], dtype=torch.float32, device=token_logps.device)
+    return sums.index_add(0, keep.nonzero()[:, 0], token_logps), keep.sum(dim=1)
 
 
 @dataclass

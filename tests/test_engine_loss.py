@@ -171,3 +171,25 @@ def test_at_most_about_one_chunk_of_logits_is_ever_alive():
 def test_auto_attention_picks_the_fastest_document_masked_kernel_here(cuda, half, hopper, fa3, fa2, expected):
     chosen, why = attention_decision(cuda, half, hopper, fa3, fa2)
     assert chosen == expected and why
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 4096])
+def test_per_token_log_probs_and_their_gradients_equal_the_plain_path(chunk):
+    """DPO's per-answer log-probabilities from the chunked head: values and gradients (each position with
+    its own upstream gradient, as DPO's per-pair weights give) equal log_softmax of the full logits."""
+    from engine.loss import linear_token_logps
+
+    hidden, weight, labels = _data()
+    keep = labels != -100
+    upstream = torch.linspace(-1.0, 2.0, int(keep.sum()))
+    want = (hidden @ weight.t()).float().log_softmax(-1)[keep].gather(1, labels[keep][:, None]).squeeze(1)
+    want.backward(upstream)
+    want_h, want_w = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    got = linear_token_logps(hidden, weight, labels, chunk)
+    got.backward(upstream)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(hidden.grad, want_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight.grad, want_w, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_token_logps(hidden, weight, labels, chunk), want, rtol=1e-6, atol=1e-5)

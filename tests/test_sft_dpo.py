@@ -166,6 +166,45 @@ def test_dpo_loss_equals_a_direct_computation(tmp_path):
         assert got == pytest.approx(margin.tolist(), abs=1e-4), kind
 
 
+def test_the_chunked_head_gives_the_plain_paths_loss_and_gradients(tmp_path, monkeypatch):
+    """model.fused_loss (the default): answer log-probabilities from the hidden states a few positions at a
+    time, never the full logits. Loss and every parameter's gradient equal the plain logits path."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.loss import install_fused_head
+    from engine.preference import DPOObjective
+    from sft.cache import encode_all
+    from sft.pairs import PairCollator, PairDataset, parse_pair
+    from sft.templates import make_spec
+
+    tok_dir = tiny_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tok_dir)
+    model_dir = tiny_model(tmp_path / "model", tok_dir)
+    samples, _ = encode_all([c for p in _pairs()[:3] for c in parse_pair(p)], tok, make_spec("chinese-alpaca-2", tok),
+                            512, pairs=True)
+    ds = PairDataset(samples, [(0, 1), (2, 3), (4, 5)])
+    ds.set_reference(torch.tensor([[-30.0, -20.0], [-25.5, -31.0], [-12.0, -40.0]], dtype=torch.float64))
+    batch = PairCollator(pad_token_id=0)([ds[i] for i in range(3)])
+    import engine.loss
+
+    chunked_calls = []
+    real = engine.loss.linear_token_logps
+    monkeypatch.setattr(engine.loss, "linear_token_logps", lambda *a: chunked_calls.append(1) or real(*a))
+    results = []
+    for fused in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        if fused:
+            install_fused_head(model, chunk_tokens=5)
+        total, pairs = DPOObjective(beta=0.5, nll_weight=0.3).loss(model, batch, torch.device("cpu"))
+        (total / pairs).backward()
+        results.append((total.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert len(chunked_calls) == 1  # the fused run took the chunked path; the plain one did not
+    (plain, plain_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, plain, rtol=1e-6, atol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_a_resume_without_the_reference_file_is_refused(tmp_path):
     from engine.preference import REFERENCE_FILE, _read_reference
     from zhllama.files import write_json_atomic
