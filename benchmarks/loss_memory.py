@@ -2,12 +2,15 @@
 
     python benchmarks/loss_memory.py                          # 8 x 2048 tokens; LLaMA-2+zh, Llama-3, Qwen vocabularies
     python benchmarks/loss_memory.py --tokens 4096 --vocab 49472
+    python benchmarks/loss_memory.py --objective dpo          # DPO's per-answer log-probabilities (half the positions are answers)
 
 Each case runs in a fresh process on the CPU: a one-layer LLaMA (hidden 64, so the output
 projection is cheap) over ``--tokens`` labelled positions, forward and backward through the head,
 once via ``model(..., labels=...)`` (transformers' own loss: B x S x V logits, kept for backward)
 and once via the engine's ``forward_loss`` with ``model.fused_loss`` (engine/loss.py: chunks of
-``--chunk`` positions). Reported: the peak resident memory the loss step added over the model and
+``--chunk`` positions). ``--objective dpo``: rows are chosen/rejected answers after a prompt of
+the same length, and the step is engine/preference.py's DPO loss on the model's logits (plain) or
+on the chunked head's per-position log-probabilities (fused). Reported: the peak resident memory the loss step added over the model and
 inputs (``ru_maxrss``), in GiB, next to the size of one fp32 copy of the full logits. Allocation
 sizes do not depend on the device, so the ratio carries over to GPUs (where bf16 models add an fp32
 upcast of the logits to the plain path; fp32 here has none).
@@ -49,6 +52,8 @@ def measure(spec: dict) -> dict:
     batch = spec["tokens"] // spec["seq"]
     ids = torch.randint(0, spec["vocab"], (batch, spec["seq"]))
     inputs = {"input_ids": ids, "labels": ids.clone()}
+    if spec.get("objective") == "dpo":
+        return _measure_dpo(model, ids)
     baseline = _rss_gib()
     if spec["fused"]:
         loss_sum, count = forward_loss(model, inputs, torch.device("cpu"))
@@ -59,8 +64,25 @@ def measure(spec: dict) -> dict:
     return {"added_gib": _rss_gib() - baseline, "loss": float(loss)}
 
 
+def _measure_dpo(model, ids) -> dict:
+    """Rows 2i/2i+1: chosen/rejected, the second half of each row is the answer (labelled)."""
+    import torch
+
+    from engine.preference import DPOObjective
+
+    labels = ids.clone()
+    labels[:, : ids.shape[1] // 2] = -100
+    # no attention_mask (no padding): the same causal attention as the SFT rows, so only the loss differs
+    batch = {"input_ids": ids, "labels": labels, "reference_logps": torch.zeros(ids.shape[0] // 2, 2, dtype=torch.float64)}
+    baseline = _rss_gib()
+    total, pairs = DPOObjective(beta=0.1).loss(model, batch, torch.device("cpu"))
+    (total / pairs).backward()
+    return {"added_gib": _rss_gib() - baseline, "loss": float(total / pairs)}
+
+
 def run_case(vocab: int, fused: bool, args) -> dict:
-    spec = {"vocab": vocab, "fused": fused, "tokens": args.tokens, "seq": args.seq, "chunk": args.chunk}
+    spec = {"vocab": vocab, "fused": fused, "tokens": args.tokens, "seq": args.seq, "chunk": args.chunk,
+            "objective": args.objective}
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"})
     if proc.returncode < 0:  # SIGKILL from the kernel: this machine's memory was not enough
@@ -76,14 +98,18 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=2048, help="sequence length (default 2,048)")
     ap.add_argument("--chunk", type=int, default=4096, help="model.loss_chunk_tokens (default 4,096)")
     ap.add_argument("--vocab", type=int, nargs="*", help="vocabulary sizes (default: three real ones)")
+    ap.add_argument("--objective", choices=["sft", "dpo"], default="sft",
+                    help="sft: the summed next-token loss; dpo: per-answer log-probabilities and the DPO loss")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(measure(json.loads(args.child))))
         return
     vocabs = {f"vocab {v:,}": v for v in args.vocab} if args.vocab else VOCABS
-    print(f"{args.tokens:,} labelled tokens per step, chunks of {args.chunk:,}; peak memory the loss step adds (GiB)")
-    print(f"{'vocabulary':<30} {'fp32 logits':>11} {'plain (HF loss)':>16} {'fused (ours)':>13} {'ratio':>6}")
+    what = "labelled tokens" if args.objective == "sft" else "tokens in chosen/rejected rows (half of them answers)"
+    print(f"{args.tokens:,} {what} per step, chunks of {args.chunk:,}; peak memory the loss step adds (GiB)")
+    plain_name = "plain (HF loss)" if args.objective == "sft" else "plain (logits)"
+    print(f"{'vocabulary':<30} {'fp32 logits':>11} {plain_name:>16} {'fused (ours)':>13} {'ratio':>6}")
     for name, vocab in vocabs.items():
         plain, fused = run_case(vocab, False, args), run_case(vocab, True, args)
         logits = args.tokens * vocab * 4 / 2**30

@@ -109,7 +109,7 @@ class _LinearTokenLogps(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         for start in range(0, hidden.shape[0], ctx.chunk):
             h, y = hidden[start:start + ctx.chunk], labels[start:start + ctx.chunk]
-            probs = (h @ weight.t()).float().softmax(dim=-1)
+            probs, _, _ = _softmax_in_place((h @ weight.t()).float())
             probs[torch.arange(y.shape[0], device=y.device), y] -= 1.0  # d(-logp)/dlogits: softmax minus one-hot
             grad_logits = (probs.mul_(-grad_out[start:start + ctx.chunk, None].float())).to(h.dtype)
             del probs
@@ -117,7 +117,17 @@ class _LinearTokenLogps(torch.autograd.Function):
                 grad_h[start:start + ctx.chunk] = grad_logits @ weight
             if want_w:
                 grad_w += (grad_logits.t() @ h).float()
+            del grad_logits  # before the next chunk's logits exist: one chunk alive at a time
         return grad_h, (grad_w.to(weight.dtype) if want_w else None), None, None
+
+
+def _softmax_in_place(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(softmax, in the logits' own storage; the row maxima; the rows' sums of exp(logit - max)):
+    softmax() and logsumexp() would each allocate more chunk-sized temporaries (see _chunk_loss)."""
+    peak = logits.amax(dim=-1, keepdim=True)
+    exps = logits.sub_(peak).exp_()
+    norm = exps.sum(dim=-1, keepdim=True)
+    return exps.div_(norm), peak.squeeze(1), norm.squeeze(1)
 
 
 def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -125,7 +135,8 @@ def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     for start in range(0, hidden.shape[0], chunk):
         logits = (hidden[start:start + chunk] @ weight.t()).float()
         target = logits.gather(1, labels[start:start + chunk, None]).squeeze(1)
-        out[start:start + chunk] = target - logits.logsumexp(dim=-1)
+        peak, norm = _softmax_in_place(logits)[1:]  # the softmax itself (logits' storage) is not kept
+        out[start:start + chunk] = target - peak - norm.log()
         del logits
     return out
 
