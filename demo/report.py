@@ -17,7 +17,9 @@ from .stages import SKIPPED
 SECTIONS = ("## Inputs", "## Results at a glance", "## Tokenizer", "## Loss curves", "## Bits per character",
             "## Sentiment accuracy", "## Sample generations", "## Time per stage", "## Commands")
 TRAINING_STAGES = (("03_base_pretrain", "base pretraining (base tokenizer)"),
-                   ("05_cpt", "continued pretraining (merged tokenizer)"), ("06_sft", "SFT (sentiment: positive/negative)"))
+                   ("05_cpt", "continued pretraining (merged tokenizer)"), ("06_sft", "SFT (sentiment: positive/negative)"),
+                   ("08_dpo", "DPO (right label over wrong)"))
+Y_LABELS = {"08_dpo": "DPO loss (nats/pair)"}
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -52,7 +54,7 @@ def plot_losses(records: dict, out: Path) -> bool:
             ax.plot(ex, ey, "o--", label="validation loss")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.set_ylabel(Y_LABELS.get(name, "cross-entropy (nats/token)"))
         ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure_atomic(fig, out, dpi=110)
@@ -97,6 +99,7 @@ def summary(records: dict) -> dict[str, Any]:
         "bpc_en": {k: x["bpc"] for k, x in _bpc_all(records, "bpc_en").items()},
         "accuracy": e.get("accuracy"), "majority_baseline_accuracy": e.get("majority_baseline_accuracy"),
         "margin": e.get("margin"), "eval_examples": e.get("examples"),
+        "dpo_accuracy": _metrics(records, "08_dpo").get("accuracy"),
     }
 
 
@@ -141,7 +144,8 @@ def glance_section(s: dict) -> list[str]:
     L += [f"| bits/char on held-out English: {k} | {fmt(x)} |" for k, x in s["bpc_en"].items()]
     return L + [f"| SFT test accuracy (likelihood of 正面 vs 负面) | {fmt(s['accuracy'])} |",
                 f"| majority-class baseline accuracy | {fmt(s['majority_baseline_accuracy'])} |",
-                f"| margin over the baseline | {fmt(s['margin'])} |"]
+                f"| margin over the baseline | {fmt(s['margin'])} |",
+                f"| test accuracy after DPO | {fmt(s['dpo_accuracy'])} |"]
 
 
 def tokenizer_section(records: dict) -> list[str]:
@@ -207,11 +211,27 @@ def accuracy_section(records: dict) -> list[str]:
     L = [f"Method: {e['method']}; template `{e['template']}`. Baseline: always answer the majority class of "
          f"the train reviews ({e['majority_class']}).", "", "| | accuracy |", "|---|---|",
          f"| SFT model, {e['examples']} test reviews | {fmt(e['accuracy'])} |",
+         *dpo_rows(_metrics(records, "08_dpo")),
          f"| majority-class baseline | {fmt(e['majority_baseline_accuracy'])} |",
-         f"| margin | {fmt(e['margin'])} |", ""]
+         f"| margin (SFT model) | {fmt(e['margin'])} |", ""]
     for lab, pc in e["per_class"].items():
         L.append(f"- {lab}: {pc['n']} test reviews, recall {fmt(pc['recall'])}, predicted {pc['predicted']} times")
-    return L + contamination_lines(e.get("contamination"))
+    return L + dpo_lines(_metrics(records, "08_dpo")) + contamination_lines(e.get("contamination"))
+
+
+def dpo_rows(d: dict) -> list[str]:
+    return [f"| after DPO (08_dpo), {d['examples']} test reviews | {fmt(d['accuracy'])} |"] if d else []
+
+
+def dpo_lines(d: dict) -> list[str]:
+    if not d or not d.get("pairs_eval_reward_accuracy"):
+        return []
+    (s0, a0), (s1, a1) = d["pairs_eval_reward_accuracy"][0], d["pairs_eval_reward_accuracy"][-1]
+    m1 = d["pairs_eval_reward_margin"][-1][1]
+    return ["", f"DPO (`objective: dpo`, 08_dpo): {d['steps']} steps from the SFT model on pairs made from train "
+            f"reviews, the review's label chosen over the other one. On the held-out pairs the share whose right "
+            f"label gained more than the wrong one went {fmt(a0)} (step {s0}: the reference itself) → {fmt(a1)} "
+            f"(step {s1}), mean reward margin {fmt(m1)}."]
 
 
 def contamination_lines(c: dict | None) -> list[str]:

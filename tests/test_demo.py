@@ -20,7 +20,7 @@ from demo.stages import REPO_ROOT, stage_key
 
 pytestmark = pytest.mark.distributed  # starts real 2-rank DeepSpeed ZeRO-3 runs on CPU
 
-STAGES = ("01_split", "02_vocab", "03_base_pretrain", "04_resize", "05_cpt", "06_sft", "07_eval")
+STAGES = ("01_split", "02_vocab", "03_base_pretrain", "04_resize", "05_cpt", "06_sft", "07_eval", "08_dpo")
 
 
 def _demo(work: Path) -> subprocess.CompletedProcess:
@@ -67,7 +67,8 @@ def test_every_stage_done_with_its_artifacts(demo_run):
                 "03_base_pretrain/run/final/config.json", "03_base_pretrain/run/metrics.jsonl",
                 "04_resize/subtoken-mean/resize_report.json", "04_resize/random/config.json",
                 "05_cpt/run/final/config.json", "06_sft/run/final/sft_template.json", "07_eval/eval.json",
-                "07_eval/generations.jsonl"):
+                "07_eval/generations.jsonl", "08_dpo/run/final/sft_template.json", "08_dpo/run/dpo_reference.json",
+                "08_dpo/eval.json"):
         assert (work / rel).is_file(), rel
     merged_vocab = _json(work / "02_vocab/merged/merge_report.json")["vocab_size"]
     assert _json(work / "05_cpt/run/final/config.json")["vocab_size"] == merged_vocab
@@ -101,7 +102,15 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
     assert f"beyond that, {counts['contaminated']} of {counts['items']} test reviews" in text
     for row in map(json.loads, (work / "07_eval/generations.jsonl").read_text(encoding="utf-8").splitlines()):
         assert f"| {row['prediction'].replace('|', '｜')} | {'yes' if row['finished'] else 'no'} |" in text
-    for name in ("03_base_pretrain", "05_cpt", "06_sft"):
+    dpo = _json(work / "08_dpo/eval.json")
+    assert f"| after DPO (08_dpo), {dpo['examples']} test reviews | {fmt(dpo['accuracy'])} |" in text
+    rewards = [json.loads(line) for line in (work / "08_dpo/run/metrics.jsonl").read_text().splitlines()
+               if "eval/reward_accuracy" in line]
+    assert rewards[0]["step"] == 0 and rewards[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert f"went {fmt(rewards[0]['eval/reward_accuracy'])} (step 0: the reference itself) → " \
+           f"{fmt(rewards[-1]['eval/reward_accuracy'])}" in text
+    assert _json(work / "summary.json")["dpo_accuracy"] == dpo["accuracy"]
+    for name in ("03_base_pretrain", "05_cpt", "06_sft", "08_dpo"):
         train = _json(work / name / "run/train_report.json")
         assert f"| {fmt(train['step'])} | {fmt(train['global_batch'])} | {fmt(train['metrics']['train/loss'])} |" in text
     summary = _json(work / "summary.json")
@@ -127,6 +136,9 @@ def test_test_reviews_never_reach_training(demo_run):
         assert "train.txt" in manifest and "test.txt" not in manifest
         assert "LICENSE" not in manifest  # the held-out English text
     assert "sft_eval" not in " ".join(c["command"] for c in _json(work / "06_sft/stage.json")["commands"])
+    pairs = [json.loads(line) for line in (work / "08_dpo/inputs/pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert pairs and {p["input"] for p in pairs} <= sft_inputs  # DPO pairs come from SFT train records
+    assert all({p["chosen"], p["rejected"]} == {"正面", "负面"} for p in pairs)
 
 
 def test_rerun_reuses_every_stage(demo_run):
