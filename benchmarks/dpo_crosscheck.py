@@ -1,5 +1,5 @@
-"""Cross-check the DPO objective (engine/preference.py) against TRL's DPOTrainer (sigmoid, IPO) and CPOTrainer (SimPO),
-pair by pair and gradient by gradient.
+"""Cross-check the DPO objective (engine/preference.py) against TRL's DPOTrainer (sigmoid, IPO), CPOTrainer (SimPO) and
+ORPOTrainer (ORPO), pair by pair and gradient by gradient.
 
     PYTHONPATH=. /tmp/trl/bin/python benchmarks/dpo_crosscheck.py --work runs/dpo_crosscheck
 
@@ -15,11 +15,11 @@ a newer setuptools inside /tmp/trl). From the repository root:
 Offline, CPU, fp32: a tiny tokenizer; a random tiny LLaMA as reference and, as policy, that model after a few SFT
 steps on some chosen answers. Chinese pairs are tokenized once our way (chinese-alpaca-2, final answer + EOS
 labelled); TRL gets the same ids as ``prompt_ids``/``chosen_ids``/``rejected_ids`` through its own collator, and
-``DPOTrainer.compute_loss`` does the rest (its reference forward, fused LM head, metrics); for SimPO the same ids go
-as CPO features (prompt + answer, labels -100 on the prompt) to ``CPOTrainer.compute_loss``. Compared per setting: ids
-and labelled positions; per-pair log-probs, rewards, loss (TRL fed one pair at a time); reward accuracy and margin;
-the gradient of the mean loss w.r.t. every policy parameter; loss and gradient of one padded batch. Exit 1 on a
-difference beyond float tolerance.
+``DPOTrainer.compute_loss`` does the rest (its reference forward, fused LM head, metrics); for SimPO (ORPO) the same
+ids go as CPO features (prompt + answer, labels -100 on the prompt) to ``CPOTrainer`` (``ORPOTrainer``)
+``.compute_loss``. Compared per setting: ids and labelled positions; per-pair log-probs, rewards, loss (TRL fed one
+pair at a time); reward accuracy and margin; the gradient of the mean loss w.r.t. every policy parameter; loss and
+gradient of one padded batch. Exit 1 on a difference beyond float tolerance.
 
 Definitions, ours vs TRL 1.16 (sigmoid: both sum answer log-probs; ipo, simpo: both average them over the answer's
 labelled tokens; both average losses over pairs):
@@ -35,6 +35,14 @@ labelled tokens; both average losses over pairs):
   sigmoid(-beta l), l = mean logp_c - mean logp_r - gamma/beta: ours; rewards beta * mean logp, as ours; it logs mean
   log-probs (times labelled tokens: marked †). ``cpo_alpha`` (default 1, kept by loss_type="simpo") adds the NLL of
   "sft" above: we pass our nll_weight (0 for SimPO; simpo+nll is CPO-SimPO, * as RPO).
+* ORPO: ``trl.experimental.orpo.ORPOTrainer``, no reference, beta = the paper's lambda, as ours. Both: per-token mean
+  log-probs m of the answers, log odds = (m_c - m_r) - (log(1 - e^m_c) - log(1 - e^m_r)) (TRL's log1mexp: log1p(-exp)
+  below -ln 2, log(-expm1) above; ours log(-expm1) throughout), loss NLL - beta log sigmoid(log odds), rewards beta * m
+  (it logs m: †). The NLL differs (‡): TRL's is the cross-entropy of every chosen token after the first, PROMPT
+  included, pooled over the batch's chosen rows (deliberately: TRL PRs #1516, #2527, after the ORPO authors' code);
+  ours the chosen answer's per-token mean NLL, -m_c. So TRL's loss is compared with its NLL swapped for -m_c from its
+  own forward (``concatenated_forward``'s chosen logps): equal pair by pair and in a batch; TRL's loss as is minus
+  ours is printed (information, not a check).
 """
 from __future__ import annotations
 
@@ -61,8 +69,8 @@ SETTINGS = [  # (name, kind, beta, label_smoothing, nll_weight, simpo_gamma)
     ("cdpo", "sigmoid", 0.5, 0.1, 0, 0), ("rpo", "sigmoid", 0.1, 0, 0.5, 0), ("rpo", "sigmoid", 0.5, 0, 0.5, 0),
     ("cdpo+rpo", "sigmoid", 0.5, 0.1, 1.0, 0), ("ipo", "ipo", 0.1, 0, 0, 0), ("ipo", "ipo", 0.5, 0, 0, 0),
     ("simpo", "simpo", 2.0, 0, 0, 0.5), ("simpo", "simpo", 2.5, 0, 0, 1.25), ("simpo+ls", "simpo", 2.0, 0.1, 0, 0.5),
-    ("simpo+nll", "simpo", 2.0, 0, 1.0, 0.5),  # CPO-SimPO: cpo_alpha 1
-]
+    ("simpo+nll", "simpo", 2.0, 0, 1.0, 0.5), ("orpo", "orpo", 0.1, 0, 0, 0), ("orpo", "orpo", 0.5, 0, 0, 0),
+]  # simpo+nll: CPO-SimPO (cpo_alpha 1)
 ABS_TOL, REL_TOL = 1e-4, 1e-4
 
 
@@ -194,7 +202,8 @@ def dpo_trainer(ref_dir, policy_dir, tok, examples, text, kind, beta, eps, nll, 
                     label_smoothing=eps, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
                     max_length=None, report_to="none", per_device_train_batch_size=len(examples))
     trainer = DPOTrainer(load(policy_dir), load(ref_dir), args=cfg, train_dataset=text, processing_class=tok)
-    return trainer, examples, lambda: trainer._metrics["train" if trainer.model.training else "eval"], lambda b: b
+    metrics = lambda: trainer._metrics["train" if trainer.model.training else "eval"]
+    return trainer, examples, metrics, lambda b: b, None
 
 
 def cpo_feature(example: dict) -> dict:
@@ -216,41 +225,68 @@ def cpo_trainer(ref_dir, policy_dir, tok, examples, text, kind, beta, eps, nll, 
                     max_length=512, report_to="none", per_device_train_batch_size=len(examples))
     trainer = CPOTrainer(load(policy_dir), args=cfg, train_dataset=text, processing_class=tok)
 
-    def rows(batch):  # what its forward sees: all chosen rows, then all rejected, padded alike
-        cat = trainer.concatenated_inputs(batch, padding_value=trainer.pad_token_id)
+    return (trainer, [cpo_feature(ex) for ex in examples], lambda: trainer._stored_metrics["train"],
+            concat_rows(trainer, trainer.pad_token_id), None)
+
+
+def concat_rows(trainer, pad: int):
+    def rows(batch):  # what a CPO/ORPO forward sees: all chosen rows, then all rejected, padded alike
+        cat = trainer.concatenated_inputs(batch, padding_value=pad)
         return {"input_ids": cat["concatenated_input_ids"], "attention_mask": cat["concatenated_attention_mask"],
                 "completion_mask": (cat["concatenated_labels"] != -100).long()}
-    return trainer, [cpo_feature(ex) for ex in examples], lambda: trainer._stored_metrics["train"], rows
+    return rows
+
+
+def orpo_trainer(ref_dir, policy_dir, tok, examples, text, kind, beta, eps, nll, gamma, work: Path):
+    """As cpo_trainer, for ORPO; the fifth item swaps its NLL for the chosen answers' mean NLL (‡, docstring)."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    assert not eps and not nll, "TRL's ORPO has neither label smoothing nor an extra NLL weight"
+    cfg = ORPOConfig(output_dir=str(work / "trl"), beta=beta, use_cpu=True, bf16=False, fp16=False, max_length=512,
+                     gradient_checkpointing=False, report_to="none", per_device_train_batch_size=len(examples))
+    tok.pad_token = tok.pad_token or tok.eos_token  # as CPOTrainer does; ORPOTrainer leaves it unset
+    trainer = ORPOTrainer(load(policy_dir), args=cfg, train_dataset=text, processing_class=tok)
+
+    def swap(model, batch):  # its own forward's answer mean log-probs and prompt + answer NLL, with the graph
+        chosen_logps, *_, nll_loss = trainer.concatenated_forward(model, batch)[:5]
+        return -chosen_logps.mean() - nll_loss
+    return (trainer, [cpo_feature(ex) for ex in examples], lambda: trainer._stored_metrics["train"],
+            concat_rows(trainer, trainer.padding_value), swap)
 
 
 def run_trl(make, *args) -> dict:
     import torch
 
-    trainer, feats, metrics, rows = make(*args)
+    trainer, feats, metrics, rows, swap = make(*args)
     model = trainer.model
     pick = lambda *keys: [metrics()[k][-1] for k in keys]  # TRL's own logps / rewards of the last call
-    logps, rewards, losses = [], [], []
+
+    def loss_of(batch):  # (the loss compared, TRL's loss as is)
+        raw = trainer.compute_loss(model, batch)
+        return (raw if swap is None else raw + swap(model, batch)), raw.item()
+    logps, rewards, losses, raws = [], [], [], []
     for feat in feats:  # one pair per call; gradients accumulated as the mean over pairs
-        loss = trainer.compute_loss(model, trainer.data_collator([feat]))
+        loss, raw = loss_of(trainer.data_collator([feat]))
         (loss / len(feats)).backward()
         logps.append(pick("logps/chosen", "logps/rejected"))
         rewards.append(pick("rewards/chosen", "rewards/rejected"))
         losses.append(loss.item())
+        raws.append(raw)
     out = {"logps": torch.tensor(logps), "rewards": torch.tensor(rewards), "loss": torch.tensor(losses),
-           "grads": grads(model)}
+           "raw_loss": torch.tensor(raws), "grads": grads(model)}
     model.zero_grad()
-    loss = trainer.compute_loss(model, batch := trainer.data_collator(feats))  # all pairs in one padded batch
+    loss, raw = loss_of(batch := trainer.data_collator(feats))  # all pairs in one padded batch
     loss.backward()
     acc, margin = pick("rewards/accuracies", "rewards/margins")
     own = sum(all(row[k] == f[k] for k in f) for row, f in zip(trainer.train_dataset, feats))
-    return {**out, "mean": loss.item(), "acc": acc, "margin": margin, "batch_grads": grads(model), "own": own,
-            "batch": rows(batch)}
+    return {**out, "mean": loss.item(), "raw_mean": raw, "acc": acc, "margin": margin, "batch_grads": grads(model),
+            "own": own, "batch": rows(batch)}
 
 
 def align(theirs: dict, kind: str, tokens) -> dict:
-    """TRL's numbers in our terms where it logs another quantity (†, docstring): CPOTrainer's mean log-probs times
-    labelled tokens; DPOTrainer's IPO rewards per labelled token, accuracy and margin from those (its own kept)."""
-    if kind == "simpo":
+    """TRL's numbers in our terms where it logs another quantity (†, docstring): CPO/ORPOTrainer's mean log-probs
+    times labelled tokens; DPOTrainer's IPO rewards per labelled token, accuracy and margin from those (own kept)."""
+    if kind in ("simpo", "orpo"):
         theirs["logps"] = theirs["logps"] * tokens
     elif kind == "ipo":
         rewards = theirs["rewards"] / tokens
@@ -262,17 +298,18 @@ def align(theirs: dict, kind: str, tokens) -> dict:
 
 def compare(ours: dict, theirs: dict, ids_ok: bool, kind: str, nll: float) -> tuple[str, bool]:
     """The table row (after setting, beta, gamma, pairs) and whether it passes. With an NLL term the batch loss and
-    gradient differ by definition (docstring): printed with *, not checked."""
+    gradient differ by definition (docstring): printed with *, not checked. ORPO's loss and batch are checked, TRL's
+    NLL swapped (‡)."""
     diff = lambda k: float((ours[k] - theirs[k]).abs().max())
     logp, reward, loss, margin = diff("logps"), diff("rewards"), diff("loss"), abs(ours["margin"] - theirs["margin"])
     grad, batch_grad = (rel_grad_diff(ours["grads"], theirs[k]) for k in ("grads", "batch_grads"))
-    batch_loss, mark = abs(ours["mean"] - theirs["mean"]), "*" if nll else " "
-    lmark, rmark = "†" if kind == "simpo" else " ", "†" if kind == "ipo" else " "
+    batch_loss, mark = abs(ours["mean"] - theirs["mean"]), "*" if nll else "‡" if kind == "orpo" else " "
+    lmark, rmark = "†" if kind in ("simpo", "orpo") else " ", "†" if kind == "ipo" else " "
     ok = (ids_ok and max(logp, reward, loss, margin) <= ABS_TOL and ours["acc"] == theirs["acc"] and grad <= REL_TOL
           and (nll or (batch_loss <= ABS_TOL and batch_grad <= REL_TOL)))
-    return (f"{'yes' if ids_ok else 'NO':>4} {logp:9.1e}{lmark} {reward:9.1e}{rmark} {loss:9.1e} {ours['acc']:5.2f}/"
-            f"{theirs['acc']:4.2f} {ours['margin']:7.3f} {margin:9.1e} {grad:9.1e} {batch_loss:9.1e}{mark} "
-            f"{batch_grad:9.1e}{mark} "
+    return (f"{'yes' if ids_ok else 'NO':>4} {logp:9.1e}{lmark} {reward:9.1e}{rmark} {loss:9.1e}"
+            f"{mark if kind == 'orpo' else ' '}{ours['acc']:5.2f}/{theirs['acc']:4.2f} {ours['margin']:7.3f} "
+            f"{margin:9.1e} {grad:9.1e} {batch_loss:9.1e}{mark} {batch_grad:9.1e}{mark} "
             f"{'ok' if ok else 'DIFFERS'}"), bool(ok)
 
 
@@ -308,22 +345,29 @@ def main() -> int:
     print(f"TRL {trl.__version__}, torch {torch.__version__}; tolerances {ABS_TOL} abs, {REL_TOL} rel\nsetting   beta "
           f"gamma pairs  ids    |dlogp|  |dreward|   |dloss|    acc o/t  margin |dmargin|  grad rel  batchloss  "
           f"batchgrad")
-    failed, own, ipo_own = 0, {}, []
+    failed, own, ipo_own, orpo_raw = 0, {}, [], []
+    trainers = {"simpo": (cpo_trainer, "CPO"), "orpo": (orpo_trainer, "ORPO")}
     for name, kind, beta, eps, nll, gamma in SETTINGS:
         ours = run_ours(policy_dir, batch, kind, beta, eps, nll, gamma)
-        make = cpo_trainer if kind == "simpo" else dpo_trainer
+        make, tname = trainers.get(kind, (dpo_trainer, "DPO"))
         theirs = align(run_trl(make, ref_dir, policy_dir, tok, examples, text, kind, beta, eps, nll, gamma, work),
                        kind, tokens)
         row, ok = compare(ours, theirs, clean and same_ids(batch, theirs["batch"]), kind, nll)
         print(f"{name:<9} {beta:<4} {gamma if kind == 'simpo' else '-':>5} {len(ds):>5} {row}", flush=True)
         failed += not ok
-        own[make] = f"{'CPO' if kind == 'simpo' else 'DPO'}Trainer {theirs['own']}/{len(ds)}"
+        own[make] = f"{tname}Trainer {theirs['own']}/{len(ds)}"
         if kind == "ipo":
             ipo_own.append("beta {}: {:.2f} / {:.3f}".format(beta, *theirs["trl_acc_margin"]))
+        if kind == "orpo":
+            d = theirs["raw_loss"] - ours["loss"]
+            orpo_raw.append(f"beta {beta}: per pair {float(d.min()):+.3f}..{float(d.max()):+.3f}, batch "
+                            f"{theirs['raw_mean'] - ours['mean']:+.3f}")
     print(f"* NLL term in one batch (RPO; CPO-SimPO's cpo_alpha): TRL averages it over all chosen tokens, we average "
           f"each answer's per-token mean over pairs (equal per pair, checked).\n† TRL logs another quantity, compared "
-          f"after converting with labelled tokens: SimPO per-token mean log-probs; IPO rewards beta * SUMMED log-ratio."
-          f"\n  TRL's own IPO batch accuracy / margin, from those summed rewards: {'; '.join(ipo_own)}.\n"
+          f"after converting with labelled tokens: SimPO, ORPO per-token mean log-probs; IPO rewards beta * SUMMED "
+          f"log-ratio.\n  TRL's own IPO batch accuracy / margin, from those summed rewards: {'; '.join(ipo_own)}.\n"
+          f"‡ ORPO: TRL's NLL (chosen prompt + answer tokens, pooled) swapped for the answers' mean NLL from its own "
+          f"forward; its loss as is minus ours: {'; '.join(orpo_raw)}.\n"
           f"TRL tokenizing the rendered text itself ({', '.join(own.values())}): pairs giving our prompt/chosen/"
           f"rejected ids (information only).\n{failed} of {len(SETTINGS)} settings differ; {time.time() - start:.1f}s")
     return 1 if failed else 0

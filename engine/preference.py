@@ -10,7 +10,9 @@ prompt, labelled on the final answer only (and its EOS). With the policy's summe
 
 ``kind="ipo"``: the same margin of per-token mean log-probabilities, loss (margin/beta - 1/(2 beta))^2.
 ``kind="simpo"``: no reference; margin = beta * (mean pi_chosen - mean pi_rejected), loss as above on
-margin - simpo_gamma. The implicit rewards (beta times the compared scores) are logged for every kind.
+margin - simpo_gamma. ``kind="orpo"``: no reference; the chosen answer's per-token NLL minus
+beta * log sigmoid(log odds(chosen) - log odds(rejected)), odds p / (1 - p) of the per-token mean
+probability p = exp(mean pi). The implicit rewards (beta times the compared scores) are logged for every kind.
 
 The reference (sigmoid, ipo) is the model the run starts from. Its log-probabilities are computed once, before step 1,
 in one evaluation pass over the train and eval pairs (eval mode: no dropout, no NEFTune noise), and
@@ -81,8 +83,9 @@ class PairStats:
 @dataclass
 class DPOObjective:
     """``kind``: sigmoid (DPO), ipo (Azar et al. 2023: a squared loss on per-token mean log-ratios, which
-    does not push a margin without bound) or simpo (Meng et al. 2024: per-token mean log-probabilities
-    against a margin ``simpo_gamma``, no reference model at all)."""
+    does not push a margin without bound), simpo (Meng et al. 2024: per-token mean log-probabilities
+    against a margin ``simpo_gamma``, no reference model at all) or orpo (Hong et al. 2024: SFT on the
+    chosen answer plus an odds-ratio penalty on the rejected one, no reference; ``beta`` is its lambda)."""
 
     beta: float = 0.1
     label_smoothing: float = 0.0
@@ -97,13 +100,13 @@ class DPOObjective:
 
     @property
     def needs_reference(self) -> bool:
-        return self.kind != "simpo"
+        return self.kind not in ("simpo", "orpo")
 
     def pair_stats(self, engine, batch: dict[str, torch.Tensor], device) -> PairStats:
         if self.needs_reference and "reference_logps" not in batch:
             raise RuntimeError("a DPO batch needs reference_logps (DPOObjective.prepare sets them)")
         logps, tokens = sequence_logps(engine, batch, device)
-        per_token = self.kind in ("ipo", "simpo")  # both compare mean log-probabilities, as their papers do
+        per_token = self.kind != "sigmoid"  # the others compare mean log-probabilities, as their papers do
         scores = logps / tokens.clamp(min=1) if per_token else logps
         if self.needs_reference:
             reference = batch["reference_logps"].to(device=logps.device, dtype=torch.float32).reshape(-1)
@@ -112,6 +115,9 @@ class DPOObjective:
         margin = chosen - rejected
         if self.kind == "ipo":
             loss = (margin / self.beta - 1 / (2 * self.beta)) ** 2
+        elif self.kind == "orpo":  # log(1 - p) as log(-expm1(log p)): exact where p is near 1
+            log_odds = margin / self.beta - (torch.log(-torch.expm1(scores[0::2])) - torch.log(-torch.expm1(scores[1::2])))
+            loss = -scores[0::2] - self.beta * F.logsigmoid(log_odds)
         else:
             shifted = margin - self.simpo_gamma if self.kind == "simpo" else margin
             eps = self.label_smoothing

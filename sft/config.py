@@ -55,8 +55,8 @@ class SFTData:
 class DPOSettings:
     """Used when ``objective: dpo`` (engine/preference.py); the data are then preference pairs."""
 
-    loss: str = "sigmoid"  # sigmoid (DPO) | ipo (squared, per-token means) | simpo (no reference, per-token means)
-    beta: float = 0.1  # how far the policy may move from the starting model (0.1 for DPO; SimPO's paper: 2 to 10)
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo (squared, per-token means) | simpo, orpo (no reference, per-token means)
+    beta: float = 0.1  # how far the policy may move from the starting model (0.1 for DPO; SimPO's paper: 2 to 10; ORPO's lambda)
     label_smoothing: float = 0.0  # assumed share of pairs whose preference is wrong (cDPO); 0 = plain DPO
     nll_weight: float = 0.0  # adds the chosen answer's per-token NLL times this (RPO); 0 = off
     simpo_gamma: float = 0.5  # loss=simpo: the reward margin the chosen answer must win by
@@ -69,8 +69,8 @@ class DPOSettings:
             problems.append(f"beta: expected a value in (0, 10] (0.1 is usual), got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             problems.append(f"label_smoothing: expected [0, 0.5), got {self.label_smoothing}")
-        if self.label_smoothing and self.loss == "ipo":
-            problems.append("label_smoothing: only with loss sigmoid or simpo (IPO's loss has no flipped-label form)")
+        if self.label_smoothing and self.loss in ("ipo", "orpo"):
+            problems.append(f"label_smoothing: only with loss sigmoid or simpo ({self.loss}'s loss has no flipped-label form)")
         if self.simpo_gamma < 0:
             problems.append(f"simpo_gamma: must be >= 0, got {self.simpo_gamma}")
         if self.nll_weight < 0:

@@ -87,10 +87,11 @@ def test_dpo_settings_are_validated(tmp_path):
         load_config(SFTConfig, CONFIG, ["objective=ppo"])
     with pytest.raises(UserError) as err:
         load_config(SFTConfig, CONFIG, ["dpo.loss=kto", "dpo.simpo_gamma=-1"])
-    assert "dpo.loss: expected one of ['sigmoid', 'ipo', 'simpo'], got 'kto'" in str(err.value)
+    assert "dpo.loss: expected one of ['sigmoid', 'ipo', 'simpo', 'orpo'], got 'kto'" in str(err.value)
     assert "dpo.simpo_gamma: must be >= 0" in str(err.value)
-    with pytest.raises(UserError, match="dpo.label_smoothing: only with loss sigmoid or simpo"):
-        load_config(SFTConfig, CONFIG, ["dpo.loss=ipo", "dpo.label_smoothing=0.1"])
+    for loss in ("ipo", "orpo"):
+        with pytest.raises(UserError, match="dpo.label_smoothing: only with loss sigmoid or simpo"):
+            load_config(SFTConfig, CONFIG, [f"dpo.loss={loss}", "dpo.label_smoothing=0.1"])
 
 
 def test_only_the_final_answer_is_labelled_and_a_cut_answer_drops_the_pair(tmp_path):
@@ -146,11 +147,12 @@ def test_dpo_loss_equals_a_direct_computation(tmp_path):
         want = torch.tensor([direct(r) for r in range(6)])
         torch.testing.assert_close(logps, want, rtol=0, atol=1e-4)  # padding changes nothing
         beta, eps, nll, gamma = 0.3, 0.1, 0.5, 0.4
-        stats = {kind: DPOObjective(beta, 0.0 if kind == "ipo" else eps, nll, kind, gamma).pair_stats(
-            model, batch, torch.device("cpu")) for kind in ("sigmoid", "ipo", "simpo")}
-        del batch["reference_logps"]  # SimPO needs none
-        torch.testing.assert_close(DPOObjective(beta, eps, nll, "simpo", gamma).pair_stats(
-            model, batch, torch.device("cpu")).loss, stats["simpo"].loss, rtol=0, atol=0)
+        stats = {kind: DPOObjective(beta, eps if kind in ("sigmoid", "simpo") else 0.0, nll, kind, gamma).pair_stats(
+            model, batch, torch.device("cpu")) for kind in ("sigmoid", "ipo", "simpo", "orpo")}
+        del batch["reference_logps"]  # SimPO and ORPO need none
+        for kind in ("simpo", "orpo"):
+            torch.testing.assert_close(DPOObjective(beta, eps if kind == "simpo" else 0.0, nll, kind, gamma).pair_stats(
+                model, batch, torch.device("cpu")).loss, stats[kind].loss, rtol=0, atol=0)
     logsig, ref, n = torch.nn.functional.logsigmoid, reference.float(), tokens.float()
     rpo = nll * (-want[0::2] / n[0::2])
     smoothed = lambda m: -(1 - eps) * logsig(m) - eps * logsig(-m)
@@ -158,9 +160,12 @@ def test_dpo_loss_equals_a_direct_computation(tmp_path):
     mean = want / n  # IPO and SimPO compare per-token means
     ipo = beta * ((mean[0::2] - ref[:, 0] / n[0::2]) - (mean[1::2] - ref[:, 1] / n[1::2]))
     simpo = beta * (mean[0::2] - mean[1::2])
+    odds = lambda m: m - torch.log1p(-torch.exp(m))  # log(p / (1 - p)) of the mean probability p = exp(m)
+    orpo = -mean[0::2] - beta * logsig(odds(mean[0::2]) - odds(mean[1::2]))
     for kind, margin, expect in [("sigmoid", dpo, smoothed(dpo) + rpo),
                                  ("ipo", ipo, (ipo / beta - 1 / (2 * beta)) ** 2 + rpo),
-                                 ("simpo", simpo, smoothed(simpo - gamma) + rpo)]:
+                                 ("simpo", simpo, smoothed(simpo - gamma) + rpo),
+                                 ("orpo", simpo, orpo + rpo)]:
         torch.testing.assert_close(stats[kind].loss, expect, rtol=0, atol=1e-4, msg=kind)
         got = (stats[kind].chosen_reward - stats[kind].rejected_reward).tolist()
         assert got == pytest.approx(margin.tolist(), abs=1e-4), kind
@@ -271,13 +276,14 @@ def test_two_rank_zero3_lora_dpo_learns_the_preference(dpo_run):
     assert f"DPO reference: scoring {data_report['train_samples']} train + {data_report['eval_samples']} eval pairs" in log
 
 
-def test_simpo_trains_without_a_reference_pass(dpo_run):
-    """One rank, SimPO: no reference file, no reference pass, and the preference is still learned."""
+@pytest.mark.parametrize("loss, beta", [("simpo", 2.0), ("orpo", 0.5)])
+def test_reference_free_losses_train_without_a_reference_pass(dpo_run, loss, beta):
+    """One rank, SimPO and ORPO: no reference file, no reference pass, and the preference is still learned."""
     root, model, data, _, _ = dpo_run
-    out = root / "simpo"
+    out = root / loss
     cmd = [sys.executable, "-m", "sft", "train", "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
            f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}', weight: 2.0}}]", "data.eval_fraction=0.25",
-           "dpo.loss=simpo", "dpo.beta=2.0", "schedule.max_steps=8", "batch.micro_batch_size=4"]
+           f"dpo.loss={loss}", f"dpo.beta={beta}", "schedule.max_steps=8", "batch.micro_batch_size=4"]
     proc = subprocess.run(cmd, cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert not (out / "dpo_reference.json").exists() and "DPO reference" not in proc.stdout + proc.stderr
