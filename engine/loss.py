@@ -25,22 +25,31 @@ import torch
 IGNORE_INDEX = -100
 
 
-def _chunk_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, grads: bool):
+def _chunk_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, grads: bool,
+                row_scale: torch.Tensor | None = None):
     """(summed loss of one chunk, the gradient of its logits or None): softmax minus the one-hot
-    target, in the model's dtype. log-sum-exp and softmax run in place of the fp32 logits, since
-    torch.logsumexp would allocate two more chunk-sized temporaries (benchmarks/loss_memory.py:
-    2.4 -> 0.9 GiB at 8 x 2048 tokens, 49,472 ids)."""
+    target (times ``row_scale`` per row when given, in fp32), in the model's dtype."""
     logits = (h @ weight.t()).float()  # the matmul in the model's dtype, as the plain path does
     target = logits.gather(1, y[:, None]).squeeze(1)
-    peak = logits.amax(dim=-1, keepdim=True)
-    exps = logits.sub_(peak).exp_()
-    norm = exps.sum(dim=-1, keepdim=True)
-    loss = (peak.squeeze(1) + norm.log().squeeze(1) - target).sum()
+    exps, norm, lse = _exp_in_place(logits)
+    loss = (lse - target).sum()
     if not grads:
         return loss, None
     grad_logits = exps.div_(norm)
     grad_logits[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+    if row_scale is not None:
+        grad_logits.mul_(row_scale[:, None].float())
     return loss, grad_logits.to(h.dtype)
+
+
+def _exp_in_place(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(exp(logits - row max) in the logits' own storage, its row sums (keepdim), each row's log-sum-exp).
+    In place, since torch.logsumexp and softmax would allocate more chunk-sized temporaries
+    (benchmarks/loss_memory.py: 2.4 -> 0.9 GiB at 8 x 2048 tokens, 49,472 ids)."""
+    peak = logits.amax(dim=-1, keepdim=True)
+    exps = logits.sub_(peak).exp_()
+    norm = exps.sum(dim=-1, keepdim=True)
+    return exps, norm, (peak + norm.log()).squeeze(1)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -109,10 +118,8 @@ class _LinearTokenLogps(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         for start in range(0, hidden.shape[0], ctx.chunk):
             h, y = hidden[start:start + ctx.chunk], labels[start:start + ctx.chunk]
-            probs, _, _ = _softmax_in_place((h @ weight.t()).float())
-            probs[torch.arange(y.shape[0], device=y.device), y] -= 1.0  # d(-logp)/dlogits: softmax minus one-hot
-            grad_logits = (probs.mul_(-grad_out[start:start + ctx.chunk, None].float())).to(h.dtype)
-            del probs
+            # d logp / d logits = -(softmax - one-hot): the summed loss's chunk gradient, scaled per position
+            _, grad_logits = _chunk_loss(h, y, weight, True, -grad_out[start:start + ctx.chunk])
             if want_h:
                 grad_h[start:start + ctx.chunk] = grad_logits @ weight
             if want_w:
@@ -121,22 +128,12 @@ class _LinearTokenLogps(torch.autograd.Function):
         return grad_h, (grad_w.to(weight.dtype) if want_w else None), None, None
 
 
-def _softmax_in_place(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(softmax, in the logits' own storage; the row maxima; the rows' sums of exp(logit - max)):
-    softmax() and logsumexp() would each allocate more chunk-sized temporaries (see _chunk_loss)."""
-    peak = logits.amax(dim=-1, keepdim=True)
-    exps = logits.sub_(peak).exp_()
-    norm = exps.sum(dim=-1, keepdim=True)
-    return exps.div_(norm), peak.squeeze(1), norm.squeeze(1)
-
-
 def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk):
         logits = (hidden[start:start + chunk] @ weight.t()).float()
         target = logits.gather(1, labels[start:start + chunk, None]).squeeze(1)
-        peak, norm = _softmax_in_place(logits)[1:]  # the softmax itself (logits' storage) is not kept
-        out[start:start + chunk] = target - peak - norm.log()
+        out[start:start + chunk] = target - _exp_in_place(logits)[2]  # the exps (logits' storage) are not kept
         del logits
     return out
 

@@ -112,11 +112,11 @@ class DPOObjective:
             reference = batch["reference_logps"].to(device=logps.device, dtype=torch.float32).reshape(-1)
             scores = scores - (reference / tokens.clamp(min=1) if per_token else reference)
         chosen, rejected = self.beta * scores[0::2], self.beta * scores[1::2]
-        margin = chosen - rejected
+        margin, difference = chosen - rejected, scores[0::2] - scores[1::2]
         if self.kind == "ipo":
-            loss = (margin / self.beta - 1 / (2 * self.beta)) ** 2
+            loss = (difference - 1 / (2 * self.beta)) ** 2
         elif self.kind == "orpo":  # log(1 - p) as log(-expm1(log p)): exact where p is near 1
-            log_odds = margin / self.beta - (torch.log(-torch.expm1(scores[0::2])) - torch.log(-torch.expm1(scores[1::2])))
+            log_odds = difference - (torch.log(-torch.expm1(scores[0::2])) - torch.log(-torch.expm1(scores[1::2])))
             loss = -scores[0::2] - self.beta * F.logsigmoid(log_odds)
         else:
             shifted = margin - self.simpo_gamma if self.kind == "simpo" else margin
