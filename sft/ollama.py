@@ -7,7 +7,9 @@ Ollama does not run a GGUF's Jinja chat template. It formats a chat with a Go te
 from the Modelfile or, when there is none, with one of its own whose Jinja text is within 100 edits
 of the GGUF's (Llama 3, ChatML, …); failing that, the model gets the bare text. For the Alpaca and
 Chinese-Alpaca-2 prompts it has none. The TEMPLATE written here comes from the same
-pieces as the Jinja one (chat_templates.PROMPT_PIECES). Given what Ollama hands a template
+pieces as the Jinja one (chat_templates.PROMPT_PIECES); for ``template: tokenizer`` (the base's own
+Jinja template) it is read off how that template renders (sft/ollama_form.py), or left out with the
+reason. Given what Ollama hands a template
 (``.System``: the chat's system messages, else the Modelfile's SYSTEM; ``.Messages``), it renders
 the Jinja template's text without its leading BOS text: Ollama's tokenizer adds BOS itself.
 tests/test_ollama_modelfile.py runs it with Go's text/template and tokenizes the result with
@@ -70,14 +72,33 @@ def _context_length(folder: Path) -> int | None:
     return int(value) if value else None
 
 
+def _own_template_lines(spec: TemplateSpec, tokenizer: Any) -> list[str]:
+    """``template: tokenizer``: a Go template read off the base's Jinja one (sft/ollama_form.py), or,
+    where none reproduces it, what to do instead; either way, stops at the token that closes a reply."""
+    from .ollama_form import Misfit, go_text, infer_form
+    from .templates import render_messages
+
+    stops = [f'PARAMETER stop "{tokenizer.convert_ids_to_tokens(i)}"'
+             for i in stop_ids(tokenizer, spec) if i != tokenizer.eos_token_id]
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    try:
+        form, notes = infer_form(lambda messages, generation: render_messages(tokenizer, spec, messages, generation),
+                                 tokenizer.bos_token or "", adds_bos)
+    except Misfit as exc:
+        return ["# No TEMPLATE: the base's chat template has no Go template of the forms zhllama writes",
+                f"# ({exc}).",
+                "# Ollama then uses the template it knows whose Jinja text is within 100 edits of the GGUF's.",
+                "# Check `ollama show NAME --template`: if it says {{ .Prompt }}, none matched; copy the",
+                "# TEMPLATE of the base's Ollama model (`ollama show llama3.1 --modelfile`) here.", *stops]
+    template = go_text(form)
+    _check_value("the chat template", template)
+    return [*(f"# {line}" for line in notes), f'TEMPLATE """{template}"""', *stops]
+
+
 def _chat_lines(spec: TemplateSpec, tokenizer: Any) -> list[str]:
     if spec.name == "tokenizer":
-        closing = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids(tokenizer, spec) if i != tokenizer.eos_token_id]
-        return ["# No TEMPLATE: the chat template is the base's own, and Ollama uses the template it knows whose",
-                "# Jinja text is within 100 edits of the GGUF's. Check `ollama show NAME --template`: if it says",
-                "# {{ .Prompt }}, none matched; copy the TEMPLATE of the base's Ollama model",
-                "# (`ollama show llama3.1 --modelfile`) here.",
-                *(f'PARAMETER stop "{token}"' for token in closing)]
+        return _own_template_lines(spec, tokenizer)
     template = go_template(spec, tokenizer.bos_token or "", tokenizer.eos_token or "")
     system = system_prompt(spec)
     _check_value("the system prompt", system)

@@ -221,6 +221,14 @@ def _messages(conv: Conversation, spec: TemplateSpec) -> list[dict[str, str]]:
     return messages
 
 
+def render_messages(tokenizer: Any, spec: TemplateSpec, messages: list[dict], generation: bool) -> str:
+    """A ``tokenizer`` template's text for chat messages as SFT renders a conversation: the spec's
+    system prompt first when the chat has none."""
+    if spec.system_prompt is not None and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": spec.system_prompt}, *messages]
+    return _render(tokenizer, spec, messages, generation)
+
+
 def _render(tokenizer: Any, spec: TemplateSpec, messages: list[dict], generation: bool) -> str:
     return tokenizer.apply_chat_template(messages, chat_template=spec.chat_template, tokenize=False,
                                          add_generation_prompt=generation)

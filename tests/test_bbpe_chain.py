@@ -75,10 +75,36 @@ def test_the_export_stops_at_the_end_of_a_reply_and_converts(chain, llama_cpp_tr
     vocab = read_vocab(export / "model-f32.gguf")
     report = json.loads((export / "merge_report.json").read_text())
     assert vocab["pre"] == "llama-bpe" and len(vocab["tokens"]) == report["vocab_size"]
-    assert "<|start_header_id|>" in vocab["chat_template"]
-    # Ollama: no TEMPLATE of ours (Ollama picks a known one like the GGUF's); it stops at the end of a reply too
+    assert "<|start_header_id|>" in vocab["chat_template"] and vocab["add_bos"]
     modelfile = modelfile_values((export / "Modelfile").read_text(encoding="utf-8"))
-    assert "TEMPLATE" not in modelfile and 'stop "<|eot_id|>"' in modelfile["PARAMETER"]
+    assert 'stop "<|eot_id|>"' in modelfile["PARAMETER"]  # Ollama stops at the end of a reply
+
+
+def test_ollama_renders_the_sft_prompts_and_llama_cpp_reads_their_ids(chain, llama_cpp_tree, tmp_path):
+    """The Modelfile's TEMPLATE, read off the Llama-3 chat template, run by Go on the data Ollama builds, and
+    the text tokenized by llama.cpp (special tokens read, BOS added by the GGUF's flag as Ollama does):
+    the ids SFT trained on, for whole chats and for prompts awaiting a reply."""
+    import helpers_llama_cpp as llama_cpp
+    from helpers_ollama import render
+    from helpers_sft import CONVERSATIONS, chat_messages
+    from transformers import AutoTokenizer
+
+    from sft.data import Conversation, Turn
+    from sft.templates import TemplateSpec, encode_conversation, encode_prompt
+
+    export = chain["export"]
+    spec, tok = TemplateSpec.load(export), AutoTokenizer.from_pretrained(str(export))
+    template = modelfile_values((export / "Modelfile").read_text(encoding="utf-8"))["TEMPLATE"]
+    convs = [Conversation(tuple(Turn(t.user.strip(), t.assistant.strip(), t.input) for t in c.turns), c.system)
+             for c in CONVERSATIONS]  # the template trims messages; Go cannot (the Modelfile says so)
+    cases, want = [], []
+    for conv in convs:
+        asked = Conversation(conv.turns[:-1] + (Turn(conv.turns[-1].user, None),), conv.system)
+        for shown, ids in ((conv, encode_conversation(conv, tok, spec)[0]), (asked, encode_prompt(asked, tok, spec))):
+            cases.append({"template": template, "system": "", "messages": chat_messages(shown)})
+            want.append(ids)
+    got = llama_cpp.tokenize(export / "model-f32.gguf", render(cases, tmp_path), tmp_path, special=True)
+    assert [[tok.bos_token_id] + ids for ids in got] == want
 
 
 def test_tied_embeddings_stay_tied_and_trained_through_both_merges(chain):

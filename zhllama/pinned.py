@@ -20,6 +20,7 @@ ones existing caches use ("demo_inputs" predates other users of the source lists
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -204,13 +205,14 @@ class PinnedSdist:
         return f"{self.name}-{self.version}"
 
 
-# llama.cpp 0c1e570 as vendored by llama-cpp-python 0.3.36 (MIT): its HF -> GGUF converter and the
-# gguf-py package it was written with (PyPI's gguf 0.19 fails on it with LazyChunkedTensor).
+# llama.cpp 0c1e570 as vendored by llama-cpp-python 0.3.36 (MIT): its HF -> GGUF converter, the
+# gguf-py package it was written with (PyPI's gguf 0.19 fails on it with LazyChunkedTensor), and the
+# published chat templates its tests use (the Ollama template tests read them).
 LLAMA_CPP = PinnedSdist(
     name="llama-cpp-python", version="0.3.36", file="llama_cpp_python-0.3.36.tar.gz",
     sha256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
     root="llama_cpp_python-0.3.36/vendor/llama.cpp",
-    parts=("convert_hf_to_gguf.py", "conversion", "gguf-py", "LICENSE"),
+    parts=("convert_hf_to_gguf.py", "conversion", "gguf-py", "models/templates", "LICENSE"),
 )
 
 
@@ -219,8 +221,10 @@ def fetch_tree(pin: PinnedSdist, cache: Path | None = None, log=print) -> Path:
     when the registry cannot be reached, UserError when the download does not match the pin."""
     folder = (cache or default_cache()) / TREES_DIR / pin.folder_name
     marker = folder / "fetched.json"
-    if marker.is_file() and pin.sha256 in marker.read_text(encoding="utf-8"):
-        return folder / "tree"
+    if marker.is_file():
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        if done.get("sha256") == pin.sha256 and set(pin.parts) <= set(done.get("parts", ())):
+            return folder / "tree"
     with tempfile.TemporaryDirectory(prefix="zhllama-fetch-") as tmp:
         archive = download(pin.name, pin.version, "sdist", pin.file, pin.sha256, Path(tmp), log)
         partial = folder.with_name(folder.name + ".partial")
