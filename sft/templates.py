@@ -18,7 +18,8 @@ at generation time — and, with the folder's sentencepiece normalisation, to th
 the Jinja chat template renders (chat_templates.py). Labels are -100 on BOS, system, prompt and user tokens;
 response tokens and the EOS after every response are trained. For ``tokenizer`` templates the
 whole rendered text is tokenized once and assistant spans are found by character offsets (the
-template decides how a turn ends).
+template decides how a turn ends; ``_answer_span`` also finds them in templates that render a turn
+by what follows it, such as Qwen3's).
 """
 from __future__ import annotations
 
@@ -240,24 +241,45 @@ def _encode_chat_template(conv: Conversation, tokenizer: Any, spec: TemplateSpec
         text = _render(tokenizer, spec, messages, generation=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"]), None, text
     text = _render(tokenizer, spec, messages, generation=False)
-    spans = []
-    for k, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = _render(tokenizer, spec, messages[:k], generation=True)
-        upto = _render(tokenizer, spec, messages[: k + 1], generation=False)
-        if not (upto.startswith(before) and text.startswith(upto)):
-            raise UserError("the tokenizer's chat_template does not render conversations incrementally "
-                            "(a prefix of the messages is not a prefix of the text); cannot find the "
-                            "assistant tokens to train on — use template alpaca or chinese-alpaca-2")
-        spans.append((len(before), len(upto)))
+    spans = [_answer_span(tokenizer, spec, messages, k, text)
+             for k, message in enumerate(messages) if message["role"] == "assistant"]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    labels = []
-    for token, (start, _end) in zip(ids, enc["offset_mapping"]):
-        inside = any(lo <= start < hi for lo, hi in spans)
-        labels.append(token if inside else IGNORE_INDEX)
-    return ids, labels, text
+    ids, starts = list(enc["input_ids"]), [start for start, _end in enc["offset_mapping"]]
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    trained = [any(lo <= start < hi for lo, hi, _ in spans) for start in starts]
+    for _lo, hi, closed_by_token in spans:
+        after = next((j for j, start in enumerate(starts) if start >= hi), None)
+        if closed_by_token and after is not None and starts[after] == hi and ids[after] in special:
+            trained[after] = True  # the token that ends the reply (<|im_end|>, </s>): generation must learn it
+    return ids, [token if train else IGNORE_INDEX for token, train in zip(ids, trained)], text
+
+
+def _answer_span(tokenizer: Any, spec: TemplateSpec, messages: list[dict], k: int, text: str) -> tuple[int, int, bool]:
+    """Where assistant message ``k`` sits in ``text`` (the whole chat rendered), as (start, end, whether the
+    special token right after it is trained too).
+
+    Most templates render a chat incrementally: the chat up to the reply's generation prompt, then the
+    reply and its closing text, are prefixes of the whole text, and that closing text is trained. Others
+    render a turn by what comes after it: Qwen3 drops the empty <think> block from replies before the
+    last question, Mistral-Nemo puts the system prompt in the last user turn, R1-distilled models' prompt
+    ends with "<think>\n" that no whole chat has. There the reply is found by rendering the chat with
+    its content replaced by a marker: the text around the marker is the text around the reply."""
+    before = _render(tokenizer, spec, messages[:k], generation=True)
+    upto = _render(tokenizer, spec, messages[: k + 1], generation=False)
+    if upto.startswith(before) and text.startswith(upto):
+        return len(before), len(upto), False
+    marker = "zhllama-reply-marker"
+    marked = [*messages[:k], {**messages[k], "content": marker}, *messages[k + 1:]]
+    rendered = _render(tokenizer, spec, marked, generation=False)
+    head, _, tail = rendered.partition(marker)
+    if rendered.count(marker) != 1 or not (text.startswith(head) and text.endswith(tail)
+                                           and len(head) + len(tail) <= len(text)):
+        reply = sum(message["role"] == "assistant" for message in messages[: k + 1])
+        raise UserError(f"the tokenizer's chat_template does not render reply {reply} of a chat where the rest of "
+                        "the chat leaves room for it (it is left out, repeated, or changes the text around it); "
+                        "cannot find the tokens to train on — use template alpaca or chinese-alpaca-2")
+    start = len(before) if text.startswith(before) and len(before) <= len(head) else len(head)
+    return start, len(text) - len(tail), True
 
 
 def stop_ids(tokenizer: Any, spec: TemplateSpec) -> list[int]:

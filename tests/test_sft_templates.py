@@ -109,6 +109,50 @@ def test_tokenizer_chat_template_trains_on_assistant_spans(tmp_path):
     assert tok.decode(prompt).endswith("<|assistant|>\n")
 
 
+PUBLISHED_SPANS = {  # llama.cpp's models/templates file: (system prompt, the trained text of each reply)
+    # incremental: the reply's generation prompt and closing text are prefixes of the whole chat
+    "meta-llama-Llama-3.2-3B-Instruct": ("简短回答。", ["你好！<|eot_id|>", "再见。<|eot_id|>"]),
+    # Qwen3: an empty <think> block before the reply after the last question only
+    "Qwen-Qwen3-0.6B": (None, ["你好！<|im_end|>", "<think>\n\n</think>\n\n再见。<|im_end|>\n"]),
+    # Mistral-Nemo: the system prompt goes into the last user turn
+    "mistralai-Mistral-Nemo-Instruct-2407": ("简短回答。", ["你好！</s>", "再见。</s>"]),
+    # R1-distilled: the generation prompt ends with "<think>\n", which no whole chat holds
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("简短回答。", ["你好！<｜end▁of▁sentence｜>", "再见。<｜end▁of▁sentence｜>"]),
+}
+
+
+@pytest.mark.parametrize("stem", PUBLISHED_SPANS)
+def test_published_chat_templates_train_on_each_reply(stem, llama_cpp_tree, tmp_path):
+    """Replies are found in templates that render a turn by what follows it, and only they (with the token
+    that closes them) are trained."""
+    tok = load_tokenizer(tiny_tokenizer(tmp_path / "tok"))
+    tok.add_special_tokens({"additional_special_tokens": [
+        "<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "[INST]", "[/INST]",
+        "<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>"]})
+    tok.chat_template = (llama_cpp_tree / "models" / "templates" / f"{stem}.jinja").read_text(encoding="utf-8")
+    system, want = PUBLISHED_SPANS[stem]
+    ids, labels = encode_conversation(Conversation((Turn("问一", "你好！"), Turn("问二", "再见。")), system),
+                                      tok, make_spec("tokenizer", tok))
+    runs, run = [], []
+    for token, label in zip(ids, labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            run.append(token)
+        elif run:
+            runs, run = runs + [run], []
+    runs += [run] if run else []
+    assert [tok.decode(r) for r in runs] == [w.replace("▁", " ") for w in want]  # the sentencepiece decoder's space
+
+
+def test_a_template_that_leaves_out_a_reply_is_refused(tok):
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' or loop.last %}<|{{ m['role'] }}|>"
+                         "{{ m['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    conv = Conversation((Turn("你好", "你好！"), Turn("再见", "再见。")))
+    with pytest.raises(UserError, match="reply 1 of a chat .* left out"):
+        encode_conversation(conv, tok, make_spec("tokenizer", tok))
+    tok.chat_template = None
+
+
 def test_truncation_keeps_trainable_tokens_or_drops_and_counts(tok):
     spec = _spec("alpaca")
     short = Conversation((Turn("好", "是。"),))
