@@ -6,16 +6,18 @@ how the Jinja template renders.
     render_form(form, messages)   # what Ollama renders with it (tests/ollama/render.go runs the Go side)
 
 Translating Jinja is not safe in general, so nothing here parses it. The template is rendered on
-chats whose contents are marker words, and the text between the markers gives the literal pieces of a
-*role-wrapper* form: fixed text before and after each message's content; the opening of a chat
+prompts whose contents are marker words, and the text between the markers gives the literal pieces of
+a *role-wrapper* form: fixed text before and after each message's content; the opening of a chat
 without a system message (where a default system prompt sits: Qwen's "You are Qwen…", Llama-3.1's
 date lines); the generation prompt; and the system prompt either in a block of its own (Llama-3,
 ChatML) or folded into the first or the last user turn (Llama-2-chat, Mistral's v3 ``[INST]``).
-Each reading is then rendered the way the Go template renders it, on chats with and without a
-system prompt and of one to three turns, and must reproduce the Jinja text exactly (less the
-leading BOS, which Ollama's tokenizer adds itself when the model asks for one). A template that no
-reading reproduces — Qwen3's thinking blocks, a template that raises on some chat — gets no Go
-template, and ``Misfit`` says why.
+Each reading is then rendered the way the Go template renders it, on prompts with and without a
+system prompt and of one to three questions, and must reproduce the Jinja text exactly (less the
+leading BOS, which Ollama's tokenizer adds itself when the model asks for one). Chats that end with
+a reply are checked too; a template that renders the last reply apart (Qwen3's empty <think> block,
+Mistral-Nemo dropping the system prompt) gets a note, since Ollama renders such chats only to
+continue a reply. A template that no reading reproduces (one that raises on a system message, or
+renders a question by its place in the chat) gets no Go template, and ``Misfit`` says why.
 """
 from __future__ import annotations
 
@@ -107,55 +109,75 @@ def _rendered(render: Render, messages: list[Message], generation: bool) -> str:
         raise Misfit(f"the chat template fails on a {roles} chat: {exc}") from exc
 
 
+def _shared_end(a: str, b: str) -> int:
+    """The length of the common end of ``a`` and ``b``, not starting inside a marker token of ``a``."""
+    at = len(a) - len(os.path.commonprefix([a[::-1], b[::-1]]))
+    for match in _MARKER.finditer(a):
+        if match.start() < at < match.end():
+            return len(a) - match.end()
+    return len(a) - at
+
+
 def _readings(render: Render, bos_text: str, adds_bos: bool) -> list[ChatForm]:
-    """Every form the marker chats admit (one per place the system prompt may sit)."""
-    (q1, q2), (a1, a2) = _USERS, _ANSWERS
-    plain = _rendered(render, chat(None, (q1, q2), (a1, a2)), False)
-    head, asked, answered, asked_again, closing = _split(plain, (q1, a1, q2, a2), "a two-turn chat")
-    prompt_head, after_question = _split(_rendered(render, chat(None, (q1,), ()), True), (q1,), "a question")
-    if asked_again != asked or prompt_head != head:
+    """Every form the marker chats admit (one per place the system prompt may sit). Prompts (chats
+    awaiting a reply, what Ollama renders) give the pieces; a chat that ends with its reply gives the
+    reply's closing text when it renders that reply as a prompt's history does."""
+    (q1, q2), (a1, _) = _USERS, _ANSWERS
+    prompt = _rendered(render, chat(None, (q1, q2), (a1,)), True)
+    head, asked, between, after_question = _split(prompt, (q1, a1, q2), "a two-question prompt")
+    first_head, after_first = _split(_rendered(render, chat(None, (q1,), ()), True), (q1,), "a question")
+    if first_head != head or after_first != after_question:
         raise Misfit("turns are not rendered alike: the text around a question depends on its place in the chat")
     user_close = asked[:_shared_start(asked, after_question)]
-    assistant_close = closing[:_shared_start(closing, answered)]
-    base = dict(first=_strip_bos(head, bos_text, adds_bos), user_open=answered[len(assistant_close):],
+    answered = _split(_rendered(render, chat(None, (q1,), (a1,)), False), (q1, a1), "an answered question")
+    if answered[:2] == [head, asked]:
+        assistant_close = between[:_shared_start(answered[2], between)]
+        ending = answered[2][len(assistant_close):]
+    else:  # the last reply renders unlike history (Qwen3's <think> block): the prompts' split is used
+        assistant_close, ending = between[:len(between) - _shared_end(between, head)], ""
+    base = dict(first=_strip_bos(head, bos_text, adds_bos), user_open=between[len(assistant_close):],
                 user_close=user_close, assistant_open=asked[len(user_close):], assistant_close=assistant_close,
-                generation=after_question[len(user_close):], ending=closing[len(assistant_close):])
-    with_system = _rendered(render, chat(_SYSTEM, (q1, q2), (a1, a2)), False)
+                generation=after_question[len(user_close):], ending=ending)
     skip_empty = _rendered(render, chat("", (q1,), ()), True) == _rendered(render, chat(None, (q1,), ()), True)
     base["skip_empty_system"] = skip_empty
+    with_system = _rendered(render, chat(_SYSTEM, (q1, q2), (a1,)), True)
     readings = []
     if with_system.find(_SYSTEM) < with_system.find(q1):
-        before, between, _ = _split(with_system, (_SYSTEM, q1), "a chat with a system prompt")
+        before, around, _ = _split(with_system, (_SYSTEM, q1), "a prompt with a system prompt")
         opening = _strip_bos(before, bos_text, adds_bos)
-        if between.endswith(base["user_open"]):
+        if around.endswith(base["user_open"]):
             readings.append(ChatForm(**base, system_open=opening,
-                                     system_close=between[:len(between) - len(base["user_open"])]))
+                                     system_close=around[:len(around) - len(base["user_open"])]))
         if opening.startswith(base["first"]):
             readings.append(ChatForm(**base, fold="first", fold_before=opening[len(base["first"]):],
-                                     fold_after=between))
+                                     fold_after=around))
     else:
-        _, after_answer, between, _ = _split(with_system, (a1, _SYSTEM, q2), "a chat with a system prompt")
-        lead = closing + base["user_open"]
-        if after_answer.startswith(lead):
-            readings.append(ChatForm(**base, fold="last", fold_before=after_answer[len(lead):], fold_after=between))
+        _, after_answer, around, _ = _split(with_system, (a1, _SYSTEM, q2), "a prompt with a system prompt")
+        if after_answer.startswith(between):
+            readings.append(ChatForm(**base, fold="last", fold_before=after_answer[len(between):], fold_after=around))
     return readings
 
 
 def infer_form(render: Render, bos_text: str, adds_bos: bool) -> tuple[ChatForm, list[str]]:
-    """The form whose Go rendering reproduces ``render`` on every check chat, and notes for the
-    Modelfile; raises Misfit (with the first difference) when there is none."""
-    readings = _readings(render, bos_text, adds_bos)
+    """The form whose Go rendering reproduces ``render`` on every check prompt, and notes for the
+    Modelfile (also where chats ending with a reply differ); raises Misfit (with the first difference)
+    when there is none."""
     problem = "the system prompt sits neither in a block of its own nor in the first or last user turn"
-    for form in readings:
-        problem = _first_difference(form, render, bos_text if adds_bos else "")
+    for form in _readings(render, bos_text, adds_bos):
+        bos = bos_text if adds_bos else ""
+        problem = _first_difference(form, render, bos, prompts=True)
         if problem is None:
-            return form, trim_note(render)
+            answered = _first_difference(form, render, bos, prompts=False)
+            notes = [] if answered is None else [
+                f"Chats that end with a reply render unlike the base's template ({answered}).",
+                "Ollama renders such chats only to continue that reply; prompts render alike."]
+            return form, notes + trim_note(render)
     raise Misfit(problem)
 
 
 def check_chats() -> list[tuple[list[Message], bool]]:
-    """The chats a form must reproduce (with add_generation_prompt): no, an empty and a two-line system
-    prompt; one to three turns; answered, or the last question awaiting its answer."""
+    """The chats a form is checked on (with add_generation_prompt): no, an empty and a two-line system
+    prompt; one to three turns; the last question awaiting its answer (a prompt), or answered."""
     chats = []
     for system in _SYSTEMS:
         for turns in (1, 2, 3):
@@ -165,8 +187,10 @@ def check_chats() -> list[tuple[list[Message], bool]]:
     return chats
 
 
-def _first_difference(form: ChatForm, render: Render, bos: str) -> str | None:
+def _first_difference(form: ChatForm, render: Render, bos: str, prompts: bool) -> str | None:
     for messages, generation in check_chats():
+        if generation != prompts:
+            continue
         want, got = _rendered(render, messages, generation), bos + render_form(form, messages)
         if want != got:
             at = len(os.path.commonprefix([want, got]))
