@@ -150,23 +150,9 @@ class DPOObjective:
                 resumed: bool, data_fingerprint: str | None, device, progress: bool = True) -> None:
         """Give every dataset its reference log-probabilities: computed now on a fresh run, read back on a
         resume. Datasets take them through ``set_reference(tensor of shape (len, 2))``."""
-        if not self.needs_reference:
-            return
-        path = Path(output_dir) / REFERENCE_FILE
-        counts = " + ".join(f"{len(ds):,} {name}" for name, ds in datasets.items())
-        if resumed:
-            tables = _read_reference(path, data_fingerprint, datasets)
-            _say(f"DPO reference: the starting model's log-probabilities of {counts} pairs read back from {path}")
-        else:
-            _say(f"DPO reference: scoring {counts} pairs with the starting model -> {path}")
-            tables = {name: reference_logps(engine, ds, collate_fn, batch_size, device, f"reference ({name})",
-                                            progress) for name, ds in datasets.items()}
-            if dist.get_rank() == 0:
-                write_json_atomic(path, {"data_fingerprint": data_fingerprint,
-                                         "tables": {name: t.tolist() for name, t in tables.items()}})
-            dist.barrier()
-        for name, ds in datasets.items():
-            ds.set_reference(tables[name])
+        if self.needs_reference:
+            prepare_reference(engine, datasets, collate_fn, batch_size, Path(output_dir) / REFERENCE_FILE, resumed,
+                              data_fingerprint, device, progress, "DPO", "pairs")
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -216,14 +202,35 @@ def reference_logps(engine, dataset: Any, collate_fn: Callable, batch_size: int,
     return table.cpu()
 
 
+def prepare_reference(engine, datasets: dict[str, Any], collate_fn: Callable, batch_size: int, path: Path,
+                      resumed: bool, data_fingerprint: str | None, device, progress: bool, what: str, items: str) -> None:
+    """Each dataset's (len, 2) reference table (its two rows per item under the starting model): computed
+    and written to ``path`` on a fresh run, read back on a resume, then given by ``set_reference``."""
+    counts = " + ".join(f"{len(ds):,} {name}" for name, ds in datasets.items())
+    if resumed:
+        tables = _read_reference(path, data_fingerprint, datasets, what, items)
+        _say(f"{what} reference: the starting model's log-probabilities of {counts} {items} read back from {path}")
+    else:
+        _say(f"{what} reference: scoring {counts} {items} with the starting model -> {path}")
+        tables = {name: reference_logps(engine, ds, collate_fn, batch_size, device, f"reference ({name})", progress)
+                  for name, ds in datasets.items()}
+        if dist.get_rank() == 0:
+            write_json_atomic(path, {"data_fingerprint": data_fingerprint,
+                                     "tables": {name: t.tolist() for name, t in tables.items()}})
+        dist.barrier()
+    for name, ds in datasets.items():
+        ds.set_reference(tables[name])
+
+
 def _say(line: str) -> None:
     if dist.get_rank() == 0:
         print(f"[zhllama] {line}", flush=True)
 
 
-def _read_reference(path: Path, data_fingerprint: str | None, datasets: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _read_reference(path: Path, data_fingerprint: str | None, datasets: dict[str, Any], what: str,
+                    items: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise UserError(f"{path}: missing. A DPO run keeps the starting model's log-probabilities there; without "
+        raise UserError(f"{path}: missing. A {what} run keeps the starting model's log-probabilities there; without "
                         f"them it cannot resume (the starting model is gone after step 1). Start the run again "
                         f"in a new output_dir")
     try:
@@ -236,5 +243,5 @@ def _read_reference(path: Path, data_fingerprint: str | None, datasets: dict[str
     tables = {name: torch.tensor(rows, dtype=torch.float64).reshape(-1, 2) for name, rows in saved["tables"].items()}
     for name, ds in datasets.items():
         if name not in tables or tuple(tables[name].shape) != (len(ds), 2):
-            raise UserError(f"{path}: holds no reference for the {len(ds)} {name} pairs of this run")
+            raise UserError(f"{path}: holds no reference for the {len(ds)} {name} {items} of this run")
     return tables

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine import TrainConfig
-from engine.config import PREFERENCE_LOSSES
+from engine.config import KTO_LOSSES, PREFERENCE_LOSSES
 
 from .templates import TEMPLATE_NAMES
 
@@ -79,17 +79,43 @@ class DPOSettings:
 
 
 @dataclass
+class KTOSettings:
+    """Used when ``objective: kto`` (engine/kto.py); the data are then answers judged one by one (sft/kto.py)."""
+
+    loss: str = "kto"  # kto | apo_zero_unpaired (no KL baseline: desirable answers beat what the model writes now)
+    beta: float = 0.1  # how far the policy may move from the starting model, as DPO's
+    desirable_weight: float = 1.0  # loss weight of desirable answers; keep weight x count of the two
+    undesirable_weight: float = 1.0  # verdicts within 1 : 1 to 4 : 3 (the KTO paper), e.g. fewer desirable: raise it
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.loss not in KTO_LOSSES:
+            problems.append(f"loss: expected one of {list(KTO_LOSSES)}, got {self.loss!r}")
+        if not 0 < self.beta <= 10:
+            problems.append(f"beta: expected a value in (0, 10] (0.1 is usual), got {self.beta}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        return problems
+
+
+OBJECTIVES = ("sft", "dpo", "kto")
+
+
+@dataclass
 class SFTConfig(TrainConfig):
     data: SFTData = field(default_factory=SFTData)
-    objective: str = "sft"  # sft (answers' next-token loss) | dpo (preference pairs: chosen vs rejected)
+    objective: str = "sft"  # sft (answers' next-token loss) | dpo (preference pairs) | kto (answers judged one by one)
     dpo: DPOSettings = field(default_factory=DPOSettings)
+    kto: KTOSettings = field(default_factory=KTOSettings)
 
     def validate(self) -> list[str]:
         problems = super().validate()
-        if self.objective not in ("sft", "dpo"):
-            problems.append(f"objective: expected sft or dpo, got {self.objective!r}")
-        if self.objective == "dpo" and self.data.packing:
-            problems.append("data.packing: not with objective=dpo (a batch holds whole chosen/rejected pairs)")
-        if self.objective == "dpo" and self.mode == "embeddings":
-            problems.append("mode: embeddings is for new vocabulary rows; DPO trains with mode=full or lora")
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective != "sft" and self.data.packing:
+            problems.append(f"data.packing: not with objective={self.objective} (a batch holds whole rows of "
+                            "pairs or examples)")
+        if self.objective != "sft" and self.mode == "embeddings":
+            problems.append(f"mode: embeddings is for new vocabulary rows; {self.objective} trains with mode=full or lora")
         return problems

@@ -80,10 +80,11 @@ def read_pairs(sources: list[SourceFile]) -> list:
 
 
 class PairDataset(Dataset):
-    """Item i: pair i's chosen and rejected samples, and its reference log-probabilities once set."""
+    """Item i: pair i's chosen and rejected samples, and its reference log-probabilities once set.
+    KTO (sft/kto.py) puts an example and its mismatched answer in a pair, with a ``desirable`` flag each."""
 
-    def __init__(self, samples: TokenizedSamples, pairs: list[tuple[int, int]]):
-        self.samples, self.pairs = samples, pairs
+    def __init__(self, samples: TokenizedSamples, pairs: list[tuple[int, int]], flags: list[bool] | None = None):
+        self.samples, self.pairs, self.flags = samples, pairs, flags
         self.reference: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -100,6 +101,8 @@ class PairDataset(Dataset):
             rows.append({"input_ids": torch.from_numpy(ids.astype(np.int64)),
                          "labels": torch.from_numpy(labels.astype(np.int64))})
         item: dict[str, Any] = {"rows": rows}
+        if self.flags is not None:
+            item["desirable"] = self.flags[index]
         if self.reference is not None:
             item["reference_logps"] = self.reference[index]
         return item
@@ -119,53 +122,73 @@ class PairCollator:
         batch = SFTCollator(self.pad_token_id, self.pad_to_multiple_of)([row for item in items for row in item["rows"]])
         if "reference_logps" in items[0]:
             batch["reference_logps"] = torch.stack([item["reference_logps"] for item in items])
+        if "desirable" in items[0]:
+            batch["desirable"] = torch.tensor([item["desirable"] for item in items], dtype=torch.bool)
         return batch
 
 
 def _pairs_of(part: TokenizedSamples, start: int, count: int) -> dict[int, tuple[int, int]]:
-    """record number → (chosen sample, rejected sample), for records whose two answers both survived truncation."""
+    """unit number → (its first sample, its second), for units whose two rows both survived truncation."""
     where = {int(flat): start + i for i, flat in enumerate(part.records)}
-    return {r: (where[2 * r], where[2 * r + 1]) for r in range(count) if 2 * r in where and 2 * r + 1 in where}
+    return {u: (where[2 * u], where[2 * u + 1]) for u in range(count) if 2 * u in where and 2 * u + 1 in where}
+
+
+Unit = tuple[int, Conversation, Conversation, "bool | None"]  # (record number, row 2i, row 2i+1, KTO's flag)
+
+
+def _pair_units(records: list[tuple[Conversation, Conversation]]) -> list[Unit]:
+    return [(number, chosen, rejected, None) for number, (chosen, rejected) in enumerate(records)]
 
 
 def build_pair_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok_fingerprint: str, order_seed: int,
-                        validated: tuple[list[SourceFile], list]) -> tuple[PairDataset, PairDataset | None, MixReport]:
-    """(train pairs, eval pairs or None, report): the pair version of sft.mixture.build_datasets."""
+                        validated: tuple[list[SourceFile], list], units_of=_pair_units, objective: str = "dpo"
+                        ) -> tuple[PairDataset, PairDataset | None, MixReport]:
+    """(train pairs, eval pairs or None, report): the pair version of sft.mixture.build_datasets.
+    ``units_of``: a file's parsed records → its units, each two rows after one prompt (KTO: sft/kto.py)."""
     from corpora.manifest import repeat_count
 
     from .cache import cached_tokenize
 
     sources, parsed = validated
     report = MixReport()
-    parts, cache_keys = [], []
-    for source, (pairs, keys, held, excluded) in zip(sources, parsed):
-        flat = [conv for pair in pairs for conv in pair]
+    parts, cache_keys, file_units = [], [], []
+    for source, (records, keys, held, excluded) in zip(sources, parsed):
+        units = units_of(records)
+        flat = [conv for unit in units for conv in unit[1:3]]
         samples, stats, key = cached_tokenize(source.path, flat, tokenizer, spec, data.max_seq_length, data.cache_dir,
                                               tok_fingerprint, pairs=True)
         parts.append(samples)
+        file_units.append(units)
         cache_keys.append({"name": source.name, "cache_key": key, "weight": source.weight,
                            "holdout": [source.holdout_fraction, source.holdout_salt],
                            **({"excluded": sha256_json(sorted(k.hex() for k in source.exclude))} if source.exclude else {})})
-        report.files[source.name] = {"path": str(source.path), "weight": source.weight, "pairs": len(pairs),
+        report.files[source.name] = {"path": str(source.path), "weight": source.weight, "records": len(records),
+                                     **({"pairs": len(units)} if objective == "dpo" else {"examples": len(units)}),
                                      **asdict(stats), "held_out_records": int(sum(held)),
                                      "excluded_records": int(sum(excluded))}
     merged, starts = TokenizedSamples.concat(parts)
     train, evaluation = [], []
-    for part, start, (pairs, keys, held, excluded), source in zip(parts, starts, parsed, sources):
-        for record, pair in sorted(_pairs_of(part, start, len(pairs)).items()):
+    for part, start, units, (_, keys, held, excluded), source in zip(parts, starts, file_units, parsed, sources):
+        for u, pair in sorted(_pairs_of(part, start, len(units)).items()):
+            record, flag = units[u][0], units[u][3]
             if excluded[record]:
                 continue
             if held[record]:
-                evaluation.append(pair)
+                evaluation.append((pair, flag))
             else:
-                train.extend([pair] * repeat_count(source.weight, data.mix_seed, keys[record].hex()))
+                train.extend([(pair, flag)] * repeat_count(source.weight, data.mix_seed, keys[record].hex()))
     if not train:
-        raise UserError("no training pairs left (all files empty, weight 0, held out, or an answer dropped by truncation)")
+        raise UserError(f"no training {'pairs' if objective == 'dpo' else 'examples'} left (all files empty, weight 0, "
+                        "held out, or an answer dropped by truncation)")
     random.Random(order_seed).shuffle(train)
-    train_ds = PairDataset(merged, train)
+    train_ds, eval_ds = (_dataset(merged, chosen, objective) for chosen in (train, evaluation))
     report.train_samples = report.train_rows = len(train)
     report.eval_samples = len(evaluation)
     report.train_trainable_tokens = train_ds.trainable_tokens()
     report.fingerprint = sha256_json({"files": cache_keys, "mix_seed": data.mix_seed, "order_seed": order_seed,
-                                      "objective": "dpo", "max_seq_length": data.max_seq_length})
-    return train_ds, (PairDataset(merged, evaluation) if evaluation else None), report
+                                      "objective": objective, "max_seq_length": data.max_seq_length})
+    return train_ds, (eval_ds if evaluation else None), report
+
+
+def _dataset(samples: TokenizedSamples, units: list, objective: str) -> PairDataset:
+    return PairDataset(samples, [pair for pair, _ in units], [flag for _, flag in units] if objective == "kto" else None)

@@ -6,10 +6,13 @@
 
 Settings: the engine's (engine/config.py) plus ``data:`` (sft/config.py): a manifest (or
 a list of files with weights), the template, max_seq_length, packing. ``objective: dpo`` trains on
-preference pairs (``chosen``/``rejected``, sft/pairs.py) with DPO (engine/preference.py) instead:
+preference pairs (``chosen``/``rejected``, sft/pairs.py) with DPO (engine/preference.py) instead, and
+``objective: kto`` on answers judged one by one (``label`` true/false, sft/kto.py) with KTO (engine/kto.py):
 
     python -m sft train --config sft/configs/dpo_tiny_cpu.yaml model.path=outputs/zh_sft_merged
- Every record of every file is
+    python -m sft train --config sft/configs/kto_tiny_cpu.yaml model.path=outputs/zh_sft_merged
+
+Every record of every file is
 validated before anything is tokenized or trained; files are tokenized once into a content-keyed
 cache. Loss is on response tokens only. The template is saved with the model
 (``output_dir/final/sft_template.json``) so ``sft export``/``generate``/``chat`` format prompts the
@@ -44,12 +47,14 @@ def _rank() -> int:
 
 def prepare(cfg):
     """Everything before the engine: tokenizer, template, validated + tokenized datasets, collator."""
+    from .kto import kto_units, read_examples
     from .mixture import build_datasets, read_and_validate, resolve_sources
     from .pairs import build_pair_datasets, read_pairs
 
-    dpo = cfg.objective == "dpo"
+    rows_in_pairs = cfg.objective != "sft"  # dpo: chosen/rejected; kto: an example and its mismatched answer
     sources = resolve_sources(cfg.data)
-    validated = sources, (read_pairs if dpo else read_and_validate)(sources)  # every record checked first
+    read = {"sft": read_and_validate, "dpo": read_pairs, "kto": read_examples}[cfg.objective]
+    validated = sources, read(sources)  # every record checked first
 
     from transformers import AutoTokenizer
 
@@ -66,17 +71,39 @@ def prepare(cfg):
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     spec = make_spec(cfg.data.template, tokenizer, cfg.data.system_prompt)
     fingerprint = tokenizer_fingerprint(tok_dir)
-    build = build_pair_datasets if dpo else build_datasets
-    train_ds, eval_ds, report = build(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated)
+    if cfg.objective == "kto":
+        train_ds, eval_ds, report = build_pair_datasets(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated,
+                                                        units_of=kto_units, objective="kto")
+        _balance_note(cfg, train_ds)
+    else:
+        build = build_pair_datasets if rows_in_pairs else build_datasets
+        train_ds, eval_ds, report = build(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated)
     pad = pad_token_id(tokenizer)
     # Any id works as padding: padded positions are masked (attention_mask) and labelled -100, so
     # no <pad> token is added (adding one is what made Chinese-Alpaca 49,954 rows vs 49,953).
-    collator = (PairCollator if dpo else SFTCollator)(pad_token_id=pad, pad_to_multiple_of=cfg.data.pad_to_multiple_of)
+    collator = (PairCollator if rows_in_pairs else SFTCollator)(pad_token_id=pad,
+                                                                pad_to_multiple_of=cfg.data.pad_to_multiple_of)
     return spec, fingerprint, train_ds, eval_ds, report, collator
 
 
+def _balance_note(cfg, train_ds) -> None:
+    """KTO's paper keeps (desirable weight x desirable count) : (undesirable weight x count) in [1, 4/3]."""
+    good = sum(train_ds.flags)
+    bad = len(train_ds.flags) - good
+    ratio = cfg.kto.desirable_weight * good / max(cfg.kto.undesirable_weight * bad, 1e-9)
+    if _rank() == 0:
+        print(f"[sft] KTO: {good:,} desirable and {bad:,} undesirable training examples; weighted ratio {ratio:.3g}"
+              + ("" if 1 <= ratio <= 4 / 3 else " (the KTO paper keeps it within 1 to 4/3: set kto.desirable_weight "
+                 "or kto.undesirable_weight)"), flush=True)
+
+
 def objective_of(cfg):
-    """None (the engine's next-token loss on answers) or DPO's objective."""
+    """None (the engine's next-token loss on answers), DPO's or KTO's objective."""
+    if cfg.objective == "kto":
+        from engine.kto import KTOObjective
+
+        return KTOObjective(beta=cfg.kto.beta, desirable_weight=cfg.kto.desirable_weight,
+                            undesirable_weight=cfg.kto.undesirable_weight, kind=cfg.kto.loss)
     if cfg.objective != "dpo":
         return None
     from engine.preference import DPOObjective

@@ -83,7 +83,7 @@ def test_dpo_settings_are_validated(tmp_path):
                                         "data.packing=true", "mode=embeddings"])
     for what in ("dpo.beta:", "dpo.label_smoothing:", "dpo.nll_weight:", "data.packing: not with", "mode: embeddings"):
         assert what in str(err.value), str(err.value)
-    with pytest.raises(UserError, match="objective: expected sft or dpo, got 'ppo'"):
+    with pytest.raises(UserError, match=r"objective: expected one of \[.sft., .dpo., .kto.\], got .ppo."):
         load_config(SFTConfig, CONFIG, ["objective=ppo"])
     with pytest.raises(UserError) as err:
         load_config(SFTConfig, CONFIG, ["dpo.loss=kto", "dpo.simpo_gamma=-1"])
@@ -216,13 +216,13 @@ def test_a_resume_without_the_reference_file_is_refused(tmp_path):
 
     datasets = {"train": [0, 1]}
     with pytest.raises(UserError, match="cannot resume"):
-        _read_reference(tmp_path / REFERENCE_FILE, "abc", datasets)
+        _read_reference(tmp_path / REFERENCE_FILE, "abc", datasets, "DPO", "pairs")
     write_json_atomic(tmp_path / REFERENCE_FILE, {"data_fingerprint": "other", "tables": {"train": [[0, 0], [0, 0]]}})
     with pytest.raises(UserError, match="made for other data"):
-        _read_reference(tmp_path / REFERENCE_FILE, "abc", datasets)
+        _read_reference(tmp_path / REFERENCE_FILE, "abc", datasets, "DPO", "pairs")
     write_json_atomic(tmp_path / REFERENCE_FILE, {"data_fingerprint": "abc", "tables": {"train": [[-1.5, -2.25]]}})
     with pytest.raises(UserError, match="no reference for the 2 train pairs"):
-        _read_reference(tmp_path / REFERENCE_FILE, "abc", datasets)
+        _read_reference(tmp_path / REFERENCE_FILE, "abc", datasets, "DPO", "pairs")
 
 
 # ---------------------------------------------------------------- a real run: 2 ranks, ZeRO-3, LoRA
