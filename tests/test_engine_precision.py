@@ -3,7 +3,8 @@
 The fp32 tests (test_engine_distributed, test_sft_train) prove what each mode trains; GPU runs use
 bf16, where PEFT's fp32 adapters beside bf16 weights once crashed ``deepspeed.initialize``
 (defragment: one dtype per flat buffer). One 2-rank torchrun runs every (dtype, phase, mode) a few
-steps in sequence — pretraining on packed blocks, SFT on padded batches, DPO on pairs — and rank 0 saves each
+steps in sequence — pretraining on packed blocks, SFT on padded batches, DPO on pairs, KTO on those pairs' two
+verdicts — and rank 0 saves each
 run's consolidated weights; the tests below check finite falling loss and trained/frozen weights.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 PT_CONFIG = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
 SFT_CONFIG = REPO / "sft" / "configs" / "tiny_cpu.yaml"
 DPO_CONFIG = REPO / "sft" / "configs" / "dpo_tiny_cpu.yaml"  # LoRA without trained embeddings
+KTO_CONFIG = REPO / "sft" / "configs" / "kto_tiny_cpu.yaml"  # the same
 BASE_ROWS = 300  # "embeddings, new rows only": rows below this stay exact
 MODES = {
     "full": ["mode=full"],
@@ -45,7 +47,7 @@ def _fp16_supported() -> bool:
 def _runs() -> list[tuple[str, str, str]]:
     dtypes = ["bfloat16"] + (["float16"] if _fp16_supported() else [])
     return [(d, phase, m) for d in dtypes for phase in ("pt", "sft") for m in MODES] + \
-        [(d, "dpo", m) for d in dtypes for m in ("full", "lora")]
+        [(d, "dpo", m) for d in dtypes for m in ("full", "lora")] + [(d, "kto", "lora") for d in dtypes]
 
 
 def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
@@ -70,9 +72,11 @@ def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
         from sft.config import SFTConfig
         from sft.train_cli import objective_of, prepare
 
-        cfg = load_config(SFTConfig, DPO_CONFIG if phase == "dpo" else SFT_CONFIG, overrides + [
-            f"data.files=[{{path: '{spec[phase + '_data']}', weight: 4.0}}]", "data.eval_fraction=0.0",
-            f"data.cache_dir={Path(spec['work']) / 'sft_cache'}", "data.max_seq_length=128", "dpo.beta=0.5"])
+        config = {"dpo": DPO_CONFIG, "kto": KTO_CONFIG}.get(phase, SFT_CONFIG)
+        data = spec["dpo_data" if phase == "kto" else phase + "_data"]  # KTO: each pair's two verdicts
+        cfg = load_config(SFTConfig, config, overrides + [
+            f"data.files=[{{path: '{data}', weight: 4.0}}]", "data.eval_fraction=0.0", "data.max_seq_length=128",
+            f"data.cache_dir={Path(spec['work']) / 'sft_cache'}", f"{'kto' if phase == 'kto' else 'dpo'}.beta=0.5"])
         _, _, train_ds, _, _, collate = prepare(cfg)
         eval_ds = train_ds  # the loss on the data it trains on must fall in 4 steps
         cfg.eval.at_start = True
@@ -167,7 +171,8 @@ def test_mode_trains_in_half_precision(runs, dtype, phase, mode):
             if "lora_" in key:
                 continue
             original = key.replace("base_model.model.", "").replace(".base_layer", "")
-            if original in embeddings and phase != "dpo":  # trained in full, in place (DPO: lora.modules_to_save=[])
+            if original in embeddings and phase in ("pt", "sft"):
+                # trained in full, in place (DPO and KTO: lora.modules_to_save=[])
                 assert not torch.equal(value, before[original]), key
             else:
                 torch.testing.assert_close(value, before[original], rtol=0, atol=0, msg=key)  # frozen: bit-identical
