@@ -170,6 +170,31 @@ def compare_report(calls: list[dict[str, Any]], replies: dict[str, str]) -> dict
     return {"mode": "compare", "overall": summary(items), "by_class": _by_class(items, summary), "items": items}
 
 
+def _context(answer: Any) -> dict[str, Any]:
+    """The question of an answer as an SFT record's prompt fields (with its conversation, as generated)."""
+    record: dict[str, Any] = {"id": answer.id, "class": answer.task, "instruction": answer.question}
+    if answer.context:
+        record["input"] = answer.context
+    if answer.history:
+        record["history"] = [list(turn) for turn in answer.history]
+    if answer.system is not None:
+        record["system"] = answer.system
+    return record
+
+
+def kto_examples(calls: list[dict[str, Any]], report: dict[str, Any], judge_model: str,
+                 threshold: int) -> list[dict[str, Any]]:
+    """The graded answers as KTO examples (sft/kto.py reads them): desirable when the grade is at least
+    ``threshold``. An unreadable grade gives none."""
+    examples = []
+    for call, item in zip(calls, report["items"]):
+        if item["score"] is None:
+            continue
+        examples.append({**_context(call["answer"]), "output": call["answer"].prediction,
+                         "kto_tag": item["score"] >= threshold, "score": item["score"], "judge": judge_model})
+    return examples
+
+
 def preference_pairs(calls: list[dict[str, Any]], report: dict[str, Any], judge_model: str) -> list[dict[str, Any]]:
     """The compared questions the judge decided in both orders, as DPO pairs (sft/pairs.py reads them):
     the winner's answer is ``chosen``. Ties, unreadable verdicts and order-dependent verdicts (counted as
@@ -180,15 +205,8 @@ def preference_pairs(calls: list[dict[str, Any]], report: dict[str, Any], judge_
             continue
         ours, theirs = call["answer"], call["other"]
         chosen, rejected = (ours, theirs) if item["outcome"] == "win" else (theirs, ours)
-        record: dict[str, Any] = {"id": ours.id, "class": ours.task, "instruction": ours.question}
-        if ours.context:
-            record["input"] = ours.context
-        if ours.history:
-            record["history"] = [list(turn) for turn in ours.history]
-        if ours.system is not None:
-            record["system"] = ours.system
-        record.update(chosen=chosen.prediction, rejected=rejected.prediction, judge=judge_model)
-        pairs.append(record)
+        pairs.append({**_context(ours), "chosen": chosen.prediction, "rejected": rejected.prediction,
+                      "judge": judge_model})
     return pairs
 
 

@@ -17,6 +17,8 @@ is printed. Every reply is kept in OUT.calls.jsonl: rerun the same command after
 only the missing calls are made (delete that file to ask again). ``--pairs-out FILE`` (with
 ``--versus``) turns the verdicts into DPO pairs: every question the judge decided the same way in both
 orders, the winner's answer as ``chosen`` (two sampled answers of one model: on-policy pairs).
+``--kto-out FILE`` (grading) turns the grades into KTO examples: an answer graded at least
+``--kto-threshold`` (7) is desirable, any other undesirable (python -m sft train objective=kto).
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ from zhllama.files import sha256_file, sha256_json, write_json_atomic, write_tex
 from zhllama.openai_client import (Endpoint, ReplyCache, api_key, ask_all, check_api_key_env, check_url,
                                    first_choice, post)
 
-from .judge import (compare_calls, compare_report, grade_calls, grade_report, markdown_table, pair_answers,
-                    preference_pairs, read_answers)
+from .judge import (compare_calls, compare_report, grade_calls, grade_report, kto_examples, markdown_table,
+                    pair_answers, preference_pairs, read_answers)
 from .judge_prompts import prompts_fingerprint
 
 CHAT = "/chat/completions"
@@ -57,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs-out", default=None, metavar="FILE",
                         help="with --versus: write the questions the judge decided both ways as DPO pairs "
                              "(JSON Lines: instruction, chosen, rejected; python -m sft train objective=dpo)")
+    parser.add_argument("--kto-out", default=None, metavar="FILE",
+                        help="grading: write every graded answer as a KTO example (JSON Lines: instruction, output, "
+                             "kto_tag; python -m sft train objective=kto)")
+    parser.add_argument("--kto-threshold", type=int, default=7,
+                        help="with --kto-out: the lowest grade (1-10) that makes an answer desirable (7)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -79,6 +86,12 @@ def _check(args: argparse.Namespace) -> list[str]:
         problems.append("--pairs-out: needs --versus (pairs come from comparing two answers)")
     if args.pairs_out is not None and Path(args.pairs_out).is_dir():
         problems.append(f"--pairs-out {args.pairs_out} is a folder; give a file path")
+    if args.kto_out is not None and args.versus is not None:
+        problems.append("--kto-out: not with --versus (KTO examples come from grades; --pairs-out gives DPO pairs)")
+    if args.kto_out is not None and Path(args.kto_out).is_dir():
+        problems.append(f"--kto-out {args.kto_out} is a folder; give a file path")
+    if not 1 <= args.kto_threshold <= 10:
+        problems.append(f"--kto-threshold: a grade from 1 to 10, got {args.kto_threshold}")
     return problems
 
 
@@ -121,8 +134,17 @@ def run(args: argparse.Namespace) -> int:
         pairs = preference_pairs(calls, report, endpoint.model)
         write_text_atomic(args.pairs_out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
         report["made_by"]["pairs_out"] = {"file": str(args.pairs_out), "pairs": len(pairs)}
+    if args.kto_out:
+        examples = kto_examples(calls, report, endpoint.model, args.kto_threshold)
+        write_text_atomic(args.kto_out, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
+        desirable = sum(e["kto_tag"] for e in examples)
+        report["made_by"]["kto_out"] = {"file": str(args.kto_out), "threshold": args.kto_threshold,
+                                        "desirable": desirable, "undesirable": len(examples) - desirable}
     write_json_atomic(out, report)
     print(markdown_table(report))
+    if args.kto_out:
+        print(f"wrote {len(examples)} KTO examples ({desirable} graded >= {args.kto_threshold}: desirable; unreadable "
+              f"grades give none) to {args.kto_out}")
     if args.pairs_out:
         print(f"wrote {len(pairs)} preference pairs (of {len(calls)} compared; ties, order-dependent and "
               f"unreadable verdicts give none) to {args.pairs_out}")

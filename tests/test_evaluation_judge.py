@@ -183,6 +183,24 @@ def test_verdicts_held_both_ways_become_dpo_pairs_that_sft_reads(judge, tmp_path
     assert pairs_file.read_text(encoding="utf-8") == ""
 
 
+def test_grades_become_kto_examples_that_sft_reads(judge, tmp_path):
+    from sft.config import SFTData, SFTFile
+    from sft.kto import read_examples
+    from sft.mixture import resolve_sources
+
+    answers = _answers(tmp_path / "a.jsonl", ["答案是 7", "答案是 12", "print('hi')", "UNREADABLE", "多读多写，多听多说"])
+    kto_file = tmp_path / "judged.jsonl"
+    report = _run("--answers", str(answers), "--judge-url", judge.url, "--judge-model", "j", "--out",
+                  str(tmp_path / "r.json"), "--kto-out", str(kto_file), "--kto-threshold", "8")
+    examples = [json.loads(line) for line in kto_file.read_text(encoding="utf-8").splitlines()]
+    assert [(e["output"], e["kto_tag"], e["score"]) for e in examples] == [  # grades 9, 3, 9, unreadable, 9
+        ("答案是 7", True, 9), ("答案是 12", False, 3), ("print('hi')", True, 9), ("多读多写，多听多说", True, 9)]
+    assert report["made_by"]["kto_out"] == {"file": str(kto_file), "threshold": 8, "desirable": 3, "undesirable": 1}
+    (records, _, _, _), = read_examples(resolve_sources(SFTData(files=[SFTFile(str(kto_file))])))
+    assert [(conv.turns[-1].user, conv.turns[-1].assistant, good) for (conv, good), in records][:2] == [
+        (QUESTIONS[0][1], "答案是 7", True), (QUESTIONS[1][1], "答案是 12", False)]
+
+
 def test_a_stopped_run_asks_only_what_is_missing_when_rerun(judge, tmp_path):
     answers = _answers(tmp_path / "a.jsonl", ["7", "10", "print('hi')", "北京", "多读多写"])
     argv = ["--answers", str(answers), "--judge-url", judge.url, "--judge-model", "j", "--workers", "1",
@@ -227,6 +245,10 @@ def test_bad_settings_and_files_are_reported_together(tmp_path):
     with pytest.raises(UserError, match="--pairs-out: needs --versus"):
         _run("--answers", str(bad), "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "j",
              "--out", str(tmp_path / "r.json"), "--pairs-out", str(tmp_path / "p.jsonl"))
+    with pytest.raises(UserError) as err:
+        _run("--answers", str(bad), "--versus", str(bad), "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "j",
+             "--out", str(tmp_path / "r.json"), "--kto-out", str(tmp_path / "k.jsonl"), "--kto-threshold", "11")
+    assert "--kto-out: not with --versus" in str(err.value) and "--kto-threshold: a grade from 1 to 10" in str(err.value)
     with pytest.raises(UserError) as err:
         _run("--answers", str(bad), "--versus", str(tmp_path / "none.jsonl"), "--judge-url", "localhost:8000",
              "--judge-model", "j", "--out", str(tmp_path), "--workers", "0", "--api-key-env", "ZHLLAMA_NO_SUCH_VAR")
