@@ -43,15 +43,19 @@ class FileStats:
     trainable_tokens: int = 0
 
 
+PAIR_ROWS = "chosen, rejected; last answer only"  # DPO's rows from a record (the key names it)
+
+
 def cache_key(file_sha256: str, tok_fingerprint: str, spec: TemplateSpec, max_seq_length: int,
-              pairs: bool = False) -> str:
+              pairs: bool = False, rows: str = PAIR_ROWS) -> str:
+    """``rows``: what the rows of a pair file are (KTO makes other rows of the same file: sft/kto.py)."""
     return sha256_json({
         "encoder_version": ENCODER_VERSION,
         "file_sha256": file_sha256,
         "tokenizer": tok_fingerprint,
         "template": dataclasses.asdict(spec),
         "max_seq_length": max_seq_length,
-        **({"pairs": "chosen, rejected; last answer only"} if pairs else {}),
+        **({"pairs": rows} if pairs else {}),
     })
 
 
@@ -98,9 +102,10 @@ def _load_entry(entry: Path) -> tuple[TokenizedSamples, FileStats]:
 
 def cached_tokenize(path: str | Path, conversations: Sequence[Conversation], tokenizer: Any, spec: TemplateSpec,
                     max_seq_length: int, cache_dir: str | Path, tok_fingerprint: str,
-                    wait_seconds: float = 3600.0, pairs: bool = False) -> tuple[TokenizedSamples, FileStats, str]:
+                    wait_seconds: float = 3600.0, pairs: bool = False,
+                    rows: str = PAIR_ROWS) -> tuple[TokenizedSamples, FileStats, str]:
     """Samples of one file from the cache, tokenizing on a miss. Returns (samples, stats, key)."""
-    key = cache_key(sha256_file(path), tok_fingerprint, spec, max_seq_length, pairs)
+    key = cache_key(sha256_file(path), tok_fingerprint, spec, max_seq_length, pairs, rows)
     entry = Path(cache_dir) / key
     if (entry / "stats.json").is_file():
         return (*_load_entry(entry), key)

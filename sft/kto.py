@@ -12,7 +12,8 @@ boolean, as ``label`` (TRL) or ``kto_tag`` (LLaMA-Factory):
 
 Each example gets a *mismatched* answer: another example's answer after this example's prompt, whose
 log-probability under policy and reference estimates the KL term. The partner is fixed when the data
-are built (a seeded cycle over the file's examples, skipping one with the same prompt), so the
+are built (a seeded cycle over the file's examples, skipping those with the same prompt or the same
+answer; up to 63 of them, else the example is its own partner), so the
 reference pass scores it once and a resumed run sees the same rows. Only the final answer (and its
 EOS) is labelled, as for pairs; holdout, weights, exclude lists and the tokenization cache are the
 instruction data's (a record's examples stay together).
@@ -24,9 +25,10 @@ from typing import Any
 
 from .data import Conversation, RecordError, Turn, parse_record
 from .mixture import SourceFile, read_and_validate
-from .pairs import Unit, _answer, parse_pair
+from .pairs import Unit, answer_field, parse_pair
 
 _VERDICT_KEYS = ("label", "kto_tag")
+ROWS = "an example, its mismatched answer (sft.kto.kto_units v2); last answer only"  # the cache key's name
 
 
 def _verdict(record: dict) -> bool:
@@ -52,7 +54,7 @@ def parse_example(record: Any) -> list[tuple[Conversation, bool]]:
     if "completion" in context:
         if "output" in context:
             raise RecordError("`output` next to `completion`: which answer is judged? (keep one)")
-        completion = _answer(context, "completion")
+        completion = answer_field(context, "completion")
         context.pop("completion")
         prompt = context.pop("prompt", None)
         if prompt is not None:
@@ -80,12 +82,12 @@ def kto_units(records: list[list[tuple[Conversation, bool]]]) -> list[Unit]:
     examples = [(number, conv, flag) for number, found in enumerate(records) for conv, flag in found]
     cycle = list(range(len(examples)))
     random.Random(len(examples)).shuffle(cycle)  # a fixed function of the file: cached rows stay right
-    following = {index: [cycle[(at + step) % len(cycle)] for step in range(1, min(len(cycle), 4))]
-                 for at, index in enumerate(cycle)}
+    place = {index: at for at, index in enumerate(cycle)}
     units = []
     for index, (number, conv, flag) in enumerate(examples):
-        partner = next((examples[other][1] for other in following[index]
-                        if _prompt(examples[other][1]) != _prompt(conv)), conv)
+        later = (examples[cycle[(place[index] + step) % len(cycle)]][1] for step in range(1, min(len(cycle), 64)))
+        partner = next((other for other in later if _prompt(other) != _prompt(conv)
+                        and other.turns[-1].assistant != conv.turns[-1].assistant), conv)
         *done, last = conv.turns
         mismatched = Conversation(tuple(done) + (Turn(last.user, partner.turns[-1].assistant, last.input),), conv.system)
         units.append((number, conv, mismatched, flag))

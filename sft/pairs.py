@@ -35,7 +35,7 @@ from .templates import IGNORE_INDEX, TemplateSpec
 _CONTEXT_KEYS = ("instruction", "conversations", "messages")
 
 
-def _answer(record: dict, key: str) -> str:
+def answer_field(record: dict, key: str) -> str:
     if key not in record:
         raise RecordError(f"missing `{key}` (a preference pair needs `chosen` and `rejected`)")
     value = record[key]
@@ -57,7 +57,7 @@ def parse_pair(record: Any) -> tuple[Conversation, Conversation]:
     """One raw record → (conversation ending in the chosen answer, the same ending in the rejected one)."""
     if not isinstance(record, dict):
         raise RecordError(f"expected a JSON object, got {type(record).__name__}")
-    chosen, rejected = _answer(record, "chosen"), _answer(record, "rejected")
+    chosen, rejected = answer_field(record, "chosen"), answer_field(record, "rejected")
     if chosen == rejected:
         raise RecordError("`chosen` and `rejected` are the same text: nothing to prefer")
     context = {k: v for k, v in record.items() if k not in ("chosen", "rejected")}
@@ -141,13 +141,16 @@ def _pair_units(records: list[tuple[Conversation, Conversation]]) -> list[Unit]:
 
 
 def build_pair_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok_fingerprint: str, order_seed: int,
-                        validated: tuple[list[SourceFile], list], units_of=_pair_units, objective: str = "dpo"
-                        ) -> tuple[PairDataset, PairDataset | None, MixReport]:
+                        validated: tuple[list[SourceFile], list], units_of=_pair_units, objective: str = "dpo",
+                        rows: str | None = None) -> tuple[PairDataset, PairDataset | None, MixReport]:
     """(train pairs, eval pairs or None, report): the pair version of sft.mixture.build_datasets.
-    ``units_of``: a file's parsed records → its units, each two rows after one prompt (KTO: sft/kto.py)."""
+    ``units_of``: a file's parsed records → its units, each two rows after one prompt (KTO: sft/kto.py);
+    ``rows`` names what those rows are in the tokenization cache's key (the same file gives other rows)."""
     from corpora.manifest import repeat_count
 
-    from .cache import cached_tokenize
+    from .cache import PAIR_ROWS, cached_tokenize
+
+    rows = rows or PAIR_ROWS
 
     sources, parsed = validated
     report = MixReport()
@@ -156,7 +159,7 @@ def build_pair_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok_f
         units = units_of(records)
         flat = [conv for unit in units for conv in unit[1:3]]
         samples, stats, key = cached_tokenize(source.path, flat, tokenizer, spec, data.max_seq_length, data.cache_dir,
-                                              tok_fingerprint, pairs=True)
+                                              tok_fingerprint, pairs=True, rows=rows)
         parts.append(samples)
         file_units.append(units)
         cache_keys.append({"name": source.name, "cache_key": key, "weight": source.weight,

@@ -47,7 +47,7 @@ def _rank() -> int:
 
 def prepare(cfg):
     """Everything before the engine: tokenizer, template, validated + tokenized datasets, collator."""
-    from .kto import kto_units, read_examples
+    from .kto import ROWS, kto_units, read_examples
     from .mixture import build_datasets, read_and_validate, resolve_sources
     from .pairs import build_pair_datasets, read_pairs
 
@@ -73,7 +73,7 @@ def prepare(cfg):
     fingerprint = tokenizer_fingerprint(tok_dir)
     if cfg.objective == "kto":
         train_ds, eval_ds, report = build_pair_datasets(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated,
-                                                        units_of=kto_units, objective="kto")
+                                                        units_of=kto_units, objective="kto", rows=ROWS)
         _balance_note(cfg, train_ds)
     else:
         build = build_pair_datasets if rows_in_pairs else build_datasets

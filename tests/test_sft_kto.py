@@ -102,6 +102,27 @@ def test_each_example_gets_another_prompts_answer_as_its_mismatched_one():
     assert kto_units(records) == units  # fixed: the reference pass scores the very rows training sees
 
 
+def test_a_pair_file_tokenized_for_dpo_gives_kto_its_own_rows(tmp_path):
+    """The same file, cache folder and template: DPO's rows (chosen, rejected) and KTO's (an example, its
+    mismatched answer) are different rows, so the cache keeps them apart."""
+    from sft.config import SFTConfig
+    from sft.train_cli import prepare
+    from zhllama.config import load_config
+
+    model = tiny_model(tmp_path / "model", tiny_tokenizer(tmp_path / "tok"))
+    pairs = write_json(tmp_path / "pairs.json", [{"instruction": r["instruction"], "input": r["input"],
+                                                  "chosen": r["output"], "rejected": "不知道。"} for r in ZH_RECORDS])
+    common = [f"model.path={model}", f"data.files=[{{path: '{pairs}'}}]", "data.eval_fraction=0.0",
+              f"data.cache_dir={tmp_path / 'cache'}"]
+    dpo = prepare(load_config(SFTConfig, REPO / "sft" / "configs" / "dpo_tiny_cpu.yaml", common))[2]
+    kto = prepare(load_config(SFTConfig, CONFIG, common))[2]
+    assert (len(dpo), len(kto)) == (len(ZH_RECORDS), 2 * len(ZH_RECORDS))
+    assert sorted(kto.flags) == [False] * len(ZH_RECORDS) + [True] * len(ZH_RECORDS)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    for example, mismatched in kto.pairs:  # the second row is never the example's own answer
+        assert not (kto.samples.get(example)[0].tolist() == kto.samples.get(mismatched)[0].tolist())
+
+
 # ---------------------------------------------------------------- the loss
 @pytest.mark.parametrize("kind", ["kto", "apo_zero_unpaired"])
 def test_kto_loss_equals_a_direct_computation(tmp_path, kind):
