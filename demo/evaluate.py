@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contamination", type=Path, default=None,
                    help="report of `python -m evaluation contamination` whose items are the --eval records")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--judged-out", type=Path, default=None,
+                   help="also write each record with the model's answer as a KTO example: kto_tag true when it is "
+                        "the record's label (python -m sft train objective=kto)")
     args = p.parse_args(argv)
 
     from tqdm import tqdm
@@ -110,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.contamination is not None:
         result["contamination"] = by_status(args.contamination, args.eval, [p == g for p, g in zip(predictions, gold)])
+    if args.judged_out is not None:
+        from zhllama.files import write_text_atomic
+
+        write_text_atomic(args.judged_out, "".join(json.dumps(
+            {"instruction": r["instruction"], "input": r["input"], "output": p, "kto_tag": p == g},
+            ensure_ascii=False) + "\n" for r, p, g in zip(records, predictions, gold)))
     write_json_atomic(args.out, result)
     print(f"[evaluate] accuracy {result['accuracy']:.4f} on {len(records)} test reviews vs majority baseline "
           f"{result['majority_baseline_accuracy']:.4f} (always {majority}); margin {result['margin']:+.4f}")

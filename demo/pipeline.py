@@ -1,6 +1,7 @@
 """The demo's stages, each a few commands of the phase CLIs, in order.
 
-01_split → 02_vocab → 03_base_pretrain → 04_resize → 05_cpt → 06_sft → 07_eval → 08_dpo. Every stage
+01_split → 02_vocab → 03_base_pretrain → 04_resize → 05_cpt → 06_sft → 07_eval → 08_dpo → 09_kto (the
+last two in demo/preference_stages.py). Every stage
 reads only files written by earlier stages (or the fetched inputs) and writes under
 WORK/NN_name/. Only the train split of the reviews reaches any training command.
 """
@@ -20,7 +21,6 @@ PY = sys.executable
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone"]
 PT_PRESET = "pretrain/configs/tiny_cpu.yaml"
 SFT_PRESET = "sft/configs/tiny_cpu.yaml"
-DPO_PRESET = "sft/configs/dpo_tiny_cpu.yaml"
 # Short Chinese preamble instead of the English Alpaca one: the prompt is most of every SFT
 # sample's compute on this tiny budget.
 SFT_SYSTEM_PROMPT = "下面是一条指令和一段输入，请写出恰当的回答。"
@@ -120,6 +120,10 @@ class Layout:
     @property
     def sft_final(self) -> Path:
         return self.stage("06_sft") / "run" / "final"
+
+    @property
+    def kto_final(self) -> Path:
+        return self.stage("09_kto") / "run" / "final"
 
     @property
     def dpo_final(self) -> Path:
@@ -301,61 +305,13 @@ def eval_stage(lay: Layout, b: Budget) -> Stage:
     )
 
 
-def _write_pairs(sft_train: Path, count: int):
-    """DPO pairs from the first SFT train records: the record's label chosen, the other label rejected."""
-    def prepare(stage: Stage) -> None:
-        from .split import NEGATIVE, POSITIVE
-
-        other = {POSITIVE: NEGATIVE, NEGATIVE: POSITIVE}
-        records = _read_json(sft_train)[:count]
-        lines = [json.dumps({"instruction": r["instruction"], "input": r["input"], "chosen": r["output"],
-                             "rejected": other[r["output"]]}, ensure_ascii=False) for r in records]
-        path = stage.path("inputs", "pairs.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return prepare
-
-
-def dpo_stage(lay: Layout, b: Budget) -> Stage:
-    dpo_dir, eval_file = lay.stage("08_dpo"), lay.data / "sft_eval.jsonl"
-    pairs = "data.files=[{path: %s, weight: 1.0}]" % json.dumps(str(dpo_dir / "inputs" / "pairs.jsonl"))
-    return Stage(
-        "08_dpo", "DPO of the SFT model on pairs from train reviews (right label over wrong), ZeRO-3, 2 ranks",
-        dpo_dir,
-        settings={k: getattr(b, k) for k in ("dpo_pairs", "dpo_steps", "dpo_lr", "dpo_beta", "dpo_micro_batch",
-                                             "sft_max_seq_length", "ranks")} | {"system_prompt": SFT_SYSTEM_PROMPT},
-        inputs={"model": lay.sft_final, "sft_train": lay.data / "sft_train.json", "eval": eval_file,
-                "train_labels": lay.data / "split_report.json"},
-        commands=[
-            torchrun(b, "sft", DPO_PRESET,
-                     engine_overrides(dpo_dir / "run", lay.sft_final, b.dpo_lr, b.dpo_micro_batch, b.dpo_steps)
-                     + ["mode=full", f"dpo.beta={b.dpo_beta}", pairs, "data.eval_fraction=0.1", "data.template=alpaca",
-                        f"data.system_prompt={SFT_SYSTEM_PROMPT}", f"data.max_seq_length={b.sft_max_seq_length}",
-                        f"data.cache_dir={dpo_dir / 'cache'}"]),
-            Command([PY, "-m", "demo.evaluate", "--model", str(lay.dpo_final), "--eval", str(eval_file),
-                     "--train-labels", str(lay.data / "split_report.json"), "--out", str(dpo_dir / "eval.json")]),
-        ],
-        code=["sft", *TRAINING_CODE, "demo/evaluate.py", "demo/split.py"],
-        prepare=_write_pairs(lay.data / "sft_train.json", b.dpo_pairs),
-        collect=collect_dpo,
-    )
-
-
-def collect_dpo(stage: Stage) -> dict[str, Any]:
-    curve = _metrics_jsonl(stage.path("run", "metrics.jsonl"))
-    evals = [r for r in curve if "eval/reward_accuracy" in r]
-    ev = _read_json(stage.path("eval.json"))
-    return {**collect_training(stage), "accuracy": ev.get("accuracy"), "examples": ev.get("examples"),
-            "pairs_eval_reward_accuracy": [[r["step"], r["eval/reward_accuracy"]] for r in evals],
-            "pairs_eval_reward_margin": [[r["step"], r["eval/reward_margin"]] for r in evals]}
-
-
-STAGE_BUILDERS = (split_stage, vocab_stage, base_stage, resize_stage, cpt_stage, sft_stage, eval_stage, dpo_stage)
-
-
 def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[Stage]:
+    from .preference_stages import dpo_stage, kto_stage  # they build on this module's helpers
+
     lay = Layout(work, inputs)
-    return [build(lay, budget) for build in STAGE_BUILDERS]
+    builders = (split_stage, vocab_stage, base_stage, resize_stage, cpt_stage, sft_stage, eval_stage, dpo_stage,
+                kto_stage)
+    return [build(lay, budget) for build in builders]
 
 
 def collect_vocab(stage: Stage) -> dict[str, Any]:

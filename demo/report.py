@@ -18,8 +18,8 @@ SECTIONS = ("## Inputs", "## Results at a glance", "## Tokenizer", "## Loss curv
             "## Sentiment accuracy", "## Sample generations", "## Time per stage", "## Commands")
 TRAINING_STAGES = (("03_base_pretrain", "base pretraining (base tokenizer)"),
                    ("05_cpt", "continued pretraining (merged tokenizer)"), ("06_sft", "SFT (sentiment: positive/negative)"),
-                   ("08_dpo", "DPO (right label over wrong)"))
-Y_LABELS = {"08_dpo": "DPO loss (nats/pair)"}
+                   ("08_dpo", "DPO (right label over wrong)"), ("09_kto", "KTO (its own answers, judged)"))
+Y_LABELS = {"08_dpo": "DPO loss (nats/pair)", "09_kto": "KTO loss (per example)"}
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -100,6 +100,7 @@ def summary(records: dict) -> dict[str, Any]:
         "accuracy": e.get("accuracy"), "majority_baseline_accuracy": e.get("majority_baseline_accuracy"),
         "margin": e.get("margin"), "eval_examples": e.get("examples"),
         "dpo_accuracy": _metrics(records, "08_dpo").get("accuracy"),
+        "kto_accuracy": _metrics(records, "09_kto").get("accuracy"),
     }
 
 
@@ -145,7 +146,8 @@ def glance_section(s: dict) -> list[str]:
     return L + [f"| SFT test accuracy (likelihood of 正面 vs 负面) | {fmt(s['accuracy'])} |",
                 f"| majority-class baseline accuracy | {fmt(s['majority_baseline_accuracy'])} |",
                 f"| margin over the baseline | {fmt(s['margin'])} |",
-                f"| test accuracy after DPO | {fmt(s['dpo_accuracy'])} |"]
+                f"| test accuracy after DPO | {fmt(s['dpo_accuracy'])} |",
+                f"| test accuracy after KTO | {fmt(s['kto_accuracy'])} |"]
 
 
 def tokenizer_section(records: dict) -> list[str]:
@@ -211,12 +213,13 @@ def accuracy_section(records: dict) -> list[str]:
     L = [f"Method: {e['method']}; template `{e['template']}`. Baseline: always answer the majority class of "
          f"the train reviews ({e['majority_class']}).", "", "| | accuracy |", "|---|---|",
          f"| SFT model, {e['examples']} test reviews | {fmt(e['accuracy'])} |",
-         *dpo_rows(_metrics(records, "08_dpo")),
+         *dpo_rows(_metrics(records, "08_dpo")), *kto_rows(_metrics(records, "09_kto")),
          f"| majority-class baseline | {fmt(e['majority_baseline_accuracy'])} |",
          f"| margin (SFT model) | {fmt(e['margin'])} |", ""]
     for lab, pc in e["per_class"].items():
         L.append(f"- {lab}: {pc['n']} test reviews, recall {fmt(pc['recall'])}, predicted {pc['predicted']} times")
-    return L + dpo_lines(_metrics(records, "08_dpo")) + contamination_lines(e.get("contamination"))
+    return (L + dpo_lines(_metrics(records, "08_dpo")) + kto_lines(_metrics(records, "09_kto"))
+            + contamination_lines(e.get("contamination")))
 
 
 def dpo_rows(d: dict) -> list[str]:
@@ -232,6 +235,22 @@ def dpo_lines(d: dict) -> list[str]:
             f"reviews, the review's label chosen over the other one. On the held-out pairs the share whose right "
             f"label gained more than the wrong one went {fmt(a0)} (step {s0}: the reference itself) → {fmt(a1)} "
             f"(step {s1}), mean reward margin {fmt(m1)}."]
+
+
+def kto_rows(d: dict) -> list[str]:
+    return [f"| after KTO (09_kto), {d['examples']} test reviews | {fmt(d['accuracy'])} |"] if d else []
+
+
+def kto_lines(d: dict) -> list[str]:
+    good, bad = d.get("eval_reward_desirable") or [], d.get("eval_reward_undesirable") or []
+    if not d or not good or not bad:
+        return []
+    return ["", f"KTO (`objective: kto`, 09_kto): the SFT model answered {d['judged']} train reviews (the likelier "
+            f"label); {d['desirable']} answers were right (thumbs up), {d['judged'] - d['desirable']} wrong (thumbs "
+            f"down). {d['steps']} KTO steps on those verdicts, from the SFT model. On the held-out verdicts the mean "
+            f"reward (β times the log-probability gained over the SFT model) of right answers went {fmt(good[0][1])} "
+            f"→ {fmt(good[-1][1])} and of wrong ones {fmt(bad[0][1])} → {fmt(bad[-1][1])} (step {good[0][0]} → "
+            f"{good[-1][0]})."]
 
 
 def contamination_lines(c: dict | None) -> list[str]:

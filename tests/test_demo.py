@@ -20,7 +20,8 @@ from demo.stages import REPO_ROOT, stage_key
 
 pytestmark = pytest.mark.distributed  # starts real 2-rank DeepSpeed ZeRO-3 runs on CPU
 
-STAGES = ("01_split", "02_vocab", "03_base_pretrain", "04_resize", "05_cpt", "06_sft", "07_eval", "08_dpo")
+STAGES = ("01_split", "02_vocab", "03_base_pretrain", "04_resize", "05_cpt", "06_sft", "07_eval", "08_dpo",
+          "09_kto")
 
 
 def _demo(work: Path) -> subprocess.CompletedProcess:
@@ -68,7 +69,8 @@ def test_every_stage_done_with_its_artifacts(demo_run):
                 "04_resize/subtoken-mean/resize_report.json", "04_resize/random/config.json",
                 "05_cpt/run/final/config.json", "06_sft/run/final/sft_template.json", "07_eval/eval.json",
                 "07_eval/generations.jsonl", "08_dpo/run/final/sft_template.json", "08_dpo/run/dpo_reference.json",
-                "08_dpo/eval.json"):
+                "08_dpo/eval.json", "09_kto/run/kto_reference.json", "09_kto/inputs/judged.jsonl",
+                "09_kto/eval.json"):
         assert (work / rel).is_file(), rel
     merged_vocab = _json(work / "02_vocab/merged/merge_report.json")["vocab_size"]
     assert _json(work / "05_cpt/run/final/config.json")["vocab_size"] == merged_vocab
@@ -110,7 +112,17 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
     assert f"went {fmt(rewards[0]['eval/reward_accuracy'])} (step 0: the reference itself) → " \
            f"{fmt(rewards[-1]['eval/reward_accuracy'])}" in text
     assert _json(work / "summary.json")["dpo_accuracy"] == dpo["accuracy"]
-    for name in ("03_base_pretrain", "05_cpt", "06_sft", "08_dpo"):
+    kto, judged = _json(work / "09_kto/eval.json"), _json(work / "09_kto/judged.json")
+    assert f"| after KTO (09_kto), {kto['examples']} test reviews | {fmt(kto['accuracy'])} |" in text
+    assert f"the SFT model answered {judged['examples']} train reviews" in text
+    assert f"{judged['correct']} answers were right (thumbs up)" in text
+    kto_evals = [json.loads(line) for line in (work / "09_kto/run/metrics.jsonl").read_text().splitlines()
+                 if "eval/kl" in line]
+    first = kto_evals[0]  # the reference itself: no reward, no KL yet
+    assert first["step"] == 0 and first["eval/kl"] == 0 and all(
+        first[k] == pytest.approx(0, abs=1e-6) for k in ("eval/reward_desirable", "eval/reward_undesirable") if k in first)
+    assert _json(work / "summary.json")["kto_accuracy"] == kto["accuracy"]
+    for name in ("03_base_pretrain", "05_cpt", "06_sft", "08_dpo", "09_kto"):
         train = _json(work / name / "run/train_report.json")
         assert f"| {fmt(train['step'])} | {fmt(train['global_batch'])} | {fmt(train['metrics']['train/loss'])} |" in text
     summary = _json(work / "summary.json")
@@ -139,6 +151,12 @@ def test_test_reviews_never_reach_training(demo_run):
     pairs = [json.loads(line) for line in (work / "08_dpo/inputs/pairs.jsonl").read_text(encoding="utf-8").splitlines()]
     assert pairs and {p["input"] for p in pairs} <= sft_inputs  # DPO pairs come from SFT train records
     assert all({p["chosen"], p["rejected"]} == {"正面", "负面"} for p in pairs)
+    # KTO's verdicts: the SFT model's answers to other train records, judged by the record's label
+    prompts = [json.loads(line) for line in (work / "09_kto/inputs/train_prompts.jsonl").read_text().splitlines()]
+    judged = [json.loads(line) for line in (work / "09_kto/inputs/judged.jsonl").read_text().splitlines()]
+    assert judged and {j["input"] for j in judged} <= sft_inputs and len(judged) == len(prompts)
+    assert all(j["kto_tag"] == (j["output"] == p["label"]) and j["output"] in ("正面", "负面")
+               for j, p in zip(judged, prompts))
 
 
 def test_rerun_reuses_every_stage(demo_run):
