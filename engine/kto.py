@@ -33,8 +33,7 @@ import torch
 import torch.distributed as dist
 
 from .config import KTO_LOSSES
-from .data import eval_batches, fetch
-from .preference import prepare_reference, sequence_logps
+from .preference import held_out_totals, prepare_reference, sequence_logps
 
 REFERENCE_FILE = "kto_reference.json"
 _SUMS = ("examples", "desirable", "reward_desirable", "undesirable", "reward_undesirable", "kl", "batches")
@@ -115,24 +114,11 @@ class KTOObjective:
         prepare_reference(engine, datasets, collate_fn, batch_size, Path(output_dir) / REFERENCE_FILE, resumed,
                           data_fingerprint, device, progress, "KTO", "examples")
 
-    @torch.no_grad()
     def evaluate(self, engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None,
                  device) -> dict[str, float]:
         """Mean KTO loss, z0 and the mean reward of each verdict over the held-out examples."""
-        rank, world = dist.get_rank(), dist.get_world_size()
-        was_training = engine.module.training
-        engine.eval()
-        totals = torch.zeros(1 + len(_SUMS), dtype=torch.float64)
-        for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
-            stats = self.example_stats(engine, fetch(dataset, indices or [0], collate_fn), device, real=bool(indices))
-            if indices:  # an empty list: a dummy forward so every rank runs as many (ZeRO-3)
-                totals += torch.cat([stats.loss.sum()[None], stats.sums()]).double().cpu()
-        if dist.get_backend() == "nccl":
-            totals = totals.to(device)
-        dist.all_reduce(totals)
-        if was_training:
-            engine.train()
-        loss, *rest = totals.tolist()
+        loss, *rest = held_out_totals(engine, dataset, collate_fn, batch_size, max_batches, device, 1 + len(_SUMS),
+                                      lambda batch, real: self.example_stats(engine, batch, device, real))
         sums = dict(zip(_SUMS, rest))
         return {"eval/loss": loss / max(sums["examples"], 1.0), **_metrics("eval", sums),
                 "eval/examples": sums["examples"]}

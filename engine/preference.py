@@ -155,27 +155,37 @@ class DPOObjective:
                               data_fingerprint, device, progress, "DPO", "pairs")
 
     # ------------------------------------------------------------------ validation
-    @torch.no_grad()
     def evaluate(self, engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None,
                  device) -> dict[str, float]:
         """Mean DPO loss, reward accuracy (chosen reward above rejected) and mean margin over the eval pairs."""
-        rank, world = dist.get_rank(), dist.get_world_size()
-        was_training = engine.module.training
-        engine.eval()
-        totals = torch.zeros(6, dtype=torch.float64)  # loss, then PairStats.sums()
-        for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
-            stats = self.pair_stats(engine, fetch(dataset, indices or [0], collate_fn), device)
-            if indices:  # an empty list: a dummy forward so every rank runs as many (ZeRO-3)
-                totals += torch.cat([stats.loss.sum()[None], stats.sums()]).double().cpu()
-        if dist.get_backend() == "nccl":
-            totals = totals.to(device)
-        dist.all_reduce(totals)
-        loss, pairs, correct, margin, chosen, rejected = totals.tolist()
-        if was_training:
-            engine.train()
+        totals = held_out_totals(engine, dataset, collate_fn, batch_size, max_batches, device, 6,
+                                 lambda batch, real: self.pair_stats(engine, batch, device))
+        loss, pairs, correct, margin, chosen, rejected = totals
         pairs = max(pairs, 1.0)
         return {"eval/loss": loss / pairs, "eval/reward_accuracy": correct / pairs, "eval/reward_margin": margin / pairs,
                 "eval/logp_chosen": chosen / pairs, "eval/logp_rejected": rejected / pairs, "eval/pairs": pairs}
+
+
+@torch.no_grad()
+def held_out_totals(engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None, device,
+                    width: int, stats_of: Callable) -> list[float]:
+    """[summed loss, *stats.sums()] over every rank's share of ``dataset`` in eval mode, ``width`` numbers.
+    ``stats_of(batch, real)`` scores a batch; ``real`` is False for the dummy batch a rank without a share
+    still runs (ZeRO-3 gathers are collective), which adds nothing."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    was_training = engine.module.training
+    engine.eval()
+    totals = torch.zeros(width, dtype=torch.float64)
+    for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
+        stats = stats_of(fetch(dataset, indices or [0], collate_fn), bool(indices))
+        if indices:
+            totals += torch.cat([stats.loss.sum()[None], stats.sums()]).double().cpu()
+    if dist.get_backend() == "nccl":
+        totals = totals.to(device)
+    dist.all_reduce(totals)
+    if was_training:
+        engine.train()
+    return totals.tolist()
 
 
 @torch.no_grad()
