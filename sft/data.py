@@ -43,6 +43,11 @@ class Conversation:
     turns: tuple[Turn, ...]
     system: str | None = None  # None: the template's default system prompt
 
+    def with_answer(self, answer: str | None) -> "Conversation":
+        """The same conversation with its last turn's answer replaced (None: the prompt awaiting one)."""
+        last = self.turns[-1]
+        return Conversation(self.turns[:-1] + (Turn(last.user, answer, last.input),), self.system)
+
 
 @dataclass
 class PromptItem:
@@ -231,7 +236,7 @@ def load_prompts(path: str | Path) -> list[PromptItem]:
         last = conv.turns[-1]
         if last.assistant is not None:  # a finished conversation: answer its last user turn again
             reference = last.assistant
-            conv = Conversation(turns=conv.turns[:-1] + (Turn(last.user, None, last.input),), system=conv.system)
+            conv = conv.with_answer(None)
         reference = reference if isinstance(reference, str) and reference.strip() else None
         # per-class scores: BELLE's class; for classification data (a `label`), the gold label
         category = obj.get("class", obj.get("category", obj.get("label")))

@@ -23,9 +23,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .data import Conversation, RecordError, Turn, parse_record
+from .data import Conversation, RecordError, parse_record
 from .mixture import SourceFile, read_and_validate
-from .pairs import Unit, answer_field, parse_pair
+from .pairs import Unit, answer_field, parse_pair, prompt_of
 
 _VERDICT_KEYS = ("label", "kto_tag")
 ROWS = "an example, its mismatched answer (sft.kto.kto_units v2); last answer only"  # the cache key's name
@@ -56,25 +56,13 @@ def parse_example(record: Any) -> list[tuple[Conversation, bool]]:
             raise RecordError("`output` next to `completion`: which answer is judged? (keep one)")
         completion = answer_field(context, "completion")
         context.pop("completion")
-        prompt = context.pop("prompt", None)
-        if prompt is not None:
-            context["messages" if isinstance(prompt, list) else "instruction"] = prompt
-        conv = parse_record(context, need_answer=False)
-        *done, last = conv.turns
-        if last.assistant is not None:
-            raise RecordError("the prompt must end with the user's turn (the judged answer is `completion`)")
-        return [(Conversation(tuple(done) + (Turn(last.user, completion, last.input),), conv.system), desirable)]
+        return [(prompt_of(context, "the judged answer is `completion`").with_answer(completion), desirable)]
     return [(parse_record(context, need_answer=True), desirable)]
 
 
 def read_examples(sources: list[SourceFile]) -> list:
     """Parse every file; one UserError with every malformed record of every file."""
     return read_and_validate(sources, parse=parse_example, what="KTO examples")
-
-
-def _prompt(conv: Conversation) -> tuple:
-    *done, last = conv.turns
-    return tuple(done), last.user, last.input, conv.system
 
 
 def kto_units(records: list[list[tuple[Conversation, bool]]]) -> list[Unit]:
@@ -86,9 +74,7 @@ def kto_units(records: list[list[tuple[Conversation, bool]]]) -> list[Unit]:
     units = []
     for index, (number, conv, flag) in enumerate(examples):
         later = (examples[cycle[(place[index] + step) % len(cycle)]][1] for step in range(1, min(len(cycle), 64)))
-        partner = next((other for other in later if _prompt(other) != _prompt(conv)
+        partner = next((other for other in later if other.with_answer(None) != conv.with_answer(None)
                         and other.turns[-1].assistant != conv.turns[-1].assistant), conv)
-        *done, last = conv.turns
-        mismatched = Conversation(tuple(done) + (Turn(last.user, partner.turns[-1].assistant, last.input),), conv.system)
-        units.append((number, conv, mismatched, flag))
+        units.append((number, conv, conv.with_answer(partner.turns[-1].assistant), flag))
     return units

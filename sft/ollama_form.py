@@ -29,7 +29,7 @@ from typing import Callable
 Message = dict[str, str]
 Render = Callable[[list[Message], bool], str]  # (messages, add_generation_prompt) -> the Jinja text
 
-_SYSTEM, _USERS, _ANSWERS = "zhllamasystemzh", ("zhllamaq1zh", "zhllamaq2zh"), ("zhllamaa1zh", "zhllamaa2zh")
+_SYSTEM, _USERS, _ANSWER = "zhllamasystemzh", ("zhllamaq1zh", "zhllamaq2zh"), "zhllamaa1zh"
 # The chats a reading must reproduce: realistic contents (inner newlines, CJK and ASCII) without
 # surrounding whitespace, which some templates trim and a Go template cannot (see trim_note).
 _QUESTIONS = ("列出三种水果。", "Say hello.", "床前明月光\n续写下一句")
@@ -122,10 +122,11 @@ def _readings(render: Render, bos_text: str, adds_bos: bool) -> list[ChatForm]:
     """Every form the marker chats admit (one per place the system prompt may sit). Prompts (chats
     awaiting a reply, what Ollama renders) give the pieces; a chat that ends with its reply gives the
     reply's closing text when it renders that reply as a prompt's history does."""
-    (q1, q2), (a1, _) = _USERS, _ANSWERS
+    (q1, q2), a1 = _USERS, _ANSWER
     prompt = _rendered(render, chat(None, (q1, q2), (a1,)), True)
     head, asked, between, after_question = _split(prompt, (q1, a1, q2), "a two-question prompt")
-    first_head, after_first = _split(_rendered(render, chat(None, (q1,), ()), True), (q1,), "a question")
+    first_prompt = _rendered(render, chat(None, (q1,), ()), True)
+    first_head, after_first = _split(first_prompt, (q1,), "a question")
     if first_head != head or after_first != after_question:
         raise Misfit("turns are not rendered alike: the text around a question depends on its place in the chat")
     user_close = asked[:_shared_start(asked, after_question)]
@@ -138,8 +139,7 @@ def _readings(render: Render, bos_text: str, adds_bos: bool) -> list[ChatForm]:
     base = dict(first=_strip_bos(head, bos_text, adds_bos), user_open=between[len(assistant_close):],
                 user_close=user_close, assistant_open=asked[len(user_close):], assistant_close=assistant_close,
                 generation=after_question[len(user_close):], ending=ending)
-    skip_empty = _rendered(render, chat("", (q1,), ()), True) == _rendered(render, chat(None, (q1,), ()), True)
-    base["skip_empty_system"] = skip_empty
+    base["skip_empty_system"] = _rendered(render, chat("", (q1,), ()), True) == first_prompt
     with_system = _rendered(render, chat(_SYSTEM, (q1, q2), (a1,)), True)
     readings = []
     if with_system.find(_SYSTEM) < with_system.find(q1):

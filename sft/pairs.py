@@ -28,7 +28,7 @@ from zhllama.files import sha256_json
 
 from .collate import SFTCollator, TokenizedSamples
 from .config import SFTData
-from .data import ASSISTANT_ROLES, Conversation, RecordError, Turn, parse_record
+from .data import ASSISTANT_ROLES, Conversation, RecordError, parse_record
 from .mixture import MixReport, SourceFile, read_and_validate
 from .templates import IGNORE_INDEX, TemplateSpec
 
@@ -61,17 +61,23 @@ def parse_pair(record: Any) -> tuple[Conversation, Conversation]:
     if chosen == rejected:
         raise RecordError("`chosen` and `rejected` are the same text: nothing to prefer")
     context = {k: v for k, v in record.items() if k not in ("chosen", "rejected")}
+    if "output" in context:
+        raise RecordError("`output` next to `chosen`/`rejected`: which answer is the record's? (remove `output`)")
+    prompt = prompt_of(context, "the answers are `chosen` and `rejected`")
+    return prompt.with_answer(chosen), prompt.with_answer(rejected)
+
+
+def prompt_of(context: dict, answers: str) -> Conversation:
+    """The conversation a record's separately given answers follow (TRL's ``prompt``, or the instruction
+    fields): it must end with the user's turn. ``answers`` says, in an error, where the answers are."""
+    context = dict(context)
     if "prompt" in context and not any(k in context for k in _CONTEXT_KEYS):
         prompt = context.pop("prompt")
         context["messages" if isinstance(prompt, list) else "instruction"] = prompt
-    if "output" in context:
-        raise RecordError("`output` next to `chosen`/`rejected`: which answer is the record's? (remove `output`)")
     conv = parse_record(context, need_answer=False)
-    *done, last = conv.turns
-    if last.assistant is not None:
-        raise RecordError("the prompt must end with the user's turn (the answers are `chosen` and `rejected`)")
-    ending = lambda answer: Conversation(tuple(done) + (Turn(last.user, answer, last.input),), conv.system)
-    return ending(chosen), ending(rejected)
+    if conv.turns[-1].assistant is not None:
+        raise RecordError(f"the prompt must end with the user's turn ({answers})")
+    return conv
 
 
 def read_pairs(sources: list[SourceFile]) -> list:

@@ -79,3 +79,8 @@ def our_tokenizer_folder(folder: Path, sp_model: Path | None = None) -> Path:
     (folder / "tokenizer.model").write_bytes(Path(sp_model).read_bytes())
     write_hf_folder(load_model_proto(folder / "tokenizer.model"), folder)
     return folder
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """A run's metrics.jsonl, one dict per line."""
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_dist import REPO, dist_env, free_port
-from helpers_sft import ZH_RECORDS, load_tokenizer, tiny_model, tiny_tokenizer, write_json, write_jsonl
+from helpers_sft import (ZH_RECORDS, load_tokenizer, read_metrics, tiny_model, tiny_tokenizer, write_json,
+                          write_jsonl)
 
 from sft.data import Conversation, Turn
 from zhllama.errors import UserError
@@ -246,24 +247,20 @@ def dpo_run(tmp_path_factory):
     return root, model, data, out, _train(root, model, data, out)
 
 
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.distributed  # dpo_run launches torchrun with 2 ranks
 def test_two_rank_zero3_lora_dpo_learns_the_preference(dpo_run):
     from safetensors.torch import load_file
 
     _, _, _, out, log = dpo_run
-    evals = [r for r in _metrics(out) if "eval/reward_accuracy" in r]
+    evals = [r for r in read_metrics(out) if "eval/reward_accuracy" in r]
     first, last = evals[0], evals[-1]
     assert first["step"] == 0 and first["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference
     assert first["eval/reward_margin"] == pytest.approx(0.0, abs=1e-6)
     assert last["eval/reward_accuracy"] == 1.0 and last["eval/loss"] < 0.6 * math.log(2), evals  # held-out pairs
-    losses = [r["train/loss"] for r in _metrics(out) if "train/loss" in r]
+    losses = [r["train/loss"] for r in read_metrics(out) if "train/loss" in r]
     assert len(losses) == 8 and losses[0] == pytest.approx(math.log(2), abs=1e-5)
     assert sum(losses[-2:]) / 2 < 0.7 * math.log(2), losses
-    logged = [r for r in _metrics(out) if "train/reward_accuracy" in r]  # every log line, over both ranks' pairs
+    logged = [r for r in read_metrics(out) if "train/reward_accuracy" in r]  # every log line, over both ranks' pairs
     assert len(logged) == 8 and logged[-1]["train/reward_accuracy"] == 1.0 and logged[-1]["train/reward_margin"] > 0
     assert last["eval/logp_rejected"] < first["eval/logp_rejected"]  # the held-out refusals lost probability
     data_report = json.loads((out / "sft_data_report.json").read_text())
@@ -287,7 +284,7 @@ def test_reference_free_losses_train_without_a_reference_pass(dpo_run, loss, bet
     proc = subprocess.run(cmd, cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert not (out / "dpo_reference.json").exists() and "DPO reference" not in proc.stdout + proc.stderr
-    evals = [r for r in _metrics(out) if "eval/reward_accuracy" in r]
+    evals = [r for r in read_metrics(out) if "eval/reward_accuracy" in r]
     assert evals[-1]["eval/reward_accuracy"] == 1.0 and evals[-1]["eval/loss"] < evals[0]["eval/loss"], evals
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_dist import REPO, dist_env, free_port
-from helpers_sft import ZH_RECORDS, load_tokenizer, tiny_model, tiny_tokenizer, write_json, write_jsonl
+from helpers_sft import (ZH_RECORDS, load_tokenizer, read_metrics, tiny_model, tiny_tokenizer, write_json,
+                          write_jsonl)
 
 from sft.data import Conversation, Turn
 from zhllama.errors import UserError
@@ -182,10 +183,6 @@ def setup(tmp_path_factory):
     return root, model, write_json(root / "judged.json", _examples())
 
 
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.distributed
 def test_two_rank_zero3_lora_kto_learns_the_verdicts(setup):
     from safetensors.torch import load_file
@@ -193,13 +190,13 @@ def test_two_rank_zero3_lora_kto_learns_the_verdicts(setup):
     root, model, data = setup
     out = root / "run"
     log = _train(root, model, data, out, 2)
-    evals = [r for r in _metrics(out) if "eval/kl" in r]
+    evals = [r for r in read_metrics(out) if "eval/kl" in r]
     first, last = evals[0], evals[-1]
     assert first["step"] == 0 and first["eval/loss"] == pytest.approx(0.5, abs=1e-6)  # policy == reference
     assert first["eval/reward_desirable"] == pytest.approx(0, abs=1e-6) == first["eval/reward_undesirable"]
     assert last["eval/reward_desirable"] > last["eval/reward_undesirable"] + 0.5, evals  # held-out verdicts
     assert last["eval/loss"] < 0.48, evals
-    logged = [r for r in _metrics(out) if "train/kl" in r]  # every log line, over both ranks' examples
+    logged = [r for r in read_metrics(out) if "train/kl" in r]  # every log line, over both ranks' examples
     assert len(logged) == 8 and all(r["train/kl"] >= 0 for r in logged)
     gaps = [r["train/reward_desirable"] - r["train/reward_undesirable"] for r in logged[-4:]
             if "train/reward_desirable" in r and "train/reward_undesirable" in r]
