@@ -39,7 +39,7 @@ class ModelConfig:
     neftune_alpha: float = 0.0  # noise on the input embeddings while training (NEFTune; 5 is the paper's choice for SFT); 0 = off
 
     def validate(self) -> list[str]:
-        from .context import validate as validate_context
+        from zhllama.rope import validate as validate_context
 
         problems = [] if self.path else ["model.path: required (a Hugging Face model folder)"]
         if self.loss_chunk_tokens < 1:

@@ -15,49 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zhllama.errors import UserError
-
-# Scalings to train with (dynamic NTK is an inference-time scaling; llama3 and longrope come with the
-# models that were pretrained with them, and are kept as their configs have them).
-SCALING_TYPES = ("linear", "yarn")
-NEEDS_ORIGINAL = ("yarn",)  # computes from the length trained before, not the new max_position_embeddings
-
-
-def validate(rope_scaling: dict[str, Any], max_positions: int | None) -> list[str]:
-    problems = []
-    if rope_scaling:
-        kind, factor = rope_scaling.get("rope_type"), rope_scaling.get("factor")
-        if kind not in SCALING_TYPES:
-            problems.append(f"rope_scaling.rope_type: one of {', '.join(SCALING_TYPES)}, got {kind!r}")
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
-            problems.append(f"rope_scaling.factor: a number > 1 (how many times longer), got {factor!r}")
-    if max_positions is not None and max_positions < 1:
-        problems.append(f"max_position_embeddings: must be >= 1, got {max_positions}")
-    return problems
-
-
-def text_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config.json dict that holds the language model's settings (multimodal configs nest it)."""
-    return config.get("text_config", config) if "max_position_embeddings" not in config else config
-
-
-def scaling_in(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The RoPE scaling a config.json holds (transformers 5 ``rope_parameters``, 4 ``rope_scaling``), or None."""
-    config = text_config(config)
-    for key in ("rope_parameters", "rope_scaling"):
-        params = config.get(key)
-        if isinstance(params, dict) and (params.get("rope_type") or params.get("type") or "default") != "default":
-            return params
-    return None
-
-
-def positions(model_config: dict[str, Any], rope_scaling: dict[str, Any], max_positions: int | None) -> int | None:
-    """The positions this run's model covers: the override, else the model's (times the new scaling's factor)."""
-    if max_positions is not None:
-        return max_positions
-    limit = text_config(model_config).get("max_position_embeddings")
-    if not isinstance(limit, int):
-        return None
-    return int(limit * float(rope_scaling["factor"])) if rope_scaling else limit
+from zhllama.rope import positions, scaling_in, text_config
 
 
 def check_sequence_length(model_path: str, rope_scaling: dict[str, Any], max_positions: int | None,
@@ -78,27 +36,6 @@ def check_sequence_length(model_path: str, rope_scaling: dict[str, Any], max_pos
         f"{limit} positions (max_position_embeddings); prepare the data with --block-size <= {limit} (or "
         f"data.max_seq_length for SFT), or extend the context: model.rope_scaling={{rope_type: linear, factor: "
         f"{-(-seq_len // (text_config(config).get('max_position_embeddings') or seq_len))}}}")
-
-
-def scaled_config(model_path: str, rope_scaling: dict[str, Any], max_positions: int | None):
-    """The model's AutoConfig with this run's scaling and length merged in (unchanged without them)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_path)
-    if not rope_scaling and max_positions is None:
-        return config
-    text = getattr(config, "text_config", None) or config
-    original = text.max_position_embeddings
-    if rope_scaling:
-        params = dict(rope_scaling)
-        if params["rope_type"] in NEEDS_ORIGINAL:
-            params.setdefault("original_max_position_embeddings", original)
-        if hasattr(text, "rope_parameters"):  # transformers 5
-            text.rope_parameters = {**(text.rope_parameters or {}), **params}
-        else:
-            text.rope_scaling = params
-    text.max_position_embeddings = positions({"max_position_embeddings": original}, rope_scaling, max_positions)
-    return config
 
 
 def describe(model_path: str, rope_scaling: dict[str, Any], max_positions: int | None) -> str:

@@ -53,7 +53,7 @@ def base_vocab_size(cfg: TrainConfig) -> int:
 
 def model_config(cfg: TrainConfig):
     """The model's config as this run builds it (``model.rope_scaling``/``max_position_embeddings`` merged in)."""
-    from .context import scaled_config
+    from zhllama.rope import scaled_config
 
     return scaled_config(cfg.model.path, cfg.model.rope_scaling, cfg.model.max_position_embeddings)
 

@@ -1,4 +1,4 @@
-"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination, LLM judge."""
+"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination, LLM judge, long context."""
 from zhllama.cli import main_for
 
 COMMANDS = {
@@ -7,6 +7,7 @@ COMMANDS = {
     "base": "evaluation.base_cli",
     "contamination": "evaluation.contamination_cli",
     "judge": "evaluation.judge_cli",
+    "long-context": "evaluation.long_context_cli",
 }
 
 if __name__ == "__main__":

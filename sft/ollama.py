@@ -65,7 +65,7 @@ def _check_value(what: str, text: str) -> None:
 
 
 def _context_length(folder: Path) -> int | None:
-    from engine.context import text_config
+    from zhllama.rope import text_config
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     value = text_config(config).get("max_position_embeddings")

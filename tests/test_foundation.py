@@ -103,7 +103,7 @@ def test_atomic_output_dir_leaves_nothing_on_failure(tmp_path):
             pass
 
 
-@pytest.mark.parametrize("phase", ["vocab", "pretrain", "sft"])
+@pytest.mark.parametrize("phase", ["vocab", "pretrain", "sft", "evaluation", "corpora"])
 def test_command_registry_entries_import(phase):
     registry = importlib.import_module(f"{phase}.__main__").COMMANDS
     for name, module_name in registry.items():

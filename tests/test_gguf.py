@@ -150,7 +150,7 @@ def test_a_longer_context_reaches_the_gguf(chain, llama_cpp_tree, tmp_path):
     context length. (The tiny model's greedy tokens do not depend on positions, so no continuation here.)"""
     import sys
 
-    from engine.context import scaled_config
+    from zhllama.rope import scaled_config
 
     folder = tmp_path / "long"
     shutil.copytree(chain["pt"], folder)
