@@ -5,6 +5,7 @@ COMMANDS = {
     "check": "corpora.check_cli",
     "near-dups": "corpora.near_dup_cli",
     "quality": "corpora.quality_cli",
+    "perplexity": "corpora.perplexity_cli",
 }
 
 if __name__ == "__main__":

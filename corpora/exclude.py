@@ -4,6 +4,7 @@
     exclude:                                         # or several lists, e.g. with benchmark contamination
       - {file: near_dups.keys, sha256: 3f5c…}
       - {file: contamination.keys, sha256: 9a01…}    # made by `python -m evaluation contamination`
+      - {file: quality.keys, sha256: 77c2…}          # `python -m corpora quality` or `corpora perplexity`
 
 One 32-hex-digit document key per line (``corpora.manifest.document_key``); lines starting with ``#`` are
 comments, and ``# salt: S`` records the holdout salt the keys were made with — keys are salted, so a file

@@ -30,9 +30,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from zhllama.errors import UserError
+from zhllama.token_losses import token_losses
 
 # The wording of Landmark Attention's test, and the same in Chinese. Parts are joined by newlines.
 PASSKEY_TEXT = {
@@ -46,7 +46,6 @@ PASSKEY_TEXT = {
            "key": "通行密码是{key}。记住它。{key}是通行密码。",
            "question": "通行密码是什么？通行密码是", "join": ""},
 }
-LOGIT_CHUNK = 1024  # positions whose logits exist at once: never a [window x vocab] fp32 tensor
 
 
 # ---------------------------------------------------------------- loss by position
@@ -71,23 +70,6 @@ def text_windows(tokenizer, texts: Iterable[str], length: int, count: int,
         if len(windows) >= count:
             break
     return windows[:count], len(windows)
-
-
-@torch.no_grad()
-def token_losses(model, ids: torch.Tensor, chunk: int = LOGIT_CHUNK) -> torch.Tensor:
-    """Next-token losses in nats (float32) of a ``[B, S]`` batch without padding: ``[B, S - 1]``."""
-    config = model.config
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) is not None:
-        # the head does more than a matmul (Gemma's softcap, Cohere's scale): the model's own logits
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-    hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
-    head = model.get_output_embeddings()
-    pieces = []
-    for s in range(0, hidden.size(1), chunk):
-        logits = head(hidden[:, s : s + chunk]).float()
-        pieces.append(F.cross_entropy(logits.transpose(1, 2), ids[:, s + 1 : s + 1 + chunk], reduction="none"))
-    return torch.cat(pieces, dim=1)
 
 
 def loss_by_position(model, windows: list[list[int]], lengths: list[int], positions: int | None,

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from helpers_prepare import corpus_lines, write_lines, write_manifest
 
 from evaluation.long_context import (first_number, greedy_answers, loss_by_position, passkey_prompt,
-                                     passkey_prompts, passkey_summary, text_windows, token_losses)
+                                     passkey_prompts, passkey_summary, text_windows)
+from zhllama.token_losses import token_losses
 
 
 @pytest.fixture(scope="module")
