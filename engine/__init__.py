@@ -52,6 +52,7 @@ def train(
     tokenizer_fingerprint: str | None = None,
     eval_sets: dict[str, tuple[Any, int | None]] | None = None,
     objective: Any | None = None,
+    provenance: dict | None = None,
 ) -> dict:
     """Train ``cfg.model.path`` on ``train_dataset`` under DeepSpeed; return the final metrics (every rank).
 
@@ -68,6 +69,8 @@ def train(
     - ``objective``: None trains on the next-token loss of the labelled tokens. Another objective
       (``engine.preference.DPOObjective``) supplies ``loss(engine, batch, device) -> (sum, count)``,
       ``evaluate(...)`` for the eval split, and ``prepare(...)``, run once before step 1 or on resume.
+    - ``provenance``: what the data is (stage, manifests, sources with licenses), recorded as ``data`` in
+      train_report.json; with the lineage of ``cfg.model.path`` it makes the model card (zhllama/model_card.py).
 
     Writes under ``cfg.output_dir``: ``checkpoints/step-N`` (resumable, ``complete.json`` last),
     ``metrics.jsonl``, ``tensorboard/``, ``wandb/``, ``loss_curve.png``, ``train_report.json``
@@ -82,5 +85,5 @@ def train(
     return run_training(
         cfg, train_dataset, eval_dataset, collate_fn,
         eval_characters=eval_characters, data_fingerprint=data_fingerprint,
-        tokenizer_fingerprint=tokenizer_fingerprint, eval_sets=eval_sets, objective=objective,
+        tokenizer_fingerprint=tokenizer_fingerprint, eval_sets=eval_sets, objective=objective, provenance=provenance,
     ).metrics

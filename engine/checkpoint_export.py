@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from zhllama.errors import UserError
+from zhllama.model_card import lineage_of, write_model_card
 from zhllama.files import atomic_output_dir, write_json_atomic
 from zhllama.model_folder import require_model_folder
 from zhllama.tokenizer_files import copy_tokenizer_files, copy_vocab_reports
@@ -161,6 +162,7 @@ def export_checkpoint(paths: str | Path | list, out: str | Path, *, overwrite: b
     if len(paths) > 1:  # a mean: every source named, with its step and run
         report["averaged"] = [{"checkpoint": str(p.resolve()), "step": m["step"],
                                "settings_fingerprint": m.get("settings_fingerprint")} for p, m in zip(paths, markers)]
+    report["lineage"] = lineage_of(cfg.model.path)
     if cfg.mode == "lora":  # `sft export` checks the base it merges into against this
         from zhllama.model_fingerprint import model_fingerprint
 
@@ -173,6 +175,7 @@ def export_checkpoint(paths: str | Path | list, out: str | Path, *, overwrite: b
         write_json_atomic(tmp / "train_report.json", report)
         if add_files is not None:
             add_files(tmp, cfg, marker["settings"])
+        write_model_card(tmp, Path(out).name)  # after add_files: an SFT checkpoint's card shows its chat template
     return report
 
 

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from zhllama.errors import Stopped, UserError
 from zhllama.files import check_writable_dir, write_json_atomic
+from zhllama.model_card import lineage_of
 from zhllama.model_folder import first_layer_numel
 
 from . import checkpoint, settings as run_settings
@@ -355,7 +356,8 @@ def _save_checkpoint(cfg: TrainConfig, engine, guard: LossGuard, step: int, meta
 
 
 def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fingerprint: str | None,
-           tokenizer_fingerprint: str | None, watch: Watch | None = None) -> dict[str, Any]:
+           tokenizer_fingerprint: str | None, watch: Watch | None = None,
+           provenance: dict | None = None) -> dict[str, Any]:
     """Collective: the final model folder and train_report.json; returns metrics + report fields."""
     report = {
         "step": state.step, "mode": cfg.mode, "world_size": plan.world, "global_batch": plan.steps.global_batch,
@@ -364,7 +366,7 @@ def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fin
         "base_model": str(cfg.model.path), "data_fingerprint": data_fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint,
         "settings": plan.settings, "settings_fingerprint": run_settings.fingerprint(plan.settings),
-        "metrics": dict(state.metrics),
+        "metrics": dict(state.metrics), "data": provenance, "lineage": lineage_of(cfg.model.path),
     }
     if watch is not None and watch.reporting:  # base numbers, guard trips, forgetting table (evaluation/forgetting.py)
         report.update(watch.report_fields(), stopped_by_guard=bool(state.stopped_by_guard))
@@ -395,7 +397,8 @@ def _writing(cfg: TrainConfig, what: str):
 
 def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_characters: int | None,
                  data_fingerprint: str | None, tokenizer_fingerprint: str | None,
-                 eval_sets: dict[str, tuple[Any, int | None]] | None = None, objective: Any | None = None) -> TrainRun:
+                 eval_sets: dict[str, tuple[Any, int | None]] | None = None, objective: Any | None = None,
+                 provenance: dict | None = None) -> TrainRun:
     # DeepSpeed calls torch.distributed functions torch has renamed; one warning per step is noise.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -410,4 +413,5 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
     built = build(cfg, plan)
     state = fit(cfg, plan, built, train_ds, eval_ds, collate_fn or default_collate, eval_characters, data_fingerprint,
                 watch, objective)
-    return TrainRun(finish(cfg, plan, built, state, data_fingerprint, tokenizer_fingerprint, watch), built.engine)
+    return TrainRun(finish(cfg, plan, built, state, data_fingerprint, tokenizer_fingerprint, watch, provenance),
+                    built.engine)

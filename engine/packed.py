@@ -126,6 +126,7 @@ def read_prepare_report(data_dir: str | os.PathLike) -> dict[str, Any]:
         "special_ids": first["special_ids"],
         "manifest": first["manifest"],
         "sources": first["sources"],
+        "source_info": first.get("source_info", {}),  # folders prepared before it was recorded: {}
         "splits": splits,
         "documents": sum(s["documents"] for s in splits.values()),
         "tokens": sum(s["tokens"] for s in splits.values()),

@@ -281,6 +281,8 @@ def _tokenize_and_report(cfg: PrepareConfig, manifest: Any, tok: TokenizerInfo, 
         "manifest": {"path": str(cfg.manifest), "name": manifest.name, "fingerprint": manifest.fingerprint(),
                      "holdout": dataclasses.asdict(manifest.holdout)},
         "sources": [s.name for s in manifest.sources],
+        "source_info": {s.name: {"license": s.license, "language": s.language, "weight": s.weight}
+                        for s in manifest.sources},  # the model card's data table (zhllama/model_card.py)
         "source_stats": sources,
         "splits": splits,
         "documents": documents,

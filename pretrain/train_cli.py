@@ -41,6 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4")
 
 
+def provenance(data_dir: str) -> dict:
+    """The data for the model card: the prepared folder's manifest and its sources with their licenses."""
+    from engine.packed import read_prepare_report
+
+    report = read_prepare_report(data_dir)
+    info = report.get("source_info") or {}
+    return {"stage": "pretrain", "dir": str(data_dir), "manifests": [{
+        "name": report["manifest"]["name"], "fingerprint": report["manifest"]["fingerprint"],
+        "sources": [{"name": name, **info.get(name, {"license": None, "language": None})}
+                    for name in report["sources"]]}]}
+
+
 def run(args: argparse.Namespace) -> int:
     from zhllama.config import load_config
 
@@ -56,11 +68,15 @@ def run(args: argparse.Namespace) -> int:
         cfg, train_ds, eval_ds, None,
         eval_characters=eval_ds.characters if eval_ds is not None else None,
         data_fingerprint=train_ds.cache_key, tokenizer_fingerprint=train_ds.tokenizer_fingerprint,
+        provenance=provenance(cfg.data.dir),
     )
     if result.get("world_size") is not None:
         import torch.distributed as dist
 
         if dist.get_rank() == 0:
+            from zhllama.model_card import write_model_card
+
+            write_model_card(result["final_dir"])
             shown = {k: result[k] for k in sorted(result) if k.startswith(("eval/", "train/loss"))}
             print(f"done: {result['final_dir']}  " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()), flush=True)
     return 0

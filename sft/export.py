@@ -11,6 +11,7 @@ refused with the three numbers and what they mean.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from zhllama.errors import UserError
 from zhllama.model_folder import require_model_folder
 from zhllama.files import atomic_output_dir, write_json_atomic
+from zhllama.model_card import write_model_card
 from zhllama.tokenizer_files import copy_tokenizer_files, copy_vocab_reports
 
 from .chat_templates import install_chat_template
@@ -148,6 +150,9 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
             spec.save(tmp)
             install_chat_template(tmp, spec)  # for llama.cpp / vLLM / Ollama chat modes
         write_json_atomic(tmp / "export_report.json", report.__dict__)
+        if (run_dir / "train_report.json").is_file():  # what trained it travels with it (lineage, model card)
+            shutil.copyfile(run_dir / "train_report.json", tmp / "train_report.json")
+        write_model_card(tmp, Path(out).name)
     return report
 
 

@@ -112,6 +112,21 @@ def objective_of(cfg):
                         kind=cfg.dpo.loss, simpo_gamma=cfg.dpo.simpo_gamma)
 
 
+def provenance(cfg) -> dict:
+    """The data for the model card: the manifest's sources with their licenses, or the files as listed."""
+    out: dict = {"stage": cfg.objective}
+    if cfg.data.manifest:
+        from corpora.manifest import load_manifest
+
+        manifest = load_manifest(cfg.data.manifest)
+        out["manifests"] = [{"name": manifest.name, "fingerprint": manifest.fingerprint(),
+                             "sources": [{"name": s.name, "license": s.license, "language": s.language,
+                                          "weight": s.weight} for s in manifest.sources]}]
+    else:
+        out["files"] = [{"path": str(f.path), "weight": f.weight} for f in cfg.data.files]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from zhllama.config import dump_config, load_config
     from zhllama.files import write_json_atomic
@@ -130,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from engine import train
 
     result = train(cfg, train_ds, eval_ds, collator, data_fingerprint=report.fingerprint,
-                   tokenizer_fingerprint=fingerprint, objective=objective_of(cfg))
+                   tokenizer_fingerprint=fingerprint, objective=objective_of(cfg), provenance=provenance(cfg))
     if _rank() == 0:
         out = Path(cfg.output_dir)
         final = Path(result["final_dir"])
@@ -139,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
         from .export import SFT_DATA_REPORT
 
         install_chat_template(final, spec)  # other runtimes' chat modes format prompts the same way
+        from zhllama.model_card import write_model_card
+
+        write_model_card(final)  # after the template: the card shows chat usage
         spec.save(out)
         write_json_atomic(out / SFT_DATA_REPORT, asdict(report))  # also tells `sft export` it is an SFT run
         dump_config(cfg, out / "sft_config.yaml")

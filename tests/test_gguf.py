@@ -142,6 +142,14 @@ def test_sft_export_gguf_in_one_step(chain, llama_cpp_tree, tmp_path):
     modelfile = modelfile_values((out / "Modelfile").read_text(encoding="utf-8"))
     assert modelfile["FROM"] == "./model-f32.gguf" and "{{ .Content }}" in modelfile["TEMPLATE"]
     assert f"ollama create NAME -f {out / 'Modelfile'}" in proc.stdout
+    # llama.cpp's converter reads the export's model card (README.md front matter) into the GGUF
+    sys.path.insert(0, str(llama_cpp_tree / "gguf-py"))
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(out / "model-f32.gguf"))
+    tags, languages = (reader.get_field(k) for k in ("general.tags", "general.languages"))
+    assert tags is not None and {"zhllama", "sft"} <= set(tags.contents()), "no card metadata in the GGUF"
+    assert languages is not None and "zh" in languages.contents()
 
 
 def test_a_longer_context_reaches_the_gguf(chain, llama_cpp_tree, tmp_path):

@@ -20,6 +20,7 @@ from helpers_train import REPO, TINY, _train, assets  # noqa: F401  (assets is a
 
 def test_single_process_cli_trains_on_prepared_shards_and_stages_chain(assets):
     out = assets["root"] / "run"
+    (assets["model"] / "README.md").write_text("---\nlicense: apache-2.0\n---\n# the base\n")  # its card's licence
     proc = _train(f"model.path={assets['model']}", f"data.dir={assets['shards']}", f"output_dir={out}",
                   "schedule.max_steps=6", "eval.every_steps=3", "checkpoint.every_steps=2", "logging.wandb=disabled",
                   "logging.tensorboard=false", "mode=embeddings")
@@ -72,6 +73,30 @@ def test_single_process_cli_trains_on_prepared_shards_and_stages_chain(assets):
     assert report["template"] is None and any("a pretraining run" in note for note in report["notes"])
     assert not (merged / "sft_template.json").exists()
     assert "chat_template" not in json.loads((merged / "tokenizer_config.json").read_text())
+    _check_cards(assets["model"], out / "final", stage2 / "final", merged)
+
+
+def _front(card: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(card.read_text().split("---")[1])
+
+
+def _check_cards(base: Path, stage1: Path, stage2: Path, merged: Path) -> None:
+    """Every result folder has a card written from its reports: licence of the base, data sources, lineage."""
+    from zhllama.model_card import lineage_of
+
+    first = (stage1 / "README.md").read_text()
+    assert _front(stage1 / "README.md")["license"] == "apache-2.0"
+    assert _front(stage1 / "README.md")["library_name"] == "transformers" and "pretrain" in _front(stage1 / "README.md")["tags"]
+    assert "| continued pretraining | tiny | zh | test | 1.0 |" in first and "mode `embeddings`, 6 steps" in first
+    assert _front(stage2 / "README.md")["library_name"] == "peft" and "python -m sft export" in (stage2 / "README.md").read_text()
+    steps = lineage_of(merged)
+    assert [(s["kind"], s.get("mode")) for s in steps] == [("train", "embeddings"), ("train", "lora"), ("merge", None)]
+    assert steps[0]["base_model"] == str(base) and steps[1]["base_model"] == str(stage1)
+    card = (merged / "README.md").read_text()
+    assert card.index("mode `embeddings`") < card.index("mode `lora`") < card.index("merged into")
+    assert _front(merged / "README.md")["license"] == "apache-2.0"  # from the first base, through the lineage
 
 
 def test_a_longer_wsd_run_continues_from_the_start_of_the_old_decay(assets):
