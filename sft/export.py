@@ -130,6 +130,7 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
         report.base_rows = model.get_input_embeddings().weight.shape[0]
         report.adapter_embedding_rows = adapter_embedding_rows(run_dir)
         model = _merge(model, run_dir, report)
+        _apply_run_context(model, run_dir, report)
     else:  # mode=full/embeddings runs are already whole models: re-save with the template
         model = AutoModelForCausalLM.from_pretrained(str(run_dir), dtype=torch.float32)
         report.base_rows = model.get_input_embeddings().weight.shape[0]
@@ -154,6 +155,25 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
             shutil.copyfile(run_dir / "train_report.json", tmp / "train_report.json")
         write_model_card(tmp, Path(out).name)
     return report
+
+
+def _apply_run_context(model: Any, run_dir: Path, report: ExportReport) -> None:
+    """A run's ``model.rope_scaling`` / ``max_position_embeddings`` live in its settings, not in the adapter: the
+    merged model gets them, or a 16K-trained adapter would be served with the base's 4K positions."""
+    from zhllama.rope import apply_scaling
+
+    try:
+        settings = json.loads((run_dir / "train_report.json").read_text(encoding="utf-8")).get("settings") or {}
+    except (OSError, ValueError):
+        return
+    scaling, positions = settings.get("model.rope_scaling") or {}, settings.get("model.max_position_embeddings")
+    if not scaling and positions is None:
+        return
+    text = getattr(model.config, "text_config", None) or model.config
+    before = text.max_position_embeddings
+    apply_scaling(model.config, scaling, positions)
+    kind = f"RoPE {scaling['rope_type']} x{scaling['factor']}" if scaling else "the run's positions"
+    report.notes.append(f"{kind} from the run's settings: positions {before} -> {text.max_position_embeddings}")
 
 
 def _merge(model: Any, adapter_dir: Path, report: ExportReport):

@@ -152,3 +152,18 @@ def test_a_base_of_another_hidden_size_is_one_clear_error(base, tmp_path):
     with pytest.raises(UserError, match=r"does not fit --base .*wide"):  # was a PEFT size-mismatch traceback
         export_merged(wide, tmp_path / "run", tmp_path / "merged", force=True)
     assert not (tmp_path / "merged").exists()
+
+
+def test_a_lora_run_with_a_longer_context_merges_into_a_model_with_its_positions(base, tmp_path):
+    """The run's model.rope_scaling is in its settings, not in the adapter: the merge must carry it over."""
+    import json
+
+    _fake_run(base, tmp_path / "run")
+    settings = {"model.rope_scaling": {"rope_type": "linear", "factor": 4}, "model.max_position_embeddings": None}
+    (tmp_path / "run" / "final" / "train_report.json").write_text(json.dumps({"settings": settings, "mode": "lora"}))
+    report = export_merged(base, tmp_path / "run", tmp_path / "merged")
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    before = json.loads((base / "config.json").read_text())["max_position_embeddings"]
+    assert config["max_position_embeddings"] == 4 * before
+    assert config["rope_parameters"]["rope_type"] == "linear" and config["rope_parameters"]["factor"] == 4
+    assert any(f"RoPE linear x4 from the run's settings: positions {before} -> {4 * before}" in n for n in report.notes)

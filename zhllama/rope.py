@@ -60,7 +60,12 @@ def scaled_config(model_path: str, rope_scaling: dict[str, Any], max_positions: 
     """The model's AutoConfig with this run's scaling and length merged in (unchanged without them)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path)
+    return apply_scaling(AutoConfig.from_pretrained(model_path), rope_scaling, max_positions)
+
+
+def apply_scaling(config, rope_scaling: dict[str, Any], max_positions: int | None):
+    """Merge a scaling and length into a loaded config (in place; returned). Used for a model built from the
+    base (training) and for a LoRA merge, whose base config does not have the scaling the run trained with."""
     if not rope_scaling and max_positions is None:
         return config
     text = getattr(config, "text_config", None) or config
