@@ -39,3 +39,33 @@ def document_bits(model, tokenizer, texts: list[str], max_chars: int = 2000, bat
         for r, i in enumerate(rows):
             out[i] = float(nats[r]) / math.log(2) / max(len(heads[i]), 1)
     return out
+
+
+def ranks(device: str) -> tuple[int, int, str]:
+    """(rank, world size, this rank's device). Under torchrun each rank scores every world-th document; one
+    process (no WORLD_SIZE) scores them all."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), world, device
+
+
+def gather(obj, world: int) -> list:
+    """Every rank's ``obj``, in rank order (the object itself with one process)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list = [None] * world
+    dist.all_gather_object(out, obj)
+    return out

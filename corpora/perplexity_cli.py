@@ -3,6 +3,7 @@
     python -m corpora perplexity corpora_manifests/web_zh.yaml --model Qwen2.5-0.5B --out corpora_manifests/ppl.keys \
         [--drop-worst 0.1] [--drop-best 0.0] [--max-bits-per-char B] [--max-chars 2000] [--min-chars 50] \
         [--batch-size 16] [--device cuda] [--dtype bfloat16]
+    torchrun --nproc_per_node 8 -m corpora perplexity ... --device cuda      # 8 GPUs, every 8th document each
     # then, in the manifest:  exclude: {file: <path relative to base_dir>, sha256: <printed digest>}
 
 Each document (training part and held-out slice alike, after cleaning and exact dedup) is scored in
@@ -89,8 +90,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is a folder; give a file path")
     manifest = load_manifest(args.manifest, with_exclude=False)  # from scratch, whatever is excluded now
     require_model_folder(args.model, "--model")
-    model, tokenizer = _load(args)
-    scores, seconds = _score_all(manifest, model, tokenizer, settings, args)
+    from .perplexity import ranks
+
+    rank, world, device = ranks(args.device)
+    model, tokenizer = _load(args, device)
+    scores, seconds = _score_all(manifest, model, tokenizer, settings, args, rank, world, device)
+    if rank:
+        return 0  # rank 0 writes the results
     report = cut(scores, settings, seconds)
     keys = report.pop("keys")
     from zhllama.model_fingerprint import model_fingerprint
@@ -112,28 +118,38 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, device: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
     return model, AutoTokenizer.from_pretrained(args.model)
 
 
 @dataclasses.dataclass
 class SourceScores:
-    """One source's documents as (key, bits/char or None when too short, line), and its extreme examples."""
+    """One source's documents as (index, key, bits/char or None when too short, line), and its extreme examples."""
 
     rows: list = dataclasses.field(default_factory=list)
     worst: list = dataclasses.field(default_factory=list)  # min-heap of (bits, line, text): the highest kept
     best: list = dataclasses.field(default_factory=list)  # min-heap of (-bits, line, text): the lowest kept
 
-    def add(self, key: bytes, bits: float | None, line: int, text: str) -> None:
-        self.rows.append((key, bits, line))
+    def add(self, index: int, key: bytes, bits: float | None, line: int, text: str) -> None:
+        self.rows.append((index, key, bits, line))
         if bits is not None:  # only the examples keep text: a corpus of millions stays small in memory
             for heap, value in ((self.worst, bits), (self.best, -bits)):
                 (heapq.heappush if len(heap) < EXAMPLES else heapq.heappushpop)(heap, (value, line, text[:120]))
+
+    @classmethod
+    def merged(cls, parts: list["SourceScores"]) -> "SourceScores":
+        """The ranks' shares as one source, in document order."""
+        out = cls(rows=sorted((r for p in parts for r in p.rows), key=lambda r: r[0]))
+        out.worst = heapq.nlargest(EXAMPLES, (e for p in parts for e in p.worst))
+        out.best = heapq.nlargest(EXAMPLES, (e for p in parts for e in p.best))
+        heapq.heapify(out.worst)
+        heapq.heapify(out.best)
+        return out
 
     def examples(self) -> dict:
         return {"worst": [{"line": line, "bits_per_char": round(v, 4), "text": t} for v, line, t in
@@ -142,30 +158,34 @@ class SourceScores:
                          sorted(self.best, reverse=True)]}
 
 
-def _score_all(manifest, model, tokenizer, settings: PerplexitySettings, args) -> tuple[dict, float]:
+def _score_all(manifest, model, tokenizer, settings: PerplexitySettings, args, rank: int = 0, world: int = 1,
+               device: str = "cpu") -> tuple[dict, float]:
+    """Every source's scores (on every rank); rank r scores the documents whose index is r modulo world."""
     from tqdm import tqdm
 
     from .manifest import iter_documents
-    from .perplexity import document_bits
+    from .perplexity import document_bits, gather
 
     started, out = time.monotonic(), {}
     for source in manifest.sources:
         scores, pending = SourceScores(), []
 
         def flush() -> None:
-            judged = [d.text for d in pending if len(d.text) >= settings.min_chars]
-            bits = iter(document_bits(model, tokenizer, judged, settings.max_chars, args.batch_size, args.device))
-            for d in pending:
-                scores.add(d.key, next(bits) if len(d.text) >= settings.min_chars else None, d.line, d.text)
+            judged = [d.text for _, d in pending if len(d.text) >= settings.min_chars]
+            bits = iter(document_bits(model, tokenizer, judged, settings.max_chars, args.batch_size, device))
+            for i, d in pending:
+                scores.add(i, d.key, next(bits) if len(d.text) >= settings.min_chars else None, d.line, d.text)
             pending.clear()
 
-        for doc in tqdm(iter_documents(source, split="all", keys=True), desc=source.name, unit=" docs",
-                        disable=True if args.no_progress else None):
-            pending.append(doc)
-            if len(pending) == CHUNK_DOCS:
-                flush()
+        docs = iter_documents(source, split="all", keys=True)
+        for i, doc in enumerate(tqdm(docs, desc=source.name, unit=" docs",
+                                     disable=True if args.no_progress or rank else None)):
+            if i % world == rank:
+                pending.append((i, doc))
+                if len(pending) == CHUNK_DOCS:
+                    flush()
         flush()
-        out[source.name] = scores
+        out[source.name] = SourceScores.merged(gather(scores, world))
     return out, time.monotonic() - started
 
 
@@ -174,7 +194,7 @@ def cut(scores: dict[str, SourceScores], settings: PerplexitySettings, seconds: 
     keys, sources = [], {}
     total = listed = 0
     for name, found in scores.items():
-        scored = [r for r in found.rows if r[1] is not None]
+        scored = [(key, bits, line) for _, key, bits, line in found.rows if bits is not None]
         values = np.array([r[1] for r in scored], dtype=np.float64)
         high = float(np.quantile(values, 1 - settings.drop_worst)) if len(values) and settings.drop_worst else None
         low = float(np.quantile(values, settings.drop_best)) if len(values) and settings.drop_best else None
@@ -198,7 +218,7 @@ def _write_scores(path: Path, scores: dict[str, SourceScores]) -> None:
     from zhllama.files import write_text_atomic
 
     lines = [json.dumps({"source": name, "key": key.hex(), "line": line, "bits_per_char": bits})
-             for name, found in scores.items() for key, bits, line in found.rows]
+             for name, found in scores.items() for _, key, bits, line in found.rows]
     write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
 
 

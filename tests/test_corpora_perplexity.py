@@ -100,3 +100,44 @@ def test_bad_settings_are_refused_together(tiny, tmp_path):
     with pytest.raises(UserError, match="3 problems") as info:
         run(_args("m.yaml", folder, tmp_path / "k", drop_worst=1.2, max_bits_per_char=-1, batch_size=0))
     assert "--drop-worst" in str(info.value) and "--batch-size" in str(info.value)
+
+
+def _cli(*argv: str, ranks: int = 1):
+    import os
+    import subprocess
+    import sys
+
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+              if ranks > 1 else [sys.executable])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return subprocess.run([*launch, "-m", "corpora", "perplexity", *argv], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.mark.distributed
+def test_two_ranks_list_the_same_documents_as_one_process(tiny, tmp_path):
+    folder, _, _ = tiny
+    manifest = write_manifest(tmp_path / "m.yaml", [
+        {"name": "web", "file": write_lines(tmp_path / "web.txt", _docs(5, 37) + _gibberish(6, 4))},
+        {"name": "forum", "file": write_lines(tmp_path / "forum.txt", _docs(7, 11))}], holdout=0.1)
+    outputs = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"r{ranks}" / "ppl.keys"
+        out.parent.mkdir()
+        proc = _cli(str(manifest), "--model", str(folder), "--out", str(out), "--max-chars", "120", "--batch-size",
+                    "4", "--drop-best", "0.1", "--no-progress", ranks=ranks)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(out.with_name("ppl.keys.json").read_text())
+        report.pop("totals")
+        outputs[ranks] = (out.read_text(), out.with_name("ppl.keys.scores.jsonl").read_text(), report)
+    assert outputs[1][0] == outputs[2][0]  # the same keys listed
+    for name, source in outputs[1][2]["sources"].items():  # batches differ across ranks: floats to ~1e-7
+        other = outputs[2][2]["sources"][name]
+        assert [source[k] for k in ("documents", "scored", "listed")] == [other[k] for k in ("documents", "scored", "listed")]
+        assert other["cut_above"] == pytest.approx(source["cut_above"], rel=1e-5)
+        assert [e["text"] for e in source["worst"] + source["best"]] == [e["text"] for e in other["worst"] + other["best"]]
+    one, two = ([json.loads(line) for line in outputs[r][1].splitlines()] for r in (1, 2))
+    assert [(s["key"], s["line"]) for s in one] == [(s["key"], s["line"]) for s in two]  # document order
+    assert [s["bits_per_char"] for s in two] == pytest.approx([s["bits_per_char"] for s in one], rel=1e-5)
