@@ -77,6 +77,17 @@ def read_exclude(spec: ExcludeSpec, base_dir: Path, salt: str, problems: list[st
     return frozenset(keys), digest
 
 
+def publish_keys(out: Path, keys: list[bytes], salt: str, header: list[str], report: dict) -> str:
+    """The keys file and its report ``OUT.json`` (with the keys file's sha256, stored in ``report``); returns
+    the line to add to the manifest. Shared by near-dups, quality, perplexity and contamination."""
+    from zhllama.files import write_json_atomic
+
+    write_exclude(out, keys, salt, header)
+    report["sha256"] = sha256_file(out)
+    write_json_atomic(out.with_name(out.name + ".json"), report)
+    return f"exclude: {{file: <{out} relative to base_dir>, sha256: {report['sha256']}}}"
+
+
 def write_exclude(path: Path, keys: list[bytes], salt: str, header: list[str]) -> None:
     """The keys file (sorted) with ``header`` comment lines and the salt line, written atomically."""
     lines = [f"# {h}" for h in header] + [f"{SALT_PREFIX}{salt}"] + sorted(k.hex() for k in keys)

@@ -20,9 +20,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from zhllama.errors import UserError, raise_if_problems
-from zhllama.files import sha256_file, write_json_atomic
 
-from .exclude import write_exclude
+from .exclude import publish_keys
 from .manifest import Document, is_held_out, iter_documents, load_manifest
 from .near_dup import NearDupIndex, NearDupSettings
 
@@ -48,17 +47,14 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file path")
     report = near_duplicate_report(args.manifest, settings)
-    write_exclude(out, report.pop("keys"), report["salt"], [
+    hint = publish_keys(out, report.pop("keys"), report["salt"], [
         "zhllama near-duplicates: document keys to leave out (python -m corpora near-dups)",
         f"manifest: {report['manifest']} (fingerprint {report['fingerprint'][:16]})",
-        f"settings: {dataclasses.asdict(settings)}"])
-    report["sha256"] = sha256_file(out)
-    write_json_atomic(out.with_name(out.name + ".json"), report)
+        f"settings: {dataclasses.asdict(settings)}"], report)
     total = report["totals"]
     print(f"{total['copies']:,} of {total['documents']:,} documents are near-duplicates of earlier ones "
           f"({total['across_holdout']:,} across the held-out boundary); {total['docs_per_s']:,.0f} docs/s")
-    print(f"wrote {out}; add to the manifest:\n  exclude: {{file: <{out} relative to base_dir>, "
-          f"sha256: {report['sha256']}}}")
+    print(f"wrote {out}; add to the manifest:\n  {hint}")
     return 0
 
 

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from zhllama.errors import UserError, raise_if_problems
-from zhllama.files import sha256_file, write_json_atomic
 
-from .exclude import write_exclude
+from .exclude import publish_keys
 
 EXAMPLES = 5
 CHUNK_DOCS = 512  # documents read, then scored, at a time
@@ -105,16 +104,13 @@ def run(args: argparse.Namespace) -> int:
                   model=str(args.model), model_fingerprint=model_fingerprint(args.model),
                   settings=dataclasses.asdict(settings))
     _write_scores(out.with_name(out.name + ".scores.jsonl"), scores)
-    write_exclude(out, keys, manifest.holdout.salt, [
+    hint = publish_keys(out, keys, manifest.holdout.salt, [
         "zhllama perplexity: document keys to leave out (python -m corpora perplexity)",
         f"manifest: {args.manifest} (fingerprint {report['fingerprint'][:16]})",
         f"model: {args.model} (fingerprint {report['model_fingerprint'][:16]})",
-        f"settings: {dataclasses.asdict(settings)}"])
-    report["sha256"] = sha256_file(out)
-    write_json_atomic(out.with_name(out.name + ".json"), report)
+        f"settings: {dataclasses.asdict(settings)}"], report)
     print(summary(report))
-    print(f"wrote {out}; add to the manifest:\n  exclude: {{file: <{out} relative to base_dir>, "
-          f"sha256: {report['sha256']}}}")
+    print(f"wrote {out}; add to the manifest:\n  {hint}")
     return 0
 
 

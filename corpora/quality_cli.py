@@ -27,9 +27,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from zhllama.errors import UserError, raise_if_problems
-from zhllama.files import sha256_file, write_json_atomic
 
-from .exclude import write_exclude
+from .exclude import publish_keys
 from .manifest import iter_documents, load_manifest
 from .quality import QualitySettings, rule_names
 
@@ -56,15 +55,12 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file path")
     report = quality_report(args.manifest, settings, args.workers)
-    write_exclude(out, report.pop("keys"), report["salt"], [
+    hint = publish_keys(out, report.pop("keys"), report["salt"], [
         "zhllama quality: document keys to leave out (python -m corpora quality)",
         f"manifest: {report['manifest']} (fingerprint {report['fingerprint'][:16]})",
-        f"settings: {dataclasses.asdict(settings)}"])
-    report["sha256"] = sha256_file(out)
-    write_json_atomic(out.with_name(out.name + ".json"), report)
+        f"settings: {dataclasses.asdict(settings)}"], report)
     print(summary(report))
-    print(f"wrote {out}; add to the manifest:\n  exclude: {{file: <{out} relative to base_dir>, "
-          f"sha256: {report['sha256']}}}")
+    print(f"wrote {out}; add to the manifest:\n  {hint}")
     return 0
 
 

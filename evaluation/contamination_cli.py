@@ -21,10 +21,10 @@ import dataclasses
 import os
 from pathlib import Path
 
-from corpora.exclude import write_exclude
+from corpora.exclude import publish_keys
 from corpora.manifest import iter_documents, load_manifest
 from zhllama.errors import UserError, raise_if_problems
-from zhllama.files import sha256_file, write_json_atomic
+from zhllama.files import sha256_file
 
 from .base_cli import name_pairs
 from .benchmarks import LAYOUTS, item_key, read_all_splits
@@ -82,19 +82,17 @@ def run(args: argparse.Namespace) -> int:
     report, keys = contamination_report(manifest, items, settings, args.workers)
     report = {"manifest": str(args.manifest), "fingerprint": manifest.fingerprint(), "salt": manifest.holdout.salt,
               "settings": dataclasses.asdict(settings), "data": data, **report}
-    write_exclude(out, keys, manifest.holdout.salt, [
+    hint = publish_keys(out, keys, manifest.holdout.salt, [
         "zhllama benchmark contamination: training documents that contain benchmark items "
         "(python -m evaluation contamination)",
         f"manifest: {args.manifest} (fingerprint {report['fingerprint'][:16]})",
-        f"benchmarks: {', '.join(sorted(data))}", f"settings: {dataclasses.asdict(settings)}"])
-    report["sha256"] = sha256_file(out)
-    write_json_atomic(out.with_name(out.name + ".json"), report)
+        f"benchmarks: {', '.join(sorted(data))}", f"settings: {dataclasses.asdict(settings)}"], report)
     print(summary_table(report["results"]))
     totals = report["totals"]
     print(f"scanned {totals['documents']:,} documents ({totals['characters']:,} characters, "
           f"{totals['characters_per_s'] / 1e6:.1f} M/s); {len(keys):,} contain a contaminated item")
     print(f"wrote {out} and {out.name}.json; to train without those documents, add to the manifest's exclude:\n"
-          f"  - {{file: <{out} relative to base_dir>, sha256: {report['sha256']}}}")
+          f"  - {hint.removeprefix('exclude: ')}")
     return 0
 
 
