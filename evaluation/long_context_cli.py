@@ -157,7 +157,10 @@ def run(args: argparse.Namespace) -> int:
     model, config = _load(args, settings["rope_scaling"])
     text = getattr(config, "text_config", None) or config
     positions = getattr(text, "max_position_embeddings", None)
-    result = {"model": str(args.model), "positions": positions, "rope_scaling": settings["rope_scaling"] or None,
+    from zhllama.model_fingerprint import model_fingerprint
+
+    result = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model), "positions": positions,
+              "rope_scaling": settings["rope_scaling"] or None,
               "settings": {k: v for k, v in vars(args).items() if k not in ("model", "out", "no_progress")},
               "loss": _losses(args, settings, model, windows, positions)}
     if prompts:
