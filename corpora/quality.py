@@ -28,6 +28,7 @@ import functools
 import re
 import sys
 import unicodedata
+
 import numpy as np
 
 from .cleaning import _CJK_RE
@@ -39,8 +40,8 @@ _NON_ASCII_RUN_RE = re.compile(r"[^\x00-\x7f\ufffd]{4,}")
 _LINE_SPLIT_RE = re.compile(r"\n+")
 _NOT_TEXT = ("So", "Co", "Cn", "Cs", "Cc")  # other symbols (emoji, box drawing), private use, unassigned, ...
 _SPACE_RE = re.compile(r"\s")
-_DOUBLE_DECODED = ("锟斤拷", "\ufffd")
-REPETITION_MIN_UNITS = 50  # shorter documents are too short to judge by repetition (Gopher: >= 50 words)  # U+FFFD's UTF-8 bytes read as GBK (twice), and U+FFFD itself
+_DOUBLE_DECODED = ("锟斤拷", "\ufffd")  # U+FFFD's UTF-8 bytes read as GBK (twice), and U+FFFD itself
+REPETITION_MIN_UNITS = 50  # shorter documents are too short to judge by repetition (Gopher: >= 50 words)
 
 
 @dataclasses.dataclass(frozen=True)
