@@ -156,7 +156,7 @@ def export_checkpoint(paths: str | Path | list, out: str | Path, *, overwrite: b
     _load_into(module, weights, paths[0])
     marker = markers[-1]
     report = {key: marker.get(key) for key in ("step", "total_steps", "mode", "data_fingerprint", "settings",
-                                               "settings_fingerprint")}
+                                               "settings_fingerprint", "data")}
     report.update(from_checkpoint=str(paths[-1].resolve()), base_model=str(cfg.model.path),
                   tokenizer_fingerprint=marker["settings"].get("tokenizer_fingerprint"))
     if len(paths) > 1:  # a mean: every source named, with its step and run

@@ -254,7 +254,8 @@ def _set_aside_old_schedule(cfg: TrainConfig, plan: Plan, step: int) -> None:
 
 
 def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_fn, eval_characters: int | None,
-        data_fingerprint: str | None, watch: Watch | None = None, objective: Any | None = None) -> FitState:
+        data_fingerprint: str | None, watch: Watch | None = None, objective: Any | None = None,
+        provenance: dict | None = None) -> FitState:
     """The loop: micro batches → backward → step; logs, evaluation and checkpoints on their cadence."""
     engine, rank, world, dev = built.engine, plan.rank, plan.world, device()
     state = FitState(step=_resume(cfg, plan, built))
@@ -262,7 +263,8 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
     stable_end = decay_start(cfg.schedule, total_steps)  # wsd: always kept, a longer run continues from it
     tracker = Tracker(cfg, enabled=rank == 0, resumed_step=state.step)
     meta = {"data_fingerprint": data_fingerprint, "mode": cfg.mode, "total_steps": total_steps,
-            "settings": plan.settings, "settings_fingerprint": run_settings.fingerprint(plan.settings)}
+            "settings": plan.settings, "settings_fingerprint": run_settings.fingerprint(plan.settings),
+            "data": provenance}  # export-checkpoint's model card names the data too
     guard = LossGuard()
     if rank == 0:
         print(f"[zhllama] mode={cfg.mode} trainable={built.trainable:,}/{built.total_params:,} params, ranks={world}, "
@@ -412,6 +414,6 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
     watch = Watch(cfg, eval_sets)  # reads and checks named sets and benchmark files before the model
     built = build(cfg, plan)
     state = fit(cfg, plan, built, train_ds, eval_ds, collate_fn or default_collate, eval_characters, data_fingerprint,
-                watch, objective)
+                watch, objective, provenance)
     return TrainRun(finish(cfg, plan, built, state, data_fingerprint, tokenizer_fingerprint, watch, provenance),
                     built.engine)

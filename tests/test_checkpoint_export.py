@@ -63,6 +63,8 @@ def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mod
         assert json.loads((out / "config.json").read_text()) == json.loads((short / "final" / "config.json").read_text())
     report = json.loads((out / "train_report.json").read_text())
     assert report["step"] == 2 and report["from_checkpoint"].endswith("step-00000002")
+    assert report["data"] == json.loads((short / "train_report.json").read_text())["data"]  # the card's data table
+    assert "| continued pretraining | tiny | zh | test | 1.0 |" in (out / "README.md").read_text()
     if mode == "lora":  # the adapter names its base, as final/ does: `sft export` merges it the same way
         assert report["base_model_fingerprint"] == json.loads(
             (short / "final" / "train_report.json").read_text())["base_model_fingerprint"]
