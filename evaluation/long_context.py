@@ -40,11 +40,11 @@ PASSKEY_TEXT = {
                     "I will quiz you about the important information there.",
            "filler": "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
            "key": "The pass key is {key}. Remember it. {key} is the pass key.",
-           "question": "What is the pass key? The pass key is", "join": " "},
+           "question": "What is the pass key? The pass key is", "ask": "What is the pass key?", "join": " "},
     "zh": {"intro": "下面的大量无关文字中藏着一条重要信息。找到它并记住它。之后我会问你这条重要信息。",
            "filler": "草是绿的。天是蓝的。太阳是黄的。我们出发吧。去了又回来。",
            "key": "通行密码是{key}。记住它。{key}是通行密码。",
-           "question": "通行密码是什么？通行密码是", "join": ""},
+           "question": "通行密码是什么？通行密码是", "ask": "通行密码是什么？", "join": ""},
 }
 
 
@@ -115,20 +115,32 @@ def passkey_key(seed: int, length: int, depth: float, trial: int, digits: int) -
     return str(rng.randint(10 ** (digits - 1), 10**digits - 1))
 
 
-def _passkey_text(language: str, key: str, before: int, after: int) -> tuple[str, str]:
-    """The whole prompt and the part before the key sentence."""
+def _passkey_text(language: str, key: str, before: int, after: int, chat: bool = False) -> tuple[str, str]:
+    """The whole prompt and the part before the key sentence. A chat model is asked the question in a user
+    turn and answers in its own; a base model completes "The pass key is"."""
     t = PASSKEY_TEXT[language]
     head = [t["intro"]] + ([t["join"].join([t["filler"]] * before)] if before else [])
-    tail = ([t["join"].join([t["filler"]] * after)] if after else []) + [t["question"]]
+    tail = ([t["join"].join([t["filler"]] * after)] if after else []) + [t["ask" if chat else "question"]]
     return "\n".join(head + [t["key"].format(key=key)] + tail), "\n".join(head) + "\n"
 
 
-def passkey_prompt(tokenizer, language: str, key: str, length: int, depth: float) -> tuple[list[int], int]:
-    """Token ids of the longest prompt within ``length`` tokens (the most filler), the key at ``depth``."""
+def _chat(tokenizer, text: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def passkey_prompt(tokenizer, language: str, key: str, length: int, depth: float,
+                   chat: bool = False) -> tuple[list[int], int]:
+    """Token ids of the longest prompt within ``length`` tokens (the most filler), the key at ``depth``; with
+    ``chat`` the text is one user turn of the tokenizer's chat template (tokenized as HF does: no added BOS)."""
     def build(fillers: int) -> tuple[list[int], int]:
         before = round(depth * fillers)
-        text, head = _passkey_text(language, key, before, fillers - before)
-        return tokenizer(text).input_ids, len(tokenizer(head).input_ids)
+        text, head = _passkey_text(language, key, before, fillers - before, chat)
+        if not chat:
+            return tokenizer(text).input_ids, len(tokenizer(head).input_ids)
+        rendered = _chat(tokenizer, text)
+        ids = tokenizer(rendered, add_special_tokens=False).input_ids
+        return ids, round(len(ids) * rendered.index(head) / len(rendered)) + len(tokenizer(head).input_ids)
 
     bare = len(build(0)[0])
     if bare > length:
@@ -144,13 +156,16 @@ def passkey_prompt(tokenizer, language: str, key: str, length: int, depth: float
 
 
 def passkey_prompts(tokenizer, lengths: list[int], depths: list[float], trials: int, language: str,
-                    digits: int = 5, seed: int = 0) -> list[PasskeyPrompt]:
+                    digits: int = 5, seed: int = 0, chat: bool = False) -> list[PasskeyPrompt]:
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise UserError("--chat: the model's tokenizer has no chat template (tokenizer_config.json / "
+                        "chat_template.jinja); ask it as a base model, without --chat")
     out = []
     for length in lengths:
         for depth in depths:
             for trial in range(trials):
                 key = passkey_key(seed, length, depth, trial, digits)
-                ids, key_token = passkey_prompt(tokenizer, language, key, length, depth)
+                ids, key_token = passkey_prompt(tokenizer, language, key, length, depth, chat)
                 out.append(PasskeyPrompt(length, depth, trial, key, ids, key_token))
     return out
 

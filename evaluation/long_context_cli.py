@@ -3,7 +3,7 @@
     python -m evaluation long-context --model outputs/pt-16k/final --lengths 2048,4096,8192,16384 \
         --set zh=corpora_manifests/shared_zh_pretrain.yaml --out runs/long_context.json \
         [--windows 4] [--whole-documents] [--depths 0,0.25,0.5,0.75,1] [--trials 4] [--language zh|en] \
-        [--passkey-lengths 4096,16384 | --passkey-lengths none] [--rope-scaling '{rope_type: linear, factor: 4}'] \
+        [--passkey-lengths 4096,16384 | --passkey-lengths none] [--chat] [--rope-scaling '{rope_type: linear, factor: 4}'] \
         [--device cuda] [--dtype bfloat16] [--batch-size 1]
 
 Run it on the model before and after the extension (the same keys and text are used): the base's
@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=4, help="keys per length and depth")
     parser.add_argument("--digits", type=int, default=5, help="digits of a key")
     parser.add_argument("--language", default="zh", choices=["zh", "en"], help="language of the passkey text")
+    parser.add_argument("--chat", action="store_true",
+                        help="ask in a user turn of the model's chat template (SFT / instruct models)")
     parser.add_argument("--seed", type=int, default=0, help="chooses the keys")
     parser.add_argument("--rope-scaling", default=None, metavar="YAML",
                         help="read the model with this RoPE scaling, e.g. '{rope_type: linear, factor: 4}'")
@@ -130,7 +132,7 @@ def _inputs(args: argparse.Namespace, settings: dict, tokenizer) -> tuple[dict, 
         windows[name] = got
     raise_if_problems("long-context inputs", problems)
     prompts = passkey_prompts(tokenizer, settings["passkey_lengths"], settings["depths"], args.trials,
-                              args.language, args.digits, args.seed)
+                              args.language, args.digits, args.seed, args.chat)
     return windows, prompts
 
 
@@ -191,8 +193,8 @@ def _passkey(args, settings, model, tokenizer, prompts) -> dict:
 
     from .long_context import greedy_answers, passkey_summary
 
-    # the key's tokens and a few more: an answer may open with a space or a word before the number
-    room = len(tokenizer(" " + "9" * args.digits, add_special_tokens=False).input_ids) + 4
+    # the key's tokens and a few more: an answer may open with a space or a word (a chat reply: a sentence)
+    room = len(tokenizer(" " + "9" * args.digits, add_special_tokens=False).input_ids) + (16 if args.chat else 4)
     with tqdm(total=len(prompts), desc="passkey", disable=args.no_progress) as bar:
         answers = greedy_answers(model, tokenizer, [p.ids for p in prompts], room, args.batch_size, args.device, bar)
     summary = passkey_summary(prompts, answers, settings["depths"])

@@ -94,6 +94,26 @@ def test_passkey_prompts_fill_their_length_with_the_key_at_its_depth(zh_tokenize
     assert [p.key for p in again] == [p.key for p in prompts if p.length == 1000 and p.depth == 0.5]
 
 
+def test_chat_prompts_are_one_user_turn_of_the_template_and_fill_their_length(zh_tokenizer):
+    from evaluation.long_context import PASSKEY_TEXT
+    from zhllama.errors import UserError
+
+    with pytest.raises(UserError, match="no chat template"):
+        passkey_prompts(zh_tokenizer, [500], [0.5], trials=1, language="zh", chat=True)
+    zh_tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+                                  "{% if add_generation_prompt %}[assistant] {% endif %}")
+    try:
+        prompts = passkey_prompts(zh_tokenizer, [500, 1500], [0, 1], trials=1, language="zh", chat=True)
+    finally:
+        zh_tokenizer.chat_template = None
+    for p in prompts:
+        text = zh_tokenizer.decode(p.ids)
+        assert p.ids.count(zh_tokenizer.bos_token_id) == 1 and p.length - 40 < len(p.ids) <= p.length
+        assert "[user] " in text and text.rstrip().endswith(PASSKEY_TEXT["zh"]["ask"] + "\n[assistant]")
+        assert text.count(p.key) == 2
+    assert prompts[2].key_token < prompts[3].key_token  # depth 0 before depth 1, at 1,500 tokens
+
+
 def test_a_length_shorter_than_the_bare_prompt_is_refused(zh_tokenizer):
     from zhllama.errors import UserError
 
