@@ -188,10 +188,7 @@ def card_text(folder: str | Path, name: str | None = None) -> str:
     folder = Path(folder)
     name = name or (folder.parent.name if folder.name == "final" else folder.name)
     report = _json(folder / "train_report.json")
-    steps = (list(report.get("lineage") or []) + [run_summary(report)]) if report else lineage_of(folder)
-    export = _json(folder / "export_report.json")
-    if export and export.get("kind") == "lora-merge" and not any(s.get("kind") == "merge" for s in steps[-1:]):
-        steps.append({"kind": "merge", "base_model": export.get("base"), "adapter": export.get("adapter")})
+    steps = lineage_of(folder)  # this folder's own run (and merge) last
     sources = _sources(steps)
     meta = front_matter(folder, steps, sources)
     license_text = meta.get("license_name") or meta.get("license")
