@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -36,34 +37,48 @@ def forward_loss(engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.
     return loss_sum, (labels != -100).sum()
 
 
+@contextmanager
+def eval_mode(engine):
+    """Eval mode for a pass every rank runs, the training mode restored after it."""
+    was_training = engine.module.training
+    engine.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            engine.train()
+
+
+def summed_over_ranks(values: torch.Tensor, device) -> torch.Tensor:
+    """Every rank's ``values`` added up (NCCL reduces on the GPU), returned on the CPU."""
+    if dist.get_backend() == "nccl":
+        values = values.to(device)
+    dist.all_reduce(values)
+    return values.cpu()
+
+
 @torch.no_grad()
 def evaluate(engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None,
              characters: int | None, device) -> dict[str, float]:
     """Every rank runs the same number of forwards (ZeRO-3 gathers are collective)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    was_training = engine.module.training
-    engine.eval()
     totals = torch.zeros(2, dtype=torch.float64)
     dummy = None
     seen = 0
-    for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
-        if indices:
-            batch = fetch(dataset, indices, collate_fn)
-            dummy = dummy or batch
-            seen += len(indices)
-            weight = 1.0
-        else:
-            batch = dummy if dummy is not None else fetch(dataset, [0], collate_fn)
-            weight = 0.0
-        loss_sum, count = forward_loss(engine, batch, device)
-        totals += torch.tensor([loss_sum.item() * weight, count.item() * weight], dtype=torch.float64)
+    with eval_mode(engine):
+        for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
+            if indices:
+                batch = fetch(dataset, indices, collate_fn)
+                dummy = dummy or batch
+                seen += len(indices)
+                weight = 1.0
+            else:
+                batch = dummy if dummy is not None else fetch(dataset, [0], collate_fn)
+                weight = 0.0
+            loss_sum, count = forward_loss(engine, batch, device)
+            totals += torch.tensor([loss_sum.item() * weight, count.item() * weight], dtype=torch.float64)
     stats = torch.tensor([totals[0].item(), totals[1].item(), float(seen)], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        stats = stats.to(device)
-    dist.all_reduce(stats)
-    nats, tokens, samples = stats.tolist()
-    if was_training:
-        engine.train()
+    nats, tokens, samples = summed_over_ranks(stats, device).tolist()
     loss = nats / max(tokens, 1.0)
     out = {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/tokens": tokens}
     if characters and int(samples) == len(dataset):  # only on the whole set is bits/char meaningful

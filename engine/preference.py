@@ -41,7 +41,7 @@ from zhllama.files import write_json_atomic
 
 from .config import PREFERENCE_LOSSES
 from .data import eval_batches, fetch
-from .evaluate import MODEL_KEYS
+from .evaluate import MODEL_KEYS, eval_mode, summed_over_ranks
 from .loss import IGNORE_INDEX, fused_head_of, labels_for, shift_labels
 
 REFERENCE_FILE = "dpo_reference.json"  # float64 as JSON numbers: read back bit for bit
@@ -173,19 +173,13 @@ def held_out_totals(engine, dataset: Any, collate_fn: Callable, batch_size: int,
     ``stats_of(batch, real)`` scores a batch; ``real`` is False for the dummy batch a rank without a share
     still runs (ZeRO-3 gathers are collective), which adds nothing."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    was_training = engine.module.training
-    engine.eval()
     totals = torch.zeros(width, dtype=torch.float64)
-    for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
-        stats = stats_of(fetch(dataset, indices or [0], collate_fn), bool(indices))
-        if indices:
-            totals += torch.cat([stats.loss.sum()[None], stats.sums()]).double().cpu()
-    if dist.get_backend() == "nccl":
-        totals = totals.to(device)
-    dist.all_reduce(totals)
-    if was_training:
-        engine.train()
-    return totals.tolist()
+    with eval_mode(engine):
+        for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
+            stats = stats_of(fetch(dataset, indices or [0], collate_fn), bool(indices))
+            if indices:
+                totals += torch.cat([stats.loss.sum()[None], stats.sums()]).double().cpu()
+    return summed_over_ranks(totals, device).tolist()
 
 
 @torch.no_grad()
@@ -196,20 +190,14 @@ def reference_logps(engine, dataset: Any, collate_fn: Callable, batch_size: int,
     from tqdm.auto import tqdm
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    was_training = engine.module.training
-    engine.eval()
     table = torch.zeros(len(dataset), 2, dtype=torch.float64)
     batches = list(eval_batches(len(dataset), batch_size, rank, world, None))
-    for indices in tqdm(batches, desc=desc, unit="batch", disable=rank != 0 or not progress, dynamic_ncols=True):
-        logps, _ = sequence_logps(engine, fetch(dataset, indices or [0], collate_fn), device)
-        if indices:
-            table[indices] = logps.double().cpu().view(-1, 2)
-    if dist.get_backend() == "nccl":
-        table = table.to(device)
-    dist.all_reduce(table)
-    if was_training:
-        engine.train()
-    return table.cpu()
+    with eval_mode(engine):
+        for indices in tqdm(batches, desc=desc, unit="batch", disable=rank != 0 or not progress, dynamic_ncols=True):
+            logps, _ = sequence_logps(engine, fetch(dataset, indices or [0], collate_fn), device)
+            if indices:
+                table[indices] = logps.double().cpu().view(-1, 2)
+    return summed_over_ranks(table, device)
 
 
 def prepare_reference(engine, datasets: dict[str, Any], collate_fn: Callable, batch_size: int, path: Path,

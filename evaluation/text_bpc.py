@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from zhllama.token_losses import token_losses
 
 
 def held_out_texts(manifest_path: str | Path) -> list[str]:
@@ -53,11 +54,9 @@ def text_bits(model, tokenizer, texts: list[str], block_size: int = 1024, batch_
         for row, w in enumerate(chunk):
             ids[row, : len(w)] = torch.tensor(w)
             mask[row, : len(w)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[:, :-1].float()
-        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100).to(device)
-        nats += F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
-                                reduction="sum").item()
-        tokens += int((labels != -100).sum())
+        # the head a chunk of positions at a time: never batch x block x vocab fp32 logits
+        nats += token_losses(model, ids.to(device), mask.to(device)).double().sum().item()
+        tokens += int(mask[:, 1:].sum())
     characters = sum(len(t) for t in texts)  # as `pretrain prepare` counts them (the EOS adds no character)
     return {"loss": nats / max(tokens, 1), "bits_per_char": nats / math.log(2) / characters, "tokens": tokens,
             "characters": characters, "documents": len(texts)}

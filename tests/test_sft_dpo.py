@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers_dist import REPO, dist_env, free_port
+from helpers_dist import REPO, sft_train, torchrun_launch
 from helpers_sft import (ZH_RECORDS, load_tokenizer, read_metrics, tiny_model, tiny_tokenizer, write_json,
                           write_jsonl)
 
@@ -228,13 +226,10 @@ def test_a_resume_without_the_reference_file_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- a real run: 2 ranks, ZeRO-3, LoRA
 def _train(root: Path, model: Path, data: Path, out: Path, *extra: str) -> str:
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "sft", "train",
-           "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}", f"data.cache_dir={root / 'cache'}",
-           f"data.files=[{{path: '{data}', weight: 2.0}}]", "data.eval_fraction=0.25", "dpo.beta=0.5",
-           "schedule.max_steps=8", "checkpoint.every_steps=4", "checkpoint.keep_last=2", *extra]
-    proc = subprocess.run(cmd, cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    proc = sft_train(torchrun_launch(2), "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
+                     f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}', weight: 2.0}}]",
+                     "data.eval_fraction=0.25", "dpo.beta=0.5", "schedule.max_steps=8", "checkpoint.every_steps=4",
+                     "checkpoint.keep_last=2", *extra)
     return proc.stdout + proc.stderr
 
 
@@ -278,11 +273,10 @@ def test_reference_free_losses_train_without_a_reference_pass(dpo_run, loss, bet
     """One rank, SimPO and ORPO: no reference file, no reference pass, and the preference is still learned."""
     root, model, data, _, _ = dpo_run
     out = root / loss
-    cmd = [sys.executable, "-m", "sft", "train", "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
-           f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}', weight: 2.0}}]", "data.eval_fraction=0.25",
-           f"dpo.loss={loss}", f"dpo.beta={beta}", "schedule.max_steps=8", "batch.micro_batch_size=4"]
-    proc = subprocess.run(cmd, cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    proc = sft_train(torchrun_launch(1), "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
+                     f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}', weight: 2.0}}]",
+                     "data.eval_fraction=0.25", f"dpo.loss={loss}", f"dpo.beta={beta}", "schedule.max_steps=8",
+                     "batch.micro_batch_size=4")
     assert not (out / "dpo_reference.json").exists() and "DPO reference" not in proc.stdout + proc.stderr
     evals = [r for r in read_metrics(out) if "eval/reward_accuracy" in r]
     assert evals[-1]["eval/reward_accuracy"] == 1.0 and evals[-1]["eval/loss"] < evals[0]["eval/loss"], evals

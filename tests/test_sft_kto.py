@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers_dist import REPO, dist_env, free_port
+from helpers_dist import REPO, sft_train, torchrun_launch
 from helpers_sft import (ZH_RECORDS, load_tokenizer, read_metrics, tiny_model, tiny_tokenizer, write_json,
                           write_jsonl)
 
@@ -161,18 +159,10 @@ def test_kto_loss_equals_a_direct_computation(tmp_path, kind):
 
 
 # ---------------------------------------------------------------- real runs
-def _command(root: Path, model: Path, data: Path, out: Path, ranks: int, *extra: str) -> list[str]:
-    launch = ([str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(ranks), "--master_port",
-               str(free_port())] if ranks > 1 else [sys.executable])
-    return [*launch, "-m", "sft", "train", "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
-            f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.25",
-            "kto.beta=0.5", "schedule.max_steps=8", *extra]
-
-
-def _train(*args, **kwargs) -> str:
-    proc = subprocess.run(_command(*args, **kwargs), cwd=REPO, env=dist_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+def _train(root: Path, model: Path, data: Path, out: Path, ranks: int, *extra: str) -> str:
+    proc = sft_train(torchrun_launch(ranks), "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
+                     f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.25",
+                     "kto.beta=0.5", "schedule.max_steps=8", *extra)
     return proc.stdout + proc.stderr
 
 
