@@ -1,4 +1,4 @@
-"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination, LLM judge, long context."""
+"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination, LLM judge, long context, reading comprehension."""
 from zhllama.cli import main_for
 
 COMMANDS = {
@@ -8,6 +8,7 @@ COMMANDS = {
     "contamination": "evaluation.contamination_cli",
     "judge": "evaluation.judge_cli",
     "long-context": "evaluation.long_context_cli",
+    "reading": "evaluation.reading_cli",
 }
 
 if __name__ == "__main__":

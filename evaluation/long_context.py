@@ -124,7 +124,8 @@ def _passkey_text(language: str, key: str, before: int, after: int, chat: bool =
     return "\n".join(head + [t["key"].format(key=key)] + tail), "\n".join(head) + "\n"
 
 
-def _chat(tokenizer, text: str) -> str:
+def chat_prompt(tokenizer, text: str) -> str:
+    """``text`` as one user turn of the tokenizer's chat template, ready for the reply."""
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                          tokenize=False)
 
@@ -138,7 +139,7 @@ def passkey_prompt(tokenizer, language: str, key: str, length: int, depth: float
         text, head = _passkey_text(language, key, before, fillers - before, chat)
         if not chat:
             return tokenizer(text).input_ids, len(tokenizer(head).input_ids)
-        rendered = _chat(tokenizer, text)
+        rendered = chat_prompt(tokenizer, text)
         ids = tokenizer(rendered, add_special_tokens=False).input_ids
         return ids, round(len(ids) * rendered.index(head) / len(rendered)) + len(tokenizer(head).input_ids)
 
@@ -172,20 +173,22 @@ def passkey_prompts(tokenizer, lengths: list[int], depths: list[float], trials: 
 
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 1,
-                   device: str = "cpu", progress=None) -> list[str]:
-    """Greedy continuations of token-id prompts, batched with left padding (results equal one at a time)."""
+                   device: str = "cpu", progress=None, stop: list[str] | None = None) -> list[str]:
+    """Greedy continuations of token-id prompts, batched with left padding (results equal one at a time);
+    a continuation ends at the first of ``stop`` (kept in the text) or the end-of-sequence token."""
     from transformers import GenerationConfig
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                eos_token_id=tokenizer.eos_token_id)
+                                eos_token_id=tokenizer.eos_token_id, stop_strings=stop)
     answers = []
     for i in range(0, len(prompts), batch_size):
         batch = prompts[i : i + batch_size]
         width = max(map(len, batch))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings,
+                             **({"tokenizer": tokenizer} if stop else {}))
         answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         if progress is not None:
             progress.update(len(batch))

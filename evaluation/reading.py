@@ -1,0 +1,135 @@
+"""Extractive reading comprehension by generation: prompts with few-shot exemplars, answers, scores.
+
+A base model completes "文章：… 问题：… 答案：" after ``shots`` solved examples; a chat model gets the
+same text as one user turn of its template. An exemplar shows only the sentence that holds its answer
+(a whole CMRC paragraph costs ~500 tokens, a sentence ~45) and always comes from another article than
+the question, chosen by the seed and the question's id: two models see the same exemplars. A prompt
+that does not fit the model drops exemplars, then counts as unanswered (scored 0, as the official
+script scores a missing answer) and is reported.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from .reading_data import Question, ReadingSet, answer_sentence
+from .reading_metric import score
+
+PROMPT = {
+    "zh": {"intro": "阅读文章，用文章中的原文回答问题。", "context": "文章：", "question": "问题：", "answer": "答案："},
+    "en": {"intro": "Read the passage and answer the question with words from the passage.",
+           "context": "Passage: ", "question": "Question: ", "answer": "Answer:"},
+}
+EXEMPLAR_MAX_CHARS = 150  # a longer answer sentence is not used as an exemplar
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    sentence: str
+    question: str
+    answer: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ReadingPrompt:
+    question: Question
+    ids: list[int] | None  # None: too long for the model even without exemplars
+    shots: int
+    exemplars: tuple[str, ...]  # their question ids
+
+
+def exemplar_pool(source: ReadingSet) -> list[tuple[int, Exemplar]]:
+    """(article, exemplar) for every question whose answer sentence is short enough to show."""
+    pool = []
+    for q in source.questions:
+        sentence = answer_sentence(q)
+        if sentence and len(sentence) <= EXEMPLAR_MAX_CHARS:
+            pool.append((q.article, Exemplar(sentence, q.question, q.answers[0], q.key)))
+    return pool
+
+
+def pick_exemplars(question: Question, pool: list[tuple[int, Exemplar]], shots: int, seed: int,
+                   same_set: bool) -> list[Exemplar]:
+    """``shots`` exemplars from distinct articles, never the question's own (when the pool is its set)."""
+    if shots == 0:
+        return []
+    rng = random.Random(f"{seed}:{question.key}")
+    order = rng.sample(range(len(pool)), len(pool))
+    out, articles = [], {question.article} if same_set else set()
+    for i in order:
+        article, exemplar = pool[i]
+        if article not in articles:
+            articles.add(article)
+            out.append(exemplar)
+            if len(out) == shots:
+                break
+    return out
+
+
+def prompt_text(language: str, question: Question, exemplars: list[Exemplar]) -> str:
+    t = PROMPT[language]
+    space = "" if language == "zh" else " "
+    parts = [t["intro"]]
+    parts += [f"{t['context']}{e.sentence}\n{t['question']}{e.question}\n{t['answer']}{space}{e.answer}"
+              for e in exemplars]
+    parts.append(f"{t['context']}{question.context.strip()}\n{t['question']}{question.question}\n{t['answer']}")
+    return "\n\n".join(parts)
+
+
+def encode(tokenizer, text: str, chat: bool) -> list[int]:
+    """Token ids as the model reads them: BOS + text, or one user turn of its chat template."""
+    if chat:
+        from .long_context import chat_prompt
+
+        return tokenizer(chat_prompt(tokenizer, text), add_special_tokens=False).input_ids
+    return tokenizer(text).input_ids
+
+
+def build_prompts(tokenizer, reading: ReadingSet, pool: list[tuple[int, Exemplar]], same_set: bool, shots: int,
+                  seed: int, budget: int, chat: bool) -> list[ReadingPrompt]:
+    """One prompt per question within ``budget`` tokens, with as many of its exemplars as fit."""
+    language, out = reading.language, []
+    for q in reading.questions:
+        exemplars = pick_exemplars(q, pool, shots, seed, same_set)
+        for n in range(len(exemplars), -1, -1):
+            ids = encode(tokenizer, prompt_text(language, q, exemplars[:n]), chat)
+            if len(ids) <= budget:
+                out.append(ReadingPrompt(q, ids, n, tuple(e.key for e in exemplars[:n])))
+                break
+        else:
+            out.append(ReadingPrompt(q, None, 0, ()))
+    return out
+
+
+def clean_answer(text: str, language: str) -> str:
+    """The first non-empty line of a continuation, without a repeated "答案：" label."""
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
+    label = PROMPT[language]["answer"].strip()
+    return re.sub(rf"^{re.escape(label)}\s*", "", line).strip()
+
+
+def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], language: str, metric: str) -> list[dict]:
+    items = []
+    for p, raw in zip(prompts, answers):
+        prediction = "" if raw is None else clean_answer(raw, language)
+        exact, f1 = score(list(p.question.answers), prediction, metric) if raw is not None else (False, 0.0)
+        items.append({"key": p.question.key, "question": p.question.question, "answers": list(p.question.answers),
+                      "output": raw, "prediction": prediction, "exact": exact, "f1": round(f1, 6),
+                      "in_context": bool(prediction) and prediction in p.question.context, "shots": p.shots,
+                      "exemplars": list(p.exemplars), "prompt_tokens": None if p.ids is None else len(p.ids),
+                      "too_long": p.ids is None})
+    return items
+
+
+def summary(items: list[dict]) -> dict:
+    """EM and F1 in percent over every question (too long = 0, as unanswered), as the official script."""
+    n = len(items)
+    em = 100.0 * sum(i["exact"] for i in items) / n
+    f1 = 100.0 * sum(i["f1"] for i in items) / n
+    answered = [i for i in items if i["prediction"]]
+    return {"questions": n, "em": round(em, 3), "f1": round(f1, 3), "average": round((em + f1) / 2, 3),
+            "too_long": sum(i["too_long"] for i in items), "empty": n - len(answered) - sum(i["too_long"] for i in items),
+            "in_context": round(sum(i["in_context"] for i in answered) / len(answered), 4) if answered else None,
+            "mean_shots": round(sum(i["shots"] for i in items) / n, 3)}

@@ -1,0 +1,186 @@
+"""Reading comprehension (CMRC 2018, DRCD, SQuAD) by generation: exact match and F1 per set.
+
+    python -m evaluation reading --model outputs/zh_sft_merged --set cmrc=data/cmrc2018_dev.json \
+        --out runs/reading.json [--set drcd=data/DRCD_dev.json] [--shots 3] [--shots-from data/cmrc2018_trial.json] \
+        [--chat] [--max-questions 500] [--seed 0] [--metric auto|cmrc|squad] [--max-new-tokens 64] \
+        [--device cuda] [--dtype bfloat16] [--batch-size 16] [--compare runs/reading_base.json]
+
+Each set is a file in SQuAD's JSON layout. The model answers by greedy generation (to the first line
+break); the answer is scored with the CMRC 2018 metric for Chinese sets (also DRCD's) and SQuAD v1.1's
+for English ones, in percent like the official scripts. ``--compare`` puts the numbers of another
+model's results on the same questions beside these: the change, and the questions it now answers
+exactly that the other did not (gained) and the reverse (lost). Every file is checked and every
+prompt built before the model loads; the results JSON holds each question's prompt size, output,
+prediction and scores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from zhllama.errors import UserError, raise_if_problems
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="Hugging Face model folder (weights + tokenizer)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=FILE",
+                        help="a SQuAD-layout JSON file (CMRC 2018, DRCD, SQuAD); repeatable")
+    parser.add_argument("--shots", type=int, default=3, help="solved exemplars before the question (0-8)")
+    parser.add_argument("--shots-from", default=None, metavar="FILE",
+                        help="take exemplars from this file (default: the set itself, other articles)")
+    parser.add_argument("--chat", action="store_true", help="ask in a user turn of the model's chat template")
+    parser.add_argument("--max-questions", type=int, default=None, help="score a seeded sample of each set")
+    parser.add_argument("--seed", type=int, default=0, help="chooses exemplars and the sample")
+    parser.add_argument("--metric", default="auto", choices=["auto", "cmrc", "squad"],
+                        help="auto: cmrc for a Chinese set, squad for an English one")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=None, help="prompt + answer tokens (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--compare", default=None, metavar="RESULTS", help="another model's results JSON")
+    parser.add_argument("--out", required=True, help="results JSON")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
+    from .base_cli import name_pairs
+
+    problems: list[str] = []
+    sets = name_pairs(args.set, "--set", problems)
+    if not args.set:
+        problems.append("--set NAME=FILE: at least one reading set")
+    names = [n for n, _ in sets]
+    problems += [f"--set {n}: given twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    problems += [f"--set {n}={p}: not a file" for n, p in sets if not Path(p).is_file()]
+    if args.shots_from and not Path(args.shots_from).is_file():
+        problems.append(f"--shots-from {args.shots_from}: not a file")
+    for flag, value, low, high in (("--shots", args.shots, 0, 8), ("--batch-size", args.batch_size, 1, None),
+                                   ("--max-new-tokens", args.max_new_tokens, 1, None),
+                                   ("--max-questions", args.max_questions, 1, None),
+                                   ("--max-length", args.max_length, 16, None)):
+        if value is not None and (value < low or (high is not None and value > high)):
+            problems.append(f"{flag} must be {low}..{high}, got {value}" if high else f"{flag} must be >= {low}, got {value}")
+    if args.compare and not Path(args.compare).is_file():
+        problems.append(f"--compare {args.compare}: not a file")
+    raise_if_problems("reading settings", problems)
+    return sets
+
+
+def _sets(args, sets: list[tuple[str, str]]) -> dict:
+    """name -> (ReadingSet sampled, exemplar pool, pool is the set itself, metric); all files checked first."""
+    import random
+
+    from .reading import exemplar_pool
+    from .reading_data import ReadingSet, read_reading_set
+
+    problems, read = [], {}
+    for name, path in sets + ([("--shots-from", args.shots_from)] if args.shots_from else []):
+        try:
+            read[name] = read_reading_set(path)
+        except UserError as e:
+            problems.append(str(e))
+    raise_if_problems("reading sets", problems)
+    out = {}
+    for name, _ in sets:
+        whole = read[name]
+        source = read.get("--shots-from", whole)
+        pool = exemplar_pool(source)
+        if args.shots and len({a for a, _ in pool}) <= args.shots:
+            problems.append(f"{source.path}: {len(pool)} usable exemplars from {len({a for a, _ in pool})} articles; "
+                            f"--shots {args.shots} needs more than {args.shots} articles")
+        questions = whole.questions
+        if args.max_questions and args.max_questions < len(questions):
+            keep = set(random.Random(args.seed).sample(range(len(questions)), args.max_questions))
+            questions = [q for i, q in enumerate(questions) if i in keep]
+        metric = args.metric if args.metric != "auto" else ("cmrc" if whole.language == "zh" else "squad")
+        out[name] = (ReadingSet(whole.path, questions, whole.unanswerable), pool, source is whole, metric)
+    raise_if_problems("reading exemplars", problems)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from zhllama.model_folder import require_model_folder
+
+    sets = _check_args(args)
+    require_model_folder(args.model, "--model")
+    compare = _read_compare(args.compare) if args.compare else None
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"--chat: {args.model} has no chat template (a base model: leave --chat out)")
+    config = AutoConfig.from_pretrained(args.model)
+    text_config = getattr(config, "text_config", None) or config
+    max_length = args.max_length or getattr(text_config, "max_position_embeddings", None) or 4096
+    prompts = _prompts(args, _sets(args, sets), tokenizer, max_length - args.max_new_tokens)
+    result = _evaluate(args, prompts, tokenizer, max_length)
+    if compare is not None:
+        from .reading_compare import compare_results
+
+        result["compare"] = compare_results(compare, result, args.compare)
+    from zhllama.files import write_json_atomic
+
+    write_json_atomic(args.out, result)
+    from .reading_compare import table
+
+    print(table(result))
+    print(f"-> {args.out}")
+    return 0
+
+
+def _read_compare(path: str) -> dict:
+    try:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--compare {path}: not readable as JSON ({e})") from e
+    if not isinstance(old, dict) or not isinstance(old.get("sets"), dict):
+        raise UserError(f"--compare {path}: not the results of `python -m evaluation reading` (no 'sets')")
+    return old
+
+
+def _prompts(args, sets: dict, tokenizer, budget: int) -> dict:
+    from .reading import build_prompts
+
+    out, problems = {}, []
+    for name, (reading, pool, same_set, metric) in sets.items():
+        prompts = build_prompts(tokenizer, reading, pool, same_set, args.shots, args.seed, budget, args.chat)
+        if all(p.ids is None for p in prompts):
+            problems.append(f"--set {name}: no question fits in {budget} prompt tokens (--max-length, --max-new-tokens)")
+        out[name] = (reading, metric, prompts)
+    raise_if_problems("reading prompts", problems)
+    return out
+
+
+def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from zhllama.files import sha256_file
+    from zhllama.model_fingerprint import model_fingerprint
+
+    from .long_context import greedy_answers
+    from .reading import scored_items, summary
+
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    result = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model),
+              "max_length": max_length,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("model", "out", "no_progress", "compare")},
+              "sets": {}}
+    for name, (reading, metric, got) in prompts.items():
+        # shortest first: a batch pads to its longest prompt (answers equal one at a time, tested)
+        fits = sorted((i for i, p in enumerate(got) if p.ids is not None), key=lambda i: len(got[i].ids))
+        with tqdm(total=len(fits), desc=f"reading {name}", disable=args.no_progress) as bar:
+            outputs = greedy_answers(model, tokenizer, [got[i].ids for i in fits], args.max_new_tokens,
+                                     args.batch_size, args.device, bar, stop=["\n"])
+        answers: list[str | None] = [None] * len(got)
+        for i, text in zip(fits, outputs):
+            answers[i] = text
+        items = scored_items(got, answers, reading.language, metric)
+        result["sets"][name] = {"file": str(reading.path), "sha256": sha256_file(reading.path),
+                                "language": reading.language, "metric": metric, "unanswerable_skipped": reading.unanswerable,
+                                **summary(items), "items": items}
+    return result

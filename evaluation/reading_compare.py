@@ -1,0 +1,52 @@
+"""Reading results side by side: this model against another on the same questions, and the table printed."""
+from __future__ import annotations
+
+from zhllama.errors import raise_if_problems
+
+# settings that change the questions asked or how they are scored: a comparison needs them equal
+_SAME = ("shots", "shots_from", "chat", "max_questions", "seed", "metric", "max_new_tokens")
+
+
+def compare_results(old: dict, new: dict, where: str) -> dict:
+    """Per set in both: the old and new EM/F1, the change, and the questions gained and lost (exact
+    match now and not before, and the reverse). Refused when the questions or settings differ."""
+    problems = [f"--compare {where}: {k} was {old.get('settings', {}).get(k)!r}, now {new['settings'].get(k)!r}"
+                for k in _SAME if old.get("settings", {}).get(k) != new["settings"].get(k)]
+    shared = [name for name in new["sets"] if name in old["sets"]]
+    if not shared:
+        problems.append(f"--compare {where}: no set of the same name (it has {sorted(old['sets'])})")
+    for name in shared:
+        if old["sets"][name].get("sha256") != new["sets"][name]["sha256"]:
+            problems.append(f"--compare {where}: set {name} was another file (sha256 differs)")
+        elif [i["key"] for i in old["sets"][name]["items"]] != [i["key"] for i in new["sets"][name]["items"]]:
+            problems.append(f"--compare {where}: set {name} holds other questions")
+    raise_if_problems("reading comparison", problems)
+    out = {"results": where, "model": old.get("model"), "sets": {}}
+    for name in shared:
+        before, after = old["sets"][name], new["sets"][name]
+        pairs = list(zip(before["items"], after["items"]))
+        out["sets"][name] = {
+            "em": [before["em"], after["em"]], "f1": [before["f1"], after["f1"]],
+            "em_change": round(after["em"] - before["em"], 3), "f1_change": round(after["f1"] - before["f1"], 3),
+            "gained": [b["key"] for b, a in pairs if a["exact"] and not b["exact"]],
+            "lost": [b["key"] for b, a in pairs if b["exact"] and not a["exact"]],
+        }
+    return out
+
+
+def table(result: dict) -> str:
+    lines = ["| set | metric | questions | EM | F1 | too long | empty | answer in the passage |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, s in result["sets"].items():
+        inside = "–" if s["in_context"] is None else f"{100 * s['in_context']:.1f}%"
+        lines.append(f"| {name} | {s['metric']} | {s['questions']} | {s['em']:.2f} | {s['f1']:.2f} | {s['too_long']} "
+                     f"| {s['empty']} | {inside} |")
+    compare = result.get("compare")
+    if compare:
+        lines += ["", f"against {compare['model']} ({compare['results']}):", "",
+                  "| set | EM before | EM now | change | F1 before | F1 now | change | gained | lost |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, c in compare["sets"].items():
+            lines.append(f"| {name} | {c['em'][0]:.2f} | {c['em'][1]:.2f} | {c['em_change']:+.2f} | {c['f1'][0]:.2f} "
+                         f"| {c['f1'][1]:.2f} | {c['f1_change']:+.2f} | {len(c['gained'])} | {len(c['lost'])} |")
+    return "\n".join(lines)

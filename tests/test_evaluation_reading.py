@@ -1,0 +1,223 @@
+"""`python -m evaluation reading`: the CMRC 2018 and SQuAD metrics, SQuAD-layout files, prompts, the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from evaluation.reading import build_prompts, clean_answer, exemplar_pool
+from evaluation.reading_data import read_reading_set
+from evaluation.reading_metric import _words, cmrc_exact, cmrc_f1, cmrc_segments, score, squad_exact, squad_f1
+from zhllama.errors import UserError
+
+ROOT_ARGS = [sys.executable, "-m", "evaluation", "reading"]
+
+
+def test_cmrc_f1_comes_from_the_longest_common_run_of_segments():
+    # "在1990年" -> 在 / 1990 / 年 against 1990 / 年: run of 2, precision 2/3, recall 1
+    assert cmrc_f1("1990年", "在1990年") == pytest.approx(0.8)
+    # the same segments out of order share a run of one only (SQuAD's bag of tokens would give 1.0)
+    assert cmrc_f1("1990年", "年1990") == pytest.approx(0.5)
+    assert cmrc_f1("李白", "杜甫") == 0.0
+    # the official list of marks is dropped; a dropped mark does not end a word ("10:30" -> "1030")
+    assert cmrc_segments("《红楼梦》，10:30 开始") == ["红", "楼", "梦", "1030", "开", "始"]
+    assert cmrc_segments("《红楼梦》", drop_punctuation=False) == ["《", "红", "楼", "梦", "》"]
+    assert cmrc_exact("《红楼梦》", "红楼梦。") and not cmrc_exact("红楼梦", "红楼 梦")
+    assert cmrc_exact("ω-Force", "ω-force")  # lower case, "-" dropped
+    # the best over the reference answers
+    assert score(["村雨城", "任天堂游戏谜之村雨城"], "谜之村雨城", "cmrc") == (False, pytest.approx(2 * 0.6 / 1.6 * 1.0))
+
+
+def test_words_follow_the_treebank_conventions_of_nltk():
+    # each expected list is what nltk.word_tokenize(text, preserve_line=True) gives (NLTK 3.9.2)
+    assert _words('he said "i cannot go." don\'t (a,b) 1,000 3.5 \'tis') == [
+        "he", "said", "``", "i", "can", "not", "go.", "''", "do", "n't", "(", "a", ",", "b", ")", "1,000", "3.5",
+        "'t", "is"]
+    assert _words("henry a. walsh") == ["henry", "a.", "walsh"]
+    assert _words("grenades.\"") == ["grenades", ".", "''"]
+    assert _words("60％ a．ｌ．") == ["60％", "a．ｌ．"]
+    assert _words("eng'a") == ["eng", "'", "a"]
+
+
+def test_squad_metric_is_v1_1s():
+    assert squad_exact("the Eiffel Tower", "Eiffel Tower.")
+    assert squad_f1("Denver Broncos", "the Denver Broncos won") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert squad_f1("x y y", "y") == pytest.approx(2 * 1 * (1 / 3) / (1 + 1 / 3))  # bag of tokens, counted
+    assert squad_f1("a y y", "y") == pytest.approx(2 * 1 * (1 / 2) / (1 + 1 / 2))  # articles dropped
+    assert score(["Paris"], "", "squad") == (False, 0.0)
+
+
+def _squad(path, articles):
+    path.write_text(json.dumps({"data": articles}, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _article(title: str, context: str, qas: list[tuple[str, str, str]]) -> dict:
+    return {"title": title, "paragraphs": [{"context": context, "qas": [
+        {"id": key, "question": q, "answers": [{"text": a, "answer_start": context.find(a)}]} for key, q, a in qas]}]}
+
+
+def test_a_bad_file_reports_every_problem_with_its_place(tmp_path):
+    good = _article("a", "李白是唐代诗人。", [("q1", "李白是谁？", "唐代诗人")])
+    bad = {"paragraphs": [{"context": "杜甫。", "qas": [
+        {"id": "q1", "question": "杜甫是谁？", "answers": [{"text": "杜甫"}]},  # the id again
+        {"id": "q3", "question": "", "answers": [{"text": "x"}]},
+        {"id": "q4", "question": "?", "answers": []},
+        {"id": "q5", "question": "?", "answers": [], "is_impossible": True},  # SQuAD 2.0: left out, counted
+    ]}, {"context": "", "qas": []}]}
+    with pytest.raises(UserError) as e:
+        read_reading_set(_squad(tmp_path / "bad.json", [good, bad, "nonsense"]))
+    message = str(e.value)
+    for where in ("data[1].paragraphs[0].qas[0].id: 'q1' again (first at data[0].paragraphs[0].qas[0])",
+                  "data[1].paragraphs[0].qas[1].question: expected non-empty text",
+                  "data[1].paragraphs[0].qas[2].answers: expected a non-empty list",
+                  "data[1].paragraphs[1].context: expected non-empty text", "data[2]: expected an object"):
+        assert where in message
+    ok = read_reading_set(_squad(tmp_path / "ok.json", [good, {"paragraphs": [bad["paragraphs"][0] | {"qas": [
+        bad["paragraphs"][0]["qas"][3]]}]}]))
+    assert [q.key for q in ok.questions] == ["q1"] and ok.unanswerable == 1 and ok.language == "zh"
+    assert ok.questions[0].answer_start == 3
+
+
+def test_cmrc_prompts_take_exemplars_from_other_articles_and_fit_the_budget(shared_data):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(shared_data / "tokenizers" / "chinese_llama_alpaca_2")
+    cmrc = read_reading_set(shared_data / "pretrain" / "cmrc2018_dev.json")
+    assert len(cmrc.questions) == 3219 and cmrc.language == "zh"
+    pool = exemplar_pool(cmrc)
+    article = {q.key: q.article for q in cmrc.questions}
+    part = type(cmrc)(cmrc.path, cmrc.questions[:40], 0)
+    prompts = build_prompts(tokenizer, part, pool, True, 3, seed=0, budget=4096, chat=False)
+    assert all(p.shots == 3 and len({article[k] for k in p.exemplars} | {article[p.question.key]}) == 4
+               for p in prompts)  # three articles, none the question's own
+    assert prompts == build_prompts(tokenizer, part, pool, True, 3, seed=0, budget=4096, chat=False)
+    assert [p.exemplars for p in prompts] != [p.exemplars for p in
+                                              build_prompts(tokenizer, part, pool, True, 3, 1, 4096, False)]
+    text = tokenizer.decode(prompts[0].ids, skip_special_tokens=True)
+    assert text.rstrip().endswith(f"问题：{prompts[0].question.question}\n答案：")
+    zero = build_prompts(tokenizer, part, pool, True, 0, 0, 4096, False)
+    tight = build_prompts(tokenizer, part, pool, True, 3, 0, max(len(p.ids) for p in zero) + 60, False)
+    assert all(p.ids is not None and len(p.ids) <= max(len(z.ids) for z in zero) + 60 for p in tight)
+    assert any(p.shots < 3 for p in tight) and any(p.shots > 0 for p in tight)  # exemplars dropped to fit
+    none = build_prompts(tokenizer, part, pool, True, 3, 0, min(len(p.ids) for p in zero) - 1, False)
+    assert all(p.ids is None for p in none)
+
+
+def test_an_answer_is_the_first_line_without_a_repeated_label():
+    assert clean_answer("\n 答案：李白\n问题：下一个", "zh") == "李白"
+    assert clean_answer(" Answer: Paris\n", "en") == "Paris"
+
+
+@pytest.fixture(scope="module")
+def tiny_reading(tmp_path_factory):
+    from engine.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("reading")
+    articles = [_article(f"t{i}", context, [(f"a{i}q{j}", q, a) for j, (q, a) in enumerate(qas)])
+                for i, (context, qas) in enumerate([
+                    ("春眠不觉晓，处处闻啼鸟。", [("什么不觉晓？", "春眠"), ("哪里闻啼鸟？", "处处")]),
+                    ("白日依山尽，黄河入海流。", [("什么入海流？", "黄河"), ("白日依什么尽？", "山")]),
+                    ("床前明月光，疑是地上霜。", [("床前是什么？", "明月光"), ("疑是什么？", "地上霜")]),
+                    ("夜来风雨声，花落知多少。", [("夜来什么声？", "风雨")]),
+                ])]
+    return _input_dependent(make_tiny_model(root / "model")), _squad(root / "poems.json", articles), root
+
+
+def _input_dependent(folder):
+    """A random tiny model answers every prompt alike (weights of std 0.02); wide weights make each answer
+    depend on its prompt, so an answer scored in another question's place is seen."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+def _one_at_a_time(model_dir, data) -> list[str]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evaluation.long_context import greedy_answers
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    reading = read_reading_set(data)
+    prompts = build_prompts(tokenizer, reading, exemplar_pool(reading), True, 0, 0, 506, False)
+    return [greedy_answers(model, tokenizer, [p.ids], 6, stop=["\n"])[0] for p in prompts]
+
+
+def _reading(model, data, out, *extra):
+    return subprocess.run(ROOT_ARGS + ["--model", str(model), "--set", f"poems={data}", "--out", str(out),
+                                       "--max-new-tokens", "6", "--no-progress", *extra],
+                          capture_output=True, text=True)
+
+
+def test_the_cli_scores_each_answer_in_its_place_and_compares(tiny_reading):
+    model, data, root = tiny_reading
+    first = _reading(model, data, root / "r1.json", "--shots", "0", "--batch-size", "3")
+    assert first.returncode == 0, first.stderr
+    items = json.loads((root / "r1.json").read_text())["sets"]["poems"]["items"]
+    assert [i["output"] for i in items] == _one_at_a_time(model, data)  # batches sorted by length, put back
+    # make every other question's reference the model's own answer: batched, sorted by length and put
+    # back, each must score exactly (a misplaced answer would not)
+    doc = json.loads(data.read_text())
+    mine = {i["key"]: i["prediction"] for n, i in enumerate(items) if n % 2 == 0 and i["prediction"]}
+    assert len(mine) >= 3 and len(set(mine.values())) >= 3
+    for article in doc["data"]:
+        for qa in article["paragraphs"][0]["qas"]:
+            if qa["id"] in mine:
+                qa["answers"] = [{"text": mine[qa["id"]]}]
+    own = _squad(root / "own.json", doc["data"])
+    second = _reading(model, own, root / "r2.json", "--shots", "0", "--batch-size", "3")
+    assert second.returncode == 0, second.stderr
+    result = json.loads((root / "r2.json").read_text())["sets"]["poems"]
+    assert [i["prediction"] for i in result["items"]] == [i["prediction"] for i in items]
+    assert {i["key"] for i in result["items"] if i["exact"] and i["f1"] == 1.0} >= set(mine)
+    assert result["em"] == pytest.approx(100 * sum(i["exact"] for i in result["items"]) / 7, abs=1e-3)
+    one = _reading(model, own, root / "r3.json", "--shots", "0", "--batch-size", "1", "--compare",
+                   str(root / "r2.json"))
+    assert one.returncode == 0, one.stderr
+    compared = json.loads((root / "r3.json").read_text())
+    assert [i["output"] for i in compared["sets"]["poems"]["items"]] == [i["output"] for i in result["items"]]
+    assert compared["compare"]["sets"]["poems"]["gained"] == [] and "| poems | " in one.stdout
+    refused = _reading(model, own, root / "r4.json", "--shots", "1", "--compare", str(root / "r2.json"))
+    assert refused.returncode == 2 and "shots was 0, now 1" in refused.stderr
+
+
+def test_the_cli_refuses_bad_sets_before_loading_the_model(tiny_reading, tmp_path):
+    model, data, _ = tiny_reading
+    bad = _squad(tmp_path / "bad.json", [{"paragraphs": [{"context": "x", "qas": [{"id": 1, "question": "?"}]}]}])
+    got = _reading(model, bad, tmp_path / "r.json", "--set", "poems=missing.json", "--shots", "9")
+    assert got.returncode == 2 and not (tmp_path / "r.json").exists()
+    for problem in ("--set poems: given twice", "missing.json: not a file", "--shots must be 0..8"):
+        assert problem in got.stderr
+    got = _reading(model, bad, tmp_path / "r.json")
+    assert got.returncode == 2 and "data[0].paragraphs[0].qas[0].answers: expected a non-empty list" in got.stderr
+    got = _reading(model, data, tmp_path / "r.json", "--max-length", "20")
+    assert got.returncode == 2 and "no question fits" in got.stderr
+    got = _reading(model, data, tmp_path / "r.json", "--chat")
+    assert got.returncode == 2 and "has no chat template (a base model: leave --chat out)" in got.stderr
+
+
+def test_a_chat_model_is_asked_in_one_user_turn(tiny_reading):
+    from transformers import AutoTokenizer
+
+    model, data, _ = tiny_reading
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    reading = read_reading_set(data)
+    chat = build_prompts(tokenizer, reading, exemplar_pool(reading), True, 1, 0, 4096, True)
+    base = build_prompts(tokenizer, reading, exemplar_pool(reading), True, 1, 0, 4096, False)
+    for c, b in zip(chat, base):
+        text = tokenizer.decode(c.ids)
+        assert text.startswith("<|user|>") and text.endswith("答案：<|assistant|>")
+        assert c.exemplars == b.exemplars and c.ids[0] != tokenizer.bos_token_id
