@@ -61,7 +61,8 @@ def _ints(text: str, flag: str, problems: list[str]) -> list[int]:
     return values
 
 
-def _depths(text: str, problems: list[str]) -> list[float]:
+def parse_depths(text: str, problems: list[str]) -> list[float]:
+    """``--depths`` as numbers from 0 (start) to 1 (end); a bad value is added to ``problems``."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -100,7 +101,7 @@ def _settings(args: argparse.Namespace) -> dict:
     skip = args.passkey_lengths is not None and args.passkey_lengths.strip().lower() == "none"
     passkey = [] if skip else (_ints(args.passkey_lengths, "--passkey-lengths", problems)
                                if args.passkey_lengths is not None else lengths)
-    depths = _depths(args.depths, problems)
+    depths = parse_depths(args.depths, problems)
     sets = name_pairs(args.set, "--set", problems)
     for flag, value, low in (("--windows", args.windows, 1), ("--trials", args.trials, 1),
                              ("--batch-size", args.batch_size, 1), ("--digits", args.digits, 1)):

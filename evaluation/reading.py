@@ -38,6 +38,12 @@ class ReadingPrompt:
     ids: list[int] | None  # None: too long for the model even without exemplars
     shots: int
     exemplars: tuple[str, ...]  # their question ids
+    depth: float | None = None  # in a haystack (reading_haystack.py): where the question's paragraph sits
+    passage: str | None = None  # the haystack; None: the question's own context
+
+    @property
+    def key(self) -> str:
+        return self.question.key if self.depth is None else f"{self.question.key}@{self.depth:g}"
 
 
 def exemplar_pool(source: ReadingSet) -> list[tuple[int, Exemplar]]:
@@ -68,13 +74,14 @@ def pick_exemplars(question: Question, pool: list[tuple[int, Exemplar]], shots: 
     return out
 
 
-def prompt_text(language: str, question: Question, exemplars: list[Exemplar]) -> str:
+def prompt_text(language: str, question: Question, exemplars: list[Exemplar], passage: str | None = None) -> str:
     t = PROMPT[language]
+    passage = question.context.strip() if passage is None else passage
     space = "" if language == "zh" else " "
     parts = [t["intro"]]
     parts += [f"{t['context']}{e.sentence}\n{t['question']}{e.question}\n{t['answer']}{space}{e.answer}"
               for e in exemplars]
-    parts.append(f"{t['context']}{question.context.strip()}\n{t['question']}{question.question}\n{t['answer']}")
+    parts.append(f"{t['context']}{passage}\n{t['question']}{question.question}\n{t['answer']}")
     return "\n\n".join(parts)
 
 
@@ -88,18 +95,24 @@ def encode(tokenizer, text: str, chat: bool) -> list[int]:
 
 
 def build_prompts(tokenizer, reading: ReadingSet, pool: list[tuple[int, Exemplar]], same_set: bool, shots: int,
-                  seed: int, budget: int, chat: bool) -> list[ReadingPrompt]:
-    """One prompt per question within ``budget`` tokens, with as many of its exemplars as fit."""
+                  seed: int, budget: int, chat: bool, haystack=None) -> list[ReadingPrompt]:
+    """One prompt per question within ``budget`` tokens, with as many of its exemplars as fit; with a
+    ``haystack`` (reading_haystack.Haystack), one per question and depth, filled to its length."""
     language, out = reading.language, []
+    budget = budget if haystack is None else min(budget, haystack.tokens)
     for q in reading.questions:
         exemplars = pick_exemplars(q, pool, shots, seed, same_set)
         for n in range(len(exemplars), -1, -1):
             ids = encode(tokenizer, prompt_text(language, q, exemplars[:n]), chat)
             if len(ids) <= budget:
-                out.append(ReadingPrompt(q, ids, n, tuple(e.key for e in exemplars[:n])))
+                prompt = ReadingPrompt(q, ids, n, tuple(e.key for e in exemplars[:n]))
                 break
         else:
-            out.append(ReadingPrompt(q, None, 0, ()))
+            prompt = ReadingPrompt(q, None, 0, ())
+        if haystack is None:
+            out.append(prompt)
+        else:
+            out += haystack.prompts(tokenizer, prompt, exemplars[: prompt.shots], language, seed, chat)
     return out
 
 
@@ -115,16 +128,27 @@ def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], langua
     for p, raw in zip(prompts, answers):
         prediction = "" if raw is None else clean_answer(raw, language)
         exact, f1 = score(list(p.question.answers), prediction, metric) if raw is not None else (False, 0.0)
-        items.append({"key": p.question.key, "question": p.question.question, "answers": list(p.question.answers),
+        passage = p.question.context if p.passage is None else p.passage
+        items.append({"key": p.key, "question": p.question.question, "answers": list(p.question.answers),
                       "output": raw, "prediction": prediction, "exact": exact, "f1": round(f1, 6),
-                      "in_context": bool(prediction) and prediction in p.question.context, "shots": p.shots,
+                      "in_context": bool(prediction) and prediction in passage, "shots": p.shots,
                       "exemplars": list(p.exemplars), "prompt_tokens": None if p.ids is None else len(p.ids),
-                      "too_long": p.ids is None})
+                      "too_long": p.ids is None, **({} if p.depth is None else {"depth": p.depth})})
     return items
 
 
 def summary(items: list[dict]) -> dict:
-    """EM and F1 in percent over every question (too long = 0, as unanswered), as the official script."""
+    """EM and F1 in percent over every question (too long = 0, as unanswered), as the official script;
+    in a haystack also per depth."""
+    out = _scores(items)
+    depths = sorted({i["depth"] for i in items if "depth" in i})
+    if depths:
+        out["by_depth"] = {f"{d:g}": {k: v for k, v in _scores([i for i in items if i.get("depth") == d]).items()
+                                      if k in ("questions", "em", "f1", "too_long")} for d in depths}
+    return out
+
+
+def _scores(items: list[dict]) -> dict:
     n = len(items)
     em = 100.0 * sum(i["exact"] for i in items) / n
     f1 = 100.0 * sum(i["f1"] for i in items) / n

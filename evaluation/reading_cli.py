@@ -3,13 +3,16 @@
     python -m evaluation reading --model outputs/zh_sft_merged --set cmrc=data/cmrc2018_dev.json \
         --out runs/reading.json [--set drcd=data/DRCD_dev.json] [--shots 3] [--shots-from data/cmrc2018_trial.json] \
         [--chat] [--max-questions 500] [--seed 0] [--metric auto|cmrc|squad] [--max-new-tokens 64] \
-        [--device cuda] [--dtype bfloat16] [--batch-size 16] [--compare runs/reading_base.json]
+        [--device cuda] [--dtype bfloat16] [--batch-size 16] [--compare runs/reading_base.json] \
+        [--haystack-tokens 16000 --depths 0,0.5,1]
 
 Each set is a file in SQuAD's JSON layout. The model answers by greedy generation (to the first line
 break); the answer is scored with the CMRC 2018 metric for Chinese sets (also DRCD's) and SQuAD v1.1's
 for English ones, in percent like the official scripts. ``--compare`` puts the numbers of another
 model's results on the same questions beside these: the change, and the questions it now answers
-exactly that the other did not (gained) and the reverse (lost). Every file is checked and every
+exactly that the other did not (gained) and the reverse (lost). ``--haystack-tokens`` makes it a
+long-context test: each question's paragraph hidden among other articles' paragraphs, at each
+``--depths``, the prompt filled to that many tokens (scores per depth). Every file is checked and every
 prompt built before the model loads; the results JSON holds each question's prompt size, output,
 prediction and scores.
 """
@@ -39,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--haystack-tokens", type=int, default=None, metavar="N",
+                        help="hide each question's paragraph among other articles' paragraphs, to N prompt tokens")
+    parser.add_argument("--depths", default="0,0.5,1",
+                        help="with --haystack-tokens: where the question's paragraph sits (0 = first, 1 = last)")
     parser.add_argument("--compare", default=None, metavar="RESULTS", help="another model's results JSON")
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--no-progress", action="store_true")
@@ -62,6 +69,12 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
                                    ("--max-length", args.max_length, 16, None)):
         if value is not None and (value < low or (high is not None and value > high)):
             problems.append(f"{flag} must be {low}..{high}, got {value}" if high else f"{flag} must be >= {low}, got {value}")
+    if args.haystack_tokens is not None:
+        from .long_context_cli import parse_depths
+
+        args.depth_list = parse_depths(args.depths, problems)
+        if args.haystack_tokens < 64:
+            problems.append(f"--haystack-tokens must be >= 64, got {args.haystack_tokens}")
     if args.compare and not Path(args.compare).is_file():
         problems.append(f"--compare {args.compare}: not a file")
     raise_if_problems("reading settings", problems)
@@ -114,7 +127,11 @@ def run(args: argparse.Namespace) -> int:
     config = AutoConfig.from_pretrained(args.model)
     text_config = getattr(config, "text_config", None) or config
     max_length = args.max_length or getattr(text_config, "max_position_embeddings", None) or 4096
-    prompts = _prompts(args, _sets(args, sets), tokenizer, max_length - args.max_new_tokens)
+    budget = max_length - args.max_new_tokens
+    if args.haystack_tokens and args.haystack_tokens > budget:
+        raise UserError(f"--haystack-tokens {args.haystack_tokens}: more than the {budget} prompt tokens the model "
+                        f"covers ({max_length} positions less --max-new-tokens; --max-length reads past them)")
+    prompts = _prompts(args, _sets(args, sets), tokenizer, budget)
     result = _evaluate(args, prompts, tokenizer, max_length)
     if compare is not None:
         from .reading_compare import compare_results
@@ -145,7 +162,12 @@ def _prompts(args, sets: dict, tokenizer, budget: int) -> dict:
 
     out, problems = {}, []
     for name, (reading, pool, same_set, metric) in sets.items():
-        prompts = build_prompts(tokenizer, reading, pool, same_set, args.shots, args.seed, budget, args.chat)
+        haystack = None
+        if args.haystack_tokens:
+            from .reading_haystack import Haystack
+
+            haystack = Haystack.of(reading, args.haystack_tokens, args.depth_list, tokenizer)
+        prompts = build_prompts(tokenizer, reading, pool, same_set, args.shots, args.seed, budget, args.chat, haystack)
         if all(p.ids is None for p in prompts):
             problems.append(f"--set {name}: no question fits in {budget} prompt tokens (--max-length, --max-new-tokens)")
         out[name] = (reading, metric, prompts)
@@ -168,7 +190,8 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
     result = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model),
               "max_length": max_length,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("model", "out", "no_progress", "compare")},
+              "settings": {k: v for k, v in vars(args).items()
+                           if k not in ("model", "out", "no_progress", "compare", "depth_list")},
               "sets": {}}
     for name, (reading, metric, got) in prompts.items():
         # shortest first: a batch pads to its longest prompt (answers equal one at a time, tested)

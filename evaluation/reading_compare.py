@@ -4,7 +4,8 @@ from __future__ import annotations
 from zhllama.errors import raise_if_problems
 
 # settings that change the questions asked or how they are scored: a comparison needs them equal
-_SAME = ("shots", "shots_from", "chat", "max_questions", "seed", "metric", "max_new_tokens")
+_SAME = ("shots", "shots_from", "chat", "max_questions", "seed", "metric", "max_new_tokens", "haystack_tokens",
+         "depths")
 
 
 def compare_results(old: dict, new: dict, where: str) -> dict:
@@ -41,6 +42,12 @@ def table(result: dict) -> str:
         inside = "–" if s["in_context"] is None else f"{100 * s['in_context']:.1f}%"
         lines.append(f"| {name} | {s['metric']} | {s['questions']} | {s['em']:.2f} | {s['f1']:.2f} | {s['too_long']} "
                      f"| {s['empty']} | {inside} |")
+    for name, s in result["sets"].items():
+        if "by_depth" in s:
+            lines += ["", f"{name}, by depth of the question's paragraph (0 = first):", "",
+                      "| depth | questions | EM | F1 | too long |", "|---:|---:|---:|---:|---:|"]
+            lines += [f"| {d} | {v['questions']} | {v['em']:.2f} | {v['f1']:.2f} | {v['too_long']} |"
+                      for d, v in s["by_depth"].items()]
     compare = result.get("compare")
     if compare:
         lines += ["", f"against {compare['model']} ({compare['results']}):", "",

@@ -106,6 +106,30 @@ def test_cmrc_prompts_take_exemplars_from_other_articles_and_fit_the_budget(shar
     assert all(p.ids is None for p in none)
 
 
+def test_a_haystack_hides_the_paragraph_at_each_depth_among_other_articles(shared_data):
+    from transformers import AutoTokenizer
+
+    from evaluation.reading_haystack import Haystack
+
+    tokenizer = AutoTokenizer.from_pretrained(shared_data / "tokenizers" / "chinese_llama_alpaca_2")
+    cmrc = read_reading_set(shared_data / "pretrain" / "cmrc2018_dev.json")
+    part = type(cmrc)(cmrc.path, cmrc.questions[::400], 0)
+    haystack = Haystack.of(cmrc, 3000, [0, 0.5, 1], tokenizer)
+    article_of = {text: article for article, text in haystack.paragraphs}
+    prompts = build_prompts(tokenizer, part, exemplar_pool(cmrc), True, 2, 0, 4000, False, haystack)
+    assert [p.key for p in prompts[:3]] == [f"{part.questions[0].key}@{d}" for d in ("0", "0.5", "1")]
+    largest = max(haystack.sizes.values())
+    for q, group in zip(part.questions, [prompts[i : i + 3] for i in range(0, len(prompts), 3)]):
+        pieces = [p.passage.split("\n") for p in group]
+        assert all(3000 - largest <= len(p.ids) <= 3000 and p.shots == 2 for p in group)
+        assert [ps.index(q.context.strip()) for ps in pieces] == [0, round(0.5 * (len(pieces[1]) - 1)), len(pieces[2]) - 1]
+        others = [sorted(set(ps) - {q.context.strip()}) for ps in pieces]
+        assert others[0] == others[1] == others[2] and len(others[0]) >= 3  # the same haystack at every depth
+        assert all(article_of[text] != q.article for text in others[0])
+        text = tokenizer.decode(group[1].ids, skip_special_tokens=True)
+        assert q.context.strip() in text and text.rstrip().endswith(f"问题：{q.question}\n答案：")
+
+
 def test_an_answer_is_the_first_line_without_a_repeated_label():
     assert clean_answer("\n 答案：李白\n问题：下一个", "zh") == "李白"
     assert clean_answer(" Answer: Paris\n", "en") == "Paris"
@@ -190,6 +214,12 @@ def test_the_cli_scores_each_answer_in_its_place_and_compares(tiny_reading):
     assert compared["compare"]["sets"]["poems"]["gained"] == [] and "| poems | " in one.stdout
     refused = _reading(model, own, root / "r4.json", "--shots", "1", "--compare", str(root / "r2.json"))
     assert refused.returncode == 2 and "shots was 0, now 1" in refused.stderr
+    long = _reading(model, own, root / "r5.json", "--shots", "0", "--haystack-tokens", "150", "--depths", "0,1")
+    assert long.returncode == 0, long.stderr
+    hay = json.loads((root / "r5.json").read_text())["sets"]["poems"]
+    assert sorted(hay["by_depth"]) == ["0", "1"] and hay["by_depth"]["1"]["questions"] == 7
+    assert [i["key"] for i in hay["items"][:2]] == ["a0q0@0", "a0q0@1"]
+    assert all(100 < i["prompt_tokens"] <= 150 for i in hay["items"]) and "by depth" in long.stdout
 
 
 def test_the_cli_refuses_bad_sets_before_loading_the_model(tiny_reading, tmp_path):
@@ -203,6 +233,10 @@ def test_the_cli_refuses_bad_sets_before_loading_the_model(tiny_reading, tmp_pat
     assert got.returncode == 2 and "data[0].paragraphs[0].qas[0].answers: expected a non-empty list" in got.stderr
     got = _reading(model, data, tmp_path / "r.json", "--max-length", "20")
     assert got.returncode == 2 and "no question fits" in got.stderr
+    got = _reading(model, data, tmp_path / "r.json", "--haystack-tokens", "600", "--depths", "0,2")
+    assert got.returncode == 2 and "--depths '0,2'" in got.stderr
+    got = _reading(model, data, tmp_path / "r.json", "--haystack-tokens", "600")
+    assert got.returncode == 2 and "--haystack-tokens 600: more than the 506 prompt tokens" in got.stderr
     got = _reading(model, data, tmp_path / "r.json", "--chat")
     assert got.returncode == 2 and "has no chat template (a base model: leave --chat out)" in got.stderr
 
