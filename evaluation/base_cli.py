@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         metrics.update(metrics_of(name, summary))
     base = {"source": f"{args.model} with its own tokenizer (python -m evaluation base)", "model": str(args.model),
             "sets": dict(sets), "benchmarks": dict(benches), "contamination": reports, "shots": args.shots,
-            "metrics": metrics}
+            "max_items_per_subject": args.max_items_per_subject, "block_size": args.block_size, "metrics": metrics}
     write_json_atomic(args.out, base)
     for key, value in metrics.items():
         print(f"{key}\t{value:.4f}")

@@ -4,15 +4,15 @@ from __future__ import annotations
 from zhllama.errors import raise_if_problems
 
 # settings that change the questions asked or how they are scored: a comparison needs them equal
-_SAME = ("shots", "shots_from", "chat", "max_questions", "seed", "metric", "max_new_tokens", "haystack_tokens",
-         "depths")
+SAME_SETTINGS = ("shots", "shots_from", "chat", "max_questions", "seed", "metric", "max_new_tokens", "haystack_tokens",
+                 "depths")
 
 
 def compare_results(old: dict, new: dict, where: str) -> dict:
     """Per set in both: the old and new EM/F1, the change, and the questions gained and lost (exact
     match now and not before, and the reverse). Refused when the questions or settings differ."""
     problems = [f"--compare {where}: {k} was {old.get('settings', {}).get(k)!r}, now {new['settings'].get(k)!r}"
-                for k in _SAME if old.get("settings", {}).get(k) != new["settings"].get(k)]
+                for k in SAME_SETTINGS if old.get("settings", {}).get(k) != new["settings"].get(k)]
     shared = [name for name in new["sets"] if name in old["sets"]]
     if not shared:
         problems.append(f"--compare {where}: no set of the same name (it has {sorted(old['sets'])})")
