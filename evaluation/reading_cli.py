@@ -82,7 +82,8 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def _sets(args, sets: list[tuple[str, str]]) -> dict:
-    """name -> (ReadingSet sampled, exemplar pool, pool is the set itself, metric); all files checked first."""
+    """name -> (ReadingSet sampled, exemplar pool, pool is the set itself, metric, the whole set); all files
+    checked first."""
     import random
 
     from .reading import exemplar_pool
@@ -108,7 +109,7 @@ def _sets(args, sets: list[tuple[str, str]]) -> dict:
             keep = set(random.Random(args.seed).sample(range(len(questions)), args.max_questions))
             questions = [q for i, q in enumerate(questions) if i in keep]
         metric = args.metric if args.metric != "auto" else ("cmrc" if whole.language == "zh" else "squad")
-        out[name] = (ReadingSet(whole.path, questions, whole.unanswerable), pool, source is whole, metric)
+        out[name] = (ReadingSet(whole.path, questions, whole.unanswerable), pool, source is whole, metric, whole)
     raise_if_problems("reading exemplars", problems)
     return out
 
@@ -161,15 +162,21 @@ def _prompts(args, sets: dict, tokenizer, budget: int) -> dict:
     from .reading import build_prompts
 
     out, problems = {}, []
-    for name, (reading, pool, same_set, metric) in sets.items():
+    for name, (reading, pool, same_set, metric, whole) in sets.items():
         haystack = None
         if args.haystack_tokens:
             from .reading_haystack import Haystack
 
-            haystack = Haystack.of(reading, args.haystack_tokens, args.depth_list, tokenizer)
+            # other articles' paragraphs from the whole set, not only the sampled questions'
+            haystack = Haystack.of(whole, args.haystack_tokens, args.depth_list, tokenizer)
         prompts = build_prompts(tokenizer, reading, pool, same_set, args.shots, args.seed, budget, args.chat, haystack)
         if all(p.ids is None for p in prompts):
             problems.append(f"--set {name}: no question fits in {budget} prompt tokens (--max-length, --max-new-tokens)")
+        elif haystack is not None:
+            sizes = [len(p.ids) for p in prompts if p.ids is not None]
+            if sum(sizes) < 0.9 * args.haystack_tokens * len(sizes):
+                print(f"set {name}: its paragraphs fill haystacks to {sum(sizes) / len(sizes):,.0f} tokens on average, "
+                      f"not {args.haystack_tokens:,} (too few other articles)")
         out[name] = (reading, metric, prompts)
     raise_if_problems("reading prompts", problems)
     return out

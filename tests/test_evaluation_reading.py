@@ -220,6 +220,8 @@ def test_the_cli_scores_each_answer_in_its_place_and_compares(tiny_reading):
     assert sorted(hay["by_depth"]) == ["0", "1"] and hay["by_depth"]["1"]["questions"] == 7
     assert [i["key"] for i in hay["items"][:2]] == ["a0q0@0", "a0q0@1"]
     assert all(100 < i["prompt_tokens"] <= 150 for i in hay["items"]) and "by depth" in long.stdout
+    short = _reading(model, own, root / "r6.json", "--shots", "0", "--haystack-tokens", "480", "--depths", "0.5")
+    assert short.returncode == 0 and "not 480 (too few other articles)" in short.stdout
 
 
 def test_the_cli_refuses_bad_sets_before_loading_the_model(tiny_reading, tmp_path):
