@@ -2,15 +2,18 @@
 
     python -m evaluation contamination corpora_manifests/shared_zh_pretrain.yaml \\
         --benchmark ceval=data/ceval --benchmark cmmlu=data/cmmlu --benchmark mmlu=data/mmlu \\
-        --eval-manifest corpora_manifests/eval_belle.yaml --out runs/contamination.keys
+        --eval-manifest corpora_manifests/eval_belle.yaml --reading cmrc=data/cmrc2018_dev.json \\
+        --out runs/contamination.keys
     # then: score the clean items apart     python -m evaluation choice ... --contamination runs/contamination.keys.json
+    #       python -m evaluation reading ... --contamination runs/contamination.keys.json
     #       or train without those documents  exclude: [{file: ..., sha256: <printed>}]   in the manifest
 
-Reads every item of every split present (C-Eval, CMMLU, MMLU in their official layouts; or every
-document of each source of an ``--eval-manifest``, e.g. an SFT evaluation set), then streams the
-manifest's training part once and finds the items' 13-unit grams in it (evaluation/contamination.py:
-a unit is a Han character or a word, so spacing and punctuation do not hide a copy). Writes the keys of
-the training documents that contain a contaminated item (the manifest's ``exclude:`` format) and a report
+Reads every item of every split present (C-Eval, CMMLU, MMLU in their official layouts; every
+document of each source of an ``--eval-manifest``, e.g. an SFT evaluation set; every passage, with
+its questions, of a ``--reading`` set), then streams the manifest's training part once and finds the
+items' 13-unit grams in it (evaluation/contamination.py: a unit is a Han character or a word, so spacing
+and punctuation do not hide a copy). Writes the keys of the training documents that contain a
+contaminated item (the manifest's ``exclude:`` format) and a report
 (OUT.json): per benchmark, split and subject the items clean / partial / contaminated, and each touched
 item with its coverage and the documents (source, file, line) it was found in.
 """
@@ -51,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a benchmark folder in its official layout; NAME one of {sorted(LAYOUTS)} (repeatable)")
     parser.add_argument("--eval-manifest", action="append", default=[], metavar="YAML",
                         help="a manifest whose every document is an evaluation item (repeatable)")
+    parser.add_argument("--reading", action="append", default=[], metavar="NAME=FILE",
+                        help="a reading set in SQuAD's layout (CMRC 2018, DRCD ...): each passage with its "
+                             "questions is an item (repeatable; then `evaluation reading --contamination`)")
     parser.add_argument("--out", required=True, help="the keys file to write (its report goes to OUT.json)")
     parser.add_argument("--workers", type=int, default=1,
                         help=f"processes that scan a share of the documents each (this machine has {os.cpu_count()})")
@@ -69,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
     settings = ContaminationSettings(args.ngram, args.min_units, args.max_items, args.min_coverage, args.t2s)
     problems = [f"--{p}" for p in settings.problems()]
     specs = _benchmark_specs(args.benchmark, problems)
-    if not specs and not args.eval_manifest:
-        problems.append("give at least one --benchmark NAME=DIR or --eval-manifest YAML")
+    readings = name_pairs(args.reading, "--reading", problems)
+    problems += [f"--reading {n}={f}: not a file" for n, f in readings if not Path(f).is_file()]
+    names = [n for n, _ in specs] + [n for n, _ in readings]
+    problems += [f"the name {n} is given twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    if not specs and not args.eval_manifest and not readings:
+        problems.append("give at least one --benchmark NAME=DIR, --reading NAME=FILE or --eval-manifest YAML")
     out = Path(args.out)
     if out.is_dir():
         problems.append(f"--out {out} is a folder; give a file path")
@@ -78,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--workers: expected >= 1, got {args.workers}")
     raise_if_problems("contamination settings", problems)
     manifest = load_manifest(args.manifest)  # checked before the benchmarks are read
-    items, data = _read_items(specs, args.eval_manifest)
+    items, data = _read_items(specs, args.eval_manifest, readings)
     report, keys = contamination_report(manifest, items, settings, args.workers)
     report = {"manifest": str(args.manifest), "fingerprint": manifest.fingerprint(), "salt": manifest.holdout.salt,
               "settings": dataclasses.asdict(settings), "data": data, **report}
@@ -108,10 +118,27 @@ def _benchmark_specs(values: list[str], problems: list[str]) -> list[tuple[str, 
     return specs
 
 
-def _read_items(specs: list[tuple[str, str]], eval_manifests: list[str]) -> tuple[list[EvalItem], dict]:
+def reading_items(name: str, path: str) -> list[EvalItem]:
+    """One item per passage of a reading set, its questions as more fields: the questions of a passage
+    share its grams, which would read as a template (``max_items``) if each question were an item.
+    ``evaluation reading`` finds a question's status by the key of its passage."""
+    from .reading_data import read_reading_set
+
+    questions: dict[str, list] = {}
+    for q in read_reading_set(path).questions:
+        questions.setdefault(q.context.strip(), []).append(q)
+    return [EvalItem(name, "all", name, f"{path}: data[{qs[0].article}], question {qs[0].key}", item_key([context]),
+                     (context, *(q.question for q in qs))) for context, qs in questions.items()]
+
+
+def _read_items(specs: list[tuple[str, str]], eval_manifests: list[str],
+                readings: list[tuple[str, str]] = ()) -> tuple[list[EvalItem], dict]:
     """Every item to look for, and what was read (files and their sha256, per benchmark)."""
     items: list[EvalItem] = []
     data: dict[str, dict] = {}
+    for name, path in readings:
+        items += reading_items(name, path)
+        data[name] = {"reading": path, "sha256": {path: sha256_file(path)}}
     for name, folder in specs:
         by_split, files = read_all_splits(name, folder)
         for split, split_items in by_split.items():

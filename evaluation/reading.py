@@ -123,7 +123,12 @@ def clean_answer(text: str, language: str) -> str:
     return re.sub(rf"^{re.escape(label)}\s*", "", line).strip()
 
 
-def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], language: str, metric: str) -> list[dict]:
+def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], language: str, metric: str,
+                 statuses: dict[str, str] | None = None) -> list[dict]:
+    """Each question's answer scored; with ``statuses`` (passage key -> partial | contaminated, from a
+    contamination report) each is marked clean, partial or contaminated by its own passage."""
+    from .benchmarks import item_key
+
     items = []
     for p, raw in zip(prompts, answers):
         prediction = "" if raw is None else clean_answer(raw, language)
@@ -134,6 +139,8 @@ def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], langua
                       "in_context": bool(prediction) and prediction in passage, "shots": p.shots,
                       "exemplars": list(p.exemplars), "prompt_tokens": None if p.ids is None else len(p.ids),
                       "too_long": p.ids is None, **({} if p.depth is None else {"depth": p.depth})})
+        if statuses is not None:
+            items[-1]["contamination"] = statuses.get(item_key([p.question.context.strip()]), "clean")
     return items
 
 
@@ -143,9 +150,15 @@ def summary(items: list[dict]) -> dict:
     out = _scores(items)
     depths = sorted({i["depth"] for i in items if "depth" in i})
     if depths:
-        out["by_depth"] = {f"{d:g}": {k: v for k, v in _scores([i for i in items if i.get("depth") == d]).items()
-                                      if k in ("questions", "em", "f1", "too_long")} for d in depths}
+        out["by_depth"] = {f"{d:g}": _brief([i for i in items if i.get("depth") == d]) for d in depths}
+    if any("contamination" in i for i in items):
+        out["contamination"] = {status: _brief(group) for status in ("clean", "partial", "contaminated")
+                                if (group := [i for i in items if i.get("contamination") == status])}
     return out
+
+
+def _brief(items: list[dict]) -> dict:
+    return {k: v for k, v in _scores(items).items() if k in ("questions", "em", "f1", "too_long")}
 
 
 def _scores(items: list[dict]) -> dict:

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hide each question's paragraph among other articles' paragraphs, to N prompt tokens")
     parser.add_argument("--depths", default="0,0.5,1",
                         help="with --haystack-tokens: where the question's paragraph sits (0 = first, 1 = last)")
+    parser.add_argument("--contamination", default=None, metavar="REPORT",
+                        help="a report of `evaluation contamination --reading NAME=FILE` for these sets: "
+                             "EM/F1 on clean and contaminated passages apart")
     parser.add_argument("--compare", default=None, metavar="RESULTS", help="another model's results JSON")
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--no-progress", action="store_true")
@@ -75,6 +78,8 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
         args.depth_list = parse_depths(args.depths, problems)
         if args.haystack_tokens < 64:
             problems.append(f"--haystack-tokens must be >= 64, got {args.haystack_tokens}")
+    if args.contamination and not Path(args.contamination).is_file():
+        problems.append(f"--contamination {args.contamination}: not a file")
     if args.compare and not Path(args.compare).is_file():
         problems.append(f"--compare {args.compare}: not a file")
     raise_if_problems("reading settings", problems)
@@ -122,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     sets = _check_args(args)
     require_model_folder(args.model, "--model")
     compare = _read_compare(args.compare) if args.compare else None
+    statuses = _statuses(args.contamination, sets) if args.contamination else None
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if args.chat and not getattr(tokenizer, "chat_template", None):
         raise UserError(f"--chat: {args.model} has no chat template (a base model: leave --chat out)")
@@ -133,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--haystack-tokens {args.haystack_tokens}: more than the {budget} prompt tokens the model "
                         f"covers ({max_length} positions less --max-new-tokens; --max-length reads past them)")
     prompts = _prompts(args, _sets(args, sets), tokenizer, budget)
-    result = _evaluate(args, prompts, tokenizer, max_length)
+    result = _evaluate(args, prompts, tokenizer, max_length, statuses)
     if compare is not None:
         from .reading_compare import compare_results
 
@@ -146,6 +152,30 @@ def run(args: argparse.Namespace) -> int:
     print(table(result))
     print(f"-> {args.out}")
     return 0
+
+
+def _statuses(report: str, sets: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """Set name -> {passage key: partial | contaminated} (absent: clean); a set the report did not check,
+    or checked in another file, is refused (a missing check must never read as clean)."""
+    from zhllama.files import sha256_file
+
+    from .contamination_cli import item_statuses
+
+    try:
+        data = json.loads(Path(report).read_text(encoding="utf-8"))["data"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--contamination {report}: not a report of `python -m evaluation contamination` ({e})") from None
+    out, problems = {}, []
+    for name, path in sets:
+        if "reading" not in data.get(name, {}):
+            problems.append(f"--contamination {report}: set {name} was not checked (checked: {sorted(data)}); run "
+                            f"`python -m evaluation contamination MANIFEST --reading {name}={path} ...`")
+        elif sha256_file(path) not in data[name]["sha256"].values():
+            problems.append(f"--contamination {report}: set {name} was checked in another file than {path}")
+        else:
+            out[name] = item_statuses(report, name, "all")
+    raise_if_problems("reading contamination", problems)
+    return out
 
 
 def _read_compare(path: str) -> dict:
@@ -182,7 +212,7 @@ def _prompts(args, sets: dict, tokenizer, budget: int) -> dict:
     return out
 
 
-def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
+def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | None = None) -> dict:
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
@@ -199,6 +229,7 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
               "max_length": max_length,
               "settings": {k: v for k, v in vars(args).items()
                            if k not in ("model", "out", "no_progress", "compare", "depth_list")},
+              "contamination_report": args.contamination,
               "sets": {}}
     for name, (reading, metric, got) in prompts.items():
         # shortest first: a batch pads to its longest prompt (answers equal one at a time, tested)
@@ -209,7 +240,7 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
         answers: list[str | None] = [None] * len(got)
         for i, text in zip(fits, outputs):
             answers[i] = text
-        items = scored_items(got, answers, reading.language, metric)
+        items = scored_items(got, answers, reading.language, metric, None if statuses is None else statuses[name])
         result["sets"][name] = {"file": str(reading.path), "sha256": sha256_file(reading.path),
                                 "language": reading.language, "metric": metric, "unanswerable_skipped": reading.unanswerable,
                                 **summary(items), "items": items}

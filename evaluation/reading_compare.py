@@ -43,6 +43,11 @@ def table(result: dict) -> str:
         lines.append(f"| {name} | {s['metric']} | {s['questions']} | {s['em']:.2f} | {s['f1']:.2f} | {s['too_long']} "
                      f"| {s['empty']} | {inside} |")
     for name, s in result["sets"].items():
+        if "contamination" in s:
+            lines += ["", f"{name}, by whether the passage is in the training corpus (--contamination):", "",
+                      "| passages | questions | EM | F1 |", "|---|---:|---:|---:|"]
+            lines += [f"| {status} | {v['questions']} | {v['em']:.2f} | {v['f1']:.2f} |"
+                      for status, v in s["contamination"].items()]
         if "by_depth" in s:
             lines += ["", f"{name}, by depth of the question's paragraph (0 = first):", "",
                       "| depth | questions | EM | F1 | too long |", "|---:|---:|---:|---:|---:|"]

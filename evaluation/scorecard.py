@@ -63,6 +63,9 @@ def _reading(doc: dict) -> dict[str, tuple]:
         out[f"reading/{name}/f1"] = (s["f1"], settings)
         for depth, d in s.get("by_depth", {}).items():
             out[f"reading/{name}/f1@depth{depth}"] = (d["f1"], settings)
+        for status in ("clean", "contaminated"):  # with a contamination report
+            if status in s.get("contamination", {}):
+                out[f"reading/{name}/{status}_f1"] = (s["contamination"][status]["f1"], settings)
     return out
 
 

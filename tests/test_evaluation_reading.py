@@ -257,3 +257,48 @@ def test_a_chat_model_is_asked_in_one_user_turn(tiny_reading):
         text = tokenizer.decode(c.ids)
         assert text.startswith("<|user|>") and text.endswith("答案：<|assistant|>")
         assert c.exemplars == b.exemplars and c.ids[0] != tokenizer.bos_token_id
+
+
+def test_cmrc_passages_the_shipped_manifest_trains_on_are_found_and_held_out_ones_are_not(shared_data, repo_root):
+    from corpora.manifest import iter_documents, load_manifest
+    from evaluation.contamination import ContaminationSettings
+    from evaluation.contamination_cli import contamination_report, reading_items
+
+    manifest = load_manifest(repo_root / "corpora_manifests" / "shared_zh_pretrain.yaml")
+    source = next(s for s in manifest.sources if s.name == "cmrc2018")
+    trained = {d.text.strip() for d in iter_documents(source, split="train")}
+    held_out = {d.text.strip() for d in iter_documents(source, split="holdout")}
+    items = reading_items("cmrc", str(shared_data / "pretrain" / "cmrc2018_dev.json"))
+    report, _ = contamination_report(manifest, items, ContaminationSettings())
+    status = {it["key"]: it["status"] for it in report["items"]}
+    assert len(items) == 848 and len(trained) > 700 and len(held_out) > 50
+    assert all(status.get(it.key) == "contaminated" for it in items if it.fields[0] in trained)
+    assert not any(status.get(it.key) == "contaminated" for it in items if it.fields[0] in held_out)
+    assert report["results"]["cmrc"]["all"]["contaminated"] == len(trained)
+
+
+def test_reading_scores_clean_and_contaminated_passages_apart(tiny_reading, tmp_path):
+    import argparse
+
+    from helpers_prepare import write_lines, write_manifest
+
+    from evaluation import contamination_cli
+
+    model, data, _ = tiny_reading
+    corpus = write_lines(tmp_path / "corpus.txt", ["前言。", "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。", "后记。"])
+    manifest = write_manifest(tmp_path / "m.yaml", [{"name": "poems", "file": corpus}], name="m")
+    parser = argparse.ArgumentParser()
+    contamination_cli.add_arguments(parser)
+    keys = tmp_path / "c.keys"
+    assert contamination_cli.run(parser.parse_args([str(manifest), "--reading", f"poems={data}", "--out", str(keys),
+                                                    "--min-units", "4"])) == 0
+    got = _reading(model, data, tmp_path / "r.json", "--shots", "0", "--contamination", f"{keys}.json")
+    assert got.returncode == 0, got.stderr
+    result = json.loads((tmp_path / "r.json").read_text())["sets"]["poems"]
+    marks = {i["key"]: i["contamination"] for i in result["items"]}
+    # the corpus holds article 0's passage (and article 3's, in the same document)
+    assert marks == {"a0q0": "contaminated", "a0q1": "contaminated", "a1q0": "clean", "a1q1": "clean",
+                     "a2q0": "clean", "a2q1": "clean", "a3q0": "contaminated"}
+    assert result["contamination"]["clean"]["questions"] == 4 and "by whether the passage" in got.stdout
+    other = _reading(model, data, tmp_path / "r2.json", "--set", f"more={data}", "--contamination", f"{keys}.json")
+    assert other.returncode == 2 and "set more was not checked" in other.stderr
