@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     specs = _benchmark_specs(args.benchmark, problems)
     readings = name_pairs(args.reading, "--reading", problems)
     problems += [f"--reading {n}={f}: not a file" for n, f in readings if not Path(f).is_file()]
-    names = [n for n, _ in specs] + [n for n, _ in readings]
-    problems += [f"the name {n} is given twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    names = [n for n, _ in specs] + [n for n, _ in readings]  # --benchmark twice: said by _benchmark_specs
+    problems += [f"--reading {n}: the name is given twice" for n in sorted({n for n, _ in readings if names.count(n) > 1})]
     if not specs and not args.eval_manifest and not readings:
         problems.append("give at least one --benchmark NAME=DIR, --reading NAME=FILE or --eval-manifest YAML")
     out = Path(args.out)

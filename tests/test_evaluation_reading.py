@@ -302,3 +302,7 @@ def test_reading_scores_clean_and_contaminated_passages_apart(tiny_reading, tmp_
     assert result["contamination"]["clean"]["questions"] == 4 and "by whether the passage" in got.stdout
     other = _reading(model, data, tmp_path / "r2.json", "--set", f"more={data}", "--contamination", f"{keys}.json")
     assert other.returncode == 2 and "set more was not checked" in other.stderr
+    with pytest.raises(UserError) as e:
+        contamination_cli.run(parser.parse_args([str(manifest), "--reading", f"poems={data}", "--reading",
+                                                 f"poems={tmp_path / 'missing.json'}", "--out", str(keys)]))
+    assert "missing.json: not a file" in str(e.value) and "--reading poems: the name is given twice" in str(e.value)
