@@ -4,7 +4,7 @@
         --out runs/reading.json [--set drcd=data/DRCD_dev.json] [--shots 3] [--shots-from data/cmrc2018_trial.json] \
         [--chat] [--max-questions 500] [--seed 0] [--metric auto|cmrc|squad] [--max-new-tokens 64] \
         [--device cuda] [--dtype bfloat16] [--batch-size 16] [--compare runs/reading_base.json] \
-        [--haystack-tokens 16000 --depths 0,0.5,1]
+        [--haystack-tokens 16000 --depths 0,0.5,1] [--server http://127.0.0.1:8000/v1 --workers 16]
 
 Each set is a file in SQuAD's JSON layout. The model answers by greedy generation (to the first line
 break); the answer is scored with the CMRC 2018 metric for Chinese sets (also DRCD's) and SQuAD v1.1's
@@ -14,7 +14,9 @@ exactly that the other did not (gained) and the reverse (lost). ``--haystack-tok
 long-context test: each question's paragraph hidden among other articles' paragraphs, at each
 ``--depths``, the prompt filled to that many tokens (scores per depth). Every file is checked and every
 prompt built before the model loads; the results JSON holds each question's prompt size, output,
-prediction and scores.
+prediction and scores. ``--server`` generates on an OpenAI-compatible server that serves ``--model``
+(``vllm serve DIR``: long haystacks and large models), the prompts sent as token ids; replies are kept
+in OUT.calls.jsonl, so a stopped run resumes.
 """
 from __future__ import annotations
 
@@ -40,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=None, help="prompt + answer tokens (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="generate on an OpenAI-compatible server serving --model (vLLM: vllm serve DIR), "
+                             "e.g. http://127.0.0.1:8000/v1; prompts go as token ids")
+    parser.add_argument("--server-model", default=None, help="the model's name on the server (default: --model)")
+    parser.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable with the API key")
+    parser.add_argument("--workers", type=int, default=16, help="requests in flight with --server")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--haystack-tokens", type=int, default=None, metavar="N",
@@ -78,6 +86,12 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
         args.depth_list = parse_depths(args.depths, problems)
         if args.haystack_tokens < 64:
             problems.append(f"--haystack-tokens must be >= 64, got {args.haystack_tokens}")
+    if args.server:
+        from zhllama.openai_client import check_api_key_env, check_url
+
+        problems += check_url("--server", args.server) + check_api_key_env(args.api_key_env)
+        if args.workers < 1:
+            problems.append(f"--workers must be >= 1, got {args.workers}")
     if args.contamination and not Path(args.contamination).is_file():
         problems.append(f"--contamination {args.contamination}: not a file")
     if args.compare and not Path(args.compare).is_file():
@@ -213,35 +227,60 @@ def _prompts(args, sets: dict, tokenizer, budget: int) -> dict:
 
 
 def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | None = None) -> dict:
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
-
     from zhllama.files import sha256_file
     from zhllama.model_fingerprint import model_fingerprint
 
-    from .long_context import greedy_answers
     from .reading import scored_items, summary
 
-    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
-    result = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model),
+    generate = _on_server(args) if args.server else _here(args, tokenizer)
+    result = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model), "server": args.server,
               "max_length": max_length,
               "settings": {k: v for k, v in vars(args).items()
-                           if k not in ("model", "out", "no_progress", "compare", "depth_list")},
-              "contamination_report": args.contamination,
-              "sets": {}}
+                           if k not in ("model", "out", "no_progress", "compare", "depth_list", "api_key_env")},
+              "contamination_report": args.contamination, "sets": {}}
     for name, (reading, metric, got) in prompts.items():
         # shortest first: a batch pads to its longest prompt (answers equal one at a time, tested)
         fits = sorted((i for i, p in enumerate(got) if p.ids is not None), key=lambda i: len(got[i].ids))
-        with tqdm(total=len(fits), desc=f"reading {name}", disable=args.no_progress) as bar:
-            outputs = greedy_answers(model, tokenizer, [got[i].ids for i in fits], args.max_new_tokens,
-                                     args.batch_size, args.device, bar, stop=["\n"])
         answers: list[str | None] = [None] * len(got)
-        for i, text in zip(fits, outputs):
+        for i, text in zip(fits, generate(name, [got[i].ids for i in fits])):
             answers[i] = text
         items = scored_items(got, answers, reading.language, metric, None if statuses is None else statuses[name])
         result["sets"][name] = {"file": str(reading.path), "sha256": sha256_file(reading.path),
                                 "language": reading.language, "metric": metric, "unanswerable_skipped": reading.unanswerable,
                                 **summary(items), "items": items}
     return result
+
+
+def _here(args, tokenizer):
+    """Greedy answers from the model loaded here, in batches."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from .long_context import greedy_answers
+
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+
+    def generate(name: str, prompts: list[list[int]]) -> list[str]:
+        with tqdm(total=len(prompts), desc=f"reading {name}", disable=args.no_progress) as bar:
+            return greedy_answers(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, args.device, bar,
+                                  stop=["\n"])
+    return generate
+
+
+def _on_server(args):
+    """Greedy answers from ``/v1/completions``, every reply kept in OUT.calls.jsonl (a rerun resumes)."""
+    from zhllama.openai_client import Endpoint, api_key, complete_all
+
+    endpoint = Endpoint(args.server, args.server_model or str(args.model), api_key(args.api_key_env))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def generate(name: str, prompts: list[list[int]]) -> list[str]:
+        requests = [{"prompt": p, "max_tokens": args.max_new_tokens, "temperature": 0.0, "stop": ["\n"],
+                     "skip_special_tokens": True} for p in prompts]
+        replies = complete_all(endpoint, requests, out.with_name(out.name + ".calls.jsonl"), args.workers,
+                               f"reading {name}", not args.no_progress)
+        return [r["text"] for r in replies]
+    return generate

@@ -14,12 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from zhllama.files import sha256_json
-from zhllama.openai_client import Endpoint, ReplyCache, ask_all, first_choice, post
+from zhllama.openai_client import Endpoint, complete_all
 
 from .generate import Sampling
-
-COMPLETIONS = "/completions"
 
 
 def completion_request(prompt: list[int], sampling: Sampling, stops: Sequence[int]) -> dict[str, Any]:
@@ -37,11 +34,6 @@ def completion_request(prompt: list[int], sampling: Sampling, stops: Sequence[in
 def generate_remote(endpoint: Endpoint, prompts: Sequence[list[int]], sampling: Sampling, stops: Sequence[int],
                     calls_file: Path, workers: int, progress: bool = True) -> tuple[list[str], list[bool]]:
     """(answer text, finished) per prompt, as `generate_all` returns them."""
-    requests = [completion_request(list(p), sampling, stops) for p in prompts]
-    keys = [sha256_json({"model": endpoint.model, **r}) for r in requests]
-
-    def send(request: dict[str, Any]) -> dict[str, Any]:
-        choice = first_choice(endpoint, COMPLETIONS, post(endpoint, COMPLETIONS, request))
-        return {"text": choice.get("text") or "", "finish_reason": choice.get("finish_reason")}
-    replies = ask_all(dict(zip(keys, requests)), send, ReplyCache(calls_file), workers, "generate", progress)
-    return ([replies[k]["text"].strip() for k in keys], [replies[k]["finish_reason"] == "stop" for k in keys])
+    replies = complete_all(endpoint, [completion_request(list(p), sampling, stops) for p in prompts], calls_file,
+                           workers, "generate", progress)
+    return [r["text"].strip() for r in replies], [r["finish_reason"] == "stop" for r in replies]

@@ -306,3 +306,34 @@ def test_reading_scores_clean_and_contaminated_passages_apart(tiny_reading, tmp_
         contamination_cli.run(parser.parse_args([str(manifest), "--reading", f"poems={data}", "--reading",
                                                  f"poems={tmp_path / 'missing.json'}", "--out", str(keys)]))
     assert "missing.json: not a file" in str(e.value) and "--reading poems: the name is given twice" in str(e.value)
+
+
+def test_answers_from_a_server_equal_answers_made_here(tmp_path):
+    from helpers_serve import start_server, tiny_export
+
+    model = tiny_export(tmp_path / "export")
+    poems = _squad(tmp_path / "poems.json", [
+        _article("t0", "春眠不觉晓，处处闻啼鸟。", [("q0", "什么不觉晓？", "春眠"), ("q1", "哪里闻啼鸟？", "处处")]),
+        _article("t1", "白日依山尽，黄河入海流。", [("q2", "什么入海流？", "黄河")]),
+        _article("t2", "床前明月光，疑是地上霜。", [("q3", "床前是什么？", "明月光")])])
+    here = _reading(model, poems, tmp_path / "here.json", "--shots", "1", "--batch-size", "2")
+    assert here.returncode == 0, here.stderr
+    server, url, _ = start_server(model)
+    try:
+        remote = _reading(model, poems, tmp_path / "remote.json", "--shots", "1", "--server", f"{url}/v1",
+                          "--server-model", "tiny-zh", "--workers", "2")
+        assert remote.returncode == 0, remote.stderr
+        calls = (tmp_path / "remote.json.calls.jsonl").read_text().splitlines()
+    finally:
+        server.shutdown()
+        server.server_close()
+    again = _reading(model, poems, tmp_path / "remote.json", "--shots", "1", "--server", f"{url}/v1",
+                     "--server-model", "tiny-zh")
+    assert again.returncode == 0, again.stderr  # the server is gone: every answer came from the cache
+    sets = [json.loads((tmp_path / f"{n}.json").read_text())["sets"]["poems"] for n in ("here", "remote")]
+    assert [i["prediction"] for i in sets[0]["items"]] == [i["prediction"] for i in sets[1]["items"]]
+    assert any(i["prediction"] for i in sets[0]["items"]) and len(calls) == 4
+    assert json.loads((tmp_path / "remote.json").read_text())["server"] == f"{url}/v1"
+    bad = _reading(model, poems, tmp_path / "x.json", "--server", "localhost:8000", "--api-key-env", "NO_SUCH_VAR")
+    assert bad.returncode == 2 and "expected an http:// or https:// address" in bad.stderr
+    assert "NO_SUCH_VAR: that environment variable is not set" in bad.stderr

@@ -1,6 +1,6 @@
 """Send many requests to an OpenAI-compatible server (vLLM, TGI, llama.cpp's server, `sft serve`, a
 hosted API) in parallel, and remember every reply on disk. Used by `evaluation judge` (chat
-completions) and `sft generate --server` (completions from token ids).
+completions), `sft generate --server` and `evaluation reading --server` (completions from token ids).
 
 * Transient failures (HTTP 408/409/429/5xx, a refused or dropped connection, a timeout) are retried
   with exponential backoff, honouring ``Retry-After``; any other HTTP error (a wrong key, an unknown
@@ -164,3 +164,21 @@ def ask_all(requests: dict[str, Any], send: Callable[[Any], Any], cache: ReplyCa
             stop.set()  # after a hard failure or Ctrl-C: send nothing new, keep the replies in flight
             pool.shutdown(wait=True, cancel_futures=True)
     return {key: cache.replies[key] for key in requests}
+
+
+COMPLETIONS = "/completions"
+
+
+def complete_all(endpoint: Endpoint, requests: list[dict[str, Any]], calls_file: Path, workers: int, label: str,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """``/v1/completions`` for each request (prompts as token ids: the server reads exactly the ids the
+    caller built), in order: ``{"text", "finish_reason"}`` each, cached in ``calls_file`` by what was asked."""
+    from zhllama.files import sha256_json
+
+    keys = [sha256_json({"model": endpoint.model, **r}) for r in requests]
+
+    def send(request: dict[str, Any]) -> dict[str, Any]:
+        choice = first_choice(endpoint, COMPLETIONS, post(endpoint, COMPLETIONS, request))
+        return {"text": choice.get("text") or "", "finish_reason": choice.get("finish_reason")}
+    replies = ask_all(dict(zip(keys, requests)), send, ReplyCache(calls_file), workers, label, progress)
+    return [replies[k] for k in keys]
