@@ -224,23 +224,36 @@ def test_the_cli_scores_each_answer_in_its_place_and_compares(tiny_reading):
     assert short.returncode == 0 and "not 480 (too few other articles)" in short.stdout
 
 
+def _refused(model, data, out, *extra) -> str:
+    """The UserError message of a reading run that must stop before its model loads (in-process: fast)."""
+    import argparse
+
+    from evaluation import reading_cli
+
+    parser = argparse.ArgumentParser()
+    reading_cli.add_arguments(parser)
+    args = parser.parse_args(["--model", str(model), "--set", f"poems={data}", "--out", str(out), *extra])
+    with pytest.raises(UserError) as e:
+        reading_cli.run(args)
+    assert not out.exists()
+    return str(e.value)
+
+
 def test_the_cli_refuses_bad_sets_before_loading_the_model(tiny_reading, tmp_path):
     model, data, _ = tiny_reading
     bad = _squad(tmp_path / "bad.json", [{"paragraphs": [{"context": "x", "qas": [{"id": 1, "question": "?"}]}]}])
-    got = _reading(model, bad, tmp_path / "r.json", "--set", "poems=missing.json", "--shots", "9")
-    assert got.returncode == 2 and not (tmp_path / "r.json").exists()
+    out = tmp_path / "r.json"
+    got = _refused(model, bad, out, "--set", "poems=missing.json", "--shots", "9")
     for problem in ("--set poems: given twice", "missing.json: not a file", "--shots must be 0..8"):
-        assert problem in got.stderr
-    got = _reading(model, bad, tmp_path / "r.json")
-    assert got.returncode == 2 and "data[0].paragraphs[0].qas[0].answers: expected a non-empty list" in got.stderr
-    got = _reading(model, data, tmp_path / "r.json", "--max-length", "20")
-    assert got.returncode == 2 and "no question fits" in got.stderr
-    got = _reading(model, data, tmp_path / "r.json", "--haystack-tokens", "600", "--depths", "0,2")
-    assert got.returncode == 2 and "--depths '0,2'" in got.stderr
-    got = _reading(model, data, tmp_path / "r.json", "--haystack-tokens", "600")
-    assert got.returncode == 2 and "--haystack-tokens 600: more than the 506 prompt tokens" in got.stderr
-    got = _reading(model, data, tmp_path / "r.json", "--chat")
-    assert got.returncode == 2 and "has no chat template (a base model: leave --chat out)" in got.stderr
+        assert problem in got
+    assert "data[0].paragraphs[0].qas[0].answers: expected a non-empty list" in _refused(model, bad, out)
+    assert "no question fits" in _refused(model, data, out, "--max-length", "20")
+    assert "--depths '0,2'" in _refused(model, data, out, "--haystack-tokens", "600", "--depths", "0,2")
+    assert "--haystack-tokens 600: more than the 448 prompt tokens" in _refused(model, data, out,
+                                                                              "--haystack-tokens", "600")
+    assert "has no chat template (a base model: leave --chat out)" in _refused(model, data, out, "--chat")
+    got = _reading(model, data, out, "--shots", "-1")  # and from the command line: exit status 2, no traceback
+    assert got.returncode == 2 and got.stderr.startswith("error: reading settings") and not out.exists()
 
 
 def test_a_chat_model_is_asked_in_one_user_turn(tiny_reading):
