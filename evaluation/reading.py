@@ -40,6 +40,7 @@ class ReadingPrompt:
     exemplars: tuple[str, ...]  # their question ids
     depth: float | None = None  # in a haystack (reading_haystack.py): where the question's paragraph sits
     passage: str | None = None  # the haystack; None: the question's own context
+    text: str = ""  # the prompt before rendering (encode): the answer's tokens are read after it
 
     @property
     def key(self) -> str:
@@ -85,13 +86,25 @@ def prompt_text(language: str, question: Question, exemplars: list[Exemplar], pa
     return "\n\n".join(parts)
 
 
-def encode(tokenizer, text: str, chat: bool) -> list[int]:
-    """Token ids as the model reads them: BOS + text, or one user turn of its chat template."""
+def rendered(tokenizer, text: str, chat: bool) -> tuple[str, bool]:
+    """(the text the model reads, whether the tokenizer adds its special tokens): BOS + text, or one user
+    turn of its chat template (which writes its own)."""
     if chat:
         from .long_context import chat_prompt
 
-        return tokenizer(chat_prompt(tokenizer, text), add_special_tokens=False).input_ids
-    return tokenizer(text).input_ids
+        return chat_prompt(tokenizer, text), False
+    return text, True
+
+
+def encode(tokenizer, text: str, chat: bool) -> list[int]:
+    """Token ids as the model reads them (``rendered``)."""
+    text, special = rendered(tokenizer, text, chat)
+    return tokenizer(text, add_special_tokens=special).input_ids
+
+
+def answer_target(language: str, answer: str, chat: bool) -> str:
+    """What should follow a prompt: the answer, and for a base model the line break that ends it."""
+    return answer if chat else ("" if language == "zh" else " ") + answer + "\n"
 
 
 def build_prompts(tokenizer, reading: ReadingSet, pool: list[tuple[int, Exemplar]], same_set: bool, shots: int,
@@ -103,9 +116,10 @@ def build_prompts(tokenizer, reading: ReadingSet, pool: list[tuple[int, Exemplar
     for q in reading.questions:
         exemplars = pick_exemplars(q, pool, shots, seed, same_set)
         for n in range(len(exemplars), -1, -1):
-            ids = encode(tokenizer, prompt_text(language, q, exemplars[:n]), chat)
+            text = prompt_text(language, q, exemplars[:n])
+            ids = encode(tokenizer, text, chat)
             if len(ids) <= budget:
-                prompt = ReadingPrompt(q, ids, n, tuple(e.key for e in exemplars[:n]))
+                prompt = ReadingPrompt(q, ids, n, tuple(e.key for e in exemplars[:n]), text=text)
                 break
         else:
             prompt = ReadingPrompt(q, None, 0, ())
@@ -113,6 +127,22 @@ def build_prompts(tokenizer, reading: ReadingSet, pool: list[tuple[int, Exemplar
             out.append(prompt)
         else:
             out += haystack.prompts(tokenizer, prompt, exemplars[: prompt.shots], language, seed, chat)
+    return out
+
+
+def answer_requests(tokenizer, prompts: list[ReadingPrompt], language: str, chat: bool) -> list:
+    """Per prompt that fits, the first reference answer (and its line break) as tokens after the prompt:
+    an answer_scorer.AnswerRequest; None for a prompt that does not fit."""
+    from .answer_scorer import AnswerRequest, answer_ids
+
+    out = []
+    for p in prompts:
+        if p.ids is None:
+            out.append(None)
+            continue
+        text, special = rendered(tokenizer, p.text, chat)
+        target = answer_target(language, p.question.answers[0], chat)
+        out.append(AnswerRequest(p.ids, answer_ids(tokenizer, text, special, p.ids, target)))
     return out
 
 
@@ -124,13 +154,18 @@ def clean_answer(text: str, language: str) -> str:
 
 
 def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], language: str, metric: str,
-                 statuses: dict[str, str] | None = None) -> list[dict]:
+                 statuses: dict[str, str] | None = None, answer_scores: list | None = None,
+                 chat: bool = False) -> list[dict]:
     """Each question's answer scored; with ``statuses`` (passage key -> partial | contaminated, from a
-    contamination report) each is marked clean, partial or contaminated by its own passage."""
+    contamination report) each is marked clean, partial or contaminated by its own passage; with
+    ``answer_scores`` ((log-prob, greedy) of the first reference answer, answer_scorer.py) its bits per
+    character and whether greedy decoding writes it."""
+    import math
+
     from .benchmarks import item_key
 
     items = []
-    for p, raw in zip(prompts, answers):
+    for n, (p, raw) in enumerate(zip(prompts, answers)):
         prediction = "" if raw is None else clean_answer(raw, language)
         exact, f1 = score(list(p.question.answers), prediction, metric) if raw is not None else (False, 0.0)
         passage = p.question.context if p.passage is None else p.passage
@@ -141,6 +176,10 @@ def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], langua
                       "too_long": p.ids is None, **({} if p.depth is None else {"depth": p.depth})})
         if statuses is not None:
             items[-1]["contamination"] = statuses.get(item_key([p.question.context.strip()]), "clean")
+        if answer_scores is not None and answer_scores[n] is not None:
+            logprob, greedy = answer_scores[n]
+            chars = len(answer_target(language, p.question.answers[0], chat))
+            items[-1].update(answer_bits=round(-logprob / math.log(2), 4), answer_chars=chars, greedy_answer=greedy)
     return items
 
 
@@ -151,6 +190,10 @@ def summary(items: list[dict]) -> dict:
     depths = sorted({i["depth"] for i in items if "depth" in i})
     if depths:
         out["by_depth"] = {f"{d:g}": _brief([i for i in items if i.get("depth") == d]) for d in depths}
+    scored = [i for i in items if "answer_bits" in i]
+    if scored:  # bits per character of the reference answers (and their line breaks), all together
+        out["answer_bits_per_char"] = round(sum(i["answer_bits"] for i in scored) / sum(i["answer_chars"] for i in scored), 4)
+        out["greedy_answer"] = round(100.0 * sum(i["greedy_answer"] for i in scored) / len(items), 3)
     if any("contamination" in i for i in items):
         out["contamination"] = {status: _brief(group) for status in ("clean", "partial", "contaminated")
                                 if (group := [i for i in items if i.get("contamination") == status])}

@@ -230,9 +230,9 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | 
     from zhllama.files import sha256_file
     from zhllama.model_fingerprint import model_fingerprint
 
-    from .reading import scored_items, summary
+    from .reading import answer_requests, scored_items, summary
 
-    generate = _on_server(args) if args.server else _here(args, tokenizer)
+    generate, score = _on_server(args) if args.server else _here(args, tokenizer)
     result = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model), "server": args.server,
               "max_length": max_length,
               "settings": {k: v for k, v in vars(args).items()
@@ -244,7 +244,9 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | 
         answers: list[str | None] = [None] * len(got)
         for i, text in zip(fits, generate(name, [got[i].ids for i in fits])):
             answers[i] = text
-        items = scored_items(got, answers, reading.language, metric, None if statuses is None else statuses[name])
+        scores = score(name, answer_requests(tokenizer, got, reading.language, args.chat)) if score else None
+        items = scored_items(got, answers, reading.language, metric, None if statuses is None else statuses[name],
+                             scores, args.chat)
         result["sets"][name] = {"file": str(reading.path), "sha256": sha256_file(reading.path),
                                 "language": reading.language, "metric": metric, "unanswerable_skipped": reading.unanswerable,
                                 **summary(items), "items": items}
@@ -257,6 +259,8 @@ def _here(args, tokenizer):
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 
+    from .answer_scorer import score_answers
+    from .choice import pad_id_of
     from .long_context import greedy_answers
 
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -266,7 +270,15 @@ def _here(args, tokenizer):
         with tqdm(total=len(prompts), desc=f"reading {name}", disable=args.no_progress) as bar:
             return greedy_answers(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, args.device, bar,
                                   stop=["\n"])
-    return generate
+
+    def score(name: str, requests: list) -> list:
+        fits = [i for i, r in enumerate(requests) if r is not None]
+        got = score_answers(model, [requests[i] for i in fits], args.batch_size, args.device, pad_id_of(tokenizer))
+        out = [None] * len(requests)
+        for i, value in zip(fits, got):
+            out[i] = value
+        return out
+    return generate, score
 
 
 def _on_server(args):
@@ -283,4 +295,4 @@ def _on_server(args):
         replies = complete_all(endpoint, requests, out.with_name(out.name + ".calls.jsonl"), args.workers,
                                f"reading {name}", not args.no_progress)
         return [r["text"] for r in replies]
-    return generate
+    return generate, None  # the reference answers' likelihood needs the model here

@@ -36,12 +36,14 @@ def compare_results(old: dict, new: dict, where: str) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| set | metric | questions | EM | F1 | too long | empty | answer in the passage |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| set | metric | questions | EM | F1 | too long | empty | answer in the passage "
+             "| reference: bits/char | reference: greedy |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in result["sets"].items():
         inside = "–" if s["in_context"] is None else f"{100 * s['in_context']:.1f}%"
+        bits = f"{s['answer_bits_per_char']:.4f}" if "answer_bits_per_char" in s else "–"
+        greedy = f"{s['greedy_answer']:.2f}" if "greedy_answer" in s else "–"
         lines.append(f"| {name} | {s['metric']} | {s['questions']} | {s['em']:.2f} | {s['f1']:.2f} | {s['too_long']} "
-                     f"| {s['empty']} | {inside} |")
+                     f"| {s['empty']} | {inside} | {bits} | {greedy} |")
     for name, s in result["sets"].items():
         if "contamination" in s:
             lines += ["", f"{name}, by whether the passage is in the training corpus (--contamination):", "",

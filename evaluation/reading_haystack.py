@@ -58,9 +58,10 @@ class Haystack:
             while True:  # the sizes are counted apart: joined text may take a few more tokens
                 at = round(depth * len(kept))
                 passage = "\n".join(kept[:at] + [q.context.strip()] + kept[at:])
-                ids = encode(tokenizer, prompt_text(language, q, exemplars, passage), chat)
+                text = prompt_text(language, q, exemplars, passage)
+                ids = encode(tokenizer, text, chat)
                 if len(ids) <= self.tokens or not kept:
                     break
                 kept.pop()
-            out.append(ReadingPrompt(q, ids, short.shots, short.exemplars, depth, passage))
+            out.append(ReadingPrompt(q, ids, short.shots, short.exemplars, depth, passage, text))
         return out

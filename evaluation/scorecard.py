@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-LOWER_IS_BETTER = ("eval/", "long/")
 GROUPS = ("eval/", "bench/", "reading/", "long/", "passkey/", "judge/", "answers/")
 
 
@@ -23,7 +22,8 @@ class Value:
 
 
 def better(metric: str) -> str:
-    return "lower" if metric.startswith(LOWER_IS_BETTER) else "higher"
+    lower = metric.startswith(("eval/", "long/")) or metric.endswith("/answer_bits_per_char")
+    return "lower" if lower else "higher"
 
 
 def _settings(**kwargs: Any) -> tuple:
@@ -61,6 +61,8 @@ def _reading(doc: dict) -> dict[str, tuple]:
         settings = _settings(sha256=s["sha256"], **{k: doc["settings"].get(k) for k in SAME_SETTINGS})
         out[f"reading/{name}/em"] = (s["em"], settings)
         out[f"reading/{name}/f1"] = (s["f1"], settings)
+        if "answer_bits_per_char" in s:
+            out[f"reading/{name}/answer_bits_per_char"] = (s["answer_bits_per_char"], settings)
         for depth, d in s.get("by_depth", {}).items():
             out[f"reading/{name}/f1@depth{depth}"] = (d["f1"], settings)
         for status in ("clean", "contaminated"):  # with a contamination report

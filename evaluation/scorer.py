@@ -82,20 +82,28 @@ def _forward_last(model, batch: list[Request], device, pad_id: int) -> torch.Ten
 def score_requests(model, requests: list[Request], batch_size: int, device, pad_id: int = 0,
                    progress: bool = False) -> list[list[float]]:
     """Four log-probabilities per request, in request order, on every rank."""
+    return round_robin(requests, lambda r: len(r.ids), batch_size,
+                       lambda batch: [row.tolist() for row in _forward_last(model, batch, device, pad_id)], progress)
+
+
+def round_robin(requests: list, length, batch_size: int, forward, progress: bool = False) -> list:
+    """``forward(batch)`` -> one result per request, for every request, in request order, on every rank.
+    Batches of similar lengths are dealt round-robin; every rank runs the same number of forwards (a rank
+    with no batch left repeats the shortest and discards it: ZeRO-3 gathers parameters collectively)."""
     rank, world = _dist()
-    order = sorted(range(len(requests)), key=lambda i: (-len(requests[i].ids), i))  # similar lengths batch together
+    order = sorted(range(len(requests)), key=lambda i: (-length(requests[i]), i))  # similar lengths batch together
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rounds = math.ceil(len(batches) / world)
     from tqdm.auto import tqdm
 
-    mine: dict[int, list[float]] = {}
+    mine: dict[int, object] = {}
     for r in tqdm(range(rounds), desc="score", unit="batch", disable=not progress or rank != 0):
         k = r * world + rank
         real = k < len(batches)
         chosen = batches[k] if real else batches[-1]  # the shortest batch: a cheap discarded forward
-        values = _forward_last(model, [requests[i] for i in chosen], device, pad_id)
+        values = forward([requests[i] for i in chosen])
         if real:
-            mine.update({i: row.tolist() for i, row in zip(chosen, values)})
+            mine.update(zip(chosen, values))
     if world > 1:
         import torch.distributed as dist
 

@@ -206,6 +206,11 @@ def test_the_cli_scores_each_answer_in_its_place_and_compares(tiny_reading):
     assert [i["prediction"] for i in result["items"]] == [i["prediction"] for i in items]
     assert {i["key"] for i in result["items"] if i["exact"] and i["f1"] == 1.0} >= set(mine)
     assert result["em"] == pytest.approx(100 * sum(i["exact"] for i in result["items"]) / 7, abs=1e-3)
+    # the reference answer read after its prompt: bits per character of answer + line break, all together
+    assert all(i["answer_chars"] == len(i["answers"][0]) + 1 and i["answer_bits"] > 0 for i in result["items"])
+    assert result["answer_bits_per_char"] == pytest.approx(
+        sum(i["answer_bits"] for i in result["items"]) / sum(i["answer_chars"] for i in result["items"]), abs=1e-3)
+    assert result["greedy_answer"] == pytest.approx(100 * sum(i["greedy_answer"] for i in result["items"]) / 7)
     one = _reading(model, own, root / "r3.json", "--shots", "0", "--batch-size", "1", "--compare",
                    str(root / "r2.json"))
     assert one.returncode == 0, one.stderr
@@ -347,6 +352,7 @@ def test_answers_from_a_server_equal_answers_made_here(tmp_path):
     assert [i["prediction"] for i in sets[0]["items"]] == [i["prediction"] for i in sets[1]["items"]]
     assert any(i["prediction"] for i in sets[0]["items"]) and len(calls) == 4
     assert json.loads((tmp_path / "remote.json").read_text())["server"] == f"{url}/v1"
+    assert "answer_bits_per_char" in sets[0] and "answer_bits_per_char" not in sets[1]  # needs the model here
     bad = _reading(model, poems, tmp_path / "x.json", "--server", "localhost:8000", "--api-key-env", "NO_SUCH_VAR")
     assert bad.returncode == 2 and "expected an http:// or https:// address" in bad.stderr
     assert "NO_SUCH_VAR: that environment variable is not set" in bad.stderr

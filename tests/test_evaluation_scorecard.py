@@ -78,6 +78,7 @@ def test_two_models_side_by_side_with_changes_and_what_cannot_be_compared(two_mo
     bpc = rows["eval/mix/bits_per_char"]  # from `evaluation base`; its C-Eval equals `evaluation choice`'s
     assert bpc["better"] == "lower" and bpc["models"]["b"]["change"] == pytest.approx(
         base["b"]["eval/mix/bits_per_char"] - base["a"]["eval/mix/bits_per_char"])
+    assert rows["reading/poems/answer_bits_per_char"]["better"] == "lower"
     loss = rows["long/mix/loss@384"]  # lower is better
     assert loss["better"] == "lower" and loss["models"]["b"]["change"] == pytest.approx(
         longs["b"]["loss"]["mix"]["by_length"]["384"]["loss"] - longs["a"]["loss"]["mix"]["by_length"]["384"]["loss"])
