@@ -247,6 +247,21 @@ class BenchmarkConfig:
 
 
 @dataclass
+class ReadingEvalConfig:
+    """A reading-comprehension set scored during training without generating: its reference answers read
+    after their prompts (evaluation/answer_scorer.py), logged as reading/<name>/answer_bits_per_char and
+    reading/<name>/greedy_answer; the same prompts as `evaluation reading --shots --max-questions --seed`."""
+
+    name: str = ""  # e.g. cmrc ([A-Za-z0-9_-]; the metric prefix reading/<name>/)
+    file: str = ""  # a file in SQuAD's JSON layout (CMRC 2018, DRCD, SQuAD)
+    shots: int = 1  # solved exemplars (their answer sentences) from other articles
+    max_questions: int = 200  # a seeded sample keeps in-training evaluation short
+    seed: int = 0  # chooses the sample and the exemplars
+    every_steps: int = 0  # run at evaluations whose step is a multiple of this (0: at every evaluation)
+    batch_size: int = 4  # prompts per forward
+
+
+@dataclass
 class EvalConfig:
     every_steps: int = 500  # validate every N optimizer steps (0: only at the end)
     at_start: bool = False  # also validate before the first step (a baseline for the curve)
@@ -254,8 +269,9 @@ class EvalConfig:
     max_batches: int | None = None  # cap per evaluation (bits/char is only reported on the full set)
     sets: list[EvalSetConfig] = field(default_factory=list)  # named held-out sets (zh, en, code ...)
     benchmarks: list[BenchmarkConfig] = field(default_factory=list)  # C-Eval / CMMLU / MMLU by letter logits
+    reading: list[ReadingEvalConfig] = field(default_factory=list)  # CMRC 2018 / DRCD / SQuAD, reference answers read
     base: str = "auto"  # base-model numbers: auto (the starting model, before step 1, once), none, or a JSON path
-    guard: dict[str, float] = field(default_factory=dict)  # "<set|benchmark>.<metric>": allowed change from base
+    guard: dict[str, float] = field(default_factory=dict)  # "<set|benchmark|reading>.<metric>": allowed change from base
     guard_action: Literal["warn", "stop"] = "warn"  # stop: save a checkpoint and end the run cleanly
 
     def validate(self) -> list[str]:

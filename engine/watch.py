@@ -1,9 +1,9 @@
-"""What guards the model during training: named held-out sets, multiple-choice benchmarks, the guard.
+"""What guards the model during training: named held-out sets, benchmarks, reading sets, the guard.
 
     watch = Watch(cfg)                            # eval.sets read from their prepared folders
     watch = Watch(cfg, eval_sets={"zh": (dataset, characters), "en": ...})   # or given (packed blocks)
     watch.ensure_base(engine, step, device)       # once: output_dir/eval_base.json (before step 1)
-    metrics = watch.run(engine, step, device)     # eval/<set>/loss, eval/<set>/bits_per_char, bench/<name>/...
+    metrics = watch.run(engine, step, device)     # eval/<set>/loss, eval/<set>/bits_per_char, bench/<name>/..., reading/<name>/...
     trips = watch.check_guard(step, metrics)      # bounds from eval.guard, relative to the base
 
 Named sets are packed blocks (engine/packed.py: ``input_ids``, ``position_ids``, ``labels``) in
@@ -43,6 +43,7 @@ class Watch:
             raise UserError(f"eval.sets {missing}: the caller's eval_sets do not hold them")
         self.statuses: dict[str, dict[str, str]] = {}  # benchmark -> {item key: contamination status}
         self.benches = [self._load_bench(b) for b in cfg.eval.benchmarks]
+        self.readings = [self._load_reading(r) for r in cfg.eval.reading]
         self.base: dict[str, Any] | None = None
         self.trips: list[dict[str, Any]] = []
         self._cache: tuple[int, dict] | None = None
@@ -51,8 +52,8 @@ class Watch:
 
     @property
     def active(self) -> bool:
-        """Something of its own to evaluate (named sets or benchmarks)."""
-        return bool(self.sets or self.benches)
+        """Something of its own to evaluate (named sets, benchmarks or reading sets)."""
+        return bool(self.sets or self.benches or self.readings)
 
     @property
     def reporting(self) -> bool:
@@ -80,6 +81,25 @@ class Watch:
         requests = encode_requests(tok, bench_prompts(bench), continuations(b.name), max_len)
         return b, bench, requests, pad_id_of(tok)
 
+    def _load_reading(self, r):
+        """The set's prompts and reference answers as tokens, built before the model loads (the same
+        prompts as `evaluation reading` with these shots, max_questions and seed)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        from evaluation.choice import pad_id_of
+        from evaluation.reading import ANSWER_ROOM, answer_requests, build_prompts, exemplar_pool, sample_questions
+        from evaluation.reading_data import read_reading_set
+
+        from .model import tokenizer_dir
+
+        whole = read_reading_set(r.file)
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(self.cfg)))
+        positions = getattr(AutoConfig.from_pretrained(self.cfg.model.path), "max_position_embeddings", None) or 4096
+        budget = positions - ANSWER_ROOM
+        prompts = build_prompts(tok, sample_questions(whole, r.max_questions, r.seed), exemplar_pool(whole), True,
+                                r.shots, r.seed, budget, False)
+        return r, whole.language, prompts, answer_requests(tok, prompts, whole.language, False), pad_id_of(tok)
+
     def run(self, engine, step: int, device, force_all: bool = False) -> dict[str, float]:
         """Collective. Named sets at every call; benchmarks when due (always with ``force_all``)."""
         if self._cache is not None and self._cache[0] == step:
@@ -94,6 +114,9 @@ class Watch:
         for b, bench, requests, pad in self.benches:
             if final or not b.every_steps or step % b.every_steps == 0:
                 out.update(self._run_bench(engine, step, device, b, bench, requests, pad))
+        for r, language, prompts, requests, pad in self.readings:
+            if final or not r.every_steps or step % r.every_steps == 0:
+                out.update(self._run_reading(engine, step, device, r, language, prompts, requests, pad))
         self._cache = (step, out)
         return dict(out)
 
@@ -116,6 +139,29 @@ class Watch:
                                **summary, "predictions": preds})
         return metrics_of(b.name, summary)
 
+    def _run_reading(self, engine, step, device, r, language, prompts, requests, pad) -> dict[str, float]:
+        from evaluation.answer_scorer import score_answers
+        from evaluation.reading import reference_metrics
+
+        fits = [i for i, q in enumerate(requests) if q is not None]
+        was_training = engine.module.training
+        engine.eval()
+        got = score_answers(engine, [requests[i] for i in fits], r.batch_size, device, pad)
+        if was_training:
+            engine.train()
+        scores: list = [None] * len(requests)
+        for i, value in zip(fits, got):
+            scores[i] = value
+        result = reference_metrics(prompts, scores, language)
+        if dist.get_rank() == 0:
+            write_json_atomic(self.out / "evals" / r.name / f"step-{step:08d}.json",
+                              {"reading": r.name, "file": r.file, "shots": r.shots, "step": step, **result})
+        return {f"reading/{r.name}/{k}": v for k, v in result.items() if k != "items" and v is not None}
+
+    def _guard_metric(self, key: str) -> str | None:
+        ev = self.cfg.eval
+        return guard_metric(key, [s.name for s in ev.sets], [b.name for b in ev.benchmarks], [r.name for r in ev.reading])
+
     def ensure_base(self, engine, step: int, device, validation: Callable[[], dict] | None = None) -> None:
         """Collective. Base numbers once: a stored eval_base.json, or the starting model before step 1
         (named sets, every benchmark, and the phase's validation split through ``validation``)."""
@@ -125,8 +171,7 @@ class Watch:
         if self.base is None and self.cfg.eval.base != "none" and self.reporting:
             self._compute_base(engine, step, device, validation, path)
         ev = self.cfg.eval
-        unguarded = [k for k in ev.guard if guard_metric(k, [s.name for s in ev.sets], [b.name for b in ev.benchmarks])
-                     not in (self.base or {}).get("metrics", {})]
+        unguarded = [k for k in ev.guard if self._guard_metric(k) not in (self.base or {}).get("metrics", {})]
         if unguarded and _rank() == 0:
             print(f"[zhllama] eval.guard {unguarded}: no base value for them, they cannot trip", flush=True)
 
@@ -149,7 +194,7 @@ class Watch:
         base = (self.base or {}).get("metrics", {})
         trips = []
         for key, delta in ev.guard.items():
-            metric = guard_metric(key, [s.name for s in ev.sets], [b.name for b in ev.benchmarks])
+            metric = self._guard_metric(key)
             if metric not in metrics or metric not in base:
                 continue
             bound = base[metric] + delta

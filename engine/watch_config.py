@@ -2,7 +2,8 @@
 
 Metric names: a set ``zh`` logs ``eval/zh/loss``, ``eval/zh/perplexity``, ``eval/zh/bits_per_char``;
 a benchmark ``ceval`` logs ``bench/ceval/accuracy`` (+ ``bench/ceval/stem`` ... ``/hard``, and with a
-contamination report ``/clean_accuracy`` and ``/contaminated_accuracy``); the
+contamination report ``/clean_accuracy`` and ``/contaminated_accuracy``); a reading set ``cmrc`` logs
+``reading/cmrc/answer_bits_per_char`` and ``reading/cmrc/greedy_answer``; the
 phase's own validation split keeps ``eval/loss`` and ``eval/bits_per_char``. A guard key is
 ``<set or benchmark>.<metric>`` (``eval.<metric>`` for the validation split) and its value the
 allowed change from the base model: ``en.bits_per_char: 0.05`` trips above base + 0.05,
@@ -19,11 +20,14 @@ SET_METRICS = ("loss", "perplexity", "bits_per_char")
 BENCH_METRICS = ("accuracy", "stem", "social_science", "humanities", "other", "hard", "clean_accuracy",
                  "contaminated_accuracy")
 CONTAMINATION_METRICS = ("clean_accuracy", "contaminated_accuracy")
+READING_METRICS = ("answer_bits_per_char", "greedy_answer")
 
 
-def guard_metric(key: str, set_names: list[str], bench_names: list[str]) -> str | None:
+def guard_metric(key: str, set_names: list[str], bench_names: list[str], reading_names=()) -> str | None:
     """The logged metric a guard key watches, or None when the key names nothing known."""
     name, _, metric = key.partition(".")
+    if name in reading_names and metric in READING_METRICS:
+        return f"reading/{name}/{metric}"
     if name == "eval" and metric in SET_METRICS:
         return f"eval/{metric}"
     if name in set_names and metric in SET_METRICS:
@@ -50,18 +54,21 @@ def check_watch_config(ev: Any) -> list[str]:
         if b.contamination is not None and not Path(b.contamination).is_file():
             problems.append(f"benchmarks[{i}].contamination: {b.contamination} is not a file (expected the OUT.json "
                             f"of `python -m evaluation contamination`)")
-    for names, what in ((set_names, "sets"), (bench_names, "benchmarks")):
+    reading_names = [r.name for r in ev.reading]
+    problems += _reading_problems(ev.reading)
+    for names, what in ((set_names, "sets"), (bench_names, "benchmarks"), (reading_names, "reading")):
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             problems.append(f"{what}: names must be unique, repeated: {dups}")
-    clash = sorted(set(set_names) & set(bench_names))
+    clash = sorted((set(set_names) & set(bench_names)) | (set(reading_names) & (set(set_names) | set(bench_names))))
     if clash:
-        problems.append(f"sets and benchmarks share names {clash}")
+        problems.append(f"sets, benchmarks and reading share names {clash}")
     for key, value in ev.guard.items():
-        if guard_metric(key, set_names, bench_names) is None:
-            problems.append(f"guard.{key}: expected <set>.{{{','.join(SET_METRICS)}}} or "
-                            f"<benchmark>.{{{','.join(BENCH_METRICS)}}} with a set in {set_names} or a benchmark in "
-                            f"{bench_names} (eval.<metric> for the validation split)")
+        if guard_metric(key, set_names, bench_names, reading_names) is None:
+            problems.append(f"guard.{key}: expected <set>.{{{','.join(SET_METRICS)}}}, "
+                            f"<benchmark>.{{{','.join(BENCH_METRICS)}}} or <reading>.{{{','.join(READING_METRICS)}}} "
+                            f"with a set in {set_names}, a benchmark in {bench_names} or a reading set in "
+                            f"{reading_names} (eval.<metric> for the validation split)")
         elif key.partition(".")[2] in CONTAMINATION_METRICS and not any(
                 b.name == key.partition(".")[0] and b.contamination for b in ev.benchmarks):
             problems.append(f"guard.{key}: needs the benchmark's contamination report (benchmarks[].contamination)")
@@ -69,4 +76,17 @@ def check_watch_config(ev: Any) -> list[str]:
             problems.append(f"guard.{key}: expected a non-zero number (+ bounds a rise, - a fall), got {value!r}")
     if ev.guard and ev.base == "none":
         problems.append("guard: needs base numbers; base is 'none'")
+    return problems
+
+
+def _reading_problems(reading: list) -> list[str]:
+    problems = []
+    for i, r in enumerate(reading):
+        if not NAME.match(r.name or "") or r.name == "eval":
+            problems.append(f"reading[{i}].name: expected letters, digits, _ or - (not 'eval'), got {r.name!r}")
+        if not r.file or not Path(r.file).is_file():
+            problems.append(f"reading[{i}].file: {r.file!r} is not a file (expected a SQuAD-layout JSON: CMRC 2018, "
+                            f"DRCD, SQuAD)")
+        if not 0 <= r.shots <= 8 or r.max_questions < 1 or r.every_steps < 0 or r.batch_size < 1:
+            problems.append(f"reading[{i}]: shots must be 0..8, max_questions and batch_size >= 1, every_steps >= 0")
     return problems

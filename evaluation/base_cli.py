@@ -3,7 +3,7 @@
     python -m evaluation base --model BASE_DIR --out OUTPUT_DIR/eval_base.json \
         --set zh=corpora_manifests/zh.yaml --set en=corpora_manifests/en.yaml \
         --benchmark ceval=data/ceval --shots 5 [--max-items-per-subject N] [--device cuda] [--block-size 1024] \
-        [--contamination ceval=runs/contamination.keys.json]
+        [--contamination ceval=runs/contamination.keys.json] [--reading cmrc=data/cmrc2018_dev.json]
 
 Each ``--set NAME=MANIFEST`` scores the manifest's held-out slice (the documents ``pretrain prepare``
 puts in the validation split) as ``eval/NAME/bits_per_char`` and ``eval/NAME/loss``; ``eval=...``
@@ -12,7 +12,10 @@ scored as in training (use the run's eval.benchmarks settings). Write the file i
 output_dir before training starts, or point ``eval.base`` at it: the run then compares to these
 numbers instead of measuring its starting model. ``--contamination NAME=REPORT`` (a report of
 ``python -m evaluation contamination``, as the run's ``eval.benchmarks[].contamination``) adds
-``bench/NAME/clean_accuracy`` and ``contaminated_accuracy``, so a guard on them has a base.
+``bench/NAME/clean_accuracy`` and ``contaminated_accuracy``, so a guard on them has a base. Each
+``--reading NAME=FILE`` gives ``reading/NAME/answer_bits_per_char`` and ``greedy_answer`` as the run's
+``eval.reading`` does (``--reading-shots``, ``--reading-questions``, ``--reading-seed`` as its settings);
+bits per character compare across tokenizers, so the base before a vocabulary extension is a fair base.
 """
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", action="append", default=[], metavar="NAME=DIR")
     parser.add_argument("--contamination", action="append", default=[], metavar="NAME=REPORT",
                         help="a benchmark's contamination report: its clean and contaminated accuracy too")
+    parser.add_argument("--reading", action="append", default=[], metavar="NAME=FILE",
+                        help="a reading set (SQuAD layout) scored as eval.reading: reference answers read")
+    parser.add_argument("--reading-shots", type=int, default=1, help="as eval.reading[].shots")
+    parser.add_argument("--reading-questions", type=int, default=200, help="as eval.reading[].max_questions")
+    parser.add_argument("--reading-seed", type=int, default=0, help="as eval.reading[].seed")
     parser.add_argument("--shots", type=int, default=0)
     parser.add_argument("--max-items-per-subject", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=1024, help="the run's prepare --block-size")
@@ -63,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
     from .contamination_cli import item_statuses
 
     sets, benches = _pairs(args.set, "--set"), _pairs(args.benchmark, "--benchmark")
+    readings = _pairs(args.reading, "--reading")
     reports = dict(_pairs(args.contamination, "--contamination"))
-    if not sets and not benches:
-        raise UserError("nothing to measure: give --set NAME=MANIFEST and/or --benchmark NAME=DIR")
+    if not sets and not benches and not readings:
+        raise UserError("nothing to measure: give --set NAME=MANIFEST, --benchmark NAME=DIR and/or --reading NAME=FILE")
     unknown = sorted(set(reports) - {name for name, _ in benches})
     if unknown:
         raise UserError(f"--contamination {unknown}: no --benchmark of that name")
@@ -73,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
     loaded = [(name, load_benchmark(name, path, "test" if name == "cmmlu" else "val", args.shots,
                                     args.max_items_per_subject)) for name, path in benches]
     statuses = {name: item_statuses(reports[name], name, bench.split) for name, bench in loaded if name in reports}
+    from evaluation.reading_data import read_reading_set
+
+    reading_sets = {name: read_reading_set(path) for name, path in readings}
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zhllama.files import write_json_atomic
+    from zhllama.files import sha256_file, write_json_atomic
 
     from .choice import evaluate_benchmark
     from .results import by_contamination, metrics_of
@@ -96,7 +108,14 @@ def run(args: argparse.Namespace) -> int:
         if name in statuses:
             summary["contamination"] = by_contamination(preds, statuses[name])
         metrics.update(metrics_of(name, summary))
+    asked = {}
+    for name, whole in reading_sets.items():
+        got = _reading_metrics(args, model, tok, whole)
+        metrics.update({f"reading/{name}/{k}": v for k, v in got.items() if k != "items" and v is not None})
+        asked[name] = len(got["items"])
     base = {"source": f"{args.model} with its own tokenizer (python -m evaluation base)", "model": str(args.model),
+            "reading": {name: {"file": path, "sha256": sha256_file(path), "shots": args.reading_shots,
+                               "questions": asked[name], "seed": args.reading_seed} for name, path in readings},
             "sets": dict(sets), "benchmarks": dict(benches), "contamination": reports, "shots": args.shots,
             "max_items_per_subject": args.max_items_per_subject, "block_size": args.block_size, "metrics": metrics}
     write_json_atomic(args.out, base)
@@ -104,3 +123,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"{key}\t{value:.4f}")
     print(f"-> {args.out}")
     return 0
+
+
+def _reading_metrics(args, model, tokenizer, whole) -> dict:
+    """A reading set as the run's Watch scores it (engine/watch.py: the same prompts and budget)."""
+    from .answer_scorer import score_answers
+    from .choice import pad_id_of
+    from .reading import (ANSWER_ROOM, answer_requests, build_prompts, exemplar_pool, reference_metrics,
+                          sample_questions)
+
+    positions = getattr(model.config, "max_position_embeddings", None) or 4096
+    prompts = build_prompts(tokenizer, sample_questions(whole, args.reading_questions, args.reading_seed),
+                            exemplar_pool(whole), True, args.reading_shots, args.reading_seed,
+                            positions - ANSWER_ROOM, False)
+    requests = answer_requests(tokenizer, prompts, whole.language, False)
+    fits = [i for i, r in enumerate(requests) if r is not None]
+    got = score_answers(model, [requests[i] for i in fits], args.batch_size, args.device, pad_id_of(tokenizer))
+    scores: list = [None] * len(requests)
+    for i, value in zip(fits, got):
+        scores[i] = value
+    return reference_metrics(prompts, scores, whole.language)

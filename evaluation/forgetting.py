@@ -4,8 +4,9 @@ evaluation and the change, as ``report.md`` + ``forgetting.png`` (and a table fo
     python -m evaluation report --run OUTPUT_DIR      # rebuild them from metrics.jsonl + eval_base.json
 
 Watched metrics: ``eval/loss``, ``eval/bits_per_char``, ``eval/<set>/loss``,
-``eval/<set>/bits_per_char`` (lower is better) and ``bench/<benchmark>/<group>`` accuracies (higher
-is better). The change is value − base; a guard trip (engine/watch.py) is listed with its step.
+``eval/<set>/bits_per_char``, ``reading/<set>/answer_bits_per_char`` (lower is better),
+``bench/<benchmark>/<group>`` accuracies and ``reading/<set>/greedy_answer`` (higher is better). The
+change is value − base; a guard trip (engine/watch.py) is listed with its step.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from zhllama.files import save_figure_atomic
 
-WATCHED = re.compile(r"^(eval/([^/]+/)?(loss|bits_per_char)|bench/[^/]+/[^/]+)$")
+WATCHED = re.compile(r"^(eval/([^/]+/)?(loss|bits_per_char)|bench/[^/]+/[^/]+|reading/[^/]+/(answer_bits_per_char|greedy_answer))$")
 
 
 def read_history(jsonl: Path) -> dict[str, list[tuple[int, float]]]:
@@ -40,7 +41,7 @@ def forgetting_table(history: dict[str, list[tuple[int, float]]], base: dict[str
     for metric, points in history.items():
         b = base.get(metric)
         table[metric] = {
-            "base": b, "better": "higher" if metric.startswith("bench/") else "lower",
+            "base": b, "better": "higher" if metric.startswith("bench/") or metric.endswith("/greedy_answer") else "lower",
             "steps": [{"step": s, "value": v, "change": None if b is None else v - b} for s, v in points],
             "last": points[-1][1], "change": None if b is None else points[-1][1] - b,
         }
@@ -55,7 +56,7 @@ def markdown(name: str, table: dict[str, Any], base: dict[str, Any] | None, trip
     steps = sorted({p["step"] for row in table.values() for p in row["steps"]})
     lines = [f"# Forgetting report: {name}", ""]
     lines.append(f"Base: {base.get('source', '?')}" if base else "Base: none (eval.base=none or not computed)")
-    lines += ["", "Change = value at the step − base (bits/char and loss: lower is better; accuracy: higher).", ""]
+    lines += ["", "Change = value at the step − base (bits/char and loss: lower is better; accuracy, greedy answers: higher).", ""]
     lines.append("| metric | base | " + " | ".join(f"step {s}" for s in steps) + " | change (last) |")
     lines.append("|---|---:|" + "---:|" * len(steps) + "---:|")
     for metric, row in table.items():

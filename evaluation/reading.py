@@ -22,6 +22,7 @@ PROMPT = {
            "context": "Passage: ", "question": "Question: ", "answer": "Answer:"},
 }
 EXEMPLAR_MAX_CHARS = 150  # a longer answer sentence is not used as an exemplar
+ANSWER_ROOM = 64  # tokens kept for the answer: prompts get the model's positions less this (--max-new-tokens)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,34 @@ def answer_requests(tokenizer, prompts: list[ReadingPrompt], language: str, chat
     return out
 
 
+def sample_questions(reading: ReadingSet, count: int | None, seed: int) -> ReadingSet:
+    """``count`` questions chosen by ``seed``, in file order (all of them without a count)."""
+    if not count or count >= len(reading.questions):
+        return reading
+    keep = set(random.Random(seed).sample(range(len(reading.questions)), count))
+    return ReadingSet(reading.path, [q for i, q in enumerate(reading.questions) if i in keep], reading.unanswerable)
+
+
+def reference_metrics(prompts: list[ReadingPrompt], scores: list, language: str, chat: bool = False) -> dict:
+    """From (log-prob, greedy) of each prompt's first reference answer (None: the prompt did not fit):
+    ``answer_bits_per_char`` over all answers together and ``greedy_answer`` in percent of the questions
+    (a prompt that did not fit counts as not written); and each question's numbers."""
+    import math
+
+    items, bits, chars = [], 0.0, 0
+    for p, got in zip(prompts, scores):
+        if got is None:
+            items.append({"key": p.key, "too_long": True})
+            continue
+        n = len(answer_target(language, p.question.answers[0], chat))
+        items.append({"key": p.key, "answer_bits": round(-got[0] / math.log(2), 4), "answer_chars": n,
+                      "greedy_answer": got[1]})
+        bits, chars = bits - got[0] / math.log(2), chars + n
+    greedy = sum(i.get("greedy_answer", False) for i in items)
+    return {"answer_bits_per_char": round(bits / chars, 4) if chars else None,
+            "greedy_answer": round(100.0 * greedy / len(items), 3) if items else None, "items": items}
+
+
 def clean_answer(text: str, language: str) -> str:
     """The first non-empty line of a continuation, without a repeated "答案：" label."""
     line = next((s.strip() for s in text.splitlines() if s.strip()), "")
@@ -160,12 +189,10 @@ def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], langua
     contamination report) each is marked clean, partial or contaminated by its own passage; with
     ``answer_scores`` ((log-prob, greedy) of the first reference answer, answer_scorer.py) its bits per
     character and whether greedy decoding writes it."""
-    import math
-
     from .benchmarks import item_key
 
     items = []
-    for n, (p, raw) in enumerate(zip(prompts, answers)):
+    for p, raw in zip(prompts, answers):
         prediction = "" if raw is None else clean_answer(raw, language)
         exact, f1 = score(list(p.question.answers), prediction, metric) if raw is not None else (False, 0.0)
         passage = p.question.context if p.passage is None else p.passage
@@ -176,10 +203,9 @@ def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], langua
                       "too_long": p.ids is None, **({} if p.depth is None else {"depth": p.depth})})
         if statuses is not None:
             items[-1]["contamination"] = statuses.get(item_key([p.question.context.strip()]), "clean")
-        if answer_scores is not None and answer_scores[n] is not None:
-            logprob, greedy = answer_scores[n]
-            chars = len(answer_target(language, p.question.answers[0], chat))
-            items[-1].update(answer_bits=round(-logprob / math.log(2), 4), answer_chars=chars, greedy_answer=greedy)
+    if answer_scores is not None:
+        for item, ref in zip(items, reference_metrics(prompts, answer_scores, language, chat)["items"]):
+            item.update({k: v for k, v in ref.items() if k not in ("key", "too_long")})
     return items
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
 
+from .reading import ANSWER_ROOM
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Hugging Face model folder (weights + tokenizer)")
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="chooses exemplars and the sample")
     parser.add_argument("--metric", default="auto", choices=["auto", "cmrc", "squad"],
                         help="auto: cmrc for a Chinese set, squad for an English one")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=ANSWER_ROOM)
     parser.add_argument("--max-length", type=int, default=None, help="prompt + answer tokens (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--server", default=None, metavar="URL",
@@ -103,10 +105,8 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
 def _sets(args, sets: list[tuple[str, str]]) -> dict:
     """name -> (ReadingSet sampled, exemplar pool, pool is the set itself, metric, the whole set); all files
     checked first."""
-    import random
-
-    from .reading import exemplar_pool
-    from .reading_data import ReadingSet, read_reading_set
+    from .reading import exemplar_pool, sample_questions
+    from .reading_data import read_reading_set
 
     problems, read = [], {}
     for name, path in sets + ([("--shots-from", args.shots_from)] if args.shots_from else []):
@@ -123,12 +123,8 @@ def _sets(args, sets: list[tuple[str, str]]) -> dict:
         if args.shots and len({a for a, _ in pool}) <= args.shots:
             problems.append(f"{source.path}: {len(pool)} usable exemplars from {len({a for a, _ in pool})} articles; "
                             f"--shots {args.shots} needs more than {args.shots} articles")
-        questions = whole.questions
-        if args.max_questions and args.max_questions < len(questions):
-            keep = set(random.Random(args.seed).sample(range(len(questions)), args.max_questions))
-            questions = [q for i, q in enumerate(questions) if i in keep]
         metric = args.metric if args.metric != "auto" else ("cmrc" if whole.language == "zh" else "squad")
-        out[name] = (ReadingSet(whole.path, questions, whole.unanswerable), pool, source is whole, metric, whole)
+        out[name] = (sample_questions(whole, args.max_questions, args.seed), pool, source is whole, metric, whole)
     raise_if_problems("reading exemplars", problems)
     return out
 

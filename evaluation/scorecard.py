@@ -37,6 +37,9 @@ def _base(doc: dict) -> dict[str, tuple]:
         if metric.startswith("eval/"):
             name = parts[1] if len(parts) == 3 else "eval"
             settings = _settings(manifest=doc.get("sets", {}).get(name), block_size=doc.get("block_size"))
+        elif metric.startswith("reading/"):
+            r = doc.get("reading", {}).get(parts[1], {})
+            settings = _reference_settings(r.get("sha256"), r.get("shots"), r.get("questions"), r.get("seed"))
         else:  # the same settings as `evaluation choice` records: one benchmark from either command
             settings = _settings(data=doc.get("benchmarks", {}).get(parts[1]), shots=doc.get("shots"),
                                  split="test" if parts[1] == "cmmlu" else "val",
@@ -53,16 +56,28 @@ def _choice(doc: dict) -> dict[str, tuple]:
     return {k: (v, settings) for k, v in metrics_of(doc["benchmark"], doc).items()}
 
 
+def _reference_settings(sha256, shots, questions, seed, chat=False, haystack_tokens=None, depths=None) -> tuple:
+    """What the reference answers' numbers depend on (``questions``: how many were asked): the same from
+    `evaluation base --reading` (and the run's eval.reading) and from `evaluation reading`, so either
+    compares with the other."""
+    return _settings(sha256=sha256, shots=shots, questions=questions, seed=seed, chat=bool(chat),
+                     haystack=(haystack_tokens, depths) if haystack_tokens else None)
+
+
 def _reading(doc: dict) -> dict[str, tuple]:
     from .reading_compare import SAME_SETTINGS
 
     out = {}
+    run = doc["settings"]
     for name, s in doc["sets"].items():
-        settings = _settings(sha256=s["sha256"], **{k: doc["settings"].get(k) for k in SAME_SETTINGS})
+        settings = _settings(sha256=s["sha256"], **{k: run.get(k) for k in SAME_SETTINGS})
         out[f"reading/{name}/em"] = (s["em"], settings)
         out[f"reading/{name}/f1"] = (s["f1"], settings)
-        if "answer_bits_per_char" in s:
-            out[f"reading/{name}/answer_bits_per_char"] = (s["answer_bits_per_char"], settings)
+        reference = _reference_settings(s["sha256"], run.get("shots"), s["questions"], run.get("seed"),
+                                        run.get("chat"), run.get("haystack_tokens"), run.get("depths"))
+        for key in ("answer_bits_per_char", "greedy_answer"):
+            if key in s:
+                out[f"reading/{name}/{key}"] = (s[key], reference)
         for depth, d in s.get("by_depth", {}).items():
             out[f"reading/{name}/f1@depth{depth}"] = (d["f1"], settings)
         for status in ("clean", "contaminated"):  # with a contamination report

@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                                           "train_rows": report.train_rows, "eval_samples": report.eval_samples,
                                           "train_trainable_tokens": report.train_trainable_tokens},
                                          ensure_ascii=False), flush=True)
-    if eval_ds is None and cfg.eval.every_steps and not (cfg.eval.sets or cfg.eval.benchmarks):  # nothing to evaluate
+    if eval_ds is None and cfg.eval.every_steps and not (cfg.eval.sets or cfg.eval.benchmarks or cfg.eval.reading):
         cfg.eval.every_steps = 0
     from engine import train
 

@@ -3,8 +3,8 @@
 The base model is a tiny LLaMA first trained on English; the run then trains on Chinese only, so
 English bits/char rise: the guard (en.bits_per_char: +0.3, stop) must trip, naming the set and the
 step, after saving a checkpoint. Every in-training number (named sets' bits/char, C-Eval letter
-log-probabilities per item, the base numbers at step 0) must equal the standalone computation on
-the exported model / the base folder. This file is also the per-rank driver.
+log-probabilities per item, a reading set's reference answers, the base numbers at step 0) must equal
+the standalone computation on the exported model / the base folder. This file is also the per-rank driver.
 """
 from __future__ import annotations
 
@@ -73,16 +73,30 @@ def guarded_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("guard")
     base, ceval, out = _english_base(root / "base"), small_ceval(root / "ceval"), root / "run"
     contamination = contamination_report(root, ceval)
+    poems = _poems(root / "poems.json")
     overrides = [
         f"model.path={base}", f"output_dir={out}", "checkpoint.every_steps=0", "eval.every_steps=4",
         "eval.at_start=false", "eval.sets=[{name: zh, dir: driver}, {name: en, dir: driver}]",
         f"eval.benchmarks=[{{name: ceval, data: '{ceval}', shots: 1, batch_size: 2, contamination: '{contamination}'}}]",
+        f"eval.reading=[{{name: poems, file: '{poems}', shots: 1, max_questions: 5, batch_size: 2}}]",
         f"eval.guard={{en.bits_per_char: {GUARD}}}", "eval.guard_action=stop",
     ]
     cmd = torchrun_command(__file__, {"overrides": overrides})  # this file is the driver
     proc = subprocess.run(cmd, cwd=REPO, env=dist_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     return base, ceval, out, proc.stdout + proc.stderr
+
+
+def _poems(path: Path) -> Path:
+    """A reading set in SQuAD's layout: six questions on four lines of poems, one article each."""
+    lines = [("春眠不觉晓，处处闻啼鸟。", [("什么不觉晓？", "春眠"), ("哪里闻啼鸟？", "处处")]),
+             ("白日依山尽，黄河入海流。", [("什么入海流？", "黄河")]), ("床前明月光，疑是地上霜。", [("床前是什么？", "明月光")]),
+             ("夜来风雨声，花落知多少。", [("夜来什么声？", "风雨"), ("花落知多少？", "多少")])]
+    data = [{"title": f"t{i}", "paragraphs": [{"context": c, "qas": [
+        {"id": f"a{i}q{j}", "question": q, "answers": [{"text": a, "answer_start": c.find(a)}]}
+        for j, (q, a) in enumerate(qas)]}]} for i, (c, qas) in enumerate(lines)]
+    path.write_text(json.dumps({"data": data}, ensure_ascii=False), encoding="utf-8")
+    return path
 
 
 def test_named_sets_benchmarks_guard_and_report(guarded_run):
@@ -92,7 +106,8 @@ def test_named_sets_benchmarks_guard_and_report(guarded_run):
     for r in evals:  # the validation split keeps its metrics; named sets and the benchmark join them
         assert {"eval/loss", "eval/bits_per_char", "eval/zh/loss", "eval/zh/bits_per_char", "eval/en/loss",
                 "bench/ceval/accuracy", "bench/ceval/stem", "bench/ceval/hard", "bench/ceval/clean_accuracy",
-                "bench/ceval/contaminated_accuracy"} <= set(r), sorted(r)
+                "bench/ceval/contaminated_accuracy", "reading/poems/answer_bits_per_char",
+                "reading/poems/greedy_answer"} <= set(r), sorted(r)
     base_metrics = json.loads((out / "eval_base.json").read_text())["metrics"]
     bound = base_metrics["eval/en/bits_per_char"] + GUARD
     first_over = next(r["step"] for r in evals if r["eval/en/bits_per_char"] > bound)  # the planted drift
@@ -144,6 +159,24 @@ def test_in_training_numbers_equal_standalone(guarded_run):
         assert apart["contaminated"]["items"] == 1 and apart["clean"]["items"] == len(preds) - 1
         assert apart["clean"]["accuracy"] == pytest.approx(expected["bench/ceval/clean_accuracy"])
         assert inside["contamination"] == apart
+        reading = _reading_standalone(folder, ceval.parent / "poems.json", out / "standalone" / f"{tag}.json")
+        assert reading["answer_bits_per_char"] == pytest.approx(expected["reading/poems/answer_bits_per_char"], rel=1e-4)
+        assert reading["greedy_answer"] == pytest.approx(expected["reading/poems/greedy_answer"])
+        inside = json.loads((out / "evals" / "poems" / f"{tag}.json").read_text())
+        assert [i["key"] for i in inside["items"]] == [i["key"] for i in reading["items"]]
+
+
+def _reading_standalone(model: Path, data: Path, out: Path) -> dict:
+    """`python -m evaluation reading` with the run's eval.reading settings (in-process)."""
+    import argparse
+
+    from evaluation import reading_cli
+
+    parser = argparse.ArgumentParser()
+    reading_cli.add_arguments(parser)
+    assert reading_cli.run(parser.parse_args(["--model", str(model), "--set", f"poems={data}", "--shots", "1",
+                                              "--max-questions", "5", "--out", str(out), "--no-progress"])) == 0
+    return json.loads(out.read_text())["sets"]["poems"]
 
 
 if __name__ == "__main__":

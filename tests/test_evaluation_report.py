@@ -53,11 +53,17 @@ def test_base_cli_writes_base_numbers_and_nothing_on_bad_input(tiny, tmp_path):
     args = argparse.Namespace(model=str(tiny), out=str(out), set=[f"zh={manifest}", f"eval={manifest}"],
                               benchmark=[f"ceval={ceval}"], shots=1, contamination=[
                                   f"ceval={contamination_report(tmp_path, ceval)}"],
-                              max_items_per_subject=None, block_size=64, batch_size=4, device="cpu", dtype="float32")
+                              max_items_per_subject=None, block_size=64, batch_size=4, device="cpu", dtype="float32",
+                              reading=[f"poems={_poems(tmp_path)}"], reading_shots=1, reading_questions=200,
+                              reading_seed=0)
     assert base_cli.run(args) == 0
     base = json.loads(out.read_text())
     assert {"eval/zh/bits_per_char", "eval/zh/loss", "eval/bits_per_char", "bench/ceval/accuracy",
-            "bench/ceval/stem", "bench/ceval/clean_accuracy", "bench/ceval/contaminated_accuracy"} <= set(base["metrics"])
+            "bench/ceval/stem", "bench/ceval/clean_accuracy", "bench/ceval/contaminated_accuracy",
+            "reading/poems/answer_bits_per_char", "reading/poems/greedy_answer"} <= set(base["metrics"])
+    standalone = _reading_run(tiny, _poems(tmp_path), tmp_path / "reading.json")  # `evaluation reading --shots 1`
+    assert base["metrics"]["reading/poems/answer_bits_per_char"] == pytest.approx(standalone["answer_bits_per_char"],
+                                                                                  rel=1e-4)
     args.contamination = [f"mmlu={tmp_path / 'contamination.keys.json'}"]
     with pytest.raises(UserError, match=r"--contamination \['mmlu'\]: no --benchmark of that name"):
         base_cli.run(args)
@@ -68,6 +74,23 @@ def test_base_cli_writes_base_numbers_and_nothing_on_bad_input(tiny, tmp_path):
     with pytest.raises(UserError, match="no holdout slice"):
         base_cli.run(args)
     assert not (tmp_path / "other").exists()
+
+
+def _poems(root):
+    from test_evaluation_reading import _article, _squad
+
+    return _squad(root / "poems.json", [_article(f"t{i}", c, [(f"q{i}", "什么？", c[:2])])
+                                        for i, c in enumerate(["春眠不觉晓。", "白日依山尽。", "床前明月光。"])])
+
+
+def _reading_run(model, data, out) -> dict:
+    from evaluation import reading_cli
+
+    parser = argparse.ArgumentParser()
+    reading_cli.add_arguments(parser)
+    assert reading_cli.run(parser.parse_args(["--model", str(model), "--set", f"poems={data}", "--shots", "1",
+                                              "--out", str(out), "--no-progress"])) == 0
+    return json.loads(out.read_text())["sets"]["poems"]
 
 
 def _cfg(tmp_path, **eval_section):
@@ -147,3 +170,31 @@ def test_forgetting_report_rows_changes_and_trips(tmp_path):
     assert "| eval/loss | – |  | 2.0000 (–) | – |" in md
     assert "- **en** drifted at step 8: eval/en/bits_per_char = 1.5000, base 1.0000, allowed change +0.3 → warn" in md
     assert (tmp_path / "forgetting.png").stat().st_size > 1000
+
+
+def test_reading_sets_in_the_eval_section_are_checked_and_guarded(tmp_path):
+    with pytest.raises(UserError) as err:
+        _cfg(tmp_path, sets="[{name: cmrc, dir: x}]",
+             reading=f"[{{name: cmrc, file: {tmp_path / 'none.json'}, shots: 9}}, {{name: 'a b', file: x}}]",
+             guard="{cmrc.greedy_answer: -1, cmrc.accuracy: -0.1}")
+    text = str(err.value)
+    for expected in ("reading[0].file: ", "none.json' is not a file", "reading[0]: shots must be 0..8",
+                     "reading[1].name: expected letters", "sets, benchmarks and reading share names ['cmrc']",
+                     "guard.cmrc.accuracy: expected <set>"):
+        assert expected in text, text
+    assert "guard.cmrc.greedy_answer" not in text  # a reading set's metric is a known guard key
+    from engine.tiny import make_tiny_model
+    from engine.watch import Watch
+
+    poems = _poems(tmp_path)
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"metrics": {"reading/poems/answer_bits_per_char": 2.0}}))
+    cfg = _cfg(tmp_path, reading=f"[{{name: poems, file: {poems}, shots: 1}}]",
+               guard="{poems.answer_bits_per_char: 0.5}", base=str(base))
+    cfg.model.path = str(make_tiny_model(tmp_path / "m"))
+    watch = Watch(cfg)
+    (_, _, prompts, requests, _), = watch.readings
+    assert [p.question.key for p in prompts] == ["q0", "q1", "q2"] and all(p.shots == 1 for p in prompts)
+    assert watch.check_guard(2, {"reading/poems/answer_bits_per_char": 2.4}) == []
+    assert [t["key"] for t in watch.check_guard(3, {"reading/poems/answer_bits_per_char": 2.6})] == [
+        "poems.answer_bits_per_char"]

@@ -44,7 +44,8 @@ def two_models(tmp_path_factory):
                                     "--set", f"mix={manifest}", "--windows", "1",
                                     "--out", str(out / "long.json"), "--no-progress"])
         _command(base_cli, ["--model", str(model), "--set", f"mix={manifest}", "--benchmark", f"ceval={ceval}",
-                            "--block-size", "64", "--out", str(out / "eval_base.json")])
+                            "--reading", f"poems={poems}", "--reading-shots", "0", "--block-size", "64",
+                            "--out", str(out / "eval_base.json")])
         (out / "notes.json").write_text('{"anything": 1}')
     (root / "results_c").mkdir()
     _command(choice_cli, ["--model", str(models["a"]), "--benchmark", "ceval", "--data", str(ceval), "--shots", "1",
@@ -78,7 +79,8 @@ def test_two_models_side_by_side_with_changes_and_what_cannot_be_compared(two_mo
     bpc = rows["eval/mix/bits_per_char"]  # from `evaluation base`; its C-Eval equals `evaluation choice`'s
     assert bpc["better"] == "lower" and bpc["models"]["b"]["change"] == pytest.approx(
         base["b"]["eval/mix/bits_per_char"] - base["a"]["eval/mix/bits_per_char"])
-    assert rows["reading/poems/answer_bits_per_char"]["better"] == "lower"
+    bits = rows["reading/poems/answer_bits_per_char"]  # from `evaluation base --reading` and `evaluation reading`
+    assert bits["better"] == "lower" and bits["models"]["a"]["value"] == read["a"]["answer_bits_per_char"]
     loss = rows["long/mix/loss@384"]  # lower is better
     assert loss["better"] == "lower" and loss["models"]["b"]["change"] == pytest.approx(
         longs["b"]["loss"]["mix"]["by_length"]["384"]["loss"] - longs["a"]["loss"]["mix"]["by_length"]["384"]["loss"])
