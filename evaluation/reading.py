@@ -161,18 +161,20 @@ def reference_metrics(prompts: list[ReadingPrompt], scores: list, language: str,
     (a prompt that did not fit counts as not written); and each question's numbers."""
     import math
 
-    items, bits, chars = [], 0.0, 0
+    items = []
     for p, got in zip(prompts, scores):
         if got is None:
             items.append({"key": p.key, "too_long": True})
             continue
         n = len(answer_target(language, p.question.answers[0], chat))
-        items.append({"key": p.key, "answer_bits": round(-got[0] / math.log(2), 4), "answer_chars": n,
-                      "greedy_answer": got[1]})
-        bits, chars = bits - got[0] / math.log(2), chars + n
-    greedy = sum(i.get("greedy_answer", False) for i in items)
-    return {"answer_bits_per_char": round(bits / chars, 4) if chars else None,
-            "greedy_answer": round(100.0 * greedy / len(items), 3) if items else None, "items": items}
+        items.append({"key": p.key, "answer_bits": -got[0] / math.log(2), "answer_chars": n, "greedy_answer": got[1]})
+    scored = [i for i in items if "answer_bits" in i]
+    chars = sum(i["answer_chars"] for i in scored)
+    totals = {"answer_bits_per_char": round(sum(i["answer_bits"] for i in scored) / chars, 4) if chars else None,
+              "greedy_answer": round(100.0 * sum(i["greedy_answer"] for i in scored) / len(items), 3) if items else None}
+    for item in scored:
+        item["answer_bits"] = round(item["answer_bits"], 4)
+    return {**totals, "items": items}
 
 
 def clean_answer(text: str, language: str) -> str:
@@ -183,12 +185,11 @@ def clean_answer(text: str, language: str) -> str:
 
 
 def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], language: str, metric: str,
-                 statuses: dict[str, str] | None = None, answer_scores: list | None = None,
-                 chat: bool = False) -> list[dict]:
+                 statuses: dict[str, str] | None = None, reference: dict | None = None) -> list[dict]:
     """Each question's answer scored; with ``statuses`` (passage key -> partial | contaminated, from a
     contamination report) each is marked clean, partial or contaminated by its own passage; with
-    ``answer_scores`` ((log-prob, greedy) of the first reference answer, answer_scorer.py) its bits per
-    character and whether greedy decoding writes it."""
+    ``reference`` (reference_metrics of the same prompts) its reference answer's bits per character
+    and whether greedy decoding writes it."""
     from .benchmarks import item_key
 
     items = []
@@ -203,8 +204,8 @@ def scored_items(prompts: list[ReadingPrompt], answers: list[str | None], langua
                       "too_long": p.ids is None, **({} if p.depth is None else {"depth": p.depth})})
         if statuses is not None:
             items[-1]["contamination"] = statuses.get(item_key([p.question.context.strip()]), "clean")
-    if answer_scores is not None:
-        for item, ref in zip(items, reference_metrics(prompts, answer_scores, language, chat)["items"]):
+    if reference is not None:
+        for item, ref in zip(items, reference["items"]):
             item.update({k: v for k, v in ref.items() if k not in ("key", "too_long")})
     return items
 
@@ -216,10 +217,6 @@ def summary(items: list[dict]) -> dict:
     depths = sorted({i["depth"] for i in items if "depth" in i})
     if depths:
         out["by_depth"] = {f"{d:g}": _brief([i for i in items if i.get("depth") == d]) for d in depths}
-    scored = [i for i in items if "answer_bits" in i]
-    if scored:  # bits per character of the reference answers (and their line breaks), all together
-        out["answer_bits_per_char"] = round(sum(i["answer_bits"] for i in scored) / sum(i["answer_chars"] for i in scored), 4)
-        out["greedy_answer"] = round(100.0 * sum(i["greedy_answer"] for i in scored) / len(items), 3)
     if any("contamination" in i for i in items):
         out["contamination"] = {status: _brief(group) for status in ("clean", "partial", "contaminated")
                                 if (group := [i for i in items if i.get("contamination") == status])}

@@ -226,7 +226,7 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | 
     from zhllama.files import sha256_file
     from zhllama.model_fingerprint import model_fingerprint
 
-    from .reading import answer_requests, scored_items, summary
+    from .reading import answer_requests, reference_metrics, scored_items, summary
 
     generate, score = _on_server(args) if args.server else _here(args, tokenizer)
     result = {"model": str(args.model), "model_fingerprint": model_fingerprint(args.model), "server": args.server,
@@ -240,12 +240,16 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | 
         answers: list[str | None] = [None] * len(got)
         for i, text in zip(fits, generate(name, [got[i].ids for i in fits])):
             answers[i] = text
-        scores = score(name, answer_requests(tokenizer, got, reading.language, args.chat)) if score else None
+        reference = None  # the reference answers read after the prompts: needs the model here
+        if score is not None:
+            scores = score(name, answer_requests(tokenizer, got, reading.language, args.chat))
+            reference = reference_metrics(got, scores, reading.language, args.chat)
         items = scored_items(got, answers, reading.language, metric, None if statuses is None else statuses[name],
-                             scores, args.chat)
+                             reference)
+        totals = {k: v for k, v in (reference or {}).items() if k != "items"}
         result["sets"][name] = {"file": str(reading.path), "sha256": sha256_file(reading.path),
                                 "language": reading.language, "metric": metric, "unanswerable_skipped": reading.unanswerable,
-                                **summary(items), "items": items}
+                                **summary(items), **totals, "items": items}
     return result
 
 

@@ -40,8 +40,8 @@ def table(result: dict) -> str:
              "| reference: bits/char | reference: greedy |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in result["sets"].items():
         inside = "–" if s["in_context"] is None else f"{100 * s['in_context']:.1f}%"
-        bits = f"{s['answer_bits_per_char']:.4f}" if "answer_bits_per_char" in s else "–"
-        greedy = f"{s['greedy_answer']:.2f}" if "greedy_answer" in s else "–"
+        bits = "–" if s.get("answer_bits_per_char") is None else f"{s['answer_bits_per_char']:.4f}"
+        greedy = "–" if s.get("greedy_answer") is None else f"{s['greedy_answer']:.2f}"
         lines.append(f"| {name} | {s['metric']} | {s['questions']} | {s['em']:.2f} | {s['f1']:.2f} | {s['too_long']} "
                      f"| {s['empty']} | {inside} | {bits} | {greedy} |")
     for name, s in result["sets"].items():

@@ -76,7 +76,7 @@ def _reading(doc: dict) -> dict[str, tuple]:
         reference = _reference_settings(s["sha256"], run.get("shots"), s["questions"], run.get("seed"),
                                         run.get("chat"), run.get("haystack_tokens"), run.get("depths"))
         for key in ("answer_bits_per_char", "greedy_answer"):
-            if key in s:
+            if s.get(key) is not None:
                 out[f"reading/{name}/{key}"] = (s[key], reference)
         for depth, d in s.get("by_depth", {}).items():
             out[f"reading/{name}/f1@depth{depth}"] = (d["f1"], settings)
