@@ -168,13 +168,19 @@ def reference_metrics(prompts: list[ReadingPrompt], scores: list, language: str,
             continue
         n = len(answer_target(language, p.question.answers[0], chat))
         items.append({"key": p.key, "answer_bits": -got[0] / math.log(2), "answer_chars": n, "greedy_answer": got[1]})
+    totals = reference_totals(items)
+    for item in items:
+        if "answer_bits" in item:
+            item["answer_bits"] = round(item["answer_bits"], 4)
+    return {**totals, "items": items}
+
+
+def reference_totals(items: list[dict]) -> dict:
+    """``answer_bits_per_char`` over the scored answers together, ``greedy_answer`` in % of all the items."""
     scored = [i for i in items if "answer_bits" in i]
     chars = sum(i["answer_chars"] for i in scored)
-    totals = {"answer_bits_per_char": round(sum(i["answer_bits"] for i in scored) / chars, 4) if chars else None,
-              "greedy_answer": round(100.0 * sum(i["greedy_answer"] for i in scored) / len(items), 3) if items else None}
-    for item in scored:
-        item["answer_bits"] = round(item["answer_bits"], 4)
-    return {**totals, "items": items}
+    return {"answer_bits_per_char": round(sum(i["answer_bits"] for i in scored) / chars, 4) if chars else None,
+            "greedy_answer": round(100.0 * sum(i["greedy_answer"] for i in scored) / len(items), 3) if items else None}
 
 
 def clean_answer(text: str, language: str) -> str:
@@ -218,7 +224,9 @@ def summary(items: list[dict]) -> dict:
     if depths:
         out["by_depth"] = {f"{d:g}": _brief([i for i in items if i.get("depth") == d]) for d in depths}
     if any("contamination" in i for i in items):
-        out["contamination"] = {status: _brief(group) for status in ("clean", "partial", "contaminated")
+        reference = any("answer_bits" in i for i in items)
+        out["contamination"] = {status: {**_brief(group), **(reference_totals(group) if reference else {})}
+                                for status in ("clean", "partial", "contaminated")
                                 if (group := [i for i in items if i.get("contamination") == status])}
     return out
 

@@ -40,16 +40,15 @@ def table(result: dict) -> str:
              "| reference: bits/char | reference: greedy |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in result["sets"].items():
         inside = "–" if s["in_context"] is None else f"{100 * s['in_context']:.1f}%"
-        bits = "–" if s.get("answer_bits_per_char") is None else f"{s['answer_bits_per_char']:.4f}"
-        greedy = "–" if s.get("greedy_answer") is None else f"{s['greedy_answer']:.2f}"
         lines.append(f"| {name} | {s['metric']} | {s['questions']} | {s['em']:.2f} | {s['f1']:.2f} | {s['too_long']} "
-                     f"| {s['empty']} | {inside} | {bits} | {greedy} |")
+                     f"| {s['empty']} | {inside} | {_num(s, 'answer_bits_per_char', 4)} | {_num(s, 'greedy_answer', 2)} |")
     for name, s in result["sets"].items():
         if "contamination" in s:
             lines += ["", f"{name}, by whether the passage is in the training corpus (--contamination):", "",
-                      "| passages | questions | EM | F1 |", "|---|---:|---:|---:|"]
-            lines += [f"| {status} | {v['questions']} | {v['em']:.2f} | {v['f1']:.2f} |"
-                      for status, v in s["contamination"].items()]
+                      "| passages | questions | EM | F1 | reference: bits/char | reference: greedy |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {status} | {v['questions']} | {v['em']:.2f} | {v['f1']:.2f} | {_num(v, 'answer_bits_per_char', 4)} "
+                      f"| {_num(v, 'greedy_answer', 2)} |" for status, v in s["contamination"].items()]
         if "by_depth" in s:
             lines += ["", f"{name}, by depth of the question's paragraph (0 = first):", "",
                       "| depth | questions | EM | F1 | too long |", "|---:|---:|---:|---:|---:|"]
@@ -64,3 +63,7 @@ def table(result: dict) -> str:
             lines.append(f"| {name} | {c['em'][0]:.2f} | {c['em'][1]:.2f} | {c['em_change']:+.2f} | {c['f1'][0]:.2f} "
                          f"| {c['f1'][1]:.2f} | {c['f1_change']:+.2f} | {len(c['gained'])} | {len(c['lost'])} |")
     return "\n".join(lines)
+
+
+def _num(row: dict, key: str, digits: int) -> str:
+    return "–" if row.get(key) is None else f"{row[key]:.{digits}f}"

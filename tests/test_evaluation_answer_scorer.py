@@ -12,7 +12,7 @@ def wide_tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.tiny import make_tiny_model
-    from test_evaluation_reading import _input_dependent
+    from helpers_reading import input_dependent as _input_dependent
 
     folder = _input_dependent(make_tiny_model(tmp_path_factory.mktemp("scorer") / "model"))
     return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)

@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers_reading import article as _article
+from helpers_reading import input_dependent as _input_dependent
+from helpers_reading import squad_file as _squad
 
 from evaluation.reading import build_prompts, clean_answer, exemplar_pool
 from evaluation.reading_data import read_reading_set
@@ -47,16 +50,6 @@ def test_squad_metric_is_v1_1s():
     assert squad_f1("x y y", "y") == pytest.approx(2 * 1 * (1 / 3) / (1 + 1 / 3))  # bag of tokens, counted
     assert squad_f1("a y y", "y") == pytest.approx(2 * 1 * (1 / 2) / (1 + 1 / 2))  # articles dropped
     assert score(["Paris"], "", "squad") == (False, 0.0)
-
-
-def _squad(path, articles):
-    path.write_text(json.dumps({"data": articles}, ensure_ascii=False), encoding="utf-8")
-    return path
-
-
-def _article(title: str, context: str, qas: list[tuple[str, str, str]]) -> dict:
-    return {"title": title, "paragraphs": [{"context": context, "qas": [
-        {"id": key, "question": q, "answers": [{"text": a, "answer_start": context.find(a)}]} for key, q, a in qas]}]}
 
 
 def test_a_bad_file_reports_every_problem_with_its_place(tmp_path):
@@ -148,22 +141,6 @@ def tiny_reading(tmp_path_factory):
                     ("夜来风雨声，花落知多少。", [("夜来什么声？", "风雨")]),
                 ])]
     return _input_dependent(make_tiny_model(root / "model")), _squad(root / "poems.json", articles), root
-
-
-def _input_dependent(folder):
-    """A random tiny model answers every prompt alike (weights of std 0.02); wide weights make each answer
-    depend on its prompt, so an answer scored in another question's place is seen."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 2:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
-    model.save_pretrained(folder)
-    return folder
 
 
 def _one_at_a_time(model_dir, data) -> list[str]:
@@ -318,6 +295,9 @@ def test_reading_scores_clean_and_contaminated_passages_apart(tiny_reading, tmp_
     assert marks == {"a0q0": "contaminated", "a0q1": "contaminated", "a1q0": "clean", "a1q1": "clean",
                      "a2q0": "clean", "a2q1": "clean", "a3q0": "contaminated"}
     assert result["contamination"]["clean"]["questions"] == 4 and "by whether the passage" in got.stdout
+    clean = [i for i in result["items"] if i["contamination"] == "clean"]
+    assert result["contamination"]["clean"]["answer_bits_per_char"] == pytest.approx(
+        sum(i["answer_bits"] for i in clean) / sum(i["answer_chars"] for i in clean), abs=1e-3)
     other = _reading(model, data, tmp_path / "r2.json", "--set", f"more={data}", "--contamination", f"{keys}.json")
     assert other.returncode == 2 and "set more was not checked" in other.stderr
     with pytest.raises(UserError) as e:

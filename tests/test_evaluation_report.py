@@ -77,7 +77,7 @@ def test_base_cli_writes_base_numbers_and_nothing_on_bad_input(tiny, tmp_path):
 
 
 def _poems(root):
-    from test_evaluation_reading import _article, _squad
+    from helpers_reading import article as _article, squad_file as _squad
 
     return _squad(root / "poems.json", [_article(f"t{i}", c, [(f"q{i}", "什么？", c[:2])])
                                         for i, c in enumerate(["春眠不觉晓。", "白日依山尽。", "床前明月光。"])])

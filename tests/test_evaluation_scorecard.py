@@ -9,7 +9,7 @@ import sys
 import pytest
 from helpers_bench import small_ceval
 from helpers_prepare import corpus_lines, write_lines, write_manifest
-from test_evaluation_reading import _article, _input_dependent, _squad
+from helpers_reading import article as _article, input_dependent as _input_dependent, squad_file as _squad
 
 
 def _command(module, argv: list[str]) -> None:
