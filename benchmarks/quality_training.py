@@ -54,7 +54,8 @@ def _jsonl(path: Path, texts: list[str]) -> Path:
     return path
 
 
-def _model(work: Path, texts: list[str]) -> Path:
+def _model(work: Path, texts: list[str], positions: int = 256) -> Path:
+    """A SentencePiece tokenizer (vocab 8000) trained on ``texts`` and a random LLaMA (hidden 128, 4 layers)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -66,7 +67,7 @@ def _model(work: Path, texts: list[str]) -> Path:
     make_tiny_tokenizer(out, texts=texts, vocab_size=8000)
     tok = AutoTokenizer.from_pretrained(out)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=344, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=positions,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from context_extension import _run, _train  # noqa: E402  (the same single-process `pretrain train`)
+from quality_training import _model as quality_model  # noqa: E402  (the same tokenizer and small LLaMA)
 
 DATA = REPO.parent / "shared" / "data"
 CMRC = DATA / "pretrain" / "cmrc2018_dev.json"
@@ -40,24 +41,10 @@ def _manifest(path: Path) -> Path:
 
 
 def _model(work: Path, manifest: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from corpora.manifest import iter_documents, load_manifest
-    from engine.tiny import make_tiny_tokenizer
 
-    out = work / "init"
-    if (out / "config.json").is_file():
-        return out
     texts = [d.text for s in load_manifest(manifest).sources for d in iter_documents(s, split="train")]
-    make_tiny_tokenizer(out, texts=texts, vocab_size=8000)
-    tok = AutoTokenizer.from_pretrained(out)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=344, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
+    return quality_model(work, texts, positions=1024)  # prompts of a whole paragraph: up to ~900 tokens
 
 
 def _reading(work: Path, name: str, model: Path, report: Path, questions: int) -> dict:
