@@ -6,7 +6,8 @@
         [--device cuda] [--dtype bfloat16] [--batch-size 16] [--compare runs/reading_base.json] \
         [--haystack-tokens 16000 --depths 0,0.5,1] [--server http://127.0.0.1:8000/v1 --workers 16]
 
-Each set is a file in SQuAD's JSON layout. The model answers by greedy generation (to the first line
+Each set is a file in SQuAD's JSON layout, or JSON Lines (``.jsonl``) of ``{"id", "title", "context",
+"question", "answers"}``. The model answers by greedy generation (to the first line
 break); the answer is scored with the CMRC 2018 metric for Chinese sets (also DRCD's) and SQuAD v1.1's
 for English ones, in percent like the official scripts. ``--compare`` puts the numbers of another
 model's results on the same questions beside these: the change, and the questions it now answers
@@ -32,7 +33,7 @@ from .reading import ANSWER_ROOM
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Hugging Face model folder (weights + tokenizer)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=FILE",
-                        help="a SQuAD-layout JSON file (CMRC 2018, DRCD, SQuAD); repeatable")
+                        help="a SQuAD-layout JSON file (CMRC 2018, DRCD, SQuAD) or .jsonl; repeatable")
     parser.add_argument("--shots", type=int, default=3, help="solved exemplars before the question (0-8)")
     parser.add_argument("--shots-from", default=None, metavar="FILE",
                         help="take exemplars from this file (default: the set itself, other articles)")

@@ -3,6 +3,10 @@
     {"data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [
         {"id": ..., "question": ..., "answers": [{"text": ..., "answer_start": 12}, ...]}]}]}]}
 
+or JSON Lines (``.jsonl``), one question a line, for a set of your own:
+
+    {"id": "q1", "title": "李白", "context": "...", "question": "...", "answers": ["唐代诗人"]}
+
 Every problem of a file is reported at once, with its place (``data[3].paragraphs[0].qas[2]``).
 SQuAD v2.0's unanswerable questions (``is_impossible``) are left out and counted: the metric scores
 extracted answers.
@@ -100,9 +104,53 @@ def _paragraphs(article, i: int, problems: list[str]):
             yield at, context, qas  # not stripped: answer_start counts from its first character
 
 
+def _read_lines(path: Path) -> ReadingSet:
+    """JSON Lines of ``{"id"?, "title"?, "context", "question", "answers": [text | {"text", "answer_start"?}]}``;
+    questions on the same ``title`` (else the same context) are one article."""
+    problems: list[str] = []
+    questions, seen, articles = [], {}, {}
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{where}: not JSON ({e.msg})")
+            continue
+        if not isinstance(record, dict):
+            problems.append(f"{where}: expected an object with context, question and answers")
+            continue
+        context = _text(record.get("context"), where, "context", problems)
+        answers = record.get("answers")
+        if context is None:
+            continue
+        # a bare answer text: its first place in the context (exemplars show the sentence holding it)
+        qa = {"id": record.get("id", f"line-{n}"), "question": record.get("question"),
+              "answers": [a if isinstance(a, dict) else {"text": a, "answer_start": context.find(str(a).strip())}
+                          for a in answers] if isinstance(answers, list) else answers}
+        article = articles.setdefault(record.get("title") or context, len(articles))
+        got = _question(qa, article, context, where, problems)
+        if isinstance(got, Question):
+            if got.key in seen:
+                problems.append(f"{where}.id: {got.key!r} again (first at {seen[got.key]})")
+            seen.setdefault(got.key, where)
+            questions.append(got)
+    if not questions and not problems:
+        problems.append("no question")
+    raise_if_problems(f"reading set {path}", problems, limit=30)
+    return ReadingSet(path, questions, 0)
+
+
 def read_reading_set(path: str | Path) -> ReadingSet:
-    """Every answerable question of a SQuAD-layout file, in file order; all problems raised together."""
+    """Every answerable question of a SQuAD-layout file (or JSON Lines, ``.jsonl``), in file order; all
+    problems raised together."""
     path = Path(path)
+    if path.suffix == ".jsonl":
+        try:
+            return _read_lines(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise_if_problems(f"reading set {path}", [f"not readable as UTF-8 text: {e}"])
     try:
         doc = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

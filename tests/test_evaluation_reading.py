@@ -336,3 +336,28 @@ def test_answers_from_a_server_equal_answers_made_here(tmp_path):
     bad = _reading(model, poems, tmp_path / "x.json", "--server", "localhost:8000", "--api-key-env", "NO_SUCH_VAR")
     assert bad.returncode == 2 and "expected an http:// or https:// address" in bad.stderr
     assert "NO_SUCH_VAR: that environment variable is not set" in bad.stderr
+
+
+def test_a_set_of_ones_own_in_json_lines(tiny_reading, tmp_path):
+    from transformers import AutoTokenizer
+
+    rows = [{"id": "a", "title": "李白", "context": "李白是唐代诗人。他字太白。", "question": "李白是谁？", "answers": ["唐代诗人"]},
+            {"id": "b", "title": "李白", "context": "李白是唐代诗人。他字太白。", "question": "李白字什么？",
+             "answers": [{"text": "太白", "answer_start": 10}]},
+            {"context": "杜甫是唐代诗人。", "question": "杜甫是谁？", "answers": ["唐代诗人"]}]
+    good = tmp_path / "own.jsonl"
+    good.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n", encoding="utf-8")
+    own = read_reading_set(good)
+    assert [q.key for q in own.questions] == ["a", "b", "line-3"] and own.language == "zh"
+    assert [q.article for q in own.questions] == [0, 0, 1] and own.questions[0].answer_start == 3
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reading[0])
+    prompts = build_prompts(tokenizer, own, exemplar_pool(own), True, 1, 0, 10_000, False)
+    assert [p.exemplars for p in prompts] == [("line-3",), ("line-3",), (prompts[2].exemplars[0],)]
+    assert prompts[2].exemplars[0] in ("a", "b")  # never its own article
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "x", "question": "?", "answers": []}\nnot json\n' + json.dumps(rows[0]) + "\n"
+                   + json.dumps(rows[0]) + "\n", encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        read_reading_set(bad)
+    for problem in ("line 1.answers: expected a non-empty list", "line 2: not JSON", "line 4.id: 'a' again"):
+        assert problem in str(e.value)
