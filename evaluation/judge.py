@@ -14,13 +14,13 @@ A reply without a readable verdict is counted as unparsed and left out of the me
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zhllama.errors import UserError, raise_if_problems
+from zhllama.files import json_line_objects
 
 from .judge_prompts import TIE, compare_messages, grade_messages, read_grade, read_verdict, task_class
 
@@ -46,18 +46,8 @@ def read_answers(path: str | Path) -> list[Answer]:
     if not path.is_file():
         raise UserError(f"{path}: no such file (write it with python -m sft generate)")
     answers, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, row in json_line_objects(path.read_text(encoding="utf-8"), problems, lambda n: f"{path}:{n}"):
         where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: not JSON ({exc.msg})")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{where}: expected a JSON object")
-            continue
         bad = [k for k in ("question", "prediction") if not isinstance(row.get(k), str)]
         bad += [k for k in ("input", "std_answer", "class", "system") if row.get(k) is not None and not isinstance(row[k], str)]
         history = row.get("history") or []

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhllama.errors import raise_if_problems
+from zhllama.files import json_line_objects
 
 _HAN = re.compile(r"[\u3400-\u9fff]")
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;\n])|(?<=\. )")
@@ -109,18 +110,8 @@ def _read_lines(path: Path) -> ReadingSet:
     questions on the same ``title`` (else the same context) are one article."""
     problems: list[str] = []
     questions, seen, articles = [], {}, {}
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, record in json_line_objects(path.read_text(encoding="utf-8-sig"), problems):
         where = f"line {n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: not JSON ({e.msg})")
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"{where}: expected an object with context, question and answers")
-            continue
         context = _text(record.get("context"), where, "context", problems)
         answers = record.get("answers")
         if context is None:

@@ -122,3 +122,20 @@ def save_figure_atomic(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Non
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def json_line_objects(text: str, problems: list[str], where=lambda number: f"line {number}") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line of JSON Lines ``text``; a line that is not a JSON
+    object goes to ``problems`` as "<where(number)>: ..." and is skipped, so every bad line is reported."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where(number)}: not JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"{where(number)}: expected a JSON object")
+            continue
+        yield number, obj
