@@ -41,25 +41,32 @@ def _run(*argv: str, log: Path) -> None:
         sys.exit(f"failed ({done.returncode}): {' '.join(argv)}\n  see {log}")
 
 
-def _model(work: Path, short: int) -> Path:
-    """The tokenizer (trained on sentences of the training articles) and a random model covering ``short``."""
+def small_llama(out: Path, texts: list[str], vocab_size: int, positions: int) -> Path:
+    """A SentencePiece tokenizer (``vocab_size``) trained on ``texts`` and a random LLaMA (hidden 128, 4 layers,
+    seed 0) in ``out``; an ``out`` that holds one already is kept."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from engine.tiny import make_tiny_tokenizer
 
-    out = work / "init"
     if (out / "config.json").is_file():
         return out
-    sentences = [s for line in WIKI.read_text(encoding="utf-8").splitlines() for s in re.split(r"(?<=\.) ", line)]
-    make_tiny_tokenizer(out, texts=[s for s in sentences if 20 < len(s) < 2000], vocab_size=2000)
+    make_tiny_tokenizer(out, texts=texts, vocab_size=vocab_size)
     tok = AutoTokenizer.from_pretrained(out)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=344, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=short,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=positions,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
+
+
+def _model(work: Path, short: int) -> Path:
+    """The tokenizer (trained on sentences of the training articles) and a random model covering ``short``."""
+    if (work / "init" / "config.json").is_file():
+        return work / "init"
+    sentences = [s for line in WIKI.read_text(encoding="utf-8").splitlines() for s in re.split(r"(?<=\.) ", line)]
+    return small_llama(work / "init", [s for s in sentences if 20 < len(s) < 2000], 2000, short)
 
 
 def _manifest(work: Path) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from context_extension import _run, _train  # noqa: E402  (the same single-process `pretrain train`)
+from context_extension import _run, _train, small_llama  # noqa: E402  (the same single-process `pretrain train`)
 from quality_filter import planted_sets  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -56,22 +56,7 @@ def _jsonl(path: Path, texts: list[str]) -> Path:
 
 def _model(work: Path, texts: list[str], positions: int = 256) -> Path:
     """A SentencePiece tokenizer (vocab 8000) trained on ``texts`` and a random LLaMA (hidden 128, 4 layers)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from engine.tiny import make_tiny_tokenizer
-
-    out = work / "init"
-    if (out / "config.json").is_file():
-        return out
-    make_tiny_tokenizer(out, texts=texts, vocab_size=8000)
-    tok = AutoTokenizer.from_pretrained(out)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=344, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=positions,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
+    return small_llama(work / "init", texts, 8000, positions)
 
 
 def _left_out(keys: Path, texts: list[str]) -> int:

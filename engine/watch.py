@@ -87,7 +87,7 @@ class Watch:
         from transformers import AutoConfig, AutoTokenizer
 
         from evaluation.choice import pad_id_of
-        from evaluation.reading import ANSWER_ROOM, answer_requests, build_prompts, exemplar_pool, sample_questions
+        from evaluation.reading import reference_prompts
         from evaluation.reading_data import read_reading_set
 
         from .model import tokenizer_dir
@@ -95,10 +95,8 @@ class Watch:
         whole = read_reading_set(r.file)
         tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(self.cfg)))
         positions = getattr(AutoConfig.from_pretrained(self.cfg.model.path), "max_position_embeddings", None) or 4096
-        budget = positions - ANSWER_ROOM
-        prompts = build_prompts(tok, sample_questions(whole, r.max_questions, r.seed), exemplar_pool(whole), True,
-                                r.shots, r.seed, budget, False)
-        return r, whole.language, prompts, answer_requests(tok, prompts, whole.language, False), pad_id_of(tok)
+        prompts, requests = reference_prompts(tok, whole, r.shots, r.max_questions, r.seed, positions)
+        return r, whole.language, prompts, requests, pad_id_of(tok)
 
     def run(self, engine, step: int, device, force_all: bool = False) -> dict[str, float]:
         """Collective. Named sets at every call; benchmarks when due (always with ``force_all``)."""
@@ -143,15 +141,11 @@ class Watch:
         from evaluation.answer_scorer import score_answers
         from evaluation.reading import reference_metrics
 
-        fits = [i for i, q in enumerate(requests) if q is not None]
         was_training = engine.module.training
         engine.eval()
-        got = score_answers(engine, [requests[i] for i in fits], r.batch_size, device, pad)
+        scores = score_answers(engine, requests, r.batch_size, device, pad)
         if was_training:
             engine.train()
-        scores: list = [None] * len(requests)
-        for i, value in zip(fits, got):
-            scores[i] = value
         result = reference_metrics(prompts, scores, language)
         if dist.get_rank() == 0:
             write_json_atomic(self.out / "evals" / r.name / f"step-{step:08d}.json",

@@ -47,11 +47,17 @@ def _forward(model, batch: list[AnswerRequest], device, pad_id: int) -> list[tup
 
 
 @torch.no_grad()
-def score_answers(model, requests: list[AnswerRequest], batch_size: int, device, pad_id: int = 0,
-                  progress: bool = False) -> list[tuple[float, bool]]:
-    """(log-probability of the answer in nats, greedy decoding writes it) per request, on every rank."""
-    return round_robin(requests, lambda r: len(r.prompt) + len(r.answer), batch_size,
-                       lambda batch: _forward(model, batch, device, pad_id), progress)
+def score_answers(model, requests: list[AnswerRequest | None], batch_size: int, device, pad_id: int = 0,
+                  progress: bool = False) -> list[tuple[float, bool] | None]:
+    """(log-probability of the answer in nats, greedy decoding writes it) per request, on every rank; None
+    for a None request (a prompt that did not fit the model)."""
+    fits = [i for i, r in enumerate(requests) if r is not None]
+    got = round_robin([requests[i] for i in fits], lambda r: len(r.prompt) + len(r.answer), batch_size,
+                      lambda batch: _forward(model, batch, device, pad_id), progress)
+    out: list[tuple[float, bool] | None] = [None] * len(requests)
+    for i, value in zip(fits, got):
+        out[i] = value
+    return out
 
 
 def answer_ids(tokenizer, rendered: str, special: bool, prompt_ids: list[int], answer: str) -> list[int]:

@@ -126,20 +126,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _reading_metrics(args, model, tokenizer, whole) -> dict:
-    """A reading set as the run's Watch scores it (engine/watch.py: the same prompts and budget)."""
+    """A reading set as the run's Watch scores it (evaluation.reading.reference_prompts)."""
     from .answer_scorer import score_answers
     from .choice import pad_id_of
-    from .reading import (ANSWER_ROOM, answer_requests, build_prompts, exemplar_pool, reference_metrics,
-                          sample_questions)
+    from .reading import reference_metrics, reference_prompts
 
     positions = getattr(model.config, "max_position_embeddings", None) or 4096
-    prompts = build_prompts(tokenizer, sample_questions(whole, args.reading_questions, args.reading_seed),
-                            exemplar_pool(whole), True, args.reading_shots, args.reading_seed,
-                            positions - ANSWER_ROOM, False)
-    requests = answer_requests(tokenizer, prompts, whole.language, False)
-    fits = [i for i, r in enumerate(requests) if r is not None]
-    got = score_answers(model, [requests[i] for i in fits], args.batch_size, args.device, pad_id_of(tokenizer))
-    scores: list = [None] * len(requests)
-    for i, value in zip(fits, got):
-        scores[i] = value
+    prompts, requests = reference_prompts(tokenizer, whole, args.reading_shots, args.reading_questions,
+                                          args.reading_seed, positions)
+    scores = score_answers(model, requests, args.batch_size, args.device, pad_id_of(tokenizer))
     return reference_metrics(prompts, scores, whole.language)

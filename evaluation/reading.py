@@ -147,6 +147,16 @@ def answer_requests(tokenizer, prompts: list[ReadingPrompt], language: str, chat
     return out
 
 
+def reference_prompts(tokenizer, whole: ReadingSet, shots: int, max_questions: int, seed: int,
+                      positions: int) -> tuple[list[ReadingPrompt], list]:
+    """The prompts and reference-answer requests that a run's ``eval.reading`` and ``evaluation base
+    --reading`` score: base prompts of a seeded sample, within the model's positions less ANSWER_ROOM
+    (`evaluation reading`'s default), as `evaluation reading --shots --max-questions --seed` builds them."""
+    prompts = build_prompts(tokenizer, sample_questions(whole, max_questions, seed), exemplar_pool(whole), True,
+                            shots, seed, positions - ANSWER_ROOM, False)
+    return prompts, answer_requests(tokenizer, prompts, whole.language, False)
+
+
 def sample_questions(reading: ReadingSet, count: int | None, seed: int) -> ReadingSet:
     """``count`` questions chosen by ``seed``, in file order (all of them without a count)."""
     if not count or count >= len(reading.questions):

@@ -273,12 +273,7 @@ def _here(args, tokenizer):
                                   stop=["\n"])
 
     def score(name: str, requests: list) -> list:
-        fits = [i for i, r in enumerate(requests) if r is not None]
-        got = score_answers(model, [requests[i] for i in fits], args.batch_size, args.device, pad_id_of(tokenizer))
-        out = [None] * len(requests)
-        for i, value in zip(fits, got):
-            out[i] = value
-        return out
+        return score_answers(model, requests, args.batch_size, args.device, pad_id_of(tokenizer))
     return generate, score
 
 
