@@ -74,10 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = ContaminationSettings(args.ngram, args.min_units, args.max_items, args.min_coverage, args.t2s)
     problems = [f"--{p}" for p in settings.problems()]
-    specs = _benchmark_specs(args.benchmark, problems)
+    specs = benchmark_specs(args.benchmark, problems)
     readings = name_pairs(args.reading, "--reading", problems)
     problems += [f"--reading {n}={f}: not a file" for n, f in readings if not Path(f).is_file()]
-    names = [n for n, _ in specs] + [n for n, _ in readings]  # --benchmark twice: said by _benchmark_specs
+    names = [n for n, _ in specs] + [n for n, _ in readings]  # --benchmark twice: said by benchmark_specs
     problems += [f"--reading {n}: the name is given twice" for n in sorted({n for n, _ in readings if names.count(n) > 1})]
     if not specs and not args.eval_manifest and not readings:
         problems.append("give at least one --benchmark NAME=DIR, --reading NAME=FILE or --eval-manifest YAML")
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--workers: expected >= 1, got {args.workers}")
     raise_if_problems("contamination settings", problems)
     manifest = load_manifest(args.manifest)  # checked before the benchmarks are read
-    items, data = _read_items(specs, args.eval_manifest, readings)
+    items, data = read_items(specs, args.eval_manifest, readings)
     report, keys = contamination_report(manifest, items, settings, args.workers)
     report = {"manifest": str(args.manifest), "fingerprint": manifest.fingerprint(), "salt": manifest.holdout.salt,
               "settings": dataclasses.asdict(settings), "data": data, **report}
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _benchmark_specs(values: list[str], problems: list[str]) -> list[tuple[str, str]]:
+def benchmark_specs(values: list[str], problems: list[str]) -> list[tuple[str, str]]:
     specs = []
     for name, folder in name_pairs(values, "--benchmark", problems):
         if name not in LAYOUTS:
@@ -131,7 +131,7 @@ def reading_items(name: str, path: str) -> list[EvalItem]:
                      (context, *(q.question for q in qs))) for context, qs in questions.items()]
 
 
-def _read_items(specs: list[tuple[str, str]], eval_manifests: list[str],
+def read_items(specs: list[tuple[str, str]], eval_manifests: list[str],
                 readings: list[tuple[str, str]] = ()) -> tuple[list[EvalItem], dict]:
     """Every item to look for, and what was read (files and their sha256, per benchmark)."""
     items: list[EvalItem] = []

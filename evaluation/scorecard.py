@@ -1,8 +1,8 @@
 """Every evaluation's results as flat metrics, and models side by side: what each gained and forgot.
 
 A results file is recognised by its shape: ``evaluation base`` (bits per character, benchmarks),
-``evaluation choice``, ``evaluation reading``, ``evaluation long-context``, ``evaluation judge``
-(grades) and ``sft generate``'s ``*.scores.json``. Each metric keeps the settings that make two
+``evaluation choice``, ``evaluation reading``, ``evaluation long-context``, ``evaluation membership``
+(calibrated flagged shares), ``evaluation judge`` (grades) and ``sft generate``'s ``*.scores.json``. Each metric keeps the settings that make two
 values comparable (data checksum, shots, split ...): a value measured otherwise than the first
 model's is marked, never silently compared.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-GROUPS = ("eval/", "bench/", "reading/", "long/", "passkey/", "judge/", "answers/")
+GROUPS = ("eval/", "bench/", "reading/", "long/", "passkey/", "membership/", "judge/", "answers/")
+MEMBERSHIP_SCORES = ("min_k_plus_plus", "reference")  # the strongest without and with a reference model
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class Value:
 
 
 def better(metric: str) -> str:
-    lower = metric.startswith(("eval/", "long/")) or metric.endswith("/answer_bits_per_char")
+    # membership: the share of a benchmark's items that look trained on
+    lower = metric.startswith(("eval/", "long/", "membership/")) or metric.endswith("/answer_bits_per_char")
     return "lower" if lower else "higher"
 
 
@@ -112,12 +114,28 @@ def _answers(doc: dict) -> dict[str, tuple]:
     return {f"answers/{c}/rouge_l": (v["rouge_l_f1_char"], settings) for c, v in doc["by_class"].items()}
 
 
+def _membership(doc: dict) -> dict[str, tuple]:
+    """Each group's share of items above the calibrated 5% threshold (``membership/ceval/val/flagged_...``)."""
+    calibration = doc.get("calibration") or {}
+    out = {}
+    for group, g in doc["groups"].items():
+        for score in MEMBERSHIP_SCORES:
+            if score in g.get("flagged", {}):
+                run = {k: doc["settings"].get(k) for k in ("k", "max_chars", "max_items", "seed", "calibrate_docs")}
+                settings = _settings(calibration=calibration.get("fingerprint") or calibration.get("sha256"),
+                                     data=doc.get("data", {}).get(group.split(" ")[0]), **run,
+                                     **({"reference": doc.get("reference_fingerprint")} if score == "reference" else {}))
+                out[f"membership/{group.replace(' ', '/')}/flagged_{score}"] = (g["flagged"][score], settings)
+    return out
+
+
 # (what it is, test of the shape, flattener)
 KINDS: list[tuple[str, Callable[[dict], bool], Callable[[dict], dict]]] = [
     ("evaluation base", lambda d: isinstance(d.get("metrics"), dict) and "source" in d, _base),
     ("evaluation choice", lambda d: {"benchmark", "split", "shots", "accuracy"} <= d.keys(), _choice),
     ("evaluation reading", lambda d: isinstance(d.get("sets"), dict) and "max_length" in d, _reading),
     ("evaluation long-context", lambda d: "loss" in d and "positions" in d, _long_context),
+    ("evaluation membership", lambda d: isinstance(d.get("groups"), dict) and "calibration" in d, _membership),
     ("evaluation judge (grades)", lambda d: d.get("mode") == "grade", _judge),
     ("sft generate scores", lambda d: str(d.get("metric", "")).startswith("character-level ROUGE-L"), _answers),
 ]

@@ -5,9 +5,9 @@
 
 Each ``--model NAME=PATH`` is a results file or a folder of them (its ``*.json``; the same NAME may
 be given again for more). Recognised: ``evaluation base``, ``choice``, ``reading``, ``long-context``,
-``judge`` (grades) and ``sft generate``'s ``*.scores.json``; other JSON in a folder is listed and
-skipped. Changes are from the first model: ▲ better, ▼ worse (bits per character and loss: lower is
-better). A value measured with other data or settings than the first model's (another shot count,
+``membership`` (each group's share of items above the calibrated threshold), ``judge`` (grades) and ``sft
+generate``'s ``*.scores.json``; other JSON in a folder is listed and skipped. Changes are from the first
+model: ▲ better, ▼ worse (bits per character, loss and membership's flagged share: lower is better). A value measured with other data or settings than the first model's (another shot count,
 split, file ...) is shown as not comparable, with the difference. Writes the table (``--out``) and
 the same as JSON beside it (``.json``).
 """

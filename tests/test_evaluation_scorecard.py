@@ -23,7 +23,7 @@ def two_models(tmp_path_factory):
     """Results of choice, reading and long-context for a random tiny model (a) and another (b); and a's
     C-Eval one-shot (c: not comparable with a's zero-shot)."""
     from engine.tiny import make_tiny_model
-    from evaluation import base_cli, choice_cli, long_context_cli, reading_cli
+    from evaluation import base_cli, choice_cli, long_context_cli, membership_cli, reading_cli
 
     root = tmp_path_factory.mktemp("scorecard")
     ceval = small_ceval(root / "ceval")
@@ -46,6 +46,10 @@ def two_models(tmp_path_factory):
         _command(base_cli, ["--model", str(model), "--set", f"mix={manifest}", "--benchmark", f"ceval={ceval}",
                             "--reading", f"poems={poems}", "--reading-shots", "0", "--block-size", "64",
                             "--out", str(out / "eval_base.json")])
+        _command(membership_cli, ["--model", str(model), "--reading", f"poems={poems}", "--calibrate", str(manifest),
+                                  "--calibrate-docs", "40", "--calibrate-unchecked", "--max-chars", "200",
+                                  "--out", str(out / "membership.json"),
+                                  "--no-progress"])
         (out / "notes.json").write_text('{"anything": 1}')
     (root / "results_c").mkdir()
     _command(choice_cli, ["--model", str(models["a"]), "--benchmark", "ceval", "--data", str(ceval), "--shots", "1",
@@ -84,6 +88,10 @@ def test_two_models_side_by_side_with_changes_and_what_cannot_be_compared(two_mo
     loss = rows["long/mix/loss@384"]  # lower is better
     assert loss["better"] == "lower" and loss["models"]["b"]["change"] == pytest.approx(
         longs["b"]["loss"]["mix"]["by_length"]["384"]["loss"] - longs["a"]["loss"]["mix"]["by_length"]["384"]["loss"])
+    flagged = rows["membership/poems/flagged_min_k_plus_plus"]  # from `evaluation membership`: lower is better
+    member = {n: json.loads((root / f"results_{n}" / "membership.json").read_text())["groups"]["poems"] for n in "ab"}
+    assert flagged["better"] == "lower" and flagged["models"]["b"]["change"] == pytest.approx(
+        member["b"]["flagged"]["min_k_plus_plus"] - member["a"]["flagged"]["min_k_plus_plus"])
     verdict = card["verdicts"]["b"]
     change = {m: r["models"]["b"]["change"] for m, r in rows.items() if r["models"].get("b", {}).get("change")}
     assert "long/mix/loss@384" in change and "bench/ceval/humanities" in change
@@ -96,7 +104,8 @@ def test_two_models_side_by_side_with_changes_and_what_cannot_be_compared(two_mo
         assert f"{rows[metric]['models']['b']['change']:+.4f} {mark})" in got.stdout
     assert (root / "card.md").read_text().startswith("| metric | better | a | b | c |")
     order = [list(rows).index(m) for m in ("eval/mix/bits_per_char", "bench/ceval/accuracy", "reading/poems/em",
-                                           "long/mix/loss@256", "passkey/found@384")]
+                                           "long/mix/loss@256", "passkey/found@384",
+                                           "membership/poems/flagged_min_k_plus_plus")]
     assert order == sorted(order)
 
 
