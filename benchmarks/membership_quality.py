@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from context_extension import _run, _train  # noqa: E402  (the same single-process `pretrain train`)
-from reading_contamination import CMRC, _manifest, _model  # noqa: E402  (the same manifest, tokenizer and LLaMA)
+from reading_contamination import CMRC, prepared  # noqa: E402  (the same manifest, tokenizer and LLaMA)
 
 PEER_SHA256 = "b72a83cfd8275b0fa858ca0c593348e850c19a0c6ac8c211e2e287ffd771bc77"
 PEER_SITE_PINS = ("scikit-learn==1.7.2",)
@@ -136,15 +136,7 @@ def main() -> None:
 
         if sha256_file(args.peer) != PEER_SHA256:
             sys.exit(f"--peer {args.peer}: sha256 {sha256_file(args.peer)}, expected {PEER_SHA256} (run.py of 62281ab)")
-    manifest = _manifest(work / "cmrc_paragraphs.json")
-    keys = work / "cmrc.keys"
-    _run("-m", "evaluation", "contamination", str(manifest), "--reading", f"cmrc={CMRC}", "--out", str(keys),
-         log=work / "contamination.log")
-    report = keys.with_name(keys.name + ".json")
-    init = _model(work, manifest)
-    if not (work / "shards" / "prepare_report.json").is_file():
-        _run("-m", "pretrain", "prepare", "--manifest", str(manifest), "--tokenizer", str(init), "--block-size", "256",
-             "--out", str(work / "shards"), "--no-progress", log=work / "prepare.log")
+    manifest, report, init = prepared(work)
     models = {"random init": init}
     for steps in [int(s) for s in args.steps.split(",")]:
         models[f"{steps} steps"] = _train(work, f"steps_{steps}", init, work / "shards", steps, 3e-3, 8,

@@ -47,6 +47,19 @@ def _model(work: Path, manifest: Path) -> Path:
     return quality_model(work, texts, positions=1024)  # prompts of a whole paragraph: up to ~900 tokens
 
 
+def prepared(work: Path) -> tuple[Path, Path, Path]:
+    """The manifest, its contamination report on CMRC 2018 dev, and the random model; shards in WORK/shards."""
+    manifest = _manifest(work / "cmrc_paragraphs.json")
+    keys = work / "cmrc.keys"
+    _run("-m", "evaluation", "contamination", str(manifest), "--reading", f"cmrc={CMRC}", "--out", str(keys),
+         log=work / "contamination.log")
+    init = _model(work, manifest)
+    if not (work / "shards" / "prepare_report.json").is_file():
+        _run("-m", "pretrain", "prepare", "--manifest", str(manifest), "--tokenizer", str(init), "--block-size", "256",
+             "--out", str(work / "shards"), "--no-progress", log=work / "prepare.log")
+    return manifest, keys.with_name(keys.name + ".json"), init
+
+
 def _reading(work: Path, name: str, model: Path, report: Path, questions: int) -> dict:
     out = work / f"reading_{name}.json"
     _run("-m", "evaluation", "reading", "--model", str(model), "--set", f"cmrc={CMRC}", "--shots", "0",
@@ -63,15 +76,7 @@ def main() -> None:
     args = p.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(work / "cmrc_paragraphs.json")
-    keys = work / "cmrc.keys"
-    _run("-m", "evaluation", "contamination", str(manifest), "--reading", f"cmrc={CMRC}", "--out", str(keys),
-         log=work / "contamination.log")
-    report = keys.with_name(keys.name + ".json")
-    init = _model(work, manifest)
-    if not (work / "shards" / "prepare_report.json").is_file():
-        _run("-m", "pretrain", "prepare", "--manifest", str(manifest), "--tokenizer", str(init), "--block-size", "256",
-             "--out", str(work / "shards"), "--no-progress", log=work / "prepare.log")
+    manifest, report, init = prepared(work)
     final = _train(work, "trained", init, work / "shards", args.steps, 3e-3, 8, "data.eval_split=null")
     rows = {"random init": _reading(work, "init", init, report, args.questions),
             f"after {args.steps} steps on the training part": _reading(work, "trained", final, report, args.questions)}

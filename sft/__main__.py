@@ -5,6 +5,7 @@ COMMANDS = {
     "train": "sft.train_cli",
     "export": "sft.export_cli",
     "export-checkpoint": "sft.export_checkpoint_cli",
+    "chat-vector": "sft.chat_vector_cli",
     "modelfile": "sft.modelfile_cli",
     "generate": "sft.generate_cli",
     "chat": "sft.chat_cli",

@@ -93,9 +93,13 @@ def install_chat_template(folder: str | Path, spec: TemplateSpec) -> str:
     """Set ``chat_template`` in ``folder``'s tokenizer_config.json (and chat_template.jinja, when the
     folder has one: transformers 5 prefers that file). Other keys stay as they were, so the
     tokenizer's fingerprint (which ignores chat templates) does not change."""
+    return set_chat_template(folder, jinja_template(spec))
+
+
+def set_chat_template(folder: str | Path, template: str) -> str:
+    """``install_chat_template`` for a Jinja template given as text (another model's own)."""
     folder = Path(folder)
     path = folder / "tokenizer_config.json"
-    template = jinja_template(spec)
     config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     config["chat_template"] = template
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

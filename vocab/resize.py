@@ -23,7 +23,7 @@ from zhllama.files import atomic_output_dir, describe_not_a_file, sha256_file, w
 from zhllama.model_folder import INDEX_FILE, TensorInfo, embedding_rows_match, list_tensors, read_model_config, vocab_holder, weight_files  # noqa: F401 - embedding_rows_match re-exported
 from zhllama.tokenizer_files import is_bbpe_extension
 
-from .resize_checkpoint import parse_size, write_checkpoint
+from zhllama.safetensors_io import parse_size, write_checkpoint
 from .resize_rows import (METHODS, RowPlan, TokenizerInfo, base_processor, base_size_of, grow_rows, plan_rows,
                           read_tokenizer, special_token_ids)
 from .resize_spelling import apply_spelling, calibration_ids, spell_with_base_model, spelling_summary

@@ -1,8 +1,12 @@
-"""Safetensors model folders read and written tensor by tensor (never the whole model at once).
+"""Safetensors model folders written tensor by tensor (never the whole model at once).
 
-The resize touches two matrices of a model whose other tensors must come out byte-identical, so
-it copies tensors between safetensors files instead of building the model: memory stays at one
-output shard plus the embedding matrices, and the stored dtype is never changed.
+    write_checkpoint(out_dir, infos, replaced={"model.embed_tokens.weight": rows}, max_bytes=parse_size("5GB"))
+    write_checkpoint(out_dir, infos, {}, max_bytes, transform=lambda name, stored: stored + delta(name))
+
+The vocabulary resize touches two matrices of a model whose other tensors must come out byte-identical,
+and a chat vector changes every tensor of a model a few at a time; both copy tensors between safetensors
+files instead of building the model: memory stays at one output shard (plus what ``replaced`` holds), and
+the stored dtype and shape are never changed.
 """
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from zhllama.errors import UserError
-from zhllama.model_folder import INDEX_FILE, SINGLE_FILE, TensorInfo
+from .errors import UserError
+from .model_folder import INDEX_FILE, SINGLE_FILE, TensorInfo
+
 
 def parse_size(text: str | int) -> int:
     """'5GB', '500MB', '2GiB', '1000000' -> bytes."""
@@ -49,8 +54,10 @@ def write_checkpoint(
     replaced: dict,
     max_bytes: int,
     progress: Callable | None = None,
+    transform: Callable | None = None,
 ) -> list[str]:
-    """Write all tensors (``replaced[name]`` instead of the stored one) as sharded safetensors.
+    """Write all tensors (``replaced[name]`` instead of the stored one, else ``transform(name, stored)``
+    when given: same shape and dtype) as sharded safetensors.
 
     Returns the file names written. Only one output shard is in memory at a time.
     """
@@ -80,7 +87,8 @@ def write_checkpoint(
             info = by_name[name]
             if info.file not in handles:
                 handles[info.file] = safe_open(str(info.file), framework="pt")
-            tensors[name] = handles[info.file].get_tensor(name)
+            stored = handles[info.file].get_tensor(name)
+            tensors[name] = stored if transform is None else transform(name, stored)
         for name in members:
             weight_map[name] = file_name
         # transformers refuses safetensors files without format metadata.
