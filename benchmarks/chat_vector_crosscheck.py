@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from side_packages import pinned_site  # noqa: E402
 PINS = ("mergekit==0.1.5", "immutables==0.21", "click==8.5.1")
 PEAK = ("import resource, runpy, sys; sys.argv = sys.argv[1:]\n"
         "try:\n    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
@@ -87,10 +89,7 @@ def main() -> None:
     args = p.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    site = work / "mergekit_site"
-    if not (site / "DONE").is_file():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), *PINS], check=True)
-        (site / "DONE").write_text("\n".join(PINS))
+    site = pinned_site(work / "mergekit_site", PINS, no_deps=True)
     models = _models(work, args.hidden, args.layers)
     config = work / "task_arithmetic.yml"
     config.write_text(json.dumps({

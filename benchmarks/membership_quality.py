@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from context_extension import _run, _train  # noqa: E402  (the same single-process `pretrain train`)
 from reading_contamination import CMRC, prepared  # noqa: E402  (the same manifest, tokenizer and LLaMA)
+from side_packages import pinned_site  # noqa: E402
 
 PEER_SHA256 = "b72a83cfd8275b0fa858ca0c593348e850c19a0c6ac8c211e2e287ffd771bc77"
 PEER_SITE_PINS = ("scikit-learn==1.7.2",)
@@ -73,13 +74,7 @@ def _peer_texts(work: Path, cmrc: dict) -> Path:
 
 
 def _peer_site(work: Path) -> Path:
-    site = work / "peer_site"
-    if not (site / "DONE").is_file():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), *PEER_SITE_PINS],
-                       check=True)
-        for numpy in site.glob("numpy*"):  # the venv's own numpy, which torch was built against
-            subprocess.run(["rm", "-rf", str(numpy)], check=True)
-        (site / "DONE").write_text("\n".join(PEER_SITE_PINS))
+    site = pinned_site(work / "peer_site", PEER_SITE_PINS, drop=("numpy*",))  # numpy: torch's own
     (work / "peer_stub").mkdir(exist_ok=True)
     (work / "peer_stub" / "datasets.py").write_text(STUB, encoding="utf-8")
     return site
