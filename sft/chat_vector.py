@@ -116,10 +116,12 @@ def _delta_function(plan: ChatVectorPlan, ratio: float, embeddings: str):
 def write_chat_vector(plan: ChatVectorPlan, out: str | Path, *, ratio: float = 1.0, embeddings: str = "add",
                       overwrite: bool = False, max_shard_bytes: int = 5 * 10**9, progress=None) -> dict:
     """The target with the chat vector added, as a model folder: the target's config and tokenizer, the
-    chat model's chat template and generation settings; ``chat_vector_report.json`` says what made it."""
+    chat model's chat template and generation settings; ``chat_vector_report.json`` says what made it (the
+    target's lineage included) and the README.md model card tells it."""
     import shutil
 
     from zhllama.files import atomic_output_dir, write_json_atomic
+    from zhllama.model_card import lineage_of, write_model_card
     from zhllama.model_fingerprint import model_fingerprint
     from zhllama.safetensors_io import write_checkpoint
     from zhllama.tokenizer_files import copy_tokenizer_files, copy_vocab_reports
@@ -150,8 +152,9 @@ def write_chat_vector(plan: ChatVectorPlan, out: str | Path, *, ratio: float = 1
                   "new_rows_left_as_trained": {n: plan.tensors[n][0].shape[0] - rows for n, rows in plan.vocab_rows.items()
                                                if plan.tensors[n][0].shape[0] > rows},
                   "chat_template_from": str(plan.chat) if template is not None else None, "weight_files": files,
-                  "notes": notes}
+                  "notes": notes, "lineage": lineage_of(plan.target)}
         write_json_atomic(tmp / "chat_vector_report.json", report)
+        write_model_card(tmp, Path(out).name)  # after the template: the card shows chat usage
     return report
 
 

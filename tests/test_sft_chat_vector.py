@@ -43,6 +43,11 @@ def three(tmp_path_factory):
     (chat / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": TEMPLATE}), encoding="utf-8")
     (chat / "generation_config.json").write_text(json.dumps({"temperature": 0.6, "top_p": 0.9, "do_sample": True}))
     target = _perturbed(base, root / "target", 2, torch.bfloat16, new_tokens=("新词甲", "新词乙", "新词丙"))
+    (base / "README.md").write_text("---\nlicense: llama2\n---\n# base\n")  # the card's licence comes from here
+    (target / "train_report.json").write_text(json.dumps({  # what a pretraining run's final/ records
+        "base_model": str(base), "mode": "full", "step": 10, "global_batch": 8, "settings": {"optim.lr": 1e-4},
+        "data": {"stage": "pretrain", "manifests": [{"name": "zh", "sources": [
+            {"name": "cmrc", "license": "CC BY-SA 4.0", "language": "zh", "weight": 1.0}]}]}}))
     return root, base, chat, target
 
 
@@ -87,6 +92,10 @@ def test_the_vector_is_added_to_the_base_rows_in_the_target_dtype(three):
     assert report["ratio"] == 0.8 and report["new_rows_left_as_trained"] == {"model.embed_tokens.weight": 3,
                                                                              "lm_head.weight": 3}
     assert report["chat"]["fingerprint"] and "base's ids verified identical" in report["notes"][0]
+    card = (out / "README.md").read_text(encoding="utf-8")  # the target's lineage, then the vector
+    assert "license: llama2" in card and "- chat-vector" in card and "cmrc" in card
+    made = card.index("1. Continued pretraining: mode `full`, 10 steps")
+    assert made < card.index(f"2. Chat vector: `{target}` + 0.8 × (`{chat}` − `{base}`)")
 
 
 def test_skip_leaves_embeddings_and_head_as_the_target_has_them(three):

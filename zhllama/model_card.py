@@ -5,7 +5,7 @@
 A folder carries what made it: ``merge_report.json`` (the vocabulary), ``resize_report.json`` (the
 embeddings), ``train_report.json`` (the run: settings, metrics, ``data`` — stage, manifests and their
 sources' licenses — and ``lineage``, the runs and merges before it) and ``export_report.json`` (a
-LoRA merge). The card turns them into the Hugging Face Hub's front matter (library, languages,
+LoRA merge), ``chat_vector_report.json`` (a chat vector added, with the target's lineage). The card turns them into the Hugging Face Hub's front matter (library, languages,
 license inherited from the base model's own card, tags) and a readable account: how the model was
 made, on which data under which licenses (data for non-commercial or research use is called out),
 the last evaluation, and how to load it. Nothing is invented: a fact no report holds is left out.
@@ -49,6 +49,11 @@ def lineage_of(model_path: str | Path) -> list[dict[str, Any]]:
     export = _json(folder / "export_report.json")
     if export and export.get("kind") == "lora-merge":
         steps.append({"kind": "merge", "base_model": export.get("base"), "adapter": export.get("adapter")})
+    vector = _json(folder / "chat_vector_report.json")
+    if vector and vector.get("kind") == "chat vector":  # the target's own lineage, then the vector added to it
+        steps = list(vector.get("lineage") or []) + [{
+            "kind": "chat_vector", "base_model": vector["base"]["path"], "target": vector["target"]["path"],
+            "chat": vector["chat"]["path"], "ratio": vector.get("ratio"), "embeddings": vector.get("embeddings")}]
     return steps
 
 
@@ -99,6 +104,7 @@ def front_matter(folder: Path, steps: list[dict], sources: list[dict]) -> dict[s
                          str(s.get("language")).split("-")[0].lower()) for s in sources if s.get("language")} | {"zh"})
     stages = {(s.get("data") or {}).get("stage") for s in steps} - {None}
     tags = ["zhllama", "chinese", "llama"] + sorted(stages) + (["lora"] if any(s.get("mode") == "lora" for s in steps) else [])
+    tags += ["chat-vector"] if any(s.get("kind") == "chat_vector" for s in steps) else []
     out: dict[str, Any] = {"library_name": "peft" if (folder / "adapter_config.json").is_file() else "transformers",
                            "pipeline_tag": "text-generation", "language": languages, "tags": tags}
     if base_card.get("license"):
@@ -125,6 +131,11 @@ def _how_made(folder: Path, steps: list[dict]) -> list[str]:
     for step in steps:
         if step.get("kind") == "merge":
             lines.append(f"LoRA adapter `{step.get('adapter')}` merged into `{step.get('base_model')}`.")
+            continue
+        if step.get("kind") == "chat_vector":
+            lines.append(f"Chat vector: `{step.get('target')}` + {step.get('ratio')} × (`{step.get('chat')}` − "
+                         f"`{step.get('base_model')}`), embeddings: {step.get('embeddings')}; the chat template is "
+                         "the chat model's (`chat_vector_report.json`).")
             continue
         data = step.get("data") or {}
         what = STAGES.get(data.get("stage"), "training")
