@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -44,17 +45,15 @@ def _models(work: Path, hidden: int, layers: int) -> dict[str, Path]:
                          num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
     for seed, (name, folder) in enumerate(out.items()):
-        if name != "base":
-            generator = torch.Generator().manual_seed(seed)
-            with torch.no_grad():
-                for w in model.parameters():
-                    w.add_((torch.randn(w.shape, generator=generator) * 0.01).to(w.dtype))
+        generator = torch.Generator().manual_seed(seed)  # chat and target: the base plus their own noise
+        noise = 0.0 if name == "base" else 0.01
+        model.load_state_dict({k: v + (torch.randn(v.shape, generator=generator) * noise).to(v.dtype)
+                               for k, v in base.items()})
         model.save_pretrained(folder, max_shard_size="200MB")
         for f in tokenizer.iterdir():
             (folder / f.name).write_bytes(f.read_bytes())
-        if name != "base":
-            model.load_state_dict(LlamaForCausalLM.from_pretrained(out["base"]).state_dict())
     return out
 
 
@@ -100,7 +99,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     rows = {}
     for out in (work / "ours", work / "mergekit"):
-        subprocess.run(["rm", "-rf", str(out)], check=True)
+        shutil.rmtree(out, ignore_errors=True)
     rows["zhllama sft chat-vector"] = _timed(
         ["sft", "chat-vector", "--target", str(models["target"]), "--base", str(models["base"]), "--chat",
          str(models["chat"]), "--out", str(work / "ours"), "--max-shard-size", "200MB", "--no-progress"],

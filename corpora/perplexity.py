@@ -20,14 +20,16 @@ from zhllama.token_losses import token_losses
 
 @torch.no_grad()
 def document_bits(model, tokenizer, texts: list[str], max_chars: int = 2000, batch_size: int = 16,
-                  device: str = "cpu") -> list[float]:
+                  device: str = "cpu", progress: bool = False) -> list[float]:
     """Bits per character of each text's first ``max_chars`` characters (in the order given)."""
+    from tqdm.auto import tqdm
+
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     heads = [t[:max_chars] for t in texts]
     ids = [[start] + row for row in tokenizer(heads, add_special_tokens=False).input_ids]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
     out = [math.nan] * len(texts)
-    for b in range(0, len(order), batch_size):
+    for b in tqdm(range(0, len(order), batch_size), desc="bits per character", unit="batch", disable=not progress):
         rows = order[b : b + batch_size]
         width = len(ids[rows[0]])
         batch = torch.zeros((len(rows), width), dtype=torch.long)

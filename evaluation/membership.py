@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zhllama.token_losses import token_log_prob_stats, token_losses
+from zhllama.token_losses import token_log_prob_stats
 
 from .scorer import round_robin
 
@@ -109,41 +109,18 @@ def score_texts(model, tokenizer, texts: list[str], *, k: float, batch_size: int
     return out
 
 
-@torch.no_grad()
-def text_bits_per_char(model, tokenizer, texts: list[str], *, batch_size: int, device, max_length: int,
-                       pad_id: int = 0, progress: bool = False) -> list[float | None]:
-    """Each text's bits per character as ``score_texts`` counts them, from its losses alone (a reference
-    model needs nothing more); None for a text that does not fit."""
-    rows = text_ids(tokenizer, texts, max_length)
-    fits = [i for i, r in enumerate(rows) if r is not None]
-
-    def forward(batch: list[list[int]]) -> list[float]:
-        ids, mask = _padded(batch, pad_id)
-        nats = token_losses(model, ids.to(device), mask.to(device)).double().sum(1).cpu()
-        return [float(n) for n in nats]
-
-    got = round_robin([rows[i] for i in fits], len, batch_size, forward, progress)
-    out: list[float | None] = [None] * len(texts)
-    for i, nats in zip(fits, got):
-        out[i] = nats / math.log(2) / len(texts[i])
-    return out
+def fitting(tokenizer, texts: list[str], max_length: int) -> list[bool]:
+    """Whether each text, as ``score_texts`` reads it, fits ``max_length`` tokens."""
+    return [row is not None for row in text_ids(tokenizer, texts, max_length)]
 
 
 def auc(members: list[float], nonmembers: list[float]) -> float:
     """Area under the ROC curve: the chance that a member scores above a non-member (ties count half)."""
-    values = np.concatenate([np.asarray(members, float), np.asarray(nonmembers, float)])
-    order = values.argsort(kind="stable")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):  # tied values share their mean rank
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    m, n = len(members), len(nonmembers)
-    return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
+    ranked = np.sort(np.asarray(nonmembers, float))
+    scores = np.asarray(members, float)
+    below = np.searchsorted(ranked, scores, "left")
+    tied = np.searchsorted(ranked, scores, "right") - below
+    return float((below + tied / 2).sum() / (len(members) * len(nonmembers)))
 
 
 def separation(members: list[float], nonmembers: list[float], fpr: float = 0.05) -> dict[str, float]:

@@ -232,7 +232,7 @@ def _score(args, folder: str, texts: list, reference: bool = False) -> list:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .choice import pad_id_of
-    from .membership import score_texts, text_bits_per_char
+    from .membership import score_texts
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = AutoConfig.from_pretrained(folder)
@@ -241,14 +241,31 @@ def _score(args, folder: str, texts: list, reference: bool = False) -> list:
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(args.device).eval()
     print(f"scoring {len(texts):,} texts on {folder}{' (the reference)' if reference else ''}")
-    common = {"batch_size": args.batch_size, "device": args.device, "max_length": max_length,
-              "pad_id": pad_id_of(tokenizer), "progress": not args.no_progress}
     strings = [t.text for t in texts]
-    scored = (text_bits_per_char(model, tokenizer, strings, **common) if reference
-              else score_texts(model, tokenizer, strings, k=args.k, **common))
+    if reference:
+        scored = _bits_per_char(model, tokenizer, strings, max_length, args)
+    else:
+        scored = score_texts(model, tokenizer, strings, k=args.k, batch_size=args.batch_size, device=args.device,
+                             max_length=max_length, pad_id=pad_id_of(tokenizer), progress=not args.no_progress)
     del model
     gc.collect()
     return scored
+
+
+def _bits_per_char(model, tokenizer, strings: list[str], max_length: int, args) -> list[float | None]:
+    """Each text's bits per character (CCNet's document_bits: ``[BOS] ids``, as score_texts reads it); None
+    for a text that does not fit the reference."""
+    from corpora.perplexity import document_bits
+
+    from .membership import fitting
+
+    fits = [i for i, ok in enumerate(fitting(tokenizer, strings, max_length)) if ok]
+    bits = document_bits(model, tokenizer, [strings[i] for i in fits], max_chars=max(map(len, strings)),
+                         batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    out: list[float | None] = [None] * len(strings)
+    for i, value in zip(fits, bits):
+        out[i] = value
+    return out
 
 
 def _with_reference(scored: list, reference: list) -> list:
