@@ -179,25 +179,29 @@ def install_fused_head(model, chunk_tokens: int) -> torch.nn.Module:
         labels = getattr(head, "zhllama_labels", None)
         if labels is None:
             return plain_forward(hidden)
-        if head.zhllama_per_token:
-            return linear_token_logps(hidden, head.weight, labels, chunk_tokens)
+        if head.zhllama_per_token:  # under a temperature T: log softmax(logits / T), GRPO's sampling distribution
+            scaled = hidden if head.zhllama_temperature == 1.0 else hidden / head.zhllama_temperature
+            return linear_token_logps(scaled, head.weight, labels, chunk_tokens)
         return linear_cross_entropy(hidden, head.weight, labels, chunk_tokens)
 
     head.forward = forward
     head.zhllama_labels = None
     head.zhllama_per_token = False
+    head.zhllama_temperature = 1.0
     return head
 
 
 @contextmanager
-def labels_for(head: torch.nn.Module, labels: torch.Tensor, per_token: bool = False) -> Iterator[None]:
+def labels_for(head: torch.nn.Module, labels: torch.Tensor, per_token: bool = False,
+               temperature: float = 1.0) -> Iterator[None]:
     """While inside, the head computes the loss against ``labels`` (aligned with its input positions):
-    summed, or (``per_token``) each labelled position's log-probability, as ``linear_token_logps``."""
-    head.zhllama_labels, head.zhllama_per_token = labels, per_token
+    summed, or (``per_token``) each labelled position's log-probability, as ``linear_token_logps``, of the
+    logits divided by ``temperature``."""
+    head.zhllama_labels, head.zhllama_per_token, head.zhllama_temperature = labels, per_token, temperature
     try:
         yield
     finally:
-        head.zhllama_labels, head.zhllama_per_token = None, False
+        head.zhllama_labels, head.zhllama_per_token, head.zhllama_temperature = None, False, 1.0
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:

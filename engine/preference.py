@@ -47,18 +47,21 @@ from .loss import IGNORE_INDEX, fused_head_of, labels_for, shift_labels
 REFERENCE_FILE = "dpo_reference.json"  # float64 as JSON numbers: read back bit for bit
 
 
-def sequence_logps(engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-probability of each row's labelled tokens (fp32), labelled tokens per row)."""
+def sequence_logps(engine, batch: dict[str, torch.Tensor], device,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probability of each row's labelled tokens (fp32), labelled tokens per row), of the
+    distribution softmax(logits / ``temperature``)."""
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
     targets = shift_labels(batch["labels"].to(device))  # label i is predicted at position i
     keep = targets != IGNORE_INDEX
     head = fused_head_of(getattr(engine, "module", engine))
     if head is not None:  # chunked: answer positions' log-probabilities straight from the hidden states
-        with labels_for(head, targets, per_token=True):
+        with labels_for(head, targets, per_token=True, temperature=temperature):
             token_logps = engine(**inputs, use_cache=False).logits
     else:  # the model's logits; an fp32 copy only where an answer token is predicted
         logits = engine(**inputs, use_cache=False).logits
-        token_logps = logits[keep].float().log_softmax(dim=-1).gather(1, targets[keep][:, None]).squeeze(1)
+        scaled = logits[keep].float() / temperature
+        token_logps = scaled.log_softmax(dim=-1).gather(1, targets[keep][:, None]).squeeze(1)
     sums = torch.zeros(targets.shape[0], dtype=torch.float32, device=token_logps.device)
     return sums.index_add(0, keep.nonzero()[:, 0], token_logps), keep.sum(dim=1)
 
