@@ -301,9 +301,10 @@ class LoggingConfig:
         return [] if self.every_steps >= 1 else [f"every_steps: must be >= 1, got {self.every_steps}"]
 
 
-# engine/preference.py and engine/kto.py; here so configs load without torch
+# engine/preference.py, engine/kto.py and engine/grpo.py; here so configs load without torch
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "simpo", "orpo")
 KTO_LOSSES = ("kto", "apo_zero_unpaired")
+GRPO_LOSSES = ("token", "sequence")
 
 
 @dataclass

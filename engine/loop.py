@@ -290,6 +290,8 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
               unit="step", dynamic_ncols=True) as bar, StopSignals(cfg.checkpoint.stop_signals).installed() as stop:
         while state.step < total_steps:
             lr_used = built.scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler then moves on)
+            if hasattr(objective, "begin_step"):  # GRPO seeds each step's answers by the step (engine/grpo.py)
+                objective.begin_step(state.step)
             for indices in plan.steps.micro_batches(state.step, rank):
                 batch = fetch(train_ds, indices, collate_fn)
                 loss_sum, count = loss_of(engine, batch, dev)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine import TrainConfig
-from engine.config import KTO_LOSSES, PREFERENCE_LOSSES
+from engine.config import GRPO_LOSSES, KTO_LOSSES, PREFERENCE_LOSSES
 
 from .templates import TEMPLATE_NAMES
 
@@ -99,15 +99,46 @@ class KTOSettings:
         return problems
 
 
-OBJECTIVES = ("sft", "dpo", "kto")
+@dataclass
+class GRPOSettings:
+    """Used when ``objective: grpo`` (engine/grpo.py); the data are then prompts with references (sft/grpo_data.py)."""
+
+    rewards: dict[str, float] = field(default_factory=lambda: {"math": 1.0})  # name (or module.path:function) -> weight (sft/rewards.py)
+    generations: int = 8  # answers sampled per prompt; each is scored against its group's mean
+    max_new_tokens: int = 256  # longest answer; data.max_seq_length - this is the longest prompt kept
+    temperature: float = 1.0  # sampling temperature of the answers (1.0: the policy itself)
+    top_p: float = 1.0  # nucleus sampling of the answers (1.0: off)
+    scale_rewards: bool = True  # divide by the group's std (GRPO); false: Dr. GRPO's mean-centred rewards
+    loss: str = "token"  # token (DAPO: mean over the micro batch's answer tokens) | sequence (GRPO: per-answer means)
+    mask_truncated: bool = False  # answers cut at max_new_tokens add no loss (DAPO's overlong filtering)
+
+    def validate(self) -> list[str]:
+        from .rewards import reward_problems
+
+        problems = reward_problems(self.rewards)
+        if self.generations < 2:
+            problems.append(f"generations: must be >= 2 (an answer is judged against its group), got {self.generations}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if not 0 < self.temperature <= 10:
+            problems.append(f"temperature: expected a value in (0, 10], got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p: expected a value in (0, 1], got {self.top_p}")
+        if self.loss not in GRPO_LOSSES:
+            problems.append(f"loss: expected one of {list(GRPO_LOSSES)}, got {self.loss!r}")
+        return problems
+
+
+OBJECTIVES = ("sft", "dpo", "kto", "grpo")
 
 
 @dataclass
 class SFTConfig(TrainConfig):
     data: SFTData = field(default_factory=SFTData)
-    objective: str = "sft"  # sft (answers' next-token loss) | dpo (preference pairs) | kto (answers judged one by one)
+    objective: str = "sft"  # sft (answers' next-token loss) | dpo (preference pairs) | kto (answers judged one by one) | grpo (rewarded answers the model writes)
     dpo: DPOSettings = field(default_factory=DPOSettings)
     kto: KTOSettings = field(default_factory=KTOSettings)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
     def validate(self) -> list[str]:
         problems = super().validate()
@@ -118,4 +149,7 @@ class SFTConfig(TrainConfig):
                             "pairs or examples)")
         if self.objective != "sft" and self.mode == "embeddings":
             problems.append(f"mode: embeddings is for new vocabulary rows; {self.objective} trains with mode=full or lora")
+        if self.objective == "grpo" and self.grpo.max_new_tokens >= self.data.max_seq_length:
+            problems.append(f"grpo.max_new_tokens: {self.grpo.max_new_tokens} leaves no room for a prompt in "
+                            f"data.max_seq_length={self.data.max_seq_length}")
         return problems

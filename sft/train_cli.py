@@ -7,10 +7,13 @@
 Settings: the engine's (engine/config.py) plus ``data:`` (sft/config.py): a manifest (or
 a list of files with weights), the template, max_seq_length, packing. ``objective: dpo`` trains on
 preference pairs (``chosen``/``rejected``, sft/pairs.py) with DPO (engine/preference.py) instead, and
-``objective: kto`` on answers judged one by one (``label`` true/false, sft/kto.py) with KTO (engine/kto.py):
+``objective: kto`` on answers judged one by one (``label`` true/false, sft/kto.py) with KTO (engine/kto.py),
+and ``objective: grpo`` on answers the model writes to prompts, scored by verifiable rewards
+(sft/grpo_data.py, sft/rewards.py) with GRPO (engine/grpo.py):
 
     python -m sft train --config sft/configs/dpo_tiny_cpu.yaml model.path=outputs/zh_sft_merged
     python -m sft train --config sft/configs/kto_tiny_cpu.yaml model.path=outputs/zh_sft_merged
+    python -m sft train --config sft/configs/grpo_tiny_cpu.yaml model.path=outputs/zh_sft_merged
 
 Every record of every file is
 validated before anything is tokenized or trained; files are tokenized once into a content-keyed
@@ -47,6 +50,8 @@ def _rank() -> int:
 
 def prepare(cfg):
     """Everything before the engine: tokenizer, template, validated + tokenized datasets, collator."""
+    if cfg.objective == "grpo":
+        return prepare_grpo(cfg)[:6]
     from .kto import ROWS, kto_units, read_examples
     from .mixture import build_datasets, read_and_validate, resolve_sources
     from .pairs import build_pair_datasets, read_pairs
@@ -84,6 +89,40 @@ def prepare(cfg):
     collator = (PairCollator if rows_in_pairs else SFTCollator)(pad_token_id=pad,
                                                                 pad_to_multiple_of=cfg.data.pad_to_multiple_of)
     return spec, fingerprint, train_ds, eval_ds, report, collator
+
+
+def prepare_grpo(cfg):
+    """``objective: grpo``: validated prompts, their datasets and collator, and the objective that writes,
+    scores and trains on the answers (engine/grpo.py)."""
+    from transformers import AutoTokenizer
+
+    from engine.grpo import GRPOObjective
+    from engine.model import tokenizer_dir
+    from zhllama.tokenizer_files import tokenizer_fingerprint
+
+    from .grpo_data import PromptCollator, build_prompt_datasets, read_prompts
+    from .mixture import resolve_sources
+    from .rewards import NEEDS_REFERENCE, RewardModel
+    from .templates import make_spec, pad_token_id, stop_ids
+
+    settings = cfg.grpo
+    sources = resolve_sources(cfg.data)
+    validated = sources, read_prompts(sources, any(name in NEEDS_REFERENCE for name in settings.rewards))
+    tok_dir = tokenizer_dir(cfg)
+    if not tok_dir.is_dir():
+        raise UserError(f"model.path / model.tokenizer: folder {tok_dir} does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    spec = make_spec(cfg.data.template, tokenizer, cfg.data.system_prompt)
+    fingerprint = tokenizer_fingerprint(tok_dir)
+    data = build_prompt_datasets(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated, settings.max_new_tokens)
+    pad = pad_token_id(tokenizer)
+    objective = GRPOObjective(
+        reward=RewardModel(settings.rewards, data.references, data.records),
+        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), stop_ids=stop_ids(tokenizer, spec),
+        pad_id=pad, generations=settings.generations, max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature, top_p=settings.top_p, scale_rewards=settings.scale_rewards,
+        loss_kind=settings.loss, mask_truncated=settings.mask_truncated, seed=cfg.seed)
+    return spec, fingerprint, data.train, data.eval, data.report, PromptCollator(pad), objective
 
 
 def _balance_note(cfg, train_ds) -> None:
@@ -134,7 +173,11 @@ def run(args: argparse.Namespace) -> int:
     from .config import SFTConfig
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
-    spec, fingerprint, train_ds, eval_ds, report, collator = prepare(cfg)
+    if cfg.objective == "grpo":
+        spec, fingerprint, train_ds, eval_ds, report, collator, objective = prepare_grpo(cfg)
+    else:
+        spec, fingerprint, train_ds, eval_ds, report, collator = prepare(cfg)
+        objective = objective_of(cfg)
     if _rank() == 0:
         print("[sft] data: " + json.dumps({"files": report.files, "train_samples": report.train_samples,
                                           "train_rows": report.train_rows, "eval_samples": report.eval_samples,
@@ -145,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     from engine import train
 
     result = train(cfg, train_ds, eval_ds, collator, data_fingerprint=report.fingerprint,
-                   tokenizer_fingerprint=fingerprint, objective=objective_of(cfg), provenance=provenance(cfg))
+                   tokenizer_fingerprint=fingerprint, objective=objective, provenance=provenance(cfg))
     if _rank() == 0:
         out = Path(cfg.output_dir)
         final = Path(result["final_dir"])

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
     out = []
     for key, value in tree.items():
-        if isinstance(value, dict) and key != "overrides":  # deepspeed.overrides is itself a free mapping
+        if isinstance(value, dict) and key not in ("overrides", "rewards"):  # free mappings (deepspeed, grpo)
             out += _leaf_keys(value, f"{prefix}{key}.")
         else:
             out.append(prefix + key)

@@ -4,7 +4,7 @@ The fp32 tests (test_engine_distributed, test_sft_train) prove what each mode tr
 bf16, where PEFT's fp32 adapters beside bf16 weights once crashed ``deepspeed.initialize``
 (defragment: one dtype per flat buffer). One 2-rank torchrun runs every (dtype, phase, mode) a few
 steps in sequence — pretraining on packed blocks, SFT on padded batches, DPO on pairs, KTO on those pairs' two
-verdicts — and rank 0 saves each
+verdicts, GRPO on answers it generates in that dtype — and rank 0 saves each
 run's consolidated weights; the tests below check finite falling loss and trained/frozen weights.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ PT_CONFIG = REPO / "pretrain" / "configs" / "tiny_cpu.yaml"
 SFT_CONFIG = REPO / "sft" / "configs" / "tiny_cpu.yaml"
 DPO_CONFIG = REPO / "sft" / "configs" / "dpo_tiny_cpu.yaml"  # LoRA without trained embeddings
 KTO_CONFIG = REPO / "sft" / "configs" / "kto_tiny_cpu.yaml"  # the same
+GRPO_CONFIG = REPO / "sft" / "configs" / "grpo_tiny_cpu.yaml"  # the same; answers generated in the dtype
 BASE_ROWS = 300  # "embeddings, new rows only": rows below this stay exact
 MODES = {
     "full": ["mode=full"],
@@ -47,7 +48,8 @@ def _fp16_supported() -> bool:
 def _runs() -> list[tuple[str, str, str]]:
     dtypes = ["bfloat16"] + (["float16"] if _fp16_supported() else [])
     return [(d, phase, m) for d in dtypes for phase in ("pt", "sft") for m in MODES] + \
-        [(d, "dpo", m) for d in dtypes for m in ("full", "lora")] + [(d, "kto", "lora") for d in dtypes]
+        [(d, "dpo", m) for d in dtypes for m in ("full", "lora")] + \
+        [(d, phase, "lora") for d in dtypes for phase in ("kto", "grpo")]
 
 
 def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
@@ -70,23 +72,26 @@ def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
         train_ds, eval_ds, collate = TinyPacked(cfg.model.path, 0, 24), TinyPacked(cfg.model.path, 3, 6), None
     else:
         from sft.config import SFTConfig
-        from sft.train_cli import objective_of, prepare
+        from sft.train_cli import objective_of, prepare, prepare_grpo
 
-        config = {"dpo": DPO_CONFIG, "kto": KTO_CONFIG}.get(phase, SFT_CONFIG)
+        config = {"dpo": DPO_CONFIG, "kto": KTO_CONFIG, "grpo": GRPO_CONFIG}.get(phase, SFT_CONFIG)
         data = spec["dpo_data" if phase == "kto" else phase + "_data"]  # KTO: each pair's two verdicts
-        cfg = load_config(SFTConfig, config, overrides + [
+        settings = {"grpo": ["grpo.rewards={zh_share: 1.0}", "grpo.generations=2", "grpo.max_new_tokens=4"],
+                    "kto": ["kto.beta=0.5"]}.get(phase, ["dpo.beta=0.5"])
+        cfg = load_config(SFTConfig, config, overrides + settings + [
             f"data.files=[{{path: '{data}', weight: 4.0}}]", "data.eval_fraction=0.0", "data.max_seq_length=128",
-            f"data.cache_dir={Path(spec['work']) / 'sft_cache'}", f"{'kto' if phase == 'kto' else 'dpo'}.beta=0.5"])
-        _, _, train_ds, _, _, collate = prepare(cfg)
-        eval_ds = train_ds  # the loss on the data it trains on must fall in 4 steps
+            f"data.cache_dir={Path(spec['work']) / 'sft_cache'}"])
+        _, _, train_ds, _, _, collate, *objective = prepare_grpo(cfg) if phase == "grpo" else prepare(cfg)
+        eval_ds = train_ds  # the loss on the data it trains on must fall in 4 steps (GRPO: its reward is logged)
         cfg.eval.at_start = True
+    objective = (objective[0] if objective else objective_of(cfg)) if phase != "pt" else None
     run = run_training(cfg, train_ds, eval_ds, collate, eval_characters=None, data_fingerprint=None,
-                       tokenizer_fingerprint=None, objective=objective_of(cfg) if phase != "pt" else None)
+                       tokenizer_fingerprint=None, objective=objective)
     state = consolidated_state_dict(run.engine)  # collective; the full weights on rank 0 (ZeRO-2 or 3)
     if dist.get_rank() == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "engine_state.safetensors"))
-        evals = [json.loads(line)["eval/loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-                 if "eval/loss" in line]
+        key = "eval/reward" if phase == "grpo" else "eval/loss"
+        evals = [json.loads(line)[key] for line in (out / "metrics.jsonl").read_text().splitlines() if key in line]
         whole = {name: bool(getattr(p, "ds_persist", False)) for name, p in run.engine.module.named_parameters()}
         leaves = [name for name, m in run.engine.module.named_modules() if getattr(m, "_z3_leaf", False)]
         (out / "result.json").write_text(json.dumps({"evals": evals, "train_loss": run.metrics["train/loss"],
@@ -119,7 +124,10 @@ def runs(tmp_path_factory) -> Path:
     data = write_json(work / "zh.json", ZH_RECORDS)
     pairs = write_json(work / "pairs.json", [{"instruction": r["instruction"], "input": r["input"],
                                               "chosen": r["output"], "rejected": "不知道。"} for r in ZH_RECORDS])
-    spec = json.dumps({"model": str(model), "work": str(work), "sft_data": str(data), "dpo_data": str(pairs)})
+    prompts = write_json(work / "prompts.json", [{"instruction": r["instruction"], "input": r["input"]}
+                                                 for r in ZH_RECORDS])
+    spec = json.dumps({"model": str(model), "work": str(work), "sft_data": str(data), "dpo_data": str(pairs),
+                       "grpo_data": str(prompts)})
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONWARNINGS": "ignore"}
@@ -147,7 +155,7 @@ def test_mode_trains_in_half_precision(runs, dtype, phase, mode):
     result = json.loads((out / "result.json").read_text())
     evals = result["evals"]
     assert all(math.isfinite(v) for v in evals + [result["train_loss"]]), result
-    assert evals[-1] < evals[0], evals  # the loss falls
+    assert len(evals) == 2 and (phase == "grpo" or evals[-1] < evals[0]), evals  # the loss falls
     after = load_file(str(out / "engine_state.safetensors"))
     assert all(torch.isfinite(v.float()).all() for v in after.values())
     before = _original(runs / "model", dtype)
@@ -172,7 +180,7 @@ def test_mode_trains_in_half_precision(runs, dtype, phase, mode):
                 continue
             original = key.replace("base_model.model.", "").replace(".base_layer", "")
             if original in embeddings and phase in ("pt", "sft"):
-                # trained in full, in place (DPO and KTO: lora.modules_to_save=[])
+                # trained in full, in place (DPO, KTO and GRPO: lora.modules_to_save=[])
                 assert not torch.equal(value, before[original]), key
             else:
                 torch.testing.assert_close(value, before[original], rtol=0, atol=0, msg=key)  # frozen: bit-identical

@@ -21,7 +21,7 @@ CARD = "README.md"
 _RESTRICTED = re.compile(r"\bNC\b|non[- ]?commercial|research (use )?only|研究", re.IGNORECASE)
 _HUB_CACHE = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/")
 STAGES = {"pretrain": "continued pretraining", "sft": "instruction tuning (SFT)", "dpo": "preference tuning (DPO)",
-          "kto": "preference tuning (KTO)"}
+          "kto": "preference tuning (KTO)", "grpo": "reinforcement learning with verifiable rewards (GRPO)"}
 
 
 def _json(path: Path) -> dict[str, Any] | None:

@@ -1,0 +1,232 @@
+"""Group Relative Policy Optimization (GRPO, Shao et al. 2024, DeepSeekMath) with verifiable rewards, as an
+objective of the one engine: the model writes ``generations`` answers to each prompt, a reward function
+scores them, and each answer's advantage is its reward against its group's:
+
+    A_i = (r_i - mean(r of the group)) / (std(r of the group) + 1e-4)     (scale_rewards; else without the std,
+                                                                           as Dr. GRPO, Liu et al. 2025)
+    loss = - sum_i A_i * sum_t log pi(o_i,t | prompt, o_i,<t) / N
+
+with N the answer tokens of the micro batch (``loss: token``, DAPO's token-level mean, Yu et al. 2025) or
+the answers, each answer's log-probability taken as its per-token mean (``loss: sequence``, GRPO's paper).
+pi is the distribution the answers were sampled from, softmax(logits / temperature), as in TRL and verl.
+One optimizer step per batch of answers: the policy that wrote them is the one trained, so the PPO ratio
+is 1 and its clip never acts; the gradient is what is written above (TRL's GRPOTrainer with
+``num_iterations=1``). There is no KL penalty (``beta = 0``, DAPO's and Dr. GRPO's choice and TRL's
+default): no reference model in memory.
+
+Answers are sampled in eval mode (no dropout) with a generator seeded by (seed, step, rank, micro batch),
+inside ``torch.random.fork_rng``: a resumed run writes the very answers the uninterrupted run wrote, and
+the training RNG stream is untouched. Under ZeRO-3 every rank runs generation forwards until all ranks'
+answers are done (``synced_gpus``: the weights' gathers are collective). Answers end at a stop id (trained,
+as SFT trains EOS) or at ``max_new_tokens`` (truncated; ``mask_truncated`` leaves those out of the loss,
+DAPO's overlong filtering).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from .config import GRPO_LOSSES
+from .data import eval_batches, fetch
+from .evaluate import eval_mode, summed_over_ranks
+from .loss import IGNORE_INDEX
+from .preference import sequence_logps
+
+_SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated")
+
+
+@dataclass
+class Rollout:
+    """One micro batch's answers: the rows to train on and what they scored."""
+
+    batch: dict[str, torch.Tensor]  # input_ids / attention_mask / labels, right-padded: prompt + answer
+    rewards: torch.Tensor  # (prompts x generations,)
+    advantages: torch.Tensor
+    answer_tokens: torch.Tensor  # per row, the stop id included
+    truncated: torch.Tensor  # per row: no stop id within max_new_tokens
+
+
+def rollout_seed(seed: int, step: int, rank: int, micro: int) -> int:
+    """The sampling seed of one micro batch's answers: a function of where it is in the run only."""
+    digest = hashlib.blake2b(f"grpo/{seed}/{step}/{rank}/{micro}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**63
+
+
+def group_advantages(rewards: torch.Tensor, generations: int, scale: bool) -> torch.Tensor:
+    """Each reward minus its group's mean (divided by the group's std when ``scale``); groups are
+    consecutive runs of ``generations`` answers to one prompt. A group whose rewards are all equal gives 0."""
+    grouped = rewards.double().view(-1, generations)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + 1e-4)
+    return centred.reshape(-1).float()
+
+
+def answer_lengths(answers: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens of each answer up to and including its first stop id, whether it had none)."""
+    is_stop = torch.isin(answers, torch.tensor(stop_ids, dtype=answers.dtype, device=answers.device))
+    has_stop = is_stop.any(dim=1)
+    first = torch.where(has_stop, is_stop.int().argmax(dim=1) + 1, torch.full_like(has_stop, answers.shape[1],
+                                                                                      dtype=torch.long))
+    return first.long(), ~has_stop
+
+
+def training_rows(prompts: torch.Tensor, prompt_mask: torch.Tensor, answers: torch.Tensor, lengths: torch.Tensor,
+                  pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded rows of prompt + answer (natural positions, as in SFT), labels on the answer only."""
+    rows = []
+    for prompt, mask, answer, n in zip(prompts, prompt_mask, answers, lengths.tolist()):
+        rows.append((prompt[mask.bool()], answer[:n]))
+    width = max(len(p) + len(a) for p, a in rows)
+    batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+             "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
+             "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)}
+    for r, (prompt, answer) in enumerate(rows):
+        p, a = len(prompt), len(answer)
+        batch["input_ids"][r, :p + a] = torch.cat([prompt.cpu(), answer.cpu()])
+        batch["attention_mask"][r, :p + a] = 1
+        batch["labels"][r, p:p + a] = answer.cpu()
+    return batch
+
+
+@dataclass
+class GRPOObjective:
+    """``reward(prompt_keys, answer_texts) -> rewards``; ``decode(ids) -> text`` (stop id excluded)."""
+
+    reward: Callable[[list[int], list[str]], list[float]]
+    decode: Callable[[list[int]], str]
+    stop_ids: list[int]
+    pad_id: int
+    generations: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    scale_rewards: bool = True
+    loss_kind: str = "token"
+    mask_truncated: bool = False
+    seed: int = 0
+    _step: int = 0
+    _micro: int = 0
+    _window: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.loss_kind not in GRPO_LOSSES:
+            raise ValueError(f"loss_kind: expected one of {GRPO_LOSSES}, got {self.loss_kind!r}")
+
+    # ------------------------------------------------------------------ the loop's hooks
+    def begin_step(self, step: int) -> None:
+        """Called before each optimizer step's micro batches: the seed of each rollout follows from it."""
+        self._step, self._micro = step, 0
+
+    def prepare(self, engine, datasets, collate_fn, batch_size, output_dir, resumed, data_fingerprint, device,
+                progress: bool = True) -> None:
+        """Nothing to compute before step 1 (no reference model); a hint where generation will be slow."""
+        stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
+        if stage == 3 and dist.get_rank() == 0:
+            print(f"[zhllama] GRPO under ZeRO-3: each of the up to {self.max_new_tokens} tokens of an answer gathers "
+                  "every layer's weights from all ranks. Where the bf16 weights fit one GPU (any LoRA run, 7B on 80 "
+                  "GB), deepspeed.preset=zero2 generates without gathers (1.8x faster on 2 CPU ranks)", flush=True)
+
+    # ------------------------------------------------------------------ rollouts
+    def _generate(self, engine, batch: dict[str, torch.Tensor], device, sample: bool, seed: int) -> torch.Tensor:
+        """New tokens (rows x max_new_tokens, padded after the end) for each prompt row of ``batch``."""
+        from transformers import GenerationConfig
+
+        module = getattr(engine, "module", engine)
+        # Every setting that shapes the distribution is given: a model's own generation_config.json (a chat
+        # model's temperature, repetition_penalty, ...) only fills settings left unset, and would make the
+        # answers come from another distribution than the one the loss assumes.
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, min_new_tokens=0, do_sample=sample,
+                                  eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
+                                  temperature=self.temperature, top_p=self.top_p, top_k=0, min_p=0.0, typical_p=1.0,
+                                  repetition_penalty=1.0, no_repeat_ngram_size=0)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        synced = dist.is_initialized() and dist.get_world_size() > 1  # every rank forwards until all are done
+        devices = [device] if device.type == "cuda" else []
+        with torch.no_grad(), eval_mode(engine), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = module.generate(input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=synced)
+        answers = out[:, ids.shape[1]:]
+        if answers.shape[1] < self.max_new_tokens:  # every row stopped early: pad to the fixed width
+            fill = answers.new_full((answers.shape[0], self.max_new_tokens - answers.shape[1]), self.pad_id)
+            answers = torch.cat([answers, fill], dim=1)
+        return answers
+
+    def rollout(self, engine, batch: dict[str, torch.Tensor], device) -> Rollout:
+        """Sample ``generations`` answers per prompt, score them and give each its group advantage."""
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        seed = rollout_seed(self.seed, self._step, rank, self._micro)
+        self._micro += 1
+        group = {k: v.repeat_interleave(self.generations, dim=0) for k, v in batch.items()}
+        answers = self._generate(engine, group, device, sample=True, seed=seed).cpu()
+        lengths, truncated = answer_lengths(answers, self.stop_ids)
+        texts = [self.decode(row[:n - (0 if cut else 1)].tolist())
+                 for row, n, cut in zip(answers, lengths.tolist(), truncated.tolist())]
+        rewards = torch.tensor(self.reward(group["prompt_keys"].tolist(), texts), dtype=torch.float32)
+        advantages = group_advantages(rewards, self.generations, self.scale_rewards)
+        rows = training_rows(group["input_ids"], group["attention_mask"], answers, lengths, self.pad_id)
+        return Rollout(rows, rewards, advantages, lengths, truncated)
+
+    # ------------------------------------------------------------------ the engine's loss contract
+    def loss(self, engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed policy-gradient loss, its normaliser): answer tokens (``token``) or answers (``sequence``)."""
+        rollout = self.rollout(engine, batch, device)
+        logps, tokens = sequence_logps(engine, rollout.batch, device, self.temperature)
+        advantages = rollout.advantages.to(logps.device)
+        if self.mask_truncated:  # DAPO: a cut-off answer neither counts nor is counted (its reward still shaped
+            cut = rollout.truncated.to(logps.device)  # its group's mean, as in TRL)
+            advantages = torch.where(cut, torch.zeros_like(advantages), advantages)
+            tokens = torch.where(cut, torch.zeros_like(tokens), tokens)
+        # logp - logp.detach() is 0 with the gradient of logp: the value logged is the (on-policy) surrogate's
+        if self.loss_kind == "token":
+            loss_sum = -(advantages * (logps - logps.detach() + tokens)).sum()
+            count = tokens.sum()
+        else:
+            loss_sum = -(advantages * ((logps - logps.detach()) / tokens.clamp(min=1) + 1)).sum()
+            count = torch.tensor(tokens.numel(), device=tokens.device)  # a masked answer still counts, as in TRL
+        sums = self._sums(rollout)
+        self._window = sums if self._window is None else self._window + sums
+        batch["input_ids"] = rollout.batch["input_ids"]  # the loop counts the tokens trained on from this
+        return loss_sum, count
+
+    def _sums(self, rollout: Rollout) -> torch.Tensor:
+        grouped = rollout.rewards.view(-1, self.generations)
+        flat = (grouped == grouped[:, :1]).all(dim=1)
+        return torch.tensor([float(rollout.rewards.numel()), float(rollout.rewards.sum()), float(grouped.shape[0]),
+                             float(flat.sum()), float(rollout.answer_tokens.sum()), float(rollout.truncated.sum())],
+                            dtype=torch.float64)
+
+    def train_metrics(self, device) -> dict[str, float]:
+        """Mean reward, groups with no signal, answer length and truncation over every rank's answers since
+        the last log line (collective: every rank calls it at each log line)."""
+        sums = self._window if self._window is not None else torch.zeros(len(_SUMS), dtype=torch.float64)
+        self._window = None
+        answers, reward, groups, flat, tokens, truncated = summed_over_ranks(sums, device).tolist()
+        return {"train/reward": reward / max(answers, 1), "train/flat_groups": flat / max(groups, 1),
+                "train/answer_tokens": tokens / max(answers, 1), "train/truncated": truncated / max(answers, 1)}
+
+    # ------------------------------------------------------------------ validation
+    def evaluate(self, engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None,
+                 device) -> dict[str, float]:
+        """Greedy answers to the held-out prompts: mean reward, answer length, truncated share."""
+        rank, world = dist.get_rank(), dist.get_world_size()
+        totals = torch.zeros(4, dtype=torch.float64)
+        for indices in eval_batches(len(dataset), batch_size, rank, world, max_batches):
+            batch = fetch(dataset, indices or [0], collate_fn)  # a rank without a share still generates
+            answers = self._generate(engine, batch, device, sample=False, seed=0).cpu()
+            if not indices:
+                continue
+            lengths, truncated = answer_lengths(answers, self.stop_ids)
+            texts = [self.decode(row[:n - (0 if cut else 1)].tolist())
+                     for row, n, cut in zip(answers, lengths.tolist(), truncated.tolist())]
+            rewards = self.reward(batch["prompt_keys"].tolist(), texts)
+            totals += torch.tensor([len(texts), sum(rewards), float(lengths.sum()), float(truncated.sum())],
+                                   dtype=torch.float64)
+        prompts, reward, tokens, truncated = summed_over_ranks(totals, device).tolist()
+        prompts_seen = max(prompts, 1.0)
+        return {"eval/reward": reward / prompts_seen, "eval/answer_tokens": tokens / prompts_seen,
+                "eval/truncated": truncated / prompts_seen, "eval/prompts": prompts}

@@ -1,0 +1,178 @@
+"""Verifiable rewards for ``objective: grpo``: a number per completion, computed from the text alone.
+
+``grpo.rewards`` maps names to weights; a completion's reward is the weighted sum. Built in:
+
+* ``math`` — 1 when the completion's final number equals the reference's, else 0. The reference's
+  number is what follows GSM8K's ``####``, else the last ``\\boxed{…}``, else its last number (so a
+  worked solution such as BELLE's school-math ``output`` works as a reference). The completion's
+  is its last ``\\boxed{…}``, else the last number after 答案/answer, else its last number. Numbers
+  compare exactly as fractions: ``1,200`` = ``1200``, ``0.5`` = ``1/2`` = ``\\frac{1}{2}``, full-width digits
+  read as digits.
+* ``exact`` — 1 when the completion equals the reference, ignoring width (NFKC), spaces and final punctuation.
+* ``contains`` — 1 when the reference (normalised as above) appears in the completion.
+* ``choice`` — 1 when the option letter picked (A–J standing alone, the first after 答案/answer if there is
+  one, else the first) is the reference's letter (C-Eval/CMMLU-style multiple choice).
+* ``zh_share`` — the share of Han characters among the completion's letters (0 with none): DeepSeek-R1's
+  language-consistency reward, which keeps a Chinese model from drifting into another language.
+* ``module.path:function`` — your own, called as ``function(completion: str, record: dict) -> float``
+  with the raw record from the data file.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import unicodedata
+from fractions import Fraction
+from typing import Any, Callable
+
+from zhllama.errors import UserError
+
+NEEDS_REFERENCE = ("math", "exact", "contains", "choice")
+BUILT_IN = NEEDS_REFERENCE + ("zh_share",)
+
+_NUMBER = re.compile(r"[-−]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+_BOXED = re.compile(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
+_FRAC = re.compile(r"\\d?frac\{\s*(-?[\d.,]+)\s*\}\{\s*(-?[\d.,]+)\s*\}")
+_ANSWER_MARK = re.compile(r"(?:答案|answer)\s*(?:是|为|is)?\s*[:：]?", re.IGNORECASE)
+_CHOICE = re.compile(r"(?<![A-Za-z])([A-J])(?![A-Za-z])")
+_TRAILING = "。．.！!？?；;，,、 \t\n"
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).rstrip(_TRAILING)
+
+
+def _as_fraction(text: str) -> Fraction | None:
+    text = text.replace(",", "").replace("−", "-")
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _last_number(text: str) -> Fraction | None:
+    found = _NUMBER.findall(text)
+    return _as_fraction(found[-1]) if found else None
+
+
+def _plain(text: str) -> str:
+    """NFKC (full-width digits), and LaTeX's \\frac{a}{b} as a/b."""
+    return _FRAC.sub(r"\1/\2", unicodedata.normalize("NFKC", text))
+
+
+def reference_number(reference: str) -> Fraction | None:
+    """The number a reference answer stands for (GSM8K's ``#### n``, a boxed value, or its last number)."""
+    text = _plain(reference)
+    if "####" in text:
+        return _last_number(text.rsplit("####", 1)[1]) or _last_number(text)
+    boxed = _BOXED.findall(text)
+    return _last_number(boxed[-1]) if boxed else _last_number(text)
+
+
+def completion_number(completion: str) -> Fraction | None:
+    """The number a completion gives as its answer (boxed, else after 答案/answer, else its last)."""
+    text = _plain(completion)
+    boxed = _BOXED.findall(text)
+    if boxed:
+        return _last_number(boxed[-1])
+    marks = list(_ANSWER_MARK.finditer(text))
+    if marks:
+        after = _NUMBER.search(text, marks[-1].end())
+        if after:
+            return _as_fraction(after.group())
+    return _last_number(text)
+
+
+def math_reward(completion: str, reference: str) -> float:
+    want = reference_number(reference)
+    return float(want is not None and completion_number(completion) == want)
+
+
+def exact_reward(completion: str, reference: str) -> float:
+    return float(_normalise(completion) == _normalise(reference))
+
+
+def contains_reward(completion: str, reference: str) -> float:
+    want = _normalise(reference)
+    return float(bool(want) and want in _normalise(completion))
+
+
+def chosen_letter(completion: str) -> str | None:
+    """The option a completion picks: the first letter A-J standing alone after its last 答案/answer, else the
+    first in it; the English pronoun ("I think", "I'm") is not an option."""
+    text = unicodedata.normalize("NFKC", completion)
+    marks = list(_ANSWER_MARK.finditer(text))
+    start = marks[-1].end() if marks and _CHOICE.search(text, marks[-1].end()) else 0
+    for found in _CHOICE.finditer(text, start):
+        if not (found.group(1) == "I" and re.match(r"(?:\s+[a-z]|')", text[found.end():])):
+            return found.group(1)
+    return None
+
+
+def choice_reward(completion: str, reference: str) -> float:
+    return float(chosen_letter(completion) == _normalise(reference).upper())
+
+
+def zh_share_reward(completion: str) -> float:
+    letters = [ch for ch in completion if unicodedata.category(ch).startswith("L")]
+    han = sum(1 for ch in letters if unicodedata.name(ch, "").startswith("CJK UNIFIED IDEOGRAPH"))
+    return han / len(letters) if letters else 0.0
+
+
+_REFERENCE_REWARDS: dict[str, Callable[[str, str], float]] = {
+    "math": math_reward, "exact": exact_reward, "contains": contains_reward, "choice": choice_reward}
+
+
+def load_custom(spec: str) -> Callable[[str, dict], float]:
+    """``module.path:function`` imported; UserError saying what is wrong otherwise."""
+    module_name, _, name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"grpo.rewards: {spec!r} cannot be imported ({exc}); expected module.path:function "
+                        "on the Python path") from None
+    if not callable(function):
+        raise UserError(f"grpo.rewards: {spec!r} is not callable")
+    return function
+
+
+def reward_problems(rewards: dict[str, float]) -> list[str]:
+    """Every problem with a ``grpo.rewards`` mapping (names, weights), for config validation."""
+    problems = [] if rewards else [f"rewards: at least one is needed (built in: {list(BUILT_IN)}, or module:function)"]
+    for name, weight in rewards.items():
+        if name not in BUILT_IN and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", str(name)):
+            problems.append(f"rewards: {name!r} is neither built in ({list(BUILT_IN)}) nor module.path:function")
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight == 0:
+            problems.append(f"rewards.{name}: the weight must be a non-zero number, got {weight!r}")
+    return problems
+
+
+class RewardModel:
+    """The weighted sum of ``rewards`` over completions; ``references`` and ``records`` are per prompt."""
+
+    def __init__(self, rewards: dict[str, float], references: list[str | None], records: list[dict]):
+        self.weights = dict(rewards)
+        self.custom = {name: load_custom(name) for name in rewards if name not in BUILT_IN}
+        self.references, self.records = references, records
+
+    def __call__(self, prompt_keys: list[int], completions: list[str]) -> list[float]:
+        return [self.score(key, text) for key, text in zip(prompt_keys, completions)]
+
+    def score(self, key: int, completion: str) -> float:
+        total = 0.0
+        for name, weight in self.weights.items():
+            if name == "zh_share":
+                value = zh_share_reward(completion)
+            elif name in _REFERENCE_REWARDS:
+                value = _REFERENCE_REWARDS[name](completion, self.references[key] or "")
+            else:
+                value = _custom_value(name, self.custom[name](completion, self.records[key]))
+            total += weight * value
+        return total
+
+
+def _custom_value(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"grpo.rewards: {name} returned {value!r}; a reward must be a finite number")
+    return float(value)

@@ -1,0 +1,318 @@
+"""GRPO (`objective: grpo`): rewards read the answers as their definitions say, every bad record and
+setting is reported at once, advantages and the loss's gradient equal a direct computation, rollouts are
+the model's own samples cut at the stop id, and real runs: 2 ranks ZeRO-3 where the reward rises, one
+rank where a resume writes the very answers again and ends as the uninterrupted run."""
+from __future__ import annotations
+
+import json
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_dist import REPO, sft_train, torchrun_launch
+from helpers_sft import load_tokenizer, read_metrics, tiny_model, tiny_tokenizer, write_jsonl
+
+from zhllama.errors import UserError
+
+CONFIG = REPO / "sft" / "configs" / "grpo_tiny_cpu.yaml"
+QUESTIONS = ["说一句话。", "写一个词。", "随便说点什么。", "请回答。", "讲个故事。", "你好吗？",
+             "今天天气如何？", "介绍一下自己。", "用一句话描述春天。", "说说你的爱好。", "推荐一本书。",
+             "描述一下大海。"]
+
+
+# ---------------------------------------------------------------- rewards
+@pytest.mark.parametrize("reference, want", [
+    ("72", Fraction(72)), ("她一共卖了 48+24=72 个。\n#### 72", Fraction(72)),
+    ("答案是 \\boxed{\\frac{1}{2}}", Fraction(1, 2)),
+    ("所以是 \\boxed{3/4}。", Fraction(3, 4)), ("共 1,200 元", Fraction(1200)), ("－5", Fraction(-5)),
+    ("１２", Fraction(12)), ("先算 3 个，再算 0.5", Fraction(1, 2))])
+def test_the_reference_number_is_found_where_datasets_put_it(reference, want):
+    from sft.rewards import reference_number
+
+    assert reference_number(reference) == want
+
+
+def test_the_math_reward_compares_the_answers_number_exactly():
+    from sft.rewards import math_reward
+
+    assert math_reward("3 加 4 等于 7，所以答案是 7。", "7") == 1.0
+    assert math_reward("答案：1200 元，比 100 多", "1,200") == 1.0  # the number after 答案, not the last one
+    assert math_reward("设 x=2，最后 \\boxed{0.75}，验算 3", "#### 3/4") == 1.0  # boxed wins
+    assert math_reward("算得 7.0", "7") == 1.0 and math_reward("算得 8", "7") == 0.0
+    assert math_reward("没有数字", "7") == 0.0 and math_reward("7", "没有数字") == 0.0
+
+
+def test_the_other_built_in_rewards():
+    from sft.rewards import choice_reward, contains_reward, exact_reward, zh_share_reward
+
+    assert exact_reward(" 北京。", "北京") == 1.0 and exact_reward("ＡＢＣ", "ABC") == 1.0
+    assert exact_reward("北京市", "北京") == 0.0
+    assert contains_reward("首都是北京。", "北京") == 1.0 and contains_reward("上海", "北京") == 0.0
+    assert choice_reward("答案是 B，因为 A 不对", "B") == 1.0 and choice_reward("Because A", "B") == 0.0
+    assert choice_reward("I think C", "c") == 1.0  # "I" is a word here, not an option
+    assert choice_reward("A 和 B 都不对，答案：D", "D") == 1.0 and choice_reward("选 I", "I") == 1.0
+    assert zh_share_reward("中文abc") == pytest.approx(2 / 5) and zh_share_reward("123，。") == 0.0
+    assert zh_share_reward("全是中文。") == 1.0
+
+
+def test_rewards_are_weighted_and_custom_ones_imported(tmp_path, monkeypatch):
+    from sft.rewards import RewardModel
+
+    (tmp_path / "my_rewards.py").write_text("def short(completion, record):\n"
+                                            "    return float(len(completion) <= record['limit'])\n"
+                                            "def broken(completion, record):\n    return 'yes'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = RewardModel({"math": 1.0, "zh_share": 0.5, "my_rewards:short": -2.0}, ["7", "3"],
+                        [{"limit": 3}, {"limit": 100}])
+    assert model([0, 1, 0], ["答案7", "答案是 4", "seven"]) == [1 + 0.5 * 1.0 - 2.0, 0.5 * 1.0 - 2.0, 0.0]
+    with pytest.raises(UserError, match="a reward must be a finite number"):
+        RewardModel({"my_rewards:broken": 1.0}, [None], [{}])([0], ["x"])
+    with pytest.raises(UserError, match="cannot be imported"):
+        RewardModel({"my_rewards:missing": 1.0}, [None], [{}])
+
+
+# ---------------------------------------------------------------- records and settings
+def test_all_bad_records_and_settings_are_reported_before_anything_runs(tmp_path):
+    from sft.config import SFTConfig
+    from sft.train_cli import prepare
+    from zhllama.config import load_config
+
+    bad = [
+        {"prompt": "1+1=?"},  # no reference for the math reward
+        {"prompt": "1+1=?", "answer": ["2"]},
+        {"prompt": "1+1=?", "answer": " "},
+        {"messages": [{"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}], "answer": "2"},
+        {"answer": "2"},  # no prompt
+        {"instruction": "1+1=?", "output": "1+1=2，答案 2"},  # fine: a worked solution as the reference
+        {"prompt": [{"role": "user", "content": "2+2=?"}], "answer": 4},  # fine
+    ]
+    data = write_jsonl(tmp_path / "math.jsonl", bad)
+    cfg = load_config(SFTConfig, CONFIG, [f"model.path={tmp_path / 'none'}", f"data.files=[{{path: '{data}'}}]"])
+    with pytest.raises(UserError) as err:
+        prepare(cfg)
+    text = str(err.value)
+    for line, what in [(1, "missing `answer` (or `output`)"), (2, "`answer` must be a string or a number"),
+                       (3, "`answer` is empty"), (4, "the prompt must end with the user's turn"),
+                       (5, "missing `instruction`")]:
+        reported = [entry for entry in text.splitlines() if f"line {line} (record {line}): " in entry]
+        assert len(reported) == 1 and what in reported[0], text
+    assert "line 6" not in text and "line 7" not in text and "malformed GRPO prompts" in text
+    with pytest.raises(UserError) as err:
+        load_config(SFTConfig, CONFIG, ["grpo.rewards={maths: 1, zh_share: 0}", "grpo.generations=1",
+                                        "grpo.loss=mean", "grpo.top_p=0", "grpo.max_new_tokens=300",
+                                        "data.packing=true", "mode=embeddings"])
+    for what in ("'maths' is neither built in", "rewards.zh_share: the weight must be a non-zero number",
+                 "generations: must be >= 2", "grpo.loss: expected one of ['token', 'sequence']", "grpo.top_p",
+                 "max_new_tokens: 300 leaves no room", "data.packing: not with objective=grpo", "mode: embeddings"):
+        assert what in str(err.value), str(err.value)
+
+
+def test_prompts_are_held_out_repeated_and_cut_by_length(tmp_path):
+    from sft.config import SFTConfig
+    from sft.train_cli import prepare_grpo
+    from zhllama.config import load_config
+
+    model = tiny_model(tmp_path / "model", tiny_tokenizer(tmp_path / "tok"))
+    records = [{"prompt": q, "answer": str(i)} for i, q in enumerate(QUESTIONS)]
+    records.append({"prompt": "长" * 400, "answer": "1"})  # longer than max_seq_length - max_new_tokens
+    data = write_jsonl(tmp_path / "p.jsonl", records)
+    cfg = load_config(SFTConfig, CONFIG, [f"model.path={model}", f"data.files=[{{path: '{data}', weight: 2.0}}]",
+                                          "data.eval_fraction=0.25"])
+    _, _, train, held, report, collate, objective = prepare_grpo(cfg)
+    assert report.files["p.jsonl"]["prompts_too_long"] == 1
+    assert len(train) == 2 * (len(QUESTIONS) - len(held)) and 0 < len(held) < len(QUESTIONS)
+    assert not set(train.keys) & set(held.keys)
+    batch = collate([train[i] for i in range(3)])
+    assert (batch["attention_mask"][:, -1] == 1).all()  # left-padded: generation appends on the right
+    answers = [objective.reward.references[k] for k in batch["prompt_keys"].tolist()]
+    tok = load_tokenizer(tmp_path / "tok")
+    for row, mask, answer in zip(batch["input_ids"], batch["attention_mask"], answers):
+        assert QUESTIONS[int(answer)] in tok.decode(row[mask == 1], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------- advantages, rollouts and the loss
+def test_advantages_are_rewards_against_their_group():
+    from engine.grpo import group_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 3.0])
+    got = group_advantages(rewards, 4, scale=True)
+    for group in range(3):
+        r = rewards[4 * group:4 * group + 4].double()
+        want = (r - r.mean()) / (r.std() + 1e-4)
+        torch.testing.assert_close(got[4 * group:4 * group + 4].double(), want, rtol=0, atol=1e-6)
+    assert (got[4:8] == 0).all()  # every answer equally good: no signal
+    torch.testing.assert_close(group_advantages(rewards, 4, scale=False)[8:], torch.tensor([-0.75] * 3 + [2.25]))
+
+
+class _Engine(torch.nn.Module):
+    """A bare model where the objective expects a DeepSpeed engine (``.module``, train/eval)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module = model
+
+    def forward(self, **inputs):
+        return self.module(**inputs)
+
+
+def _objective(tok, references, **settings):
+    from engine.grpo import GRPOObjective
+    from sft.rewards import RewardModel
+    from sft.templates import make_spec, pad_token_id, stop_ids
+
+    spec = make_spec("chinese-alpaca-2", tok)
+    return spec, GRPOObjective(reward=RewardModel({"zh_share": 1.0}, references, [{}] * len(references)),
+                               decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+                               stop_ids=stop_ids(tok, spec), pad_id=pad_token_id(tok), **settings)
+
+
+@pytest.mark.parametrize("kind, temperature, fused", [("token", 1.0, False), ("sequence", 0.7, True),
+                                                       ("token", 0.7, True)])
+def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log_prob(tmp_path, kind, temperature,
+                                                                                      fused):
+    """The gradient of the sampling distribution's log-probabilities (logits / temperature), by the plain and
+    the chunked (fused head) path."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.grpo import group_advantages
+    from engine.loss import install_fused_head
+    from sft.data import Conversation, Turn
+    from sft.grpo_data import PromptCollator, PromptDataset
+    from sft.templates import encode_prompt
+
+    tok_dir = tiny_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tok_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model(tmp_path / "model", tok_dir)), dtype=torch.float32)
+    if fused:
+        install_fused_head(model, chunk_tokens=5)
+    spec, objective = _objective(tok, [None] * 3, generations=4, max_new_tokens=12, loss_kind=kind, seed=7,
+                                 temperature=temperature)
+    prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:3]]
+    batch = PromptCollator(0)([PromptDataset(prompts, [0, 1, 2])[i] for i in range(3)])
+    engine = _Engine(model).train()
+    objective.begin_step(5)
+    rollout = objective.rollout(engine, dict(batch), torch.device("cpu"))
+    objective.begin_step(5)
+    assert torch.equal(objective.rollout(engine, dict(batch), torch.device("cpu")).batch["input_ids"],
+                       rollout.batch["input_ids"])  # seeded by the step: a resume writes the same answers
+    objective.begin_step(6)
+    assert not torch.equal(objective.rollout(engine, dict(batch), torch.device("cpu")).batch["input_ids"],
+                           rollout.batch["input_ids"])
+    assert engine.training  # sampled in eval mode, training mode restored
+    rows = rollout.batch
+    stops = set(objective.stop_ids)
+    for r in range(12):
+        prompt = prompts[r // 4]
+        n = int(rows["attention_mask"][r].sum())
+        assert rows["input_ids"][r, :len(prompt)].tolist() == prompt
+        answer = rows["input_ids"][r, len(prompt):n].tolist()
+        assert answer == rows["labels"][r, len(prompt):n].tolist() and (rows["labels"][r, :len(prompt)] == -100).all()
+        assert len(answer) == int(rollout.answer_tokens[r])
+        ended = [k for k, token in enumerate(answer) if token in stops]
+        assert ended == ([len(answer) - 1] if not rollout.truncated[r] else []), answer  # cut at the first stop
+        text = tok.decode(answer[:-1] if ended else answer, skip_special_tokens=True)
+        assert rollout.rewards[r] == pytest.approx(objective.reward.score(0, text))
+    torch.testing.assert_close(rollout.advantages, group_advantages(rollout.rewards, 4, True))
+
+    # the objective's gradient against a direct computation on the full logits, for the same answers
+    objective.rollout = lambda engine, batch, device: rollout
+    model.zero_grad()
+    loss_sum, count = objective.loss(engine, dict(batch), torch.device("cpu"))
+    (loss_sum / count).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits[:, :-1].float()
+    logits = logits / temperature
+    labels = rows["labels"][:, 1:]
+    token_logps = logits.log_softmax(-1).gather(2, labels.clamp(min=0)[..., None]).squeeze(-1) * (labels != -100)
+    per_answer = token_logps.sum(1)
+    tokens = (labels != -100).sum(1)
+    if kind == "token":
+        direct = -(rollout.advantages * per_answer).sum() / tokens.sum()
+    else:
+        direct = -(rollout.advantages * per_answer / tokens).sum() / len(tokens)
+    direct.backward()
+    assert int(count) == (int(tokens.sum()) if kind == "token" else 12)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(got[name], param.grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert any(float(g.abs().max()) > 0 for g in got.values())
+
+
+def test_answers_come_from_the_policy_whatever_the_models_generation_config_says(tmp_path):
+    """A chat model's generation_config.json (temperature, top_k, repetition penalty ...) must not change
+    the sampling distribution: the loss assumes softmax(logits / grpo.temperature)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from sft.data import Conversation, Turn
+    from sft.grpo_data import PromptCollator, PromptDataset
+    from sft.templates import encode_prompt
+
+    tok_dir = tiny_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tok_dir)
+    folder = tiny_model(tmp_path / "model", tok_dir)
+    plain = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    GenerationConfig(do_sample=True, temperature=0.3, top_k=5, top_p=0.5, repetition_penalty=1.5,
+                     no_repeat_ngram_size=2, min_new_tokens=12).save_pretrained(str(folder))
+    chatty = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    assert chatty.generation_config.temperature == 0.3
+    spec, objective = _objective(tok, [None] * 3, generations=4, max_new_tokens=12, temperature=0.9)
+    prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:3]]
+    batch = PromptCollator(0)([PromptDataset(prompts, [0, 1, 2])[i] for i in range(3)])
+    for sample in (True, False):
+        want = objective._generate(_Engine(plain), batch, torch.device("cpu"), sample=sample, seed=11)
+        got = objective._generate(_Engine(chatty), batch, torch.device("cpu"), sample=sample, seed=11)
+        assert torch.equal(got, want)
+
+
+# ---------------------------------------------------------------- real runs
+def _train(root: Path, model: Path, data: Path, out: Path, ranks: int, *extra: str) -> str:
+    proc = sft_train(torchrun_launch(ranks), "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
+                     f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.2",
+                     "grpo.rewards={zh_share: 1.0}", "mode=full", "optim.lr=1e-2", *extra)
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpo")
+    model = tiny_model(root / "model", tiny_tokenizer(root / "tok"), hidden=32)
+    return root, model, write_jsonl(root / "prompts.jsonl", [{"prompt": q} for q in QUESTIONS])
+
+
+@pytest.mark.distributed
+def test_two_rank_zero3_grpo_raises_the_reward(setup):
+    """A random tiny model writes about half Han characters; rewarded for writing Chinese, it writes more."""
+    root, model, data = setup
+    out = root / "run"
+    log = _train(root, model, data, out, 2, "schedule.max_steps=16", "grpo.generations=8")
+    logged = [r for r in read_metrics(out) if "train/reward" in r]
+    assert len(logged) == 16 and all(r["train/answer_tokens"] > 0 for r in logged)
+    first = sum(r["train/reward"] for r in logged[:4]) / 4
+    last = sum(r["train/reward"] for r in logged[-4:]) / 4
+    assert last > first + 0.15, [round(r["train/reward"], 3) for r in logged]
+    evals = [r for r in read_metrics(out) if "eval/reward" in r]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 16 and evals[-1]["eval/prompts"] >= 1
+    report = json.loads((out / "final" / "train_report.json").read_text())
+    assert report["data"]["stage"] == "grpo"
+    assert "GRPO" in (out / "final" / "README.md").read_text()  # the model card names the stage
+    assert "mode=full" in log and "GRPO under ZeRO-3" in log  # the hint to generate under ZeRO-2 where it fits
+
+
+def test_resume_writes_the_same_answers_and_ends_as_the_uninterrupted_run(setup):
+    from safetensors.torch import load_file
+
+    root, model, data = setup
+    out, resumed = root / "one_rank", root / "resumed"
+    common = ("schedule.max_steps=6", "checkpoint.every_steps=3", "checkpoint.keep_last=2", "eval.at_start=false")
+    _train(root, model, data, out, 1, *common)
+    shutil.copytree(out, resumed, ignore=shutil.ignore_patterns("final", "train_report.json", "step-00000006"))
+    log = _train(root, model, data, resumed, 1, *common)
+    assert "resuming from step-00000003" in log, log[-3000:]
+    want = [r for r in read_metrics(out) if "train/reward" in r]
+    got = [r for r in read_metrics(resumed) if "train/reward" in r]
+    assert [r["train/reward"] for r in got[-3:]] == [r["train/reward"] for r in want[-3:]]
+    got_w, want_w = (load_file(str(next((d / "final").glob("*.safetensors")))) for d in (resumed, out))
+    for name in want_w:
+        torch.testing.assert_close(got_w[name], want_w[name], rtol=0, atol=1e-6, msg=name)
