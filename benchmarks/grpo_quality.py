@@ -1,0 +1,152 @@
+"""GRPO training side by side with TRL's GRPOTrainer: the same start, prompts and settings; the reward curve,
+the held-out reward at the end and the time per step.
+
+    PYTHONPATH=. /tmp/trl/bin/python benchmarks/grpo_quality.py --work runs/grpo_quality
+
+Needs ``trl`` in a side venv, set up as benchmarks/dpo_crosscheck.py says (tested: trl 1.16.0, torch 2.13 CPU).
+Offline, CPU, fp32, one process each. The task is the language-consistency reward (``zh_share``: the share of
+Han characters among an answer's letters) for a random tiny LLaMA (64 wide, 2 layers, a 512-piece tokenizer):
+about half of its random text is Han, and an answer can be scored without a trained model. 48 Chinese prompts,
+12 held out by the manifest rule (``data.eval_fraction``).
+
+Ours: ``python -m sft train`` (objective grpo, mode full, DeepSpeed ZeRO-2, one rank). TRL: ``GRPOTrainer.train``
+on the same prompts as text (our chinese-alpaca-2 rendering; its own tokenization of it). Both: 8 answers of at
+most 16 tokens per prompt, 4 prompts per step, 40 steps, AdamW lr 3e-3 (betas 0.9/0.999, no decay), constant
+rate, clip 1.0, temperature 1, no KL, token-level mean loss, rewards scaled by the group's std. The end models
+are then scored by one function: the mean reward of 8 sampled answers (seeded) and of the greedy answer to
+each held-out prompt. The runs' own samples differ (other RNG streams), so curves agree in trend, not number.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TOPICS = ("春天", "大海", "北京", "长城", "熊猫", "茶", "月亮", "故乡")
+ASKS = ("是什么样的？", "有什么特点？", "请描述一下。", "用一句话介绍。", "你喜欢吗？", "写一句诗。")
+QUESTIONS = [topic + ask for topic in TOPICS for ask in ASKS]
+STEPS, PROMPTS, GENERATIONS, MAX_NEW, LR = 40, 4, 8, 16, 3e-3
+
+
+def run_ours(work: Path, model: Path, data: Path) -> tuple[list[float], float, Path]:
+    out = work / "ours"
+    cmd = [sys.executable, "-m", "sft", "train", "--config", str(REPO / "sft/configs/grpo_tiny_cpu.yaml"),
+           f"model.path={model}", f"output_dir={out}", f"data.cache_dir={work / 'cache'}",
+           f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.25", "grpo.rewards={zh_share: 1.0}",
+           f"grpo.generations={GENERATIONS}", f"grpo.max_new_tokens={MAX_NEW}", "mode=full", f"optim.lr={LR}",
+           "optim.betas=[0.9, 0.999]", f"schedule.max_steps={STEPS}", f"batch.micro_batch_size={PROMPTS}",
+           "deepspeed.preset=zero2", "eval.every_steps=0", "eval.at_start=false", "checkpoint.resume=never"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "train/reward" in r]
+    seconds = (logged[-1]["time"] - logged[0]["time"]) / (len(logged) - 1)  # steps 2..N: no start-up
+    return [r["train/reward"] for r in logged], seconds, out / "final"
+
+
+def run_trl(work: Path, model: Path, tok, prompts: list[str]) -> tuple[list[float], float, Path]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from sft.rewards import zh_share_reward
+
+    def zh(completions, **_):
+        return [zh_share_reward(c) for c in completions]
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter())
+
+    cfg = GRPOConfig(output_dir=str(work / "trl"), learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
+                     weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, max_steps=STEPS,
+                     per_device_train_batch_size=PROMPTS * GENERATIONS, num_generations=GENERATIONS,
+                     max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0, top_k=0, beta=0.0, loss_type="dapo",
+                     scale_rewards="group", use_cpu=True, bf16=False, report_to="none", logging_steps=1,
+                     save_strategy="no", seed=1234, log_completions=False, disable_tqdm=True)
+    policy = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
+    trainer = GRPOTrainer(policy, reward_funcs=[zh], args=cfg, train_dataset=Dataset.from_list(
+        [{"prompt": p} for p in prompts]), processing_class=tok, callbacks=[Clock()])
+    with contextlib.redirect_stdout(io.StringIO()):  # its log line per step
+        trainer.train()
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    trainer.save_model(str(work / "trl" / "final"))
+    return rewards, (times[-1] - times[0]) / (len(times) - 1), work / "trl" / "final"
+
+
+def held_out_reward(model_dir: Path, tok, prompt_ids: list[list[int]], stop: list[int]) -> tuple[float, float]:
+    """(mean reward of 8 sampled answers, of the greedy answer) per held-out prompt, by one function for both."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sft.generate import Sampling, generate_ids
+    from sft.rewards import zh_share_reward
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    sampled = generate_ids(model, tok, [p for p in prompt_ids for _ in range(8)], Sampling(
+        max_new_tokens=MAX_NEW, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0), stop=stop)
+    greedy = generate_ids(model, tok, prompt_ids, Sampling(max_new_tokens=MAX_NEW, repetition_penalty=1.0), stop=stop)
+    score = lambda rows: sum(zh_share_reward(tok.decode(r, skip_special_tokens=True)) for r in rows) / len(rows)
+    return score(sampled), score(greedy)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="runs/grpo_quality", help="folder for the tiny model, data and both runs")
+    work = Path(p.parse_args().work)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
+    warnings.filterwarnings("ignore")
+    import trl
+    from transformers import AutoTokenizer
+
+    from engine.tiny import make_tiny_model, make_tiny_tokenizer
+    from sft.config import SFTConfig
+    from sft.train_cli import prepare_grpo
+    from zhllama.config import load_config
+
+    tok_dir = make_tiny_tokenizer(work / "tok")
+    model = make_tiny_model(work / "model", tok_dir, hidden=64, layers=2, heads=4, seed=0)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    data = work / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q}, ensure_ascii=False) + "\n" for q in QUESTIONS), encoding="utf-8")
+    cfg = load_config(SFTConfig, REPO / "sft/configs/grpo_tiny_cpu.yaml", [
+        f"model.path={model}", f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.25",
+        f"data.cache_dir={work / 'cache'}", "grpo.rewards={zh_share: 1.0}", f"grpo.max_new_tokens={MAX_NEW}"])
+    _, _, train, held, _, _, objective = prepare_grpo(cfg)  # the very split and prompt ids our run uses
+    train_text = [tok.decode(train.prompts[k], skip_special_tokens=True) for k in sorted(set(train.keys))]
+    held_ids = [held.prompts[k] for k in held.keys]
+    print(f"TRL {trl.__version__}; {len(train_text)} training prompts, {len(held_ids)} held out; {STEPS} steps x "
+          f"{PROMPTS} prompts x {GENERATIONS} answers of <= {MAX_NEW} tokens", flush=True)
+    start_sampled, start_greedy = held_out_reward(model, tok, held_ids, objective.stop_ids)
+    ours_curve, ours_step, ours_final = run_ours(work, model, data)
+    trl_curve, trl_step, trl_final = run_trl(work, model, tok, train_text)
+    print(f"\n{'':<22}{'start':>8}{'ours':>8}{'TRL':>8}")
+    print(f"{'train reward, steps 1-5':<22}{'':>8}{sum(ours_curve[:5]) / 5:8.3f}{sum(trl_curve[:5]) / 5:8.3f}")
+    print(f"{'train reward, last 5':<22}{'':>8}{sum(ours_curve[-5:]) / 5:8.3f}{sum(trl_curve[-5:]) / 5:8.3f}")
+    for name, (sampled, greedy) in (("ours", held_out_reward(ours_final, tok, held_ids, objective.stop_ids)),
+                                    ("TRL", held_out_reward(trl_final, tok, held_ids, objective.stop_ids))):
+        print(f"held out ({name}): sampled {start_sampled:.3f} -> {sampled:.3f}, "
+              f"greedy {start_greedy:.3f} -> {greedy:.3f}")
+    print(f"seconds per step (after the first): ours {ours_step:.3f}, TRL {trl_step:.3f}")
+    print("curves (every 5th step): ours " + " ".join(f"{r:.2f}" for r in ours_curve[::5])
+          + " | TRL " + " ".join(f"{r:.2f}" for r in trl_curve[::5]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
