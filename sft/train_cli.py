@@ -154,6 +154,8 @@ def objective_of(cfg):
 def provenance(cfg) -> dict:
     """The data for the model card: the manifest's sources with their licenses, or the files as listed."""
     out: dict = {"stage": cfg.objective}
+    if cfg.objective == "grpo":  # the model card tells a step's prompts and the answers written to each
+        out["answers_per_prompt"] = cfg.grpo.generations
     if cfg.data.manifest:
         from corpora.manifest import load_manifest
 

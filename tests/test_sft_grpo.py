@@ -296,7 +296,8 @@ def test_two_rank_zero3_grpo_raises_the_reward(setup):
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 16 and evals[-1]["eval/prompts"] >= 1
     report = json.loads((out / "final" / "train_report.json").read_text())
     assert report["data"]["stage"] == "grpo"
-    assert "GRPO" in (out / "final" / "README.md").read_text()  # the model card names the stage
+    card = (out / "final" / "README.md").read_text()  # the model card names the stage and what a step was
+    assert "(GRPO): mode `full`, 16 steps of 4 prompts × 8 answers" in card, card
     assert "mode=full" in log and "GRPO under ZeRO-3" in log  # the hint to generate under ZeRO-2 where it fits
 
 

@@ -140,7 +140,9 @@ def _how_made(folder: Path, steps: list[dict]) -> list[str]:
         data = step.get("data") or {}
         what = STAGES.get(data.get("stage"), "training")
         text = f"{what[0].upper() + what[1:]}: mode `{step.get('mode')}`, {step.get('steps')} steps"
-        text += f" of {step['global_batch']} sequences" if step.get("global_batch") else ""
+        unit = {"dpo": "pairs", "kto": "examples", "grpo": "prompts"}.get(data.get("stage"), "sequences")
+        text += f" of {step['global_batch']} {unit}" if step.get("global_batch") else ""
+        text += f" × {data['answers_per_prompt']} answers" if data.get("answers_per_prompt") else ""
         text += f", peak learning rate {step['lr']:g}" if isinstance(step.get("lr"), (int, float)) else ""
         text += f", RoPE scaling {step['rope_scaling']}" if step.get("rope_scaling") else ""
         text += f", from `{step.get('base_model')}`"
