@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat", action="store_true", help="ask in a user turn of the model's chat template")
     parser.add_argument("--max-questions", type=int, default=None, help="score a seeded sample of each set")
     parser.add_argument("--seed", type=int, default=0, help="chooses exemplars and the sample")
+    parser.add_argument("--t2s", action="store_true",
+                        help="read every set in Simplified characters (OpenCC t2s: DRCD for a Simplified model)")
     parser.add_argument("--metric", default="auto", choices=["auto", "cmrc", "squad"],
                         help="auto: cmrc for a Chinese set, squad for an English one")
     parser.add_argument("--max-new-tokens", type=int, default=ANSWER_ROOM)
@@ -107,12 +109,12 @@ def _sets(args, sets: list[tuple[str, str]]) -> dict:
     """name -> (ReadingSet sampled, exemplar pool, pool is the set itself, metric, the whole set); all files
     checked first."""
     from .reading import exemplar_pool, sample_questions
-    from .reading_data import read_reading_set
+    from .reading_data import read_reading_set, simplified
 
     problems, read = [], {}
     for name, path in sets + ([("--shots-from", args.shots_from)] if args.shots_from else []):
         try:
-            read[name] = read_reading_set(path)
+            read[name] = simplified(read_reading_set(path)) if args.t2s else read_reading_set(path)
         except UserError as e:
             problems.append(str(e))
     raise_if_problems("reading sets", problems)

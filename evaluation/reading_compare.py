@@ -5,7 +5,7 @@ from zhllama.errors import raise_if_problems
 
 # settings that change the questions asked or how they are scored: a comparison needs them equal
 SAME_SETTINGS = ("shots", "shots_from", "chat", "max_questions", "seed", "metric", "max_new_tokens", "haystack_tokens",
-                 "depths")
+                 "depths", "t2s")
 
 
 def compare_results(old: dict, new: dict, where: str) -> dict:

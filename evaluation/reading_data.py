@@ -167,6 +167,23 @@ def read_reading_set(path: str | Path) -> ReadingSet:
     return ReadingSet(path, questions, unanswerable)
 
 
+def simplified(reading: ReadingSet) -> ReadingSet:
+    """The set in Simplified characters (OpenCC t2s, as corpora cleaning converts): passages, questions and
+    answers alike, so a model trained on Simplified text reads DRCD's Traditional ones, and is scored
+    against answers in its own script. An answer's place is found again where conversion moved it."""
+    from corpora.cleaning import t2s
+
+    contexts = {q.context: t2s(q.context) for q in reading.questions}  # a passage once, however many questions
+    out = []
+    for q in reading.questions:
+        context, answers = contexts[q.context], tuple(t2s(a) for a in q.answers)
+        start = q.answer_start
+        if start is not None and context[start:start + len(answers[0])] != answers[0]:
+            start = context.find(answers[0]) if answers[0] in context else None
+        out.append(Question(q.key, q.article, context, t2s(q.question), answers, start))
+    return ReadingSet(reading.path, out, reading.unanswerable)
+
+
 def answer_sentence(question: Question) -> str | None:
     """The sentence of the context that holds the first answer (a short few-shot passage), or None."""
     if question.answer_start is None:

@@ -361,3 +361,28 @@ def test_a_set_of_ones_own_in_json_lines(tiny_reading, tmp_path):
         read_reading_set(bad)
     for problem in ("line 1.answers: expected a non-empty list", "line 2: not JSON", "line 4.id: 'a' again"):
         assert problem in str(e.value)
+
+
+def test_t2s_reads_a_traditional_set_as_the_simplified_one(tiny_reading):
+    """DRCD is Traditional; a Simplified model is asked and scored in Simplified with --t2s: the converted
+    set gives the very prompts and answers of the Simplified set, and a comparison across the two is refused."""
+    from opencc import OpenCC
+
+    from evaluation.reading_data import simplified
+
+    model, data, root = tiny_reading
+    traditional = root / "poems_hant.json"
+    traditional.write_text(OpenCC("s2t").convert(data.read_text(encoding="utf-8")), encoding="utf-8")
+    hant, hans = read_reading_set(traditional), read_reading_set(data)
+    assert "夜來風雨聲，花落知多少。" in {q.context for q in hant.questions}
+    assert [(q.context, q.question, q.answers, q.answer_start) for q in simplified(hant).questions] == \
+        [(q.context, q.question, q.answers, q.answer_start) for q in hans.questions]
+    plain = _reading(model, data, root / "t1.json", "--shots", "1")
+    converted = _reading(model, traditional, root / "t2.json", "--shots", "1", "--t2s")
+    assert plain.returncode == 0 and converted.returncode == 0, converted.stderr
+    want, got = (json.loads((root / name).read_text()) for name in ("t1.json", "t2.json"))
+    assert got["settings"]["t2s"] is True
+    assert [(i["prompt_tokens"], i["output"], i["f1"]) for i in got["sets"]["poems"]["items"]] == \
+        [(i["prompt_tokens"], i["output"], i["f1"]) for i in want["sets"]["poems"]["items"]]
+    refused = _reading(model, data, root / "t3.json", "--shots", "1", "--compare", str(root / "t2.json"))
+    assert refused.returncode == 2 and "t2s was True, now False" in refused.stderr
