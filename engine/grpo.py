@@ -24,8 +24,9 @@ DAPO's overlong filtering).
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -93,6 +94,22 @@ def training_rows(prompts: torch.Tensor, prompt_mask: torch.Tensor, answers: tor
     return batch
 
 
+@contextmanager
+def _generation_attention(module) -> Iterator[None]:
+    """sdpa while generating when training runs flex_attention: generation has no packed documents to keep
+    apart, and flex's one-token decoding steps are a compile per shape (on CPU, a compile error in torch 2.13)."""
+    model = module.get_base_model() if hasattr(module, "get_base_model") else module
+    trained_with = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if trained_with != "flex_attention":
+        yield
+        return
+    model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(trained_with)
+
+
 @dataclass
 class GRPOObjective:
     """``reward(prompt_keys, answer_texts) -> rewards``; ``decode(ids) -> text`` (stop id excluded)."""
@@ -147,7 +164,8 @@ class GRPOObjective:
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         synced = dist.is_initialized() and dist.get_world_size() > 1  # every rank forwards until all are done
         devices = [device] if device.type == "cuda" else []
-        with torch.no_grad(), eval_mode(engine), torch.random.fork_rng(devices=devices):
+        rng = torch.random.fork_rng(devices=devices)
+        with torch.no_grad(), eval_mode(engine), _generation_attention(module), rng:
             torch.manual_seed(seed)
             out = module.generate(input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=synced)
         answers = out[:, ids.shape[1]:]

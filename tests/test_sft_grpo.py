@@ -266,6 +266,28 @@ def test_answers_come_from_the_policy_whatever_the_models_generation_config_says
         assert torch.equal(got, want)
 
 
+def test_a_model_trained_with_flex_attention_generates_with_sdpa(tmp_path):
+    """Generation has no packed documents: flex_attention (chosen for training on CUDA) gives way to sdpa
+    while answers are written (on CPU its decoding steps do not even compile), and comes back after."""
+    from transformers import AutoModelForCausalLM
+
+    from sft.data import Conversation, Turn
+    from sft.grpo_data import PromptCollator, PromptDataset
+    from sft.templates import encode_prompt
+
+    tok_dir = tiny_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tok_dir)
+    folder = tiny_model(tmp_path / "model", tok_dir)
+    sdpa = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa")
+    flex = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="flex_attention")
+    spec, objective = _objective(tok, [None] * 2, generations=2, max_new_tokens=6)
+    prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:2]]
+    batch = PromptCollator(0)([PromptDataset(prompts, [0, 1])[i] for i in range(2)])
+    want = objective._generate(_Engine(sdpa), batch, torch.device("cpu"), sample=True, seed=3)
+    got = objective._generate(_Engine(flex), batch, torch.device("cpu"), sample=True, seed=3)
+    assert torch.equal(got, want) and flex.config._attn_implementation == "flex_attention"
+
+
 # ---------------------------------------------------------------- real runs
 def _train(root: Path, model: Path, data: Path, out: Path, ranks: int, *extra: str) -> str:
     proc = sft_train(torchrun_launch(ranks), "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
