@@ -14,6 +14,8 @@
   one, else the first) is the reference's letter (C-Eval/CMMLU-style multiple choice).
 * ``zh_share`` — the share of Han characters among the completion's letters (0 with none): DeepSeek-R1's
   language-consistency reward, which keeps a Chinese model from drifting into another language.
+* ``think`` — 1 when the completion is one ``<think>…</think>`` block followed by an answer (DeepSeek-R1's
+  format reward for reasoning models); the reference rewards above then read only the answer after it.
 * ``module.path:function`` — your own, called as ``function(completion: str, record: dict) -> float``
   with the raw record from the data file.
 """
@@ -29,7 +31,8 @@ from typing import Any, Callable
 from zhllama.errors import UserError
 
 NEEDS_REFERENCE = ("math", "exact", "contains", "choice")
-BUILT_IN = NEEDS_REFERENCE + ("zh_share",)
+BUILT_IN = NEEDS_REFERENCE + ("zh_share", "think")
+_THINK = re.compile(r"\s*<think>(?:(?!</?think>).)*</think>\s*\S(?:(?!</?think>).)*", re.DOTALL)
 
 _NUMBER = re.compile(r"[-−]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 _BOXED = re.compile(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
@@ -114,6 +117,15 @@ def choice_reward(completion: str, reference: str) -> float:
     return float(chosen_letter(completion) == _normalise(reference).upper())
 
 
+def think_reward(completion: str) -> float:
+    return float(_THINK.fullmatch(completion) is not None)
+
+
+def final_answer(completion: str) -> str:
+    """What follows the reasoning block, where the completion has one; else the whole completion."""
+    return completion.rsplit("</think>", 1)[1] if "</think>" in completion else completion
+
+
 def zh_share_reward(completion: str) -> float:
     letters = [ch for ch in completion if unicodedata.category(ch).startswith("L")]
     han = sum(1 for ch in letters if unicodedata.name(ch, "").startswith("CJK UNIFIED IDEOGRAPH"))
@@ -164,8 +176,10 @@ class RewardModel:
         for name, weight in self.weights.items():
             if name == "zh_share":
                 value = zh_share_reward(completion)
+            elif name == "think":
+                value = think_reward(completion)
             elif name in _REFERENCE_REWARDS:
-                value = _REFERENCE_REWARDS[name](completion, self.references[key] or "")
+                value = _REFERENCE_REWARDS[name](final_answer(completion), self.references[key] or "")
             else:
                 value = _custom_value(name, self.custom[name](completion, self.records[key]))
             total += weight * value

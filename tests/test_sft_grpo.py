@@ -57,6 +57,20 @@ def test_the_other_built_in_rewards():
     assert zh_share_reward("全是中文。") == 1.0
 
 
+def test_the_think_format_reward_and_answers_after_the_reasoning():
+    from sft.rewards import RewardModel, think_reward
+
+    assert think_reward("<think>先算 3+4=7，再减 1。</think>答案是 6。") == 1.0
+    assert think_reward("\n<think>\n想一想\n</think>\n\n6") == 1.0
+    for bad in ("答案是 6", "<think>没有结束 6", "<think>a</think>", "<think>a</think><think>b</think>6",
+                "<think><think>a</think>6"):
+        assert think_reward(bad) == 0.0, bad
+    model = RewardModel({"math": 1.0, "think": 0.5, "exact": 1.0}, ["6"], [{}])
+    # the reasoning's numbers and words do not count: only the answer after </think> is compared
+    assert model([0], ["<think>7 不对，6 对</think>6"]) == [1.0 + 0.5 + 1.0]
+    assert model([0], ["<think>答案是 6</think>7"]) == [0.5]
+
+
 def test_rewards_are_weighted_and_custom_ones_imported(tmp_path, monkeypatch):
     from sft.rewards import RewardModel
 
