@@ -1,7 +1,7 @@
 """The demo's stages, each a few commands of the phase CLIs, in order.
 
-01_split → 02_vocab → 03_base_pretrain → 04_resize → 05_cpt → 06_sft → 07_eval → 08_dpo → 09_kto (the
-last two in demo/preference_stages.py). Every stage
+01_split → 02_vocab → 03_base_pretrain → 04_resize → 05_cpt → 06_sft → 07_eval → 08_dpo → 09_kto → 10_grpo
+(the last three in demo/preference_stages.py). Every stage
 reads only files written by earlier stages (or the fetched inputs) and writes under
 WORK/NN_name/. Only the train split of the reviews reaches any training command.
 """
@@ -124,6 +124,10 @@ class Layout:
     @property
     def kto_final(self) -> Path:
         return self.stage("09_kto") / "run" / "final"
+
+    @property
+    def grpo_final(self) -> Path:
+        return self.stage("10_grpo") / "run" / "final"
 
     @property
     def dpo_final(self) -> Path:
@@ -306,11 +310,11 @@ def eval_stage(lay: Layout, b: Budget) -> Stage:
 
 
 def build_stages(work: Path, budget: Budget, inputs: dict[str, Path]) -> list[Stage]:
-    from .preference_stages import dpo_stage, kto_stage  # they build on this module's helpers
+    from .preference_stages import dpo_stage, grpo_stage, kto_stage  # they build on this module's helpers
 
     lay = Layout(work, inputs)
     builders = (split_stage, vocab_stage, base_stage, resize_stage, cpt_stage, sft_stage, eval_stage, dpo_stage,
-                kto_stage)
+                kto_stage, grpo_stage)
     return [build(lay, budget) for build in builders]
 
 

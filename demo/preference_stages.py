@@ -1,9 +1,11 @@
-"""The demo's preference stages, after SFT (07_eval): 08_dpo and 09_kto.
+"""The demo's preference stages, after SFT (07_eval): 08_dpo, 09_kto and 10_grpo.
 
 08_dpo trains on pairs made from train reviews, the review's label chosen over the other one. 09_kto
 trains on the SFT model's own answers to train reviews (the label it finds likelier, as 07_eval scores
 test reviews), each judged by the review's label: a thumbs up when right, down when wrong. These are the
-verdicts a deployed model collects. Both then score the test reviews as 07_eval does.
+verdicts a deployed model collects. 10_grpo lets the model answer the same train reviews during training,
+several times each, rewarded when the answer is the label (a verifiable reward). All three then score the
+test reviews as 07_eval does.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .stages import Command, Stage
 
 DPO_PRESET = "sft/configs/dpo_tiny_cpu.yaml"
 KTO_PRESET = "sft/configs/kto_tiny_cpu.yaml"
+GRPO_PRESET = "sft/configs/grpo_tiny_cpu.yaml"
 CODE = ["sft", *TRAINING_CODE, "demo/evaluate.py", "demo/split.py"]
 
 
@@ -122,3 +125,49 @@ def collect_kto(stage: Stage) -> dict[str, Any]:
             "judged": judged.get("examples"), "desirable": judged.get("correct"),
             "eval_reward_desirable": [[r["step"], r.get("eval/reward_desirable")] for r in evals],
             "eval_reward_undesirable": [[r["step"], r.get("eval/reward_undesirable")] for r in evals]}
+
+
+def _write_grpo_prompts(sft_train: Path, first: int, count: int):
+    """KTO's train records as GRPO prompts, each with its label as the answer the reward checks."""
+    def prepare(stage: Stage) -> None:
+        records = _read_json(sft_train)[first:first + count]
+        path = stage.path("inputs", "prompts.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"instruction": r["instruction"], "input": r["input"], "answer": r["output"]},
+                                           ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return prepare
+
+
+def grpo_stage(lay: Layout, b: Budget) -> Stage:
+    grpo_dir, eval_file, labels = lay.stage("10_grpo"), lay.data / "sft_eval.jsonl", lay.data / "split_report.json"
+    prompts = grpo_dir / "inputs" / "prompts.jsonl"
+    settings = [f"grpo.generations={b.grpo_generations}", "grpo.max_new_tokens=4", "grpo.rewards={exact: 1.0}",
+                "deepspeed.preset=zero2"]  # ZeRO-2: answers written without per-token weight gathers
+    return Stage(
+        "10_grpo", "GRPO of the SFT model: it answers train reviews, rewarded when right (exact label), ZeRO-2, 2 ranks",
+        grpo_dir,
+        settings={k: getattr(b, k) for k in ("dpo_pairs", "kto_examples", "grpo_steps", "grpo_lr", "grpo_generations",
+                                             "grpo_micro_batch", "sft_max_seq_length", "ranks")}
+        | {"system_prompt": SFT_SYSTEM_PROMPT},
+        inputs={"model": lay.sft_final, "sft_train": lay.data / "sft_train.json", "eval": eval_file,
+                "train_labels": labels},
+        commands=[
+            torchrun(b, "sft", GRPO_PRESET,
+                     engine_overrides(grpo_dir / "run", lay.sft_final, b.grpo_lr, b.grpo_micro_batch, b.grpo_steps)
+                     + _preference_overrides(b, settings, prompts, grpo_dir)),
+            Command([PY, "-m", "demo.evaluate", "--model", str(lay.grpo_final), "--eval", str(eval_file),
+                     "--train-labels", str(labels), "--out", str(grpo_dir / "eval.json")]),
+        ],
+        code=CODE,
+        prepare=_write_grpo_prompts(lay.data / "sft_train.json", b.dpo_pairs, b.kto_examples),
+        collect=collect_grpo,
+    )
+
+
+def collect_grpo(stage: Stage) -> dict[str, Any]:
+    curve = _metrics_jsonl(stage.path("run", "metrics.jsonl"))
+    ev = _read_json(stage.path("eval.json"))
+    return {**collect_training(stage), "accuracy": ev.get("accuracy"), "examples": ev.get("examples"),
+            "train_curve": [[r["step"], r["train/reward"]] for r in curve if "train/reward" in r],
+            "eval_reward": [[r["step"], r["eval/reward"]] for r in curve if "eval/reward" in r],
+            "flat_groups": [[r["step"], r["train/flat_groups"]] for r in curve if "train/flat_groups" in r]}

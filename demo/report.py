@@ -18,8 +18,10 @@ SECTIONS = ("## Inputs", "## Results at a glance", "## Tokenizer", "## Loss curv
             "## Sentiment accuracy", "## Sample generations", "## Time per stage", "## Commands")
 TRAINING_STAGES = (("03_base_pretrain", "base pretraining (base tokenizer)"),
                    ("05_cpt", "continued pretraining (merged tokenizer)"), ("06_sft", "SFT (sentiment: positive/negative)"),
-                   ("08_dpo", "DPO (right label over wrong)"), ("09_kto", "KTO (its own answers, judged)"))
-Y_LABELS = {"08_dpo": "DPO loss (nats/pair)", "09_kto": "KTO loss (per example)"}
+                   ("08_dpo", "DPO (right label over wrong)"), ("09_kto", "KTO (its own answers, judged)"),
+                   ("10_grpo", "GRPO (its answers, rewarded when right)"))
+Y_LABELS = {"08_dpo": "DPO loss (nats/pair)", "09_kto": "KTO loss (per example)",
+            "10_grpo": "mean reward of its answers (1 = right)"}
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -48,7 +50,7 @@ def plot_losses(records: dict, out: Path) -> bool:
     for ax, (name, title) in zip(axes[0], present):
         m = _metrics(records, name)
         xs, ys = zip(*m["train_curve"])
-        ax.plot(xs, ys, label="train loss")
+        ax.plot(xs, ys, label="train reward" if name == "10_grpo" else "train loss")
         if m.get("eval_curve"):
             ex, ey = zip(*m["eval_curve"])
             ax.plot(ex, ey, "o--", label="validation loss")
@@ -101,6 +103,7 @@ def summary(records: dict) -> dict[str, Any]:
         "margin": e.get("margin"), "eval_examples": e.get("examples"),
         "dpo_accuracy": _metrics(records, "08_dpo").get("accuracy"),
         "kto_accuracy": _metrics(records, "09_kto").get("accuracy"),
+        "grpo_accuracy": _metrics(records, "10_grpo").get("accuracy"),
     }
 
 
@@ -147,7 +150,8 @@ def glance_section(s: dict) -> list[str]:
                 f"| majority-class baseline accuracy | {fmt(s['majority_baseline_accuracy'])} |",
                 f"| margin over the baseline | {fmt(s['margin'])} |",
                 f"| test accuracy after DPO | {fmt(s['dpo_accuracy'])} |",
-                f"| test accuracy after KTO | {fmt(s['kto_accuracy'])} |"]
+                f"| test accuracy after KTO | {fmt(s['kto_accuracy'])} |",
+                f"| test accuracy after GRPO | {fmt(s['grpo_accuracy'])} |"]
 
 
 def tokenizer_section(records: dict) -> list[str]:
@@ -214,12 +218,13 @@ def accuracy_section(records: dict) -> list[str]:
          f"the train reviews ({e['majority_class']}).", "", "| | accuracy |", "|---|---|",
          f"| SFT model, {e['examples']} test reviews | {fmt(e['accuracy'])} |",
          *dpo_rows(_metrics(records, "08_dpo")), *kto_rows(_metrics(records, "09_kto")),
+         *grpo_rows(_metrics(records, "10_grpo")),
          f"| majority-class baseline | {fmt(e['majority_baseline_accuracy'])} |",
          f"| margin (SFT model) | {fmt(e['margin'])} |", ""]
     for lab, pc in e["per_class"].items():
         L.append(f"- {lab}: {pc['n']} test reviews, recall {fmt(pc['recall'])}, predicted {pc['predicted']} times")
     return (L + dpo_lines(_metrics(records, "08_dpo")) + kto_lines(_metrics(records, "09_kto"))
-            + contamination_lines(e.get("contamination")))
+            + grpo_lines(_metrics(records, "10_grpo")) + contamination_lines(e.get("contamination")))
 
 
 def dpo_rows(d: dict) -> list[str]:
@@ -251,6 +256,24 @@ def kto_lines(d: dict) -> list[str]:
             f"reward (β times the log-probability gained over the SFT model) of right answers went {fmt(good[0][1])} "
             f"→ {fmt(good[-1][1])} and of wrong ones {fmt(bad[0][1])} → {fmt(bad[-1][1])} (step {good[0][0]} → "
             f"{good[-1][0]})."]
+
+
+def grpo_rows(d: dict) -> list[str]:
+    return [f"| after GRPO (10_grpo), {d['examples']} test reviews | {fmt(d['accuracy'])} |"] if d else []
+
+
+def grpo_lines(d: dict) -> list[str]:
+    rewards, held = d.get("train_curve") or [], d.get("eval_reward") or []
+    if not d or not rewards or not held:
+        return []
+    flat = d.get("flat_groups") or [[None, None]]
+    return ["", f"GRPO (`objective: grpo`, 10_grpo): {d['steps']} steps from the SFT model on KTO's train reviews "
+            f"as prompts; it writes several answers to each and is rewarded 1 when an answer is the review's label "
+            f"(`exact`), each answer against the mean of its group. The mean reward of its training answers went "
+            f"{fmt(rewards[0][1])} (steps 1-{rewards[0][0]}) → {fmt(rewards[-1][1])} (last logged), its greedy "
+            f"answers to held-out train reviews {fmt(held[0][1])} (step {held[0][0]}) → {fmt(held[-1][1])} (step "
+            f"{held[-1][0]}); at the end {fmt(flat[-1][1])} of the prompts' answer groups were all right or all "
+            f"wrong, which teaches nothing."]
 
 
 def contamination_lines(c: dict | None) -> list[str]:

@@ -21,7 +21,7 @@ from demo.stages import REPO_ROOT, stage_key
 pytestmark = pytest.mark.distributed  # starts real 2-rank DeepSpeed ZeRO-3 runs on CPU
 
 STAGES = ("01_split", "02_vocab", "03_base_pretrain", "04_resize", "05_cpt", "06_sft", "07_eval", "08_dpo",
-          "09_kto")
+          "09_kto", "10_grpo")
 
 
 def _demo(work: Path) -> subprocess.CompletedProcess:
@@ -70,7 +70,8 @@ def test_every_stage_done_with_its_artifacts(demo_run):
                 "05_cpt/run/final/config.json", "06_sft/run/final/sft_template.json", "07_eval/eval.json",
                 "07_eval/generations.jsonl", "08_dpo/run/final/sft_template.json", "08_dpo/run/dpo_reference.json",
                 "08_dpo/eval.json", "09_kto/run/kto_reference.json", "09_kto/inputs/judged.jsonl",
-                "09_kto/eval.json"):
+                "09_kto/eval.json", "10_grpo/inputs/prompts.jsonl", "10_grpo/run/final/sft_template.json",
+                "10_grpo/eval.json"):
         assert (work / rel).is_file(), rel
     merged_vocab = _json(work / "02_vocab/merged/merge_report.json")["vocab_size"]
     assert _json(work / "05_cpt/run/final/config.json")["vocab_size"] == merged_vocab
@@ -122,7 +123,14 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
     assert first["step"] == 0 and first["eval/kl"] == 0 and all(
         first[k] == pytest.approx(0, abs=1e-6) for k in ("eval/reward_desirable", "eval/reward_undesirable") if k in first)
     assert _json(work / "summary.json")["kto_accuracy"] == kto["accuracy"]
-    for name in ("03_base_pretrain", "05_cpt", "06_sft", "08_dpo", "09_kto"):
+    grpo = _json(work / "10_grpo/eval.json")
+    assert f"| after GRPO (10_grpo), {grpo['examples']} test reviews | {fmt(grpo['accuracy'])} |" in text
+    grpo_log = [json.loads(line) for line in (work / "10_grpo/run/metrics.jsonl").read_text().splitlines()]
+    held = [r for r in grpo_log if "eval/reward" in r]
+    assert held[0]["step"] == 0 and 0 <= held[0]["eval/reward"] <= 1 and held[-1]["step"] == 6
+    assert f"held-out train reviews {fmt(held[0]['eval/reward'])} (step 0) → {fmt(held[-1]['eval/reward'])}" in text
+    assert _json(work / "summary.json")["grpo_accuracy"] == grpo["accuracy"]
+    for name in ("03_base_pretrain", "05_cpt", "06_sft", "08_dpo", "09_kto", "10_grpo"):
         train = _json(work / name / "run/train_report.json")
         assert f"| {fmt(train['step'])} | {fmt(train['global_batch'])} | {fmt(train['metrics']['train/loss'])} |" in text
     summary = _json(work / "summary.json")
@@ -157,6 +165,9 @@ def test_test_reviews_never_reach_training(demo_run):
     assert judged and {j["input"] for j in judged} <= sft_inputs and len(judged) == len(prompts)
     assert all(j["kto_tag"] == (j["output"] == p["label"]) and j["output"] in ("正面", "负面")
                for j, p in zip(judged, prompts))
+    # GRPO's prompts: the same train records, each with its label as the answer the reward checks
+    grpo = [json.loads(line) for line in (work / "10_grpo/inputs/prompts.jsonl").read_text().splitlines()]
+    assert [(g["input"], g["answer"]) for g in grpo] == [(p["input"], p["label"]) for p in prompts]
 
 
 def test_rerun_reuses_every_stage(demo_run):
