@@ -77,14 +77,15 @@ def collect_dpo(stage: Stage) -> dict[str, Any]:
             "pairs_eval_reward_margin": [[r["step"], r["eval/reward_margin"]] for r in evals]}
 
 
-def _write_train_prompts(sft_train: Path, first: int, count: int):
-    """Train records the SFT model answers for KTO (after the ones DPO used), as 07_eval's test records are
-    written: instruction, input and the review's label."""
+def _write_train_prompts(sft_train: Path, first: int, count: int, name: str = "train_prompts.jsonl",
+                         label: str = "label"):
+    """Train records the SFT model answers for KTO and GRPO (after the ones DPO used), as 07_eval's test records
+    are written: instruction, input and the review's label (GRPO: as ``answer``, which its reward checks)."""
     def prepare(stage: Stage) -> None:
         records = _read_json(sft_train)[first:first + count]
-        path = stage.path("inputs", "train_prompts.jsonl")
+        path = stage.path("inputs", name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"instruction": r["instruction"], "input": r["input"], "label": r["output"]},
+        path.write_text("".join(json.dumps({"instruction": r["instruction"], "input": r["input"], label: r["output"]},
                                            ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return prepare
 
@@ -127,17 +128,6 @@ def collect_kto(stage: Stage) -> dict[str, Any]:
             "eval_reward_undesirable": [[r["step"], r.get("eval/reward_undesirable")] for r in evals]}
 
 
-def _write_grpo_prompts(sft_train: Path, first: int, count: int):
-    """KTO's train records as GRPO prompts, each with its label as the answer the reward checks."""
-    def prepare(stage: Stage) -> None:
-        records = _read_json(sft_train)[first:first + count]
-        path = stage.path("inputs", "prompts.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"instruction": r["instruction"], "input": r["input"], "answer": r["output"]},
-                                           ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return prepare
-
-
 def grpo_stage(lay: Layout, b: Budget) -> Stage:
     grpo_dir, eval_file, labels = lay.stage("10_grpo"), lay.data / "sft_eval.jsonl", lay.data / "split_report.json"
     prompts = grpo_dir / "inputs" / "prompts.jsonl"
@@ -159,7 +149,7 @@ def grpo_stage(lay: Layout, b: Budget) -> Stage:
                      "--train-labels", str(labels), "--out", str(grpo_dir / "eval.json")]),
         ],
         code=CODE,
-        prepare=_write_grpo_prompts(lay.data / "sft_train.json", b.dpo_pairs, b.kto_examples),
+        prepare=_write_train_prompts(lay.data / "sft_train.json", b.dpo_pairs, b.kto_examples, "prompts.jsonl", "answer"),
         collect=collect_grpo,
     )
 

@@ -61,21 +61,11 @@ def prepare(cfg):
     read = {"sft": read_and_validate, "dpo": read_pairs, "kto": read_examples}[cfg.objective]
     validated = sources, read(sources)  # every record checked first
 
-    from transformers import AutoTokenizer
-
-    from engine.model import tokenizer_dir
-    from zhllama.tokenizer_files import tokenizer_fingerprint
-
     from .collate import SFTCollator
     from .pairs import PairCollator
-    from .templates import make_spec, pad_token_id
+    from .templates import pad_token_id
 
-    tok_dir = tokenizer_dir(cfg)
-    if not tok_dir.is_dir():
-        raise UserError(f"model.path / model.tokenizer: folder {tok_dir} does not exist")
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    spec = make_spec(cfg.data.template, tokenizer, cfg.data.system_prompt)
-    fingerprint = tokenizer_fingerprint(tok_dir)
+    tokenizer, spec, fingerprint = _tokenizer_and_template(cfg)
     if cfg.objective == "kto":
         train_ds, eval_ds, report = build_pair_datasets(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated,
                                                         units_of=kto_units, objective="kto", rows=ROWS)
@@ -91,29 +81,36 @@ def prepare(cfg):
     return spec, fingerprint, train_ds, eval_ds, report, collator
 
 
-def prepare_grpo(cfg):
-    """``objective: grpo``: validated prompts, their datasets and collator, and the objective that writes,
-    scores and trains on the answers (engine/grpo.py)."""
+def _tokenizer_and_template(cfg):
+    """(tokenizer, template spec, tokenizer fingerprint) of the run's tokenizer folder."""
     from transformers import AutoTokenizer
 
-    from engine.grpo import GRPOObjective
     from engine.model import tokenizer_dir
     from zhllama.tokenizer_files import tokenizer_fingerprint
 
-    from .grpo_data import PromptCollator, build_prompt_datasets, read_prompts
-    from .mixture import resolve_sources
-    from .rewards import NEEDS_REFERENCE, RewardModel
-    from .templates import make_spec, pad_token_id, stop_ids
+    from .templates import make_spec
 
-    settings = cfg.grpo
-    sources = resolve_sources(cfg.data)
-    validated = sources, read_prompts(sources, any(name in NEEDS_REFERENCE for name in settings.rewards))
     tok_dir = tokenizer_dir(cfg)
     if not tok_dir.is_dir():
         raise UserError(f"model.path / model.tokenizer: folder {tok_dir} does not exist")
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    spec = make_spec(cfg.data.template, tokenizer, cfg.data.system_prompt)
-    fingerprint = tokenizer_fingerprint(tok_dir)
+    return tokenizer, make_spec(cfg.data.template, tokenizer, cfg.data.system_prompt), tokenizer_fingerprint(tok_dir)
+
+
+def prepare_grpo(cfg):
+    """``objective: grpo``: validated prompts, their datasets and collator, and the objective that writes,
+    scores and trains on the answers (engine/grpo.py)."""
+    from engine.grpo import GRPOObjective
+
+    from .grpo_data import PromptCollator, build_prompt_datasets, read_prompts
+    from .mixture import resolve_sources
+    from .rewards import NEEDS_REFERENCE, RewardModel
+    from .templates import pad_token_id, stop_ids
+
+    settings = cfg.grpo
+    sources = resolve_sources(cfg.data)
+    validated = sources, read_prompts(sources, any(name in NEEDS_REFERENCE for name in settings.rewards))
+    tokenizer, spec, fingerprint = _tokenizer_and_template(cfg)
     data = build_prompt_datasets(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated, settings.max_new_tokens)
     pad = pad_token_id(tokenizer)
     objective = GRPOObjective(
