@@ -1,4 +1,4 @@
-"""python -m sft COMMAND — Alpaca-style instruction tuning, LoRA export, chat vectors, generation, chat and serving."""
+"""python -m sft COMMAND — instruction tuning (SFT, DPO, KTO, GRPO), LoRA export, chat vectors, generation, chat, serving."""
 from zhllama.cli import main_for
 
 COMMANDS = {
