@@ -174,6 +174,13 @@ class GRPOObjective:
             answers = torch.cat([answers, fill], dim=1)
         return answers
 
+    def _read(self, answers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(tokens of each answer with its stop id, whether it was cut, its text without the stop id)."""
+        lengths, truncated = answer_lengths(answers, self.stop_ids)
+        texts = [self.decode(row[:n - (0 if cut else 1)].tolist())
+                 for row, n, cut in zip(answers, lengths.tolist(), truncated.tolist())]
+        return lengths, truncated, texts
+
     def rollout(self, engine, batch: dict[str, torch.Tensor], device) -> Rollout:
         """Sample ``generations`` answers per prompt, score them and give each its group advantage."""
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -181,9 +188,7 @@ class GRPOObjective:
         self._micro += 1
         group = {k: v.repeat_interleave(self.generations, dim=0) for k, v in batch.items()}
         answers = self._generate(engine, group, device, sample=True, seed=seed).cpu()
-        lengths, truncated = answer_lengths(answers, self.stop_ids)
-        texts = [self.decode(row[:n - (0 if cut else 1)].tolist())
-                 for row, n, cut in zip(answers, lengths.tolist(), truncated.tolist())]
+        lengths, truncated, texts = self._read(answers)
         rewards = torch.tensor(self.reward(group["prompt_keys"].tolist(), texts), dtype=torch.float32)
         advantages = group_advantages(rewards, self.generations, self.scale_rewards)
         rows = training_rows(group["input_ids"], group["attention_mask"], answers, lengths, self.pad_id)
@@ -238,9 +243,7 @@ class GRPOObjective:
             answers = self._generate(engine, batch, device, sample=False, seed=0).cpu()
             if not indices:
                 continue
-            lengths, truncated = answer_lengths(answers, self.stop_ids)
-            texts = [self.decode(row[:n - (0 if cut else 1)].tolist())
-                     for row, n, cut in zip(answers, lengths.tolist(), truncated.tolist())]
+            lengths, truncated, texts = self._read(answers)
             rewards = self.reward(batch["prompt_keys"].tolist(), texts)
             totals += torch.tensor([len(texts), sum(rewards), float(lengths.sum()), float(truncated.sum())],
                                    dtype=torch.float64)

@@ -298,6 +298,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
                 guard.observe(loss_sum, state.step + 1)
                 engine.backward(loss_sum / count.clamp(min=1))
                 engine.step()
+                # tokens trained on: GRPO's loss puts the rows it wrote (prompt + answer) in batch["input_ids"]
                 window.add(loss_sum, count, batch["input_ids"].numel() * world)
             state.step += 1
             bar.update(1)
