@@ -1,4 +1,4 @@
-"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination, membership inference, LLM judge, long context, reading comprehension, scorecards."""
+"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination, membership inference, LLM judge, long context, reading comprehension, math word problems, scorecards."""
 from zhllama.cli import main_for
 
 COMMANDS = {
@@ -9,6 +9,7 @@ COMMANDS = {
     "judge": "evaluation.judge_cli",
     "long-context": "evaluation.long_context_cli",
     "reading": "evaluation.reading_cli",
+    "math": "evaluation.math_cli",
     "membership": "evaluation.membership_cli",
     "scorecard": "evaluation.scorecard_cli",
 }

@@ -2,12 +2,10 @@
 
 ``grpo.rewards`` maps names to weights; a completion's reward is the weighted sum. Built in:
 
-* ``math`` — 1 when the completion's final number equals the reference's, else 0. The reference's
-  number is what follows GSM8K's ``####``, else the last ``\\boxed{…}``, else its last number (so a
-  worked solution such as BELLE's school-math ``output`` works as a reference). The completion's
-  is its last ``\\boxed{…}``, else the last number after 答案/answer, else its last number. Numbers
-  compare exactly as fractions: ``1,200`` = ``1200``, ``0.5`` = ``1/2`` = ``\\frac{1}{2}``, full-width digits
-  read as digits.
+* ``math`` — 1 when the completion's final number equals the reference's, else 0, read as
+  ``python -m evaluation math`` reads them (zhllama/math_answer.py): the reference's after GSM8K's ``####``,
+  else boxed, else its last number; the completion's boxed, else after its first ####, else after its last
+  答案 / "the answer is" / "final answer", else its last number; compared exactly as fractions (``1,200`` = ``1200``, ``0.5`` = ``1/2`` = ``\\frac{1}{2}``).
 * ``exact`` — 1 when the completion equals the reference, ignoring width (NFKC), spaces and final punctuation.
 * ``contains`` — 1 when the reference (normalised as above) appears in the completion.
 * ``choice`` — 1 when the option letter picked (A–J standing alone, the first after 答案/answer if there is
@@ -25,66 +23,22 @@ import importlib
 import math
 import re
 import unicodedata
-from fractions import Fraction
 from typing import Any, Callable
 
 from zhllama.errors import UserError
+from zhllama.math_answer import completion_number, final_answer, reference_number
 
 NEEDS_REFERENCE = ("math", "exact", "contains", "choice")
 BUILT_IN = NEEDS_REFERENCE + ("zh_share", "think")
 _THINK = re.compile(r"\s*<think>(?:(?!</?think>).)*</think>\s*\S(?:(?!</?think>).)*", re.DOTALL)
 
-_NUMBER = re.compile(r"[-−]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
-_BOXED = re.compile(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
-_FRAC = re.compile(r"\\d?frac\{\s*(-?[\d.,]+)\s*\}\{\s*(-?[\d.,]+)\s*\}")
-_ANSWER_MARK = re.compile(r"(?:答案|answer)\s*(?:是|为|is)?\s*[:：]?", re.IGNORECASE)
 _CHOICE = re.compile(r"(?<![A-Za-z])([A-J])(?![A-Za-z])")
+_CHOICE_MARK = re.compile(r"(?:答案|answer)\s*(?:是|为|is)?\s*[:：]?", re.IGNORECASE)  # "Answer: B" names the option
 _TRAILING = "。．.！!？?；;，,、 \t\n"
 
 
 def _normalise(text: str) -> str:
     return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).rstrip(_TRAILING)
-
-
-def _as_fraction(text: str) -> Fraction | None:
-    text = text.replace(",", "").replace("−", "-")
-    try:
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _last_number(text: str) -> Fraction | None:
-    found = _NUMBER.findall(text)
-    return _as_fraction(found[-1]) if found else None
-
-
-def _plain(text: str) -> str:
-    """NFKC (full-width digits), and LaTeX's \\frac{a}{b} as a/b."""
-    return _FRAC.sub(r"\1/\2", unicodedata.normalize("NFKC", text))
-
-
-def reference_number(reference: str) -> Fraction | None:
-    """The number a reference answer stands for (GSM8K's ``#### n``, a boxed value, or its last number)."""
-    text = _plain(reference)
-    if "####" in text:
-        return _last_number(text.rsplit("####", 1)[1]) or _last_number(text)
-    boxed = _BOXED.findall(text)
-    return _last_number(boxed[-1]) if boxed else _last_number(text)
-
-
-def completion_number(completion: str) -> Fraction | None:
-    """The number a completion gives as its answer (boxed, else after 答案/answer, else its last)."""
-    text = _plain(completion)
-    boxed = _BOXED.findall(text)
-    if boxed:
-        return _last_number(boxed[-1])
-    marks = list(_ANSWER_MARK.finditer(text))
-    if marks:
-        after = _NUMBER.search(text, marks[-1].end())
-        if after:
-            return _as_fraction(after.group())
-    return _last_number(text)
 
 
 def math_reward(completion: str, reference: str) -> float:
@@ -105,7 +59,7 @@ def chosen_letter(completion: str) -> str | None:
     """The option a completion picks: the first letter A-J standing alone after its last 答案/answer, else the
     first in it; the English pronoun ("I think", "I'm") is not an option."""
     text = unicodedata.normalize("NFKC", completion)
-    marks = list(_ANSWER_MARK.finditer(text))
+    marks = list(_CHOICE_MARK.finditer(text))
     start = marks[-1].end() if marks and _CHOICE.search(text, marks[-1].end()) else 0
     for found in _CHOICE.finditer(text, start):
         if not (found.group(1) == "I" and re.match(r"(?:\s+[a-z]|')", text[found.end():])):
@@ -119,11 +73,6 @@ def choice_reward(completion: str, reference: str) -> float:
 
 def think_reward(completion: str) -> float:
     return float(_THINK.fullmatch(completion) is not None)
-
-
-def final_answer(completion: str) -> str:
-    """What follows the reasoning block, where the completion has one; else the whole completion."""
-    return completion.rsplit("</think>", 1)[1] if "</think>" in completion else completion
 
 
 def zh_share_reward(completion: str) -> float:

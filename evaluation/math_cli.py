@@ -1,0 +1,240 @@
+"""Math word problems (GSM8K, CMATH, MGSM, your own) by chain-of-thought generation: accuracy per set.
+
+    python -m evaluation math --model outputs/pt-7b-merged --set gsm8k=data/gsm8k/test.jsonl \
+        --shots-from data/gsm8k/train.jsonl --out runs/math.json [--set cmath=data/cmath/test.jsonl] \
+        [--set mgsm_zh=data/mgsm/mgsm_zh.tsv] [--shots 5] [--chat] [--only class=math] [--max-items 500] \
+        [--samples 8 --temperature 0.7] [--max-new-tokens 512] [--device cuda] [--dtype bfloat16] \
+        [--batch-size 16] [--compare runs/math_base.json] [--server http://127.0.0.1:8000/v1 --workers 16]
+
+A base model continues worked exemplars (GSM8K's layout in English, as lm-evaluation-harness's gsm8k task;
+问题/解答/答案 in Chinese); ``--chat`` asks in the model's chat template. Each answer's number is read as
+GRPO's ``math`` reward reads it and compared exactly with the reference's. ``--samples K`` samples K
+answers per item (seeded by the item: a rerun asks the same) and adds majority voting and pass@K.
+``--compare`` puts another model's results on the same items beside these: what continued pretraining
+made it forget, or what GRPO gained, item by item. Every file is checked and every prompt built before
+the model loads; the results JSON holds each item's prompt size, answers and the numbers read off them.
+``--server`` generates on an OpenAI-compatible server serving ``--model`` (``vllm serve DIR``), prompts as
+token ids; replies are kept in OUT.calls.jsonl, so a stopped run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from zhllama.errors import UserError, raise_if_problems
+
+from .math_eval import MAX_SHOTS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="Hugging Face model folder (weights + tokenizer)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=FILE",
+                        help="GSM8K/CMATH-style .jsonl or .json, or MGSM .tsv; repeatable")
+    parser.add_argument("--only", action="append", default=[], metavar="FIELD=VALUE",
+                        help="score only records with this field value (BELLE's eval set: class=math); repeatable")
+    parser.add_argument("--shots", type=int, default=5, help=f"worked exemplars before the question (0-{MAX_SHOTS})")
+    parser.add_argument("--shots-from", default=None, metavar="FILE",
+                        help="take exemplars from this file (GSM8K's train split); default: the set itself")
+    parser.add_argument("--chat", action="store_true", help="ask in user turns of the model's chat template")
+    parser.add_argument("--max-items", type=int, default=None, help="score a seeded sample of each set")
+    parser.add_argument("--seed", type=int, default=0, help="chooses exemplars, the sample and the sampled answers")
+    parser.add_argument("--samples", type=int, default=1, help="answers per item (> 1: sampled, majority vote)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 (greedy) with one sample, default 0.7 with several")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--max-length", type=int, default=None, help="prompt + answer tokens (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="generate on an OpenAI-compatible server serving --model (vLLM: vllm serve DIR)")
+    parser.add_argument("--server-model", default=None, help="the model's name on the server (default: --model)")
+    parser.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable with the API key")
+    parser.add_argument("--workers", type=int, default=16, help="requests in flight with --server")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--compare", default=None, metavar="RESULTS", help="another model's results JSON")
+    parser.add_argument("--out", required=True, help="results JSON")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
+    from .base_cli import name_pairs
+
+    problems: list[str] = []
+    sets = name_pairs(args.set, "--set", problems)
+    if not args.set:
+        problems.append("--set NAME=FILE: at least one set")
+    names = [n for n, _ in sets]
+    problems += [f"--set {n}: given twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    problems += [f"--set {n}={p}: not a file" for n, p in sets if not Path(p).is_file()]
+    args.only_fields = {}
+    for value in args.only:
+        field, sep, wanted = value.partition("=")
+        if sep and field:
+            args.only_fields[field] = wanted
+        else:
+            problems.append(f"--only {value!r}: expected FIELD=VALUE (e.g. class=math)")
+    for flag, path in (("--shots-from", args.shots_from), ("--compare", args.compare)):
+        if path and not Path(path).is_file():
+            problems.append(f"{flag} {path}: not a file")
+    if args.temperature is None:
+        args.temperature = 0.0 if args.samples == 1 else 0.7
+    for flag, value, low, high in (("--shots", args.shots, 0, MAX_SHOTS), ("--batch-size", args.batch_size, 1, None),
+                                   ("--max-new-tokens", args.max_new_tokens, 1, None), ("--samples", args.samples, 1, 64),
+                                   ("--max-items", args.max_items, 1, None), ("--max-length", args.max_length, 16, None),
+                                   ("--temperature", args.temperature, 0, 2), ("--top-p", args.top_p, 0.01, 1),
+                                   ("--workers", args.workers, 1, None)):
+        if value is not None and (value < low or (high is not None and value > high)):
+            problems.append(f"{flag} must be {low}..{high}, got {value}" if high else f"{flag} must be >= {low}, got {value}")
+    if args.samples > 1 and args.temperature == 0:
+        problems.append(f"--samples {args.samples} with --temperature 0: every sample would be the greedy answer")
+    if args.server:
+        from zhllama.openai_client import check_api_key_env, check_url
+
+        problems += check_url("--server", args.server) + check_api_key_env(args.api_key_env)
+    raise_if_problems("math settings", problems)
+    return sets
+
+
+def _sets(args, sets: list[tuple[str, str]]) -> dict:
+    """name -> (MathSet sampled, exemplar pool, pool is the set itself); every file checked first."""
+    import random
+
+    from .math_data import MathSet, read_math_set
+
+    problems, read = [], {}
+    for name, path in sets + ([("--shots-from", args.shots_from)] if args.shots_from else []):
+        try:
+            read[name] = read_math_set(path, args.only_fields if name != "--shots-from" else None)
+        except UserError as e:
+            problems.append(str(e))
+    raise_if_problems("math sets", problems)
+    out = {}
+    for name, _ in sets:
+        whole, source = read[name], read.get("--shots-from", read[name])
+        worked = [i for i in source.items if i.reasoning]
+        if args.shots and len(worked) <= args.shots:
+            problems.append(f"{source.path}: {len(worked)} items with a worked solution; --shots {args.shots} needs "
+                            f"more (--shots-from a file of worked solutions, e.g. GSM8K's train split, or --shots 0)")
+        items = whole.items
+        if args.max_items and args.max_items < len(items):
+            keep = set(random.Random(args.seed).sample(range(len(items)), args.max_items))
+            items = [item for i, item in enumerate(items) if i in keep]
+        out[name] = (MathSet(whole.path, items, whole.left_out), worked, source is whole)
+    raise_if_problems("math exemplars", problems)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from zhllama.files import write_json_atomic
+    from zhllama.model_folder import require_model_folder
+
+    from .math_eval import build_prompts, compare_results, table
+
+    sets = _check_args(args)
+    require_model_folder(args.model, "--model")
+    compare = _read_compare(args.compare) if args.compare else None
+    chosen = _sets(args, sets)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"--chat: {args.model} has no chat template (a base model: leave --chat out)")
+    text_config = (lambda c: getattr(c, "text_config", None) or c)(AutoConfig.from_pretrained(args.model))
+    max_length = args.max_length or getattr(text_config, "max_position_embeddings", None) or 4096
+    budget = max_length - args.max_new_tokens
+    if budget < 16:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens} leaves {budget} of the model's {max_length} positions "
+                        "for prompts: lower it (or raise --max-length where the model reads further)")
+    prompts, problems = {}, []
+    for name, (math_set, pool, same_set) in chosen.items():
+        prompts[name] = (math_set, build_prompts(tokenizer, math_set, pool, same_set, args.shots, args.seed, budget,
+                                                 args.chat))
+        if all(p.ids is None for p in prompts[name][1]):
+            problems.append(f"--set {name}: no item fits in {budget} prompt tokens (--max-length, --max-new-tokens)")
+    raise_if_problems("math prompts", problems)
+    result = _evaluate(args, prompts, tokenizer, max_length)
+    if compare is not None:
+        result["compare"] = compare_results(compare, result, args.compare)
+    write_json_atomic(args.out, result)
+    print(table(result))
+    print(f"-> {args.out}")
+    return 0
+
+
+def _read_compare(path: str) -> dict:
+    try:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--compare {path}: not readable as JSON ({e})") from e
+    if not isinstance(old, dict) or not isinstance(old.get("sets"), dict) or old.get("task") != "math":
+        raise UserError(f"--compare {path}: not the results of `python -m evaluation math`")
+    return old
+
+
+def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
+    from zhllama.files import sha256_file
+    from zhllama.model_fingerprint import model_fingerprint
+
+    from .math_eval import cut_at_stop, scored_item, stop_text, summary
+
+    generate = _on_server(args) if args.server else _here(args, tokenizer)
+    skip = ("model", "out", "no_progress", "compare", "api_key_env", "only_fields", "only")
+    result = {"task": "math", "model": str(args.model), "model_fingerprint": model_fingerprint(args.model),
+              "server": args.server, "max_length": max_length,
+              "settings": {**{k: v for k, v in vars(args).items() if k not in skip}, "only": args.only_fields},
+              "sets": {}}
+    for name, (math_set, got) in prompts.items():
+        stops = stop_text(math_set.language, args.chat)
+        # shortest first: a batch pads to its longest prompt
+        fits = sorted((i for i, p in enumerate(got) if p.ids is not None), key=lambda i: len(got[i].ids))
+        answers: list[list[str] | None] = [None] * len(got)
+        for i, texts in zip(fits, generate(name, [got[i] for i in fits], stops)):
+            answers[i] = [cut_at_stop(t, stops) for t in texts]
+        items = [scored_item(p, a) for p, a in zip(got, answers)]
+        result["sets"][name] = {"file": str(math_set.path), "sha256": sha256_file(math_set.path),
+                                "language": math_set.language, "left_out_by_only": math_set.left_out,
+                                **summary(items, args.samples), "items": items}
+    return result
+
+
+def _here(args, tokenizer):
+    """Answers from the model loaded here, in batches."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from .math_generate import generate_answers
+
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+
+    def generate(name: str, prompts: list, stops: list[str]) -> list[list[str]]:
+        with tqdm(total=len(prompts), desc=f"math {name}", disable=args.no_progress) as bar:
+            return generate_answers(model, tokenizer, prompts, args, stops, bar)
+    return generate
+
+
+def _on_server(args):
+    """Answers from ``/v1/completions``, one request per sample with its own seed; every reply kept in
+    OUT.calls.jsonl (a rerun resumes)."""
+    from zhllama.openai_client import Endpoint, api_key, complete_all
+
+    from .math_eval import sample_seed
+
+    endpoint = Endpoint(args.server, args.server_model or str(args.model), api_key(args.api_key_env))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def generate(name: str, prompts: list, stops: list[str]) -> list[list[str]]:
+        requests = [{"prompt": p.ids, "max_tokens": args.max_new_tokens, "temperature": args.temperature,
+                     "top_p": args.top_p, "skip_special_tokens": True,
+                     **({"stop": stops} if stops else {}),
+                     **({"seed": sample_seed(args.seed, p.item.key, k)} if args.temperature > 0 else {})}
+                    for p in prompts for k in range(args.samples)]
+        replies = complete_all(endpoint, requests, out.with_name(out.name + ".calls.jsonl"), args.workers,
+                               f"math {name}", not args.no_progress)
+        texts = [r["text"] for r in replies]
+        return [texts[i * args.samples:(i + 1) * args.samples] for i in range(len(prompts))]
+    return generate

@@ -1,0 +1,212 @@
+"""Math word problems by generation: few-shot chain-of-thought prompts, answers read as numbers, accuracy.
+
+A base model continues worked exemplars. In English the layout is lm-evaluation-harness's GSM8K task
+(``Question: …\\nAnswer: <worked solution>\\n#### 72``, exemplars joined by a blank line, the answer ending
+at the next ``Question:``); in Chinese the same with 问题：/解答： and a last line ``答案：72``. A chat
+model gets each question as a user turn with an instruction to reason step by step and end with that
+last line; exemplars become earlier turns. The exemplars are the first ``shots`` of a seeded shuffle of
+the pool (a set of worked solutions: GSM8K's train split, or the set itself without the question asked),
+the same for every question and every model. A prompt that does not fit drops exemplars, then counts as
+unanswered.
+
+An answer's number is read as GRPO's ``math`` reward reads it (zhllama/math_answer.py; after the
+``</think>`` of a reasoning model): ``accuracy``
+counts those equal to the reference. ``strict`` counts only answers that state it after an answer mark
+(####, 答案, a boxed value), as lm-eval's strict match does; ``marked`` is the share of answers with a
+mark. With ``samples`` > 1 (sampled, seeded): ``maj`` (self-consistency: the most frequent number,
+Wang et al. 2023; a tie goes to the one written first) and ``pass`` (any sample right).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from zhllama.errors import raise_if_problems
+from zhllama.math_answer import completion_number, final_answer, marked_number, number_text
+
+from .math_data import MathItem, MathSet
+
+FORMAT = {
+    "en": {"question": "Question: ", "answer": "Answer:", "space": " ", "final": "#### ",
+           "instruction": 'Solve it step by step, and end with a last line "#### " followed by the final number.'},
+    "zh": {"question": "问题：", "answer": "解答：", "space": "", "final": "答案：",
+           "instruction": "请一步一步推理，最后一行写“答案：”和最终的数字。"},
+}
+MAX_SHOTS = 8
+
+
+@dataclass(frozen=True)
+class MathPrompt:
+    item: MathItem
+    ids: list[int] | None  # None: too long even without exemplars
+    shots: int
+    exemplars: tuple[str, ...]  # their keys
+
+
+def solution_text(item: MathItem, language: str) -> str:
+    """An exemplar's answer: its worked solution, then the final answer after the language's mark."""
+    mark = FORMAT[language]["final"] + item.final
+    return f"{item.reasoning}\n{mark}" if item.reasoning else mark
+
+
+def stop_text(language: str, chat: bool) -> list[str]:
+    """Where a base model's answer ends: the next question it starts to write (a chat model ends its turn)."""
+    return [] if chat else [FORMAT[language]["question"].strip()]
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """The answer before the first stop text (generators keep the stop they ended at)."""
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text
+
+
+def exemplars_for(pool: list[MathItem], shots: int, seed: int, asked: MathItem | None) -> list[MathItem]:
+    """The first ``shots`` of the pool shuffled by ``seed``, passing over the question asked (same set)."""
+    order = list(pool)
+    random.Random(seed).shuffle(order)
+    return [e for e in order if asked is None or e.key != asked.key][:shots]
+
+
+def base_text(language: str, question: str, exemplars: list[MathItem]) -> str:
+    f = FORMAT[language]
+    shots = [f"{f['question']}{e.question}\n{f['answer']}{f['space']}{solution_text(e, language)}" for e in exemplars]
+    return "\n\n".join(shots + [f"{f['question']}{question}\n{f['answer']}"])
+
+
+def chat_messages(language: str, question: str, exemplars: list[MathItem]) -> list[dict]:
+    ask = lambda q: {"role": "user", "content": f"{q}\n{FORMAT[language]['instruction']}"}  # noqa: E731
+    turns = []
+    for e in exemplars:
+        turns += [ask(e.question), {"role": "assistant", "content": solution_text(e, language)}]
+    return turns + [ask(question)]
+
+
+def encode(tokenizer, language: str, question: str, exemplars: list[MathItem], chat: bool) -> list[int]:
+    if chat:
+        text = tokenizer.apply_chat_template(chat_messages(language, question, exemplars), add_generation_prompt=True,
+                                             tokenize=False)
+        return tokenizer(text, add_special_tokens=False).input_ids
+    return tokenizer(base_text(language, question, exemplars)).input_ids
+
+
+def build_prompts(tokenizer, math_set: MathSet, pool: list[MathItem], same_set: bool, shots: int, seed: int,
+                  budget: int, chat: bool) -> list[MathPrompt]:
+    """One prompt per item within ``budget`` tokens, with as many of the exemplars as fit."""
+    language, out = math_set.language, []
+    for item in math_set.items:
+        exemplars = exemplars_for(pool, shots, seed, item if same_set else None)
+        for n in range(len(exemplars), -1, -1):
+            ids = encode(tokenizer, language, item.question, exemplars[:n], chat)
+            if len(ids) <= budget:
+                out.append(MathPrompt(item, ids, n, tuple(e.key for e in exemplars[:n])))
+                break
+        else:
+            out.append(MathPrompt(item, None, 0, ()))
+    return out
+
+
+def sample_seed(seed: int, key: str, sample: int) -> int:
+    """The seed of one sampled answer: a function of the item and sample only (a rerun asks the same)."""
+    digest = hashlib.blake2b(f"math/{seed}/{key}/{sample}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+def majority(numbers: list) -> object | None:
+    """The most frequent number (None ignored); a tie goes to the one written first."""
+    counts = Counter(n for n in numbers if n is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return next(n for n in numbers if n is not None and counts[n] == top)
+
+
+def scored_item(prompt: MathPrompt, answers: list[str] | None) -> dict:
+    item = prompt.item
+    row = {"key": item.key, "category": item.category, "reference": number_text(item.answer),
+           "prompt_tokens": None if prompt.ids is None else len(prompt.ids), "shots": prompt.shots}
+    if answers is None:
+        return {**row, "too_long": True, "correct": False}
+    numbers = [completion_number(final_answer(a)) for a in answers]  # a reasoning model's: after </think>
+    strict = [marked_number(final_answer(a)) for a in answers]
+    vote = majority(numbers)
+    return {**row, "answers": answers, "numbers": [number_text(n) for n in numbers],
+            "right": [n == item.answer for n in numbers], "strict": [n == item.answer for n in strict],
+            "marked": [n is not None for n in strict], "vote": number_text(vote), "correct": vote == item.answer}
+
+
+def _percent(part: float, whole: int) -> float | None:
+    return round(100.0 * part / whole, 3) if whole else None
+
+
+def summary(items: list[dict], samples: int) -> dict:
+    """Accuracy, strict accuracy and marked share (per answer, averaged over samples), in percent of all
+    items (a prompt too long scores 0); with samples > 1 also maj and pass; the same per category."""
+    def totals(rows: list[dict]) -> dict:
+        n = len(rows)
+        mean = lambda key: sum(sum(r[key]) / len(r[key]) for r in rows if key in r)  # noqa: E731
+        out = {"problems": n, "accuracy": _percent(mean("right"), n), "strict": _percent(mean("strict"), n),
+               "marked": _percent(mean("marked"), n)}
+        if samples > 1:
+            out |= {"maj": _percent(sum(r["correct"] for r in rows), n),
+                    "pass": _percent(sum(any(r.get("right", [])) for r in rows), n)}
+        return out
+    out = {**totals(items), "too_long": sum(1 for i in items if i.get("too_long"))}
+    categories = sorted({i["category"] for i in items if i["category"] is not None})
+    if categories:
+        out["by_category"] = {c: totals([i for i in items if i["category"] == c]) for c in categories}
+    return out
+
+
+# settings that change what is asked or how it is scored: a comparison needs them equal
+SAME_SETTINGS = ("shots", "shots_from", "chat", "max_items", "seed", "samples", "temperature", "top_p",
+                 "max_new_tokens", "only")
+
+
+def compare_results(old: dict, new: dict, where: str) -> dict:
+    """Per set in both: accuracy before and now, the change, and the items gained and lost (``correct``:
+    the answer, or the majority of the samples, right now and not before, and the reverse)."""
+    problems = [f"--compare {where}: {k} was {old.get('settings', {}).get(k)!r}, now {new['settings'].get(k)!r}"
+                for k in SAME_SETTINGS if old.get("settings", {}).get(k) != new["settings"].get(k)]
+    shared = [name for name in new["sets"] if name in old["sets"]]
+    if not shared:
+        problems.append(f"--compare {where}: no set of the same name (it has {sorted(old['sets'])})")
+    for name in shared:
+        if old["sets"][name].get("sha256") != new["sets"][name]["sha256"]:
+            problems.append(f"--compare {where}: set {name} was another file (sha256 differs)")
+        elif [i["key"] for i in old["sets"][name]["items"]] != [i["key"] for i in new["sets"][name]["items"]]:
+            problems.append(f"--compare {where}: set {name} holds other items")
+    raise_if_problems("math comparison", problems)
+    out = {"results": where, "model": old.get("model"), "sets": {}}
+    for name in shared:
+        before, after = old["sets"][name], new["sets"][name]
+        pairs = list(zip(before["items"], after["items"]))
+        metric = "maj" if "maj" in after else "accuracy"
+        out["sets"][name] = {"metric": metric, "before": before[metric], "now": after[metric],
+                             "change": round(after[metric] - before[metric], 3),
+                             "gained": [b["key"] for b, a in pairs if a["correct"] and not b["correct"]],
+                             "lost": [b["key"] for b, a in pairs if b["correct"] and not a["correct"]]}
+    return out
+
+
+def table(result: dict) -> str:
+    samples = result["settings"]["samples"]
+    extra = " maj | pass |" if samples > 1 else ""
+    lines = [f"| set | problems | accuracy | strict | marked |{extra} too long |",
+             "|---|---:|---:|---:|---:|" + "---:|" * (3 if samples > 1 else 1)]
+
+    def row(name: str, s: dict, too_long: str) -> str:
+        more = f" {s['maj']:.2f} | {s['pass']:.2f} |" if samples > 1 else ""
+        return f"| {name} | {s['problems']} | {s['accuracy']:.2f} | {s['strict']:.2f} | {s['marked']:.1f} |{more} {too_long} |"
+    for name, s in result["sets"].items():
+        lines.append(row(name, s, str(s["too_long"])))
+        lines += [row(f"{name} / {c}", v, "") for c, v in s.get("by_category", {}).items()]
+    compare = result.get("compare")
+    if compare:
+        lines += ["", f"against {compare['model']} ({compare['results']}):", "",
+                  "| set | metric | before | now | change | gained | lost |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {c['metric']} | {c['before']:.2f} | {c['now']:.2f} | {c['change']:+.2f} "
+                  f"| {len(c['gained'])} | {len(c['lost'])} |" for name, c in compare["sets"].items()]
+    return "\n".join(lines)
