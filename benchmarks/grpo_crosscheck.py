@@ -11,10 +11,14 @@ calls the reward functions, computes group advantages and masks (``_generate_and
 ``compute_loss``. The reward is sft/rewards.py's (math against a reference, plus 0.5 x the Han share), given to TRL
 as two reward functions with weights [1, 0.5].
 
-Settings, ours -> TRL (``beta=0``, ``num_iterations=1``, one process, one micro batch):
+Settings, ours -> TRL (``num_iterations=1``, one process, one micro batch):
 loss ``token`` -> ``loss_type="bnpo"`` (mean over the batch's answer tokens; DAPO's normaliser is the same number in
 one process with one micro batch), ``sequence`` -> ``"grpo"``; ``scale_rewards`` true/false -> ``"group"``/``"none"``;
-``mask_truncated`` -> ``mask_truncated_completions``; temperature 1.0 and 0.7 (both divide the logits by it).
+``mask_truncated`` -> ``mask_truncated_completions``; temperature 1.0 and 0.7 (both divide the logits by it);
+``beta`` 0 and 0.5, the KL penalty to a reference model, with ``kl_correction`` (TRL's ``use_bias_correction_kl``,
+its default) and without. So that the KL and its gradient are not 0, the policy
+is the trained model with its weights shifted by seeded noise: TRL loads its reference from the policy's
+``config._name_or_path`` (the model as saved), and ours is a FrozenCopy of the same folder.
 Exit 1 on a difference beyond float tolerance.
 """
 from __future__ import annotations
@@ -31,9 +35,10 @@ from dpo_crosscheck import grads, load, rel_grad_diff  # noqa: E402
 
 QUESTIONS = ["3 加 4 等于几？", "写一个数字。", "12 减 5 是多少？", "说一句中文。"]
 REFERENCES = ["7", "5", "7", "好"]
-SETTINGS = [("token", True, False, 1.0), ("sequence", True, False, 1.0), ("token", False, False, 1.0),
-            ("token", True, True, 1.0), ("sequence", True, True, 1.0), ("token", True, False, 0.7),
-            ("sequence", False, False, 0.7)]
+SETTINGS = [("token", True, False, 1.0, 0.0), ("sequence", True, False, 1.0, 0.0), ("token", False, False, 1.0, 0.0),
+            ("token", True, True, 1.0, 0.0), ("sequence", True, True, 1.0, 0.0), ("token", True, False, 0.7, 0.0),
+            ("sequence", False, False, 0.7, 0.0), ("token", True, False, 1.0, 0.5), ("sequence", True, True, 0.7, 0.5),
+            ("token", True, False, 0.7, -0.5)]  # beta < 0 here: 0.5 without the KL's bias correction
 GENERATIONS, MAX_NEW = 4, 10
 ABS_TOL, REL_TOL = 1e-5, 1e-4
 
@@ -77,7 +82,19 @@ def short_answer_model(work: Path, tok_dir: Path, tok, spec) -> Path:
     return folder
 
 
-def our_objective(tok, kind, scale, mask_truncated, temperature):
+def shifted(model_dir):
+    """The policy of the beta rows: the model with seeded noise on its weights (its name still the folder's)."""
+    import torch
+
+    model = load(model_dir)
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model
+
+
+def our_objective(tok, kind, scale, mask_truncated, temperature, beta=0.0, reference=None, kl_correction=True):
     from engine.grpo import GRPOObjective
     from sft.rewards import RewardModel
     from sft.templates import make_spec, pad_token_id, stop_ids
@@ -87,7 +104,8 @@ def our_objective(tok, kind, scale, mask_truncated, temperature):
     return spec, GRPOObjective(reward=reward, decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
                                stop_ids=stop_ids(tok, spec), pad_id=pad_token_id(tok), generations=GENERATIONS,
                                max_new_tokens=MAX_NEW, temperature=temperature, scale_rewards=scale, loss_kind=kind,
-                               mask_truncated=mask_truncated, seed=3)
+                               mask_truncated=mask_truncated, seed=3, beta=beta, reference=reference,
+                               kl_correction=kl_correction)
 
 
 def run_ours(model_dir, tok, batch, setting) -> dict:
@@ -95,11 +113,17 @@ def run_ours(model_dir, tok, batch, setting) -> dict:
 
     from engine.loss import install_fused_head
 
-    model = load(model_dir)
+    from engine.grpo_reference import FrozenCopy
+
+    beta = abs(setting[-1])
+    model = shifted(model_dir) if beta else load(model_dir)
     install_fused_head(model, chunk_tokens=7)  # the engine's default path (model.fused_loss), in several chunks
     engine = Engine(model)
     engine.train()
-    _, objective = our_objective(tok, *setting)
+    reference = FrozenCopy(lambda ds_config: (load(model_dir), None)) if beta else None
+    _, objective = our_objective(tok, *setting[:-1], beta=beta, reference=reference, kl_correction=setting[-1] >= 0)
+    if beta:
+        reference.build(engine)
     objective.begin_step(0)
     rollout = objective.rollout(engine, dict(batch), torch.device("cpu"))
     objective.rollout = lambda *_: rollout  # the loss on these very answers
@@ -124,7 +148,8 @@ def run_trl(model_dir, tok, rows, setting, work: Path) -> dict:
 
     from sft.rewards import math_reward, zh_share_reward
 
-    kind, scale, mask_truncated, temperature = setting
+    kind, scale, mask_truncated, temperature, signed_beta = setting
+    beta = abs(signed_beta)
     seen: list[str] = []
 
     def math(completions, reference, **_):
@@ -137,13 +162,15 @@ def run_trl(model_dir, tok, rows, setting, work: Path) -> dict:
     def rollout_func(prompts, trainer):  # hand TRL our answers instead of sampling
         return {"prompt_ids": [p for p, _ in rows], "completion_ids": [c for _, c in rows], "logprobs": None}
 
-    cfg = GRPOConfig(output_dir=str(work / "trl"), loss_type="bnpo" if kind == "token" else "grpo", beta=0.0,
+    cfg = GRPOConfig(output_dir=str(work / "trl"), loss_type="bnpo" if kind == "token" else "grpo", beta=beta,
+                     use_bias_correction_kl=signed_beta >= 0,
                      scale_rewards="group" if scale else "none", mask_truncated_completions=mask_truncated,
                      temperature=temperature, num_generations=GENERATIONS, max_completion_length=MAX_NEW,
                      per_device_train_batch_size=len(rows), reward_weights=[1.0, 0.5], use_cpu=True, bf16=False,
                      report_to="none", log_completions=False)
     text = Dataset.from_list([{"prompt": q, "reference": r} for q, r in zip(QUESTIONS, REFERENCES)])
-    trainer = GRPOTrainer(load(model_dir), reward_funcs=[math, zh], args=cfg, train_dataset=text,
+    policy = shifted(model_dir) if beta else load(model_dir)
+    trainer = GRPOTrainer(policy, reward_funcs=[math, zh], args=cfg, train_dataset=text,
                           processing_class=tok, rollout_func=rollout_func)
     model = trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train's loop, which is not run
@@ -178,7 +205,7 @@ def main() -> int:
     batch = PromptCollator(0)([PromptDataset(prompts, list(range(len(prompts))))[i] for i in range(len(prompts))])
     print(f"TRL {trl.__version__}, torch {torch.__version__}; {len(QUESTIONS)} prompts x {GENERATIONS} answers; "
           f"tolerances {ABS_TOL} abs, {REL_TOL} rel\n"
-          f"loss      scale  mask-cut  temp  TRL loss_type  cut  texts  |dadvantage|   |dloss|  grad rel")
+          f"loss      scale  mask-cut  temp  beta    TRL loss_type  cut  texts  |dadvantage|   |dloss|  grad rel")
     failed = 0
     for setting in SETTINGS:
         ours = run_ours(model_dir, tok, batch, setting)
@@ -192,8 +219,10 @@ def main() -> int:
         grad = rel_grad_diff(ours["grads"], theirs["grads"])
         ok = texts_ok and max(d_adv, d_loss) <= ABS_TOL and grad <= REL_TOL
         failed += not ok
-        kind, scale, cut, temperature = setting
-        print(f"{kind:<9} {str(scale):<6} {str(cut):<9} {temperature:<5} {'bnpo' if kind == 'token' else 'grpo':<14} "
+        kind, scale, cut, temperature, beta = setting
+        shown = f"{abs(beta):g}" + ("" if beta >= 0 else " k3")  # k3: without the KL's bias correction
+        print(f"{kind:<9} {str(scale):<6} {str(cut):<9} {temperature:<5} {shown:<7}"
+              f"{'bnpo' if kind == 'token' else 'grpo':<14} "
               f"{int(rollout.truncated.sum()):>3} {'same' if texts_ok else 'DIFF':>6} {d_adv:12.1e} "
               f"{d_loss:10.1e} {grad:9.1e} {'ok' if ok else 'DIFFERS'}", flush=True)
     print(f"{failed} of {len(SETTINGS)} settings differ; {time.time() - start:.1f}s")

@@ -12,7 +12,8 @@ about half of its random text is Han, and an answer can be scored without a trai
 Ours: ``python -m sft train`` (objective grpo, mode full, DeepSpeed ZeRO-2, one rank). TRL: ``GRPOTrainer.train``
 on the same prompts as text (our chinese-alpaca-2 rendering; its own tokenization of it). Both: 8 answers of at
 most 16 tokens per prompt, 4 prompts per step, 40 steps, AdamW lr 3e-3 (betas 0.9/0.999, no decay), constant
-rate, clip 1.0, temperature 1, no KL, token-level mean loss, rewards scaled by the group's std. The end models
+rate, clip 1.0, temperature 1, KL penalty ``--beta`` (0: none; the reference is a frozen copy of the start
+in both), token-level mean loss, rewards scaled by the group's std. The end models
 are then scored by one function: the mean reward of 8 sampled answers (seeded) and of the greedy answer to
 each held-out prompt. The runs' own samples differ (other RNG streams), so curves agree in trend, not number.
 """
@@ -36,14 +37,15 @@ QUESTIONS = [topic + ask for topic in TOPICS for ask in ASKS]
 STEPS, PROMPTS, GENERATIONS, MAX_NEW, LR = 40, 4, 8, 16, 3e-3
 
 
-def run_ours(work: Path, model: Path, data: Path) -> tuple[list[float], float, Path]:
-    out = work / "ours"
+def run_ours(work: Path, model: Path, data: Path, beta: float) -> tuple[list[float], float, Path, float | None]:
+    out = work / f"ours_beta{beta:g}"
     cmd = [sys.executable, "-m", "sft", "train", "--config", str(REPO / "sft/configs/grpo_tiny_cpu.yaml"),
            f"model.path={model}", f"output_dir={out}", f"data.cache_dir={work / 'cache'}",
            f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.25", "grpo.rewards={zh_share: 1.0}",
            f"grpo.generations={GENERATIONS}", f"grpo.max_new_tokens={MAX_NEW}", "mode=full", f"optim.lr={LR}",
            "optim.betas=[0.9, 0.999]", f"schedule.max_steps={STEPS}", f"batch.micro_batch_size={PROMPTS}",
-           "deepspeed.preset=zero2", "eval.every_steps=0", "eval.at_start=false", "checkpoint.resume=never"]
+           "deepspeed.preset=zero2", "eval.every_steps=0", "eval.at_start=false", "checkpoint.resume=never",
+           f"grpo.beta={beta}"]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -51,10 +53,12 @@ def run_ours(work: Path, model: Path, data: Path) -> tuple[list[float], float, P
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "train/reward" in r]
     seconds = (logged[-1]["time"] - logged[0]["time"]) / (len(logged) - 1)  # steps 2..N: no start-up
-    return [r["train/reward"] for r in logged], seconds, out / "final"
+    kl = sum(r["train/kl"] for r in logged[-5:]) / 5 if beta else None
+    return [r["train/reward"] for r in logged], seconds, out / "final", kl
 
 
-def run_trl(work: Path, model: Path, tok, prompts: list[str]) -> tuple[list[float], float, Path]:
+def run_trl(work: Path, model: Path, tok, prompts: list[str], beta: float) -> tuple[list[float], float, Path,
+                                                                                  float | None]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -74,7 +78,7 @@ def run_trl(work: Path, model: Path, tok, prompts: list[str]) -> tuple[list[floa
     cfg = GRPOConfig(output_dir=str(work / "trl"), learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
                      weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, max_steps=STEPS,
                      per_device_train_batch_size=PROMPTS * GENERATIONS, num_generations=GENERATIONS,
-                     max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0, top_k=0, beta=0.0, loss_type="dapo",
+                     max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0, top_k=0, beta=beta, loss_type="dapo",
                      scale_rewards="group", use_cpu=True, bf16=False, report_to="none", logging_steps=1,
                      save_strategy="no", seed=1234, log_completions=False, disable_tqdm=True)
     policy = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
@@ -83,8 +87,10 @@ def run_trl(work: Path, model: Path, tok, prompts: list[str]) -> tuple[list[floa
     with contextlib.redirect_stdout(io.StringIO()):  # its log line per step
         trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
-    trainer.save_model(str(work / "trl" / "final"))
-    return rewards, (times[-1] - times[0]) / (len(times) - 1), work / "trl" / "final"
+    kls = [h["kl"] for h in trainer.state.log_history if "kl" in h]
+    final = work / f"trl_beta{beta:g}" / "final"
+    trainer.save_model(str(final))
+    return rewards, (times[-1] - times[0]) / (len(times) - 1), final, sum(kls[-5:]) / 5 if beta else None
 
 
 def held_out_reward(model_dir: Path, tok, prompt_ids: list[list[int]], stop: list[int]) -> tuple[float, float]:
@@ -107,7 +113,9 @@ def held_out_reward(model_dir: Path, tok, prompt_ids: list[list[int]], stop: lis
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="runs/grpo_quality", help="folder for the tiny model, data and both runs")
-    work = Path(p.parse_args().work)
+    p.add_argument("--beta", type=float, default=0.0, help="KL penalty to the starting model, both runs")
+    args = p.parse_args()
+    work, beta = Path(args.work), args.beta
     work.mkdir(parents=True, exist_ok=True)
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
     warnings.filterwarnings("ignore")
@@ -133,8 +141,8 @@ def main() -> int:
     print(f"TRL {trl.__version__}; {len(train_text)} training prompts, {len(held_ids)} held out; {STEPS} steps x "
           f"{PROMPTS} prompts x {GENERATIONS} answers of <= {MAX_NEW} tokens", flush=True)
     start_sampled, start_greedy = held_out_reward(model, tok, held_ids, objective.stop_ids)
-    ours_curve, ours_step, ours_final = run_ours(work, model, data)
-    trl_curve, trl_step, trl_final = run_trl(work, model, tok, train_text)
+    ours_curve, ours_step, ours_final, ours_kl = run_ours(work, model, data, beta)
+    trl_curve, trl_step, trl_final, trl_kl = run_trl(work, model, tok, train_text, beta)
     print(f"\n{'':<22}{'start':>8}{'ours':>8}{'TRL':>8}")
     print(f"{'train reward, steps 1-5':<22}{'':>8}{sum(ours_curve[:5]) / 5:8.3f}{sum(trl_curve[:5]) / 5:8.3f}")
     print(f"{'train reward, last 5':<22}{'':>8}{sum(ours_curve[-5:]) / 5:8.3f}{sum(trl_curve[-5:]) / 5:8.3f}")
@@ -142,6 +150,8 @@ def main() -> int:
                                     ("TRL", held_out_reward(trl_final, tok, held_ids, objective.stop_ids))):
         print(f"held out ({name}): sampled {start_sampled:.3f} -> {sampled:.3f}, "
               f"greedy {start_greedy:.3f} -> {greedy:.3f}")
+    if beta:
+        print(f"beta {beta:g}: KL per answer token to the start, last 5 steps: ours {ours_kl:.4f}, TRL {trl_kl:.4f}")
     print(f"seconds per step (after the first): ours {ours_step:.3f}, TRL {trl_step:.3f}")
     print("curves (every 5th step): ours " + " ".join(f"{r:.2f}" for r in ours_curve[::5])
           + " | TRL " + " ".join(f"{r:.2f}" for r in trl_curve[::5]))

@@ -11,8 +11,11 @@ the answers, each answer's log-probability taken as its per-token mean (``loss: 
 pi is the distribution the answers were sampled from, softmax(logits / temperature), as in TRL and verl.
 One optimizer step per batch of answers: the policy that wrote them is the one trained, so the PPO ratio
 is 1 and its clip never acts; the gradient is what is written above (TRL's GRPOTrainer with
-``num_iterations=1``). There is no KL penalty (``beta = 0``, DAPO's and Dr. GRPO's choice and TRL's
-default): no reference model in memory.
+``num_iterations=1``). With ``beta`` > 0 each answer token also pays beta x KL(pi || ref) to the model the
+run started from (engine/grpo_reference.py: GRPO's paper, 0.04; TRL's ``beta``), summed and normalised with
+the policy term, its gradient that of the KL itself (``kl_correction``, TRL's ``use_bias_correction_kl``) or,
+without, the GRPO paper's k3 estimate's own; with ``beta = 0`` (DAPO's and Dr. GRPO's choice, TRL's default)
+there is no reference.
 
 Answers are sampled in eval mode (no dropout) with a generator seeded by (seed, step, rank, micro batch),
 inside ``torch.random.fork_rng``: a resumed run writes the very answers the uninterrupted run wrote, and
@@ -35,9 +38,10 @@ from .config import GRPO_LOSSES
 from .data import eval_batches, fetch
 from .evaluate import eval_mode, summed_over_ranks
 from .loss import IGNORE_INDEX
-from .preference import sequence_logps
+from .grpo_reference import token_kl
+from .preference import labelled_token_logps
 
-_SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated")
+_SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "kl_tokens")
 
 
 @dataclass
@@ -126,6 +130,9 @@ class GRPOObjective:
     loss_kind: str = "token"
     mask_truncated: bool = False
     seed: int = 0
+    beta: float = 0.0  # weight of the per-token KL to the starting model
+    kl_correction: bool = True  # the KL term times the ratio pi / pi.detach() (1): its gradient is KL's own
+    reference: Any = None  # engine/grpo_reference.py: AdapterOff or FrozenCopy (needed when beta > 0)
     _step: int = 0
     _micro: int = 0
     _window: torch.Tensor | None = field(default=None, repr=False)
@@ -133,6 +140,8 @@ class GRPOObjective:
     def __post_init__(self) -> None:
         if self.loss_kind not in GRPO_LOSSES:
             raise ValueError(f"loss_kind: expected one of {GRPO_LOSSES}, got {self.loss_kind!r}")
+        if self.beta and self.reference is None:
+            raise ValueError("beta > 0 needs a reference (engine/grpo_reference.py)")
 
     # ------------------------------------------------------------------ the loop's hooks
     def begin_step(self, step: int) -> None:
@@ -141,7 +150,13 @@ class GRPOObjective:
 
     def prepare(self, engine, datasets, collate_fn, batch_size, output_dir, resumed, data_fingerprint, device,
                 progress: bool = True) -> None:
-        """Nothing to compute before step 1 (no reference model); a hint where generation will be slow."""
+        """The reference model where ``beta`` > 0 (loaded again on a resume: it is the starting model); a hint
+        where generation will be slow."""
+        if self.beta:
+            self.reference.build(engine)
+            if dist.get_rank() == 0:
+                print(f"[zhllama] GRPO: KL penalty {self.beta:g} per answer token against {self.reference.describe}",
+                      flush=True)
         stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
         if stage == 3 and dist.get_rank() == 0:
             print(f"[zhllama] GRPO under ZeRO-3: each of the up to {self.max_new_tokens} tokens of an answer gathers "
@@ -196,41 +211,57 @@ class GRPOObjective:
 
     # ------------------------------------------------------------------ the engine's loss contract
     def loss(self, engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed policy-gradient loss, its normaliser): answer tokens (``token``) or answers (``sequence``)."""
+        """(summed loss, its normaliser): answer tokens (``token``) or answers (``sequence``). Per answer token,
+        -A (+ beta x KL to the reference); a masked answer's tokens add nothing."""
         rollout = self.rollout(engine, batch, device)
-        logps, tokens = sequence_logps(engine, rollout.batch, device, self.temperature)
-        advantages = rollout.advantages.to(logps.device)
+        logps, keep = labelled_token_logps(engine, rollout.batch, device, self.temperature)
+        row = keep.nonzero()[:, 0]  # the answer each token belongs to
+        tokens = keep.sum(dim=1)
+        weight = torch.ones_like(logps)
         if self.mask_truncated:  # DAPO: a cut-off answer neither counts nor is counted (its reward still shaped
             cut = rollout.truncated.to(logps.device)  # its group's mean, as in TRL)
-            advantages = torch.where(cut, torch.zeros_like(advantages), advantages)
+            weight = (~cut)[row].to(logps.dtype)
             tokens = torch.where(cut, torch.zeros_like(tokens), tokens)
         # logp - logp.detach() is 0 with the gradient of logp: the value logged is the (on-policy) surrogate's
+        per_token = -rollout.advantages.to(logps.device)[row] * (logps - logps.detach() + 1)
+        kl = None
+        if self.beta:
+            kl = token_kl(logps, self.reference(engine, rollout.batch, device, self.temperature))
+            # k3's own gradient misses the samples' dependence on pi; times the ratio (value 1) it gains
+            # k3 x grad(log pi), and the sum is the gradient of KL(pi || ref) (DeepSeek-V3.2; TRL's default)
+            term = kl * torch.exp(logps - logps.detach()) if self.kl_correction else kl
+            per_token = per_token + self.beta * term
+        per_token = per_token * weight
         if self.loss_kind == "token":
-            loss_sum = -(advantages * (logps - logps.detach() + tokens)).sum()
-            count = tokens.sum()
-        else:
-            loss_sum = -(advantages * ((logps - logps.detach()) / tokens.clamp(min=1) + 1)).sum()
-            count = torch.tensor(tokens.numel(), device=tokens.device)  # a masked answer still counts, as in TRL
-        sums = self._sums(rollout)
+            loss_sum, count = per_token.sum(), tokens.sum()
+        else:  # each answer's per-token mean; a masked answer still counts, as in TRL
+            per_answer = torch.zeros(keep.shape[0], dtype=per_token.dtype, device=per_token.device)
+            loss_sum = (per_answer.index_add(0, row, per_token) / tokens.clamp(min=1)).sum()
+            count = torch.tensor(keep.shape[0], device=tokens.device)
+        kl_sums = (0.0, 0.0) if kl is None else (float((kl.detach() * weight).sum()), float(weight.sum()))
+        sums = self._sums(rollout, *kl_sums)
         self._window = sums if self._window is None else self._window + sums
         batch["input_ids"] = rollout.batch["input_ids"]  # the loop counts the tokens trained on from this
         return loss_sum, count
 
-    def _sums(self, rollout: Rollout) -> torch.Tensor:
+    def _sums(self, rollout: Rollout, kl: float, kl_tokens: float) -> torch.Tensor:
         grouped = rollout.rewards.view(-1, self.generations)
         flat = (grouped == grouped[:, :1]).all(dim=1)
         return torch.tensor([float(rollout.rewards.numel()), float(rollout.rewards.sum()), float(grouped.shape[0]),
-                             float(flat.sum()), float(rollout.answer_tokens.sum()), float(rollout.truncated.sum())],
-                            dtype=torch.float64)
+                             float(flat.sum()), float(rollout.answer_tokens.sum()), float(rollout.truncated.sum()),
+                             kl, kl_tokens], dtype=torch.float64)
 
     def train_metrics(self, device) -> dict[str, float]:
         """Mean reward, groups with no signal, answer length and truncation over every rank's answers since
         the last log line (collective: every rank calls it at each log line)."""
         sums = self._window if self._window is not None else torch.zeros(len(_SUMS), dtype=torch.float64)
         self._window = None
-        answers, reward, groups, flat, tokens, truncated = summed_over_ranks(sums, device).tolist()
-        return {"train/reward": reward / max(answers, 1), "train/flat_groups": flat / max(groups, 1),
-                "train/answer_tokens": tokens / max(answers, 1), "train/truncated": truncated / max(answers, 1)}
+        answers, reward, groups, flat, tokens, truncated, kl, kl_tokens = summed_over_ranks(sums, device).tolist()
+        out = {"train/reward": reward / max(answers, 1), "train/flat_groups": flat / max(groups, 1),
+               "train/answer_tokens": tokens / max(answers, 1), "train/truncated": truncated / max(answers, 1)}
+        if self.beta:  # the mean per-token KL to the reference of the answers trained on
+            out["train/kl"] = kl / max(kl_tokens, 1)
+        return out
 
     # ------------------------------------------------------------------ validation
     def evaluate(self, engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None,

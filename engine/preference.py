@@ -51,6 +51,15 @@ def sequence_logps(engine, batch: dict[str, torch.Tensor], device,
                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed log-probability of each row's labelled tokens (fp32), labelled tokens per row), of the
     distribution softmax(logits / ``temperature``)."""
+    token_logps, keep = labelled_token_logps(engine, batch, device, temperature)
+    sums = torch.zeros(keep.shape[0], dtype=torch.float32, device=token_logps.device)
+    return sums.index_add(0, keep.nonzero()[:, 0], token_logps), keep.sum(dim=1)
+
+
+def labelled_token_logps(engine, batch: dict[str, torch.Tensor], device,
+                         temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of each labelled token (fp32), flat in row-major order; the rows x positions mask of
+    where they are), of the distribution softmax(logits / ``temperature``)."""
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
     targets = shift_labels(batch["labels"].to(device))  # label i is predicted at position i
     keep = targets != IGNORE_INDEX
@@ -62,8 +71,7 @@ def sequence_logps(engine, batch: dict[str, torch.Tensor], device,
         logits = engine(**inputs, use_cache=False).logits
         scaled = logits[keep].float() / temperature
         token_logps = scaled.log_softmax(dim=-1).gather(1, targets[keep][:, None]).squeeze(1)
-    sums = torch.zeros(targets.shape[0], dtype=torch.float32, device=token_logps.device)
-    return sums.index_add(0, keep.nonzero()[:, 0], token_logps), keep.sum(dim=1)
+    return token_logps, keep
 
 
 @dataclass

@@ -111,6 +111,8 @@ class GRPOSettings:
     scale_rewards: bool = True  # divide by the group's std (GRPO); false: Dr. GRPO's mean-centred rewards
     loss: str = "token"  # token (DAPO: mean over the micro batch's answer tokens) | sequence (GRPO: per-answer means)
     mask_truncated: bool = False  # answers cut at max_new_tokens add no loss (DAPO's overlong filtering)
+    beta: float = 0.0  # KL penalty per answer token to the starting model (GRPO's paper: 0.04); 0: no reference model
+    kl_correction: bool = True  # the KL term's gradient is that of KL(pi || ref) (DeepSeek-V3.2, TRL's default); false: GRPO's paper's k3
 
     def validate(self) -> list[str]:
         from .rewards import reward_problems
@@ -126,6 +128,8 @@ class GRPOSettings:
             problems.append(f"top_p: expected a value in (0, 1], got {self.top_p}")
         if self.loss not in GRPO_LOSSES:
             problems.append(f"loss: expected one of {list(GRPO_LOSSES)}, got {self.loss!r}")
+        if not 0 <= self.beta <= 10:
+            problems.append(f"beta: expected a value in [0, 10] (0: no KL penalty; GRPO's paper: 0.04), got {self.beta}")
         return problems
 
 

@@ -101,6 +101,7 @@ def prepare_grpo(cfg):
     """``objective: grpo``: validated prompts, their datasets and collator, and the objective that writes,
     scores and trains on the answers (engine/grpo.py)."""
     from engine.grpo import GRPOObjective
+    from engine.grpo_reference import reference_for
 
     from .grpo_data import PromptCollator, build_prompt_datasets, read_prompts
     from .mixture import resolve_sources
@@ -118,7 +119,8 @@ def prepare_grpo(cfg):
         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), stop_ids=stop_ids(tokenizer, spec),
         pad_id=pad, generations=settings.generations, max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature, top_p=settings.top_p, scale_rewards=settings.scale_rewards,
-        loss_kind=settings.loss, mask_truncated=settings.mask_truncated, seed=cfg.seed)
+        loss_kind=settings.loss, mask_truncated=settings.mask_truncated, seed=cfg.seed, beta=settings.beta, kl_correction=settings.kl_correction,
+        reference=reference_for(cfg) if settings.beta else None)
     return spec, fingerprint, data.train, data.eval, data.report, PromptCollator(pad), objective
 
 

@@ -182,12 +182,14 @@ def _objective(tok, references, **settings):
                                stop_ids=stop_ids(tok, spec), pad_id=pad_token_id(tok), **settings)
 
 
-@pytest.mark.parametrize("kind, temperature, fused", [("token", 1.0, False), ("sequence", 0.7, True),
-                                                       ("token", 0.7, True)])
+@pytest.mark.parametrize("kind, temperature, fused, beta, correction", [
+    ("token", 1.0, False, 0.0, True), ("sequence", 0.7, True, 0.0, True), ("token", 0.7, True, 0.0, True),
+    ("token", 1.0, False, 0.3, True), ("sequence", 0.7, True, 0.3, True), ("token", 0.7, True, 0.3, False)])
 def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log_prob(tmp_path, kind, temperature,
-                                                                                      fused):
+                                                                                      fused, beta, correction):
     """The gradient of the sampling distribution's log-probabilities (logits / temperature), by the plain and
-    the chunked (fused head) path."""
+    the chunked (fused head) path; with beta, plus beta x the per-token KL to a reference model (another one
+    here, so that the KL and its gradient are not 0)."""
     from transformers import AutoModelForCausalLM
 
     from engine.grpo import group_advantages
@@ -201,8 +203,15 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model(tmp_path / "model", tok_dir)), dtype=torch.float32)
     if fused:
         install_fused_head(model, chunk_tokens=5)
+    from engine.grpo_reference import FrozenCopy
+
+    other = AutoModelForCausalLM.from_pretrained(str(tiny_model(tmp_path / "reference", tok_dir, seed=3)),
+                                                 dtype=torch.float32)
+    reference = FrozenCopy(lambda ds_config: (other, None)) if beta else None
     spec, objective = _objective(tok, [None] * 3, generations=4, max_new_tokens=12, loss_kind=kind, seed=7,
-                                 temperature=temperature)
+                                 temperature=temperature, beta=beta, reference=reference, kl_correction=correction)
+    if beta:
+        reference.build(_Engine(model))
     prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:3]]
     batch = PromptCollator(0)([PromptDataset(prompts, [0, 1, 2])[i] for i in range(3)])
     engine = _Engine(model).train()
@@ -243,11 +252,20 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
     token_logps = logits.log_softmax(-1).gather(2, labels.clamp(min=0)[..., None]).squeeze(-1) * (labels != -100)
     per_answer = token_logps.sum(1)
     tokens = (labels != -100).sum(1)
+    with torch.no_grad():
+        ref_logits = other(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits[:, :-1].float()
+        ref_logps = (ref_logits / temperature).log_softmax(-1).gather(2, labels.clamp(min=0)[..., None]).squeeze(-1)
+    gap = ref_logps - token_logps
+    k3 = torch.exp(gap) - gap - 1  # with the correction, its gradient gains k3 x grad(log pi): the KL's own
+    terms = k3 + k3.detach() * (token_logps - token_logps.detach()) if correction else k3
+    kl = (terms * (labels != -100)).sum(1)  # per answer, summed over its tokens
     if kind == "token":
-        direct = -(rollout.advantages * per_answer).sum() / tokens.sum()
+        direct = (-(rollout.advantages * per_answer).sum() + beta * kl.sum()) / tokens.sum()
     else:
-        direct = -(rollout.advantages * per_answer / tokens).sum() / len(tokens)
+        direct = (-(rollout.advantages * per_answer / tokens) + beta * kl / tokens).sum() / len(tokens)
     direct.backward()
+    if beta:
+        assert float(kl.detach().sum()) > 1e-3  # another model: a KL whose gradient counts
     assert int(count) == (int(tokens.sum()) if kind == "token" else 12)
     for name, param in model.named_parameters():
         torch.testing.assert_close(got[name], param.grad, rtol=1e-4, atol=1e-7, msg=name)
@@ -303,6 +321,42 @@ def test_a_model_trained_with_flex_attention_generates_with_sdpa(tmp_path):
 
 
 # ---------------------------------------------------------------- real runs
+def test_the_reference_is_the_starting_model_without_a_copy_where_only_adapters_train(tmp_path):
+    """LoRA: switching the adapters off gives the starting model's log-probabilities, however far the adapters
+    moved; embeddings trained in place (or full training) need a copy, since switching adapters off keeps them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from engine.config import TrainConfig
+    from engine.grpo_reference import AdapterOff, FrozenCopy, reference_for
+    from engine.preference import labelled_token_logps
+
+    folder = tiny_model(tmp_path / "model", tiny_tokenizer(tmp_path / "tok"))
+    start = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32),
+                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    ids = torch.randint(5, 60, (2, 9))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    engine = _Engine(policy)
+    got = AdapterOff()(engine, batch, torch.device("cpu"), 0.7)
+    with torch.no_grad():
+        want = labelled_token_logps(start, batch, torch.device("cpu"), 0.7)[0]
+        moved = labelled_token_logps(engine, batch, torch.device("cpu"), 0.7)[0]
+    torch.testing.assert_close(got, want)
+    assert float((moved - want).abs().max()) > 1e-2  # the adapters did move the policy
+    cfg = TrainConfig()
+    cfg.mode, cfg.lora.modules_to_save = "lora", []
+    assert isinstance(reference_for(cfg), AdapterOff)
+    cfg.lora.modules_to_save = ["embed_tokens"]
+    assert isinstance(reference_for(cfg), FrozenCopy)
+    cfg.mode = "full"
+    assert isinstance(reference_for(cfg), FrozenCopy)
+
+
 def _train(root: Path, model: Path, data: Path, out: Path, ranks: int, *extra: str) -> str:
     proc = sft_train(torchrun_launch(ranks), "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
                      f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.2",
@@ -322,9 +376,12 @@ def test_two_rank_zero3_grpo_raises_the_reward(setup):
     """A random tiny model writes about half Han characters; rewarded for writing Chinese, it writes more."""
     root, model, data = setup
     out = root / "run"
-    log = _train(root, model, data, out, 2, "schedule.max_steps=16", "grpo.generations=8")
+    log = _train(root, model, data, out, 2, "schedule.max_steps=16", "grpo.generations=8", "grpo.beta=0.02")
     logged = [r for r in read_metrics(out) if "train/reward" in r]
     assert len(logged) == 16 and all(r["train/answer_tokens"] > 0 for r in logged)
+    # the KL to the frozen copy of the starting model (partitioned like the policy): 0 at step 1, then growing
+    assert logged[0]["train/kl"] < 1e-6 and logged[-1]["train/kl"] > 1e-3, [r["train/kl"] for r in logged]
+    assert "KL penalty 0.02 per answer token against a frozen copy of the starting model" in log
     first = sum(r["train/reward"] for r in logged[:4]) / 4
     last = sum(r["train/reward"] for r in logged[-4:]) / 4
     assert last > first + 0.15, [round(r["train/reward"], 3) for r in logged]
@@ -342,7 +399,8 @@ def test_resume_writes_the_same_answers_and_ends_as_the_uninterrupted_run(setup)
 
     root, model, data = setup
     out, resumed = root / "one_rank", root / "resumed"
-    common = ("schedule.max_steps=6", "checkpoint.every_steps=3", "checkpoint.keep_last=2", "eval.at_start=false")
+    common = ("schedule.max_steps=6", "checkpoint.every_steps=3", "checkpoint.keep_last=2", "eval.at_start=false",
+              "grpo.beta=0.05")  # the resumed run's reference is the starting model again, not step 3's
     _train(root, model, data, out, 1, *common)
     shutil.copytree(out, resumed, ignore=shutil.ignore_patterns("final", "train_report.json", "step-00000006"))
     log = _train(root, model, data, resumed, 1, *common)
@@ -350,6 +408,7 @@ def test_resume_writes_the_same_answers_and_ends_as_the_uninterrupted_run(setup)
     want = [r for r in read_metrics(out) if "train/reward" in r]
     got = [r for r in read_metrics(resumed) if "train/reward" in r]
     assert [r["train/reward"] for r in got[-3:]] == [r["train/reward"] for r in want[-3:]]
+    assert [r["train/kl"] for r in got[-3:]] == [r["train/kl"] for r in want[-3:]] and want[-1]["train/kl"] > 0
     got_w, want_w = (load_file(str(next((d / "final").glob("*.safetensors")))) for d in (resumed, out))
     for name in want_w:
         torch.testing.assert_close(got_w[name], want_w[name], rtol=0, atol=1e-6, msg=name)

@@ -1,0 +1,96 @@
+"""The reference model of GRPO's KL penalty (``grpo.beta`` > 0): the model the run started from, frozen.
+
+Its per-token log-probabilities of each answer, of the same distribution as the policy's (logits divided
+by the sampling temperature, as TRL does), come from one of two places:
+
+* ``AdapterOff`` — a LoRA run whose adapters are the only trained weights: the policy with its adapters
+  switched off (PEFT's ``disable_adapter``) is the starting model. No second model in memory (TRL's way).
+* ``FrozenCopy`` — full training, or LoRA beside embeddings trained in place (switching the adapters off
+  would keep the trained embeddings): a second copy of the starting model, loaded once, frozen, in eval
+  mode. Under ZeRO-3 it is partitioned like the policy (DeepSpeed without an optimizer, as TRL prepares its
+  reference); otherwise each rank holds it whole (ZeRO stage 0).
+
+A resumed run loads the same starting model again: the reference never moves.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+
+from .preference import labelled_token_logps
+
+
+class AdapterOff:
+    """The policy's own forward with its LoRA adapters switched off."""
+
+    describe = "the policy with its LoRA adapters switched off (no second model)"
+
+    def build(self, engine) -> None:
+        pass
+
+    @torch.no_grad()
+    def __call__(self, engine, batch: dict[str, torch.Tensor], device, temperature: float) -> torch.Tensor:
+        module = getattr(engine, "module", engine)
+        with module.disable_adapter():
+            return labelled_token_logps(engine, batch, device, temperature)[0]
+
+
+class FrozenCopy:
+    """A frozen second copy of the starting model; ``load(ds_config) -> (model, keepalive)`` builds it."""
+
+    describe = "a frozen copy of the starting model"
+
+    def __init__(self, load: Callable[[dict], tuple[torch.nn.Module, object]]):
+        self.load = load
+        self.engine = None
+
+    def build(self, engine) -> None:
+        """Load the copy beside the policy's engine, partitioned alike under ZeRO-3 (collective: every rank)."""
+        import deepspeed
+
+        config = copy.deepcopy(getattr(engine, "config", None) or {})
+        if not config:  # a bare model (tests, cross-checks): the copy stays a plain module
+            self.engine = self.load({})[0].eval()
+            return
+        for key in ("optimizer", "scheduler"):
+            config.pop(key, None)
+        zero = config.setdefault("zero_optimization", {})
+        if zero.get("stage") != 3:
+            config["zero_optimization"] = {"stage": 0}  # each rank holds it whole: nothing to shard without grads
+        model, keepalive = self.load(config)
+        model.requires_grad_(False)
+        self.engine, *_ = deepspeed.initialize(model=model, config=config)
+        self.engine.eval()
+        del keepalive
+
+    @torch.no_grad()
+    def __call__(self, engine, batch: dict[str, torch.Tensor], device, temperature: float) -> torch.Tensor:
+        if self.engine is None:
+            raise RuntimeError("FrozenCopy.build(engine) must run before the first step")
+        return labelled_token_logps(self.engine, batch, device, temperature)[0]
+
+
+def token_kl(policy: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per token, exp(ref - pi) - (ref - pi) - 1: an unbiased, never negative estimate of KL(pi || ref)
+    (Schulman's k3; GRPO's paper and TRL). Its gradient is (1 - exp(ref - pi)) grad(pi)."""
+    gap = reference.to(policy.dtype) - policy
+    return torch.exp(gap) - gap - 1
+
+
+def reference_for(cfg) -> AdapterOff | FrozenCopy:
+    """The cheapest exact reference for this run's mode: AdapterOff where only LoRA adapters train, else a copy
+    of ``model.path`` loaded as the policy was (dtype, attention, context, the chunked head)."""
+    if cfg.mode == "lora" and not cfg.lora.modules_to_save:
+        return AdapterOff()
+
+    def load(ds_config: dict):
+        from .loss import install_fused_head
+        from .model import load_model
+
+        model, keepalive = load_model(cfg, ds_config)
+        if cfg.model.fused_loss:
+            install_fused_head(model, cfg.model.loss_chunk_tokens)
+        return model, keepalive
+    return FrozenCopy(load)
