@@ -13,7 +13,7 @@ as two reward functions with weights [1, 0.5].
 
 Settings, ours -> TRL (``num_iterations=1``, one process, one micro batch):
 loss ``token`` -> ``loss_type="bnpo"`` (mean over the batch's answer tokens; DAPO's normaliser is the same number in
-one process with one micro batch), ``sequence`` -> ``"grpo"``; ``scale_rewards`` true/false -> ``"group"``/``"none"``;
+one process with one micro batch), ``sequence`` -> ``"grpo"``, ``dr_grpo`` -> ``"dr_grpo"``; ``scale_rewards`` true/false -> ``"group"``/``"none"``;
 ``mask_truncated`` -> ``mask_truncated_completions``; temperature 1.0 and 0.7 (both divide the logits by it);
 ``beta`` 0 and 0.5, the KL penalty to a reference model, with ``kl_correction`` (TRL's ``use_bias_correction_kl``,
 its default) and without. So that the KL and its gradient are not 0, the policy
@@ -38,7 +38,8 @@ REFERENCES = ["7", "5", "7", "好"]
 SETTINGS = [("token", True, False, 1.0, 0.0), ("sequence", True, False, 1.0, 0.0), ("token", False, False, 1.0, 0.0),
             ("token", True, True, 1.0, 0.0), ("sequence", True, True, 1.0, 0.0), ("token", True, False, 0.7, 0.0),
             ("sequence", False, False, 0.7, 0.0), ("token", True, False, 1.0, 0.5), ("sequence", True, True, 0.7, 0.5),
-            ("token", True, False, 0.7, -0.5)]  # beta < 0 here: 0.5 without the KL's bias correction
+            ("token", True, False, 0.7, -0.5), ("dr_grpo", False, False, 1.0, 0.0), ("dr_grpo", False, True, 0.7, 0.5)]  # beta < 0 here: 0.5 without the KL's bias correction
+TRL_LOSS = {"token": "bnpo", "sequence": "grpo", "dr_grpo": "dr_grpo"}
 GENERATIONS, MAX_NEW = 4, 10
 ABS_TOL, REL_TOL = 1e-5, 1e-4
 
@@ -162,7 +163,7 @@ def run_trl(model_dir, tok, rows, setting, work: Path) -> dict:
     def rollout_func(prompts, trainer):  # hand TRL our answers instead of sampling
         return {"prompt_ids": [p for p, _ in rows], "completion_ids": [c for _, c in rows], "logprobs": None}
 
-    cfg = GRPOConfig(output_dir=str(work / "trl"), loss_type="bnpo" if kind == "token" else "grpo", beta=beta,
+    cfg = GRPOConfig(output_dir=str(work / "trl"), loss_type=TRL_LOSS[kind], beta=beta,
                      use_bias_correction_kl=signed_beta >= 0,
                      scale_rewards="group" if scale else "none", mask_truncated_completions=mask_truncated,
                      temperature=temperature, num_generations=GENERATIONS, max_completion_length=MAX_NEW,
@@ -222,7 +223,7 @@ def main() -> int:
         kind, scale, cut, temperature, beta = setting
         shown = f"{abs(beta):g}" + ("" if beta >= 0 else " k3")  # k3: without the KL's bias correction
         print(f"{kind:<9} {str(scale):<6} {str(cut):<9} {temperature:<5} {shown:<7}"
-              f"{'bnpo' if kind == 'token' else 'grpo':<14} "
+              f"{TRL_LOSS[kind]:<14} "
               f"{int(rollout.truncated.sum()):>3} {'same' if texts_ok else 'DIFF':>6} {d_adv:12.1e} "
               f"{d_loss:10.1e} {grad:9.1e} {'ok' if ok else 'DIFFERS'}", flush=True)
     print(f"{failed} of {len(SETTINGS)} settings differ; {time.time() - start:.1f}s")

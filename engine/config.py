@@ -304,7 +304,7 @@ class LoggingConfig:
 # engine/preference.py, engine/kto.py and engine/grpo.py; here so configs load without torch
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "simpo", "orpo")
 KTO_LOSSES = ("kto", "apo_zero_unpaired")
-GRPO_LOSSES = ("token", "sequence")
+GRPO_LOSSES = ("token", "sequence", "dr_grpo")
 
 
 @dataclass

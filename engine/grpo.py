@@ -6,8 +6,9 @@ scores them, and each answer's advantage is its reward against its group's:
                                                                            as Dr. GRPO, Liu et al. 2025)
     loss = - sum_i A_i * sum_t log pi(o_i,t | prompt, o_i,<t) / N
 
-with N the answer tokens of the micro batch (``loss: token``, DAPO's token-level mean, Yu et al. 2025) or
-the answers, each answer's log-probability taken as its per-token mean (``loss: sequence``, GRPO's paper).
+with N the answer tokens of the micro batch (``loss: token``, DAPO's token-level mean, Yu et al. 2025), the
+answers, each answer's log-probability taken as its per-token mean (``loss: sequence``, GRPO's paper), or
+answers x ``max_new_tokens`` (``loss: dr_grpo``, Dr. GRPO: no length normalisation at all).
 pi is the distribution the answers were sampled from, softmax(logits / temperature), as in TRL and verl.
 One optimizer step per batch of answers: the policy that wrote them is the one trained, so the PPO ratio
 is 1 and its clip never acts; the gradient is what is written above (TRL's GRPOTrainer with
@@ -234,6 +235,8 @@ class GRPOObjective:
         per_token = per_token * weight
         if self.loss_kind == "token":
             loss_sum, count = per_token.sum(), tokens.sum()
+        elif self.loss_kind == "dr_grpo":  # a fixed normaliser: a long answer's tokens weigh what a short one's do
+            loss_sum, count = per_token.sum(), torch.tensor(keep.shape[0] * self.max_new_tokens, device=tokens.device)
         else:  # each answer's per-token mean; a masked answer still counts, as in TRL
             per_answer = torch.zeros(keep.shape[0], dtype=per_token.dtype, device=per_token.device)
             loss_sum = (per_answer.index_add(0, row, per_token) / tokens.clamp(min=1)).sum()

@@ -109,7 +109,7 @@ class GRPOSettings:
     temperature: float = 1.0  # sampling temperature of the answers (1.0: the policy itself)
     top_p: float = 1.0  # nucleus sampling of the answers (1.0: off)
     scale_rewards: bool = True  # divide by the group's std (GRPO); false: Dr. GRPO's mean-centred rewards
-    loss: str = "token"  # token (DAPO: mean over the micro batch's answer tokens) | sequence (GRPO: per-answer means)
+    loss: str = "token"  # token (DAPO: mean over the micro batch's answer tokens) | sequence (GRPO: per-answer means) | dr_grpo (sum / (answers x max_new_tokens))
     mask_truncated: bool = False  # answers cut at max_new_tokens add no loss (DAPO's overlong filtering)
     beta: float = 0.0  # KL penalty per answer token to the starting model (GRPO's paper: 0.04); 0: no reference model
     kl_correction: bool = True  # the KL term's gradient is that of KL(pi || ref) (DeepSeek-V3.2, TRL's default); false: GRPO's paper's k3

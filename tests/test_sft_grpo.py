@@ -116,9 +116,10 @@ def test_all_bad_records_and_settings_are_reported_before_anything_runs(tmp_path
     with pytest.raises(UserError) as err:
         load_config(SFTConfig, CONFIG, ["grpo.rewards={maths: 1, zh_share: 0}", "grpo.generations=1",
                                         "grpo.loss=mean", "grpo.top_p=0", "grpo.max_new_tokens=300",
-                                        "data.packing=true", "mode=embeddings"])
+                                        "data.packing=true", "mode=embeddings", "grpo.beta=-0.1"])
     for what in ("'maths' is neither built in", "rewards.zh_share: the weight must be a non-zero number",
-                 "generations: must be >= 2", "grpo.loss: expected one of ['token', 'sequence']", "grpo.top_p",
+                 "generations: must be >= 2", "grpo.loss: expected one of ['token', 'sequence', 'dr_grpo']", "grpo.top_p",
+                 "grpo.beta: expected a value in [0, 10]",
                  "max_new_tokens: 300 leaves no room", "data.packing: not with objective=grpo", "mode: embeddings"):
         assert what in str(err.value), str(err.value)
 
@@ -184,7 +185,8 @@ def _objective(tok, references, **settings):
 
 @pytest.mark.parametrize("kind, temperature, fused, beta, correction", [
     ("token", 1.0, False, 0.0, True), ("sequence", 0.7, True, 0.0, True), ("token", 0.7, True, 0.0, True),
-    ("token", 1.0, False, 0.3, True), ("sequence", 0.7, True, 0.3, True), ("token", 0.7, True, 0.3, False)])
+    ("token", 1.0, False, 0.3, True), ("sequence", 0.7, True, 0.3, True), ("token", 0.7, True, 0.3, False),
+    ("dr_grpo", 1.0, True, 0.3, True)])
 def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log_prob(tmp_path, kind, temperature,
                                                                                       fused, beta, correction):
     """The gradient of the sampling distribution's log-probabilities (logits / temperature), by the plain and
@@ -261,12 +263,14 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
     kl = (terms * (labels != -100)).sum(1)  # per answer, summed over its tokens
     if kind == "token":
         direct = (-(rollout.advantages * per_answer).sum() + beta * kl.sum()) / tokens.sum()
+    elif kind == "dr_grpo":  # every answer as if max_new_tokens long
+        direct = (-(rollout.advantages * per_answer).sum() + beta * kl.sum()) / (12 * 12)
     else:
         direct = (-(rollout.advantages * per_answer / tokens) + beta * kl / tokens).sum() / len(tokens)
     direct.backward()
     if beta:
         assert float(kl.detach().sum()) > 1e-3  # another model: a KL whose gradient counts
-    assert int(count) == (int(tokens.sum()) if kind == "token" else 12)
+    assert int(count) == {"token": int(tokens.sum()), "sequence": 12, "dr_grpo": 12 * 12}[kind]
     for name, param in model.named_parameters():
         torch.testing.assert_close(got[name], param.grad, rtol=1e-4, atol=1e-7, msg=name)
     assert any(float(g.abs().max()) > 0 for g in got.values())
