@@ -3,14 +3,15 @@
     python -m evaluation contamination corpora_manifests/shared_zh_pretrain.yaml \\
         --benchmark ceval=data/ceval --benchmark cmmlu=data/cmmlu --benchmark mmlu=data/mmlu \\
         --eval-manifest corpora_manifests/eval_belle.yaml --reading cmrc=data/cmrc2018_dev.json \\
-        --out runs/contamination.keys
+        --math gsm8k=data/gsm8k/test.jsonl --out runs/contamination.keys
     # then: score the clean items apart     python -m evaluation choice ... --contamination runs/contamination.keys.json
     #       python -m evaluation reading ... --contamination runs/contamination.keys.json
+    #       python -m evaluation math ... --contamination runs/contamination.keys.json
     #       or train without those documents  exclude: [{file: ..., sha256: <printed>}]   in the manifest
 
 Reads every item of every split present (C-Eval, CMMLU, MMLU in their official layouts; every
 document of each source of an ``--eval-manifest``, e.g. an SFT evaluation set; every passage, with
-its questions, of a ``--reading`` set), then streams the manifest's training part once and finds the
+its questions, of a ``--reading`` set; every problem's question of a ``--math`` set), then streams the manifest's training part once and finds the
 items' 13-unit grams in it (evaluation/contamination.py: a unit is a Han character or a word, so spacing
 and punctuation do not hide a copy). Writes the keys of the training documents that contain a
 contaminated item (the manifest's ``exclude:`` format) and a report
@@ -57,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reading", action="append", default=[], metavar="NAME=FILE",
                         help="a reading set in SQuAD's layout (CMRC 2018, DRCD ...): each passage with its "
                              "questions is an item (repeatable; then `evaluation reading --contamination`)")
+    parser.add_argument("--math", action="append", default=[], metavar="NAME=FILE",
+                        help="a math set (GSM8K, CMATH, MGSM ...): each problem's question is an item (repeatable; "
+                             "then `evaluation math --contamination`)")
     parser.add_argument("--out", required=True, help="the keys file to write (its report goes to OUT.json)")
     parser.add_argument("--workers", type=int, default=1,
                         help=f"processes that scan a share of the documents each (this machine has {os.cpu_count()})")
@@ -76,11 +80,15 @@ def run(args: argparse.Namespace) -> int:
     problems = [f"--{p}" for p in settings.problems()]
     specs = benchmark_specs(args.benchmark, problems)
     readings = name_pairs(args.reading, "--reading", problems)
-    problems += [f"--reading {n}={f}: not a file" for n, f in readings if not Path(f).is_file()]
-    names = [n for n, _ in specs] + [n for n, _ in readings]  # --benchmark twice: said by benchmark_specs
-    problems += [f"--reading {n}: the name is given twice" for n in sorted({n for n, _ in readings if names.count(n) > 1})]
-    if not specs and not args.eval_manifest and not readings:
-        problems.append("give at least one --benchmark NAME=DIR, --reading NAME=FILE or --eval-manifest YAML")
+    maths = name_pairs(args.math, "--math", problems)
+    for flag, sets in (("--reading", readings), ("--math", maths)):
+        problems += [f"{flag} {n}={f}: not a file" for n, f in sets if not Path(f).is_file()]
+    names = [n for n, _ in specs] + [n for n, _ in readings] + [n for n, _ in maths]  # --benchmark: benchmark_specs
+    for flag, sets in (("--reading", readings), ("--math", maths)):
+        problems += [f"{flag} {n}: the name is given twice" for n in sorted({n for n, _ in sets if names.count(n) > 1})]
+    if not specs and not args.eval_manifest and not readings and not maths:
+        problems.append("give at least one --benchmark NAME=DIR, --reading NAME=FILE, --math NAME=FILE or "
+                        "--eval-manifest YAML")
     out = Path(args.out)
     if out.is_dir():
         problems.append(f"--out {out} is a folder; give a file path")
@@ -88,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--workers: expected >= 1, got {args.workers}")
     raise_if_problems("contamination settings", problems)
     manifest = load_manifest(args.manifest)  # checked before the benchmarks are read
-    items, data = read_items(specs, args.eval_manifest, readings)
+    items, data = read_items(specs, args.eval_manifest, readings, maths)
     report, keys = contamination_report(manifest, items, settings, args.workers)
     report = {"manifest": str(args.manifest), "fingerprint": manifest.fingerprint(), "salt": manifest.holdout.salt,
               "settings": dataclasses.asdict(settings), "data": data, **report}
@@ -131,14 +139,23 @@ def reading_items(name: str, path: str) -> list[EvalItem]:
                      (context, *(q.question for q in qs))) for context, qs in questions.items()]
 
 
+def math_items(name: str, path: str) -> list[EvalItem]:
+    """One item per problem of a math set: its question (answers are numbers, too short to find)."""
+    from .math_data import math_questions
+
+    return [EvalItem(name, "all", name, where, item_key([question]), (question,))
+            for where, question in math_questions(path)]
+
+
 def read_items(specs: list[tuple[str, str]], eval_manifests: list[str],
-                readings: list[tuple[str, str]] = ()) -> tuple[list[EvalItem], dict]:
+               readings: list[tuple[str, str]] = (), maths: list[tuple[str, str]] = ()) -> tuple[list[EvalItem], dict]:
     """Every item to look for, and what was read (files and their sha256, per benchmark)."""
     items: list[EvalItem] = []
     data: dict[str, dict] = {}
-    for name, path in readings:
-        items += reading_items(name, path)
-        data[name] = {"reading": path, "sha256": {path: sha256_file(path)}}
+    for kind, sets, read in (("reading", readings, reading_items), ("math", maths, math_items)):
+        for name, path in sets:
+            items += read(name, path)
+            data[name] = {kind: path, "sha256": {path: sha256_file(path)}}
     for name, folder in specs:
         by_split, files = read_all_splits(name, folder)
         for split, split_items in by_split.items():
@@ -219,6 +236,29 @@ def item_statuses(report_path: str | Path, benchmark: str, split: str) -> dict[s
                         f"{sorted(f'{b} {s}' for b, splits in report['results'].items() for s in splits)}); "
                         f"run `python -m evaluation contamination ... --benchmark {benchmark}=DIR` again")
     return {it["key"]: it["status"] for it in items if it["benchmark"] == benchmark and it["split"] == split}
+
+
+def set_statuses(report: str, sets: list[tuple[str, str]], kind: str) -> dict[str, dict[str, str]]:
+    """Set name -> {item key: partial | contaminated} (absent: clean) for the ``--reading`` or ``--math`` sets
+    of ``evaluation reading``/``math``; a set the report did not check, or checked in another file, is refused
+    (a missing check must never read as clean)."""
+    import json
+
+    try:
+        data = json.loads(Path(report).read_text(encoding="utf-8"))["data"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--contamination {report}: not a report of `python -m evaluation contamination` ({e})") from None
+    out, problems = {}, []
+    for name, path in sets:
+        if kind not in data.get(name, {}):
+            problems.append(f"--contamination {report}: set {name} was not checked (checked: {sorted(data)}); run "
+                            f"`python -m evaluation contamination MANIFEST --{kind} {name}={path} ...`")
+        elif sha256_file(path) not in data[name]["sha256"].values():
+            problems.append(f"--contamination {report}: set {name} was checked in another file than {path}")
+        else:
+            out[name] = item_statuses(report, name, "all")
+    raise_if_problems(f"{kind} contamination", problems)
+    return out
 
 
 def summary_table(results: dict) -> str:

@@ -4,7 +4,8 @@
         --shots-from data/gsm8k/train.jsonl --out runs/math.json [--set cmath=data/cmath/test.jsonl] \
         [--set mgsm_zh=data/mgsm/mgsm_zh.tsv] [--shots 5] [--chat] [--only class=math] [--max-items 500] \
         [--samples 8 --temperature 0.7] [--max-new-tokens 512] [--device cuda] [--dtype bfloat16] \
-        [--batch-size 16] [--compare runs/math_base.json] [--server http://127.0.0.1:8000/v1 --workers 16]
+        [--batch-size 16] [--compare runs/math_base.json] [--server http://127.0.0.1:8000/v1 --workers 16] \
+        [--contamination runs/contamination.keys.json]
 
 A base model continues worked exemplars (GSM8K's layout in English, as lm-evaluation-harness's gsm8k task;
 问题/解答/答案 in Chinese); ``--chat`` asks in the model's chat template. Each answer's number is read as
@@ -14,7 +15,8 @@ answers per item (seeded by the item: a rerun asks the same) and adds majority v
 made it forget, or what GRPO gained, item by item. Every file is checked and every prompt built before
 the model loads; the results JSON holds each item's prompt size, answers and the numbers read off them.
 ``--server`` generates on an OpenAI-compatible server serving ``--model`` (``vllm serve DIR``), prompts as
-token ids; replies are kept in OUT.calls.jsonl, so a stopped run resumes.
+token ids; replies are kept in OUT.calls.jsonl, so a stopped run resumes. ``--contamination`` (a report of
+``evaluation contamination MANIFEST --math NAME=FILE``) scores the problems the training data holds apart.
 """
 from __future__ import annotations
 
@@ -53,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=16, help="requests in flight with --server")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--contamination", default=None, metavar="REPORT",
+                        help="a report of `evaluation contamination --math NAME=FILE` for these sets: accuracy on "
+                             "problems in the training data and on clean ones apart")
     parser.add_argument("--compare", default=None, metavar="RESULTS", help="another model's results JSON")
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--no-progress", action="store_true")
@@ -75,7 +80,8 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
             args.only_fields[field] = wanted
         else:
             problems.append(f"--only {value!r}: expected FIELD=VALUE (e.g. class=math)")
-    for flag, path in (("--shots-from", args.shots_from), ("--compare", args.compare)):
+    for flag, path in (("--shots-from", args.shots_from), ("--compare", args.compare),
+                       ("--contamination", args.contamination)):
         if path and not Path(path).is_file():
             problems.append(f"{flag} {path}: not a file")
     if args.temperature is None:
@@ -137,6 +143,11 @@ def run(args: argparse.Namespace) -> int:
     sets = _check_args(args)
     require_model_folder(args.model, "--model")
     compare = _read_compare(args.compare) if args.compare else None
+    statuses = None
+    if args.contamination:
+        from .contamination_cli import set_statuses
+
+        statuses = set_statuses(args.contamination, sets, "math")
     chosen = _sets(args, sets)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if args.chat and not getattr(tokenizer, "chat_template", None):
@@ -154,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         if all(p.ids is None for p in prompts[name][1]):
             problems.append(f"--set {name}: no item fits in {budget} prompt tokens (--max-length, --max-new-tokens)")
     raise_if_problems("math prompts", problems)
-    result = _evaluate(args, prompts, tokenizer, max_length)
+    result = _evaluate(args, prompts, tokenizer, max_length, statuses)
     if compare is not None:
         result["compare"] = compare_results(compare, result, args.compare)
     write_json_atomic(args.out, result)
@@ -173,16 +184,16 @@ def _read_compare(path: str) -> dict:
     return old
 
 
-def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
+def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | None = None) -> dict:
     from zhllama.files import sha256_file
     from zhllama.model_fingerprint import model_fingerprint
 
     from .math_eval import cut_at_stop, scored_item, stop_text, summary
 
     generate = _on_server(args) if args.server else _here(args, tokenizer)
-    skip = ("model", "out", "no_progress", "compare", "api_key_env", "only_fields", "only")
+    skip = ("model", "out", "no_progress", "compare", "api_key_env", "only_fields", "only", "contamination")
     result = {"task": "math", "model": str(args.model), "model_fingerprint": model_fingerprint(args.model),
-              "server": args.server, "max_length": max_length,
+              "server": args.server, "max_length": max_length, "contamination_report": args.contamination,
               "settings": {**{k: v for k, v in vars(args).items() if k not in skip}, "only": args.only_fields},
               "sets": {}}
     for name, (math_set, got) in prompts.items():
@@ -192,7 +203,7 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
         answers: list[list[str] | None] = [None] * len(got)
         for i, texts in zip(fits, generate(name, [got[i] for i in fits], stops)):
             answers[i] = [cut_at_stop(t, stops) for t in texts]
-        items = [scored_item(p, a) for p, a in zip(got, answers)]
+        items = [scored_item(p, a, None if statuses is None else statuses[name]) for p, a in zip(got, answers)]
         result["sets"][name] = {"file": str(math_set.path), "sha256": sha256_file(math_set.path),
                                 "language": math_set.language, "left_out_by_only": math_set.left_out,
                                 **summary(items, args.samples), "items": items}

@@ -95,6 +95,13 @@ def _records(path: Path) -> list[tuple[str, object]]:
     return out
 
 
+def _question(record: dict) -> str | None:
+    question = next((record[f] for f in QUESTION_FIELDS if isinstance(record.get(f), str) and record[f].strip()), None)
+    if question is not None and question == record.get("instruction") and str(record.get("input") or "").strip():
+        question = f"{question}\n{record['input']}"
+    return None if question is None else question.strip()
+
+
 def _item(where: str, record: object, problems: list[str]) -> MathItem | None:
     if isinstance(record, str):  # a line that did not parse
         problems.append(f"{where}: {record}")
@@ -102,9 +109,7 @@ def _item(where: str, record: object, problems: list[str]) -> MathItem | None:
     if not isinstance(record, dict):
         problems.append(f"{where}: expected an object (or a TSV line of question and answer), got {str(record)[:80]}")
         return None
-    question = next((record[f] for f in QUESTION_FIELDS if isinstance(record.get(f), str) and record[f].strip()), None)
-    if question is not None and question == record.get("instruction") and str(record.get("input") or "").strip():
-        question = f"{question}\n{record['input']}"
+    question = _question(record)
     field = next((f for f in REFERENCE_FIELDS if record.get(f) not in (None, "")), None)
     reference = None if field is None else str(record[field])
     number = None if reference is None else reference_number(reference)
@@ -118,7 +123,13 @@ def _item(where: str, record: object, problems: list[str]) -> MathItem | None:
         return None
     category = next((str(record[f]) for f in CATEGORY_FIELDS if record.get(f) not in (None, "")), None)
     key = str(record["id"]) if record.get("id") not in (None, "") else where.rsplit(":", 1)[-1].rsplit("[", 1)[-1].rstrip("]")
-    return MathItem(key, question.strip(), number, reasoning_of(reference), final_of(reference, number), category)
+    return MathItem(key, question, number, reasoning_of(reference), final_of(reference, number), category)
+
+
+def math_questions(path: str | Path) -> list[tuple[str, str]]:
+    """(where, question) of every record with a question, whatever its reference (contamination checks only
+    the questions: BELLE's eval set is read whole, its math records among them)."""
+    return [(where, q) for where, r in _records(Path(path)) if isinstance(r, dict) and (q := _question(r))]
 
 
 def _kept(record: object, only: dict[str, str]) -> bool:

@@ -123,10 +123,16 @@ def majority(numbers: list) -> object | None:
     return next(n for n in numbers if n is not None and counts[n] == top)
 
 
-def scored_item(prompt: MathPrompt, answers: list[str] | None) -> dict:
+def scored_item(prompt: MathPrompt, answers: list[str] | None, statuses: dict[str, str] | None = None) -> dict:
+    """One problem's answers, the numbers read off them and whether they are right; with ``statuses`` (question
+    key -> partial | contaminated, from a contamination report) whether the problem is in the training data."""
+    from .benchmarks import item_key
+
     item = prompt.item
     row = {"key": item.key, "category": item.category, "reference": number_text(item.answer),
            "prompt_tokens": None if prompt.ids is None else len(prompt.ids), "shots": prompt.shots}
+    if statuses is not None:
+        row["contamination"] = statuses.get(item_key([item.question]), "clean")
     if answers is None:
         return {**row, "too_long": True, "correct": False}
     numbers = [completion_number(final_answer(a)) for a in answers]  # a reasoning model's: after </think>
@@ -157,6 +163,9 @@ def summary(items: list[dict], samples: int) -> dict:
     categories = sorted({i["category"] for i in items if i["category"] is not None})
     if categories:
         out["by_category"] = {c: totals([i for i in items if i["category"] == c]) for c in categories}
+    if any("contamination" in i for i in items):  # clean problems apart from those the training data holds
+        out["contamination"] = {status: totals(group) for status in ("clean", "partial", "contaminated")
+                                if (group := [i for i in items if i.get("contamination") == status])}
     return out
 
 
@@ -203,6 +212,7 @@ def table(result: dict) -> str:
     for name, s in result["sets"].items():
         lines.append(row(name, s, str(s["too_long"])))
         lines += [row(f"{name} / {c}", v, "") for c, v in s.get("by_category", {}).items()]
+        lines += [row(f"{name} / {status} (training data)", v, "") for status, v in s.get("contamination", {}).items()]
     compare = result.get("compare")
     if compare:
         lines += ["", f"against {compare['model']} ({compare['results']}):", "",

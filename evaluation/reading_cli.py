@@ -140,7 +140,11 @@ def run(args: argparse.Namespace) -> int:
     sets = _check_args(args)
     require_model_folder(args.model, "--model")
     compare = _read_compare(args.compare) if args.compare else None
-    statuses = _statuses(args.contamination, sets) if args.contamination else None
+    statuses = None
+    if args.contamination:
+        from .contamination_cli import set_statuses
+
+        statuses = set_statuses(args.contamination, sets, "reading")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if args.chat and not getattr(tokenizer, "chat_template", None):
         raise UserError(f"--chat: {args.model} has no chat template (a base model: leave --chat out)")
@@ -165,30 +169,6 @@ def run(args: argparse.Namespace) -> int:
     print(table(result))
     print(f"-> {args.out}")
     return 0
-
-
-def _statuses(report: str, sets: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
-    """Set name -> {passage key: partial | contaminated} (absent: clean); a set the report did not check,
-    or checked in another file, is refused (a missing check must never read as clean)."""
-    from zhllama.files import sha256_file
-
-    from .contamination_cli import item_statuses
-
-    try:
-        data = json.loads(Path(report).read_text(encoding="utf-8"))["data"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"--contamination {report}: not a report of `python -m evaluation contamination` ({e})") from None
-    out, problems = {}, []
-    for name, path in sets:
-        if "reading" not in data.get(name, {}):
-            problems.append(f"--contamination {report}: set {name} was not checked (checked: {sorted(data)}); run "
-                            f"`python -m evaluation contamination MANIFEST --reading {name}={path} ...`")
-        elif sha256_file(path) not in data[name]["sha256"].values():
-            problems.append(f"--contamination {report}: set {name} was checked in another file than {path}")
-        else:
-            out[name] = item_statuses(report, name, "all")
-    raise_if_problems("reading contamination", problems)
-    return out
 
 
 def _read_compare(path: str) -> dict:

@@ -118,7 +118,7 @@ def _benchmarks(tmp_path):
 
 def _cli(manifest, ceval, mmlu, out, **kw):
     defaults = ContaminationSettings()
-    base = dict(manifest=str(manifest), benchmark=[f"ceval={ceval}", f"mmlu={mmlu}"], eval_manifest=[], reading=[], out=str(out),
+    base = dict(manifest=str(manifest), benchmark=[f"ceval={ceval}", f"mmlu={mmlu}"], eval_manifest=[], reading=[], math=[], out=str(out),
                 workers=1,
                 ngram=defaults.ngram, min_units=defaults.min_units, max_items=defaults.max_items,
                 min_coverage=defaults.min_coverage, t2s=False)

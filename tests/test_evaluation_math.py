@@ -233,3 +233,32 @@ def test_answers_from_a_server_equal_answers_made_here(tmp_path):
     assert answers[0] == answers[1]
     again = _math(model, data, tmp_path / "remote.json", "--shots", "1", "--server", f"{url}/v1", "--server-model", "tiny-zh")
     assert again.returncode == 0, again.stderr  # the server is gone: every answer came from the cache
+
+
+def test_problems_the_training_data_holds_are_found_and_scored_apart(tiny_math, monkeypatch, tmp_path):
+    from helpers_prepare import write_lines, write_manifest
+
+    from evaluation import contamination_cli
+
+    model, data, _ = tiny_math
+    problems = {r.key: r for r in read_math_set(data).items}
+    corpus = write_lines(tmp_path / "corpus.txt", [
+        "今天的练习题：" + problems["z0"].question + "请写出过程。",  # two problems copied into training text
+        "这是一段与题目无关的文字，讲的是春天的花和夏天的雨。" * 2,
+        "习题 " + problems["z3"].question.replace("，", " ") + " 答案略。"])
+    manifest = write_manifest(tmp_path / "m.yaml", [{"name": "c", "file": corpus}])
+    out = tmp_path / "contamination.keys"
+    parser = argparse.ArgumentParser()
+    contamination_cli.add_arguments(parser)
+    assert contamination_cli.run(parser.parse_args([str(manifest), "--math", f"zh={data}", "--out", str(out)])) == 0
+    right = {"z0", "z1", "z2"}  # right on one copied problem and on two clean ones
+    result = _in_process(monkeypatch, model, data, tmp_path / "r.json",
+                         lambda k: f"答案：{problems[k].answer + (k not in right)}", "--contamination", f"{out}.json")
+    zh = result["sets"]["zh"]
+    assert {i["key"]: i["contamination"] for i in zh["items"]} == {k: "contaminated" if k in ("z0", "z3") else "clean"
+                                                                   for k in problems}
+    assert zh["contamination"]["contaminated"]["problems"] == 2 and zh["contamination"]["contaminated"]["accuracy"] == 50
+    assert zh["contamination"]["clean"]["accuracy"] == pytest.approx(200 / 5, abs=1e-3)
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": "1+1?", "answer": "2"}])
+    with pytest.raises(UserError, match="set zh was checked in another file"):
+        _in_process(monkeypatch, model, other, tmp_path / "x.json", str, "--contamination", f"{out}.json")
