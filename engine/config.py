@@ -262,6 +262,24 @@ class ReadingEvalConfig:
 
 
 @dataclass
+class MathEvalConfig:
+    """A math set scored during training without generating: each reference worked solution read after its
+    few-shot prompt (evaluation/answer_scorer.py), logged as math/<name>/solution_bits_per_char, and whether greedy
+    decoding writes the final answer after the reference's reasoning, math/<name>/answer_greedy; the same prompts
+    and numbers as `evaluation math --shots --shots-from --max-items --seed` reports in its reference columns."""
+
+    name: str = ""  # e.g. gsm8k ([A-Za-z0-9_-]; the metric prefix math/<name>/)
+    file: str = ""  # GSM8K/CMATH-style .jsonl or .json, MGSM .tsv (evaluation/math_data.py)
+    shots_from: str | None = None  # worked exemplars from this file (GSM8K's train split); default: the set itself
+    shots: int = 3  # worked exemplars before each problem
+    max_items: int = 200  # a seeded sample keeps in-training evaluation short
+    seed: int = 0  # chooses the sample and the exemplars
+    max_new_tokens: int = 512  # as `evaluation math --max-new-tokens`: prompts get the model's positions less this
+    every_steps: int = 0  # run at evaluations whose step is a multiple of this (0: at every evaluation)
+    batch_size: int = 4  # requests per forward
+
+
+@dataclass
 class EvalConfig:
     every_steps: int = 500  # validate every N optimizer steps (0: only at the end)
     at_start: bool = False  # also validate before the first step (a baseline for the curve)
@@ -270,8 +288,9 @@ class EvalConfig:
     sets: list[EvalSetConfig] = field(default_factory=list)  # named held-out sets (zh, en, code ...)
     benchmarks: list[BenchmarkConfig] = field(default_factory=list)  # C-Eval / CMMLU / MMLU by letter logits
     reading: list[ReadingEvalConfig] = field(default_factory=list)  # CMRC 2018 / DRCD / SQuAD, reference answers read
+    math: list[MathEvalConfig] = field(default_factory=list)  # GSM8K / CMATH / MGSM, reference solutions read
     base: str = "auto"  # base-model numbers: auto (the starting model, before step 1, once), none, or a JSON path
-    guard: dict[str, float] = field(default_factory=dict)  # "<set|benchmark|reading>.<metric>": allowed change from base
+    guard: dict[str, float] = field(default_factory=dict)  # "<set|benchmark|reading|math>.<metric>": allowed change from base
     guard_action: Literal["warn", "stop"] = "warn"  # stop: save a checkpoint and end the run cleanly
 
     def validate(self) -> list[str]:

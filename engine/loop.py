@@ -170,7 +170,8 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
     if plan.resume_from is None and checkpoint.list_complete(cfg.output_dir):
         raise UserError(f"output_dir {cfg.output_dir} already holds checkpoints; use checkpoint.resume=auto "
                         f"to continue them or choose a new output_dir")
-    if cfg.eval.every_steps and eval_ds is None and not (cfg.eval.sets or cfg.eval.benchmarks or cfg.eval.reading):
+    if cfg.eval.every_steps and eval_ds is None and not (cfg.eval.sets or cfg.eval.benchmarks or cfg.eval.reading
+                                                           or cfg.eval.math):
         raise UserError("eval.every_steps is set but there is no validation set (set eval.every_steps=0)")
     check_writable_dir(cfg.output_dir, "output_dir", f".write-probe-{rank}")
     return plan

@@ -44,6 +44,7 @@ class Watch:
         self.statuses: dict[str, dict[str, str]] = {}  # benchmark -> {item key: contamination status}
         self.benches = [self._load_bench(b) for b in cfg.eval.benchmarks]
         self.readings = [self._load_reading(r) for r in cfg.eval.reading]
+        self.maths = [self._load_math(m) for m in cfg.eval.math]
         self.base: dict[str, Any] | None = None
         self.trips: list[dict[str, Any]] = []
         self._cache: tuple[int, dict] | None = None
@@ -52,8 +53,8 @@ class Watch:
 
     @property
     def active(self) -> bool:
-        """Something of its own to evaluate (named sets, benchmarks or reading sets)."""
-        return bool(self.sets or self.benches or self.readings)
+        """Something of its own to evaluate (named sets, benchmarks, reading or math sets)."""
+        return bool(self.sets or self.benches or self.readings or self.maths)
 
     @property
     def reporting(self) -> bool:
@@ -98,6 +99,26 @@ class Watch:
         prompts, requests = reference_prompts(tok, whole, r.shots, r.max_questions, r.seed, positions)
         return r, whole.language, prompts, requests, pad_id_of(tok)
 
+    def _load_math(self, m):
+        """The set's prompts and reference solutions as tokens, built before the model loads (the same prompts as
+        `evaluation math` with these shots, shots_from, max_items and seed)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        from evaluation.choice import pad_id_of
+        from evaluation.math_data import read_math_set
+        from evaluation.math_eval import reference_prompts
+
+        from .model import tokenizer_dir
+
+        whole = read_math_set(m.file)
+        source = read_math_set(m.shots_from) if m.shots_from else whole
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(self.cfg)))
+        positions = getattr(AutoConfig.from_pretrained(self.cfg.model.path), "max_position_embeddings", None) or 4096
+        pool = [i for i in source.items if i.reasoning]
+        prompts, requests = reference_prompts(tok, whole, pool, source is whole, m.shots, m.max_items, m.seed, positions,
+                                              m.max_new_tokens)
+        return m, whole.language, prompts, requests, pad_id_of(tok)
+
     def run(self, engine, step: int, device, force_all: bool = False) -> dict[str, float]:
         """Collective. Named sets at every call; benchmarks when due (always with ``force_all``)."""
         if self._cache is not None and self._cache[0] == step:
@@ -115,6 +136,9 @@ class Watch:
         for r, language, prompts, requests, pad in self.readings:
             if final or not r.every_steps or step % r.every_steps == 0:
                 out.update(self._run_reading(engine, step, device, r, language, prompts, requests, pad))
+        for m, language, prompts, requests, pad in self.maths:
+            if final or not m.every_steps or step % m.every_steps == 0:
+                out.update(self._run_math(engine, step, device, m, language, prompts, requests, pad))
         self._cache = (step, out)
         return dict(out)
 
@@ -152,9 +176,27 @@ class Watch:
                               {"reading": r.name, "file": r.file, "shots": r.shots, "step": step, **result})
         return {f"reading/{r.name}/{k}": v for k, v in result.items() if k != "items" and v is not None}
 
+    def _run_math(self, engine, step, device, m, language, prompts, requests, pad) -> dict[str, float]:
+        from evaluation.answer_scorer import score_answers
+        from evaluation.math_eval import reference_metrics
+
+        was_training = engine.module.training
+        engine.eval()
+        flat = [r for pair in requests for r in (pair or (None, None))]  # solution, final answer
+        got = score_answers(engine, flat, m.batch_size, device, pad)
+        if was_training:
+            engine.train()
+        scores = [None if pair is None else (got[2 * i], got[2 * i + 1]) for i, pair in enumerate(requests)]
+        result = reference_metrics(prompts, scores, language)
+        if dist.get_rank() == 0:
+            write_json_atomic(self.out / "evals" / m.name / f"step-{step:08d}.json",
+                              {"math": m.name, "file": m.file, "shots": m.shots, "step": step, **result})
+        return {f"math/{m.name}/{k}": v for k, v in result.items() if k != "items" and v is not None}
+
     def _guard_metric(self, key: str) -> str | None:
         ev = self.cfg.eval
-        return guard_metric(key, [s.name for s in ev.sets], [b.name for b in ev.benchmarks], [r.name for r in ev.reading])
+        return guard_metric(key, [s.name for s in ev.sets], [b.name for b in ev.benchmarks], [r.name for r in ev.reading],
+                            [m.name for m in ev.math])
 
     def ensure_base(self, engine, step: int, device, validation: Callable[[], dict] | None = None) -> None:
         """Collective. Base numbers once: a stored eval_base.json, or the starting model before step 1

@@ -3,7 +3,8 @@
 Metric names: a set ``zh`` logs ``eval/zh/loss``, ``eval/zh/perplexity``, ``eval/zh/bits_per_char``;
 a benchmark ``ceval`` logs ``bench/ceval/accuracy`` (+ ``bench/ceval/stem`` ... ``/hard``, and with a
 contamination report ``/clean_accuracy`` and ``/contaminated_accuracy``); a reading set ``cmrc`` logs
-``reading/cmrc/answer_bits_per_char`` and ``reading/cmrc/greedy_answer``; the
+``reading/cmrc/answer_bits_per_char`` and ``reading/cmrc/greedy_answer``; a math set ``gsm8k`` logs
+``math/gsm8k/solution_bits_per_char`` and ``math/gsm8k/answer_greedy``; the
 phase's own validation split keeps ``eval/loss`` and ``eval/bits_per_char``. A guard key is
 ``<set or benchmark>.<metric>`` (``eval.<metric>`` for the validation split) and its value the
 allowed change from the base model: ``en.bits_per_char: 0.05`` trips above base + 0.05,
@@ -21,13 +22,16 @@ BENCH_METRICS = ("accuracy", "stem", "social_science", "humanities", "other", "h
                  "contaminated_accuracy")
 CONTAMINATION_METRICS = ("clean_accuracy", "contaminated_accuracy")
 READING_METRICS = ("answer_bits_per_char", "greedy_answer")
+MATH_METRICS = ("solution_bits_per_char", "answer_greedy")
 
 
-def guard_metric(key: str, set_names: list[str], bench_names: list[str], reading_names=()) -> str | None:
+def guard_metric(key: str, set_names: list[str], bench_names: list[str], reading_names=(), math_names=()) -> str | None:
     """The logged metric a guard key watches, or None when the key names nothing known."""
     name, _, metric = key.partition(".")
     if name in reading_names and metric in READING_METRICS:
         return f"reading/{name}/{metric}"
+    if name in math_names and metric in MATH_METRICS:
+        return f"math/{name}/{metric}"
     if name == "eval" and metric in SET_METRICS:
         return f"eval/{metric}"
     if name in set_names and metric in SET_METRICS:
@@ -55,20 +59,24 @@ def check_watch_config(ev: Any) -> list[str]:
             problems.append(f"benchmarks[{i}].contamination: {b.contamination} is not a file (expected the OUT.json "
                             f"of `python -m evaluation contamination`)")
     reading_names = [r.name for r in ev.reading]
-    problems += _reading_problems(ev.reading)
-    for names, what in ((set_names, "sets"), (bench_names, "benchmarks"), (reading_names, "reading")):
+    math_names = [m.name for m in ev.math]
+    problems += _reading_problems(ev.reading) + _math_problems(ev.math)
+    groups = ((set_names, "sets"), (bench_names, "benchmarks"), (reading_names, "reading"), (math_names, "math"))
+    for names, what in groups:
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             problems.append(f"{what}: names must be unique, repeated: {dups}")
-    clash = sorted((set(set_names) & set(bench_names)) | (set(reading_names) & (set(set_names) | set(bench_names))))
+    everything = [n for names, _ in groups for n in set(names)]
+    clash = sorted({n for n in everything if everything.count(n) > 1})
     if clash:
-        problems.append(f"sets, benchmarks and reading share names {clash}")
+        problems.append(f"sets, benchmarks, reading and math share names {clash}")
     for key, value in ev.guard.items():
-        if guard_metric(key, set_names, bench_names, reading_names) is None:
+        if guard_metric(key, set_names, bench_names, reading_names, math_names) is None:
             problems.append(f"guard.{key}: expected <set>.{{{','.join(SET_METRICS)}}}, "
-                            f"<benchmark>.{{{','.join(BENCH_METRICS)}}} or <reading>.{{{','.join(READING_METRICS)}}} "
-                            f"with a set in {set_names}, a benchmark in {bench_names} or a reading set in "
-                            f"{reading_names} (eval.<metric> for the validation split)")
+                            f"<benchmark>.{{{','.join(BENCH_METRICS)}}}, <reading>.{{{','.join(READING_METRICS)}}} "
+                            f"or <math>.{{{','.join(MATH_METRICS)}}} with a set in {set_names}, a benchmark in "
+                            f"{bench_names}, a reading set in {reading_names} or a math set in {math_names} "
+                            "(eval.<metric> for the validation split)")
         elif key.partition(".")[2] in CONTAMINATION_METRICS and not any(
                 b.name == key.partition(".")[0] and b.contamination for b in ev.benchmarks):
             problems.append(f"guard.{key}: needs the benchmark's contamination report (benchmarks[].contamination)")
@@ -89,4 +97,19 @@ def _reading_problems(reading: list) -> list[str]:
                             f"DRCD, SQuAD)")
         if not 0 <= r.shots <= 8 or r.max_questions < 1 or r.every_steps < 0 or r.batch_size < 1:
             problems.append(f"reading[{i}]: shots must be 0..8, max_questions and batch_size >= 1, every_steps >= 0")
+    return problems
+
+
+def _math_problems(sets: list) -> list[str]:
+    problems = []
+    for i, m in enumerate(sets):
+        if not NAME.match(m.name or "") or m.name == "eval":
+            problems.append(f"math[{i}].name: expected letters, digits, _ or - (not 'eval'), got {m.name!r}")
+        for field, path in (("file", m.file), ("shots_from", m.shots_from)):
+            if (field == "file" or path) and (not path or not Path(path).is_file()):
+                problems.append(f"math[{i}].{field}: {path!r} is not a file (expected GSM8K/CMATH-style JSON Lines, "
+                                "JSON or MGSM .tsv)")
+        if not 0 <= m.shots <= 8 or min(m.max_items, m.batch_size, m.max_new_tokens) < 1 or m.every_steps < 0:
+            problems.append(f"math[{i}]: shots must be 0..8, max_items, max_new_tokens and batch_size >= 1, "
+                            "every_steps >= 0")
     return problems

@@ -5,7 +5,8 @@ evaluation and the change, as ``report.md`` + ``forgetting.png`` (and a table fo
 
 Watched metrics: ``eval/loss``, ``eval/bits_per_char``, ``eval/<set>/loss``,
 ``eval/<set>/bits_per_char``, ``reading/<set>/answer_bits_per_char`` (lower is better),
-``bench/<benchmark>/<group>`` accuracies and ``reading/<set>/greedy_answer`` (higher is better). The
+``math/<set>/solution_bits_per_char`` (lower), ``bench/<benchmark>/<group>`` accuracies, ``reading/<set>/greedy_answer``
+and ``math/<set>/answer_greedy`` (higher is better). The
 change is value − base; a guard trip (engine/watch.py) is listed with its step.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 from zhllama.files import save_figure_atomic
 
-WATCHED = re.compile(r"^(eval/([^/]+/)?(loss|bits_per_char)|bench/[^/]+/[^/]+|reading/[^/]+/(answer_bits_per_char|greedy_answer))$")
+WATCHED = re.compile(r"^(eval/([^/]+/)?(loss|bits_per_char)|bench/[^/]+/[^/]+|reading/[^/]+/(answer_bits_per_char|greedy_answer)"
+                     r"|math/[^/]+/(solution_bits_per_char|answer_greedy))$")
 
 
 def read_history(jsonl: Path) -> dict[str, list[tuple[int, float]]]:
@@ -41,7 +43,8 @@ def forgetting_table(history: dict[str, list[tuple[int, float]]], base: dict[str
     for metric, points in history.items():
         b = base.get(metric)
         table[metric] = {
-            "base": b, "better": "higher" if metric.startswith("bench/") or metric.endswith("/greedy_answer") else "lower",
+            "base": b, "better": "higher" if metric.startswith("bench/") or metric.endswith(("/greedy_answer", "/answer_greedy"))
+                      else "lower",
             "steps": [{"step": s, "value": v, "change": None if b is None else v - b} for s, v in points],
             "last": points[-1][1], "change": None if b is None else points[-1][1] - b,
         }

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
 
-from .math_eval import MAX_SHOTS
+from .math_eval import ANSWER_ROOM, MAX_SHOTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None,
                         help="0 (greedy) with one sample, default 0.7 with several")
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--max-new-tokens", type=int, default=ANSWER_ROOM)
     parser.add_argument("--max-length", type=int, default=None, help="prompt + answer tokens (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     parser.add_argument("--server", default=None, metavar="URL",
@@ -105,9 +105,8 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def _sets(args, sets: list[tuple[str, str]]) -> dict:
     """name -> (MathSet sampled, exemplar pool, pool is the set itself); every file checked first."""
-    import random
-
-    from .math_data import MathSet, read_math_set
+    from .math_data import read_math_set
+    from .math_eval import sample_problems
 
     problems, read = [], {}
     for name, path in sets + ([("--shots-from", args.shots_from)] if args.shots_from else []):
@@ -123,11 +122,7 @@ def _sets(args, sets: list[tuple[str, str]]) -> dict:
         if args.shots and len(worked) <= args.shots:
             problems.append(f"{source.path}: {len(worked)} items with a worked solution; --shots {args.shots} needs "
                             f"more (--shots-from a file of worked solutions, e.g. GSM8K's train split, or --shots 0)")
-        items = whole.items
-        if args.max_items and args.max_items < len(items):
-            keep = set(random.Random(args.seed).sample(range(len(items)), args.max_items))
-            items = [item for i, item in enumerate(items) if i in keep]
-        out[name] = (MathSet(whole.path, items, whole.left_out), worked, source is whole)
+        out[name] = (sample_problems(whole, args.max_items, args.seed), worked, source is whole)
     raise_if_problems("math exemplars", problems)
     return out
 
@@ -188,9 +183,9 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | 
     from zhllama.files import sha256_file
     from zhllama.model_fingerprint import model_fingerprint
 
-    from .math_eval import cut_at_stop, scored_item, stop_text, summary
+    from .math_eval import cut_at_stop, reference_metrics, reference_requests, scored_item, stop_text, summary
 
-    generate = _on_server(args) if args.server else _here(args, tokenizer)
+    generate, score = _on_server(args) if args.server else _here(args, tokenizer)
     skip = ("model", "out", "no_progress", "compare", "api_key_env", "only_fields", "only", "contamination")
     result = {"task": "math", "model": str(args.model), "model_fingerprint": model_fingerprint(args.model),
               "server": args.server, "max_length": max_length, "contamination_report": args.contamination,
@@ -204,9 +199,15 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | 
         for i, texts in zip(fits, generate(name, [got[i] for i in fits], stops)):
             answers[i] = [cut_at_stop(t, stops) for t in texts]
         items = [scored_item(p, a, None if statuses is None else statuses[name]) for p, a in zip(got, answers)]
+        reference = {}
+        if score is not None:  # the reference solutions read after the prompts: needs the model here
+            requests = reference_requests(tokenizer, got, math_set.language, max_length)
+            reference = reference_metrics(got, score(name, requests), math_set.language)
+            for item, ref in zip(items, reference.pop("items")):
+                item.update({k: v for k, v in ref.items() if k != "key"})
         result["sets"][name] = {"file": str(math_set.path), "sha256": sha256_file(math_set.path),
                                 "language": math_set.language, "left_out_by_only": math_set.left_out,
-                                **summary(items, args.samples), "items": items}
+                                **summary(items, args.samples), **reference, "items": items}
     return result
 
 
@@ -224,7 +225,16 @@ def _here(args, tokenizer):
     def generate(name: str, prompts: list, stops: list[str]) -> list[list[str]]:
         with tqdm(total=len(prompts), desc=f"math {name}", disable=args.no_progress) as bar:
             return generate_answers(model, tokenizer, prompts, args, stops, bar)
-    return generate
+
+    def score(name: str, requests: list) -> list:
+        """Per request pair, ((log-prob, greedy) of the solution, of the final answer); None where it did not fit."""
+        from .answer_scorer import score_answers
+        from .choice import pad_id_of
+
+        flat = [r for pair in requests for r in (pair or (None, None))]
+        got = score_answers(model, flat, args.batch_size, args.device, pad_id_of(tokenizer))
+        return [None if pair is None else (got[2 * i], got[2 * i + 1]) for i, pair in enumerate(requests)]
+    return generate, score
 
 
 def _on_server(args):
@@ -248,4 +258,4 @@ def _on_server(args):
                                f"math {name}", not args.no_progress)
         texts = [r["text"] for r in replies]
         return [texts[i * args.samples:(i + 1) * args.samples] for i in range(len(prompts))]
-    return generate
+    return generate, None  # the reference solutions' likelihood needs the model here

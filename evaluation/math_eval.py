@@ -35,6 +35,7 @@ FORMAT = {
            "instruction": "请一步一步推理，最后一行写“答案：”和最终的数字。"},
 }
 MAX_SHOTS = 8
+ANSWER_ROOM = 512  # tokens kept for the answer: prompts get the model's positions less this (--max-new-tokens)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class MathPrompt:
     ids: list[int] | None  # None: too long even without exemplars
     shots: int
     exemplars: tuple[str, ...]  # their keys
+    rendered: str = ""  # the text the ids are (a chat model's: its template rendered)
+    chat: bool = False
 
 
 def solution_text(item: MathItem, language: str) -> str:
@@ -84,12 +87,19 @@ def chat_messages(language: str, question: str, exemplars: list[MathItem]) -> li
     return turns + [ask(question)]
 
 
-def encode(tokenizer, language: str, question: str, exemplars: list[MathItem], chat: bool) -> list[int]:
+def rendered(tokenizer, language: str, question: str, exemplars: list[MathItem], chat: bool) -> tuple[str, list[int]]:
+    """(the text the model reads, its ids): BOS + the few-shot text, or the chat template rendered (its own
+    special tokens written out)."""
     if chat:
         text = tokenizer.apply_chat_template(chat_messages(language, question, exemplars), add_generation_prompt=True,
                                              tokenize=False)
-        return tokenizer(text, add_special_tokens=False).input_ids
-    return tokenizer(base_text(language, question, exemplars)).input_ids
+        return text, tokenizer(text, add_special_tokens=False).input_ids
+    text = base_text(language, question, exemplars)
+    return text, tokenizer(text).input_ids
+
+
+def encode(tokenizer, language: str, question: str, exemplars: list[MathItem], chat: bool) -> list[int]:
+    return rendered(tokenizer, language, question, exemplars, chat)[1]
 
 
 def build_prompts(tokenizer, math_set: MathSet, pool: list[MathItem], same_set: bool, shots: int, seed: int,
@@ -99,13 +109,75 @@ def build_prompts(tokenizer, math_set: MathSet, pool: list[MathItem], same_set: 
     for item in math_set.items:
         exemplars = exemplars_for(pool, shots, seed, item if same_set else None)
         for n in range(len(exemplars), -1, -1):
-            ids = encode(tokenizer, language, item.question, exemplars[:n], chat)
+            text, ids = rendered(tokenizer, language, item.question, exemplars[:n], chat)
             if len(ids) <= budget:
-                out.append(MathPrompt(item, ids, n, tuple(e.key for e in exemplars[:n])))
+                out.append(MathPrompt(item, ids, n, tuple(e.key for e in exemplars[:n]), text, chat))
                 break
         else:
             out.append(MathPrompt(item, None, 0, ()))
     return out
+
+
+def reference_requests(tokenizer, prompts: list[MathPrompt], language: str, positions: int) -> list:
+    """Per prompt, two answer_scorer.AnswerRequests read without generating: the reference's worked solution
+    after the prompt (as an exemplar's is written), and its final answer after the prompt, the reasoning and the
+    answer mark; None for a prompt that does not fit (or whose solution does not) the model's positions."""
+    from .answer_scorer import AnswerRequest, answer_ids
+
+    out = []
+    for p in prompts:
+        if p.ids is None:
+            out.append(None)
+            continue
+        special = not p.chat
+        lead = "" if p.chat else FORMAT[language]["space"]
+        solution = answer_ids(tokenizer, p.rendered, special, p.ids, lead + solution_text(p.item, language))
+        context = p.rendered + lead + (f"{p.item.reasoning}\n" if p.item.reasoning else "") + FORMAT[language]["final"]
+        context_ids = tokenizer(context, add_special_tokens=special).input_ids
+        final = answer_ids(tokenizer, context, special, context_ids, p.item.final)
+        fits = len(p.ids) + len(solution) <= positions and len(context_ids) + len(final) <= positions
+        out.append((AnswerRequest(p.ids, solution), AnswerRequest(context_ids, final)) if fits else None)
+    return out
+
+
+def reference_metrics(prompts: list[MathPrompt], scores: list, language: str) -> dict:
+    """From (log-prob, greedy) of each prompt's worked solution and of its final answer (None: did not fit):
+    ``solution_bits_per_char`` over all solutions together, ``answer_greedy`` in percent of the problems (the
+    final answer greedy decoding writes after the reference's reasoning); and each problem's numbers."""
+    import math
+
+    items = []
+    for p, got in zip(prompts, scores):
+        if got is None:
+            items.append({"key": p.item.key, "too_long": True})
+            continue
+        chars = len(("" if p.chat else FORMAT[language]["space"]) + solution_text(p.item, language))
+        items.append({"key": p.item.key, "solution_bits": round(-got[0][0] / math.log(2), 4), "solution_chars": chars,
+                      "answer_greedy": got[1][1]})
+    scored = [i for i in items if "solution_bits" in i]
+    chars = sum(i["solution_chars"] for i in scored)
+    return {"solution_bits_per_char": round(sum(i["solution_bits"] for i in scored) / chars, 4) if chars else None,
+            "answer_greedy": round(100.0 * sum(i["answer_greedy"] for i in scored) / len(items), 3) if items else None,
+            "items": items}
+
+
+def reference_prompts(tokenizer, math_set: MathSet, pool: list[MathItem], same_set: bool, shots: int,
+                      max_items: int | None, seed: int, positions: int,
+                      answer_room: int = ANSWER_ROOM) -> tuple[list[MathPrompt], list]:
+    """The prompts and reference requests a run's ``eval.math`` scores: base prompts of a seeded sample within the
+    model's positions less ``answer_room``, as `evaluation math --shots --max-items --seed --max-new-tokens` builds
+    them."""
+    prompts = build_prompts(tokenizer, sample_problems(math_set, max_items, seed), pool, same_set, shots, seed,
+                            positions - answer_room, False)
+    return prompts, reference_requests(tokenizer, prompts, math_set.language, positions)
+
+
+def sample_problems(math_set: MathSet, count: int | None, seed: int) -> MathSet:
+    """``count`` problems chosen by ``seed``, in file order (all of them without a count)."""
+    if not count or count >= len(math_set.items):
+        return math_set
+    keep = set(random.Random(seed).sample(range(len(math_set.items)), count))
+    return MathSet(math_set.path, [item for i, item in enumerate(math_set.items) if i in keep], math_set.left_out)
 
 
 def sample_seed(seed: int, key: str, sample: int) -> int:
@@ -205,6 +277,7 @@ def table(result: dict) -> str:
     extra = " maj | pass |" if samples > 1 else ""
     lines = [f"| set | problems | accuracy | strict | marked |{extra} too long |",
              "|---|---:|---:|---:|---:|" + "---:|" * (3 if samples > 1 else 1)]
+    references = [(name, s) for name, s in result["sets"].items() if s.get("solution_bits_per_char") is not None]
 
     def row(name: str, s: dict, too_long: str) -> str:
         more = f" {s['maj']:.2f} | {s['pass']:.2f} |" if samples > 1 else ""
@@ -213,6 +286,10 @@ def table(result: dict) -> str:
         lines.append(row(name, s, str(s["too_long"])))
         lines += [row(f"{name} / {c}", v, "") for c, v in s.get("by_category", {}).items()]
         lines += [row(f"{name} / {status} (training data)", v, "") for status, v in s.get("contamination", {}).items()]
+    if references:  # read without generating: what `eval.math` logs during training
+        lines += ["", "| set | reference solution: bits/char | final answer greedy after the reference's reasoning |",
+                  "|---|---:|---:|"]
+        lines += [f"| {name} | {s['solution_bits_per_char']:.4f} | {s['answer_greedy']:.2f} |" for name, s in references]
     compare = result.get("compare")
     if compare:
         lines += ["", f"against {compare['model']} ({compare['results']}):", "",

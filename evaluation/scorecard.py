@@ -24,7 +24,8 @@ class Value:
 
 def better(metric: str) -> str:
     # membership: the share of a benchmark's items that look trained on
-    lower = metric.startswith(("eval/", "long/", "membership/")) or metric.endswith("/answer_bits_per_char")
+    lower = metric.startswith(("eval/", "long/", "membership/")) or metric.endswith(("/answer_bits_per_char",
+                                                                                     "/solution_bits_per_char"))
     return "lower" if lower else "higher"
 
 
@@ -97,6 +98,12 @@ def _math(doc: dict) -> dict[str, tuple]:
         for key in ("accuracy", "maj", "pass"):
             if s.get(key) is not None:
                 out[f"math/{name}/{key}"] = (s[key], settings)
+        reference = _settings(sha256=s["sha256"], shots=doc["settings"].get("shots"),
+                              shots_from=doc["settings"].get("shots_from"), problems=s["problems"],
+                              seed=doc["settings"].get("seed"), chat=bool(doc["settings"].get("chat")))
+        for key in ("solution_bits_per_char", "answer_greedy"):  # read without generating: as eval.math logs them
+            if s.get(key) is not None:
+                out[f"math/{name}/{key}"] = (s[key], reference)
         for category, c in s.get("by_category", {}).items():
             out[f"math/{name}/{category}/accuracy"] = (c["accuracy"], settings)
     return out

@@ -113,6 +113,6 @@ def contamination_report(root: Path, ceval: Path) -> Path:
     keys = root / "contamination.keys"
     assert contamination_cli.run(argparse.Namespace(
         manifest=str(write_manifest(root / "web.yaml", [{"name": "web", "file": corpus}])),
-        benchmark=[f"ceval={ceval}"], eval_manifest=[], reading=[], out=str(keys), workers=1, ngram=13, min_units=5,
+        benchmark=[f"ceval={ceval}"], eval_manifest=[], reading=[], math=[], out=str(keys), workers=1, ngram=13, min_units=5,
         max_items=5, min_coverage=0.5, t2s=False)) == 0
     return root / "contamination.keys.json"

@@ -3,7 +3,8 @@
 The base model is a tiny LLaMA first trained on English; the run then trains on Chinese only, so
 English bits/char rise: the guard (en.bits_per_char: +0.3, stop) must trip, naming the set and the
 step, after saving a checkpoint. Every in-training number (named sets' bits/char, C-Eval letter
-log-probabilities per item, a reading set's reference answers, the base numbers at step 0) must equal
+log-probabilities per item, a reading set's reference answers, a math set's reference solutions, the base
+numbers at step 0) must equal
 the standalone computation on the exported model / the base folder. This file is also the per-rank driver.
 """
 from __future__ import annotations
@@ -74,11 +75,13 @@ def guarded_run(tmp_path_factory):
     base, ceval, out = _english_base(root / "base"), small_ceval(root / "ceval"), root / "run"
     contamination = contamination_report(root, ceval)
     poems = _poems(root / "poems.json")
+    problems = _problems(root / "problems.jsonl")
     overrides = [
         f"model.path={base}", f"output_dir={out}", "checkpoint.every_steps=0", "eval.every_steps=4",
         "eval.at_start=false", "eval.sets=[{name: zh, dir: driver}, {name: en, dir: driver}]",
         f"eval.benchmarks=[{{name: ceval, data: '{ceval}', shots: 1, batch_size: 2, contamination: '{contamination}'}}]",
         f"eval.reading=[{{name: poems, file: '{poems}', shots: 1, max_questions: 5, batch_size: 2}}]",
+        f"eval.math=[{{name: sums, file: '{problems}', shots: 1, max_items: 4, max_new_tokens: 64, batch_size: 3}}]",
         f"eval.guard={{en.bits_per_char: {GUARD}}}", "eval.guard_action=stop",
     ]
     cmd = torchrun_command(__file__, {"overrides": overrides})  # this file is the driver
@@ -99,6 +102,16 @@ def _poems(path: Path) -> Path:
     return path
 
 
+def _problems(path: Path) -> Path:
+    """A math set in GSM8K's layout, in Chinese: five worked problems."""
+    rows = [("小明有3个苹果，又买了4个，一共有几个？", "3+4=7", 7), ("一支笔2元，6支笔多少元？", "6×2=12", 12),
+            ("书架上有10本书，拿走3本，还剩几本？", "10-3=7", 7), ("一天有24小时，两天有几小时？", "24×2=48", 48),
+            ("妈妈买了8个梨，吃了一半，还剩几个？", "8÷2=4", 4)]
+    path.write_text("".join(json.dumps({"question": q, "answer": f"{a}\n#### {n}"}, ensure_ascii=False) + "\n"
+                            for q, a, n in rows), encoding="utf-8")
+    return path
+
+
 def test_named_sets_benchmarks_guard_and_report(guarded_run):
     base, _, out, log = guarded_run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -107,7 +120,8 @@ def test_named_sets_benchmarks_guard_and_report(guarded_run):
         assert {"eval/loss", "eval/bits_per_char", "eval/zh/loss", "eval/zh/bits_per_char", "eval/en/loss",
                 "bench/ceval/accuracy", "bench/ceval/stem", "bench/ceval/hard", "bench/ceval/clean_accuracy",
                 "bench/ceval/contaminated_accuracy", "reading/poems/answer_bits_per_char",
-                "reading/poems/greedy_answer"} <= set(r), sorted(r)
+                "reading/poems/greedy_answer", "math/sums/solution_bits_per_char", "math/sums/answer_greedy"} <= set(r), \
+            sorted(r)
     base_metrics = json.loads((out / "eval_base.json").read_text())["metrics"]
     bound = base_metrics["eval/en/bits_per_char"] + GUARD
     first_over = next(r["step"] for r in evals if r["eval/en/bits_per_char"] > bound)  # the planted drift
@@ -164,6 +178,11 @@ def test_in_training_numbers_equal_standalone(guarded_run):
         assert reading["greedy_answer"] == pytest.approx(expected["reading/poems/greedy_answer"])
         inside = json.loads((out / "evals" / "poems" / f"{tag}.json").read_text())
         assert [i["key"] for i in inside["items"]] == [i["key"] for i in reading["items"]]
+        math = _math_standalone(folder, ceval.parent / "problems.jsonl", out / "standalone" / f"{tag}.math.json")
+        assert math["solution_bits_per_char"] == pytest.approx(expected["math/sums/solution_bits_per_char"], rel=1e-4)
+        assert math["answer_greedy"] == pytest.approx(expected["math/sums/answer_greedy"])
+        inside = json.loads((out / "evals" / "sums" / f"{tag}.json").read_text())
+        assert [i["key"] for i in inside["items"]] == [i["key"] for i in math["items"]] and len(math["items"]) == 4
 
 
 def _reading_standalone(model: Path, data: Path, out: Path) -> dict:
@@ -177,6 +196,20 @@ def _reading_standalone(model: Path, data: Path, out: Path) -> dict:
     assert reading_cli.run(parser.parse_args(["--model", str(model), "--set", f"poems={data}", "--shots", "1",
                                               "--max-questions", "5", "--out", str(out), "--no-progress"])) == 0
     return json.loads(out.read_text())["sets"]["poems"]
+
+
+def _math_standalone(model: Path, data: Path, out: Path) -> dict:
+    """`python -m evaluation math` with the run's eval.math settings (in-process); its reference columns."""
+    import argparse
+
+    from evaluation import math_cli
+
+    parser = argparse.ArgumentParser()
+    math_cli.add_arguments(parser)
+    assert math_cli.run(parser.parse_args(["--model", str(model), "--set", f"sums={data}", "--shots", "1",
+                                           "--max-items", "4", "--max-new-tokens", "64", "--out", str(out),
+                                           "--no-progress"])) == 0
+    return json.loads(out.read_text())["sets"]["sums"]
 
 
 if __name__ == "__main__":

@@ -140,6 +140,7 @@ def _math(model, data, out, *extra):
 
 
 def test_greedy_answers_in_batches_equal_answers_one_at_a_time(tiny_math):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evaluation.math_generate import generate_answers
@@ -156,6 +157,26 @@ def test_greedy_answers_in_batches_equal_answers_one_at_a_time(tiny_math):
     alone = [generate_answers(model, tokenizer, [p], settings, ["问题："])[0][0].split("问题：")[0] for p in prompts]
     assert [i["answers"][0] for i in result["items"]] == alone  # sorted by length in batches, put back
     assert all(i["shots"] == 2 and i["key"] not in () for i in result["items"]) and len(set(alone)) > 1
+    # the reference read without generating: each worked solution's bits after its prompt, in one forward, and
+    # whether greedy decoding writes the final number after the prompt, the reasoning and 答案：
+    import math
+
+    for prompt, item in zip(prompts, result["items"]):
+        solution = f"{prompt.item.reasoning}\n答案：{prompt.item.final}"
+        whole = tokenizer(prompt.rendered + solution).input_ids
+        assert whole[:len(prompt.ids)] == prompt.ids
+        with torch.no_grad():
+            logps = model(torch.tensor([whole])).logits[0, :-1].log_softmax(-1)
+        picked = logps[len(prompt.ids) - 1:].gather(1, torch.tensor(whole[len(prompt.ids):])[:, None])
+        assert item["solution_bits"] == pytest.approx(-float(picked.sum()) / math.log(2), rel=1e-4)
+        assert item["solution_chars"] == len(solution)
+        final = tokenizer(prompt.rendered + solution).input_ids
+        cut = len(tokenizer(prompt.rendered + solution[:-len(prompt.item.final)]).input_ids)
+        greedy = bool((logps[cut - 1:len(final) - 1].argmax(-1) == torch.tensor(final[cut:])).all())
+        assert item["answer_greedy"] == greedy
+    assert result["solution_bits_per_char"] == pytest.approx(
+        sum(i["solution_bits"] for i in result["items"]) / sum(i["solution_chars"] for i in result["items"]), rel=1e-4)
+    assert "reference solution: bits/char" in run.stdout
 
 
 def test_sampled_answers_are_seeded_by_the_item_and_voted(tiny_math):
@@ -182,7 +203,7 @@ def _in_process(monkeypatch, model, data, out, answer_of, *extra):
     from evaluation import math_cli
 
     monkeypatch.setattr(math_cli, "_here", lambda args, tokenizer: (
-        lambda name, prompts, stops: [[answer_of(p.item.key)] for p in prompts]))
+        lambda name, prompts, stops: [[answer_of(p.item.key)] for p in prompts], None))
     parser = argparse.ArgumentParser()
     math_cli.add_arguments(parser)
     math_cli.run(parser.parse_args(["--model", str(model), "--set", f"zh={data}", "--out", str(out), "--no-progress",

@@ -156,15 +156,19 @@ def test_forgetting_report_rows_changes_and_trips(tmp_path):
     from evaluation.forgetting import write_report
 
     lines = [{"step": 1, "train/loss": 3.0}, {"step": 4, "eval/en/bits_per_char": 1.2, "bench/ceval/accuracy": 0.5},
-             {"step": 8, "eval/en/bits_per_char": 1.5, "bench/ceval/accuracy": 0.25, "eval/loss": 2.0}]
+             {"step": 8, "eval/en/bits_per_char": 1.5, "bench/ceval/accuracy": 0.25, "eval/loss": 2.0,
+              "math/gsm/solution_bits_per_char": 0.9, "math/gsm/answer_greedy": 40.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    base = {"source": "base folder", "metrics": {"eval/en/bits_per_char": 1.0, "bench/ceval/accuracy": 0.5}}
+    base = {"source": "base folder", "metrics": {"eval/en/bits_per_char": 1.0, "bench/ceval/accuracy": 0.5,
+                                                 "math/gsm/solution_bits_per_char": 0.8, "math/gsm/answer_greedy": 50.0}}
     trip = {"key": "en.bits_per_char", "metric": "eval/en/bits_per_char", "step": 8, "value": 1.5, "base": 1.0,
             "bound": 1.3, "allowed_change": 0.3, "action": "warn"}
     table = write_report(tmp_path, base, [trip])
     assert table["eval/en/bits_per_char"]["change"] == pytest.approx(0.5)
     assert [p["change"] for p in table["bench/ceval/accuracy"]["steps"]] == [0.0, -0.25]
     assert table["eval/loss"]["base"] is None and "train/loss" not in table
+    assert table["math/gsm/solution_bits_per_char"]["better"] == "lower"  # math sets' numbers are watched too
+    assert table["math/gsm/answer_greedy"]["better"] == "higher"
     md = (tmp_path / "report.md").read_text()
     assert "| eval/en/bits_per_char | 1.0000 | 1.2000 (+0.2000) | 1.5000 (+0.5000) | +0.5000 |" in md
     assert "| eval/loss | – |  | 2.0000 (–) | – |" in md
@@ -176,13 +180,18 @@ def test_reading_sets_in_the_eval_section_are_checked_and_guarded(tmp_path):
     with pytest.raises(UserError) as err:
         _cfg(tmp_path, sets="[{name: cmrc, dir: x}]",
              reading=f"[{{name: cmrc, file: {tmp_path / 'none.json'}, shots: 9}}, {{name: 'a b', file: x}}]",
-             guard="{cmrc.greedy_answer: -1, cmrc.accuracy: -0.1}")
+             math=f"[{{name: gsm, file: {tmp_path / 'none.jsonl'}, max_new_tokens: 0}}, {{name: cmrc, file: x, "
+                  f"shots_from: y}}]",
+             guard="{cmrc.greedy_answer: -1, cmrc.accuracy: -0.1, gsm.solution_bits_per_char: 0.1, gsm.accuracy: -1}")
     text = str(err.value)
     for expected in ("reading[0].file: ", "none.json' is not a file", "reading[0]: shots must be 0..8",
-                     "reading[1].name: expected letters", "sets, benchmarks and reading share names ['cmrc']",
-                     "guard.cmrc.accuracy: expected <set>"):
+                     "reading[1].name: expected letters", "sets, benchmarks, reading and math share names ['cmrc']",
+                     "guard.cmrc.accuracy: expected <set>", "math[0].file: ", "none.jsonl' is not a file",
+                     "math[0]: shots must be 0..8, max_items, max_new_tokens", "math[1].shots_from: 'y' is not a file",
+                     "guard.gsm.accuracy: expected <set>"):
         assert expected in text, text
     assert "guard.cmrc.greedy_answer" not in text  # a reading set's metric is a known guard key
+    assert "guard.gsm.solution_bits_per_char" not in text  # and a math set's
     from engine.tiny import make_tiny_model
     from engine.watch import Watch
 
