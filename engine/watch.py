@@ -177,16 +177,13 @@ class Watch:
         return {f"reading/{r.name}/{k}": v for k, v in result.items() if k != "items" and v is not None}
 
     def _run_math(self, engine, step, device, m, language, prompts, requests, pad) -> dict[str, float]:
-        from evaluation.answer_scorer import score_answers
-        from evaluation.math_eval import reference_metrics
+        from evaluation.math_eval import reference_metrics, score_references
 
         was_training = engine.module.training
         engine.eval()
-        flat = [r for pair in requests for r in (pair or (None, None))]  # solution, final answer
-        got = score_answers(engine, flat, m.batch_size, device, pad)
+        scores = score_references(engine, requests, m.batch_size, device, pad)
         if was_training:
             engine.train()
-        scores = [None if pair is None else (got[2 * i], got[2 * i + 1]) for i, pair in enumerate(requests)]
         result = reference_metrics(prompts, scores, language)
         if dist.get_rank() == 0:
             write_json_atomic(self.out / "evals" / m.name / f"step-{step:08d}.json",

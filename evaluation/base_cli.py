@@ -3,7 +3,8 @@
     python -m evaluation base --model BASE_DIR --out OUTPUT_DIR/eval_base.json \
         --set zh=corpora_manifests/zh.yaml --set en=corpora_manifests/en.yaml \
         --benchmark ceval=data/ceval --shots 5 [--max-items-per-subject N] [--device cuda] [--block-size 1024] \
-        [--contamination ceval=runs/contamination.keys.json] [--reading cmrc=data/cmrc2018_dev.json]
+        [--contamination ceval=runs/contamination.keys.json] [--reading cmrc=data/cmrc2018_dev.json] \
+        [--math gsm8k=data/gsm8k/test.jsonl --math-shots-from data/gsm8k/train.jsonl]
 
 Each ``--set NAME=MANIFEST`` scores the manifest's held-out slice (the documents ``pretrain prepare``
 puts in the validation split) as ``eval/NAME/bits_per_char`` and ``eval/NAME/loss``; ``eval=...``
@@ -15,7 +16,9 @@ numbers instead of measuring its starting model. ``--contamination NAME=REPORT``
 ``bench/NAME/clean_accuracy`` and ``contaminated_accuracy``, so a guard on them has a base. Each
 ``--reading NAME=FILE`` gives ``reading/NAME/answer_bits_per_char`` and ``greedy_answer`` as the run's
 ``eval.reading`` does (``--reading-shots``, ``--reading-questions``, ``--reading-seed`` as its settings);
-bits per character compare across tokenizers, so the base before a vocabulary extension is a fair base.
+each ``--math NAME=FILE`` gives ``math/NAME/solution_bits_per_char`` and ``answer_greedy`` as ``eval.math`` does
+(``--math-shots``, ``--math-shots-from``, ``--math-items``, ``--math-seed``, ``--math-max-new-tokens``).
+Bits per character compare across tokenizers, so the base before a vocabulary extension is a fair base.
 """
 from __future__ import annotations
 
@@ -36,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reading-shots", type=int, default=1, help="as eval.reading[].shots")
     parser.add_argument("--reading-questions", type=int, default=200, help="as eval.reading[].max_questions")
     parser.add_argument("--reading-seed", type=int, default=0, help="as eval.reading[].seed")
+    parser.add_argument("--math", action="append", default=[], metavar="NAME=FILE",
+                        help="a math set (GSM8K, CMATH, MGSM) scored as eval.math: reference solutions read")
+    parser.add_argument("--math-shots", type=int, default=3, help="as eval.math[].shots")
+    parser.add_argument("--math-shots-from", default=None, metavar="FILE", help="as eval.math[].shots_from")
+    parser.add_argument("--math-items", type=int, default=200, help="as eval.math[].max_items")
+    parser.add_argument("--math-seed", type=int, default=0, help="as eval.math[].seed")
+    parser.add_argument("--math-max-new-tokens", type=int, default=512, help="as eval.math[].max_new_tokens")
     parser.add_argument("--shots", type=int, default=0)
     parser.add_argument("--max-items-per-subject", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=1024, help="the run's prepare --block-size")
@@ -71,10 +81,11 @@ def run(args: argparse.Namespace) -> int:
     from .contamination_cli import item_statuses
 
     sets, benches = _pairs(args.set, "--set"), _pairs(args.benchmark, "--benchmark")
-    readings = _pairs(args.reading, "--reading")
+    readings, maths = _pairs(args.reading, "--reading"), _pairs(args.math, "--math")
     reports = dict(_pairs(args.contamination, "--contamination"))
-    if not sets and not benches and not readings:
-        raise UserError("nothing to measure: give --set NAME=MANIFEST, --benchmark NAME=DIR and/or --reading NAME=FILE")
+    if not sets and not benches and not readings and not maths:
+        raise UserError("nothing to measure: give --set NAME=MANIFEST, --benchmark NAME=DIR, --reading NAME=FILE "
+                        "and/or --math NAME=FILE")
     unknown = sorted(set(reports) - {name for name, _ in benches})
     if unknown:
         raise UserError(f"--contamination {unknown}: no --benchmark of that name")
@@ -85,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     from evaluation.reading_data import read_reading_set
 
     reading_sets = {name: read_reading_set(path) for name, path in readings}
+    from .math_data import read_math_set
+
+    for path in [p for _, p in maths] + ([args.math_shots_from] if maths and args.math_shots_from else []):
+        read_math_set(path)  # checked before the model loads
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -113,9 +128,18 @@ def run(args: argparse.Namespace) -> int:
         got = _reading_metrics(args, model, tok, whole)
         metrics.update({f"reading/{name}/{k}": v for k, v in got.items() if k != "items" and v is not None})
         asked[name] = len(got["items"])
+    math_asked = {}
+    for name, path in maths:
+        got = _math_metrics(args, model, tok, path)
+        metrics.update({f"math/{name}/{k}": v for k, v in got.items() if k != "items" and v is not None})
+        math_asked[name] = len(got["items"])
     base = {"source": f"{args.model} with its own tokenizer (python -m evaluation base)", "model": str(args.model),
             "reading": {name: {"file": path, "sha256": sha256_file(path), "shots": args.reading_shots,
                                "questions": asked[name], "seed": args.reading_seed} for name, path in readings},
+            "math": {name: {"file": path, "sha256": sha256_file(path), "shots": args.math_shots,
+                            "shots_from": args.math_shots_from, "problems": math_asked[name], "seed": args.math_seed,
+                            "max_new_tokens": args.math_max_new_tokens}
+                     for name, path in maths},
             "sets": dict(sets), "benchmarks": dict(benches), "contamination": reports, "shots": args.shots,
             "max_items_per_subject": args.max_items_per_subject, "block_size": args.block_size, "metrics": metrics}
     write_json_atomic(args.out, base)
@@ -135,4 +159,20 @@ def _reading_metrics(args, model, tokenizer, whole) -> dict:
     prompts, requests = reference_prompts(tokenizer, whole, args.reading_shots, args.reading_questions,
                                           args.reading_seed, positions)
     scores = score_answers(model, requests, args.batch_size, args.device, pad_id_of(tokenizer))
+    return reference_metrics(prompts, scores, whole.language)
+
+
+def _math_metrics(args, model, tokenizer, path: str) -> dict:
+    """A math set as the run's Watch scores it (evaluation.math_eval.reference_prompts)."""
+    from .choice import pad_id_of
+    from .math_data import read_math_set
+    from .math_eval import reference_metrics, reference_prompts, score_references
+
+    whole = read_math_set(path)
+    source = read_math_set(args.math_shots_from) if args.math_shots_from else whole
+    positions = getattr(model.config, "max_position_embeddings", None) or 4096
+    prompts, requests = reference_prompts(tokenizer, whole, [i for i in source.items if i.reasoning], source is whole,
+                                          args.math_shots, args.math_items, args.math_seed, positions,
+                                          args.math_max_new_tokens)
+    scores = score_references(model, requests, args.batch_size, args.device, pad_id_of(tokenizer))
     return reference_metrics(prompts, scores, whole.language)

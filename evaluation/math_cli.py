@@ -227,13 +227,10 @@ def _here(args, tokenizer):
             return generate_answers(model, tokenizer, prompts, args, stops, bar)
 
     def score(name: str, requests: list) -> list:
-        """Per request pair, ((log-prob, greedy) of the solution, of the final answer); None where it did not fit."""
-        from .answer_scorer import score_answers
         from .choice import pad_id_of
+        from .math_eval import score_references
 
-        flat = [r for pair in requests for r in (pair or (None, None))]
-        got = score_answers(model, flat, args.batch_size, args.device, pad_id_of(tokenizer))
-        return [None if pair is None else (got[2 * i], got[2 * i + 1]) for i, pair in enumerate(requests)]
+        return score_references(model, requests, args.batch_size, args.device, pad_id_of(tokenizer))
     return generate, score
 
 

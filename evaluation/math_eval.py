@@ -140,6 +140,16 @@ def reference_requests(tokenizer, prompts: list[MathPrompt], language: str, posi
     return out
 
 
+def score_references(model, requests: list, batch_size: int, device, pad_id: int) -> list:
+    """Per request pair, ((log-prob, greedy) of the solution, of the final answer); None where it did not fit.
+    ``model`` may be a DeepSpeed engine (every rank calls with the same requests)."""
+    from .answer_scorer import score_answers
+
+    flat = [r for pair in requests for r in (pair or (None, None))]
+    got = score_answers(model, flat, batch_size, device, pad_id)
+    return [None if pair is None else (got[2 * i], got[2 * i + 1]) for i, pair in enumerate(requests)]
+
+
 def reference_metrics(prompts: list[MathPrompt], scores: list, language: str) -> dict:
     """From (log-prob, greedy) of each prompt's worked solution and of its final answer (None: did not fit):
     ``solution_bits_per_char`` over all solutions together, ``answer_greedy`` in percent of the problems (the

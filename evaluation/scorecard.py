@@ -43,6 +43,10 @@ def _base(doc: dict) -> dict[str, tuple]:
         elif metric.startswith("reading/"):
             r = doc.get("reading", {}).get(parts[1], {})
             settings = _reference_settings(r.get("sha256"), r.get("shots"), r.get("questions"), r.get("seed"))
+        elif metric.startswith("math/"):
+            m = doc.get("math", {}).get(parts[1], {})
+            settings = _math_reference_settings(m.get("sha256"), m.get("shots"), m.get("shots_from"), m.get("problems"),
+                                                m.get("seed"), False, m.get("max_new_tokens"))
         else:  # the same settings as `evaluation choice` records: one benchmark from either command
             settings = _settings(data=doc.get("benchmarks", {}).get(parts[1]), shots=doc.get("shots"),
                                  split="test" if parts[1] == "cmmlu" else "val",
@@ -65,6 +69,12 @@ def _reference_settings(sha256, shots, questions, seed, chat=False, haystack_tok
     compares with the other."""
     return _settings(sha256=sha256, shots=shots, questions=questions, seed=seed, chat=bool(chat),
                      haystack=(haystack_tokens, depths) if haystack_tokens else None)
+
+
+def _math_reference_settings(sha256, shots, shots_from, problems, seed, chat, max_new_tokens) -> tuple:
+    """What a math set's reference numbers depend on: the same from `evaluation base --math` and `evaluation math`."""
+    return _settings(sha256=sha256, shots=shots, shots_from=shots_from, problems=problems, seed=seed, chat=bool(chat),
+                     room=max_new_tokens)
 
 
 def _reading(doc: dict) -> dict[str, tuple]:
@@ -98,9 +108,9 @@ def _math(doc: dict) -> dict[str, tuple]:
         for key in ("accuracy", "maj", "pass"):
             if s.get(key) is not None:
                 out[f"math/{name}/{key}"] = (s[key], settings)
-        reference = _settings(sha256=s["sha256"], shots=doc["settings"].get("shots"),
-                              shots_from=doc["settings"].get("shots_from"), problems=s["problems"],
-                              seed=doc["settings"].get("seed"), chat=bool(doc["settings"].get("chat")))
+        run = doc["settings"]
+        reference = _math_reference_settings(s["sha256"], run.get("shots"), run.get("shots_from"), s["problems"],
+                                             run.get("seed"), run.get("chat"), run.get("max_new_tokens"))
         for key in ("solution_bits_per_char", "answer_greedy"):  # read without generating: as eval.math logs them
             if s.get(key) is not None:
                 out[f"math/{name}/{key}"] = (s[key], reference)

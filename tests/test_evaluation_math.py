@@ -283,3 +283,29 @@ def test_problems_the_training_data_holds_are_found_and_scored_apart(tiny_math, 
     other = write_jsonl(tmp_path / "other.jsonl", [{"question": "1+1?", "answer": "2"}])
     with pytest.raises(UserError, match="set zh was checked in another file"):
         _in_process(monkeypatch, model, other, tmp_path / "x.json", str, "--contamination", f"{out}.json")
+
+
+def test_base_numbers_of_a_math_set_equal_the_standalone_reference_and_line_up_in_the_scorecard(tiny_math, tmp_path):
+    """`evaluation base --math` (a run's base before a vocabulary change) reads the reference solutions as
+    `evaluation math` and `eval.math` do; the scorecard compares the two."""
+    from evaluation import base_cli, math_cli
+
+    model, data, _ = tiny_math
+    for module, argv in ((base_cli, ["--math", f"zh={data}", "--math-shots", "2", "--math-items", "5",
+                                     "--math-max-new-tokens", "8", "--out", str(tmp_path / "eval_base.json")]),
+                         (math_cli, ["--set", f"zh={data}", "--shots", "2", "--max-items", "5", "--max-new-tokens", "8",
+                                     "--out", str(tmp_path / "math.json"), "--no-progress"])):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        assert module.run(parser.parse_args(["--model", str(model), *argv])) == 0
+    base = json.loads((tmp_path / "eval_base.json").read_text())["metrics"]
+    alone = json.loads((tmp_path / "math.json").read_text())["sets"]["zh"]
+    assert base["math/zh/solution_bits_per_char"] == pytest.approx(alone["solution_bits_per_char"], rel=1e-5)
+    assert base["math/zh/answer_greedy"] == pytest.approx(alone["answer_greedy"]) and alone["problems"] == 5
+    card = subprocess.run([sys.executable, "-m", "evaluation", "scorecard", "--model", f"base={tmp_path / 'eval_base.json'}",
+                           "--model", f"now={tmp_path / 'math.json'}", "--out", str(tmp_path / "card.md")],
+                          capture_output=True, text=True)
+    assert card.returncode == 0, card.stderr
+    row = json.loads((tmp_path / "card.md.json").read_text())["rows"]["math/zh/solution_bits_per_char"]
+    assert row["better"] == "lower" and row["models"]["now"]["change"] == pytest.approx(0, abs=1e-4)
+    assert row["models"]["now"]["differs"] == []  # measured alike: comparable
