@@ -50,12 +50,13 @@ def test_base_cli_writes_base_numbers_and_nothing_on_bad_input(tiny, tmp_path):
     manifest = write_manifest(tmp_path / "zh.yaml", [{"name": "zh", "file": corpus}], holdout=0.5)
     out = tmp_path / "run" / "eval_base.json"
     ceval = small_ceval(tmp_path / "ceval")
-    args = argparse.Namespace(model=str(tiny), out=str(out), set=[f"zh={manifest}", f"eval={manifest}"],
-                              benchmark=[f"ceval={ceval}"], shots=1, contamination=[
-                                  f"ceval={contamination_report(tmp_path, ceval)}"],
-                              max_items_per_subject=None, block_size=64, batch_size=4, device="cpu", dtype="float32",
-                              reading=[f"poems={_poems(tmp_path)}"], reading_shots=1, reading_questions=200,
-                              reading_seed=0)
+    parser = argparse.ArgumentParser()
+    base_cli.add_arguments(parser)
+    args = parser.parse_args(["--model", str(tiny), "--out", str(out), "--set", f"zh={manifest}", "--set",
+                              f"eval={manifest}", "--benchmark", f"ceval={ceval}", "--shots", "1", "--contamination",
+                              f"ceval={contamination_report(tmp_path, ceval)}", "--block-size", "64",
+                              "--batch-size", "4", "--dtype", "float32", "--reading", f"poems={_poems(tmp_path)}",
+                              "--reading-shots", "1"])
     assert base_cli.run(args) == 0
     base = json.loads(out.read_text())
     assert {"eval/zh/bits_per_char", "eval/zh/loss", "eval/bits_per_char", "bench/ceval/accuracy",
