@@ -21,7 +21,6 @@ token ids; replies are kept in OUT.calls.jsonl, so a stopped run resumes. ``--co
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
@@ -128,27 +127,17 @@ def _sets(args, sets: list[tuple[str, str]]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig, AutoTokenizer
-
     from zhllama.files import write_json_atomic
     from zhllama.model_folder import require_model_folder
 
+    from .generated_runs import before_the_model, tokenizer_and_positions
     from .math_eval import build_prompts, compare_results, table
 
     sets = _check_args(args)
     require_model_folder(args.model, "--model")
-    compare = _read_compare(args.compare) if args.compare else None
-    statuses = None
-    if args.contamination:
-        from .contamination_cli import set_statuses
-
-        statuses = set_statuses(args.contamination, sets, "math")
+    compare, statuses = before_the_model(args, sets, "math")
     chosen = _sets(args, sets)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    if args.chat and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"--chat: {args.model} has no chat template (a base model: leave --chat out)")
-    text_config = (lambda c: getattr(c, "text_config", None) or c)(AutoConfig.from_pretrained(args.model))
-    max_length = args.max_length or getattr(text_config, "max_position_embeddings", None) or 4096
+    tokenizer, max_length = tokenizer_and_positions(args)
     budget = max_length - args.max_new_tokens
     if budget < 16:
         raise UserError(f"--max-new-tokens {args.max_new_tokens} leaves {budget} of the model's {max_length} positions "
@@ -167,16 +156,6 @@ def run(args: argparse.Namespace) -> int:
     print(table(result))
     print(f"-> {args.out}")
     return 0
-
-
-def _read_compare(path: str) -> dict:
-    try:
-        old = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--compare {path}: not readable as JSON ({e})") from e
-    if not isinstance(old, dict) or not isinstance(old.get("sets"), dict) or old.get("task") != "math":
-        raise UserError(f"--compare {path}: not the results of `python -m evaluation math`")
-    return old
 
 
 def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | None = None) -> dict:

@@ -23,7 +23,6 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from zhllama.errors import raise_if_problems
 from zhllama.math_answer import completion_number, final_answer, marked_number, number_text
 
 from .math_data import MathItem, MathSet
@@ -259,17 +258,9 @@ SAME_SETTINGS = ("shots", "shots_from", "chat", "max_items", "seed", "samples", 
 def compare_results(old: dict, new: dict, where: str) -> dict:
     """Per set in both: accuracy before and now, the change, and the items gained and lost (``correct``:
     the answer, or the majority of the samples, right now and not before, and the reverse)."""
-    problems = [f"--compare {where}: {k} was {old.get('settings', {}).get(k)!r}, now {new['settings'].get(k)!r}"
-                for k in SAME_SETTINGS if old.get("settings", {}).get(k) != new["settings"].get(k)]
-    shared = [name for name in new["sets"] if name in old["sets"]]
-    if not shared:
-        problems.append(f"--compare {where}: no set of the same name (it has {sorted(old['sets'])})")
-    for name in shared:
-        if old["sets"][name].get("sha256") != new["sets"][name]["sha256"]:
-            problems.append(f"--compare {where}: set {name} was another file (sha256 differs)")
-        elif [i["key"] for i in old["sets"][name]["items"]] != [i["key"] for i in new["sets"][name]["items"]]:
-            problems.append(f"--compare {where}: set {name} holds other items")
-    raise_if_problems("math comparison", problems)
+    from .generated_runs import comparable_sets
+
+    shared = comparable_sets(old, new, where, SAME_SETTINGS, "problems")
     out = {"results": where, "model": old.get("model"), "sets": {}}
     for name in shared:
         before, after = old["sets"][name], new["sets"][name]

@@ -22,7 +22,6 @@ in OUT.calls.jsonl, so a stopped run resumes.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
@@ -133,24 +132,14 @@ def _sets(args, sets: list[tuple[str, str]]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig, AutoTokenizer
-
     from zhllama.model_folder import require_model_folder
+
+    from .generated_runs import before_the_model, tokenizer_and_positions
 
     sets = _check_args(args)
     require_model_folder(args.model, "--model")
-    compare = _read_compare(args.compare) if args.compare else None
-    statuses = None
-    if args.contamination:
-        from .contamination_cli import set_statuses
-
-        statuses = set_statuses(args.contamination, sets, "reading")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    if args.chat and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"--chat: {args.model} has no chat template (a base model: leave --chat out)")
-    config = AutoConfig.from_pretrained(args.model)
-    text_config = getattr(config, "text_config", None) or config
-    max_length = args.max_length or getattr(text_config, "max_position_embeddings", None) or 4096
+    compare, statuses = before_the_model(args, sets, "reading")
+    tokenizer, max_length = tokenizer_and_positions(args)
     budget = max_length - args.max_new_tokens
     if args.haystack_tokens and args.haystack_tokens > budget:
         raise UserError(f"--haystack-tokens {args.haystack_tokens}: more than the {budget} prompt tokens the model "
@@ -169,16 +158,6 @@ def run(args: argparse.Namespace) -> int:
     print(table(result))
     print(f"-> {args.out}")
     return 0
-
-
-def _read_compare(path: str) -> dict:
-    try:
-        old = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--compare {path}: not readable as JSON ({e})") from e
-    if not isinstance(old, dict) or not isinstance(old.get("sets"), dict):
-        raise UserError(f"--compare {path}: not the results of `python -m evaluation reading` (no 'sets')")
-    return old
 
 
 def _prompts(args, sets: dict, tokenizer, budget: int) -> dict:

@@ -1,8 +1,6 @@
 """Reading results side by side: this model against another on the same questions, and the table printed."""
 from __future__ import annotations
 
-from zhllama.errors import raise_if_problems
-
 # settings that change the questions asked or how they are scored: a comparison needs them equal
 SAME_SETTINGS = ("shots", "shots_from", "chat", "max_questions", "seed", "metric", "max_new_tokens", "haystack_tokens",
                  "depths", "t2s")
@@ -11,17 +9,9 @@ SAME_SETTINGS = ("shots", "shots_from", "chat", "max_questions", "seed", "metric
 def compare_results(old: dict, new: dict, where: str) -> dict:
     """Per set in both: the old and new EM/F1, the change, and the questions gained and lost (exact
     match now and not before, and the reverse). Refused when the questions or settings differ."""
-    problems = [f"--compare {where}: {k} was {old.get('settings', {}).get(k)!r}, now {new['settings'].get(k)!r}"
-                for k in SAME_SETTINGS if old.get("settings", {}).get(k) != new["settings"].get(k)]
-    shared = [name for name in new["sets"] if name in old["sets"]]
-    if not shared:
-        problems.append(f"--compare {where}: no set of the same name (it has {sorted(old['sets'])})")
-    for name in shared:
-        if old["sets"][name].get("sha256") != new["sets"][name]["sha256"]:
-            problems.append(f"--compare {where}: set {name} was another file (sha256 differs)")
-        elif [i["key"] for i in old["sets"][name]["items"]] != [i["key"] for i in new["sets"][name]["items"]]:
-            problems.append(f"--compare {where}: set {name} holds other questions")
-    raise_if_problems("reading comparison", problems)
+    from .generated_runs import comparable_sets
+
+    shared = comparable_sets(old, new, where, SAME_SETTINGS, "questions")
     out = {"results": where, "model": old.get("model"), "sets": {}}
     for name in shared:
         before, after = old["sets"][name], new["sets"][name]

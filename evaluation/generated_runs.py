@@ -1,0 +1,59 @@
+"""What ``evaluation reading`` and ``evaluation math`` share: the checks before a model loads (a results file to
+compare with, a contamination report), the model's tokenizer and positions, and whether two results compare."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zhllama.errors import UserError, raise_if_problems
+
+
+def read_results(path: str, command: str) -> dict:
+    """Another run's results JSON for ``--compare``: refused unless ``python -m evaluation COMMAND`` wrote it."""
+    try:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--compare {path}: not readable as JSON ({e})") from e
+    if not isinstance(old, dict) or not isinstance(old.get("sets"), dict) or old.get("task", "reading") != command:
+        raise UserError(f"--compare {path}: not the results of `python -m evaluation {command}`")
+    return old
+
+
+def before_the_model(args, sets: list[tuple[str, str]], command: str) -> tuple[dict | None, dict | None]:
+    """(the ``--compare`` results, the sets' ``--contamination`` statuses): both read and checked first."""
+    compare = read_results(args.compare, command) if args.compare else None
+    statuses = None
+    if args.contamination:
+        from .contamination_cli import set_statuses
+
+        statuses = set_statuses(args.contamination, sets, command)
+    return compare, statuses
+
+
+def tokenizer_and_positions(args):
+    """(the model's tokenizer, the positions prompts and answers share: ``--max-length`` or the model's)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"--chat: {args.model} has no chat template (a base model: leave --chat out)")
+    config = AutoConfig.from_pretrained(args.model)
+    text_config = getattr(config, "text_config", None) or config
+    return tokenizer, args.max_length or getattr(text_config, "max_position_embeddings", None) or 4096
+
+
+def comparable_sets(old: dict, new: dict, where: str, same_settings: tuple[str, ...], what: str) -> list[str]:
+    """The set names two results share, when they asked the same items with the same settings; otherwise one
+    error listing every difference."""
+    problems = [f"--compare {where}: {k} was {old.get('settings', {}).get(k)!r}, now {new['settings'].get(k)!r}"
+                for k in same_settings if old.get("settings", {}).get(k) != new["settings"].get(k)]
+    shared = [name for name in new["sets"] if name in old["sets"]]
+    if not shared:
+        problems.append(f"--compare {where}: no set of the same name (it has {sorted(old['sets'])})")
+    for name in shared:
+        if old["sets"][name].get("sha256") != new["sets"][name]["sha256"]:
+            problems.append(f"--compare {where}: set {name} was another file (sha256 differs)")
+        elif [i["key"] for i in old["sets"][name]["items"]] != [i["key"] for i in new["sets"][name]["items"]]:
+            problems.append(f"--compare {where}: set {name} holds other {what}")
+    raise_if_problems(f"{'reading' if what == 'questions' else 'math'} comparison", problems)
+    return shared
