@@ -8,6 +8,35 @@ from pathlib import Path
 from zhllama.errors import UserError, raise_if_problems
 
 
+def add_run_arguments(parser, contamination_help: str) -> None:
+    """Where the answers come from (the model here or a server), and what the run reads and writes beside them."""
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="generate on an OpenAI-compatible server serving --model (vLLM: vllm serve DIR), "
+                             "e.g. http://127.0.0.1:8000/v1; prompts go as token ids")
+    parser.add_argument("--server-model", default=None, help="the model's name on the server (default: --model)")
+    parser.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable with the API key")
+    parser.add_argument("--workers", type=int, default=16, help="requests in flight with --server")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--contamination", default=None, metavar="REPORT", help=contamination_help)
+    parser.add_argument("--compare", default=None, metavar="RESULTS", help="another model's results JSON")
+    parser.add_argument("--out", required=True, help="results JSON")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def named_sets(args, what: str, problems: list[str]) -> list[tuple[str, str]]:
+    """``--set NAME=FILE`` values as pairs: at least one, names once each, files that exist."""
+    from .base_cli import name_pairs
+
+    sets = name_pairs(args.set, "--set", problems)
+    if not args.set:
+        problems.append(f"--set NAME=FILE: at least one {what}")
+    names = [n for n, _ in sets]
+    problems += [f"--set {n}: given twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    problems += [f"--set {n}={p}: not a file" for n, p in sets if not Path(p).is_file()]
+    return sets
+
+
 def read_results(path: str, command: str) -> dict:
     """Another run's results JSON for ``--compare``: refused unless ``python -m evaluation COMMAND`` wrote it."""
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
 
+from .generated_runs import add_run_arguments, named_sets
 from .reading import ANSWER_ROOM
 
 
@@ -46,36 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=ANSWER_ROOM)
     parser.add_argument("--max-length", type=int, default=None, help="prompt + answer tokens (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--server", default=None, metavar="URL",
-                        help="generate on an OpenAI-compatible server serving --model (vLLM: vllm serve DIR), "
-                             "e.g. http://127.0.0.1:8000/v1; prompts go as token ids")
-    parser.add_argument("--server-model", default=None, help="the model's name on the server (default: --model)")
-    parser.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable with the API key")
-    parser.add_argument("--workers", type=int, default=16, help="requests in flight with --server")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--haystack-tokens", type=int, default=None, metavar="N",
                         help="hide each question's paragraph among other articles' paragraphs, to N prompt tokens")
     parser.add_argument("--depths", default="0,0.5,1",
                         help="with --haystack-tokens: where the question's paragraph sits (0 = first, 1 = last)")
-    parser.add_argument("--contamination", default=None, metavar="REPORT",
-                        help="a report of `evaluation contamination --reading NAME=FILE` for these sets: "
-                             "EM/F1 on clean and contaminated passages apart")
-    parser.add_argument("--compare", default=None, metavar="RESULTS", help="another model's results JSON")
-    parser.add_argument("--out", required=True, help="results JSON")
-    parser.add_argument("--no-progress", action="store_true")
+    add_run_arguments(parser, "a report of `evaluation contamination --reading NAME=FILE` for these sets: "
+                              "EM/F1 on clean and contaminated passages apart")
 
 
 def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
-    from .base_cli import name_pairs
-
     problems: list[str] = []
-    sets = name_pairs(args.set, "--set", problems)
-    if not args.set:
-        problems.append("--set NAME=FILE: at least one reading set")
-    names = [n for n, _ in sets]
-    problems += [f"--set {n}: given twice" for n in sorted({n for n in names if names.count(n) > 1})]
-    problems += [f"--set {n}={p}: not a file" for n, p in sets if not Path(p).is_file()]
+    sets = named_sets(args, "reading set", problems)
     if args.shots_from and not Path(args.shots_from).is_file():
         problems.append(f"--shots-from {args.shots_from}: not a file")
     for flag, value, low, high in (("--shots", args.shots, 0, 8), ("--batch-size", args.batch_size, 1, None),
