@@ -131,9 +131,11 @@ def reference_requests(tokenizer, prompts: list[MathPrompt], language: str, posi
         special = not p.chat
         lead = "" if p.chat else FORMAT[language]["space"]
         solution = answer_ids(tokenizer, p.rendered, special, p.ids, lead + solution_text(p.item, language))
-        context = p.rendered + lead + (f"{p.item.reasoning}\n" if p.item.reasoning else "") + FORMAT[language]["final"]
+        # the mark's trailing space goes with the number: "#### 72" tokenizes as "####" + " 72", not "#### " + "72"
+        mark = FORMAT[language]["final"].rstrip()
+        context = p.rendered + lead + (f"{p.item.reasoning}\n" if p.item.reasoning else "") + mark
         context_ids = tokenizer(context, add_special_tokens=special).input_ids
-        final = answer_ids(tokenizer, context, special, context_ids, p.item.final)
+        final = answer_ids(tokenizer, context, special, context_ids, FORMAT[language]["final"][len(mark):] + p.item.final)
         fits = len(p.ids) + len(solution) <= positions and len(context_ids) + len(final) <= positions
         out.append((AnswerRequest(p.ids, solution), AnswerRequest(context_ids, final)) if fits else None)
     return out

@@ -9,11 +9,11 @@ from fractions import Fraction
 
 import pytest
 from helpers_reading import input_dependent as _input_dependent
-from helpers_sft import write_jsonl
+from helpers_sft import load_tokenizer, write_jsonl
 
 from evaluation.math_data import read_math_set
 from evaluation.math_eval import (FORMAT, MathPrompt, base_text, build_prompts, chat_messages, exemplars_for, scored_item,
-                                  summary)
+                                  solution_text, summary)
 from zhllama.errors import UserError
 from zhllama.math_answer import completion_number, marked_number
 
@@ -99,6 +99,26 @@ def test_exemplars_are_the_same_for_every_question_and_never_the_question_itself
     for asked in first:
         assert asked not in exemplars_for(items, 2, 0, asked) and len(exemplars_for(items, 2, 0, asked)) == 2
     assert exemplars_for(items, 2, 1, None) != first or exemplars_for(items, 2, 2, None) != first  # the seed chooses
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_final_answer_is_read_in_the_tokens_a_model_writes_it_in(tmp_path, language):
+    """After the reasoning and the mark, the final number's tokens are those of the whole text: with a
+    SentencePiece tokenizer "#### 7" is "##", "##", "▁7"; splitting after "#### " would ask for a "7" the model
+    never writes there."""
+    from engine.tiny import DEFAULT_TEXT, make_tiny_tokenizer
+    from evaluation.math_eval import reference_requests
+
+    texts = [f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in GSM * 20]  # numbers as pieces: "▁7"
+    tok = load_tokenizer(make_tiny_tokenizer(tmp_path / "tok", DEFAULT_TEXT + texts))
+    rows = GSM if language == "en" else [{"question": "小明有3个苹果，又买了4个，一共有几个？", "answer": "3+4=7\n#### 7"}] * 2
+    math_set = read_math_set(write_jsonl(tmp_path / "set.jsonl", rows))
+    prompts = build_prompts(tok, math_set, math_set.items, True, 1, 0, 400, False)
+    for prompt, (solution, final) in zip(prompts, reference_requests(tok, prompts, language, 512)):
+        lead = " " if language == "en" else ""
+        whole = tok(prompt.rendered + lead + solution_text(prompt.item, language)).input_ids
+        assert solution.prompt + solution.answer == whole
+        assert final.prompt + final.answer == whole and tok.decode(final.answer).strip() == prompt.item.final
 
 
 def _prompt(items, n):
