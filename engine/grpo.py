@@ -212,8 +212,9 @@ class GRPOObjective:
 
     # ------------------------------------------------------------------ the engine's loss contract
     def loss(self, engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed loss, its normaliser): answer tokens (``token``) or answers (``sequence``). Per answer token,
-        -A (+ beta x KL to the reference); a masked answer's tokens add nothing."""
+        """(summed loss, its normaliser): answer tokens (``token``), answers (``sequence``) or answers x
+        max_new_tokens (``dr_grpo``). Per answer token, -A (+ beta x KL to the reference); a masked answer's tokens
+        add nothing."""
         rollout = self.rollout(engine, batch, device)
         logps, keep = labelled_token_logps(engine, rollout.batch, device, self.temperature)
         row = keep.nonzero()[:, 0]  # the answer each token belongs to

@@ -153,6 +153,9 @@ class SFTConfig(TrainConfig):
                             "pairs or examples)")
         if self.objective != "sft" and self.mode == "embeddings":
             problems.append(f"mode: embeddings is for new vocabulary rows; {self.objective} trains with mode=full or lora")
+        if self.objective == "grpo" and self.model.neftune_alpha:
+            problems.append("model.neftune_alpha: not with objective=grpo (the answers are sampled without noise; "
+                            "their log-probabilities, and the reference's, must be too)")
         if self.objective == "grpo" and self.grpo.max_new_tokens >= self.data.max_seq_length:
             problems.append(f"grpo.max_new_tokens: {self.grpo.max_new_tokens} leaves no room for a prompt in "
                             f"data.max_seq_length={self.data.max_seq_length}")

@@ -116,10 +116,11 @@ def test_all_bad_records_and_settings_are_reported_before_anything_runs(tmp_path
     with pytest.raises(UserError) as err:
         load_config(SFTConfig, CONFIG, ["grpo.rewards={maths: 1, zh_share: 0}", "grpo.generations=1",
                                         "grpo.loss=mean", "grpo.top_p=0", "grpo.max_new_tokens=300",
-                                        "data.packing=true", "mode=embeddings", "grpo.beta=-0.1"])
+                                        "data.packing=true", "mode=embeddings", "grpo.beta=-0.1",
+                                        "model.neftune_alpha=5"])
     for what in ("'maths' is neither built in", "rewards.zh_share: the weight must be a non-zero number",
                  "generations: must be >= 2", "grpo.loss: expected one of ['token', 'sequence', 'dr_grpo']", "grpo.top_p",
-                 "grpo.beta: expected a value in [0, 10]",
+                 "grpo.beta: expected a value in [0, 10]", "model.neftune_alpha: not with objective=grpo",
                  "max_new_tokens: 300 leaves no room", "data.packing: not with objective=grpo", "mode: embeddings"):
         assert what in str(err.value), str(err.value)
 
