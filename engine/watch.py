@@ -27,7 +27,7 @@ from zhllama.files import write_json_atomic
 
 from .config import TrainConfig
 from .data import default_collate
-from .evaluate import evaluate
+from .evaluate import eval_mode, evaluate
 from .watch_config import guard_metric
 
 BASE_FILE = "eval_base.json"
@@ -165,30 +165,24 @@ class Watch:
         from evaluation.answer_scorer import score_answers
         from evaluation.reading import reference_metrics
 
-        was_training = engine.module.training
-        engine.eval()
-        scores = score_answers(engine, requests, r.batch_size, device, pad)
-        if was_training:
-            engine.train()
-        result = reference_metrics(prompts, scores, language)
-        if dist.get_rank() == 0:
-            write_json_atomic(self.out / "evals" / r.name / f"step-{step:08d}.json",
-                              {"reading": r.name, "file": r.file, "shots": r.shots, "step": step, **result})
-        return {f"reading/{r.name}/{k}": v for k, v in result.items() if k != "items" and v is not None}
+        return self._read_references("reading", r, step, lambda: reference_metrics(
+            prompts, score_answers(engine, requests, r.batch_size, device, pad), language), engine)
 
     def _run_math(self, engine, step, device, m, language, prompts, requests, pad) -> dict[str, float]:
         from evaluation.math_eval import reference_metrics, score_references
 
-        was_training = engine.module.training
-        engine.eval()
-        scores = score_references(engine, requests, m.batch_size, device, pad)
-        if was_training:
-            engine.train()
-        result = reference_metrics(prompts, scores, language)
+        return self._read_references("math", m, step, lambda: reference_metrics(
+            prompts, score_references(engine, requests, m.batch_size, device, pad), language), engine)
+
+    def _read_references(self, kind: str, spec, step: int, score: Callable[[], dict], engine) -> dict[str, float]:
+        """Collective. A reading or math set's reference answers read in eval mode: its evals/ file on rank 0
+        and its metrics ``<kind>/<name>/...``."""
+        with eval_mode(engine):
+            result = score()
         if dist.get_rank() == 0:
-            write_json_atomic(self.out / "evals" / m.name / f"step-{step:08d}.json",
-                              {"math": m.name, "file": m.file, "shots": m.shots, "step": step, **result})
-        return {f"math/{m.name}/{k}": v for k, v in result.items() if k != "items" and v is not None}
+            write_json_atomic(self.out / "evals" / spec.name / f"step-{step:08d}.json",
+                              {kind: spec.name, "file": spec.file, "shots": spec.shots, "step": step, **result})
+        return {f"{kind}/{spec.name}/{k}": v for k, v in result.items() if k != "items" and v is not None}
 
     def _guard_metric(self, key: str) -> str | None:
         ev = self.cfg.eval
