@@ -19,6 +19,12 @@ one process with one micro batch), ``sequence`` -> ``"grpo"``, ``dr_grpo`` -> ``
 its default) and without. So that the KL and its gradient are not 0, the policy
 is the trained model with its weights shifted by seeded noise: TRL loads its reference from the policy's
 ``config._name_or_path`` (the model as saved), and ours is a FrozenCopy of the same folder.
+Second-pass rows (``grpo.iterations`` 2 -> ``num_iterations=2``): both sides score the answers with the model as
+it wrote them (ours keeps the first pass's log-probabilities, TRL computes ``old_per_token_logps``), then the
+weights are shifted by seeded noise (as an optimizer step would move them) and the loss of the second pass is
+compared: PPO's clipped ratio with ``epsilon``/``epsilon_high`` (DAPO's clip-higher), ``delta`` (two-sided) and
+``importance_sampling`` token or sequence (GSPO). The ``clip`` column is the share of answer tokens whose gradient
+the clip took away: the rows are meant to clip some, not none and not all.
 Exit 1 on a difference beyond float tolerance.
 """
 from __future__ import annotations
@@ -38,7 +44,15 @@ REFERENCES = ["7", "5", "7", "好"]
 SETTINGS = [("token", True, False, 1.0, 0.0), ("sequence", True, False, 1.0, 0.0), ("token", False, False, 1.0, 0.0),
             ("token", True, True, 1.0, 0.0), ("sequence", True, True, 1.0, 0.0), ("token", True, False, 0.7, 0.0),
             ("sequence", False, False, 0.7, 0.0), ("token", True, False, 1.0, 0.5), ("sequence", True, True, 0.7, 0.5),
-            ("token", True, False, 0.7, -0.5), ("dr_grpo", False, False, 1.0, 0.0), ("dr_grpo", False, True, 0.7, 0.5)]  # beta < 0 here: 0.5 without the KL's bias correction
+            ("token", True, False, 0.7, -0.5), ("dr_grpo", False, False, 1.0, 0.0), ("dr_grpo", False, True, 0.7, 0.5),
+            # second passes (iterations 2): the clip's settings
+            ("token", True, False, 1.0, 0.0, {"epsilon": 0.2}),
+            ("sequence", True, False, 0.7, 0.0, {"epsilon": 0.2, "epsilon_high": 0.28}),
+            ("token", False, True, 1.0, 0.5, {"epsilon": 0.2, "epsilon_high": 0.28}),
+            ("token", True, False, 1.0, 0.0, {"epsilon": 0.1, "delta": 1.3}),
+            ("sequence", True, False, 1.0, 0.0, {"epsilon": 3e-3, "epsilon_high": 4e-3, "importance_sampling": "sequence"}),
+            ("dr_grpo", False, False, 1.0, -0.5, {"epsilon": 0.2, "importance_sampling": "sequence"})]
+# beta < 0 above: |beta| without the KL's bias correction
 TRL_LOSS = {"token": "bnpo", "sequence": "grpo", "dr_grpo": "dr_grpo"}
 GENERATIONS, MAX_NEW = 4, 10
 ABS_TOL, REL_TOL = 1e-5, 1e-4
@@ -83,20 +97,33 @@ def short_answer_model(work: Path, tok_dir: Path, tok, spec) -> Path:
     return folder
 
 
-def shifted(model_dir):
-    """The policy of the beta rows: the model with seeded noise on its weights (its name still the folder's)."""
+def shift(model, seed: int = 11, scale: float = 0.05):
+    """Seeded noise on every weight, in place: a policy that is not the model as saved (beta rows), or the model
+    after an optimizer step (second passes)."""
     import torch
 
-    model = load(model_dir)
-    generator = torch.Generator().manual_seed(11)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
     return model
 
 
-def our_objective(tok, kind, scale, mask_truncated, temperature, beta=0.0, reference=None, kl_correction=True):
+def shifted(model_dir):
+    """The policy of the first-pass beta rows: the model with seeded noise on its weights (its name still the
+    folder's, from which TRL loads the reference)."""
+    return shift(load(model_dir))
+
+
+def split(setting):
+    """(kind, scale, mask_truncated, temperature, signed beta), and the clip of a second pass (None: first pass)."""
+    return setting[:5], (setting[5] if len(setting) > 5 else None)
+
+
+def our_objective(tok, kind, scale, mask_truncated, temperature, beta=0.0, reference=None, kl_correction=True,
+                  second=None):
     from engine.grpo import GRPOObjective
+    from engine.grpo_clip import Clip
     from sft.rewards import RewardModel
     from sft.templates import make_spec, pad_token_id, stop_ids
 
@@ -106,31 +133,45 @@ def our_objective(tok, kind, scale, mask_truncated, temperature, beta=0.0, refer
                                stop_ids=stop_ids(tok, spec), pad_id=pad_token_id(tok), generations=GENERATIONS,
                                max_new_tokens=MAX_NEW, temperature=temperature, scale_rewards=scale, loss_kind=kind,
                                mask_truncated=mask_truncated, seed=3, beta=beta, reference=reference,
-                               kl_correction=kl_correction)
+                               kl_correction=kl_correction, iterations=2 if second else 1,
+                               clip=Clip(**{"importance": "token", **{("importance" if k == "importance_sampling"
+                                                                        else k): v for k, v in (second or {}).items()}}))
 
 
 def run_ours(model_dir, tok, batch, setting) -> dict:
     import torch
 
+    from engine.grpo import _SUMS
     from engine.loss import install_fused_head
 
     from engine.grpo_reference import FrozenCopy
 
+    setting, second = split(setting)
     beta = abs(setting[-1])
-    model = shifted(model_dir) if beta else load(model_dir)
+    model = shifted(model_dir) if beta and not second else load(model_dir)
     install_fused_head(model, chunk_tokens=7)  # the engine's default path (model.fused_loss), in several chunks
     engine = Engine(model)
     engine.train()
     reference = FrozenCopy(lambda ds_config: (load(model_dir), None)) if beta else None
-    _, objective = our_objective(tok, *setting[:-1], beta=beta, reference=reference, kl_correction=setting[-1] >= 0)
+    _, objective = our_objective(tok, *setting[:-1], beta=beta, reference=reference, kl_correction=setting[-1] >= 0,
+                                 second=second)
     if beta:
         reference.build(engine)
     objective.begin_step(0)
     rollout = objective.rollout(engine, dict(batch), torch.device("cpu"))
     objective.rollout = lambda *_: rollout  # the loss on these very answers
+    objective.begin_step(0)
     total, count = objective.loss(engine, dict(batch), torch.device("cpu"))
+    if second:  # the first pass kept the answers' log-probabilities; the second trains the moved policy on them
+        model.zero_grad()
+        shift(model, seed=5)
+        objective.begin_step(1)
+        objective._window = None  # the first pass's sums: the clipped share below is the second's
+        total, count = objective.loss(engine, dict(batch), torch.device("cpu"))
     (total / count).backward()
-    return {"rollout": rollout, "loss": (total / count).item(), "grads": grads(model)}
+    sums = dict(zip(_SUMS, objective._window.tolist()))  # what train/clipped would log (no process group here)
+    clipped = sums["clipped"] / max(sums["loss_tokens"], 1)
+    return {"rollout": rollout, "loss": (total / count).item(), "grads": grads(model), "clipped": clipped}
 
 
 def trl_inputs(rollout) -> list[tuple[list[int], list[int]]]:
@@ -149,7 +190,7 @@ def run_trl(model_dir, tok, rows, setting, work: Path) -> dict:
 
     from sft.rewards import math_reward, zh_share_reward
 
-    kind, scale, mask_truncated, temperature, signed_beta = setting
+    (kind, scale, mask_truncated, temperature, signed_beta), second = split(setting)
     beta = abs(signed_beta)
     seen: list[str] = []
 
@@ -168,15 +209,20 @@ def run_trl(model_dir, tok, rows, setting, work: Path) -> dict:
                      scale_rewards="group" if scale else "none", mask_truncated_completions=mask_truncated,
                      temperature=temperature, num_generations=GENERATIONS, max_completion_length=MAX_NEW,
                      per_device_train_batch_size=len(rows), reward_weights=[1.0, 0.5], use_cpu=True, bf16=False,
-                     report_to="none", log_completions=False)
+                     report_to="none", log_completions=False, num_iterations=2 if second else 1,
+                     **{("importance_sampling_level" if k == "importance_sampling" else k): v
+                        for k, v in (second or {}).items()})
     text = Dataset.from_list([{"prompt": q, "reference": r} for q, r in zip(QUESTIONS, REFERENCES)])
-    policy = shifted(model_dir) if beta else load(model_dir)
+    policy = shifted(model_dir) if beta and not second else load(model_dir)
     trainer = GRPOTrainer(policy, reward_funcs=[math, zh], args=cfg, train_dataset=text,
                           processing_class=tok, rollout_func=rollout_func)
     model = trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train's loop, which is not run
     batch = [text[i // GENERATIONS] for i in range(len(rows))]
     inputs = trainer._generate_and_score_completions(batch)
+    if second:
+        assert inputs.get("old_per_token_logps") is not None  # num_iterations=2: TRL keeps the writer's
+        shift(model, seed=5)
     loss = trainer.compute_loss(model, inputs)
     loss.backward()
     return {"loss": loss.item(), "advantages": inputs["advantages"], "grads": grads(model), "texts": seen}
@@ -206,7 +252,8 @@ def main() -> int:
     batch = PromptCollator(0)([PromptDataset(prompts, list(range(len(prompts))))[i] for i in range(len(prompts))])
     print(f"TRL {trl.__version__}, torch {torch.__version__}; {len(QUESTIONS)} prompts x {GENERATIONS} answers; "
           f"tolerances {ABS_TOL} abs, {REL_TOL} rel\n"
-          f"loss      scale  mask-cut  temp  beta    TRL loss_type  cut  texts  |dadvantage|   |dloss|  grad rel")
+          f"loss      scale  mask-cut  temp  beta    second pass's clip                   TRL loss_type  cut  texts  clip  "
+          f"|dadvantage|   |dloss|  grad rel")
     failed = 0
     for setting in SETTINGS:
         ours = run_ours(model_dir, tok, batch, setting)
@@ -220,11 +267,13 @@ def main() -> int:
         grad = rel_grad_diff(ours["grads"], theirs["grads"])
         ok = texts_ok and max(d_adv, d_loss) <= ABS_TOL and grad <= REL_TOL
         failed += not ok
-        kind, scale, cut, temperature, beta = setting
+        (kind, scale, cut, temperature, beta), second = split(setting)
         shown = f"{abs(beta):g}" + ("" if beta >= 0 else " k3")  # k3: without the KL's bias correction
-        print(f"{kind:<9} {str(scale):<6} {str(cut):<9} {temperature:<5} {shown:<7}"
+        clip = ", ".join(f"{k.replace('importance_sampling', 'is')} {v:g}" if not isinstance(v, str) else f"{v}"
+                         for k, v in second.items()) if second else "-"
+        print(f"{kind:<9} {str(scale):<6} {str(cut):<9} {temperature:<5} {shown:<7} {clip:<36} "
               f"{TRL_LOSS[kind]:<14} "
-              f"{int(rollout.truncated.sum()):>3} {'same' if texts_ok else 'DIFF':>6} {d_adv:12.1e} "
+              f"{int(rollout.truncated.sum()):>3} {'same' if texts_ok else 'DIFF':>6} {ours['clipped']:5.2f} {d_adv:12.1e} "
               f"{d_loss:10.1e} {grad:9.1e} {'ok' if ok else 'DIFFERS'}", flush=True)
     print(f"{failed} of {len(SETTINGS)} settings differ; {time.time() - start:.1f}s")
     return 1 if failed else 0

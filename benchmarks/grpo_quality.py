@@ -13,7 +13,9 @@ Ours: ``python -m sft train`` (objective grpo, mode full, DeepSpeed ZeRO-2, one 
 on the same prompts as text (our chinese-alpaca-2 rendering; its own tokenization of it). Both: 8 answers of at
 most 16 tokens per prompt, 4 prompts per step, 40 steps, AdamW lr 3e-3 (betas 0.9/0.999, no decay), constant
 rate, clip 1.0, temperature 1, KL penalty ``--beta`` (0: none; the reference is a frozen copy of the start
-in both), token-level mean loss, rewards scaled by the group's std. The end models
+in both), token-level mean loss, rewards scaled by the group's std, ``--iterations`` optimizer steps on each batch
+of answers (TRL's ``num_iterations``; PPO's clip 0.2, or ``--epsilon-high`` above it; 2: half the generations,
+the costly part of a step, for the same number of steps). The end models
 are then scored by one function: the mean reward of 8 sampled answers (seeded) and of the greedy answer to
 each held-out prompt. The runs' own samples differ (other RNG streams), so curves agree in trend, not number.
 """
@@ -37,15 +39,17 @@ QUESTIONS = [topic + ask for topic in TOPICS for ask in ASKS]
 STEPS, PROMPTS, GENERATIONS, MAX_NEW, LR = 40, 4, 8, 16, 3e-3
 
 
-def run_ours(work: Path, model: Path, data: Path, beta: float) -> tuple[list[float], float, Path, float | None]:
-    out = work / f"ours_beta{beta:g}"
+def run_ours(work: Path, model: Path, data: Path, beta: float, iterations: int,
+             epsilon_high: float | None) -> tuple[list[float], float, Path, float | None]:
+    out = work / f"ours_beta{beta:g}_mu{iterations}"
     cmd = [sys.executable, "-m", "sft", "train", "--config", str(REPO / "sft/configs/grpo_tiny_cpu.yaml"),
            f"model.path={model}", f"output_dir={out}", f"data.cache_dir={work / 'cache'}",
            f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.25", "grpo.rewards={zh_share: 1.0}",
            f"grpo.generations={GENERATIONS}", f"grpo.max_new_tokens={MAX_NEW}", "mode=full", f"optim.lr={LR}",
            "optim.betas=[0.9, 0.999]", f"schedule.max_steps={STEPS}", f"batch.micro_batch_size={PROMPTS}",
            "deepspeed.preset=zero2", "eval.every_steps=0", "eval.at_start=false", "checkpoint.resume=never",
-           f"grpo.beta={beta}"]
+           f"grpo.beta={beta}", f"grpo.iterations={iterations}", "grpo.epsilon=0.2",
+           f"grpo.epsilon_high={'null' if epsilon_high is None else epsilon_high}"]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -57,8 +61,8 @@ def run_ours(work: Path, model: Path, data: Path, beta: float) -> tuple[list[flo
     return [r["train/reward"] for r in logged], seconds, out / "final", kl
 
 
-def run_trl(work: Path, model: Path, tok, prompts: list[str], beta: float) -> tuple[list[float], float, Path,
-                                                                                  float | None]:
+def run_trl(work: Path, model: Path, tok, prompts: list[str], beta: float, iterations: int,
+            epsilon_high: float | None) -> tuple[list[float], float, Path, float | None]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -80,7 +84,8 @@ def run_trl(work: Path, model: Path, tok, prompts: list[str], beta: float) -> tu
                      per_device_train_batch_size=PROMPTS * GENERATIONS, num_generations=GENERATIONS,
                      max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0, top_k=0, beta=beta, loss_type="dapo",
                      scale_rewards="group", use_cpu=True, bf16=False, report_to="none", logging_steps=1,
-                     save_strategy="no", seed=1234, log_completions=False, disable_tqdm=True)
+                     save_strategy="no", seed=1234, log_completions=False, disable_tqdm=True,
+                     num_iterations=iterations, epsilon=0.2, epsilon_high=epsilon_high)
     policy = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
     trainer = GRPOTrainer(policy, reward_funcs=[zh], args=cfg, train_dataset=Dataset.from_list(
         [{"prompt": p} for p in prompts]), processing_class=tok, callbacks=[Clock()])
@@ -88,7 +93,7 @@ def run_trl(work: Path, model: Path, tok, prompts: list[str], beta: float) -> tu
         trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     kls = [h["kl"] for h in trainer.state.log_history if "kl" in h]
-    final = work / f"trl_beta{beta:g}" / "final"
+    final = work / f"trl_beta{beta:g}_mu{iterations}" / "final"
     trainer.save_model(str(final))
     return rewards, (times[-1] - times[0]) / (len(times) - 1), final, sum(kls[-5:]) / 5 if beta else None
 
@@ -114,6 +119,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="runs/grpo_quality", help="folder for the tiny model, data and both runs")
     p.add_argument("--beta", type=float, default=0.0, help="KL penalty to the starting model, both runs")
+    p.add_argument("--iterations", type=int, nargs="+", default=[1],
+                   help="optimizer steps on each batch of answers: a pair of runs (ours, TRL) for each value")
+    p.add_argument("--epsilon-high", type=float, default=None, help="upper clip (DAPO: 0.28); default: 0.2")
     args = p.parse_args()
     work, beta = Path(args.work), args.beta
     work.mkdir(parents=True, exist_ok=True)
@@ -139,22 +147,30 @@ def main() -> int:
     train_text = [tok.decode(train.prompts[k], skip_special_tokens=True) for k in sorted(set(train.keys))]
     held_ids = [held.prompts[k] for k in held.keys]
     print(f"TRL {trl.__version__}; {len(train_text)} training prompts, {len(held_ids)} held out; {STEPS} steps x "
-          f"{PROMPTS} prompts x {GENERATIONS} answers of <= {MAX_NEW} tokens", flush=True)
+          f"{PROMPTS} prompts x {GENERATIONS} answers of <= {MAX_NEW} tokens; steps on each batch of answers: "
+          f"{', '.join(map(str, args.iterations))}", flush=True)
     start_sampled, start_greedy = held_out_reward(model, tok, held_ids, objective.stop_ids)
-    ours_curve, ours_step, ours_final, ours_kl = run_ours(work, model, data, beta)
-    trl_curve, trl_step, trl_final, trl_kl = run_trl(work, model, tok, train_text, beta)
-    print(f"\n{'':<22}{'start':>8}{'ours':>8}{'TRL':>8}")
-    print(f"{'train reward, steps 1-5':<22}{'':>8}{sum(ours_curve[:5]) / 5:8.3f}{sum(trl_curve[:5]) / 5:8.3f}")
-    print(f"{'train reward, last 5':<22}{'':>8}{sum(ours_curve[-5:]) / 5:8.3f}{sum(trl_curve[-5:]) / 5:8.3f}")
-    for name, (sampled, greedy) in (("ours", held_out_reward(ours_final, tok, held_ids, objective.stop_ids)),
-                                    ("TRL", held_out_reward(trl_final, tok, held_ids, objective.stop_ids))):
-        print(f"held out ({name}): sampled {start_sampled:.3f} -> {sampled:.3f}, "
-              f"greedy {start_greedy:.3f} -> {greedy:.3f}")
+    columns = []
+    for mu in args.iterations:
+        ours = run_ours(work, model, data, beta, mu, args.epsilon_high)
+        theirs = run_trl(work, model, tok, train_text, beta, mu, args.epsilon_high)
+        for name, (curve, step, final, kl) in (("ours", ours), ("TRL", theirs)):
+            # one reward per batch of answers: ours logs each step's (a batch at each of its steps), TRL each batch's
+            curve = curve[::mu] if len(curve) == STEPS else curve
+            columns.append({"name": f"{name} mu={mu}", "curve": curve, "step": step, "kl": kl,
+                            "held": held_out_reward(final, tok, held_ids, objective.stop_ids)})
+    print(f"\n{'':<38}" + "".join(f"{c['name']:>12}" for c in columns))
+    rows = [("train reward, first 5 batches of answers", lambda c: sum(c["curve"][:5]) / 5),
+            ("train reward, last 5 batches of answers", lambda c: sum(c["curve"][-5:]) / 5),
+            (f"held out, 8 sampled (start {start_sampled:.3f})", lambda c: c["held"][0]),
+            (f"held out, greedy (start {start_greedy:.3f})", lambda c: c["held"][1]),
+            ("seconds per step (after the first)", lambda c: c["step"])]
     if beta:
-        print(f"beta {beta:g}: KL per answer token to the start, last 5 steps: ours {ours_kl:.4f}, TRL {trl_kl:.4f}")
-    print(f"seconds per step (after the first): ours {ours_step:.3f}, TRL {trl_step:.3f}")
-    print("curves (every 5th step): ours " + " ".join(f"{r:.2f}" for r in ours_curve[::5])
-          + " | TRL " + " ".join(f"{r:.2f}" for r in trl_curve[::5]))
+        rows.append((f"beta {beta:g}: KL per token, last 5 steps", lambda c: c["kl"]))
+    for label, value in rows:
+        print(f"{label:<38}" + "".join(f"{value(c):12.3f}" for c in columns))
+    for c in columns:
+        print(f"curve of {c['name']} (every 5th batch of answers): " + " ".join(f"{r:.2f}" for r in c["curve"][::5]))
     return 0
 
 

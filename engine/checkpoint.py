@@ -1,7 +1,8 @@
 """Resumable checkpoints: DeepSpeed's sharded state plus a completion marker written last.
 
 Layout: ``output_dir/checkpoints/step-00000040/`` holds DeepSpeed's files (module, optimizer and
-scheduler state of every rank), ``rng-rank{r}.pt`` per rank and, written atomically by rank 0
+scheduler state of every rank), ``rng-rank{r}.pt`` per rank (``objective-rank{r}.pt`` too where the
+objective keeps state between steps: GRPO's answers trained on again) and, written atomically by rank 0
 after every rank has finished, ``complete.json``. A folder without ``complete.json`` (a process
 died while writing) is never resumed from and is deleted by the next save or resume. The newest
 ``keep_last`` are kept, plus any whose marker says ``kept`` (a wsd run's last step before its decay).
@@ -148,9 +149,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine, output_dir: str | Path, step: int, meta: dict[str, Any], keep_last: int, kept: str = "") -> Path:
+def save(engine, output_dir: str | Path, step: int, meta: dict[str, Any], keep_last: int, kept: str = "",
+         objective_state: dict[str, Any] | None = None) -> Path:
     """Collective: every rank calls it. Returns the completed checkpoint folder. ``kept`` (why) exempts it from
-    the ``keep_last`` rotation."""
+    the ``keep_last`` rotation; ``objective_state``, this rank's state of the objective (GRPO's kept answers)."""
     root = checkpoints_dir(output_dir)
     tag = tag_for(step)
     path = root / tag
@@ -162,6 +164,8 @@ def save(engine, output_dir: str | Path, step: int, meta: dict[str, Any], keep_l
     dist.barrier()
     engine.save_checkpoint(str(root), tag=tag, save_latest=False)
     torch.save(_rng_state(), path / f"rng-rank{rank}.pt")
+    if objective_state is not None:
+        torch.save(objective_state, path / f"objective-rank{rank}.pt")
     dist.barrier()  # every rank's files are on disk before the marker says so
     if rank == 0:
         marker = {"step": step, "world_size": dist.get_world_size(), **meta, "files": _file_sizes(path)}
@@ -268,3 +272,19 @@ def load(engine, path: Path, reshaped: Reshape | None = None, seed: int = 0, ste
     rng = path / f"rng-rank{dist.get_rank()}.pt"
     if rng.is_file():
         _set_rng_state(torch.load(rng, weights_only=False))
+
+
+def check_reshape_at_group_start(path: Path, marker: dict[str, Any], repeat: int, world_size: int) -> None:
+    """A checkpoint inside a group of ``repeat`` steps on the same GRPO answers holds them per rank and micro
+    batch: only as many ranks can take them back."""
+    if marker["step"] % repeat:
+        raise UserError(f"checkpoint {path} (step {marker['step']}) is inside a group of {repeat} steps trained on the "
+                        f"same answers, which its {marker.get('world_size')} ranks kept; resume it on as many ranks, "
+                        f"or resume from a checkpoint at a multiple of {repeat} steps on {world_size} "
+                        f"(checkpoint.resume=PATH)")
+
+
+def load_objective_state(path: Path, rank: int) -> dict[str, Any] | None:
+    """This rank's objective state saved with checkpoint ``path`` (None where there was none to keep)."""
+    file = path / f"objective-rank{rank}.pt"
+    return torch.load(file, weights_only=False) if file.is_file() else None

@@ -324,6 +324,7 @@ class LoggingConfig:
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "simpo", "orpo")
 KTO_LOSSES = ("kto", "apo_zero_unpaired")
 GRPO_LOSSES = ("token", "sequence", "dr_grpo")
+GRPO_IMPORTANCE = ("token", "sequence")  # the clipped ratio per answer token (GRPO) or per answer (GSPO)
 
 
 @dataclass

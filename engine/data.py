@@ -23,6 +23,7 @@ class StepPlan:
     accumulation: int
     world_size: int
     seed: int
+    repeat: int = 1  # consecutive optimizer steps on one global batch (GRPO's iterations: engine/grpo.py)
 
     @property
     def global_batch(self) -> int:
@@ -41,7 +42,7 @@ class StepPlan:
             )
 
     def total_steps(self, max_steps: int, epochs: float) -> int:
-        return max_steps if max_steps > 0 else max(1, math.ceil(epochs * self.steps_per_epoch))
+        return max_steps if max_steps > 0 else max(1, math.ceil(epochs * self.steps_per_epoch)) * self.repeat
 
     @functools.lru_cache(maxsize=1)  # every step of an epoch slices the same permutation: build it once
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -49,8 +50,9 @@ class StepPlan:
         return torch.randperm(self.num_samples, generator=gen)
 
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
-        """Sample indices of each micro batch this rank runs for optimizer step ``step`` (0-based)."""
-        epoch, within = divmod(step, self.steps_per_epoch)
+        """Sample indices of each micro batch this rank runs for optimizer step ``step`` (0-based); with
+        ``repeat`` > 1, steps g, g+1 .. g+repeat-1 (g a multiple of it) get the same ones."""
+        epoch, within = divmod(step // self.repeat, self.steps_per_epoch)
         perm = self._permutation(epoch)
         start = within * self.global_batch
         out = []

@@ -10,13 +10,19 @@ with N the answer tokens of the micro batch (``loss: token``, DAPO's token-level
 answers, each answer's log-probability taken as its per-token mean (``loss: sequence``, GRPO's paper), or
 answers x ``max_new_tokens`` (``loss: dr_grpo``, Dr. GRPO: no length normalisation at all).
 pi is the distribution the answers were sampled from, softmax(logits / temperature), as in TRL and verl.
-One optimizer step per batch of answers: the policy that wrote them is the one trained, so the PPO ratio
-is 1 and its clip never acts; the gradient is what is written above (TRL's GRPOTrainer with
-``num_iterations=1``). With ``beta`` > 0 each answer token also pays beta x KL(pi || ref) to the model the
-run started from (engine/grpo_reference.py: GRPO's paper, 0.04; TRL's ``beta``), summed and normalised with
-the policy term, its gradient that of the KL itself (``kl_correction``, TRL's ``use_bias_correction_kl``) or,
-without, the GRPO paper's k3 estimate's own; with ``beta = 0`` (DAPO's and Dr. GRPO's choice, TRL's default)
-there is no reference.
+With ``iterations`` = 1, one optimizer step per batch of answers: the policy that wrote them is the one
+trained, so the PPO ratio is 1 and its clip never acts; the gradient is what is written above (TRL's
+GRPOTrainer with ``num_iterations=1``). With ``iterations`` = mu > 1, the answers of step g are trained on
+again at steps g+1 .. g+mu-1 (the data order gives those steps the same prompts: engine/data.py), each token
+weighted by its clipped ratio to the policy that wrote them (engine/grpo_clip.py); the answers, their
+log-probabilities when written and the reference's are kept until then, in checkpoints too, so a resume
+between two passes trains on the very same.
+
+With ``beta`` > 0 each answer token also pays beta x KL(pi || ref) to the model the run started from
+(engine/grpo_reference.py: GRPO's paper, 0.04; TRL's ``beta``), summed and normalised with the policy term,
+its gradient that of the KL itself (``kl_correction``, TRL's ``use_bias_correction_kl``: the term times the
+ratio) or, without, the GRPO paper's k3 estimate's own; with ``beta = 0`` (DAPO's and Dr. GRPO's choice,
+TRL's default) there is no reference.
 
 Answers are sampled in eval mode (no dropout) with a generator seeded by (seed, step, rank, micro batch),
 inside ``torch.random.fork_rng``: a resumed run writes the very answers the uninterrupted run wrote, and
@@ -35,14 +41,18 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as dist
 
+from zhllama.errors import UserError
+
 from .config import GRPO_LOSSES
 from .data import eval_batches, fetch
 from .evaluate import eval_mode, summed_over_ranks
 from .loss import IGNORE_INDEX
+from .grpo_clip import Clip, clipped_policy_term, importance_ratios
 from .grpo_reference import token_kl
 from .preference import labelled_token_logps
 
-_SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "kl_tokens")
+# loss_tokens: the answer tokens in the loss (those of answers cut at max_new_tokens are not, with mask_truncated)
+_SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "clipped", "loss_tokens")
 
 
 @dataclass
@@ -54,6 +64,16 @@ class Rollout:
     advantages: torch.Tensor
     answer_tokens: torch.Tensor  # per row, the stop id included
     truncated: torch.Tensor  # per row: no stop id within max_new_tokens
+    prompt_keys: torch.Tensor | None = None  # the prompts answered (a later pass checks it has the same ones)
+    old_logps: torch.Tensor | None = None  # per answer token, the policy's when it wrote them (iterations > 1)
+    ref_logps: torch.Tensor | None = None  # per answer token, the reference's (beta > 0; it never moves)
+
+    def state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Rollout":
+        return cls(**state)
 
 
 def rollout_seed(seed: int, step: int, rank: int, micro: int) -> int:
@@ -134,20 +154,47 @@ class GRPOObjective:
     beta: float = 0.0  # weight of the per-token KL to the starting model
     kl_correction: bool = True  # the KL term times the ratio pi / pi.detach() (1): its gradient is KL's own
     reference: Any = None  # engine/grpo_reference.py: AdapterOff or FrozenCopy (needed when beta > 0)
+    iterations: int = 1  # optimizer steps on each batch of answers (TRL's num_iterations)
+    clip: Clip = field(default_factory=Clip)  # the ratio's clip when iterations > 1 (engine/grpo_clip.py)
     _step: int = 0
     _micro: int = 0
     _window: torch.Tensor | None = field(default=None, repr=False)
+    _kept: dict[int, Rollout] = field(default_factory=dict, repr=False)  # this group's answers, by micro batch
 
     def __post_init__(self) -> None:
         if self.loss_kind not in GRPO_LOSSES:
             raise ValueError(f"loss_kind: expected one of {GRPO_LOSSES}, got {self.loss_kind!r}")
         if self.beta and self.reference is None:
             raise ValueError("beta > 0 needs a reference (engine/grpo_reference.py)")
+        if self.iterations < 1:
+            raise ValueError(f"iterations: must be >= 1, got {self.iterations}")
 
     # ------------------------------------------------------------------ the loop's hooks
     def begin_step(self, step: int) -> None:
-        """Called before each optimizer step's micro batches: the seed of each rollout follows from it."""
+        """Called before each optimizer step's micro batches: the seed of each rollout follows from it, and
+        whether answers are written (a group's first step) or the group's kept ones trained on again."""
         self._step, self._micro = step, 0
+        if step % self.iterations == 0:
+            self._kept = {}
+
+    def checkpoint_state(self, next_step: int) -> dict[str, Any] | None:
+        """What a run resumed at ``next_step`` needs besides the weights: the answers of the group that step
+        is in, with their log-probabilities (None at a group's first step: its answers are written anew)."""
+        if next_step % self.iterations == 0:
+            return None
+        return {"group_start": next_step - next_step % self.iterations,
+                "rollouts": {micro: kept.state() for micro, kept in self._kept.items()}}
+
+    def restore(self, state: dict[str, Any] | None, step: int, where: str) -> None:
+        """Take back the answers a run resumed at ``step`` trains on again (``checkpoint_state``'s)."""
+        if step % self.iterations == 0:
+            return
+        start = step - step % self.iterations
+        if state is None or state.get("group_start") != start:
+            raise UserError(f"{where}: step {step} trains again on the answers written at step {start} "
+                            f"(grpo.iterations={self.iterations}), and the checkpoint does not hold them; resume "
+                            f"from a checkpoint at a multiple of {self.iterations} steps (checkpoint.resume=PATH)")
+        self._kept = {int(micro): Rollout.from_state(kept) for micro, kept in state["rollouts"].items()}
 
     def prepare(self, engine, datasets, collate_fn, batch_size, output_dir, resumed, data_fingerprint, device,
                 progress: bool = True) -> None:
@@ -208,31 +255,53 @@ class GRPOObjective:
         rewards = torch.tensor(self.reward(group["prompt_keys"].tolist(), texts), dtype=torch.float32)
         advantages = group_advantages(rewards, self.generations, self.scale_rewards)
         rows = training_rows(group["input_ids"], group["attention_mask"], answers, lengths, self.pad_id)
-        return Rollout(rows, rewards, advantages, lengths, truncated)
+        return Rollout(rows, rewards, advantages, lengths, truncated, batch["prompt_keys"].clone())
+
+    def _rollout_of(self, engine, batch: dict[str, torch.Tensor], device) -> Rollout:
+        """A group's first step writes answers; its later steps take the ones kept for this micro batch."""
+        if self._step % self.iterations == 0:
+            return self.rollout(engine, batch, device)
+        kept = self._kept.get(self._micro)
+        start = self._step - self._step % self.iterations
+        if kept is None or not torch.equal(kept.prompt_keys, batch["prompt_keys"]):
+            raise RuntimeError(f"GRPO: step {self._step}, micro batch {self._micro}: the answers written at step "
+                               f"{start} are {'not kept' if kept is None else 'to other prompts'}")
+        self._micro += 1
+        return kept
 
     # ------------------------------------------------------------------ the engine's loss contract
     def loss(self, engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed loss, its normaliser): answer tokens (``token``), answers (``sequence``) or answers x
         max_new_tokens (``dr_grpo``). Per answer token, -A (+ beta x KL to the reference); a masked answer's tokens
         add nothing."""
-        rollout = self.rollout(engine, batch, device)
+        micro = self._micro
+        rollout = self._rollout_of(engine, batch, device)
         logps, keep = labelled_token_logps(engine, rollout.batch, device, self.temperature)
         row = keep.nonzero()[:, 0]  # the answer each token belongs to
         tokens = keep.sum(dim=1)
+        first_pass = rollout.old_logps is None  # the policy is still the one that wrote the answers
+        old = logps.detach() if first_pass else rollout.old_logps.to(logps.device)
+        ratio = importance_ratios(logps, old, row, keep.shape[0], self.clip.importance)
+        per_token, clipped = clipped_policy_term(ratio, rollout.advantages.to(logps.device)[row], self.clip)
         weight = torch.ones_like(logps)
         if self.mask_truncated:  # DAPO: a cut-off answer neither counts nor is counted (its reward still shaped
             cut = rollout.truncated.to(logps.device)  # its group's mean, as in TRL)
             weight = (~cut)[row].to(logps.dtype)
             tokens = torch.where(cut, torch.zeros_like(tokens), tokens)
-        # logp - logp.detach() is 0 with the gradient of logp: the value logged is the (on-policy) surrogate's
-        per_token = -rollout.advantages.to(logps.device)[row] * (logps - logps.detach() + 1)
-        kl = None
+        kl = reference = None
         if self.beta:
-            kl = token_kl(logps, self.reference(engine, rollout.batch, device, self.temperature))
-            # k3's own gradient misses the samples' dependence on pi; times the ratio (value 1) it gains
-            # k3 x grad(log pi), and the sum is the gradient of KL(pi || ref) (DeepSeek-V3.2; TRL's default)
-            term = kl * torch.exp(logps - logps.detach()) if self.kl_correction else kl
+            reference = rollout.ref_logps
+            reference = (self.reference(engine, rollout.batch, device, self.temperature) if reference is None
+                         else reference.to(logps.device))
+            kl = token_kl(logps, reference)
+            # k3's own gradient misses the samples' dependence on pi; times the ratio (value 1 at the first pass) it
+            # gains k3 x grad(log pi), and the sum is the gradient of KL(pi || ref) (DeepSeek-V3.2; TRL's default)
+            term = kl * ratio if self.kl_correction else kl
             per_token = per_token + self.beta * term
+        if first_pass and self.iterations > 1:  # trained on again in the group's later steps
+            rollout.old_logps = logps.detach().cpu()
+            rollout.ref_logps = None if reference is None else reference.detach().cpu()
+            self._kept[micro] = rollout
         per_token = per_token * weight
         if self.loss_kind == "token":
             loss_sum, count = per_token.sum(), tokens.sum()
@@ -242,29 +311,34 @@ class GRPOObjective:
             per_answer = torch.zeros(keep.shape[0], dtype=per_token.dtype, device=per_token.device)
             loss_sum = (per_answer.index_add(0, row, per_token) / tokens.clamp(min=1)).sum()
             count = torch.tensor(keep.shape[0], device=tokens.device)
-        kl_sums = (0.0, 0.0) if kl is None else (float((kl.detach() * weight).sum()), float(weight.sum()))
-        sums = self._sums(rollout, *kl_sums)
+        kl_sum = 0.0 if kl is None else float((kl.detach() * weight).sum())
+        sums = self._sums(rollout, kl_sum, float((clipped * weight).sum()), float(weight.sum()))
         self._window = sums if self._window is None else self._window + sums
         batch["input_ids"] = rollout.batch["input_ids"]  # the loop counts the tokens trained on from this
         return loss_sum, count
 
-    def _sums(self, rollout: Rollout, kl: float, kl_tokens: float) -> torch.Tensor:
+    def _sums(self, rollout: Rollout, kl: float, clipped: float, loss_tokens: float) -> torch.Tensor:
         grouped = rollout.rewards.view(-1, self.generations)
         flat = (grouped == grouped[:, :1]).all(dim=1)
         return torch.tensor([float(rollout.rewards.numel()), float(rollout.rewards.sum()), float(grouped.shape[0]),
                              float(flat.sum()), float(rollout.answer_tokens.sum()), float(rollout.truncated.sum()),
-                             kl, kl_tokens], dtype=torch.float64)
+                             kl, clipped, loss_tokens], dtype=torch.float64)
 
     def train_metrics(self, device) -> dict[str, float]:
-        """Mean reward, groups with no signal, answer length and truncation over every rank's answers since
-        the last log line (collective: every rank calls it at each log line)."""
+        """Mean reward, groups with no signal, answer length and truncation over every rank's answers trained on
+        since the last log line (with iterations > 1 an answer counts at each step that trains on it), the KL to the
+        reference, and the share of answer tokens whose gradient the clip took away (collective: every rank calls
+        it at each log line)."""
         sums = self._window if self._window is not None else torch.zeros(len(_SUMS), dtype=torch.float64)
         self._window = None
-        answers, reward, groups, flat, tokens, truncated, kl, kl_tokens = summed_over_ranks(sums, device).tolist()
+        answers, reward, groups, flat, tokens, truncated, kl, clipped, loss_tokens = summed_over_ranks(
+            sums, device).tolist()
         out = {"train/reward": reward / max(answers, 1), "train/flat_groups": flat / max(groups, 1),
                "train/answer_tokens": tokens / max(answers, 1), "train/truncated": truncated / max(answers, 1)}
         if self.beta:  # the mean per-token KL to the reference of the answers trained on
-            out["train/kl"] = kl / max(kl_tokens, 1)
+            out["train/kl"] = kl / max(loss_tokens, 1)
+        if self.iterations > 1:  # 0 at a group's first step (ratio 1); how far later steps pushed against the clip
+            out["train/clipped"] = clipped / max(loss_tokens, 1)
         return out
 
     # ------------------------------------------------------------------ validation

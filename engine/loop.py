@@ -148,8 +148,9 @@ def _finished_report(cfg: TrainConfig, total_steps: int, data_fingerprint: str |
 
 
 def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
-              tokenizer_fingerprint: str | None) -> Plan:
-    """Every check is deterministic, so all ranks fail together before any collective."""
+              tokenizer_fingerprint: str | None, repeat: int = 1) -> Plan:
+    """Every check is deterministic, so all ranks fail together before any collective. ``repeat``: optimizer
+    steps per global batch of data (GRPO's iterations)."""
     rank, world, _ = init_distributed()
     cfg.batch.resolve(world)  # impossible batch settings fail here, before anything is built
     attention = resolve_attention(cfg.model)
@@ -157,7 +158,8 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
     check_sequence_length(cfg, getattr(train_ds, "block_size", None)
                           or getattr(getattr(cfg, "data", None), "max_seq_length", None))
     check_data_tokenizer(cfg, tokenizer_fingerprint)
-    steps = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed)
+    steps = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed,
+                     repeat)
     steps.check()
     total_steps = steps.total_steps(cfg.schedule.max_steps, cfg.schedule.epochs)
     plan = Plan(rank, world, steps, total_steps, attention=attention)
@@ -167,6 +169,8 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
         return plan
     plan.resume_from, plan.marker, plan.reshape, plan.superseded = checkpoint.choose_resume(
         cfg.output_dir, cfg.checkpoint.resume, world, data_fingerprint, plan.settings, cfg.schedule, total_steps)
+    if plan.reshape is not None:
+        checkpoint.check_reshape_at_group_start(plan.resume_from, plan.marker, repeat, world)
     if plan.resume_from is None and checkpoint.list_complete(cfg.output_dir):
         raise UserError(f"output_dir {cfg.output_dir} already holds checkpoints; use checkpoint.resume=auto "
                         f"to continue them or choose a new output_dir")
@@ -277,6 +281,9 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
         datasets = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
         objective.prepare(engine, datasets, collate_fn, cfg.eval.micro_batch_size or cfg.batch.micro_batch_size,
                           cfg.output_dir, state.step > 0, data_fingerprint, dev, progress=cfg.logging.progress)
+        if plan.resume_from is not None and hasattr(objective, "restore"):  # GRPO's answers kept between steps
+            objective.restore(checkpoint.load_objective_state(plan.resume_from, rank), state.step,
+                              f"checkpoint {plan.resume_from}")
     loss_of = objective.loss if objective is not None else forward_loss
     evaluation = Evaluation(cfg, engine, eval_ds, collate_fn, eval_characters, watch, tracker, dev, total_steps,
                             objective)
@@ -312,12 +319,12 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
             kept = "the last step before the wsd decay" if state.step == stable_end else ""
             due = bool(kept) or (cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0)
             if state.step < total_steps and (due or state.stopped_by_guard):  # a guard stop stays resumable
-                _save_checkpoint(cfg, engine, guard, state.step, meta, kept)
+                _save_checkpoint(cfg, engine, guard, state.step, meta, kept, objective)
             if state.stopped_by_guard:  # a clean stop: export and report as usual
                 break
             signalled = stop.any_rank_received()  # collective, every step (engine/stop_signals.py)
             if signalled and state.step < total_steps:
-                _stop(cfg, engine, guard, state.step, meta, signalled, saved=due, rank=rank)
+                _stop(cfg, engine, guard, state.step, meta, signalled, saved=due, rank=rank, objective=objective)
                 tracker.close(plot=cfg.logging.plot)
                 raise Stopped(f"{signalled} at step {state.step}: checkpoint {checkpoint.tag_for(state.step)} saved; "
                               f"run the same command to resume")
@@ -332,11 +339,11 @@ STOPPED = "stopped.json"  # in output_dir while a run stopped by a signal waits 
 
 
 def _stop(cfg: TrainConfig, engine, guard: LossGuard, step: int, meta: dict[str, Any], signalled: str, *,
-          saved: bool, rank: int) -> None:
+          saved: bool, rank: int, objective: Any = None) -> None:
     """Save (unless this step's checkpoint was just saved) and leave a note a job script can test: torchrun
     exits 1 whatever its ranks' status (75 here), so `[ -f OUT/stopped.json ] && scontrol requeue ...`."""
     if not saved:
-        _save_checkpoint(cfg, engine, guard, step, meta)
+        _save_checkpoint(cfg, engine, guard, step, meta, objective=objective)
     if rank == 0:
         write_json_atomic(Path(cfg.output_dir) / STOPPED, {"signal": signalled, "step": step,
                                                           "checkpoint": checkpoint.tag_for(step)})
@@ -354,11 +361,12 @@ def _log_window(cfg: TrainConfig, engine, window: Window, guard: LossGuard, stat
 
 
 def _save_checkpoint(cfg: TrainConfig, engine, guard: LossGuard, step: int, meta: dict[str, Any],
-                     kept: str = "") -> None:
+                     kept: str = "", objective: Any = None) -> None:
     guard.check()  # never keep a checkpoint written after a non-finite step
     check_weights(engine.module, f"checkpoint at step {step}")
+    extra = objective.checkpoint_state(step) if hasattr(objective, "checkpoint_state") else None
     with _writing(cfg, f"checkpoint step {step}"):
-        checkpoint.save(engine, cfg.output_dir, step, meta, cfg.checkpoint.keep_last, kept)
+        checkpoint.save(engine, cfg.output_dir, step, meta, cfg.checkpoint.keep_last, kept, extra)
 
 
 def finish(cfg: TrainConfig, plan: Plan, built: Built, state: FitState, data_fingerprint: str | None,
@@ -408,7 +416,8 @@ def run_training(cfg: TrainConfig, train_ds, eval_ds, collate_fn, *, eval_charac
     # DeepSpeed calls torch.distributed functions torch has renamed; one warning per step is noise.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    plan = preflight(cfg, train_ds, eval_ds, data_fingerprint, tokenizer_fingerprint)
+    plan = preflight(cfg, train_ds, eval_ds, data_fingerprint, tokenizer_fingerprint,
+                     getattr(objective, "iterations", 1))
     if plan.finished_report is not None:
         report = plan.finished_report
         if plan.rank == 0:  # a scheduler re-ran a finished job: nothing to do

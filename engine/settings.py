@@ -55,7 +55,8 @@ ADDED_LATER = {"model.neftune_alpha": 0.0, "model.rope_scaling": {}, "model.max_
                "schedule.decay_fraction": 0.2, "schedule.decay_shape": "1-sqrt", "deepspeed.overrides": {},
                "objective": "sft", "dpo.loss": "sigmoid", "dpo.beta": 0.1, "dpo.label_smoothing": 0.0,
                "dpo.nll_weight": 0.0, "dpo.simpo_gamma": 0.5, "kto.loss": "kto", "kto.beta": 0.1, "kto.desirable_weight": 1.0,
-               "kto.undesirable_weight": 1.0}
+               "kto.undesirable_weight": 1.0, "grpo.beta": 0.0, "grpo.kl_correction": True, "grpo.iterations": 1,
+               "grpo.epsilon": 0.2, "grpo.epsilon_high": None, "grpo.delta": None, "grpo.importance_sampling": "token"}
 _ABSENT = object()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine import TrainConfig
-from engine.config import GRPO_LOSSES, KTO_LOSSES, PREFERENCE_LOSSES
+from engine.config import GRPO_IMPORTANCE, GRPO_LOSSES, KTO_LOSSES, PREFERENCE_LOSSES
 
 from .templates import TEMPLATE_NAMES
 
@@ -113,6 +113,11 @@ class GRPOSettings:
     mask_truncated: bool = False  # answers cut at max_new_tokens add no loss (DAPO's overlong filtering)
     beta: float = 0.0  # KL penalty per answer token to the starting model (GRPO's paper: 0.04); 0: no reference model
     kl_correction: bool = True  # the KL term's gradient is that of KL(pi || ref) (DeepSeek-V3.2, TRL's default); false: GRPO's paper's k3
+    iterations: int = 1  # optimizer steps on each batch of answers (GRPO's mu, TRL's num_iterations); > 1: PPO's clipped ratio
+    epsilon: float = 0.2  # iterations > 1: the ratio to the policy that wrote the answers is clipped to [1 - epsilon, 1 + epsilon_high]
+    epsilon_high: float | None = None  # None: epsilon; DAPO's clip-higher: 0.28
+    delta: float | None = None  # cap on the unclipped ratio (INTELLECT-2's two-sided clip, e.g. 4); None: none
+    importance_sampling: str = "token"  # the ratio per token (GRPO) | sequence: per answer (GSPO; clip it at epsilon 3e-4, epsilon_high 4e-4)
 
     def validate(self) -> list[str]:
         from .rewards import reward_problems
@@ -130,6 +135,23 @@ class GRPOSettings:
             problems.append(f"loss: expected one of {list(GRPO_LOSSES)}, got {self.loss!r}")
         if not 0 <= self.beta <= 10:
             problems.append(f"beta: expected a value in [0, 10] (0: no KL penalty; GRPO's paper: 0.04), got {self.beta}")
+        return problems + self._clip_problems()
+
+    def _clip_problems(self) -> list[str]:
+        problems = []
+        if not 1 <= self.iterations <= 64:
+            problems.append(f"iterations: expected 1 to 64 optimizer steps per batch of answers, got {self.iterations}")
+        if not 0 < self.epsilon < 1:
+            problems.append(f"epsilon: expected a value in (0, 1) (PPO, GRPO: 0.2; GSPO: 3e-4), got {self.epsilon}")
+        high = self.epsilon if self.epsilon_high is None else self.epsilon_high
+        if self.epsilon_high is not None and not 0 < self.epsilon_high <= 10:
+            problems.append(f"epsilon_high: expected a value in (0, 10] (DAPO: 0.28) or null, got {self.epsilon_high}")
+        if self.delta is not None and not self.delta > 1 + high:
+            problems.append(f"delta: must exceed 1 + epsilon_high = {1 + high:g} (it caps the ratio the clip lets "
+                            f"through; INTELLECT-2: 4) or be null, got {self.delta}")
+        if self.importance_sampling not in GRPO_IMPORTANCE:
+            problems.append(f"importance_sampling: expected one of {list(GRPO_IMPORTANCE)}, "
+                            f"got {self.importance_sampling!r}")
         return problems
 
 

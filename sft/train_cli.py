@@ -101,6 +101,7 @@ def prepare_grpo(cfg):
     """``objective: grpo``: validated prompts, their datasets and collator, and the objective that writes,
     scores and trains on the answers (engine/grpo.py)."""
     from engine.grpo import GRPOObjective
+    from engine.grpo_clip import Clip
     from engine.grpo_reference import reference_for
 
     from .grpo_data import PromptCollator, build_prompt_datasets, read_prompts
@@ -119,8 +120,10 @@ def prepare_grpo(cfg):
         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), stop_ids=stop_ids(tokenizer, spec),
         pad_id=pad, generations=settings.generations, max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature, top_p=settings.top_p, scale_rewards=settings.scale_rewards,
-        loss_kind=settings.loss, mask_truncated=settings.mask_truncated, seed=cfg.seed, beta=settings.beta, kl_correction=settings.kl_correction,
-        reference=reference_for(cfg) if settings.beta else None)
+        loss_kind=settings.loss, mask_truncated=settings.mask_truncated, seed=cfg.seed, beta=settings.beta,
+        kl_correction=settings.kl_correction, reference=reference_for(cfg) if settings.beta else None,
+        iterations=settings.iterations, clip=Clip(settings.epsilon, settings.epsilon_high, settings.delta,
+                                                  settings.importance_sampling))
     return spec, fingerprint, data.train, data.eval, data.report, PromptCollator(pad), objective
 
 
@@ -155,6 +158,7 @@ def provenance(cfg) -> dict:
     out: dict = {"stage": cfg.objective}
     if cfg.objective == "grpo":  # the model card tells a step's prompts and the answers written to each
         out["answers_per_prompt"] = cfg.grpo.generations
+        out["steps_per_answers"] = cfg.grpo.iterations
     if cfg.data.manifest:
         from corpora.manifest import load_manifest
 

@@ -77,7 +77,8 @@ def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
         config = {"dpo": DPO_CONFIG, "kto": KTO_CONFIG, "grpo": GRPO_CONFIG}.get(phase, SFT_CONFIG)
         data = spec["dpo_data" if phase == "kto" else phase + "_data"]  # KTO: each pair's two verdicts
         settings = {"grpo": ["grpo.rewards={zh_share: 1.0}", "grpo.generations=2", "grpo.max_new_tokens=4",
-                             "grpo.beta=0.1"],  # the reference: the policy with its adapters off, in the dtype
+                             "grpo.beta=0.1",  # the reference: the policy with its adapters off, in the dtype
+                             "grpo.iterations=2"],  # steps 2 and 4: the clipped ratio to the kept bf16/fp16 logps
                     "kto": ["kto.beta=0.5"]}.get(phase, ["dpo.beta=0.5"])
         cfg = load_config(SFTConfig, config, overrides + settings + [
             f"data.files=[{{path: '{data}', weight: 4.0}}]", "data.eval_fraction=0.0", "data.max_seq_length=128",

@@ -23,6 +23,15 @@ def test_data_order_is_a_function_of_seed_and_step():
     assert plan.micro_batches(4, 0) != plan.micro_batches(0, 0)  # a new epoch, a new order
 
 
+def test_grpo_iterations_give_consecutive_steps_the_same_batch_and_count_epochs_in_batches():
+    once = StepPlan(50, 2, 3, 2, seed=7)
+    plan = StepPlan(50, 2, 3, 2, seed=7, repeat=3)
+    for step in range(12):  # steps 3g, 3g+1, 3g+2 train on the batch an unrepeated run gives step g
+        assert [plan.micro_batches(step, r) for r in range(2)] == [once.micro_batches(step // 3, r) for r in range(2)]
+    assert plan.total_steps(0, 2.0) == 3 * once.total_steps(0, 2.0) == 24  # two passes over the prompts
+    assert plan.total_steps(10, 2.0) == 10
+
+
 def test_eval_batches_give_every_rank_the_same_number_of_forwards():
     per_rank = [list(eval_batches(7, 2, r, 3, None)) for r in range(3)]
     assert [len(b) for b in per_rank] == [2, 2, 2]

@@ -125,6 +125,16 @@ def test_resume_on_other_ranks_must_keep_micro_and_global_batch(tmp_path):
     assert info.value.problems == ["optim.lr: 0.0002 -> 0.001"]
 
 
+def test_a_checkpoint_inside_a_grpo_group_resumes_only_on_its_number_of_ranks(tmp_path):
+    """Its answers to train on again are kept per rank and micro batch; a group's first step has none."""
+    folder = tmp_path / "step-00000005"
+    checkpoint.check_reshape_at_group_start(folder, {"step": 6, "world_size": 2}, 2, 1)
+    checkpoint.check_reshape_at_group_start(folder, {"step": 5, "world_size": 2}, 1, 1)
+    with pytest.raises(UserError, match=r"step 5\) is inside a group of 2 steps .* its 2 ranks kept; resume it on as "
+                                        r"many ranks, or resume from a checkpoint at a multiple of 2 steps on 1"):
+        checkpoint.check_reshape_at_group_start(folder, {"step": 5, "world_size": 2}, 2, 1)
+
+
 def test_a_checkpoint_that_cannot_be_converted_is_named_and_leaves_nothing_behind(tmp_path):
     folder = _checkpoint(tmp_path, 4, {"step": 4, "world_size": 2}, {"zero_pp_rank_0_mp_rank_00_optim_states.pt": b"x"})
     (folder / reshape.UNIVERSAL).mkdir()  # a conversion by hand that stopped half-way

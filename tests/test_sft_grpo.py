@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine.grpo import _SUMS
 from helpers_dist import REPO, sft_train, torchrun_launch
 from helpers_sft import load_tokenizer, read_metrics, tiny_model, tiny_tokenizer, write_jsonl
 
@@ -277,6 +278,104 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
     assert any(float(g.abs().max()) > 0 for g in got.values())
 
 
+@pytest.mark.parametrize("importance, clip, beta", [
+    ("token", {"epsilon": 0.2}, 0.0), ("token", {"epsilon": 0.1, "epsilon_high": 0.28, "delta": 1.3}, 0.3),
+    ("sequence", {"epsilon": 3e-3, "epsilon_high": 4e-3}, 0.0)])
+def test_a_second_pass_weights_each_token_by_its_clipped_ratio_to_the_policy_that_wrote_it(tmp_path, importance,
+                                                                                           clip, beta):
+    """iterations=2: the answers (and their log-probabilities when written, and the reference's) are kept from
+    the first pass; after the weights moved, the gradient is PPO's clipped surrogate's, by a direct computation."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.grpo_clip import Clip
+    from engine.grpo_reference import FrozenCopy
+    from sft.data import Conversation, Turn
+    from sft.grpo_data import PromptCollator, PromptDataset
+    from sft.templates import encode_prompt
+
+    tok_dir = tiny_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tok_dir)
+    folder = tiny_model(tmp_path / "model", tok_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    start = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    reference = FrozenCopy(lambda ds_config: (start, None)) if beta else None
+    spec, objective = _objective(tok, [None] * 3, generations=4, max_new_tokens=12, seed=7, beta=beta,
+                                 reference=reference, iterations=2, clip=Clip(**clip, importance=importance))
+    engine = _Engine(model).train()
+    if beta:
+        reference.build(engine)
+    prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:3]]
+    batch = PromptCollator(0)([PromptDataset(prompts, [0, 1, 2])[i] for i in range(3)])
+    objective.begin_step(4)
+    objective.loss(engine, dict(batch), torch.device("cpu"))  # first pass: writes and keeps the answers
+    rows = objective._kept[0].batch
+    labels = rows["labels"][:, 1:]
+    mask = labels != -100
+
+    def token_logps(net):
+        logits = net(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits[:, :-1].float()
+        return logits.log_softmax(-1).gather(2, labels.clamp(min=0)[..., None]).squeeze(-1)
+
+    with torch.no_grad():
+        old = token_logps(model)
+        generator = torch.Generator().manual_seed(5)  # the weights move, as an optimizer step moves them
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    objective.begin_step(5)
+    objective._window = None
+    model.zero_grad()
+    loss_sum, count = objective.loss(engine, dict(batch), torch.device("cpu"))  # the kept answers, not new ones
+    (loss_sum / count).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    new = token_logps(model)
+    log_ratio = (new - old) * mask
+    if importance == "sequence":  # the answer's mean log-ratio, for each of its tokens
+        log_ratio = (log_ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True)).expand_as(log_ratio)
+    ratio = torch.exp(log_ratio)
+    advantages = objective._kept[0].advantages[:, None]
+    high = clip.get("epsilon_high", clip["epsilon"])
+    capped = ratio.clamp(max=clip.get("delta", float("inf")))
+    term = -torch.min(capped * advantages, ratio.clamp(1 - clip["epsilon"], 1 + high) * advantages)
+    if beta:
+        with torch.no_grad():
+            gap = token_logps(start) - new.detach()
+        gap = gap + new.detach() - new  # ref - pi, with pi's gradient
+        term = term + beta * (torch.exp(gap) - gap - 1) * ratio
+    direct = (term * mask).sum() / mask.sum()
+    direct.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(got[name], param.grad, rtol=1e-4, atol=1e-7, msg=name)
+    sums = dict(zip(_SUMS, objective._window.tolist()))
+    clipped = ((ratio < 1 - clip["epsilon"]) & (advantages < 0)) | ((ratio > 1 + high) & (advantages > 0))
+    assert sums["clipped"] == int((clipped & mask).sum()) and 0 < sums["clipped"] < sums["loss_tokens"]
+    assert sums["answers"] == 12  # the kept answers' rewards count again: the answers trained on at this step
+
+
+def test_the_answers_kept_between_passes_go_into_checkpoints_and_come_back(tmp_path):
+    from engine.grpo import Rollout
+
+    _, objective = _objective(load_tokenizer(tiny_tokenizer(tmp_path / "tok")), [None], generations=2, iterations=3)
+    kept = Rollout({"input_ids": torch.ones(2, 3)}, torch.ones(2), torch.zeros(2), torch.ones(2), torch.zeros(2),
+                   torch.tensor([4]), torch.zeros(3), None)
+    objective.begin_step(6)
+    objective._kept = {0: kept}
+    assert objective.checkpoint_state(9) is None  # a group's first step writes its answers anew
+    state = objective.checkpoint_state(7)
+    assert state["group_start"] == 6 and objective.checkpoint_state(8)["group_start"] == 6
+    _, resumed = _objective(load_tokenizer(tmp_path / "tok"), [None], generations=2, iterations=3)
+    resumed.restore(state, 8, "checkpoint X")
+    assert torch.equal(resumed._kept[0].prompt_keys, kept.prompt_keys) and resumed._kept[0].ref_logps is None
+    resumed.restore(None, 9, "checkpoint X")  # nothing kept is needed there
+    for bad in (None, {**state, "group_start": 3}):
+        with pytest.raises(UserError, match=r"checkpoint X: step 8 trains again on the answers written at step 6 "
+                                            r"\(grpo.iterations=3\), and the checkpoint does not hold them"):
+            resumed.restore(bad, 8, "checkpoint X")
+    resumed.begin_step(7)
+    with pytest.raises(RuntimeError, match="the answers written at step 6 are to other prompts"):
+        resumed._rollout_of(None, {"prompt_keys": torch.tensor([5])}, torch.device("cpu"))
+
+
 def test_answers_come_from_the_policy_whatever_the_models_generation_config_says(tmp_path):
     """A chat model's generation_config.json (temperature, top_k, repetition penalty ...) must not change
     the sampling distribution: the loss assumes softmax(logits / grpo.temperature)."""
@@ -400,20 +499,38 @@ def test_two_rank_zero3_grpo_raises_the_reward(setup):
 
 
 def test_resume_writes_the_same_answers_and_ends_as_the_uninterrupted_run(setup):
+    """Two steps on each batch of answers (grpo.iterations=2): step 3's checkpoint is between the two passes over
+    step 2's answers, so it must give them back; step 4 writes new ones, seeded by the step."""
     from safetensors.torch import load_file
 
     root, model, data = setup
-    out, resumed = root / "one_rank", root / "resumed"
+    out, resumed, lost = root / "one_rank", root / "resumed", root / "lost"
     common = ("schedule.max_steps=6", "checkpoint.every_steps=3", "checkpoint.keep_last=2", "eval.at_start=false",
-              "grpo.beta=0.05")  # the resumed run's reference is the starting model again, not step 3's
+              "grpo.beta=0.05",  # the resumed run's reference is the starting model again, not step 3's
+              "grpo.iterations=2", "grpo.epsilon=0.1", "grpo.epsilon_high=0.15")
     _train(root, model, data, out, 1, *common)
-    shutil.copytree(out, resumed, ignore=shutil.ignore_patterns("final", "train_report.json", "step-00000006"))
+    assert (out / "checkpoints" / "step-00000003" / "objective-rank0.pt").is_file()
+    for copy in (resumed, lost):
+        shutil.copytree(out, copy, ignore=shutil.ignore_patterns("final", "train_report.json", "step-00000006"))
     log = _train(root, model, data, resumed, 1, *common)
     assert "resuming from step-00000003" in log, log[-3000:]
     want = [r for r in read_metrics(out) if "train/reward" in r]
     got = [r for r in read_metrics(resumed) if "train/reward" in r]
-    assert [r["train/reward"] for r in got[-3:]] == [r["train/reward"] for r in want[-3:]]
-    assert [r["train/kl"] for r in got[-3:]] == [r["train/kl"] for r in want[-3:]] and want[-1]["train/kl"] > 0
+    assert [r["train/reward"] for r in want[:4]] == [want[0]["train/reward"]] * 2 + [want[2]["train/reward"]] * 2
+    assert want[2]["train/reward"] != want[0]["train/reward"]  # a new batch of answers every second step
+    assert [r["train/clipped"] for r in want[::2]] == [0.0] * 3 and max(r["train/clipped"] for r in want) > 0
+    for key in ("train/reward", "train/kl", "train/clipped"):
+        assert [r[key] for r in got[-3:]] == [r[key] for r in want[-3:]], key
+    assert want[-1]["train/kl"] > 0
+    card = (out / "final" / "README.md").read_text()
+    assert "6 steps of 2 prompts × 4 answers (each batch of answers trained on for 2 steps)" in card, card
+    (lost / "checkpoints" / "step-00000003" / "objective-rank0.pt").unlink()
+    (lost / "checkpoints" / "step-00000003" / "complete.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((out / "checkpoints" / "step-00000003" / "complete.json").read_text()).items()
+         if k != "files"}))  # as if it never had the file (not a truncated checkpoint)
+    with pytest.raises(AssertionError) as failed:  # a clear refusal, not new answers in place of the kept ones
+        _train(root, model, data, lost, 1, *common)
+    assert "step 3 trains again on the answers written at step 2 (grpo.iterations=2)" in str(failed.value)
     got_w, want_w = (load_file(str(next((d / "final").glob("*.safetensors")))) for d in (resumed, out))
     for name in want_w:
         torch.testing.assert_close(got_w[name], want_w[name], rtol=0, atol=1e-6, msg=name)

@@ -143,6 +143,8 @@ def _how_made(folder: Path, steps: list[dict]) -> list[str]:
         unit = {"dpo": "pairs", "kto": "examples", "grpo": "prompts"}.get(data.get("stage"), "sequences")
         text += f" of {step['global_batch']} {unit}" if step.get("global_batch") else ""
         text += f" × {data['answers_per_prompt']} answers" if data.get("answers_per_prompt") else ""
+        if (data.get("steps_per_answers") or 1) > 1:  # GRPO's iterations: a batch of answers trains several steps
+            text += f" (each batch of answers trained on for {data['steps_per_answers']} steps)"
         text += f", peak learning rate {step['lr']:g}" if isinstance(step.get("lr"), (int, float)) else ""
         text += f", RoPE scaling {step['rope_scaling']}" if step.get("rope_scaling") else ""
         text += f", from `{step.get('base_model')}`"
