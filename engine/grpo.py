@@ -49,10 +49,12 @@ from .evaluate import eval_mode, summed_over_ranks
 from .loss import IGNORE_INDEX
 from .grpo_clip import Clip, clipped_policy_term, importance_ratios
 from .grpo_reference import token_kl
+from .grpo_sampling import Written, draw_prompts, overlong_shaping, refill_flat
 from .preference import labelled_token_logps
 
 # loss_tokens: the answer tokens in the loss (those of answers cut at max_new_tokens are not, with mask_truncated)
-_SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "clipped", "loss_tokens")
+_SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "clipped", "loss_tokens",
+         "groups_written")
 
 
 @dataclass
@@ -64,9 +66,10 @@ class Rollout:
     advantages: torch.Tensor
     answer_tokens: torch.Tensor  # per row, the stop id included
     truncated: torch.Tensor  # per row: no stop id within max_new_tokens
-    prompt_keys: torch.Tensor | None = None  # the prompts answered (a later pass checks it has the same ones)
+    prompt_keys: torch.Tensor | None = None  # the micro batch's prompts (a later pass checks it has the same ones)
     old_logps: torch.Tensor | None = None  # per answer token, the policy's when it wrote them (iterations > 1)
     ref_logps: torch.Tensor | None = None  # per answer token, the reference's (beta > 0; it never moves)
+    groups_written: int = 0  # groups of answers written for it (more than its groups with dynamic sampling)
 
     def state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -76,9 +79,11 @@ class Rollout:
         return cls(**state)
 
 
-def rollout_seed(seed: int, step: int, rank: int, micro: int) -> int:
-    """The sampling seed of one micro batch's answers: a function of where it is in the run only."""
-    digest = hashlib.blake2b(f"grpo/{seed}/{step}/{rank}/{micro}".encode(), digest_size=8).digest()
+def rollout_seed(seed: int, step: int, rank: int, micro: int, round_: int = 0) -> int:
+    """The sampling seed of one micro batch's answers (``round_`` > 0: its dynamic sampling's later rounds): a
+    function of where it is in the run only."""
+    where = f"grpo/{seed}/{step}/{rank}/{micro}" + (f"/{round_}" if round_ else "")
+    digest = hashlib.blake2b(where.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % 2**63
 
 
@@ -101,12 +106,10 @@ def answer_lengths(answers: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Te
     return first.long(), ~has_stop
 
 
-def training_rows(prompts: torch.Tensor, prompt_mask: torch.Tensor, answers: torch.Tensor, lengths: torch.Tensor,
+def training_rows(prompts: list[torch.Tensor], answers: torch.Tensor, lengths: torch.Tensor,
                   pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded rows of prompt + answer (natural positions, as in SFT), labels on the answer only."""
-    rows = []
-    for prompt, mask, answer, n in zip(prompts, prompt_mask, answers, lengths.tolist()):
-        rows.append((prompt[mask.bool()], answer[:n]))
+    rows = [(prompt, answer[:n]) for prompt, answer, n in zip(prompts, answers, lengths.tolist())]
     width = max(len(p) + len(a) for p, a in rows)
     batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
              "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
@@ -155,11 +158,15 @@ class GRPOObjective:
     kl_correction: bool = True  # the KL term times the ratio pi / pi.detach() (1): its gradient is KL's own
     reference: Any = None  # engine/grpo_reference.py: AdapterOff or FrozenCopy (needed when beta > 0)
     iterations: int = 1  # optimizer steps on each batch of answers (TRL's num_iterations)
+    dynamic_sampling: int = 0  # rounds of more prompts for groups that all scored the same (engine/grpo_sampling.py)
+    overlong_buffer: int = 0  # tokens before max_new_tokens where the reward starts to fall (DAPO); 0: off
+    overlong_penalty: float = 1.0  # the reward lost at max_new_tokens
     clip: Clip = field(default_factory=Clip)  # the ratio's clip when iterations > 1 (engine/grpo_clip.py)
     _step: int = 0
     _micro: int = 0
     _window: torch.Tensor | None = field(default=None, repr=False)
     _kept: dict[int, Rollout] = field(default_factory=dict, repr=False)  # this group's answers, by micro batch
+    _prompts: Any = field(default=None, repr=False)  # (training prompts, collate) to draw more from
 
     def __post_init__(self) -> None:
         if self.loss_kind not in GRPO_LOSSES:
@@ -200,6 +207,7 @@ class GRPOObjective:
                 progress: bool = True) -> None:
         """The reference model where ``beta`` > 0 (loaded again on a resume: it is the starting model); a hint
         where generation will be slow."""
+        self._prompts = (datasets["train"], collate_fn)
         if self.beta:
             self.reference.build(engine)
             if dist.get_rank() == 0:
@@ -244,18 +252,35 @@ class GRPOObjective:
                  for row, n, cut in zip(answers, lengths.tolist(), truncated.tolist())]
         return lengths, truncated, texts
 
-    def rollout(self, engine, batch: dict[str, torch.Tensor], device) -> Rollout:
-        """Sample ``generations`` answers per prompt, score them and give each its group advantage."""
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        seed = rollout_seed(self.seed, self._step, rank, self._micro)
-        self._micro += 1
+    def _write(self, engine, batch: dict[str, torch.Tensor], device, seed: int) -> Written:
+        """``generations`` sampled answers per prompt of ``batch``, scored (and shaped by length)."""
         group = {k: v.repeat_interleave(self.generations, dim=0) for k, v in batch.items()}
         answers = self._generate(engine, group, device, sample=True, seed=seed).cpu()
         lengths, truncated, texts = self._read(answers)
         rewards = torch.tensor(self.reward(group["prompt_keys"].tolist(), texts), dtype=torch.float32)
-        advantages = group_advantages(rewards, self.generations, self.scale_rewards)
-        rows = training_rows(group["input_ids"], group["attention_mask"], answers, lengths, self.pad_id)
-        return Rollout(rows, rewards, advantages, lengths, truncated, batch["prompt_keys"].clone())
+        rewards += overlong_shaping(lengths, self.max_new_tokens, self.overlong_buffer, self.overlong_penalty)
+        prompts = [ids[mask.bool()] for ids, mask in zip(group["input_ids"].cpu(), group["attention_mask"].cpu())]
+        return Written(prompts, answers, lengths, truncated, rewards, batch["prompt_keys"].clone())
+
+    def rollout(self, engine, batch: dict[str, torch.Tensor], device) -> Rollout:
+        """Sample ``generations`` answers per prompt, score them (with ``dynamic_sampling``, replace groups that
+        all scored the same) and give each its group advantage."""
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        micro, self._micro = self._micro, self._micro + 1
+        written = self._write(engine, batch, device, rollout_seed(self.seed, self._step, rank, micro))
+        groups_written = len(written.keys)
+        for round_ in range(1, self.dynamic_sampling + 1):
+            if not _any_rank(bool(written.flat(self.generations).any()), device):
+                break
+            more_seed = rollout_seed(self.seed, self._step, rank, micro, round_)
+            train, collate = self._prompts
+            more = fetch(train, draw_prompts(len(train), len(written.keys), more_seed), collate)
+            written, _ = refill_flat(written, self._write(engine, more, device, more_seed), self.generations)
+            groups_written += len(written.keys)
+        advantages = group_advantages(written.rewards, self.generations, self.scale_rewards)
+        rows = training_rows(written.prompts, written.answers, written.lengths, self.pad_id)
+        return Rollout(rows, written.rewards, advantages, written.lengths, written.truncated,
+                       batch["prompt_keys"].clone(), groups_written=groups_written)
 
     def _rollout_of(self, engine, batch: dict[str, torch.Tensor], device) -> Rollout:
         """A group's first step writes answers; its later steps take the ones kept for this micro batch."""
@@ -322,7 +347,8 @@ class GRPOObjective:
         flat = (grouped == grouped[:, :1]).all(dim=1)
         return torch.tensor([float(rollout.rewards.numel()), float(rollout.rewards.sum()), float(grouped.shape[0]),
                              float(flat.sum()), float(rollout.answer_tokens.sum()), float(rollout.truncated.sum()),
-                             kl, clipped, loss_tokens], dtype=torch.float64)
+                             kl, clipped, loss_tokens, float(rollout.groups_written or grouped.shape[0])],
+                            dtype=torch.float64)
 
     def train_metrics(self, device) -> dict[str, float]:
         """Mean reward, groups with no signal, answer length and truncation over every rank's answers trained on
@@ -331,7 +357,7 @@ class GRPOObjective:
         it at each log line)."""
         sums = self._window if self._window is not None else torch.zeros(len(_SUMS), dtype=torch.float64)
         self._window = None
-        answers, reward, groups, flat, tokens, truncated, kl, clipped, loss_tokens = summed_over_ranks(
+        answers, reward, groups, flat, tokens, truncated, kl, clipped, loss_tokens, written = summed_over_ranks(
             sums, device).tolist()
         out = {"train/reward": reward / max(answers, 1), "train/flat_groups": flat / max(groups, 1),
                "train/answer_tokens": tokens / max(answers, 1), "train/truncated": truncated / max(answers, 1)}
@@ -339,6 +365,8 @@ class GRPOObjective:
             out["train/kl"] = kl / max(loss_tokens, 1)
         if self.iterations > 1:  # 0 at a group's first step (ratio 1); how far later steps pushed against the clip
             out["train/clipped"] = clipped / max(loss_tokens, 1)
+        if self.dynamic_sampling:  # what it cost: groups written per group trained on (1: none was flat)
+            out["train/groups_written"] = written / max(groups, 1)
         return out
 
     # ------------------------------------------------------------------ validation
@@ -360,3 +388,10 @@ class GRPOObjective:
         prompts_seen = max(prompts, 1.0)
         return {"eval/reward": reward / prompts_seen, "eval/answer_tokens": tokens / prompts_seen,
                 "eval/truncated": truncated / prompts_seen, "eval/prompts": prompts}
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """Whether ``flag`` holds on any rank (collective where ranks run: each then writes the same rounds)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    return bool(summed_over_ranks(torch.tensor([float(flag)], dtype=torch.float64), device)[0] > 0)

@@ -118,6 +118,9 @@ class GRPOSettings:
     epsilon_high: float | None = None  # None: epsilon; DAPO's clip-higher: 0.28
     delta: float | None = None  # cap on the unclipped ratio (INTELLECT-2's two-sided clip, e.g. 4); None: none
     importance_sampling: str = "token"  # the ratio per token (GRPO) | sequence: per answer (GSPO; clip it at epsilon 3e-4, epsilon_high 4e-4)
+    dynamic_sampling: int = 0  # up to this many rounds of more prompts replacing groups whose answers all scored the same (DAPO); 0: off
+    overlong_buffer: int = 0  # answers longer than max_new_tokens - this lose reward linearly (DAPO's overlong shaping); 0: off
+    overlong_penalty: float = 1.0  # the reward lost at max_new_tokens (a cut answer)
 
     def validate(self) -> list[str]:
         from .rewards import reward_problems
@@ -135,7 +138,18 @@ class GRPOSettings:
             problems.append(f"loss: expected one of {list(GRPO_LOSSES)}, got {self.loss!r}")
         if not 0 <= self.beta <= 10:
             problems.append(f"beta: expected a value in [0, 10] (0: no KL penalty; GRPO's paper: 0.04), got {self.beta}")
-        return problems + self._clip_problems()
+        return problems + self._clip_problems() + self._dapo_problems()
+
+    def _dapo_problems(self) -> list[str]:
+        problems = []
+        if not 0 <= self.dynamic_sampling <= 16:
+            problems.append(f"dynamic_sampling: expected 0 (off) to 16 rounds, got {self.dynamic_sampling}")
+        if not 0 <= self.overlong_buffer < self.max_new_tokens:
+            problems.append(f"overlong_buffer: expected 0 (off) to max_new_tokens - 1 = {self.max_new_tokens - 1} "
+                            f"tokens (DAPO: a quarter of it), got {self.overlong_buffer}")
+        if not 0 < self.overlong_penalty <= 10:
+            problems.append(f"overlong_penalty: expected a value in (0, 10] (DAPO: 1), got {self.overlong_penalty}")
+        return problems
 
     def _clip_problems(self) -> list[str]:
         problems = []

@@ -123,7 +123,9 @@ def prepare_grpo(cfg):
         loss_kind=settings.loss, mask_truncated=settings.mask_truncated, seed=cfg.seed, beta=settings.beta,
         kl_correction=settings.kl_correction, reference=reference_for(cfg) if settings.beta else None,
         iterations=settings.iterations, clip=Clip(settings.epsilon, settings.epsilon_high, settings.delta,
-                                                  settings.importance_sampling))
+                                                  settings.importance_sampling),
+        dynamic_sampling=settings.dynamic_sampling, overlong_buffer=settings.overlong_buffer,
+        overlong_penalty=settings.overlong_penalty)
     return spec, fingerprint, data.train, data.eval, data.report, PromptCollator(pad), objective
 
 

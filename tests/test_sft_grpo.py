@@ -118,11 +118,18 @@ def test_all_bad_records_and_settings_are_reported_before_anything_runs(tmp_path
         load_config(SFTConfig, CONFIG, ["grpo.rewards={maths: 1, zh_share: 0}", "grpo.generations=1",
                                         "grpo.loss=mean", "grpo.top_p=0", "grpo.max_new_tokens=300",
                                         "data.packing=true", "mode=embeddings", "grpo.beta=-0.1",
-                                        "model.neftune_alpha=5"])
+                                        "model.neftune_alpha=5", "grpo.iterations=0", "grpo.epsilon=1.5",
+                                        "grpo.epsilon_high=0.1", "grpo.delta=1.05", "grpo.importance_sampling=seq",
+                                        "grpo.dynamic_sampling=-1", "grpo.overlong_buffer=300",
+                                        "grpo.overlong_penalty=0"])
     for what in ("'maths' is neither built in", "rewards.zh_share: the weight must be a non-zero number",
                  "generations: must be >= 2", "grpo.loss: expected one of ['token', 'sequence', 'dr_grpo']", "grpo.top_p",
                  "grpo.beta: expected a value in [0, 10]", "model.neftune_alpha: not with objective=grpo",
-                 "max_new_tokens: 300 leaves no room", "data.packing: not with objective=grpo", "mode: embeddings"):
+                 "max_new_tokens: 300 leaves no room", "data.packing: not with objective=grpo", "mode: embeddings",
+                 "grpo.iterations: expected 1 to 64", "grpo.epsilon: expected a value in (0, 1)",
+                 "grpo.delta: must exceed 1 + epsilon_high = 1.1", "grpo.importance_sampling: expected one of",
+                 "grpo.dynamic_sampling: expected 0 (off) to 16", "grpo.overlong_buffer: expected 0 (off) to "
+                 "max_new_tokens - 1 = 299", "grpo.overlong_penalty: expected a value in (0, 10]"):
         assert what in str(err.value), str(err.value)
 
 
@@ -376,6 +383,64 @@ def test_the_answers_kept_between_passes_go_into_checkpoints_and_come_back(tmp_p
         resumed._rollout_of(None, {"prompt_keys": torch.tensor([5])}, torch.device("cpu"))
 
 
+def test_overlong_answers_lose_reward_linearly_in_the_buffer_before_max_new_tokens():
+    from engine.grpo_sampling import overlong_shaping
+
+    lengths = torch.tensor([3, 12, 13, 14, 16])
+    torch.testing.assert_close(overlong_shaping(lengths, 16, 4, 0.5), torch.tensor([0.0, 0.0, -0.125, -0.25, -0.5]))
+    assert not overlong_shaping(lengths, 16, 0, 1.0).any()
+
+
+def test_dynamic_sampling_replaces_groups_that_all_scored_the_same_with_groups_for_drawn_prompts(tmp_path):
+    """Prompts 0 and 1 always score 1 (their groups teach nothing); the others score by answer length. Their
+    groups give way, in place, to groups written for prompts drawn (seeded) from the training set; the rows
+    trained on are those groups' prompts and answers, scored by the same reward, shaped by length."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.grpo import group_advantages
+    from sft.data import Conversation, Turn
+    from sft.grpo_data import PromptCollator, PromptDataset
+    from sft.templates import encode_prompt
+
+    tok_dir = tiny_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tok_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model(tmp_path / "model", tok_dir)), dtype=torch.float32)
+    spec, objective = _objective(tok, [None] * len(QUESTIONS), generations=4, max_new_tokens=12, seed=7,
+                                 dynamic_sampling=3, overlong_buffer=4)
+    objective.reward = lambda keys, texts: [1.0 if k < 2 else 0.1 * len(t) for k, t in zip(keys, texts)]
+    prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS]
+    train = PromptDataset(prompts, list(range(len(QUESTIONS))))
+    objective._prompts = (train, PromptCollator(0))
+    batch = PromptCollator(0)([train[i] for i in (0, 5, 1)])
+    engine = _Engine(model).train()
+    objective.begin_step(3)
+    rollout = objective.rollout(engine, dict(batch), torch.device("cpu"))
+    objective.begin_step(3)
+    again = objective.rollout(engine, dict(batch), torch.device("cpu"))
+    assert torch.equal(again.batch["input_ids"], rollout.batch["input_ids"])  # drawn and written by the seed
+    keys = [QUESTIONS.index(next(q for q in QUESTIONS if q in tok.decode(rollout.batch["input_ids"][r],
+                                                                          skip_special_tokens=True)))
+            for r in range(0, 12, 4)]
+    assert keys[1] == 5 and keys[0] >= 2 and keys[2] >= 2, keys  # replaced where they were; 5 kept
+    assert rollout.groups_written in (6, 9, 12) and torch.equal(rollout.prompt_keys, batch["prompt_keys"])
+    for r in range(12):
+        n = int(rollout.batch["attention_mask"][r].sum())
+        start = len(prompts[keys[r // 4]])
+        assert rollout.batch["input_ids"][r, :start].tolist() == prompts[keys[r // 4]]
+        answer = rollout.batch["input_ids"][r, start:n].tolist()
+        text = tok.decode(answer if rollout.truncated[r] else answer[:-1], skip_special_tokens=True)
+        shaped = -max(0, len(answer) - 8) / 4  # overlong_buffer 4 of max_new_tokens 12
+        assert rollout.rewards[r] == pytest.approx(0.1 * len(text) + shaped), r
+    torch.testing.assert_close(rollout.advantages, group_advantages(rollout.rewards, 4, True))
+    objective.dynamic_sampling = 0
+    objective.begin_step(3)
+    plain = objective.rollout(engine, dict(batch), torch.device("cpu"))  # round 0 is the same answers
+    for r in range(4, 8):
+        row, mask = plain.batch["input_ids"][r], plain.batch["attention_mask"][r]
+        assert row[mask == 1].tolist() == rollout.batch["input_ids"][r][rollout.batch["attention_mask"][r] == 1].tolist()
+    assert (plain.advantages[:4] == 0).all() and plain.groups_written == 3
+
+
 def test_answers_come_from_the_policy_whatever_the_models_generation_config_says(tmp_path):
     """A chat model's generation_config.json (temperature, top_k, repetition penalty ...) must not change
     the sampling distribution: the loss assumes softmax(logits / grpo.temperature)."""
@@ -480,9 +545,16 @@ def test_two_rank_zero3_grpo_raises_the_reward(setup):
     """A random tiny model writes about half Han characters; rewarded for writing Chinese, it writes more."""
     root, model, data = setup
     out = root / "run"
-    log = _train(root, model, data, out, 2, "schedule.max_steps=16", "grpo.generations=8", "grpo.beta=0.02")
+    # a quarter of the prompts score 1 whatever the answer: dynamic sampling replaces their groups, on the rank
+    # that has them while the other one writes the same rounds (generation is collective under ZeRO-3)
+    fixed = write_jsonl(root / "fixed.jsonl", [{"prompt": q, **({"fixed": 1.0} if i % 4 == 0 else {})}
+                                               for i, q in enumerate(QUESTIONS)])
+    log = _train(root, model, fixed, out, 2, "schedule.max_steps=16", "grpo.generations=8", "grpo.beta=0.02",
+                 "grpo.dynamic_sampling=2", "grpo.rewards={'tests.helpers_rewards:chinese_unless_fixed': 1.0}")
     logged = [r for r in read_metrics(out) if "train/reward" in r]
     assert len(logged) == 16 and all(r["train/answer_tokens"] > 0 for r in logged)
+    # a quarter of the groups would be flat; replaced, few are left, at the cost of groups written in more rounds
+    assert sum(r["train/flat_groups"] for r in logged) / 16 < 0.1 and max(r["train/groups_written"] for r in logged) > 1
     # the KL to the frozen copy of the starting model (partitioned like the policy): 0 at step 1, then growing
     assert logged[0]["train/kl"] < 1e-6 and logged[-1]["train/kl"] > 1e-3, [r["train/kl"] for r in logged]
     assert "KL penalty 0.02 per answer token against a frozen copy of the starting model" in log
