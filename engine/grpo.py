@@ -26,8 +26,9 @@ TRL's default) there is no reference.
 
 Answers are sampled in eval mode (no dropout) with a generator seeded by (seed, step, rank, micro batch),
 inside ``torch.random.fork_rng``: a resumed run writes the very answers the uninterrupted run wrote, and
-the training RNG stream is untouched. Under ZeRO-3 every rank runs generation forwards until all ranks'
-answers are done (``synced_gpus``: the weights' gathers are collective). Answers end at a stop id (trained,
+the training RNG stream is untouched. Under ZeRO-3 the whole model is gathered once per generate call, or
+every rank runs generation forwards until all ranks' answers are done (``synced_gpus``: the per-token gathers
+are collective; engine/zero3_generation.py). Answers end at a stop id (trained,
 as SFT trains EOS) or at ``max_new_tokens`` (truncated; ``mask_truncated`` leaves those out of the loss,
 DAPO's overlong filtering).
 """
@@ -51,6 +52,7 @@ from .grpo_clip import Clip, clipped_policy_term, importance_ratios
 from .grpo_reference import token_kl
 from .grpo_sampling import Written, draw_prompts, overlong_shaping, refill_flat
 from .preference import labelled_token_logps
+from .zero3_generation import weights_for_generation
 
 # loss_tokens: the answer tokens in the loss (those of answers cut at max_new_tokens are not, with mask_truncated)
 _SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "clipped", "loss_tokens",
@@ -161,6 +163,7 @@ class GRPOObjective:
     dynamic_sampling: int = 0  # rounds of more prompts for groups that all scored the same (engine/grpo_sampling.py)
     overlong_buffer: int = 0  # tokens before max_new_tokens where the reward starts to fall (DAPO); 0: off
     overlong_penalty: float = 1.0  # the reward lost at max_new_tokens
+    gather_for_generation: bool = True  # ZeRO-3: the whole model on each rank while writing (engine/zero3_generation.py)
     clip: Clip = field(default_factory=Clip)  # the ratio's clip when iterations > 1 (engine/grpo_clip.py)
     _step: int = 0
     _micro: int = 0
@@ -215,9 +218,12 @@ class GRPOObjective:
                       flush=True)
         stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
         if stage == 3 and dist.get_rank() == 0:
-            print(f"[zhllama] GRPO under ZeRO-3: each of the up to {self.max_new_tokens} tokens of an answer gathers "
-                  "every layer's weights from all ranks. Where the bf16 weights fit one GPU (any LoRA run, 7B on 80 "
-                  "GB), deepspeed.preset=zero2 generates without gathers (1.8x faster on 2 CPU ranks)", flush=True)
+            print("[zhllama] GRPO under ZeRO-3: " + (
+                "the whole model is gathered on each rank while answers are written (grpo.gather_for_generation="
+                "false where it does not fit one device beside the training state)" if self.gather_for_generation
+                else f"each of the up to {self.max_new_tokens} tokens of an answer gathers every layer's weights from "
+                     "all ranks (grpo.gather_for_generation=true gathers them once, where the model fits one "
+                     "device)"), flush=True)
 
     # ------------------------------------------------------------------ rollouts
     def _generate(self, engine, batch: dict[str, torch.Tensor], device, sample: bool, seed: int) -> torch.Tensor:
@@ -233,10 +239,10 @@ class GRPOObjective:
                                   temperature=self.temperature, top_p=self.top_p, top_k=0, min_p=0.0, typical_p=1.0,
                                   repetition_penalty=1.0, no_repeat_ngram_size=0)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        synced = dist.is_initialized() and dist.get_world_size() > 1  # every rank forwards until all are done
         devices = [device] if device.type == "cuda" else []
         rng = torch.random.fork_rng(devices=devices)
-        with torch.no_grad(), eval_mode(engine), _generation_attention(module), rng:
+        weights = weights_for_generation(engine, self.gather_for_generation)
+        with torch.no_grad(), eval_mode(engine), _generation_attention(module), rng, weights as synced:
             torch.manual_seed(seed)
             out = module.generate(input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=synced)
         answers = out[:, ids.shape[1]:]

@@ -121,6 +121,7 @@ class GRPOSettings:
     dynamic_sampling: int = 0  # up to this many rounds of more prompts replacing groups whose answers all scored the same (DAPO); 0: off
     overlong_buffer: int = 0  # answers longer than max_new_tokens - this lose reward linearly (DAPO's overlong shaping); 0: off
     overlong_penalty: float = 1.0  # the reward lost at max_new_tokens (a cut answer)
+    gather_for_generation: bool = True  # ZeRO-3: gather the whole model on each rank once per generate call (TRL's ds3_gather_for_generation); false: per token, where it does not fit
 
     def validate(self) -> list[str]:
         from .rewards import reward_problems

@@ -570,6 +570,27 @@ def test_two_rank_zero3_grpo_raises_the_reward(setup):
     assert "mode=full" in log and "GRPO under ZeRO-3" in log  # the hint to generate under ZeRO-2 where it fits
 
 
+@pytest.mark.distributed
+def test_zero3_answers_are_the_same_written_with_the_whole_model_gathered_once_or_per_token(setup):
+    """grpo.gather_for_generation: the whole model gathered on each rank for a generate call, ZeRO-3's hooks off
+    meanwhile, the ranks writing independently; then partitioned again and trained on: the same answers, rewards
+    and weights as with the weights gathered layer by layer at every token, in step across ranks."""
+    from safetensors.torch import load_file
+
+    root, model, data = setup
+    runs = {gather: root / f"gather_{gather}" for gather in ("true", "false")}
+    for gather, out in runs.items():
+        _train(root, model, data, out, 2, "schedule.max_steps=3", "eval.every_steps=3", "grpo.beta=0.05",
+               f"grpo.gather_for_generation={gather}")
+    gathered, per_token = ([r for r in read_metrics(out) if "train/reward" in r or "eval/reward" in r]
+                           for out in runs.values())
+    for key in ("train/reward", "train/answer_tokens", "train/kl", "eval/reward", "eval/answer_tokens"):
+        assert [r.get(key) for r in gathered] == [r.get(key) for r in per_token], key
+    weights = [load_file(str(next((out / "final").glob("*.safetensors")))) for out in runs.values()]
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0, msg=name)
+
+
 def test_resume_writes_the_same_answers_and_ends_as_the_uninterrupted_run(setup):
     """Two steps on each batch of answers (grpo.iterations=2): step 3's checkpoint is between the two passes over
     step 2's answers, so it must give them back; step 4 writes new ones, seeded by the step."""
