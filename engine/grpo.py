@@ -51,12 +51,12 @@ from .loss import IGNORE_INDEX
 from .grpo_clip import Clip, clipped_policy_term, importance_ratios
 from .grpo_reference import token_kl
 from .grpo_sampling import Written, draw_prompts, overlong_shaping, refill_flat
-from .preference import labelled_token_logps
+from .preference import labelled_token_stats
 from .zero3_generation import weights_for_generation
 
 # loss_tokens: the answer tokens in the loss (those of answers cut at max_new_tokens are not, with mask_truncated)
 _SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "clipped", "loss_tokens",
-         "groups_written")
+         "groups_written", "entropy")
 
 
 @dataclass
@@ -303,11 +303,11 @@ class GRPOObjective:
     # ------------------------------------------------------------------ the engine's loss contract
     def loss(self, engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed loss, its normaliser): answer tokens (``token``), answers (``sequence``) or answers x
-        max_new_tokens (``dr_grpo``). Per answer token, -A (+ beta x KL to the reference); a masked answer's tokens
-        add nothing."""
+        max_new_tokens (``dr_grpo``). Per answer token, -A times its clipped ratio to the policy that wrote the answer
+        (1 at the first pass) (+ beta x KL to the reference); a masked answer's tokens add nothing."""
         micro = self._micro
         rollout = self._rollout_of(engine, batch, device)
-        logps, keep = labelled_token_logps(engine, rollout.batch, device, self.temperature)
+        logps, keep, entropy = labelled_token_stats(engine, rollout.batch, device, self.temperature, entropy=True)
         row = keep.nonzero()[:, 0]  # the answer each token belongs to
         tokens = keep.sum(dim=1)
         first_pass = rollout.old_logps is None  # the policy is still the one that wrote the answers
@@ -343,30 +343,32 @@ class GRPOObjective:
             loss_sum = (per_answer.index_add(0, row, per_token) / tokens.clamp(min=1)).sum()
             count = torch.tensor(keep.shape[0], device=tokens.device)
         kl_sum = 0.0 if kl is None else float((kl.detach() * weight).sum())
-        sums = self._sums(rollout, kl_sum, float((clipped * weight).sum()), float(weight.sum()))
+        sums = self._sums(rollout, kl_sum, float((clipped * weight).sum()), float(weight.sum()),
+                          float((entropy * weight).sum()))
         self._window = sums if self._window is None else self._window + sums
         batch["input_ids"] = rollout.batch["input_ids"]  # the loop counts the tokens trained on from this
         return loss_sum, count
 
-    def _sums(self, rollout: Rollout, kl: float, clipped: float, loss_tokens: float) -> torch.Tensor:
+    def _sums(self, rollout: Rollout, kl: float, clipped: float, loss_tokens: float, entropy: float) -> torch.Tensor:
         grouped = rollout.rewards.view(-1, self.generations)
         flat = (grouped == grouped[:, :1]).all(dim=1)
         return torch.tensor([float(rollout.rewards.numel()), float(rollout.rewards.sum()), float(grouped.shape[0]),
                              float(flat.sum()), float(rollout.answer_tokens.sum()), float(rollout.truncated.sum()),
-                             kl, clipped, loss_tokens, float(rollout.groups_written or grouped.shape[0])],
+                             kl, clipped, loss_tokens, float(rollout.groups_written or grouped.shape[0]), entropy],
                             dtype=torch.float64)
 
     def train_metrics(self, device) -> dict[str, float]:
         """Mean reward, groups with no signal, answer length and truncation over every rank's answers trained on
-        since the last log line (with iterations > 1 an answer counts at each step that trains on it), the KL to the
-        reference, and the share of answer tokens whose gradient the clip took away (collective: every rank calls
-        it at each log line)."""
+        since the last log line (with iterations > 1 an answer counts at each step that trains on it), the policy's
+        entropy per answer token, the KL to the reference, and the share of answer tokens whose gradient the clip
+        took away (collective: every rank calls it at each log line)."""
         sums = self._window if self._window is not None else torch.zeros(len(_SUMS), dtype=torch.float64)
         self._window = None
-        answers, reward, groups, flat, tokens, truncated, kl, clipped, loss_tokens, written = summed_over_ranks(
-            sums, device).tolist()
+        answers, reward, groups, flat, tokens, truncated, kl, clipped, loss_tokens, written, entropy = (
+            summed_over_ranks(sums, device).tolist())
         out = {"train/reward": reward / max(answers, 1), "train/flat_groups": flat / max(groups, 1),
-               "train/answer_tokens": tokens / max(answers, 1), "train/truncated": truncated / max(answers, 1)}
+               "train/answer_tokens": tokens / max(answers, 1), "train/truncated": truncated / max(answers, 1),
+               "train/entropy": entropy / max(loss_tokens, 1)}  # nats per answer token; falling to 0: collapse
         if self.beta:  # the mean per-token KL to the reference of the answers trained on
             out["train/kl"] = kl / max(loss_tokens, 1)
         if self.iterations > 1:  # 0 at a group's first step (ratio 1); how far later steps pushed against the clip

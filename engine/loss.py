@@ -105,10 +105,11 @@ class _LinearTokenLogps(torch.autograd.Function):
     matmul) instead of keeping them: one chunk alive at a time either way."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int,
+                entropy: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(hidden, weight, labels)  # under ZeRO-3, weight is gathered again for backward
         ctx.chunk = chunk
-        return _token_logps(hidden, weight, labels, chunk)
+        return _token_logps(hidden, weight, labels, chunk, entropy)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -125,29 +126,39 @@ class _LinearTokenLogps(torch.autograd.Function):
             if want_w:
                 grad_w += (grad_logits.t() @ h).float()
             del grad_logits  # before the next chunk's logits exist: one chunk alive at a time
-        return grad_h, (grad_w.to(weight.dtype) if want_w else None), None, None
+        return grad_h, (grad_w.to(weight.dtype) if want_w else None), None, None, None
 
 
-def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int,
+                 entropy: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row's log-probability of its label; with ``entropy`` (a row-sized fp32 buffer), each row's
+    distribution's entropy written into it too (no gradient: a diagnostic)."""
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk):
         logits = (hidden[start:start + chunk] @ weight.t()).float()
         target = logits.gather(1, labels[start:start + chunk, None]).squeeze(1)
-        out[start:start + chunk] = target - _exp_in_place(logits)[2]  # the exps (logits' storage) are not kept
-        del logits
+        exps, norm, lse = _exp_in_place(logits)  # the exps (logits' storage) are not kept
+        out[start:start + chunk] = target - lse
+        if entropy is not None:  # H = log Z - sum(e^s s) / Z, with s the shifted logits (e^s the exps)
+            entropy[start:start + chunk] = norm.log().squeeze(1) - torch.xlogy(exps, exps).sum(1) / norm.squeeze(1)
+        del logits, exps
     return out
 
 
 def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                       chunk: int = 4096) -> torch.Tensor:
+                       chunk: int = 4096, entropy: list | None = None) -> torch.Tensor:
     """fp32 log-probability of each labelled position's label (row-major order; -100 positions left out),
-    never materialising more than ``chunk`` positions' logits: DPO's per-answer sums (engine/preference.py)."""
+    never materialising more than ``chunk`` positions' logits: DPO's per-answer sums (engine/preference.py).
+    With ``entropy`` (a list), each position's distribution's entropy is appended to it, in the same order."""
     hidden, labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
     keep = labels != IGNORE_INDEX
     hidden, labels = hidden[keep], labels[keep]
+    buffer = None if entropy is None else torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    if entropy is not None:
+        entropy.append(buffer)
     if not torch.is_grad_enabled():
-        return _token_logps(hidden, weight, labels, chunk)
-    return _LinearTokenLogps.apply(hidden, weight, labels, chunk)
+        return _token_logps(hidden, weight, labels, chunk, buffer)
+    return _LinearTokenLogps.apply(hidden, weight, labels, chunk, buffer)
 
 
 def fused_head_of(model) -> torch.nn.Module | None:
@@ -181,27 +192,30 @@ def install_fused_head(model, chunk_tokens: int) -> torch.nn.Module:
             return plain_forward(hidden)
         if head.zhllama_per_token:  # under a temperature T: log softmax(logits / T), GRPO's sampling distribution
             scaled = hidden if head.zhllama_temperature == 1.0 else hidden / head.zhllama_temperature
-            return linear_token_logps(scaled, head.weight, labels, chunk_tokens)
+            return linear_token_logps(scaled, head.weight, labels, chunk_tokens, head.zhllama_entropy)
         return linear_cross_entropy(hidden, head.weight, labels, chunk_tokens)
 
     head.forward = forward
     head.zhllama_labels = None
     head.zhllama_per_token = False
     head.zhllama_temperature = 1.0
+    head.zhllama_entropy = None  # a list while entropies are asked for (labels_for)
     return head
 
 
 @contextmanager
 def labels_for(head: torch.nn.Module, labels: torch.Tensor, per_token: bool = False,
-               temperature: float = 1.0) -> Iterator[None]:
+               temperature: float = 1.0, entropy: list | None = None) -> Iterator[None]:
     """While inside, the head computes the loss against ``labels`` (aligned with its input positions):
     summed, or (``per_token``) each labelled position's log-probability, as ``linear_token_logps``, of the
-    logits divided by ``temperature``."""
+    logits divided by ``temperature`` (and, given the list ``entropy``, appends the positions' entropies)."""
     head.zhllama_labels, head.zhllama_per_token, head.zhllama_temperature = labels, per_token, temperature
+    head.zhllama_entropy = entropy
     try:
         yield
     finally:
         head.zhllama_labels, head.zhllama_per_token, head.zhllama_temperature = None, False, 1.0
+        head.zhllama_entropy = None
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:

@@ -60,18 +60,30 @@ def labelled_token_logps(engine, batch: dict[str, torch.Tensor], device,
                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of each labelled token (fp32), flat in row-major order; the rows x positions mask of
     where they are), of the distribution softmax(logits / ``temperature``)."""
+    token_logps, keep, _ = labelled_token_stats(engine, batch, device, temperature)
+    return token_logps, keep
+
+
+def labelled_token_stats(engine, batch: dict[str, torch.Tensor], device, temperature: float = 1.0,
+                         entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``labelled_token_logps``, and with ``entropy`` each labelled position's distribution's entropy (fp32,
+    detached, in the same order; GRPO's watch on the policy's collapse), from the same forward."""
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
     targets = shift_labels(batch["labels"].to(device))  # label i is predicted at position i
     keep = targets != IGNORE_INDEX
     head = fused_head_of(getattr(engine, "module", engine))
+    entropies: list | None = [] if entropy else None
     if head is not None:  # chunked: answer positions' log-probabilities straight from the hidden states
-        with labels_for(head, targets, per_token=True, temperature=temperature):
+        with labels_for(head, targets, per_token=True, temperature=temperature, entropy=entropies):
             token_logps = engine(**inputs, use_cache=False).logits
     else:  # the model's logits; an fp32 copy only where an answer token is predicted
         logits = engine(**inputs, use_cache=False).logits
         scaled = logits[keep].float() / temperature
-        token_logps = scaled.log_softmax(dim=-1).gather(1, targets[keep][:, None]).squeeze(1)
-    return token_logps, keep
+        log_probs = scaled.log_softmax(dim=-1)
+        token_logps = log_probs.gather(1, targets[keep][:, None]).squeeze(1)
+        if entropy:
+            entropies.append(-(log_probs.detach().exp() * log_probs.detach()).sum(dim=-1))
+    return token_logps, keep, (entropies[0] if entropy else None)
 
 
 @dataclass

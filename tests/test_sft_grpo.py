@@ -283,6 +283,10 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
     for name, param in model.named_parameters():
         torch.testing.assert_close(got[name], param.grad, rtol=1e-4, atol=1e-7, msg=name)
     assert any(float(g.abs().max()) > 0 for g in got.values())
+    with torch.no_grad():  # train/entropy: the sampling distribution's, summed over the answer tokens
+        log_probs = logits.log_softmax(-1)
+        entropy = (-(log_probs.exp() * log_probs).sum(-1) * (labels != -100)).sum()
+    assert dict(zip(_SUMS, objective._window.tolist()))["entropy"] == pytest.approx(float(entropy), rel=1e-5)
 
 
 @pytest.mark.parametrize("importance, clip, beta", [
