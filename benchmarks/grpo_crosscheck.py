@@ -51,7 +51,10 @@ SETTINGS = [("token", True, False, 1.0, 0.0), ("sequence", True, False, 1.0, 0.0
             ("token", False, True, 1.0, 0.5, {"epsilon": 0.2, "epsilon_high": 0.28}),
             ("token", True, False, 1.0, 0.0, {"epsilon": 0.1, "delta": 1.3}),
             ("sequence", True, False, 1.0, 0.0, {"epsilon": 3e-3, "epsilon_high": 4e-3, "importance_sampling": "sequence"}),
-            ("dr_grpo", False, False, 1.0, -0.5, {"epsilon": 0.2, "importance_sampling": "sequence"})]
+            ("dr_grpo", False, False, 1.0, -0.5, {"epsilon": 0.2, "importance_sampling": "sequence"}),
+            # only the highest-entropy fifth of the answer tokens trains (first pass; a second with beta)
+            ("token", True, True, 0.7, 0.0, {"top_entropy_quantile": 0.2}),
+            ("sequence", True, False, 1.0, 0.5, {"epsilon": 0.2, "top_entropy_quantile": 0.5})]
 # beta < 0 above: |beta| without the KL's bias correction
 TRL_LOSS = {"token": "bnpo", "sequence": "grpo", "dr_grpo": "dr_grpo"}
 GENERATIONS, MAX_NEW = 4, 10
@@ -115,13 +118,21 @@ def shifted(model_dir):
     return shift(load(model_dir))
 
 
+CLIP_KEYS = ("epsilon", "epsilon_high", "delta", "importance_sampling")
+
+
 def split(setting):
-    """(kind, scale, mask_truncated, temperature, signed beta), and the clip of a second pass (None: first pass)."""
-    return setting[:5], (setting[5] if len(setting) > 5 else None)
+    """(kind, scale, mask_truncated, temperature, signed beta), and the row's options: a clip's settings make the
+    row a second pass; ``top_entropy_quantile`` applies to either pass."""
+    return setting[:5], (setting[5] if len(setting) > 5 else {})
+
+
+def second_pass(options: dict) -> bool:
+    return any(key in options for key in CLIP_KEYS)
 
 
 def our_objective(tok, kind, scale, mask_truncated, temperature, beta=0.0, reference=None, kl_correction=True,
-                  second=None):
+                  options=None):
     from engine.grpo import GRPOObjective
     from engine.grpo_clip import Clip
     from sft.rewards import RewardModel
@@ -133,9 +144,11 @@ def our_objective(tok, kind, scale, mask_truncated, temperature, beta=0.0, refer
                                stop_ids=stop_ids(tok, spec), pad_id=pad_token_id(tok), generations=GENERATIONS,
                                max_new_tokens=MAX_NEW, temperature=temperature, scale_rewards=scale, loss_kind=kind,
                                mask_truncated=mask_truncated, seed=3, beta=beta, reference=reference,
-                               kl_correction=kl_correction, iterations=2 if second else 1,
+                               kl_correction=kl_correction, iterations=2 if second_pass(options or {}) else 1,
+                               top_entropy_quantile=(options or {}).get("top_entropy_quantile", 1.0),
                                clip=Clip(**{"importance": "token", **{("importance" if k == "importance_sampling"
-                                                                        else k): v for k, v in (second or {}).items()}}))
+                                                                        else k): v for k, v in (options or {}).items()
+                                                                       if k in CLIP_KEYS}}))
 
 
 def run_ours(model_dir, tok, batch, setting) -> dict:
@@ -146,7 +159,8 @@ def run_ours(model_dir, tok, batch, setting) -> dict:
 
     from engine.grpo_reference import FrozenCopy
 
-    setting, second = split(setting)
+    setting, options = split(setting)
+    second = second_pass(options)
     beta = abs(setting[-1])
     model = shifted(model_dir) if beta and not second else load(model_dir)
     install_fused_head(model, chunk_tokens=7)  # the engine's default path (model.fused_loss), in several chunks
@@ -154,7 +168,7 @@ def run_ours(model_dir, tok, batch, setting) -> dict:
     engine.train()
     reference = FrozenCopy(lambda ds_config: (load(model_dir), None)) if beta else None
     _, objective = our_objective(tok, *setting[:-1], beta=beta, reference=reference, kl_correction=setting[-1] >= 0,
-                                 second=second)
+                                 options=options)
     if beta:
         reference.build(engine)
     objective.begin_step(0)
@@ -190,7 +204,8 @@ def run_trl(model_dir, tok, rows, setting, work: Path) -> dict:
 
     from sft.rewards import math_reward, zh_share_reward
 
-    (kind, scale, mask_truncated, temperature, signed_beta), second = split(setting)
+    (kind, scale, mask_truncated, temperature, signed_beta), options = split(setting)
+    second = second_pass(options)
     beta = abs(signed_beta)
     seen: list[str] = []
 
@@ -211,7 +226,7 @@ def run_trl(model_dir, tok, rows, setting, work: Path) -> dict:
                      per_device_train_batch_size=len(rows), reward_weights=[1.0, 0.5], use_cpu=True, bf16=False,
                      report_to="none", log_completions=False, num_iterations=2 if second else 1,
                      **{("importance_sampling_level" if k == "importance_sampling" else k): v
-                        for k, v in (second or {}).items()})
+                        for k, v in options.items()})
     text = Dataset.from_list([{"prompt": q, "reference": r} for q, r in zip(QUESTIONS, REFERENCES)])
     policy = shifted(model_dir) if beta and not second else load(model_dir)
     trainer = GRPOTrainer(policy, reward_funcs=[math, zh], args=cfg, train_dataset=text,
@@ -252,7 +267,7 @@ def main() -> int:
     batch = PromptCollator(0)([PromptDataset(prompts, list(range(len(prompts))))[i] for i in range(len(prompts))])
     print(f"TRL {trl.__version__}, torch {torch.__version__}; {len(QUESTIONS)} prompts x {GENERATIONS} answers; "
           f"tolerances {ABS_TOL} abs, {REL_TOL} rel\n"
-          f"loss      scale  mask-cut  temp  beta    second pass's clip                   TRL loss_type  cut  texts  clip  "
+          f"loss      scale  mask-cut  temp  beta    options (a clip: a second pass)      TRL loss_type  cut  texts  clip  "
           f"|dadvantage|   |dloss|  grad rel")
     failed = 0
     for setting in SETTINGS:
@@ -267,10 +282,11 @@ def main() -> int:
         grad = rel_grad_diff(ours["grads"], theirs["grads"])
         ok = texts_ok and max(d_adv, d_loss) <= ABS_TOL and grad <= REL_TOL
         failed += not ok
-        (kind, scale, cut, temperature, beta), second = split(setting)
+        (kind, scale, cut, temperature, beta), options = split(setting)
         shown = f"{abs(beta):g}" + ("" if beta >= 0 else " k3")  # k3: without the KL's bias correction
-        clip = ", ".join(f"{k.replace('importance_sampling', 'is')} {v:g}" if not isinstance(v, str) else f"{v}"
-                         for k, v in second.items()) if second else "-"
+        names = {"importance_sampling": "is", "top_entropy_quantile": "top-H"}
+        clip = ", ".join(f"{names.get(k, k)} {v:g}" if not isinstance(v, str) else f"{v}"
+                         for k, v in options.items()) or "-"
         print(f"{kind:<9} {str(scale):<6} {str(cut):<9} {temperature:<5} {shown:<7} {clip:<36} "
               f"{TRL_LOSS[kind]:<14} "
               f"{int(rollout.truncated.sum()):>3} {'same' if texts_ok else 'DIFF':>6} {ours['clipped']:5.2f} {d_adv:12.1e} "

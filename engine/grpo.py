@@ -48,7 +48,7 @@ from .config import GRPO_LOSSES
 from .data import eval_batches, fetch
 from .evaluate import eval_mode, summed_over_ranks
 from .loss import IGNORE_INDEX
-from .grpo_clip import Clip, clipped_policy_term, importance_ratios
+from .grpo_clip import Clip, clipped_policy_term, high_entropy_tokens, importance_ratios
 from .grpo_reference import token_kl
 from .grpo_sampling import Written, draw_prompts, overlong_shaping, refill_flat
 from .preference import labelled_token_stats
@@ -164,6 +164,7 @@ class GRPOObjective:
     overlong_buffer: int = 0  # tokens before max_new_tokens where the reward starts to fall (DAPO); 0: off
     overlong_penalty: float = 1.0  # the reward lost at max_new_tokens
     gather_for_generation: bool = True  # ZeRO-3: the whole model on each rank while writing (engine/zero3_generation.py)
+    top_entropy_quantile: float = 1.0  # < 1: only that share of answer tokens, the highest-entropy ones, train
     clip: Clip = field(default_factory=Clip)  # the ratio's clip when iterations > 1 (engine/grpo_clip.py)
     _step: int = 0
     _micro: int = 0
@@ -319,6 +320,8 @@ class GRPOObjective:
             cut = rollout.truncated.to(logps.device)  # its group's mean, as in TRL)
             weight = (~cut)[row].to(logps.dtype)
             tokens = torch.where(cut, torch.zeros_like(tokens), tokens)
+        if self.top_entropy_quantile < 1:  # the forking tokens train; the others count in the normaliser (TRL)
+            per_token = per_token * high_entropy_tokens(entropy, weight > 0, self.top_entropy_quantile)
         kl = reference = None
         if self.beta:
             reference = rollout.ref_logps

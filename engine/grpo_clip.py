@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from .config import GRPO_IMPORTANCE
 
@@ -63,3 +64,18 @@ def clipped_policy_term(ratio: torch.Tensor, advantage: torch.Tensor,
     term = -torch.min(capped * advantage, clamped * advantage)
     clipped = ((ratio < low) & (advantage < 0)) | ((ratio > high) & (advantage > 0))
     return term, clipped.detach()
+
+
+def high_entropy_tokens(entropy: torch.Tensor, counted: torch.Tensor, top: float) -> torch.Tensor:
+    """Which answer tokens train when only the ``top`` share of highest-entropy ones do ("Beyond the 80/20 rule",
+    Wang et al. 2025; TRL's ``top_entropy_quantile``): those at or above the (1 - top) quantile of the entropies
+    of every rank's counted tokens of this micro batch. ``counted``: the tokens in the loss (bool)."""
+    mine = entropy[counted].float().cpu()
+    if dist.is_initialized() and dist.get_world_size() > 1:  # the threshold is the micro batch's over all ranks
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, mine)
+        mine = torch.cat(parts)
+    if mine.numel() == 0:
+        return torch.zeros_like(counted)
+    threshold = torch.quantile(mine, 1 - top)
+    return (entropy >= threshold.to(entropy.device)) & counted

@@ -58,7 +58,7 @@ ADDED_LATER = {"model.neftune_alpha": 0.0, "model.rope_scaling": {}, "model.max_
                "kto.undesirable_weight": 1.0, "grpo.beta": 0.0, "grpo.kl_correction": True, "grpo.iterations": 1,
                "grpo.epsilon": 0.2, "grpo.epsilon_high": None, "grpo.delta": None, "grpo.importance_sampling": "token",
                "grpo.dynamic_sampling": 0, "grpo.overlong_buffer": 0, "grpo.overlong_penalty": 1.0,
-               "grpo.gather_for_generation": True}
+               "grpo.gather_for_generation": True, "grpo.top_entropy_quantile": 1.0}
 _ABSENT = object()
 
 

@@ -121,6 +121,7 @@ class GRPOSettings:
     dynamic_sampling: int = 0  # up to this many rounds of more prompts replacing groups whose answers all scored the same (DAPO); 0: off
     overlong_buffer: int = 0  # answers longer than max_new_tokens - this lose reward linearly (DAPO's overlong shaping); 0: off
     overlong_penalty: float = 1.0  # the reward lost at max_new_tokens (a cut answer)
+    top_entropy_quantile: float = 1.0  # < 1: only this share of answer tokens, the highest-entropy ones, train the policy ("Beyond the 80/20 rule": 0.2)
     gather_for_generation: bool = True  # ZeRO-3: gather the whole model on each rank once per generate call (TRL's ds3_gather_for_generation); false: per token, where it does not fit
 
     def validate(self) -> list[str]:
@@ -148,6 +149,9 @@ class GRPOSettings:
         if not 0 <= self.overlong_buffer < self.max_new_tokens:
             problems.append(f"overlong_buffer: expected 0 (off) to max_new_tokens - 1 = {self.max_new_tokens - 1} "
                             f"tokens (DAPO: a quarter of it), got {self.overlong_buffer}")
+        if not 0 < self.top_entropy_quantile <= 1:
+            problems.append(f"top_entropy_quantile: expected a share in (0, 1] (1: every token; 0.2: the top "
+                            f"fifth), got {self.top_entropy_quantile}")
         if not 0 < self.overlong_penalty <= 10:
             problems.append(f"overlong_penalty: expected a value in (0, 10] (DAPO: 1), got {self.overlong_penalty}")
         return problems

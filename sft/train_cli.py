@@ -125,7 +125,8 @@ def prepare_grpo(cfg):
         iterations=settings.iterations, clip=Clip(settings.epsilon, settings.epsilon_high, settings.delta,
                                                   settings.importance_sampling),
         dynamic_sampling=settings.dynamic_sampling, overlong_buffer=settings.overlong_buffer,
-        overlong_penalty=settings.overlong_penalty, gather_for_generation=settings.gather_for_generation)
+        overlong_penalty=settings.overlong_penalty, gather_for_generation=settings.gather_for_generation,
+        top_entropy_quantile=settings.top_entropy_quantile)
     return spec, fingerprint, data.train, data.eval, data.report, PromptCollator(pad), objective
 
 

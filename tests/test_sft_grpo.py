@@ -121,7 +121,7 @@ def test_all_bad_records_and_settings_are_reported_before_anything_runs(tmp_path
                                         "model.neftune_alpha=5", "grpo.iterations=0", "grpo.epsilon=1.5",
                                         "grpo.epsilon_high=0.1", "grpo.delta=1.05", "grpo.importance_sampling=seq",
                                         "grpo.dynamic_sampling=-1", "grpo.overlong_buffer=300",
-                                        "grpo.overlong_penalty=0"])
+                                        "grpo.overlong_penalty=0", "grpo.top_entropy_quantile=0"])
     for what in ("'maths' is neither built in", "rewards.zh_share: the weight must be a non-zero number",
                  "generations: must be >= 2", "grpo.loss: expected one of ['token', 'sequence', 'dr_grpo']", "grpo.top_p",
                  "grpo.beta: expected a value in [0, 10]", "model.neftune_alpha: not with objective=grpo",
@@ -129,7 +129,8 @@ def test_all_bad_records_and_settings_are_reported_before_anything_runs(tmp_path
                  "grpo.iterations: expected 1 to 64", "grpo.epsilon: expected a value in (0, 1)",
                  "grpo.delta: must exceed 1 + epsilon_high = 1.1", "grpo.importance_sampling: expected one of",
                  "grpo.dynamic_sampling: expected 0 (off) to 16", "grpo.overlong_buffer: expected 0 (off) to "
-                 "max_new_tokens - 1 = 299", "grpo.overlong_penalty: expected a value in (0, 10]"):
+                 "max_new_tokens - 1 = 299", "grpo.overlong_penalty: expected a value in (0, 10]",
+                 "grpo.top_entropy_quantile: expected a share in (0, 1]"):
         assert what in str(err.value), str(err.value)
 
 
@@ -192,15 +193,16 @@ def _objective(tok, references, **settings):
                                stop_ids=stop_ids(tok, spec), pad_id=pad_token_id(tok), **settings)
 
 
-@pytest.mark.parametrize("kind, temperature, fused, beta, correction", [
-    ("token", 1.0, False, 0.0, True), ("sequence", 0.7, True, 0.0, True), ("token", 0.7, True, 0.0, True),
-    ("token", 1.0, False, 0.3, True), ("sequence", 0.7, True, 0.3, True), ("token", 0.7, True, 0.3, False),
-    ("dr_grpo", 1.0, True, 0.3, True)])
+@pytest.mark.parametrize("kind, temperature, fused, beta, correction, top", [
+    ("token", 1.0, False, 0.0, True, 1.0), ("sequence", 0.7, True, 0.0, True, 1.0), ("token", 0.7, True, 0.0, True, 1.0),
+    ("token", 1.0, False, 0.3, True, 1.0), ("sequence", 0.7, True, 0.3, True, 1.0), ("token", 0.7, True, 0.3, False, 1.0),
+    ("dr_grpo", 1.0, True, 0.3, True, 1.0), ("token", 0.7, True, 0.3, True, 0.3), ("sequence", 1.0, False, 0.0, True, 0.5)])
 def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log_prob(tmp_path, kind, temperature,
-                                                                                      fused, beta, correction):
+                                                                                      fused, beta, correction, top):
     """The gradient of the sampling distribution's log-probabilities (logits / temperature), by the plain and
     the chunked (fused head) path; with beta, plus beta x the per-token KL to a reference model (another one
-    here, so that the KL and its gradient are not 0)."""
+    here, so that the KL and its gradient are not 0); with top < 1, the policy term of the highest-entropy
+    tokens only (the KL of all)."""
     from transformers import AutoModelForCausalLM
 
     from engine.grpo import group_advantages
@@ -220,7 +222,8 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
                                                  dtype=torch.float32)
     reference = FrozenCopy(lambda ds_config: (other, None)) if beta else None
     spec, objective = _objective(tok, [None] * 3, generations=4, max_new_tokens=12, loss_kind=kind, seed=7,
-                                 temperature=temperature, beta=beta, reference=reference, kl_correction=correction)
+                                 temperature=temperature, beta=beta, reference=reference, kl_correction=correction,
+                                 top_entropy_quantile=top)
     if beta:
         reference.build(_Engine(model))
     prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:3]]
@@ -261,7 +264,13 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
     logits = logits / temperature
     labels = rows["labels"][:, 1:]
     token_logps = logits.log_softmax(-1).gather(2, labels.clamp(min=0)[..., None]).squeeze(-1) * (labels != -100)
-    per_answer = token_logps.sum(1)
+    with torch.no_grad():
+        log_probs = logits.log_softmax(-1)
+        entropies = -(log_probs.exp() * log_probs).sum(-1)
+        threshold = torch.quantile(entropies[labels != -100], 1 - top)
+        forking = (entropies >= threshold) & (labels != -100)  # the tokens whose policy term trains
+    assert top == 1.0 or 0 < int(forking.sum()) < int((labels != -100).sum())
+    per_answer = (token_logps * forking).sum(1)
     tokens = (labels != -100).sum(1)
     with torch.no_grad():
         ref_logits = other(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits[:, :-1].float()
@@ -283,9 +292,7 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
     for name, param in model.named_parameters():
         torch.testing.assert_close(got[name], param.grad, rtol=1e-4, atol=1e-7, msg=name)
     assert any(float(g.abs().max()) > 0 for g in got.values())
-    with torch.no_grad():  # train/entropy: the sampling distribution's, summed over the answer tokens
-        log_probs = logits.log_softmax(-1)
-        entropy = (-(log_probs.exp() * log_probs).sum(-1) * (labels != -100)).sum()
+    entropy = (entropies * (labels != -100)).sum()  # train/entropy: summed over the answer tokens
     assert dict(zip(_SUMS, objective._window.tolist()))["entropy"] == pytest.approx(float(entropy), rel=1e-5)
 
 
