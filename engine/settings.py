@@ -19,7 +19,7 @@ from zhllama.files import sha256_json
 # Prefixes of dotted keys that cannot change the trained weights. ``data.dir`` is a location only: the
 # data's content is compared through data_fingerprint (prepare's cache key), so moved shards still resume.
 NEUTRAL = ("output_dir", "logging.", "eval.", "checkpoint.", "model.gradient_checkpointing", "data.eval_split",
-           "data.dir", "data.cache_dir")
+           "data.dir", "data.cache_dir", "grpo.judge.url", "grpo.judge.api_key_env", "grpo.judge.workers")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -58,7 +58,8 @@ ADDED_LATER = {"model.neftune_alpha": 0.0, "model.rope_scaling": {}, "model.max_
                "kto.undesirable_weight": 1.0, "grpo.beta": 0.0, "grpo.kl_correction": True, "grpo.iterations": 1,
                "grpo.epsilon": 0.2, "grpo.epsilon_high": None, "grpo.delta": None, "grpo.importance_sampling": "token",
                "grpo.dynamic_sampling": 0, "grpo.overlong_buffer": 0, "grpo.overlong_penalty": 1.0,
-               "grpo.gather_for_generation": True, "grpo.top_entropy_quantile": 1.0}
+               "grpo.gather_for_generation": True, "grpo.top_entropy_quantile": 1.0,
+               "grpo.judge.model": None, "grpo.judge.max_tokens": 256}
 _ABSENT = object()
 
 

@@ -21,8 +21,7 @@ from typing import Any
 
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import json_line_objects
-
-from .judge_prompts import TIE, compare_messages, grade_messages, read_grade, read_verdict, task_class
+from zhllama.judge_prompts import TIE, compare_messages, grade_messages, read_grade, read_verdict, task_class
 
 MAX_REPORTED = 20
 

@@ -28,13 +28,12 @@ from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
 from zhllama.files import sha256_file, sha256_json, write_json_atomic, write_text_atomic
-
+from zhllama.judge_prompts import prompts_fingerprint
 from zhllama.openai_client import (Endpoint, ReplyCache, api_key, ask_all, check_api_key_env, check_url,
                                    first_choice, post)
 
 from .judge import (compare_calls, compare_report, grade_calls, grade_report, kto_examples, markdown_table,
                     pair_answers, preference_pairs, read_answers)
-from .judge_prompts import prompts_fingerprint
 
 CHAT = "/chat/completions"
 MAX_TOKENS = 512  # a verdict with a few sentences of reasons

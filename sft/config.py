@@ -100,6 +100,33 @@ class KTOSettings:
 
 
 @dataclass
+class JudgeSettings:
+    """GRPO's ``judge`` reward (sft/reward_judge.py): an OpenAI-compatible server's chat model grades each answer."""
+
+    url: str | None = None  # the API base, e.g. http://judge-node:8000/v1 (vllm serve Qwen/Qwen2.5-72B-Instruct)
+    model: str | None = None  # the model name the server knows
+    api_key_env: str | None = None  # the environment variable holding the key (never the key itself)
+    workers: int = 32  # requests in flight per rank
+    max_tokens: int = 256  # a reason or two, then the 评分 line
+
+    def problems(self, used: bool) -> list[str]:
+        from zhllama.openai_client import check_api_key_env, check_url
+
+        if not used:
+            return ["judge.url: set, but grpo.rewards has no judge"] if self.url else []
+        problems = [] if self.url else ["judge.url: the judge reward needs the server's API base (…/v1)"]
+        problems += check_url("judge.url", self.url) if self.url else []
+        problems += [] if self.model else ["judge.model: the judge reward needs the model's name on the server"]
+        if check_api_key_env(self.api_key_env):  # its message names the CLI flag; this is a config key
+            problems.append(f"judge.api_key_env: the environment variable {self.api_key_env} is not set")
+        if self.workers < 1:
+            problems.append(f"judge.workers: must be >= 1, got {self.workers}")
+        if self.max_tokens < 16:
+            problems.append(f"judge.max_tokens: must be >= 16 (a grade line at least), got {self.max_tokens}")
+        return problems
+
+
+@dataclass
 class GRPOSettings:
     """Used when ``objective: grpo`` (engine/grpo.py); the data are then prompts with references (sft/grpo_data.py)."""
 
@@ -122,6 +149,7 @@ class GRPOSettings:
     overlong_buffer: int = 0  # answers longer than max_new_tokens - this lose reward linearly (DAPO's overlong shaping); 0: off
     overlong_penalty: float = 1.0  # the reward lost at max_new_tokens (a cut answer)
     top_entropy_quantile: float = 1.0  # < 1: only this share of answer tokens, the highest-entropy ones, train the policy ("Beyond the 80/20 rule": 0.2)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)  # the server of the judge reward
     gather_for_generation: bool = True  # ZeRO-3: gather the whole model on each rank once per generate call (TRL's ds3_gather_for_generation); false: per token, where it does not fit
 
     def validate(self) -> list[str]:
@@ -140,7 +168,7 @@ class GRPOSettings:
             problems.append(f"loss: expected one of {list(GRPO_LOSSES)}, got {self.loss!r}")
         if not 0 <= self.beta <= 10:
             problems.append(f"beta: expected a value in [0, 10] (0: no KL penalty; GRPO's paper: 0.04), got {self.beta}")
-        return problems + self._clip_problems() + self._dapo_problems()
+        return problems + self._clip_problems() + self._dapo_problems() + self.judge.problems("judge" in self.rewards)
 
     def _dapo_problems(self) -> list[str]:
         problems = []

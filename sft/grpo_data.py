@@ -108,6 +108,7 @@ class PromptData:
     report: MixReport
     references: list[str | None]
     records: list[dict]
+    conversations: list[Conversation]  # per prompt key, what the judge reward reads as the question
 
 
 def build_prompt_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok_fingerprint: str, order_seed: int,
@@ -118,7 +119,7 @@ def build_prompt_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok
     sources, parsed = validated
     room = data.max_seq_length - max_new_tokens
     report = MixReport()
-    prompts, references, records, train, evaluation, files = [], [], [], [], [], []
+    prompts, references, records, conversations, train, evaluation, files = [], [], [], [], [], [], []
     for source, (items, keys, held, excluded) in zip(sources, parsed):
         too_long = 0
         for item, key, is_held, is_excluded in zip(items, keys, held, excluded):
@@ -130,6 +131,7 @@ def build_prompt_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok
             prompts.append(ids)
             references.append(item.reference)
             records.append(item.raw)
+            conversations.append(item.prompt)
             if is_held:
                 evaluation.append(prompt_key)
             else:
@@ -149,4 +151,4 @@ def build_prompt_datasets(data: SFTData, tokenizer: Any, spec: TemplateSpec, tok
                                       "mix_seed": data.mix_seed, "order_seed": order_seed, "room": room,
                                       "objective": "grpo"})
     return PromptData(PromptDataset(prompts, train), PromptDataset(prompts, evaluation) if evaluation else None,
-                      report, references, records)
+                      report, references, records, conversations)

@@ -14,6 +14,8 @@
   language-consistency reward, which keeps a Chinese model from drifting into another language.
 * ``think`` — 1 when the completion is one ``<think>…</think>`` block followed by an answer (DeepSeek-R1's
   format reward for reasoning models); the reference rewards above then read only the answer after it.
+* ``judge`` — an LLM judge's 1-10 grade of the answer, as (grade - 1) / 9, from an OpenAI-compatible server
+  (``grpo.judge``; sft/reward_judge.py): for prompts no rule can check.
 * ``module.path:function`` — your own, called as ``function(completion: str, record: dict) -> float``
   with the raw record from the data file.
 """
@@ -29,7 +31,7 @@ from zhllama.errors import UserError
 from zhllama.math_answer import completion_number, final_answer, reference_number
 
 NEEDS_REFERENCE = ("math", "exact", "contains", "choice")
-BUILT_IN = NEEDS_REFERENCE + ("zh_share", "think")
+BUILT_IN = NEEDS_REFERENCE + ("zh_share", "think", "judge")
 _THINK = re.compile(r"\s*<think>(?:(?!</?think>).)*</think>\s*\S(?:(?!</?think>).)*", re.DOTALL)
 
 _CHOICE = re.compile(r"(?<![A-Za-z])([A-J])(?![A-Za-z])")
@@ -112,18 +114,27 @@ def reward_problems(rewards: dict[str, float]) -> list[str]:
 class RewardModel:
     """The weighted sum of ``rewards`` over completions; ``references`` and ``records`` are per prompt."""
 
-    def __init__(self, rewards: dict[str, float], references: list[str | None], records: list[dict]):
+    def __init__(self, rewards: dict[str, float], references: list[str | None], records: list[dict],
+                 judge: Callable[[list[int], list[str]], list[float]] | None = None):
         self.weights = dict(rewards)
         self.custom = {name: load_custom(name) for name in rewards if name not in BUILT_IN}
         self.references, self.records = references, records
+        if "judge" in rewards and judge is None:
+            raise UserError("grpo.rewards: judge needs grpo.judge.url and grpo.judge.model (an OpenAI-compatible server)")
+        self.judge = judge
 
     def __call__(self, prompt_keys: list[int], completions: list[str]) -> list[float]:
-        return [self.score(key, text) for key, text in zip(prompt_keys, completions)]
+        judged = [None] * len(completions)
+        if "judge" in self.weights:  # one batch of requests for the micro batch's answers, in parallel
+            judged = self.judge(prompt_keys, [final_answer(text) for text in completions])
+        return [self.score(key, text, grade) for key, text, grade in zip(prompt_keys, completions, judged)]
 
-    def score(self, key: int, completion: str) -> float:
+    def score(self, key: int, completion: str, judged: float | None = None) -> float:
         total = 0.0
         for name, weight in self.weights.items():
-            if name == "zh_share":
+            if name == "judge":
+                value = judged
+            elif name == "zh_share":
                 value = zh_share_reward(completion)
             elif name == "think":
                 value = think_reward(completion)

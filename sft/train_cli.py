@@ -116,7 +116,7 @@ def prepare_grpo(cfg):
     data = build_prompt_datasets(cfg.data, tokenizer, spec, fingerprint, cfg.seed, validated, settings.max_new_tokens)
     pad = pad_token_id(tokenizer)
     objective = GRPOObjective(
-        reward=RewardModel(settings.rewards, data.references, data.records),
+        reward=RewardModel(settings.rewards, data.references, data.records, judge_of(cfg, data)),
         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), stop_ids=stop_ids(tokenizer, spec),
         pad_id=pad, generations=settings.generations, max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature, top_p=settings.top_p, scale_rewards=settings.scale_rewards,
@@ -128,6 +128,21 @@ def prepare_grpo(cfg):
         overlong_penalty=settings.overlong_penalty, gather_for_generation=settings.gather_for_generation,
         top_entropy_quantile=settings.top_entropy_quantile)
     return spec, fingerprint, data.train, data.eval, data.report, PromptCollator(pad), objective
+
+
+def judge_of(cfg, data):
+    """GRPO's judge reward where ``grpo.rewards`` names it (sft/reward_judge.py); its replies are kept per rank in
+    output_dir."""
+    if "judge" not in cfg.grpo.rewards:
+        return None
+    from zhllama.openai_client import Endpoint, api_key
+
+    from .reward_judge import JudgeReward
+
+    judge = cfg.grpo.judge
+    endpoint = Endpoint(judge.url, judge.model, api_key(judge.api_key_env))
+    return JudgeReward(endpoint, data.conversations, data.references, data.records,
+                       Path(cfg.output_dir) / f"judge_calls-rank{_rank()}.jsonl", judge.workers, judge.max_tokens)
 
 
 def _balance_note(cfg, train_ds) -> None:

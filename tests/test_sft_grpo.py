@@ -394,6 +394,41 @@ def test_the_answers_kept_between_passes_go_into_checkpoints_and_come_back(tmp_p
         resumed._rollout_of(None, {"prompt_keys": torch.tensor([5])}, torch.device("cpu"))
 
 
+def test_the_judge_reward_is_the_graded_rubric_of_evaluation_judge_asked_once_per_answer(tmp_path, capsys):
+    """An LLM judge (a fake server: an answer holding the reference scores 9, else 3) grades each answer with the
+    question, its input, the reference and the record's class criterion; (grade - 1) / 9 is the reward; a reply
+    without a grade scores 0 with a warning; the replies are kept, so the same answers are not asked twice."""
+    from helpers_judge import block, serve_fake_judge
+
+    from sft.data import Conversation, Turn
+    from sft.reward_judge import JudgeReward
+    from sft.rewards import RewardModel, zh_share_reward
+    from zhllama.openai_client import Endpoint
+
+    conversations = [Conversation((Turn("3+4=?", None),)), Conversation((Turn("翻译", None, "hello"),))]
+    references, records = ["7", None], [{"class": "math"}, {"class": "generation"}]
+    with serve_fake_judge() as fake:
+        judge = JudgeReward(Endpoint(fake.url, "judge-model"), conversations, references, records,
+                            tmp_path / "calls.jsonl", workers=4, max_tokens=64)
+        model = RewardModel({"judge": 1.0, "zh_share": 0.5}, references, records, judge)
+        answers = ["<think>3+4</think>答案是 7", "答案是 8", "你好", "UNREADABLE"]
+        got = model([0, 0, 1, 1], answers)
+        zh = [zh_share_reward(a) for a in answers]
+        assert got == pytest.approx([g + 0.5 * z for g, z in zip([8 / 9, 2 / 9, 2 / 9, 0.0], zh)])
+        asked = [r["body"] for r in fake.requests]
+        assert len(asked) == 4 and all(r["model"] == "judge-model" and r["temperature"] == 0.0 for r in asked)
+        texts = {block(r["messages"][-1]["content"], "助手的回答"): r["messages"][-1]["content"] for r in asked}
+        assert "答案是 7" in texts and "<think>" not in "".join(texts)  # the answer after the reasoning
+        assert block(texts["答案是 7"], "问题") == "3+4=?" and block(texts["答案是 7"], "参考答案") == "7"
+        assert "最终结果是否正确最重要" in texts["答案是 7"]  # BELLE's math criterion: the reference decides
+        assert block(texts["你好"], "输入") == "hello" and "[参考答案]" not in texts["你好"]
+        assert "1 of 4 replies had no 评分 line" in capsys.readouterr().err
+        assert model([0, 1], ["答案是 8", "你好"]) == pytest.approx([2 / 9 + 0.5, 2 / 9 + 0.5])
+        assert len(fake.requests) == 4  # already graded: read back from the kept replies
+    with pytest.raises(UserError, match="judge needs grpo.judge.url"):
+        RewardModel({"judge": 1.0}, references, records)
+
+
 def test_overlong_answers_lose_reward_linearly_in_the_buffer_before_max_new_tokens():
     from engine.grpo_sampling import overlong_shaping
 
@@ -600,6 +635,23 @@ def test_zero3_answers_are_the_same_written_with_the_whole_model_gathered_once_o
     weights = [load_file(str(next((out / "final").glob("*.safetensors")))) for out in runs.values()]
     for name in weights[0]:
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0, msg=name)
+
+
+def test_a_run_rewarded_by_a_judge_server_asks_it_about_the_answers_it_writes(setup):
+    from helpers_judge import block, serve_fake_judge
+
+    root, model, data = setup
+    out = root / "judged"
+    with serve_fake_judge() as fake:
+        _train(root, model, data, out, 1, "schedule.max_steps=2", "eval.every_steps=0", "eval.at_start=false",
+               "grpo.rewards={judge: 1.0, zh_share: 0.1}", f"grpo.judge.url={fake.url}", "grpo.judge.model=m")
+        asked = [block(r["body"]["messages"][-1]["content"], "问题") for r in fake.requests]
+    logged = [r for r in read_metrics(out) if "train/reward" in r]
+    held_out = [r for r in read_metrics(out) if "eval/prompts" in r][-1]["eval/prompts"]  # their greedy answers
+    assert len(asked) == 2 * 2 * 4 + held_out and set(asked) <= set(QUESTIONS)  # 2 steps x 2 prompts x 4 answers
+    calls = (out / "judge_calls-rank0.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(calls) == len(asked) and all("评分：3" in json.loads(c)["reply"] for c in calls)
+    assert len(logged) == 2 and all(2 / 9 <= r["train/reward"] <= 2 / 9 + 0.1 for r in logged)  # no reference: 3
 
 
 def test_resume_writes_the_same_answers_and_ends_as_the_uninterrupted_run(setup):

@@ -1,4 +1,5 @@
-"""What the LLM judge is asked, and how its verdict is read back.
+"""What the LLM judge is asked, and how its verdict is read back: by ``python -m evaluation judge``, and by GRPO's
+``judge`` reward (sft/reward_judge.py), so a model trained on the judge's grades is graded by the same rubric.
 
 Two questions, in Chinese (strong judges read both languages; an English eval set works too: an
 answer is marked down for not using the question's language, so forgetting English shows):
