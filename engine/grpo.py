@@ -34,7 +34,6 @@ DAPO's overlong filtering).
 """
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -47,81 +46,16 @@ from zhllama.errors import UserError
 from .config import GRPO_LOSSES
 from .data import eval_batches, fetch
 from .evaluate import eval_mode, summed_over_ranks
-from .loss import IGNORE_INDEX
 from .grpo_clip import Clip, clipped_policy_term, high_entropy_tokens, importance_ratios
 from .grpo_reference import token_kl
-from .grpo_sampling import Written, draw_prompts, overlong_shaping, refill_flat
+from .grpo_sampling import (Rollout, Written, answer_lengths, draw_prompts, group_advantages, overlong_shaping,
+                            refill_flat, rollout_seed, training_rows)
 from .preference import labelled_token_stats
 from .zero3_generation import weights_for_generation
 
 # loss_tokens: the answer tokens in the loss (those of answers cut at max_new_tokens are not, with mask_truncated)
 _SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "clipped", "loss_tokens",
          "groups_written", "entropy")
-
-
-@dataclass
-class Rollout:
-    """One micro batch's answers: the rows to train on and what they scored."""
-
-    batch: dict[str, torch.Tensor]  # input_ids / attention_mask / labels, right-padded: prompt + answer
-    rewards: torch.Tensor  # (prompts x generations,)
-    advantages: torch.Tensor
-    answer_tokens: torch.Tensor  # per row, the stop id included
-    truncated: torch.Tensor  # per row: no stop id within max_new_tokens
-    prompt_keys: torch.Tensor | None = None  # the micro batch's prompts (a later pass checks it has the same ones)
-    old_logps: torch.Tensor | None = None  # per answer token, the policy's when it wrote them (iterations > 1)
-    ref_logps: torch.Tensor | None = None  # per answer token, the reference's (beta > 0; it never moves)
-    groups_written: int = 0  # groups of answers written for it (more than its groups with dynamic sampling)
-
-    def state(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "Rollout":
-        return cls(**state)
-
-
-def rollout_seed(seed: int, step: int, rank: int, micro: int, round_: int = 0) -> int:
-    """The sampling seed of one micro batch's answers (``round_`` > 0: its dynamic sampling's later rounds): a
-    function of where it is in the run only."""
-    where = f"grpo/{seed}/{step}/{rank}/{micro}" + (f"/{round_}" if round_ else "")
-    digest = hashlib.blake2b(where.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 2**63
-
-
-def group_advantages(rewards: torch.Tensor, generations: int, scale: bool) -> torch.Tensor:
-    """Each reward minus its group's mean (divided by the group's std when ``scale``); groups are
-    consecutive runs of ``generations`` answers to one prompt. A group whose rewards are all equal gives 0."""
-    grouped = rewards.double().view(-1, generations)
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale:
-        centred = centred / (grouped.std(dim=1, keepdim=True) + 1e-4)
-    return centred.reshape(-1).float()
-
-
-def answer_lengths(answers: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens of each answer up to and including its first stop id, whether it had none)."""
-    is_stop = torch.isin(answers, torch.tensor(stop_ids, dtype=answers.dtype, device=answers.device))
-    has_stop = is_stop.any(dim=1)
-    first = torch.where(has_stop, is_stop.int().argmax(dim=1) + 1, torch.full_like(has_stop, answers.shape[1],
-                                                                                      dtype=torch.long))
-    return first.long(), ~has_stop
-
-
-def training_rows(prompts: list[torch.Tensor], answers: torch.Tensor, lengths: torch.Tensor,
-                  pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded rows of prompt + answer (natural positions, as in SFT), labels on the answer only."""
-    rows = [(prompt, answer[:n]) for prompt, answer, n in zip(prompts, answers, lengths.tolist())]
-    width = max(len(p) + len(a) for p, a in rows)
-    batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
-             "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
-             "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)}
-    for r, (prompt, answer) in enumerate(rows):
-        p, a = len(prompt), len(answer)
-        batch["input_ids"][r, :p + a] = torch.cat([prompt.cpu(), answer.cpu()])
-        batch["attention_mask"][r, :p + a] = 1
-        batch["labels"][r, p:p + a] = answer.cpu()
-    return batch
 
 
 @contextmanager
@@ -165,12 +99,15 @@ class GRPOObjective:
     overlong_penalty: float = 1.0  # the reward lost at max_new_tokens
     gather_for_generation: bool = True  # ZeRO-3: the whole model on each rank while writing (engine/zero3_generation.py)
     top_entropy_quantile: float = 1.0  # < 1: only that share of answer tokens, the highest-entropy ones, train
+    ref_sync_steps: int = 0  # > 0: every this many steps the reference moves to the policy (FrozenCopy.sync_from)
+    ref_sync_alpha: float = 0.6  # how far: ref <- alpha x policy + (1 - alpha) x ref (1: a reset)
     clip: Clip = field(default_factory=Clip)  # the ratio's clip when iterations > 1 (engine/grpo_clip.py)
     _step: int = 0
     _micro: int = 0
     _window: torch.Tensor | None = field(default=None, repr=False)
     _kept: dict[int, Rollout] = field(default_factory=dict, repr=False)  # this group's answers, by micro batch
     _prompts: Any = field(default=None, repr=False)  # (training prompts, collate) to draw more from
+    _engine: Any = field(default=None, repr=False)  # the policy, which the reference moves to
 
     def __post_init__(self) -> None:
         if self.loss_kind not in GRPO_LOSSES:
@@ -179,6 +116,8 @@ class GRPOObjective:
             raise ValueError("beta > 0 needs a reference (engine/grpo_reference.py)")
         if self.iterations < 1:
             raise ValueError(f"iterations: must be >= 1, got {self.iterations}")
+        if self.ref_sync_steps and not hasattr(self.reference, "sync_from"):
+            raise ValueError("ref_sync_steps needs a reference that can move (a FrozenCopy: beta > 0, mode full)")
 
     # ------------------------------------------------------------------ the loop's hooks
     def begin_step(self, step: int) -> None:
@@ -187,31 +126,46 @@ class GRPOObjective:
         self._step, self._micro = step, 0
         if step % self.iterations == 0:
             self._kept = {}
+        if self.ref_sync_steps and step and step % self.ref_sync_steps == 0:  # TRL syncs after such a step too
+            self.reference.sync_from(self._engine, self.ref_sync_alpha)
 
     def checkpoint_state(self, next_step: int) -> dict[str, Any] | None:
         """What a run resumed at ``next_step`` needs besides the weights: the answers of the group that step
-        is in, with their log-probabilities (None at a group's first step: its answers are written anew)."""
-        if next_step % self.iterations == 0:
-            return None
-        return {"group_start": next_step - next_step % self.iterations,
-                "rollouts": {micro: kept.state() for micro, kept in self._kept.items()}}
+        is in, with their log-probabilities (none at a group's first step: its answers are written anew), and the
+        reference's weights once it has moved (collective then). None when there is nothing to keep."""
+        state: dict[str, Any] = {}
+        if next_step % self.iterations:
+            state.update(group_start=next_step - next_step % self.iterations,
+                         rollouts={micro: kept.state() for micro, kept in self._kept.items()})
+        if self._reference_moved(next_step):
+            state["reference"] = self.reference.state()  # whole on rank 0, {} on the others
+        return state or None
+
+    def _reference_moved(self, next_step: int) -> bool:
+        """Whether the reference moved before ``next_step`` (it moves as steps N, 2N, ... begin)."""
+        return bool(self.ref_sync_steps) and next_step > self.ref_sync_steps
 
     def restore(self, state: dict[str, Any] | None, step: int, where: str) -> None:
-        """Take back the answers a run resumed at ``step`` trains on again (``checkpoint_state``'s)."""
-        if step % self.iterations == 0:
-            return
+        """Take back the answers a run resumed at ``step`` trains on again, and the reference as it had moved
+        (``checkpoint_state``'s)."""
         start = step - step % self.iterations
-        if state is None or state.get("group_start") != start:
+        if step % self.iterations and (state is None or state.get("group_start") != start):
             raise UserError(f"{where}: step {step} trains again on the answers written at step {start} "
                             f"(grpo.iterations={self.iterations}), and the checkpoint does not hold them; resume "
                             f"from a checkpoint at a multiple of {self.iterations} steps (checkpoint.resume=PATH)")
-        self._kept = {int(micro): Rollout.from_state(kept) for micro, kept in state["rollouts"].items()}
+        if self._reference_moved(step) and (state is None or "reference" not in state):
+            raise UserError(f"{where}: the reference had moved to the policy before step {step} "
+                            f"(grpo.ref_sync_steps={self.ref_sync_steps}), and the checkpoint does not hold it")
+        if step % self.iterations:
+            self._kept = {int(micro): Rollout.from_state(kept) for micro, kept in state["rollouts"].items()}
+        if self._reference_moved(step):
+            self.reference.load_state(state["reference"])  # collective: every rank has the key
 
     def prepare(self, engine, datasets, collate_fn, batch_size, output_dir, resumed, data_fingerprint, device,
                 progress: bool = True) -> None:
         """The reference model where ``beta`` > 0 (loaded again on a resume: it is the starting model); a hint
         where generation will be slow."""
-        self._prompts = (datasets["train"], collate_fn)
+        self._prompts, self._engine = (datasets["train"], collate_fn), engine
         if self.beta:
             self.reference.build(engine)
             if dist.get_rank() == 0:

@@ -10,14 +10,19 @@ by the sampling temperature, as TRL does), come from one of two places:
   mode. Under ZeRO-3 it is partitioned like the policy (DeepSpeed without an optimizer, as TRL prepares its
   reference); otherwise each rank holds it whole (ZeRO stage 0).
 
-A resumed run loads the same starting model again: the reference never moves.
+A resumed run loads the same starting model again. A ``FrozenCopy`` may move towards the policy every
+``grpo.ref_sync_steps`` steps (``sync_from``: ref <- alpha x policy + (1 - alpha) x ref, TRL's
+``sync_ref_model``; alpha 1 resets it to the policy, as ProRL does): then its weights go into checkpoints
+(``state``/``load_state``) and a resumed run takes them back.
 """
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 
 from .preference import labelled_token_logps
 
@@ -70,6 +75,65 @@ class FrozenCopy:
         if self.engine is None:
             raise RuntimeError("FrozenCopy.build(engine) must run before the first step")
         return labelled_token_logps(self.engine, batch, device, temperature)[0]
+
+    def _weights(self) -> dict[str, torch.nn.Parameter]:
+        return dict(getattr(self.engine, "module", self.engine).named_parameters())
+
+    @torch.no_grad()
+    def sync_from(self, policy_engine, alpha: float) -> None:
+        """ref <- alpha x policy + (1 - alpha) x ref, weight by weight (collective under several ranks)."""
+        weights = self._weights()
+        for name, param in getattr(policy_engine, "module", policy_engine).named_parameters():
+            target = weights[name]
+            with _gathered([param]), _gathered([target], modify=True) as here:
+                if here:
+                    target.data.mul_(1 - alpha).add_(param.data.to(target.dtype), alpha=alpha)
+
+    @torch.no_grad()
+    def state(self) -> dict[str, torch.Tensor]:
+        """The weights, whole, on the CPU, on rank 0 ({} on the others; collective)."""
+        out = {}
+        for name, param in self._weights().items():
+            with _gathered([param]):
+                if not dist.is_initialized() or dist.get_rank() == 0:
+                    out[name] = param.data.detach().cpu().clone()
+        return out
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Rank 0's ``state`` into every rank's copy (collective)."""
+        for name, param in self._weights().items():
+            with _gathered([param], modify=True) as here:
+                if here:
+                    param.data.copy_(state[name].to(param.dtype))
+
+
+def _gathered(params: list[torch.nn.Parameter], modify: bool = False):
+    """A context holding ``params`` whole; it yields whether this rank writes them (``modify``: rank 0 only, and
+    its values then reach every rank: ZeRO-3 broadcasts the gathered weights before partitioning them again,
+    whole copies are broadcast after)."""
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        context = deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
+        return _Yielding(context, rank0 if modify else True)
+    several = dist.is_initialized() and dist.get_world_size() > 1
+    return _Yielding(nullcontext(), rank0 if modify else True, params if modify and several else [])
+
+
+class _Yielding:
+    def __init__(self, context, here: bool, broadcast: list | None = None):
+        self.context, self.here, self.broadcast = context, here, broadcast or []
+
+    def __enter__(self) -> bool:
+        self.context.__enter__()
+        return self.here
+
+    def __exit__(self, *exc) -> None:
+        self.context.__exit__(*exc)
+        for param in self.broadcast:  # whole copies on every rank: rank 0's values everywhere
+            dist.broadcast(param.data, 0)
 
 
 def token_kl(policy: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Answers written for GRPO before they become training rows, and two of DAPO's (Yu et al. 2025) ways of making
-them teach more:
+"""Answers written for GRPO and the rows trained on (``Rollout``: seeded by where they are in the run, cut at the
+first stop id, each with its group advantage), and two of DAPO's (Yu et al. 2025) ways of making them teach more:
 
 * **Dynamic sampling** (``grpo.dynamic_sampling`` rounds): a group whose answers all scored the same has
   advantage 0 everywhere and teaches nothing, yet it still counts in the loss's normaliser. Such groups are
@@ -13,9 +13,13 @@ them teach more:
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from .loss import IGNORE_INDEX
 
 
 @dataclass
@@ -75,3 +79,68 @@ def overlong_shaping(lengths: torch.Tensor, max_new_tokens: int, buffer: int, pe
         return torch.zeros(lengths.shape, dtype=torch.float32)
     excess = (lengths.float() - (max_new_tokens - buffer)).clamp(min=0)
     return -penalty * excess / buffer
+
+
+@dataclass
+class Rollout:
+    """One micro batch's answers: the rows to train on and what they scored."""
+
+    batch: dict[str, torch.Tensor]  # input_ids / attention_mask / labels, right-padded: prompt + answer
+    rewards: torch.Tensor  # (prompts x generations,)
+    advantages: torch.Tensor
+    answer_tokens: torch.Tensor  # per row, the stop id included
+    truncated: torch.Tensor  # per row: no stop id within max_new_tokens
+    prompt_keys: torch.Tensor | None = None  # the micro batch's prompts (a later pass checks it has the same ones)
+    old_logps: torch.Tensor | None = None  # per answer token, the policy's when it wrote them (iterations > 1)
+    ref_logps: torch.Tensor | None = None  # per answer token, the reference's (beta > 0; it never moves)
+    groups_written: int = 0  # groups of answers written for it (more than its groups with dynamic sampling)
+
+    def state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Rollout":
+        return cls(**state)
+
+
+def rollout_seed(seed: int, step: int, rank: int, micro: int, round_: int = 0) -> int:
+    """The sampling seed of one micro batch's answers (``round_`` > 0: its dynamic sampling's later rounds): a
+    function of where it is in the run only."""
+    where = f"grpo/{seed}/{step}/{rank}/{micro}" + (f"/{round_}" if round_ else "")
+    digest = hashlib.blake2b(where.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**63
+
+
+def group_advantages(rewards: torch.Tensor, generations: int, scale: bool) -> torch.Tensor:
+    """Each reward minus its group's mean (divided by the group's std when ``scale``); groups are
+    consecutive runs of ``generations`` answers to one prompt. A group whose rewards are all equal gives 0."""
+    grouped = rewards.double().view(-1, generations)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + 1e-4)
+    return centred.reshape(-1).float()
+
+
+def answer_lengths(answers: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens of each answer up to and including its first stop id, whether it had none)."""
+    is_stop = torch.isin(answers, torch.tensor(stop_ids, dtype=answers.dtype, device=answers.device))
+    has_stop = is_stop.any(dim=1)
+    first = torch.where(has_stop, is_stop.int().argmax(dim=1) + 1, torch.full_like(has_stop, answers.shape[1],
+                                                                                      dtype=torch.long))
+    return first.long(), ~has_stop
+
+
+def training_rows(prompts: list[torch.Tensor], answers: torch.Tensor, lengths: torch.Tensor,
+                  pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded rows of prompt + answer (natural positions, as in SFT), labels on the answer only."""
+    rows = [(prompt, answer[:n]) for prompt, answer, n in zip(prompts, answers, lengths.tolist())]
+    width = max(len(p) + len(a) for p, a in rows)
+    batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+             "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
+             "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)}
+    for r, (prompt, answer) in enumerate(rows):
+        p, a = len(prompt), len(answer)
+        batch["input_ids"][r, :p + a] = torch.cat([prompt.cpu(), answer.cpu()])
+        batch["attention_mask"][r, :p + a] = 1
+        batch["labels"][r, p:p + a] = answer.cpu()
+    return batch

@@ -149,6 +149,8 @@ class GRPOSettings:
     overlong_buffer: int = 0  # answers longer than max_new_tokens - this lose reward linearly (DAPO's overlong shaping); 0: off
     overlong_penalty: float = 1.0  # the reward lost at max_new_tokens (a cut answer)
     top_entropy_quantile: float = 1.0  # < 1: only this share of answer tokens, the highest-entropy ones, train the policy ("Beyond the 80/20 rule": 0.2)
+    ref_sync_steps: int = 0  # beta > 0, mode full: every N steps the reference moves to the policy (TRL's sync_ref_model: 512); 0: never
+    ref_sync_alpha: float = 0.6  # ref <- alpha x policy + (1 - alpha) x ref (TRL: 0.6; 1: reset to the policy, as ProRL)
     judge: JudgeSettings = field(default_factory=JudgeSettings)  # the server of the judge reward
     gather_for_generation: bool = True  # ZeRO-3: gather the whole model on each rank once per generate call (TRL's ds3_gather_for_generation); false: per token, where it does not fit
 
@@ -177,6 +179,11 @@ class GRPOSettings:
         if not 0 <= self.overlong_buffer < self.max_new_tokens:
             problems.append(f"overlong_buffer: expected 0 (off) to max_new_tokens - 1 = {self.max_new_tokens - 1} "
                             f"tokens (DAPO: a quarter of it), got {self.overlong_buffer}")
+        if self.ref_sync_steps < 0 or not 0 < self.ref_sync_alpha <= 1:
+            problems.append(f"ref_sync_steps / ref_sync_alpha: expected steps >= 0 (0: never) and alpha in (0, 1], got "
+                            f"{self.ref_sync_steps} / {self.ref_sync_alpha}")
+        if self.ref_sync_steps and not self.beta:
+            problems.append("ref_sync_steps: the reference only exists with a KL penalty (grpo.beta > 0)")
         if not 0 < self.top_entropy_quantile <= 1:
             problems.append(f"top_entropy_quantile: expected a share in (0, 1] (1: every token; 0.2: the top "
                             f"fifth), got {self.top_entropy_quantile}")
@@ -225,6 +232,9 @@ class SFTConfig(TrainConfig):
         if self.objective == "grpo" and self.model.neftune_alpha:
             problems.append("model.neftune_alpha: not with objective=grpo (the answers are sampled without noise; "
                             "their log-probabilities, and the reference's, must be too)")
+        if self.objective == "grpo" and self.grpo.ref_sync_steps and self.mode != "full":
+            problems.append("grpo.ref_sync_steps: with mode=full only (a LoRA run's reference is the base without "
+                            "its adapters, which cannot move to the policy; TRL refuses it with PEFT too)")
         if self.objective == "grpo" and self.grpo.max_new_tokens >= self.data.max_seq_length:
             problems.append(f"grpo.max_new_tokens: {self.grpo.max_new_tokens} leaves no room for a prompt in "
                             f"data.max_seq_length={self.data.max_seq_length}")

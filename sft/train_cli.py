@@ -126,7 +126,8 @@ def prepare_grpo(cfg):
                                                   settings.importance_sampling),
         dynamic_sampling=settings.dynamic_sampling, overlong_buffer=settings.overlong_buffer,
         overlong_penalty=settings.overlong_penalty, gather_for_generation=settings.gather_for_generation,
-        top_entropy_quantile=settings.top_entropy_quantile)
+        top_entropy_quantile=settings.top_entropy_quantile, ref_sync_steps=settings.ref_sync_steps,
+        ref_sync_alpha=settings.ref_sync_alpha)
     return spec, fingerprint, data.train, data.eval, data.report, PromptCollator(pad), objective
 
 

@@ -121,7 +121,8 @@ def test_all_bad_records_and_settings_are_reported_before_anything_runs(tmp_path
                                         "model.neftune_alpha=5", "grpo.iterations=0", "grpo.epsilon=1.5",
                                         "grpo.epsilon_high=0.1", "grpo.delta=1.05", "grpo.importance_sampling=seq",
                                         "grpo.dynamic_sampling=-1", "grpo.overlong_buffer=300",
-                                        "grpo.overlong_penalty=0", "grpo.top_entropy_quantile=0"])
+                                        "grpo.overlong_penalty=0", "grpo.top_entropy_quantile=0",
+                                        "grpo.ref_sync_steps=2", "grpo.ref_sync_alpha=0"])
     for what in ("'maths' is neither built in", "rewards.zh_share: the weight must be a non-zero number",
                  "generations: must be >= 2", "grpo.loss: expected one of ['token', 'sequence', 'dr_grpo']", "grpo.top_p",
                  "grpo.beta: expected a value in [0, 10]", "model.neftune_alpha: not with objective=grpo",
@@ -130,7 +131,8 @@ def test_all_bad_records_and_settings_are_reported_before_anything_runs(tmp_path
                  "grpo.delta: must exceed 1 + epsilon_high = 1.1", "grpo.importance_sampling: expected one of",
                  "grpo.dynamic_sampling: expected 0 (off) to 16", "grpo.overlong_buffer: expected 0 (off) to "
                  "max_new_tokens - 1 = 299", "grpo.overlong_penalty: expected a value in (0, 10]",
-                 "grpo.top_entropy_quantile: expected a share in (0, 1]"):
+                 "grpo.top_entropy_quantile: expected a share in (0, 1]",
+                 "alpha in (0, 1], got 2 / 0.0", "grpo.ref_sync_steps: with mode=full only"):
         assert what in str(err.value), str(err.value)
 
 
@@ -159,7 +161,7 @@ def test_prompts_are_held_out_repeated_and_cut_by_length(tmp_path):
 
 # ---------------------------------------------------------------- advantages, rollouts and the loss
 def test_advantages_are_rewards_against_their_group():
-    from engine.grpo import group_advantages
+    from engine.grpo_sampling import group_advantages
 
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 3.0])
     got = group_advantages(rewards, 4, scale=True)
@@ -205,7 +207,7 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
     tokens only (the KL of all)."""
     from transformers import AutoModelForCausalLM
 
-    from engine.grpo import group_advantages
+    from engine.grpo_sampling import group_advantages
     from engine.loss import install_fused_head
     from sft.data import Conversation, Turn
     from sft.grpo_data import PromptCollator, PromptDataset
@@ -371,7 +373,7 @@ def test_a_second_pass_weights_each_token_by_its_clipped_ratio_to_the_policy_tha
 
 
 def test_the_answers_kept_between_passes_go_into_checkpoints_and_come_back(tmp_path):
-    from engine.grpo import Rollout
+    from engine.grpo_sampling import Rollout
 
     _, objective = _objective(load_tokenizer(tiny_tokenizer(tmp_path / "tok")), [None], generations=2, iterations=3)
     kept = Rollout({"input_ids": torch.ones(2, 3)}, torch.ones(2), torch.zeros(2), torch.ones(2), torch.zeros(2),
@@ -443,7 +445,7 @@ def test_dynamic_sampling_replaces_groups_that_all_scored_the_same_with_groups_f
     trained on are those groups' prompts and answers, scored by the same reward, shaped by length."""
     from transformers import AutoModelForCausalLM
 
-    from engine.grpo import group_advantages
+    from engine.grpo_sampling import group_advantages
     from sft.data import Conversation, Turn
     from sft.grpo_data import PromptCollator, PromptDataset
     from sft.templates import encode_prompt
@@ -572,6 +574,51 @@ def test_the_reference_is_the_starting_model_without_a_copy_where_only_adapters_
     assert isinstance(reference_for(cfg), FrozenCopy)
 
 
+def test_the_reference_moves_to_the_policy_and_its_weights_go_into_checkpoints(tmp_path):
+    """sync_from: ref <- alpha x policy + (1 - alpha) x ref; alpha 1 makes it the policy (KL 0); state() and
+    load_state() carry it through a checkpoint; a setting that cannot move is refused."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.grpo_reference import AdapterOff, FrozenCopy
+    from engine.preference import labelled_token_logps
+
+    folder = tiny_model(tmp_path / "model", tiny_tokenizer(tmp_path / "tok"))
+    policy = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    with torch.no_grad():
+        for param in policy.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    reference = FrozenCopy(lambda ds_config: (AutoModelForCausalLM.from_pretrained(str(folder),
+                                                                                   dtype=torch.float32), None))
+    reference.build(_Engine(policy))
+    start = {n: w.clone() for n, w in reference.state().items()}
+    reference.sync_from(_Engine(policy), 0.25)
+    for name, weight in policy.named_parameters():
+        torch.testing.assert_close(reference.state()[name], 0.25 * weight.detach() + 0.75 * start[name])
+    saved = reference.state()
+    reference.sync_from(_Engine(policy), 1.0)
+    ids = torch.randint(5, 60, (2, 9))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    with torch.no_grad():
+        torch.testing.assert_close(reference(None, batch, torch.device("cpu"), 0.7),
+                                   labelled_token_logps(policy, batch, torch.device("cpu"), 0.7)[0])
+    reference.load_state(saved)
+    assert all(torch.equal(reference.state()[n], w) for n, w in saved.items())
+    with pytest.raises(ValueError, match="ref_sync_steps needs a reference that can move"):
+        _objective(load_tokenizer(tmp_path / "tok"), [None], beta=0.1, reference=AdapterOff(), ref_sync_steps=4)
+
+
+@pytest.mark.distributed
+def test_two_rank_zero3_reference_reset_to_the_policy_every_two_steps(setup):
+    """ref_sync_alpha 1 (ProRL's reset) every 2 steps under ZeRO-3, the copy partitioned like the policy: the
+    KL is 0 at steps 1, 3, 5 (the reference is the policy that wrote the answers) and not at steps 2, 4."""
+    root, model, data = setup
+    out = root / "reset"
+    _train(root, model, data, out, 2, "schedule.max_steps=5", "eval.every_steps=0", "eval.at_start=false",
+           "grpo.beta=0.05", "grpo.ref_sync_steps=2", "grpo.ref_sync_alpha=1.0")
+    kl = [r["train/kl"] for r in read_metrics(out) if "train/kl" in r]
+    assert len(kl) == 5 and max(kl[0::2]) < 1e-6 < 1e-4 < min(kl[1::2]), kl
+
+
 def _train(root: Path, model: Path, data: Path, out: Path, ranks: int, *extra: str) -> str:
     proc = sft_train(torchrun_launch(ranks), "--config", str(CONFIG), f"model.path={model}", f"output_dir={out}",
                      f"data.cache_dir={root / 'cache'}", f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.2",
@@ -656,14 +703,16 @@ def test_a_run_rewarded_by_a_judge_server_asks_it_about_the_answers_it_writes(se
 
 def test_resume_writes_the_same_answers_and_ends_as_the_uninterrupted_run(setup):
     """Two steps on each batch of answers (grpo.iterations=2): step 3's checkpoint is between the two passes over
-    step 2's answers, so it must give them back; step 4 writes new ones, seeded by the step."""
+    step 2's answers, so it must give them back; step 4 writes new ones, seeded by the step. The reference moved
+    half way to the policy as step 2 began (ref_sync_steps=2): the checkpoint gives it back too."""
     from safetensors.torch import load_file
 
     root, model, data = setup
     out, resumed, lost = root / "one_rank", root / "resumed", root / "lost"
     common = ("schedule.max_steps=6", "checkpoint.every_steps=3", "checkpoint.keep_last=2", "eval.at_start=false",
               "grpo.beta=0.05",  # the resumed run's reference is the starting model again, not step 3's
-              "grpo.iterations=2", "grpo.epsilon=0.1", "grpo.epsilon_high=0.15")
+              "grpo.iterations=2", "grpo.epsilon=0.1", "grpo.epsilon_high=0.15",
+              "grpo.ref_sync_steps=2", "grpo.ref_sync_alpha=0.5")  # moved at step 2: checkpoint 3 holds it
     _train(root, model, data, out, 1, *common)
     assert (out / "checkpoints" / "step-00000003" / "objective-rank0.pt").is_file()
     for copy in (resumed, lost):
