@@ -51,7 +51,7 @@ from .grpo_reference import token_kl
 from .grpo_sampling import (Rollout, Written, answer_lengths, draw_prompts, group_advantages, overlong_shaping,
                             refill_flat, rollout_seed, training_rows)
 from .preference import labelled_token_stats
-from .zero3_generation import weights_for_generation
+from .zero3_generation import weights_for_generation, zero_stage
 
 # loss_tokens: the answer tokens in the loss (those of answers cut at max_new_tokens are not, with mask_truncated)
 _SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "clipped", "loss_tokens",
@@ -171,8 +171,7 @@ class GRPOObjective:
             if dist.get_rank() == 0:
                 print(f"[zhllama] GRPO: KL penalty {self.beta:g} per answer token against {self.reference.describe}",
                       flush=True)
-        stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
-        if stage == 3 and dist.get_rank() == 0:
+        if zero_stage(engine) == 3 and dist.get_rank() == 0:
             print("[zhllama] GRPO under ZeRO-3: " + (
                 "the whole model is gathered on each rank while answers are written (grpo.gather_for_generation="
                 "false where it does not fit one device beside the training state)" if self.gather_for_generation

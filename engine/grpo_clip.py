@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from .config import GRPO_IMPORTANCE
 
+
 @dataclass(frozen=True)
 class Clip:
     epsilon: float = 0.2

@@ -18,8 +18,8 @@ A resumed run loads the same starting model again. A ``FrozenCopy`` may move tow
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -108,31 +108,21 @@ class FrozenCopy:
                     param.data.copy_(state[name].to(param.dtype))
 
 
-def _gathered(params: list[torch.nn.Parameter], modify: bool = False):
-    """A context holding ``params`` whole; it yields whether this rank writes them (``modify``: rank 0 only, and
-    its values then reach every rank: ZeRO-3 broadcasts the gathered weights before partitioning them again,
-    whole copies are broadcast after)."""
+@contextmanager
+def _gathered(params: list[torch.nn.Parameter], modify: bool = False) -> Iterator[bool]:
+    """Holds ``params`` whole; yields whether this rank writes them (``modify``: rank 0 only, and its values then
+    reach every rank: ZeRO-3 broadcasts the gathered weights before partitioning them again, whole copies are
+    broadcast after)."""
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
-        context = deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
-        return _Yielding(context, rank0 if modify else True)
-    several = dist.is_initialized() and dist.get_world_size() > 1
-    return _Yielding(nullcontext(), rank0 if modify else True, params if modify and several else [])
-
-
-class _Yielding:
-    def __init__(self, context, here: bool, broadcast: list | None = None):
-        self.context, self.here, self.broadcast = context, here, broadcast or []
-
-    def __enter__(self) -> bool:
-        self.context.__enter__()
-        return self.here
-
-    def __exit__(self, *exc) -> None:
-        self.context.__exit__(*exc)
-        for param in self.broadcast:  # whole copies on every rank: rank 0's values everywhere
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
+            yield rank0 if modify else True
+        return
+    yield rank0 if modify else True
+    if modify and dist.is_initialized() and dist.get_world_size() > 1:
+        for param in params:  # whole copies on every rank: rank 0's values everywhere
             dist.broadcast(param.data, 0)
 
 

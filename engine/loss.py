@@ -153,8 +153,9 @@ def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     hidden, labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
     keep = labels != IGNORE_INDEX
     hidden, labels = hidden[keep], labels[keep]
-    buffer = None if entropy is None else torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    buffer = None
     if entropy is not None:
+        buffer = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         entropy.append(buffer)
     if not torch.is_grad_enabled():
         return _token_logps(hidden, weight, labels, chunk, buffer)

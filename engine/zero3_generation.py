@@ -18,7 +18,8 @@ from typing import Iterator
 import torch.distributed as dist
 
 
-def _zero_stage(engine) -> int:
+def zero_stage(engine) -> int:
+    """The engine's ZeRO stage (0 for a bare module)."""
     return engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
 
 
@@ -26,7 +27,7 @@ def _zero_stage(engine) -> int:
 def weights_for_generation(engine, gather: bool) -> Iterator[bool]:
     """Yields whether the ranks must generate in step (``synced_gpus``: the weights stay partitioned)."""
     several = dist.is_initialized() and dist.get_world_size() > 1
-    if _zero_stage(engine) != 3:
+    if zero_stage(engine) != 3:
         yield False
         return
     if not gather:
