@@ -34,9 +34,8 @@ DAPO's overlong filtering).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -45,33 +44,18 @@ from zhllama.errors import UserError
 
 from .config import GRPO_LOSSES
 from .data import eval_batches, fetch
-from .evaluate import eval_mode, summed_over_ranks
+from .evaluate import summed_over_ranks
 from .grpo_clip import Clip, clipped_policy_term, high_entropy_tokens, importance_ratios
 from .grpo_reference import token_kl
 from .grpo_sampling import (Rollout, Written, answer_lengths, draw_prompts, group_advantages, overlong_shaping,
                             refill_flat, rollout_seed, training_rows)
 from .preference import labelled_token_stats
-from .zero3_generation import weights_for_generation, zero_stage
+from .sampling import Sampler
+from .zero3_generation import zero_stage
 
 # loss_tokens: the answer tokens in the loss (those of answers cut at max_new_tokens are not, with mask_truncated)
 _SUMS = ("answers", "reward", "groups", "flat_groups", "answer_tokens", "truncated", "kl", "clipped", "loss_tokens",
          "groups_written", "entropy")
-
-
-@contextmanager
-def _generation_attention(module) -> Iterator[None]:
-    """sdpa while generating when training runs flex_attention: generation has no packed documents to keep
-    apart, and flex's one-token decoding steps are a compile per shape (on CPU, a compile error in torch 2.13)."""
-    model = module.get_base_model() if hasattr(module, "get_base_model") else module
-    trained_with = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if trained_with != "flex_attention":
-        yield
-        return
-    model.set_attn_implementation("sdpa")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(trained_with)
 
 
 @dataclass
@@ -182,28 +166,9 @@ class GRPOObjective:
     # ------------------------------------------------------------------ rollouts
     def _generate(self, engine, batch: dict[str, torch.Tensor], device, sample: bool, seed: int) -> torch.Tensor:
         """New tokens (rows x max_new_tokens, padded after the end) for each prompt row of ``batch``."""
-        from transformers import GenerationConfig
-
-        module = getattr(engine, "module", engine)
-        # Every setting that shapes the distribution is given: a model's own generation_config.json (a chat
-        # model's temperature, repetition_penalty, ...) only fills settings left unset, and would make the
-        # answers come from another distribution than the one the loss assumes.
-        config = GenerationConfig(max_new_tokens=self.max_new_tokens, min_new_tokens=0, do_sample=sample,
-                                  eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
-                                  temperature=self.temperature, top_p=self.top_p, top_k=0, min_p=0.0, typical_p=1.0,
-                                  repetition_penalty=1.0, no_repeat_ngram_size=0)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        devices = [device] if device.type == "cuda" else []
-        rng = torch.random.fork_rng(devices=devices)
-        weights = weights_for_generation(engine, self.gather_for_generation)
-        with torch.no_grad(), eval_mode(engine), _generation_attention(module), rng, weights as synced:
-            torch.manual_seed(seed)
-            out = module.generate(input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=synced)
-        answers = out[:, ids.shape[1]:]
-        if answers.shape[1] < self.max_new_tokens:  # every row stopped early: pad to the fixed width
-            fill = answers.new_full((answers.shape[0], self.max_new_tokens - answers.shape[1]), self.pad_id)
-            answers = torch.cat([answers, fill], dim=1)
-        return answers
+        sampler = Sampler(self.stop_ids, self.pad_id, self.max_new_tokens, self.temperature, self.top_p,
+                          self.gather_for_generation)
+        return sampler.generate(engine, batch, device, sample, seed)
 
     def _read(self, answers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(tokens of each answer with its stop id, whether it was cut, its text without the stop id)."""

@@ -209,22 +209,60 @@ class GRPOSettings:
         return problems
 
 
-OBJECTIVES = ("sft", "dpo", "kto", "grpo")
+@dataclass
+class DistillSettings:
+    """Used when ``objective: distill`` (engine/distill.py); the data are then SFT records, whose prompts the student
+    answers (``lmbda``) and whose answers it is taught on otherwise."""
+
+    teacher: str | None = None  # the teacher's HF folder: same vocabulary as the student (ids and size), any size
+    beta: float = 0.5  # 0: forward KL (word-level KD) | 1: reverse KL (on-policy distillation) | between: GKD's generalized JSD
+    lmbda: float = 0.5  # share of micro batches on the student's own answers (GKD's lambda); 0: the data's answers only
+    temperature: float = 1.0  # of both distributions in the divergence and of the student's sampled answers
+    max_new_tokens: int = 256  # longest answer the student writes
+    top_p: float = 1.0  # nucleus sampling of the student's answers (1.0: off)
+    gather_for_generation: bool = True  # ZeRO-3: gather the student once per generate call (as grpo.gather_for_generation)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not 0 <= self.beta <= 1:
+            problems.append(f"beta: expected a value in [0, 1] (0: forward KL, 1: reverse KL, GKD: 0.5), got {self.beta}")
+        if not 0 <= self.lmbda <= 1:
+            problems.append(f"lmbda: expected a share in [0, 1] (0: the data's answers only; GKD: 0.5), got {self.lmbda}")
+        if not 0 < self.temperature <= 10:
+            problems.append(f"temperature: expected a value in (0, 10], got {self.temperature}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p: expected a value in (0, 1], got {self.top_p}")
+        return problems
+
+
+OBJECTIVES = ("sft", "dpo", "kto", "grpo", "distill")
 
 
 @dataclass
 class SFTConfig(TrainConfig):
     data: SFTData = field(default_factory=SFTData)
-    objective: str = "sft"  # sft (answers' next-token loss) | dpo (preference pairs) | kto (answers judged one by one) | grpo (rewarded answers the model writes)
+    objective: str = "sft"  # sft (answers' next-token loss) | dpo (preference pairs) | kto (answers judged one by one) | grpo (rewarded answers the model writes) | distill (a teacher's distributions)
     dpo: DPOSettings = field(default_factory=DPOSettings)
     kto: KTOSettings = field(default_factory=KTOSettings)
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
 
     def validate(self) -> list[str]:
         problems = super().validate()
         if self.objective not in OBJECTIVES:
             problems.append(f"objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
-        if self.objective != "sft" and self.data.packing:
+        if self.objective == "distill" and not self.distill.teacher:
+            problems.append("distill.teacher: required, the teacher model's folder (it must share the student's "
+                            "vocabulary)")
+        if self.objective == "distill" and self.distill.lmbda and self.distill.max_new_tokens >= self.data.max_seq_length:
+            problems.append(f"distill.max_new_tokens: {self.distill.max_new_tokens} leaves no room for a prompt in "
+                            f"data.max_seq_length={self.data.max_seq_length}")
+        if self.objective == "distill" and self.data.packing and self.distill.lmbda:
+            problems.append("data.packing: not with distill.lmbda > 0 (the student answers each row's prompt; "
+                            "packing works with lmbda=0, the data's answers only)")
+        elif self.objective not in ("sft", "distill") and self.data.packing:
             problems.append(f"data.packing: not with objective={self.objective} (a batch holds whole rows of "
                             "pairs or examples)")
         if self.objective != "sft" and self.mode == "embeddings":

@@ -6,14 +6,16 @@
 
 Settings: the engine's (engine/config.py) plus ``data:`` (sft/config.py): a manifest (or
 a list of files with weights), the template, max_seq_length, packing. ``objective: dpo`` trains on
-preference pairs (``chosen``/``rejected``, sft/pairs.py) with DPO (engine/preference.py) instead, and
+preference pairs (``chosen``/``rejected``, sft/pairs.py) with DPO (engine/preference.py) instead,
 ``objective: kto`` on answers judged one by one (``label`` true/false, sft/kto.py) with KTO (engine/kto.py),
-and ``objective: grpo`` on answers the model writes to prompts, scored by verifiable rewards
-(sft/grpo_data.py, sft/rewards.py) with GRPO (engine/grpo.py):
+``objective: grpo`` on answers the model writes to prompts, scored by verifiable rewards
+(sft/grpo_data.py, sft/rewards.py) with GRPO (engine/grpo.py), and ``objective: distill`` on a teacher's
+next-token distributions over SFT records' answers and the model's own (sft/distill.py, engine/distill.py):
 
     python -m sft train --config sft/configs/dpo_tiny_cpu.yaml model.path=outputs/zh_sft_merged
     python -m sft train --config sft/configs/kto_tiny_cpu.yaml model.path=outputs/zh_sft_merged
     python -m sft train --config sft/configs/grpo_tiny_cpu.yaml model.path=outputs/zh_sft_merged
+    python -m sft train --config sft/configs/distill_tiny_cpu.yaml model.path=STUDENT distill.teacher=TEACHER
 
 Every record of every file is
 validated before anything is tokenized or trained; files are tokenized once into a content-keyed
@@ -56,9 +58,9 @@ def prepare(cfg):
     from .mixture import build_datasets, read_and_validate, resolve_sources
     from .pairs import build_pair_datasets, read_pairs
 
-    rows_in_pairs = cfg.objective != "sft"  # dpo: chosen/rejected; kto: an example and its mismatched answer
+    rows_in_pairs = cfg.objective not in ("sft", "distill")  # dpo: chosen/rejected; kto: an example and its mismatched answer
     sources = resolve_sources(cfg.data)
-    read = {"sft": read_and_validate, "dpo": read_pairs, "kto": read_examples}[cfg.objective]
+    read = {"sft": read_and_validate, "distill": read_and_validate, "dpo": read_pairs, "kto": read_examples}[cfg.objective]
     validated = sources, read(sources)  # every record checked first
 
     from .collate import SFTCollator
@@ -158,7 +160,11 @@ def _balance_note(cfg, train_ds) -> None:
 
 
 def objective_of(cfg):
-    """None (the engine's next-token loss on answers), DPO's or KTO's objective."""
+    """None (the engine's next-token loss on answers), DPO's, KTO's or distillation's objective."""
+    if cfg.objective == "distill":
+        from .distill import distill_objective
+
+        return distill_objective(cfg, *_tokenizer_and_template(cfg)[:2])
     if cfg.objective == "kto":
         from engine.kto import KTOObjective
 
@@ -178,6 +184,10 @@ def provenance(cfg) -> dict:
     if cfg.objective == "grpo":  # the model card tells a step's prompts and the answers written to each
         out["answers_per_prompt"] = cfg.grpo.generations
         out["steps_per_answers"] = cfg.grpo.iterations
+    if cfg.objective == "distill":
+        from engine.distill import divergence_name
+
+        out["teacher"], out["divergence"] = cfg.distill.teacher, divergence_name(cfg.distill.beta)
     if cfg.data.manifest:
         from corpora.manifest import load_manifest
 

@@ -4,7 +4,7 @@ The fp32 tests (test_engine_distributed, test_sft_train) prove what each mode tr
 bf16, where PEFT's fp32 adapters beside bf16 weights once crashed ``deepspeed.initialize``
 (defragment: one dtype per flat buffer). One 2-rank torchrun runs every (dtype, phase, mode) a few
 steps in sequence — pretraining on packed blocks, SFT on padded batches, DPO on pairs, KTO on those pairs' two
-verdicts, GRPO on answers it generates in that dtype — and rank 0 saves each
+verdicts, GRPO on answers it generates in that dtype, distillation from a teacher loaded in it — and rank 0 saves each
 run's consolidated weights; the tests below check finite falling loss and trained/frozen weights.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ SFT_CONFIG = REPO / "sft" / "configs" / "tiny_cpu.yaml"
 DPO_CONFIG = REPO / "sft" / "configs" / "dpo_tiny_cpu.yaml"  # LoRA without trained embeddings
 KTO_CONFIG = REPO / "sft" / "configs" / "kto_tiny_cpu.yaml"  # the same
 GRPO_CONFIG = REPO / "sft" / "configs" / "grpo_tiny_cpu.yaml"  # the same; answers generated in the dtype
+DISTILL_CONFIG = REPO / "sft" / "configs" / "distill_tiny_cpu.yaml"  # teacher and student's answers in the dtype
 BASE_ROWS = 300  # "embeddings, new rows only": rows below this stay exact
 MODES = {
     "full": ["mode=full"],
@@ -49,7 +50,7 @@ def _runs() -> list[tuple[str, str, str]]:
     dtypes = ["bfloat16"] + (["float16"] if _fp16_supported() else [])
     return [(d, phase, m) for d in dtypes for phase in ("pt", "sft") for m in MODES] + \
         [(d, "dpo", m) for d in dtypes for m in ("full", "lora")] + \
-        [(d, phase, "lora") for d in dtypes for phase in ("kto", "grpo")]
+        [(d, phase, "lora") for d in dtypes for phase in ("kto", "grpo", "distill")]
 
 
 def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
@@ -74,12 +75,15 @@ def _train_one(spec: dict, dtype: str, phase: str, mode: str) -> None:
         from sft.config import SFTConfig
         from sft.train_cli import objective_of, prepare, prepare_grpo
 
-        config = {"dpo": DPO_CONFIG, "kto": KTO_CONFIG, "grpo": GRPO_CONFIG}.get(phase, SFT_CONFIG)
-        data = spec["dpo_data" if phase == "kto" else phase + "_data"]  # KTO: each pair's two verdicts
+        config = {"dpo": DPO_CONFIG, "kto": KTO_CONFIG, "grpo": GRPO_CONFIG, "distill": DISTILL_CONFIG}.get(phase,
+                                                                                                         SFT_CONFIG)
+        data = spec[{"kto": "dpo_data", "distill": "sft_data"}.get(phase, phase + "_data")]  # KTO: each pair's verdicts
         settings = {"grpo": ["grpo.rewards={zh_share: 1.0}", "grpo.generations=2", "grpo.max_new_tokens=4",
                              "grpo.beta=0.1",  # the reference: the policy with its adapters off, in the dtype
                              "grpo.iterations=2"],  # steps 2 and 4: the clipped ratio to the kept bf16/fp16 logps
-                    "kto": ["kto.beta=0.5"]}.get(phase, ["dpo.beta=0.5"])
+                    "kto": ["kto.beta=0.5"],
+                    "distill": [f"distill.teacher={spec['teacher']}", "distill.max_new_tokens=4",
+                                "distill.lmbda=0.5"]}.get(phase, ["dpo.beta=0.5"])
         cfg = load_config(SFTConfig, config, overrides + settings + [
             f"data.files=[{{path: '{data}', weight: 4.0}}]", "data.eval_fraction=0.0", "data.max_seq_length=128",
             f"data.cache_dir={Path(spec['work']) / 'sft_cache'}"])
@@ -123,13 +127,14 @@ def runs(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("precision")
     tok = make_tiny_tokenizer(work / "tok")
     model = make_tiny_model(work / "model", tok, hidden=32, layers=2, heads=4)
+    teacher = make_tiny_model(work / "teacher", tok, hidden=48, layers=2, heads=4, seed=3)  # distillation's
     data = write_json(work / "zh.json", ZH_RECORDS)
     pairs = write_json(work / "pairs.json", [{"instruction": r["instruction"], "input": r["input"],
                                               "chosen": r["output"], "rejected": "不知道。"} for r in ZH_RECORDS])
     prompts = write_json(work / "prompts.json", [{"instruction": r["instruction"], "input": r["input"]}
                                                  for r in ZH_RECORDS])
     spec = json.dumps({"model": str(model), "work": str(work), "sft_data": str(data), "dpo_data": str(pairs),
-                       "grpo_data": str(prompts)})
+                       "grpo_data": str(prompts), "teacher": str(teacher)})
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONWARNINGS": "ignore"}

@@ -21,7 +21,8 @@ CARD = "README.md"
 _RESTRICTED = re.compile(r"\bNC\b|non[- ]?commercial|research (use )?only|研究", re.IGNORECASE)
 _HUB_CACHE = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/")
 STAGES = {"pretrain": "continued pretraining", "sft": "instruction tuning (SFT)", "dpo": "preference tuning (DPO)",
-          "kto": "preference tuning (KTO)", "grpo": "reinforcement learning with verifiable rewards (GRPO)"}
+          "kto": "preference tuning (KTO)", "grpo": "reinforcement learning with verifiable rewards (GRPO)",
+          "distill": "knowledge distillation"}
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -145,6 +146,8 @@ def _how_made(folder: Path, steps: list[dict]) -> list[str]:
         text += f" × {data['answers_per_prompt']} answers" if data.get("answers_per_prompt") else ""
         if (data.get("steps_per_answers") or 1) > 1:  # GRPO's iterations: a batch of answers trains several steps
             text += f" (each batch of answers trained on for {data['steps_per_answers']} steps)"
+        if data.get("teacher"):  # distillation: whose distributions the model learned
+            text += f" from the teacher `{data['teacher']}` ({data.get('divergence')})"
         text += f", peak learning rate {step['lr']:g}" if isinstance(step.get("lr"), (int, float)) else ""
         text += f", RoPE scaling {step['rope_scaling']}" if step.get("rope_scaling") else ""
         text += f", from `{step.get('base_model')}`"
