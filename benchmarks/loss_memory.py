@@ -3,6 +3,7 @@
     python benchmarks/loss_memory.py                          # 8 x 2048 tokens; LLaMA-2+zh, Llama-3, Qwen vocabularies
     python benchmarks/loss_memory.py --tokens 4096 --vocab 49472
     python benchmarks/loss_memory.py --objective dpo          # DPO's per-answer log-probabilities (half the positions are answers)
+    python benchmarks/loss_memory.py --objective distill      # the divergence to a teacher (a one-layer LLaMA 96 wide)
 
 Each case runs in a fresh process on the CPU: a one-layer LLaMA (hidden 64, so the output
 projection is cheap) over ``--tokens`` labelled positions, forward and backward through the head,
@@ -10,7 +11,10 @@ once via ``model(..., labels=...)`` (transformers' own loss: B x S x V logits, k
 and once via the engine's ``forward_loss`` with ``model.fused_loss`` (engine/loss.py: chunks of
 ``--chunk`` positions). ``--objective dpo``: rows are chosen/rejected answers after a prompt of
 the same length, and the step is engine/preference.py's DPO loss on the model's logits (plain) or
-on the chunked head's per-position log-probabilities (fused). Reported: the peak resident memory the loss step added over the model and
+on the chunked head's per-position log-probabilities (fused). ``--objective distill``: every position is an answer
+token, and the step is engine/distill.py's generalized JSD (beta 0.5) to a teacher, from both models' full logits
+(plain, as TRL's GKDTrainer computes it) or from both models' hidden states in chunks of a quarter of ``--chunk``
+(fused, as ``sft train`` sets it). Reported: the peak resident memory the loss step added over the model and
 inputs (``ru_maxrss``), in GiB, next to the size of one fp32 copy of the full logits. Allocation
 sizes do not depend on the device, so the ratio carries over to GPUs (where bf16 models add an fp32
 upcast of the logits to the plain path; fp32 here has none).
@@ -54,6 +58,8 @@ def measure(spec: dict) -> dict:
     inputs = {"input_ids": ids, "labels": ids.clone()}
     if spec.get("objective") == "dpo":
         return _measure_dpo(model, ids)
+    if spec.get("objective") == "distill":
+        return _measure_distill(model, config, ids, spec["chunk"])
     baseline = _rss_gib()
     if spec["fused"]:
         loss_sum, count = forward_loss(model, inputs, torch.device("cpu"))
@@ -80,6 +86,26 @@ def _measure_dpo(model, ids) -> dict:
     return {"added_gib": _rss_gib() - baseline, "loss": float(total / pairs)}
 
 
+def _measure_distill(model, config, ids, chunk: int) -> dict:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from engine.distill import DistillObjective
+    from engine.grpo_reference import FrozenCopy
+    from engine.sampling import Sampler
+    from sft.distill import divergence_chunk
+
+    config.hidden_size, config.intermediate_size = 96, 192
+    teacher = LlamaForCausalLM(config)
+    objective = DistillObjective(teacher=FrozenCopy(lambda ds_config: (teacher, None)), sampler=Sampler([2], 0, 1),
+                                 beta=0.5, lmbda=0.0, chunk_tokens=divergence_chunk(chunk))
+    objective.prepare(model, {}, None, 1, ".", False, None, torch.device("cpu"), progress=False)
+    baseline = _rss_gib()
+    total, tokens = objective.divergence(model, {"input_ids": ids, "labels": ids.clone()}, torch.device("cpu"))
+    (total / tokens).backward()
+    return {"added_gib": _rss_gib() - baseline, "loss": float(total / tokens)}
+
+
 def run_case(vocab: int, fused: bool, args) -> dict:
     spec = {"vocab": vocab, "fused": fused, "tokens": args.tokens, "seq": args.seq, "chunk": args.chunk,
             "objective": args.objective}
@@ -98,15 +124,17 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=2048, help="sequence length (default 2,048)")
     ap.add_argument("--chunk", type=int, default=4096, help="model.loss_chunk_tokens (default 4,096)")
     ap.add_argument("--vocab", type=int, nargs="*", help="vocabulary sizes (default: three real ones)")
-    ap.add_argument("--objective", choices=["sft", "dpo"], default="sft",
-                    help="sft: the summed next-token loss; dpo: per-answer log-probabilities and the DPO loss")
+    ap.add_argument("--objective", choices=["sft", "dpo", "distill"], default="sft",
+                    help="sft: the summed next-token loss; dpo: per-answer log-probabilities and the DPO loss; "
+                         "distill: the divergence to a teacher")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(measure(json.loads(args.child))))
         return
     vocabs = {f"vocab {v:,}": v for v in args.vocab} if args.vocab else VOCABS
-    what = "labelled tokens" if args.objective == "sft" else "tokens in chosen/rejected rows (half of them answers)"
+    what = {"sft": "labelled tokens", "distill": "answer tokens (student and teacher)"}.get(
+        args.objective, "tokens in chosen/rejected rows (half of them answers)")
     print(f"{args.tokens:,} {what} per step, chunks of {args.chunk:,}; peak memory the loss step adds (GiB)")
     plain_name = "plain (HF loss)" if args.objective == "sft" else "plain (logits)"
     print(f"{'vocabulary':<30} {'fp32 logits':>11} {plain_name:>16} {'fused (ours)':>13} {'ratio':>6}")

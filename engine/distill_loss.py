@@ -39,24 +39,49 @@ def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
             + (1 - beta) * (log_p.exp() * (log_p - log_m)).sum(dim=-1))
 
 
+def _log_softmax_(x: torch.Tensor) -> torch.Tensor:
+    """log_softmax in place: the row max first, as torch's own, so that the log-sum-exp is of numbers near 0."""
+    x.sub_(x.amax(dim=-1, keepdim=True))
+    return x.sub_(torch.logsumexp(x, dim=-1, keepdim=True))
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per row, sum(a * b), without an (a * b)-sized temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
 def _chunk(s: torch.Tensor, t: torch.Tensor, beta: float, grads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(per-row divergence, its gradient in the scaled student logits ``s`` or None), from fp32 scaled logits."""
-    log_p, log_q = s.log_softmax(dim=-1), t.log_softmax(dim=-1)
-    p = log_p.exp()
-    if beta == 0:
+    """(per-row divergence, its gradient in the scaled student logits ``s`` or None), from fp32 scaled logits. In
+    place: ``s`` and ``t`` are used up, and at most two more chunk-sized buffers exist (the vocabulary is wide:
+    each buffer is chunk x V fp32)."""
+    log_p, log_q = _log_softmax_(s), _log_softmax_(t)
+    if beta == 0:  # value sum q (log q - log p), gradient p - q
         q = log_q.exp()
-        return (q * (log_q - log_p)).sum(dim=-1), (p - q if grads else None)
-    if beta == 1:
-        gap = log_p - log_q
-        value = (p * gap).sum(dim=-1)
-        return value, (p * (gap - value[:, None]) if grads else None)
-    log_m = torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
-    to_m = log_p - log_m
-    value = beta * (log_q.exp() * (log_q - log_m)).sum(dim=-1) + (1 - beta) * (p * to_m).sum(dim=-1)
+        value = _row_dot(q, log_q.sub_(log_p))
+        return value, (log_p.exp_().sub_(q) if grads else None)
+    if beta == 1:  # value sum p (log p - log q), gradient p (log p - log q - value)
+        gap = log_q.sub_(log_p).neg_()
+        p = log_p.exp_()
+        value = _row_dot(p, gap)
+        return value, (gap.sub_(value[:, None]).mul_(p) if grads else None)
+    # log m = logaddexp(log p + log(1 - beta), log q + log beta), in log space (p and q may underflow in fp32)
+    log_m = log_p + math.log1p(-beta)
+    torch.logaddexp(log_m, log_q + math.log(beta), out=log_m)
+    prob = log_q.exp()  # q, then p
+    to_teacher = _row_dot(prob, log_q.sub_(log_m))  # sum q (log q - log m)
+    torch.exp(log_p, out=prob)
+    to_m = log_p.sub_(log_m)  # log p - log m: dD/dp = (1 - beta) (log p - log m)
+    to_student = _row_dot(prob, to_m)
+    value = beta * to_teacher + (1 - beta) * to_student
     if not grads:
         return value, None
-    g = (1 - beta) * to_m
-    return value, p * (g - (p * g).sum(dim=-1, keepdim=True))
+    return value, to_m.sub_(to_student[:, None]).mul_(prob).mul_(1 - beta)
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """fp32 logits / temperature, in the matmul's own fresh buffer where it is fp32 already."""
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits.div_(temperature)
 
 
 class _LinearDivergence(torch.autograd.Function):
@@ -71,14 +96,14 @@ class _LinearDivergence(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start:start + chunk]
-            s = (h @ weight.t()).float() / temperature
-            t = (teacher_hidden[start:start + chunk] @ teacher_weight.t()).float() / temperature
+            s = _scaled(h @ weight.t(), temperature)
+            t = _scaled(teacher_hidden[start:start + chunk] @ teacher_weight.t(), temperature)
             value, grad_s = _chunk(s, t, beta, want_h or want_w)
             del s, t
             total += value.sum()
             if grad_s is None:
                 continue
-            grad_z = (grad_s / temperature).to(h.dtype)  # s = z / T
+            grad_z = grad_s.div_(temperature).to(h.dtype)  # s = z / T
             del grad_s
             if want_h:
                 grad_h[start:start + chunk] = grad_z @ weight

@@ -55,7 +55,8 @@ class FrozenCopy:
         """Load the copy beside the policy's engine, partitioned alike under ZeRO-3 (collective: every rank)."""
         import deepspeed
 
-        config = copy.deepcopy(getattr(engine, "config", None) or {})
+        config = getattr(engine, "config", None)  # a DeepSpeed engine's is its JSON (a bare HF model's is not)
+        config = copy.deepcopy(config) if isinstance(config, dict) else {}
         if not config:  # a bare model (tests, cross-checks): the copy stays a plain module
             self.engine = self.load({})[0].eval()
             return

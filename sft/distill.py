@@ -64,4 +64,11 @@ def distill_objective(cfg, tokenizer: Any, spec) -> Any:
                       settings.temperature, settings.top_p, settings.gather_for_generation)
     return DistillObjective(teacher=FrozenCopy(lambda ds_config: load_model(teacher_cfg, ds_config)), sampler=sampler,
                             beta=settings.beta, lmbda=settings.lmbda, temperature=settings.temperature,
-                            seed=cfg.seed, chunk_tokens=cfg.model.loss_chunk_tokens)
+                            seed=cfg.seed, chunk_tokens=divergence_chunk(cfg.model.loss_chunk_tokens))
+
+
+def divergence_chunk(loss_chunk_tokens: int) -> int:
+    """Positions whose logits exist at a time in the divergence: a quarter of the cross-entropy's, since it holds
+    four chunk-sized fp32 buffers (both models' log-probabilities and two more) where the cross-entropy holds one,
+    so both peak alike (benchmarks/loss_memory.py --objective distill)."""
+    return max(1, loss_chunk_tokens // 4)

@@ -165,6 +165,31 @@ def test_the_fused_and_plain_heads_give_the_same_loss_and_only_the_student_learn
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_packed_records_are_scored_as_alone_by_both_models(tmp_path, fused):
+    """distill.lmbda=0 may pack rows: position_ids restarting at each record keep both the student's and the
+    teacher's attention inside it, so a packed row's divergence is the sum of its records' alone."""
+    from sft.collate import SFTCollator
+
+    engine, objective, tok, batch = _objective(tmp_path, fused, lmbda=0.0)
+    cpu = torch.device("cpu")
+    alone = [objective.divergence(engine, {k: v[r:r + 1] for k, v in batch.items()}, cpu) for r in range(3)]
+    items = []
+    for r in range(3):
+        n = int(batch["attention_mask"][r].sum())
+        items.append((batch["input_ids"][r, :n], batch["labels"][r, :n]))
+    packed = SFTCollator(pad_token_id=0)([{"input_ids": torch.cat([i for i, _ in items]),
+                                           "labels": torch.cat([lab for _, lab in items]),
+                                           "position_ids": torch.cat([torch.arange(len(i)) for i, _ in items])}])
+    total, tokens = objective.divergence(engine, packed, cpu)
+    assert int(tokens) == sum(int(n) for _, n in alone)
+    assert float(total.detach()) == pytest.approx(sum(float(t.detach()) for t, _ in alone), rel=1e-5)
+    # one causal row: the records see each other (random tiny models attend almost evenly, so it moves little)
+    crossed = {k: v for k, v in packed.items() if k != "position_ids"}
+    crossed_total = float(objective.divergence(engine, crossed, cpu)[0].detach())
+    assert abs(crossed_total - float(total.detach())) > 1e-4 * abs(crossed_total)
+
+
 def test_the_student_answers_where_the_last_answer_starts():
     """Each row's prompt is everything before its last labelled span (a multi-turn row keeps its earlier turns and
     answers), left-padded; a row without labels is a prompt whole."""
