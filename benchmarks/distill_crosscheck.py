@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dpo_crosscheck import grads, load, rel_grad_diff  # noqa: E402
+from grpo_crosscheck import Engine  # noqa: E402
 
 RECORDS = [("把这句话翻译成英文。", "春眠不觉晓", "Spring sleep knows no dawn."),
            ("床前明月光的下一句是什么？", "", "疑是地上霜。"), ("续写诗句", "白日依山尽", "黄河入海流。欲穷千里目，更上一层楼。"),
@@ -69,22 +70,6 @@ def rows_of(work: Path, student_dir: Path, teacher_dir: Path) -> dict:
     return {"data": data, "own": own}
 
 
-class _Engine:
-    """A bare model where the objective expects a DeepSpeed engine (``.module``, train/eval, callable)."""
-
-    def __init__(self, model):
-        self.module = model
-
-    def __call__(self, **inputs):
-        return self.module(**inputs)
-
-    def eval(self):
-        self.module.eval()
-
-    def train(self):
-        self.module.train()
-
-
 def ours(work: Path, student_dir: Path, teacher_dir: Path, beta: float, temperature: float, fused: bool):
     import torch
     from transformers import AutoTokenizer
@@ -103,7 +88,7 @@ def ours(work: Path, student_dir: Path, teacher_dir: Path, beta: float, temperat
     objective = DistillObjective(teacher=FrozenCopy(lambda ds_config: (teacher, None)),
                                  sampler=Sampler(stop_ids(tok, spec), pad_token_id(tok), 12, temperature),
                                  beta=beta, lmbda=0.5, temperature=temperature, seed=3, chunk_tokens=7)
-    engine = _Engine(student)
+    engine = Engine(student)
     with contextlib.redirect_stdout(io.StringIO()):  # its log line, once per row here
         objective.prepare(engine, {}, None, 2, work, False, None, torch.device("cpu"))
     return engine, objective

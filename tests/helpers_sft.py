@@ -84,3 +84,18 @@ def our_tokenizer_folder(folder: Path, sp_model: Path | None = None) -> Path:
 def read_metrics(out: Path) -> list[dict]:
     """A run's metrics.jsonl, one dict per line."""
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def bare_engine(model):
+    """A bare model where an objective expects a DeepSpeed engine (``.module``, train/eval, callable)."""
+    import torch
+
+    class BareEngine(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+        def forward(self, **inputs):
+            return self.module(**inputs)
+
+    return BareEngine(model)

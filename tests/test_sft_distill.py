@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_dist import REPO, sft_train, torchrun_launch
-from helpers_sft import ZH_RECORDS, load_tokenizer, read_metrics, tiny_model, tiny_tokenizer, write_json
+from helpers_sft import (ZH_RECORDS, bare_engine, load_tokenizer, read_metrics, tiny_model, tiny_tokenizer,
+                          write_json)
 
 from zhllama.errors import UserError
 
@@ -91,17 +92,6 @@ def test_the_chunked_head_gives_autograds_value_and_gradients_on_full_logits(bet
     assert got_grads[0][~keep].abs().max() == 0  # an unlabelled position gets no gradient
 
 
-class _Engine(torch.nn.Module):
-    """A bare model where the objective expects a DeepSpeed engine (``.module``, train/eval)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.module = model
-
-    def forward(self, **inputs):
-        return self.module(**inputs)
-
-
 def _objective(root: Path, fused: bool, **settings):
     """(student engine, objective, tokenizer, collated SFT batch) on tiny models sharing one tokenizer."""
     from transformers import AutoModelForCausalLM
@@ -128,7 +118,7 @@ def _objective(root: Path, fused: bool, **settings):
     objective = DistillObjective(teacher=FrozenCopy(lambda ds_config: (teacher, None)),
                                  sampler=Sampler(stop_ids(tok, spec), pad_token_id(tok), 10), seed=3,
                                  chunk_tokens=7, **settings)
-    engine = _Engine(student)
+    engine = bare_engine(student)
     objective.prepare(engine, {}, None, 2, root, False, None, torch.device("cpu"))
     rows = [encode_conversation(Conversation((Turn(r["instruction"], r["output"], r["input"]),)), tok, spec)
             for r in ZH_RECORDS[:3]]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from engine.grpo import _SUMS
 from helpers_dist import REPO, sft_train, torchrun_launch
-from helpers_sft import load_tokenizer, read_metrics, tiny_model, tiny_tokenizer, write_jsonl
+from helpers_sft import bare_engine, load_tokenizer, read_metrics, tiny_model, tiny_tokenizer, write_jsonl
 
 from zhllama.errors import UserError
 
@@ -173,17 +173,6 @@ def test_advantages_are_rewards_against_their_group():
     torch.testing.assert_close(group_advantages(rewards, 4, scale=False)[8:], torch.tensor([-0.75] * 3 + [2.25]))
 
 
-class _Engine(torch.nn.Module):
-    """A bare model where the objective expects a DeepSpeed engine (``.module``, train/eval)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.module = model
-
-    def forward(self, **inputs):
-        return self.module(**inputs)
-
-
 def _objective(tok, references, **settings):
     from engine.grpo import GRPOObjective
     from sft.rewards import RewardModel
@@ -227,10 +216,10 @@ def test_rollouts_are_the_models_samples_and_the_gradient_is_advantage_times_log
                                  temperature=temperature, beta=beta, reference=reference, kl_correction=correction,
                                  top_entropy_quantile=top)
     if beta:
-        reference.build(_Engine(model))
+        reference.build(bare_engine(model))
     prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:3]]
     batch = PromptCollator(0)([PromptDataset(prompts, [0, 1, 2])[i] for i in range(3)])
-    engine = _Engine(model).train()
+    engine = bare_engine(model).train()
     objective.begin_step(5)
     rollout = objective.rollout(engine, dict(batch), torch.device("cpu"))
     objective.begin_step(5)
@@ -321,7 +310,7 @@ def test_a_second_pass_weights_each_token_by_its_clipped_ratio_to_the_policy_tha
     reference = FrozenCopy(lambda ds_config: (start, None)) if beta else None
     spec, objective = _objective(tok, [None] * 3, generations=4, max_new_tokens=12, seed=7, beta=beta,
                                  reference=reference, iterations=2, clip=Clip(**clip, importance=importance))
-    engine = _Engine(model).train()
+    engine = bare_engine(model).train()
     if beta:
         reference.build(engine)
     prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:3]]
@@ -460,7 +449,7 @@ def test_dynamic_sampling_replaces_groups_that_all_scored_the_same_with_groups_f
     train = PromptDataset(prompts, list(range(len(QUESTIONS))))
     objective._prompts = (train, PromptCollator(0))
     batch = PromptCollator(0)([train[i] for i in (0, 5, 1)])
-    engine = _Engine(model).train()
+    engine = bare_engine(model).train()
     objective.begin_step(3)
     rollout = objective.rollout(engine, dict(batch), torch.device("cpu"))
     objective.begin_step(3)
@@ -510,8 +499,8 @@ def test_answers_come_from_the_policy_whatever_the_models_generation_config_says
     prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:3]]
     batch = PromptCollator(0)([PromptDataset(prompts, [0, 1, 2])[i] for i in range(3)])
     for sample in (True, False):
-        want = objective._generate(_Engine(plain), batch, torch.device("cpu"), sample=sample, seed=11)
-        got = objective._generate(_Engine(chatty), batch, torch.device("cpu"), sample=sample, seed=11)
+        want = objective._generate(bare_engine(plain), batch, torch.device("cpu"), sample=sample, seed=11)
+        got = objective._generate(bare_engine(chatty), batch, torch.device("cpu"), sample=sample, seed=11)
         assert torch.equal(got, want)
 
 
@@ -532,8 +521,8 @@ def test_a_model_trained_with_flex_attention_generates_with_sdpa(tmp_path):
     spec, objective = _objective(tok, [None] * 2, generations=2, max_new_tokens=6)
     prompts = [encode_prompt(Conversation((Turn(q, None),)), tok, spec) for q in QUESTIONS[:2]]
     batch = PromptCollator(0)([PromptDataset(prompts, [0, 1])[i] for i in range(2)])
-    want = objective._generate(_Engine(sdpa), batch, torch.device("cpu"), sample=True, seed=3)
-    got = objective._generate(_Engine(flex), batch, torch.device("cpu"), sample=True, seed=3)
+    want = objective._generate(bare_engine(sdpa), batch, torch.device("cpu"), sample=True, seed=3)
+    got = objective._generate(bare_engine(flex), batch, torch.device("cpu"), sample=True, seed=3)
     assert torch.equal(got, want) and flex.config._attn_implementation == "flex_attention"
 
 
@@ -558,7 +547,7 @@ def test_the_reference_is_the_starting_model_without_a_copy_where_only_adapters_
                 param.normal_(std=0.5)
     ids = torch.randint(5, 60, (2, 9))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    engine = _Engine(policy)
+    engine = bare_engine(policy)
     got = AdapterOff()(engine, batch, torch.device("cpu"), 0.7)
     with torch.no_grad():
         want = labelled_token_logps(start, batch, torch.device("cpu"), 0.7)[0]
@@ -589,13 +578,13 @@ def test_the_reference_moves_to_the_policy_and_its_weights_go_into_checkpoints(t
             param.add_(torch.randn_like(param) * 0.1)
     reference = FrozenCopy(lambda ds_config: (AutoModelForCausalLM.from_pretrained(str(folder),
                                                                                    dtype=torch.float32), None))
-    reference.build(_Engine(policy))
+    reference.build(bare_engine(policy))
     start = {n: w.clone() for n, w in reference.state().items()}
-    reference.sync_from(_Engine(policy), 0.25)
+    reference.sync_from(bare_engine(policy), 0.25)
     for name, weight in policy.named_parameters():
         torch.testing.assert_close(reference.state()[name], 0.25 * weight.detach() + 0.75 * start[name])
     saved = reference.state()
-    reference.sync_from(_Engine(policy), 1.0)
+    reference.sync_from(bare_engine(policy), 1.0)
     ids = torch.randint(5, 60, (2, 9))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     with torch.no_grad():
