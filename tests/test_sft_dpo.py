@@ -82,7 +82,7 @@ def test_dpo_settings_are_validated(tmp_path):
                                         "data.packing=true", "mode=embeddings"])
     for what in ("dpo.beta:", "dpo.label_smoothing:", "dpo.nll_weight:", "data.packing: not with", "mode: embeddings"):
         assert what in str(err.value), str(err.value)
-    with pytest.raises(UserError, match=r"objective: expected one of \[.sft., .dpo., .kto., .grpo.\], got .ppo."):
+    with pytest.raises(UserError, match=r"objective: expected one of \[.sft., .dpo., .kto., .grpo., .distill.\], got .ppo."):
         load_config(SFTConfig, CONFIG, ["objective=ppo"])
     with pytest.raises(UserError) as err:
         load_config(SFTConfig, CONFIG, ["dpo.loss=kto", "dpo.simpo_gamma=-1"])
