@@ -32,7 +32,8 @@ from dpo_crosscheck import grads, load, rel_grad_diff  # noqa: E402
 from grpo_crosscheck import Engine  # noqa: E402
 
 RECORDS = [("把这句话翻译成英文。", "春眠不觉晓", "Spring sleep knows no dawn."),
-           ("床前明月光的下一句是什么？", "", "疑是地上霜。"), ("续写诗句", "白日依山尽", "黄河入海流。欲穷千里目，更上一层楼。"),
+           ("床前明月光的下一句是什么？", "", "疑是地上霜。"),
+           ("续写诗句", "白日依山尽", "黄河入海流。欲穷千里目，更上一层楼。"),
            ("大语言模型是什么？", "", "大语言模型在语料上预训练，可以理解中文。")]
 SETTINGS = [(beta, temperature) for beta in (0.0, 0.3, 0.5, 1.0) for temperature in (1.0, 0.7)]
 

@@ -6,14 +6,16 @@ with TRL's DistillationTrainer: the same start, teacher, data and steps; held-ou
 Needs ``trl`` in a side venv, set up as benchmarks/dpo_crosscheck.py says (tested: trl 1.16.0, torch 2.13 CPU);
 without it the TRL column is left out (``python benchmarks/distill_quality.py ...``). Offline, CPU, fp32, one
 process each. Data: ../shared/data/sft/alpaca_zh_demo.json (1,000 Chinese Alpaca records; PROVENANCE.md), a
-5,000-piece tokenizer (every character of the records, and merges) trained on them, the chinese-alpaca-2 template, 10% of records held out by the manifest rule.
+5,000-piece tokenizer (every character of the records, and merges) trained on them, the chinese-alpaca-2 template,
+10% of records held out by the manifest rule.
 
 The teacher: a LLaMA 128 wide, 4 layers, instruction-tuned on the training records by ``sft train`` (full, 400
 steps). The student: 64 wide, 2 layers (a quarter of the teacher's non-embedding weights), instruction-tuned for
 100 steps, the start every run below shares. Each then trains 150 more steps of 8 records, AdamW 2e-3, constant:
 
 * ``sft``: more instruction tuning on the data's answers (``objective: sft``);
-* ``kd``: the teacher's distributions on the data's answers (``distill.lmbda=0``, ``beta=0``: forward KL, word-level KD);
+* ``kd``: the teacher's distributions on the data's answers (``distill.lmbda=0``, ``beta=0``: forward KL,
+  word-level KD);
 * ``gkd``: half the micro batches on the student's own answers, generalized JSD (``lmbda=0.5``, ``beta=0.5``: GKD);
 * ``on-policy``: only its own answers, reverse KL (``lmbda=1``, ``beta=1``: TRL's DistillationTrainer, Qwen3's and
   Thinking Machines' on-policy distillation);
@@ -53,7 +55,8 @@ def sft_train(work: Path, name: str, model: Path, data: Path, steps: int, *extra
     cmd = [sys.executable, "-m", "sft", "train", "--config", str(REPO / "sft/configs/distill_tiny_cpu.yaml"),
            f"model.path={model}", f"output_dir={out}", f"data.cache_dir={work / 'cache'}",
            f"data.files=[{{path: '{data}'}}]", "data.eval_fraction=0.1", f"data.max_seq_length={SEQ}", "mode=full",
-           f"optim.lr={LR}", "optim.betas=[0.9, 0.999]", f"schedule.max_steps={steps}", f"batch.micro_batch_size={BATCH}",
+           f"optim.lr={LR}", "optim.betas=[0.9, 0.999]", f"schedule.max_steps={steps}",
+           f"batch.micro_batch_size={BATCH}",
            "deepspeed.preset=zero2", "eval.every_steps=0", "eval.at_start=false", "checkpoint.resume=never",
            f"distill.max_new_tokens={MAX_NEW}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
@@ -198,8 +201,9 @@ def main() -> int:
                                                                  heads=4, seed=1), args.data, 100, "objective=sft")
     tok, rows, references, prompts, stops = prepared(work, start, args.data)
     held = HeldOut(rows[:args.held_out], references[:args.held_out], teacher, tok, stops)
-    print(f"{len(prompts)} training records, {len(held.rows)} held out scored; teacher 128x4 ({teacher_step:.2f} s/step "
-          f"in its 400 steps), student 64x2 from 100 SFT steps; {STEPS} more steps of {BATCH} records", flush=True)
+    print(f"{len(prompts)} training records, {len(held.rows)} held out scored; teacher 128x4 ({teacher_step:.2f} "
+          f"s/step in its 400 steps), student 64x2 from 100 SFT steps; {STEPS} more steps of {BATCH} records",
+          flush=True)
     columns = {"teacher": (held.score(teacher), None), "start": (held.score(start), None)}
     for name, settings in RUNS.items():
         final, step = sft_train(work, name, start, args.data, STEPS, f"distill.teacher={teacher}", *settings)

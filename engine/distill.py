@@ -36,8 +36,9 @@ from .grpo_sampling import answer_lengths, training_rows
 from .loss import IGNORE_INDEX, fused_head_of, output_linear, shift_labels
 from .sampling import Sampler
 
-# own: on the student's answers; data: on the data's; rows: answers the student wrote
-_SUMS = ("own_divergence", "own_tokens", "data_divergence", "data_tokens", "rows", "truncated")
+# own: on the student's answers; data: on the data's; rows: answers the student wrote; batches: micro batches
+_SUMS = ("own_divergence", "own_tokens", "data_divergence", "data_tokens", "rows", "truncated", "own_batches",
+         "batches")
 
 
 def draw(seed: int, *where: int | str) -> int:
@@ -103,8 +104,8 @@ class DistillObjective:
             install_divergence_head(student, self.chunk_tokens)
             install_hidden_head(self._teacher_module())
         if not dist.is_initialized() or dist.get_rank() == 0:
-            print(f"[zhllama] distillation: {divergence_name(self.beta)} to the teacher at temperature {self.temperature:g}, on the "
-                  f"student's own answers in {self.lmbda:.0%} of micro batches (up to {self.sampler.max_new_tokens} "
+            print(f"[zhllama] distillation: {divergence_name(self.beta)} to the teacher at temperature "
+                  f"{self.temperature:g}, on the student's own answers in {self.lmbda:.0%} of micro batches (up to {self.sampler.max_new_tokens} "
                   f"tokens), on the data's answers otherwise", flush=True)
 
     def _teacher_module(self):
@@ -129,6 +130,7 @@ class DistillObjective:
         sums[0 if own else 2], sums[1 if own else 3] = float(total.detach()), float(tokens)
         if written is not None:
             sums[4], sums[5] = float(written.numel()), float(written.sum())
+        sums[6], sums[7] = float(own), 1.0
         self._window = sums if self._window is None else self._window + sums
         batch["input_ids"] = rows["input_ids"]  # the loop counts the tokens trained on from this
         return total, tokens
@@ -181,8 +183,9 @@ class DistillObjective:
         (collective)."""
         sums = self._window if self._window is not None else torch.zeros(len(_SUMS), dtype=torch.float64)
         self._window = None
-        own, own_tokens, data, data_tokens, rows, truncated = summed_over_ranks(sums, device).tolist()
-        out = {"train/own_share": own_tokens / max(own_tokens + data_tokens, 1)}
+        own, own_tokens, data, data_tokens, rows, truncated, own_batches, batches = (
+            summed_over_ranks(sums, device).tolist())
+        out = {"train/own_share": own_batches / max(batches, 1)}
         if own_tokens:
             out.update({"train/divergence_own": own / own_tokens, "train/answer_tokens": own_tokens / max(rows, 1),
                         "train/truncated": truncated / max(rows, 1)})

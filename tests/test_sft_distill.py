@@ -122,7 +122,8 @@ def _objective(root: Path, fused: bool, **settings):
     objective.prepare(engine, {}, None, 2, root, False, None, torch.device("cpu"))
     rows = [encode_conversation(Conversation((Turn(r["instruction"], r["output"], r["input"]),)), tok, spec)
             for r in ZH_RECORDS[:3]]
-    batch = SFTCollator(pad_token_id=pad_token_id(tok))([{"input_ids": torch.tensor(i), "labels": torch.tensor(lab)} for i, lab in rows])
+    items = [{"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)} for ids, labels in rows]
+    batch = SFTCollator(pad_token_id=pad_token_id(tok))(items)
     return engine, objective, tok, batch
 
 
@@ -240,7 +241,8 @@ def test_bad_settings_and_teachers_of_another_vocabulary_are_refused(tmp_path):
     student = tiny_model(tmp_path / "student", tok_dir)
     from engine.tiny import make_tiny_tokenizer
 
-    other_tok = make_tiny_tokenizer(tmp_path / "other_tok", ["完全不同的文本，另一个词表。" * 3, "Other words here."] * 30)
+    other_tok = make_tiny_tokenizer(tmp_path / "other_tok",
+                                    ["完全不同的文本，另一个词表。" * 3, "Other words here."] * 30)
     other = tiny_model(tmp_path / "other", other_tok)
     settings = lambda teacher: SimpleNamespace(distill=SimpleNamespace(teacher=str(teacher)),  # noqa: E731
                                                model=SimpleNamespace(path=str(student)))
