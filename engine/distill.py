@@ -21,7 +21,6 @@ teacher again and draws the same choices and answers: nothing else is kept.
 """
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -34,17 +33,11 @@ from .distill_loss import hidden_states_of, install_divergence_head, install_hid
 from .evaluate import MODEL_KEYS, eval_mode, summed_over_ranks
 from .grpo_sampling import answer_lengths, training_rows
 from .loss import IGNORE_INDEX, fused_head_of, output_linear, shift_labels
-from .sampling import Sampler
+from .sampling import Sampler, place_seed
 
 # own: on the student's answers; data: on the data's; rows: answers the student wrote; batches: micro batches
 _SUMS = ("own_divergence", "own_tokens", "data_divergence", "data_tokens", "rows", "truncated", "own_batches",
          "batches")
-
-
-def draw(seed: int, *where: int | str) -> int:
-    """A 63-bit number that depends only on ``seed`` and where in the run it is drawn."""
-    key = "distill/" + "/".join(str(part) for part in (seed, *where))
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") % 2**63
 
 
 def divergence_name(beta: float) -> str:
@@ -105,15 +98,15 @@ class DistillObjective:
             install_hidden_head(self._teacher_module())
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"[zhllama] distillation: {divergence_name(self.beta)} to the teacher at temperature "
-                  f"{self.temperature:g}, on the student's own answers in {self.lmbda:.0%} of micro batches (up to {self.sampler.max_new_tokens} "
-                  f"tokens), on the data's answers otherwise", flush=True)
+                  f"{self.temperature:g}, on the student's own answers in {self.lmbda:.0%} of micro batches (up to "
+                  f"{self.sampler.max_new_tokens} tokens), on the data's answers otherwise", flush=True)
 
     def _teacher_module(self):
         return getattr(self.teacher.engine, "module", self.teacher.engine)
 
     def on_own_answers(self, step: int, micro: int) -> bool:
         """Whether micro batch ``micro`` of ``step`` trains on the student's answers (the same on every rank)."""
-        return draw(self.seed, "own", step, micro) / 2**63 < self.lmbda
+        return place_seed("distill", self.seed, "own", step, micro) / 2**63 < self.lmbda
 
     # ------------------------------------------------------------------ the engine's loss contract
     def loss(self, engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +116,8 @@ class DistillObjective:
         rows, written = batch, None
         if own:
             rank = dist.get_rank() if dist.is_initialized() else 0
-            rows, written = self.student_answers(engine, batch, device, draw(self.seed, "answers", self._step,
-                                                                               rank, micro))
+            seed = place_seed("distill", self.seed, "answers", self._step, rank, micro)
+            rows, written = self.student_answers(engine, batch, device, seed)
         total, tokens = self.divergence(engine, rows, device)
         sums = torch.zeros(len(_SUMS), dtype=torch.float64)
         sums[0 if own else 2], sums[1 if own else 3] = float(total.detach()), float(tokens)

@@ -13,13 +13,13 @@ first stop id, each with its group advantage), and two of DAPO's (Yu et al. 2025
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .loss import IGNORE_INDEX
+from .sampling import place_seed
 
 
 @dataclass
@@ -106,9 +106,7 @@ class Rollout:
 def rollout_seed(seed: int, step: int, rank: int, micro: int, round_: int = 0) -> int:
     """The sampling seed of one micro batch's answers (``round_`` > 0: its dynamic sampling's later rounds): a
     function of where it is in the run only."""
-    where = f"grpo/{seed}/{step}/{rank}/{micro}" + (f"/{round_}" if round_ else "")
-    digest = hashlib.blake2b(where.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 2**63
+    return place_seed("grpo", seed, step, rank, micro, *([round_] if round_ else []))
 
 
 def group_advantages(rewards: torch.Tensor, generations: int, scale: bool) -> torch.Tensor:

@@ -8,6 +8,7 @@ another distribution than the one the loss assumes.
 """
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -16,6 +17,13 @@ import torch
 
 from .evaluate import eval_mode
 from .zero3_generation import weights_for_generation
+
+
+def place_seed(*where: int | str) -> int:
+    """A 63-bit seed that depends only on where in the run it is used (``where``: the objective's name, the run's
+    seed, step, rank, micro batch, ...): a resumed run draws the very numbers the uninterrupted run drew."""
+    key = "/".join(str(part) for part in where)
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") % 2**63
 
 
 @contextmanager
