@@ -185,11 +185,15 @@ class DeepSpeedConfig:
     preset: str = "zero3"  # name in engine/ds (zero2, zero3, zero3_offload) or a path to a JSON file
     overrides: dict[str, Any] = field(default_factory=dict)  # nested keys merged into the preset JSON
     zero3_fetch: Literal["layer", "module"] = "layer"  # ZeRO-3 gathers each decoder layer's weights at once, or per submodule (DeepSpeed's default)
+    sequence_parallel: int = 1  # ranks sharing each sequence, split along its length (DeepSpeed-Ulysses: long contexts); 1 = off
 
     def validate(self) -> list[str]:
+        problems = []
+        if self.sequence_parallel < 1:
+            problems.append(f"sequence_parallel: must be >= 1 (1 = off), got {self.sequence_parallel}")
         if self.preset in DS_PRESETS or self.preset.endswith(".json"):
-            return []
-        return [f"preset: expected one of {list(DS_PRESETS)} or a path to a .json file, got {self.preset!r}"]
+            return problems
+        return problems + [f"preset: expected one of {list(DS_PRESETS)} or a path to a .json file, got {self.preset!r}"]
 
 
 @dataclass
@@ -351,4 +355,11 @@ class TrainConfig:
             problems.append("output_dir: required")
         if self.embeddings.train_new_rows_only and self.mode != "embeddings":
             problems.append("embeddings.train_new_rows_only: only meaningful with mode=embeddings")
+        if self.deepspeed.sequence_parallel > 1:
+            if self.model.attn_implementation == "eager":
+                problems.append("deepspeed.sequence_parallel: model.attn_implementation=eager cannot be split over "
+                                "ranks (transformers calls it directly); use sdpa, flex_attention or flash-attention")
+            if self.model.neftune_alpha:
+                problems.append("deepspeed.sequence_parallel: model.neftune_alpha scales its noise by the whole row's "
+                                "length, which a rank holding part of it does not see; set one of them off")
         return problems

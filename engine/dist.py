@@ -116,9 +116,12 @@ def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int, widest:
 
     Batch sizes, clipping and precision live in the engine config only; the JSON says "auto".
     ``layer_numel``: weights of one decoder layer (``first_layer_numel``), for the prefetch size.
+    With sequence parallelism DeepSpeed still sees every rank as a data rank (it averages the gradients
+    over all of them: engine/sequence_parallel.py), so its batch counts each sequence once per group member.
     """
     ds = _deep_merge(copy.deepcopy(load_ds_preset(cfg.deepspeed.preset)), copy.deepcopy(cfg.deepspeed.overrides))
-    global_batch = cfg.batch.resolve(world_size)
+    sequence = cfg.deepspeed.sequence_parallel
+    global_batch = cfg.batch.resolve(world_size // sequence) * sequence
     autos = {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": cfg.batch.micro_batch_size,

@@ -19,22 +19,23 @@ def forward_loss(engine, batch: dict[str, torch.Tensor], device) -> tuple[torch.
     """(summed next-token cross-entropy in nats, number of predicted tokens) of one batch.
 
     Labels follow the HF convention (aligned with input_ids, -100 = not trained); the shift is here
-    so the engine can weight by token counts across ranks and micro batches.
+    so the engine can weight by token counts across ranks and micro batches. A batch may carry
+    ``targets`` instead, already aligned with the positions that predict them (a sequence-parallel
+    rank's slice, shifted on the whole row: engine/sequence_parallel.py).
     """
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
+    targets = batch["targets"].to(device) if "targets" in batch else shift_labels(batch["labels"].to(device))
     head = fused_head_of(getattr(engine, "module", engine))  # a DeepSpeed engine, or a bare model
     if head is not None:  # engine/loss.py: the loss straight from hidden states, chunk by chunk
-        targets = shift_labels(batch["labels"].to(device))
         with labels_for(head, targets):
             loss_sum = engine(**inputs, use_cache=False).logits
         return loss_sum, (targets != -100).sum()
     # use_cache=False also matters for correctness: with a cache, HF ignores packed position_ids
     # when building the mask, and attention would cross document boundaries.
-    logits = engine(**inputs, use_cache=False).logits
-    labels = batch["labels"].to(device)[:, 1:]
-    logits = logits[:, :-1].float()
-    loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum")
-    return loss_sum, (labels != -100).sum()
+    logits = engine(**inputs, use_cache=False).logits.float()
+    loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                               reduction="sum")
+    return loss_sum, (targets != -100).sum()
 
 
 @contextmanager
@@ -59,9 +60,13 @@ def summed_over_ranks(values: torch.Tensor, device) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None,
-             characters: int | None, device) -> dict[str, float]:
-    """Every rank runs the same number of forwards (ZeRO-3 gathers are collective)."""
+             characters: int | None, device, split=None) -> dict[str, float]:
+    """Every rank runs the same number of forwards (ZeRO-3 gathers are collective). With ``split`` (a
+    SequenceSplit), the ranks of a sequence group read the same rows and each scores its positions."""
     rank, world = dist.get_rank(), dist.get_world_size()
+    counts_rows = True
+    if split is not None and split.active:
+        rank, world, counts_rows = split.groups.data_rank, split.groups.data_ranks, split.groups.rank == 0
     totals = torch.zeros(2, dtype=torch.float64)
     dummy = None
     seen = 0
@@ -70,12 +75,16 @@ def evaluate(engine, dataset: Any, collate_fn: Callable, batch_size: int, max_ba
             if indices:
                 batch = fetch(dataset, indices, collate_fn)
                 dummy = dummy or batch
-                seen += len(indices)
+                seen += len(indices) if counts_rows else 0
                 weight = 1.0
             else:
                 batch = dummy if dummy is not None else fetch(dataset, [0], collate_fn)
                 weight = 0.0
-            loss_sum, count = forward_loss(engine, batch, device)
+            if split is None:
+                loss_sum, count = forward_loss(engine, batch, device)
+            else:
+                with split.micro(batch, device) as (part, _):
+                    loss_sum, count = forward_loss(engine, part, device)
             totals += torch.tensor([loss_sum.item() * weight, count.item() * weight], dtype=torch.float64)
     stats = torch.tensor([totals[0].item(), totals[1].item(), float(seen)], dtype=torch.float64)
     nats, tokens, samples = summed_over_ranks(stats, device).tolist()

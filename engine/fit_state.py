@@ -43,6 +43,7 @@ class Evaluation:
     dev: Any
     total_steps: int
     objective: Any | None = None  # validates with its own metrics when set (engine/preference.py)
+    split: Any | None = None  # sequence parallelism: validation rows split like training's (engine/sequence_parallel.py)
 
     @property
     def active(self) -> bool:
@@ -54,7 +55,7 @@ class Evaluation:
             return self.objective.evaluate(self.engine, self.eval_ds, self.collate_fn, batch_size,
                                            self.cfg.eval.max_batches, self.dev)
         return evaluate(self.engine, self.eval_ds, self.collate_fn, batch_size, self.cfg.eval.max_batches,
-                        self.eval_characters, self.dev)
+                        self.eval_characters, self.dev, self.split)
 
     def ensure_base(self, state: FitState) -> None:
         if self.watch is not None:

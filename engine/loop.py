@@ -41,8 +41,10 @@ from .kernels import apply_liger, resolve_attention
 from .loss import install_fused_head
 from .noise import install_embedding_noise
 from .reshape import Reshape, as_reshaped, reshape_of
+from .sequence_parallel import (WHOLE_ROWS, Groups, SequenceSplit, check_model as check_sequence_model,
+                                install_attention, make_groups)
 from .stop_signals import StopSignals
-from .model import (apply_mode, check_model_folder, check_sequence_length, count_parameters,
+from .model import (DTYPES, apply_mode, check_model_folder, check_sequence_length, count_parameters,
                     load_model, param_groups, tokenizer_dir, zero3_fetch_units)
 from .fit_state import Evaluation, FitState, Window
 from .tracking import Tracker
@@ -103,6 +105,15 @@ class Plan:
     superseded: list[Path] = field(default_factory=list)  # a changed schedule's outdated checkpoints, set aside
     settings: dict[str, Any] = field(default_factory=dict)  # what decides the result (engine.settings)
     attention: str = ""  # the attention kernel in words (model.attn_implementation=auto resolved here)
+    groups: Groups | None = None  # sequence parallelism: the ranks sharing each sequence (engine/sequence_parallel.py)
+
+    @property
+    def data_rank(self) -> int:
+        return self.groups.data_rank if self.groups else self.rank
+
+    @property
+    def data_ranks(self) -> int:
+        return self.groups.data_ranks if self.groups else self.world
 
 
 @dataclass
@@ -112,6 +123,7 @@ class Built:
     trainable: int
     total_params: int
     partition: list[int]
+    split: SequenceSplit | None = None  # splits each micro batch over its sequence group (None: whole rows)
 
 
 @dataclass
@@ -152,18 +164,21 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
     """Every check is deterministic, so all ranks fail together before any collective. ``repeat``: optimizer
     steps per global batch of data (GRPO's iterations)."""
     rank, world, _ = init_distributed()
-    cfg.batch.resolve(world)  # impossible batch settings fail here, before anything is built
+    groups = make_groups(cfg.deepspeed.sequence_parallel)
+    cfg.batch.resolve(groups.data_ranks)  # impossible batch settings fail here, before anything is built
     attention = resolve_attention(cfg.model)
     check_model_folder(cfg)
+    check_sequence_model(cfg.model.path, groups.size)
     check_sequence_length(cfg, getattr(train_ds, "block_size", None)
                           or getattr(getattr(cfg, "data", None), "max_seq_length", None))
     check_data_tokenizer(cfg, tokenizer_fingerprint)
-    steps = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps, world, cfg.seed,
-                     repeat)
+    steps = StepPlan(len(train_ds), cfg.batch.micro_batch_size, cfg.batch.gradient_accumulation_steps,
+                     groups.data_ranks, cfg.seed, repeat)
     steps.check()
     total_steps = steps.total_steps(cfg.schedule.max_steps, cfg.schedule.epochs)
-    plan = Plan(rank, world, steps, total_steps, attention=attention)
-    plan.settings = run_settings.result_settings(cfg, world, data_fingerprint, tokenizer_fingerprint)
+    plan = Plan(rank, world, steps, total_steps, attention=attention, groups=groups if groups.size > 1 else None)
+    # world_size in the settings counts data ranks: with sequence parallelism a group reads one micro batch
+    plan.settings = run_settings.result_settings(cfg, groups.data_ranks, data_fingerprint, tokenizer_fingerprint)
     plan.finished_report = _finished_report(cfg, total_steps, data_fingerprint, plan.settings)
     if plan.finished_report is not None:
         return plan
@@ -199,6 +214,10 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
                 if ds_config["zero_optimization"].get("stage") == 3 else "")
     if cfg.model.fused_loss:
         install_fused_head(module, cfg.model.loss_chunk_tokens)
+    split = None
+    if plan.groups is not None:
+        install_attention(cfg.model.attn_implementation)
+        split = SequenceSplit(plan.groups, model.config, DTYPES[cfg.model.dtype])
     install_embedding_noise(module, cfg.model.neftune_alpha)
     context = describe_context(cfg.model.path, cfg.model.rope_scaling, cfg.model.max_position_embeddings)
     if plan.rank == 0:
@@ -209,6 +228,9 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
             print(f"[zhllama] {fetching}", flush=True)
         if context:
             print(f"[zhllama] {context}", flush=True)
+        if split is not None:
+            print(f"[zhllama] sequence parallel: {plan.groups.size} ranks share each sequence, "
+                  f"{plan.data_ranks} read different data", flush=True)
         hint = single_rank_zero3_hint(ds_config, plan.world)
         if hint:
             print(f"[zhllama] hint: {hint}", flush=True)
@@ -223,7 +245,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
     )
     del keepalive  # partitioned construction is over
-    return Built(engine, scheduler, trainable, total_params, _partition_numel(engine.module))
+    return Built(engine, scheduler, trainable, total_params, _partition_numel(engine.module), split)
 
 
 def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
@@ -263,6 +285,9 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
         provenance: dict | None = None) -> FitState:
     """The loop: micro batches → backward → step; logs, evaluation and checkpoints on their cadence."""
     engine, rank, world, dev = built.engine, plan.rank, plan.world, device()
+    split = built.split or WHOLE_ROWS
+    if watch is not None:
+        watch.split = built.split
     state = FitState(step=_resume(cfg, plan, built))
     total_steps = plan.total_steps
     stable_end = decay_start(cfg.schedule, total_steps)  # wsd: always kept, a longer run continues from it
@@ -286,7 +311,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
                               f"checkpoint {plan.resume_from}")
     loss_of = objective.loss if objective is not None else forward_loss
     evaluation = Evaluation(cfg, engine, eval_ds, collate_fn, eval_characters, watch, tracker, dev, total_steps,
-                            objective)
+                            objective, built.split)
     evaluation.ensure_base(state)
     if evaluation.active and cfg.eval.at_start and state.step == 0:
         evaluation.run(state)
@@ -300,14 +325,15 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
             lr_used = built.scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler then moves on)
             if hasattr(objective, "begin_step"):  # GRPO seeds each step's answers by the step (engine/grpo.py)
                 objective.begin_step(state.step)
-            for indices in plan.steps.micro_batches(state.step, rank):
+            for indices in plan.steps.micro_batches(state.step, plan.data_rank):
                 batch = fetch(train_ds, indices, collate_fn)
-                loss_sum, count = loss_of(engine, batch, dev)
-                guard.observe(loss_sum, state.step + 1)
-                engine.backward(loss_sum / count.clamp(min=1))
+                with split.micro(batch, dev) as (part, per_token):  # whole rows unless sequence-parallel
+                    loss_sum, count = loss_of(engine, part, dev)
+                    guard.observe(loss_sum, state.step + 1)
+                    engine.backward(loss_sum * per_token if per_token else loss_sum / count.clamp(min=1))
                 engine.step()
                 # tokens trained on: GRPO's loss puts the rows it wrote (prompt + answer) in batch["input_ids"]
-                window.add(loss_sum, count, batch["input_ids"].numel() * world)
+                window.add(loss_sum, count, part["input_ids"].numel() * world)
             state.step += 1
             bar.update(1)
             if state.step % cfg.logging.every_steps == 0 or state.step == total_steps:

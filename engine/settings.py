@@ -52,7 +52,7 @@ def fingerprint(settings: dict[str, Any]) -> str:
 # this run has that value, so upgrading zhllama does not strand a run half way. (fused_loss, liger and
 # zero3_fetch are not here: their defaults change float rounding, so such a resume is refused.)
 ADDED_LATER = {"model.neftune_alpha": 0.0, "model.rope_scaling": {}, "model.max_position_embeddings": None,
-               "schedule.decay_fraction": 0.2, "schedule.decay_shape": "1-sqrt", "deepspeed.overrides": {},
+               "schedule.decay_fraction": 0.2, "deepspeed.sequence_parallel": 1, "schedule.decay_shape": "1-sqrt", "deepspeed.overrides": {},
                "objective": "sft", "dpo.loss": "sigmoid", "dpo.beta": 0.1, "dpo.label_smoothing": 0.0,
                "dpo.nll_weight": 0.0, "dpo.simpo_gamma": 0.5, "kto.loss": "kto", "kto.beta": 0.1, "kto.desirable_weight": 1.0,
                "kto.undesirable_weight": 1.0, "grpo.beta": 0.0, "grpo.kl_correction": True, "grpo.iterations": 1,

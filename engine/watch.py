@@ -47,6 +47,7 @@ class Watch:
         self.maths = [self._load_math(m) for m in cfg.eval.math]
         self.base: dict[str, Any] | None = None
         self.trips: list[dict[str, Any]] = []
+        self.split = None  # sequence parallelism: the named sets' rows split like training's (set by the loop)
         self._cache: tuple[int, dict] | None = None
         if cfg.eval.base not in ("auto", "none"):
             self.base = _read_base(Path(cfg.eval.base))
@@ -127,7 +128,7 @@ class Watch:
         bs = ev.micro_batch_size or self.cfg.batch.micro_batch_size
         out: dict[str, float] = {}
         for name, (ds, characters) in self.sets.items():
-            got = evaluate(engine, ds, default_collate, bs, ev.max_batches, characters, device)
+            got = evaluate(engine, ds, default_collate, bs, ev.max_batches, characters, device, self.split)
             out.update({f"eval/{name}/{k.split('/', 1)[1]}": v for k, v in got.items()})
         final = step == 0 or force_all
         for b, bench, requests, pad in self.benches:

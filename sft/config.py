@@ -276,4 +276,7 @@ class SFTConfig(TrainConfig):
         if self.objective == "grpo" and self.grpo.max_new_tokens >= self.data.max_seq_length:
             problems.append(f"grpo.max_new_tokens: {self.grpo.max_new_tokens} leaves no room for a prompt in "
                             f"data.max_seq_length={self.data.max_seq_length}")
+        if self.objective != "sft" and self.deepspeed.sequence_parallel > 1:
+            problems.append(f"deepspeed.sequence_parallel: objective={self.objective} scores whole rows (or writes "
+                            f"them); sequence parallelism splits the rows of objective=sft only")
         return problems

@@ -4,7 +4,8 @@ The fp32 tests (test_engine_distributed, test_sft_train) prove what each mode tr
 bf16, where PEFT's fp32 adapters beside bf16 weights once crashed ``deepspeed.initialize``
 (defragment: one dtype per flat buffer). One 2-rank torchrun runs every (dtype, phase, mode) a few
 steps in sequence — pretraining on packed blocks, SFT on padded batches, DPO on pairs, KTO on those pairs' two
-verdicts, GRPO on answers it generates in that dtype, distillation from a teacher loaded in it — and rank 0 saves each
+verdicts, GRPO on answers it generates in that dtype, distillation from a teacher loaded in it, and pretraining (LoRA) and SFT
+(full) with 2 ranks sharing each row (deepspeed.sequence_parallel) — and rank 0 saves each
 run's consolidated weights; the tests below check finite falling loss and trained/frozen weights.
 """
 from __future__ import annotations
@@ -32,7 +33,11 @@ MODES = {
     "lora_zero2": ["mode=lora", "deepspeed.preset=zero2", "deepspeed.overrides={}"],  # the 7B LoRA presets' stage
     "embeddings": ["mode=embeddings"],
     "new_rows": ["mode=embeddings", "embeddings.train_new_rows_only=true", f"embeddings.base_vocab_size={BASE_ROWS}"],
+    # the 2 ranks share each row (engine/sequence_parallel.py): the heads' exchange in the dtype
+    "full_sp": ["mode=full", "deepspeed.sequence_parallel=2"],
+    "lora_sp": ["mode=lora", "deepspeed.overrides={}", "deepspeed.sequence_parallel=2"],
 }
+WHOLE_ROW_MODES = [m for m in MODES if not m.endswith("_sp")]
 COMMON = ["schedule.max_steps=4", "schedule.warmup_steps=0", "optim.lr=1e-2", "checkpoint.every_steps=0",
           "eval.every_steps=0", "logging.wandb=disabled", "logging.tensorboard=false", "logging.plot=false",
           "logging.progress=false", "batch.micro_batch_size=2", "batch.gradient_accumulation_steps=1"]
@@ -48,7 +53,8 @@ def _fp16_supported() -> bool:
 
 def _runs() -> list[tuple[str, str, str]]:
     dtypes = ["bfloat16"] + (["float16"] if _fp16_supported() else [])
-    return [(d, phase, m) for d in dtypes for phase in ("pt", "sft") for m in MODES] + \
+    return [(d, phase, m) for d in dtypes for phase in ("pt", "sft") for m in WHOLE_ROW_MODES] + \
+        [(d, "pt", "lora_sp") for d in dtypes] + [(d, "sft", "full_sp") for d in dtypes] + \
         [(d, "dpo", m) for d in dtypes for m in ("full", "lora")] + \
         [(d, phase, "lora") for d in dtypes for phase in ("kto", "grpo", "distill")]
 
@@ -159,6 +165,7 @@ def test_mode_trains_in_half_precision(runs, dtype, phase, mode):
     from safetensors.torch import load_file
 
     out = runs / f"{dtype}-{phase}-{mode}"
+    mode = mode.removesuffix("_sp")  # sequence parallelism trains what its mode does
     result = json.loads((out / "result.json").read_text())
     evals = result["evals"]
     assert all(math.isfinite(v) for v in evals + [result["train_loss"]]), result
