@@ -253,8 +253,9 @@ def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
     if plan.resume_from is not None:
         step = int(plan.marker["step"])
         if plan.reshape is not None and plan.rank == 0:
+            shared = f", counting data ranks: {plan.groups.size} ranks share each sequence" if plan.groups else ""
             print(f"[zhllama] resuming {plan.resume_from.name} on another number of ranks: {plan.reshape.describe()} "
-                  f"(the same samples each step; float sums in another order)", flush=True)
+                  f"(the same samples each step; float sums in another order{shared})", flush=True)
         checkpoint.load(built.engine, plan.resume_from, plan.reshape, cfg.seed, step)
         check_weights(built.engine.module, f"checkpoint {plan.resume_from} (resume from an earlier one: "
                                            f"checkpoint.resume=PATH)")
