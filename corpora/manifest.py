@@ -26,6 +26,8 @@ A manifest (YAML)::
         sha256: 2c1e86da…               # one file: the hex digest; several: {relative path: digest}
         weight: 1.0                     # see iter_weighted
         clean: {nfkc: false, t2s: false, min_chars: 1, dedup: true}
+        long_documents: {min_chars: 16000, weight: 4.0}  # optional, pretraining: long documents drawn
+                                        # this often instead (length upsampling for long-context training)
 
 Instead of ``path`` a source may name ``hf_disk: FOLDER`` (a ``datasets`` ``save_to_disk``
 folder; its files are listed and checked like a folder) or ``hf_hub: NAME`` with
@@ -205,12 +207,13 @@ def iter_weighted(manifest: Manifest, *, seed: int = 0, shard: tuple[int, int] |
     """Stream the manifest's weighted mix: source after source, each in ceil(weight) passes.
 
     Pass r (0-based) of a source yields every document whose ``copies(...) > r``, so repeats are a
-    whole pass apart rather than adjacent (good for packing). Weight 0 excludes a source. The
+    whole pass apart rather than adjacent (good for packing). A document's weight is its source's, or
+    ``long_documents.weight`` when it is long (``Source.weight_of``). Weight 0 excludes a source. The
     order is by source: a consumer that needs a mixed order must shuffle (``vocab train`` does:
     SentencePiece reservoir-samples its input).
     """
     for source in manifest.sources:
-        for r in range(math.ceil(source.weight)):
+        for r in range(source.passes):
             for doc in iter_documents(source, shard=shard, split=split):
-                if copies(source.weight, doc, seed) > r:
+                if copies(source.weight_of(doc.text), doc, seed) > r:
                     yield doc

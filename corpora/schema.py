@@ -43,6 +43,27 @@ class Holdout:
         return [] if 0 <= self.fraction < 1 else [f"fraction: expected a number in [0, 1), got {self.fraction!r}"]
 
 
+@dataclasses.dataclass(frozen=True)
+class LongDocuments:
+    """Per-source length upsampling for long-context training (Fu et al. 2024, "Data Engineering for Scaling
+    Language Models to 128K Context"): documents of at least ``min_chars`` characters (after cleaning) are used
+    ``weight`` times instead of the source's ``weight``, so the blocks hold more text whose far context matters,
+    while each source stays in the mix (lower the source's ``weight`` to keep its share)."""
+
+    min_chars: int = 0  # the shortest document counted as long (characters after cleaning); 0 = off
+    weight: float = 1.0  # the sampling weight of those documents (the source's weight applies to the rest)
+
+    UNKNOWN_KEY = "unknown key"
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.min_chars < 0:
+            problems.append(f"min_chars: expected an integer >= 1 (0: off), got {self.min_chars!r}")
+        if not math.isfinite(self.weight) or self.weight < 0:
+            problems.append(f"weight: expected a finite number >= 0, got {self.weight!r}")
+        return problems
+
+
 @dataclasses.dataclass
 class SourceSpec:
     """One entry of ``sources:`` as written (types checked by zhllama.config; files by load_manifest)."""
@@ -61,6 +82,7 @@ class SourceSpec:
     sha256: str | dict[str, str] | None = None  # one digest, or {relative path: digest}
     weight: float = 1.0  # see corpora.manifest.iter_weighted
     clean: Cleaning = dataclasses.field(default_factory=Cleaning)
+    long_documents: LongDocuments = dataclasses.field(default_factory=LongDocuments)  # {min_chars, weight}: long documents drawn more often (pretraining)
 
     UNKNOWN_KEY = "unknown key"
 
@@ -143,9 +165,22 @@ class Source:
     on_decode_error: Literal["fail", "skip"] = "fail"
     manifest_path: Path | None = None
     exclude: frozenset[bytes] = frozenset()  # document keys left out (the manifest's exclude: file)
+    long_documents: LongDocuments | None = None  # length upsampling (LongDocuments)
 
     def relative(self, file: Path) -> str:
         return os.path.relpath(file, self.base_dir).replace(os.sep, "/")
+
+    def is_long(self, text: str) -> bool:
+        return self.long_documents is not None and len(text) >= self.long_documents.min_chars
+
+    def weight_of(self, text: str) -> float:
+        """The sampling weight of one (cleaned) document: ``long_documents.weight`` for long ones."""
+        return self.long_documents.weight if self.is_long(text) else self.weight
+
+    @property
+    def passes(self) -> int:
+        """Passes over the source that the weighted mix makes: the largest weight, rounded up."""
+        return math.ceil(max(self.weight, self.long_documents.weight if self.long_documents else 0.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,9 +308,12 @@ def _source(item: Any, i: int, base_dir: Path, holdout: Holdout, mode: str, mani
         return None
     fields = spec.text_fields or []
     source = Source(spec.name, files, spec.fmt, list(fields), spec.language, spec.license, expected,
-                    float(spec.weight), spec.clean, location, base_dir, holdout, mode, manifest_path)
+                    float(spec.weight), spec.clean, location, base_dir, holdout, mode, manifest_path,
+                    long_documents=spec.long_documents if spec.long_documents.min_chars else None)
     normalized = {"name": spec.name, "format": spec.fmt, "text_fields": list(fields), "weight": float(spec.weight),
                   "clean": spec.clean.as_dict(), "location": location, "sha256": expected}
+    if source.long_documents is not None:  # absent otherwise, so the fingerprints of older manifests stay the same
+        normalized["long_documents"] = dataclasses.asdict(spec.long_documents)
     return source, normalized
 
 

@@ -357,6 +357,7 @@ def _tokenize_part(manifest: Any, tok: TokenizerInfo, cfg: PrepareConfig, folder
         bar.close()
         splits = {split: w.close() for split, w in writers.items()}
     sources = {name: {"weight": st["weight"], "written": st["written"],
-                      "train": dataclasses.asdict(st["train"]), "validation": dataclasses.asdict(st["validation"])}
+                      "train": dataclasses.asdict(st["train"]), "validation": dataclasses.asdict(st["validation"]),
+                      **({"long_documents": st["long_documents"]} if "long_documents" in st else {})}
                for name, st in stats.items()}
     return splits, sources

@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         dropped = {k: tr[k] for k in ("empty", "undecodable", "duplicates", "too_short") if tr[k]}
         if dropped:
             print(f"  {name}: dropped " + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in dropped.items()))
+        if "long_documents" in st:
+            print(f"  {name}: {long_documents_line(st['long_documents'], tr['characters'])}")
     if report["manifest"]["holdout"]["fraction"] <= 0:
         print(f"warning: manifest {args.manifest} has no holdout, so the validation split is empty; "
               "add `holdout: {fraction: 0.01}` to evaluate on held-out documents")
@@ -70,3 +72,11 @@ def run(args: argparse.Namespace) -> int:
     if report["documents"] == 0:
         print(f"warning: part {cfg.shard[0]}/{cfg.shard[1]} has no documents (more parts than documents?)")
     return 0
+
+
+def long_documents_line(long: dict, characters: int) -> str:
+    """What length upsampling did to one source: long documents' share of its text, read and in the mix."""
+    read = long["characters"] / max(characters, 1)
+    mixed = long["mix_long_characters"] / max(long["mix_characters"], 1)
+    return (f"{long['documents']:,} long documents (>= {long['min_chars']:,} characters, weight {long['weight']:g}): "
+            f"{read:.1%} of its characters read, {mixed:.1%} of its training mix")

@@ -7,7 +7,7 @@ every character of the corpus passes through here, so each step is written for t
 from __future__ import annotations
 
 import collections
-import math
+import dataclasses
 import os
 import sys
 from typing import Any, Iterator
@@ -22,15 +22,26 @@ def document_stream(manifest: Any, shard: tuple[int, int], seed: int, stats: dic
     for source in manifest.sources:
         stats[source.name] = {"weight": source.weight, "train": SourceStats(), "validation": SourceStats(),
                               "written": {"train": 0, "validation": 0}}
+        if source.long_documents is not None:
+            # documents/characters: the long ones read; the characters the training mix holds, all and long ones
+            stats[source.name]["long_documents"] = {**dataclasses.asdict(source.long_documents), "documents": 0,
+                                                    "characters": 0, "mix_characters": 0, "mix_long_characters": 0}
     for index, source in enumerate(manifest.sources):
-        fractional = source.weight != math.floor(source.weight)
+        long = stats[source.name].get("long_documents")
         # Pass r yields the documents drawn more than r times: repeats are a whole pass apart.
-        for r in range(math.ceil(source.weight)):
+        for r in range(source.passes):
             counted = stats[source.name]["train"] if r == 0 else SourceStats()
             for doc in iter_documents(source, shard=shard, split="train", stats=counted):
                 text = doc.text
+                weight = source.weight_of(text)
+                if long is not None and r == 0 and source.is_long(text):
+                    long["documents"] += 1
+                    long["characters"] += len(text)
                 # copies() hashes the text only for a fractional weight; whole weights need no call.
-                if not fractional or copies(source.weight, Document(text, source.name, "", 0), seed) > r:
+                if weight > r and (weight >= r + 1 or copies(weight, Document(text, source.name, "", 0), seed) > r):
+                    if long is not None:
+                        long["mix_characters"] += len(text)
+                        long["mix_long_characters"] += len(text) if source.is_long(text) else 0
                     yield "train", index, text
     if manifest.holdout.fraction <= 0:
         return

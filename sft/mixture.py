@@ -57,6 +57,10 @@ def resolve_sources(data: SFTData, config_dir: Path | None = None) -> list[Sourc
         from corpora.manifest import load_manifest
 
         manifest = load_manifest(data.manifest)
+        upsampled = [s.name for s in manifest.sources if s.long_documents is not None]
+        if upsampled:
+            raise UserError(f"{data.manifest}: sources {upsampled} set long_documents, which weighs pretraining "
+                            f"documents by length; sft repeats records by their source's weight only (remove it)")
         out = []
         for source in manifest.sources:
             for file in source.files:

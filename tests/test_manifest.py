@@ -249,6 +249,7 @@ def test_manifest_check_cli_reports_and_fails(tmp_path, capsys):
     (report,) = json.loads(capsys.readouterr().out)["reports"]
     (src,) = report["sources"]
     assert (src["documents"], src["duplicates"], src["empty"], src["cjk_characters"]) == (4, 1, 1, 5 + 1 + 6)
+    assert src["characters_in_documents_of_at_least"] == {"4000": 0, "16000": 0, "64000": 0}
     english = tmp_path / "data" / "en.txt"
     english.write_text("only English here\n", encoding="utf-8")
     bad = write_manifest(tmp_path, [{**txt_source(english), "path": "data/en.txt"}])
