@@ -11,8 +11,9 @@ Two tables, each row a fresh torchrun launch of this file (2 ranks, gloo) with a
    (what HF Trainer/Accelerate use for ALST) fed the same slices of the same rows.
 2. Memory and time of one forward + backward of a ``--length``-token row per rank pair, one document per row,
    fused loss: each rank holding whole rows (plain data parallelism: 2 rows, one per rank) against the 2 ranks
-   sharing 1 row (ours, DeepSpeed's). Memory: the rank's peak resident set during the step above its resident
-   set before it (activations, gradients, the exchanged heads); tokens/s over both ranks.
+   sharing 1 row (ours, DeepSpeed's), and ours with the MLPs in tiles (model.mlp_chunk_tokens: engine/tiled_mlp.py).
+   Memory: the rank's peak resident set during the step above its resident set before it (activations, gradients,
+   the exchanged heads); tokens/s over both ranks.
 """
 from __future__ import annotations
 
@@ -95,11 +96,13 @@ def rank_main(spec: dict) -> None:
 
     from engine.loss import install_fused_head
     from engine.sequence_parallel import SequenceSplit, install_attention, make_groups
+    from engine.tiled_mlp import install_tiled_mlp
 
     deepspeed.init_distributed("gloo")
     rank, size = dist.get_rank(), dist.get_world_size()
     model = _model(spec)
     install_fused_head(model, 4096)
+    install_tiled_mlp(model, spec.get("mlp_tiles", 0))
     whole_rows = spec["how"] == "whole"
     batch = _rows(size if whole_rows and spec["table"] == "memory" else 1, spec["length"], spec["packed"])
     if whole_rows and spec["table"] == "memory":  # each rank its own row: data parallelism
@@ -181,9 +184,12 @@ def main() -> None:
               f"per rank\n")
         print("| how | rows per 2 ranks | added memory, rank 0 / rank 1 | seconds | tokens/s (both ranks) |")
         print("|---|---:|---:|---:|---:|")
-        for how, label in (("whole", "whole rows (data parallel)"), ("ours", "shared rows, ours"),
-                           ("deepspeed", "shared rows, DeepSpeed's")):
-            got = _launch({**base, "table": "memory", "length": args.length, "packed": False, "how": how}, work)
+        tiles = args.length // 8
+        for how, label, mlp_tiles in (("whole", "whole rows (data parallel)", 0), ("ours", "shared rows, ours", 0),
+                                      ("deepspeed", "shared rows, DeepSpeed's", 0),
+                                      ("ours", f"shared rows, ours, MLPs in tiles of {tiles:,} positions", tiles)):
+            got = _launch({**base, "table": "memory", "length": args.length, "packed": False, "how": how,
+                           "mlp_tiles": mlp_tiles}, work)
             seconds = max(r["seconds"] for r in got)
             print(f"| {label} | {2 if how == 'whole' else 1} | {got[0]['added_gib']:.2f} / {got[1]['added_gib']:.2f} GiB "
                   f"| {seconds:.1f} | {got[0]['tokens'] / seconds:,.0f} |")

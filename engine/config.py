@@ -33,6 +33,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward (saves memory, costs ~30% time)
     fused_loss: bool = True  # loss from hidden states chunk by chunk: never B x S x V fp32 logits (engine/loss.py)
     loss_chunk_tokens: int = 4096  # labelled positions per chunk of the fused loss (memory ~ chunk x vocab x 4 bytes)
+    mlp_chunk_tokens: int = 0  # long contexts: decoder MLPs over at most this many positions at a time, each tile recomputed in backward (engine/tiled_mlp.py); 0 = whole rows
     liger: Literal["auto", "on", "off"] = "auto"  # Liger Triton kernels (RMSNorm, SwiGLU, RoPE): auto = on CUDA when installed
     rope_scaling: dict[str, Any] = field(default_factory=dict)  # longer context, e.g. {rope_type: linear, factor: 4} (or yarn); saved with the result (engine/context.py)
     max_position_embeddings: int | None = None  # positions the result covers (default: the model's, times rope_scaling.factor)
@@ -44,6 +45,8 @@ class ModelConfig:
         problems = [] if self.path else ["model.path: required (a Hugging Face model folder)"]
         if self.loss_chunk_tokens < 1:
             problems.append(f"loss_chunk_tokens: must be >= 1, got {self.loss_chunk_tokens}")
+        if self.mlp_chunk_tokens < 0:
+            problems.append(f"mlp_chunk_tokens: must be >= 0 (0: whole rows), got {self.mlp_chunk_tokens}")
         if not 0 <= self.neftune_alpha <= 100:
             problems.append(f"neftune_alpha: expected 0 (off) to 100 (the paper uses 5 to 15), got {self.neftune_alpha}")
         return problems + validate_context(self.rope_scaling, self.max_position_embeddings)

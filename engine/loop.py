@@ -44,6 +44,7 @@ from .reshape import Reshape, as_reshaped, reshape_of
 from .sequence_parallel import (WHOLE_ROWS, Groups, SequenceSplit, check_model as check_sequence_model,
                                 install_attention, make_groups)
 from .stop_signals import StopSignals
+from .tiled_mlp import install_tiled_mlp
 from .model import (DTYPES, apply_mode, check_model_folder, check_sequence_length, count_parameters,
                     load_model, param_groups, tokenizer_dir, zero3_fetch_units)
 from .fit_state import Evaluation, FitState, Window
@@ -219,6 +220,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
         install_attention(cfg.model.attn_implementation)
         split = SequenceSplit(plan.groups, model.config, DTYPES[cfg.model.dtype])
     install_embedding_noise(module, cfg.model.neftune_alpha)
+    tiled = install_tiled_mlp(module, cfg.model.mlp_chunk_tokens)
     context = describe_context(cfg.model.path, cfg.model.rope_scaling, cfg.model.max_position_embeddings)
     if plan.rank == 0:
         print(f"[zhllama] {kernels}; loss: {'fused, chunked' if cfg.model.fused_loss else 'plain logits'}; "
@@ -228,6 +230,8 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
             print(f"[zhllama] {fetching}", flush=True)
         if context:
             print(f"[zhllama] {context}", flush=True)
+        if tiled:
+            print(f"[zhllama] MLPs of {tiled} layers in tiles of {cfg.model.mlp_chunk_tokens:,} positions", flush=True)
         if split is not None:
             print(f"[zhllama] sequence parallel: {plan.groups.size} ranks share each sequence, "
                   f"{plan.data_ranks} read different data", flush=True)

@@ -18,7 +18,8 @@ from zhllama.files import sha256_json
 
 # Prefixes of dotted keys that cannot change the trained weights. ``data.dir`` is a location only: the
 # data's content is compared through data_fingerprint (prepare's cache key), so moved shards still resume.
-NEUTRAL = ("output_dir", "logging.", "eval.", "checkpoint.", "model.gradient_checkpointing", "data.eval_split",
+NEUTRAL = ("output_dir", "logging.", "eval.", "checkpoint.", "model.gradient_checkpointing", "model.mlp_chunk_tokens",
+           "data.eval_split",
            "data.dir", "data.cache_dir", "grpo.judge.url", "grpo.judge.api_key_env", "grpo.judge.workers")
 
 

@@ -241,12 +241,15 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.mark.distributed
 def test_two_ranks_sharing_each_sequence_train_as_one_rank_on_whole_rows(tiny_model, tmp_path):
     """`pretrain train` under ZeRO-3: 2 ranks with deepspeed.sequence_parallel=2 read the data of one rank, so
-    the run equals 1 rank's on whole rows: the same validation losses and final weights up to float rounding."""
+    the run equals 1 rank's on whole rows: the same validation losses, gradient norms and final weights up to
+    float rounding; with gradient checkpointing and tiled MLPs (model.mlp_chunk_tokens) on the shared rows."""
     import torch
     from safetensors.torch import load_file
 
     runs = {}
-    for name, ranks, extra in (("split", 2, ["deepspeed.sequence_parallel=2"]), ("whole", 1, [])):
+    # the shared rows also recompute each layer and tile its MLP (engine/tiled_mlp.py): the same numbers again
+    split = ["deepspeed.sequence_parallel=2", "model.gradient_checkpointing=true", "model.mlp_chunk_tokens=16"]
+    for name, ranks, extra in (("split", 2, split), ("whole", 1, [])):
         out = tmp_path / name
         log = _launch({"mode": "train", "overrides": [f"model.path={tiny_model}", f"output_dir={out}", *SHORT,
                                                       *extra]}, ranks)
@@ -255,6 +258,7 @@ def test_two_ranks_sharing_each_sequence_train_as_one_rank_on_whole_rows(tiny_mo
                       [(r["train/loss"], r["train/grad_norm"]) for r in records if "train/loss" in r],
                       load_file(str(out / "engine_state.safetensors")), log)
     assert "2 ranks share each sequence, 1 read different data" in runs["split"][3]
+    assert "MLPs of 2 layers in tiles of 16 positions" in runs["split"][3]
     (split_eval, split_train, split_state, _), (whole_eval, whole_train, whole_state, _) = runs["split"], runs["whole"]
     assert len(split_eval) == len(whole_eval) == 3 and split_eval[-1] < split_eval[0] - 0.3, split_eval
     torch.testing.assert_close(torch.tensor(split_eval), torch.tensor(whole_eval), rtol=0, atol=2e-5)
