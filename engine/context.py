@@ -1,7 +1,8 @@
 """A longer context than the base model's: RoPE scaling from the run's settings, and the length check.
 
 ``model.rope_scaling`` (e.g. ``{rope_type: linear, factor: 4}`` — position interpolation, as
-Chinese-LLaMA-Alpaca-2's 16K models; or ``yarn``, as its 64K ones) is merged into the model's config
+Chinese-LLaMA-Alpaca-2's 16K models; or ``yarn``, as its 64K ones; or a larger base frequency,
+``{rope_theta: 1000000}`` with ``max_position_embeddings``, as Code Llama and Llama 3) is merged into the model's config
 when the model is built, so training sees the scaled positions, and it is saved with the result
 (``final/config.json``, and folders made by export-checkpoint), so every later stage and runtime
 reads the same positions. ``max_position_embeddings`` becomes the longer length (default: the
@@ -43,6 +44,22 @@ def describe(model_path: str, rope_scaling: dict[str, Any], max_positions: int |
     if not rope_scaling and max_positions is None:
         return ""
     config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    before = text_config(config).get("max_position_embeddings")
-    kind = f"RoPE {rope_scaling['rope_type']} x{rope_scaling['factor']}" if rope_scaling else "RoPE as the model has it"
+    text = text_config(config)
+    before = text.get("max_position_embeddings")
+    kinds = []
+    if rope_scaling.get("factor"):
+        kinds.append(f"RoPE {rope_scaling['rope_type']} x{rope_scaling['factor']}")
+    if rope_scaling.get("rope_theta") is not None:
+        old = (text.get("rope_parameters") or {}).get("rope_theta", text.get("rope_theta"))
+        new = _base(rope_scaling["rope_theta"])
+        kinds.append(f"RoPE base {_base(old)} -> {new}" if _is_number(old) else f"RoPE base {new}")
+    kind = ", ".join(kinds) or "RoPE as the model has it"
     return f"context: {kind}, positions {before} -> {positions(config, rope_scaling, max_positions)}"
+
+
+def _base(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))

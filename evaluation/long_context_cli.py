@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ask in a user turn of the model's chat template (SFT / instruct models)")
     parser.add_argument("--seed", type=int, default=0, help="chooses the keys")
     parser.add_argument("--rope-scaling", default=None, metavar="YAML",
-                        help="read the model with this RoPE scaling, e.g. '{rope_type: linear, factor: 4}'")
+                        help="read the model with this RoPE scaling, e.g. '{rope_type: linear, factor: 4}' "
+                             "or another base frequency, '{rope_theta: 1000000}'")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -88,7 +89,7 @@ def _rope_scaling(text: str | None, problems: list[str]) -> dict:
     if not isinstance(value, dict):
         problems.append(f"--rope-scaling {text!r}: expected a mapping, e.g. '{{rope_type: linear, factor: 4}}'")
         return {}
-    found = validate(value, None)
+    found = validate(value, None, training=False)
     problems += [f"--rope-scaling: {p.removeprefix('rope_scaling.')}" for p in found]
     return value
 

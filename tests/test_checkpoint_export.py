@@ -36,17 +36,18 @@ def _tensors(folder, name):
 def test_a_checkpoint_exports_as_the_final_folder_of_a_run_that_long(assets, mode, weights_file):
     root = assets["root"]
     longer, short, out = root / f"{mode}_longer", root / f"{mode}_short", root / f"{mode}_step2"
-    # full: with a longer context too (position interpolation), which the model folder must carry
-    rope = ["model.rope_scaling={rope_type: linear, factor: 2}"] if mode == "full" else []
+    # full: with a longer context too (position interpolation and a larger base), which the model folder must carry
+    rope = ["model.rope_scaling={rope_type: linear, factor: 2, rope_theta: 40000}"] if mode == "full" else []
     proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=6", "checkpoint.every_steps=2",
                            f"output_dir={longer}", *rope))
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = _train(*_common(assets, f"mode={mode}", "schedule.max_steps=2", f"output_dir={short}", *rope))
     assert proc.returncode == 0, proc.stderr[-3000:]
     if rope:
-        assert "[zhllama] context: RoPE linear x2, positions 512 -> 1024" in proc.stdout
+        assert "[zhllama] context: RoPE linear x2, RoPE base 10,000 -> 40,000, positions 512 -> 1024" in proc.stdout
         config = json.loads((short / "final" / "config.json").read_text())
         assert config["rope_parameters"]["rope_type"] == "linear" and config["rope_parameters"]["factor"] == 2
+        assert config["rope_parameters"]["rope_theta"] == 40000
         assert config["max_position_embeddings"] == 1024
         assert json.loads((longer / "final" / "config.json").read_text()) == config
 

@@ -173,3 +173,11 @@ def test_a_longer_context_reaches_the_gguf(chain, llama_cpp_tree, tmp_path):
     base_context = json.loads((chain["pt"] / "config.json").read_text())["max_position_embeddings"]
     assert meta == {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0,
                     "llama.context_length": 4 * base_context}
+    # a larger base frequency alone (model.rope_scaling={rope_theta: ...} with max_position_embeddings)
+    based = tmp_path / "based"
+    shutil.copytree(chain["pt"], based)
+    scaled_config(str(chain["pt"]), {"rope_theta": 1e6}, 4 * base_context).save_pretrained(based)
+    reader = GGUFReader(str(convert(based, tmp_path / "based.gguf", vocab_only=True)))
+    assert reader.get_field("llama.rope.freq_base").contents() == 1e6
+    assert reader.get_field("llama.context_length").contents() == 4 * base_context
+    assert reader.get_field("llama.rope.scaling.type") is None

@@ -349,6 +349,41 @@ def test_sequences_longer_than_the_models_positions_are_refused_unless_rope_is_s
     check_sequence_length(longer, 200)
 
 
+def test_a_larger_rope_base_alone_extends_the_context_to_the_length_given(tmp_path):
+    """Adjusted base frequency (Code Llama, Llama 3): {rope_theta: N} with max_position_embeddings; the model built
+    rotates with the new base and keeps its own rope_type."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from engine.context import describe
+    from engine.model import check_sequence_length
+    from zhllama.rope import scaled_config, validate
+
+    assert validate({"rope_theta": 1e6}, 4096) == []
+    assert validate({"rope_type": "yarn", "factor": 4, "rope_theta": 1e6}, None) == []
+    problems = " ".join(validate({"rope_theta": 1e6, "factor": 2}, None) + validate({"rope_theta": -1}, 64))
+    assert "set model.max_position_embeddings to the length trained for" in problems
+    assert "rope_scaling.factor: not with a new rope_theta alone" in problems
+    assert "rope_scaling.rope_theta: a number > 0" in problems
+    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=64)).save_pretrained(tmp_path)
+    config = scaled_config(str(tmp_path), {"rope_theta": 1e6}, 256)
+    assert config.rope_parameters["rope_theta"] == 1e6 and config.rope_parameters["rope_type"] == "default"
+    assert config.max_position_embeddings == 256
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), config=config)
+    head_dim = 8
+    expected = 1.0 / (1e6 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq, expected)
+    run = load_config(TrainConfig, None, [f"model.path={tmp_path}", "model.rope_scaling={rope_theta: 1000000}",
+                                          "model.max_position_embeddings=256"])
+    check_sequence_length(run, 256)
+    with pytest.raises(UserError, match="covers at most 256 positions"):
+        check_sequence_length(run, 257)
+    assert describe(str(tmp_path), {"rope_theta": 1e6}, 256) == "context: RoPE base 10,000 -> 1,000,000, positions 64 -> 256"
+    with pytest.raises(UserError, match="set model.max_position_embeddings"):
+        load_config(TrainConfig, None, [f"model.path={tmp_path}", "model.rope_scaling={rope_theta: 1000000}"])
+
+
 def test_bad_rope_scaling_is_refused_with_the_other_problems():
     with pytest.raises(UserError) as info:
         load_config(TrainConfig, None, ["model.path=m", "model.rope_scaling={rope_type: bogus, factor: 0.5}",

@@ -12,16 +12,36 @@ from typing import Any
 # Scalings to train with (dynamic NTK is an inference-time scaling; llama3 and longrope come with the
 # models that were pretrained with them, and are kept as their configs have them).
 SCALING_TYPES = ("linear", "yarn")
+# A larger base frequency alone (``{rope_theta: 1000000}``: "adjusted base frequency", Code Llama's 10K -> 1M,
+# Xiong et al. 2023) is rope_type "default" with a new rope_theta; it may also come with a scaling above.
+BASE_ONLY = "default"
 
 
-def validate(rope_scaling: dict[str, Any], max_positions: int | None) -> list[str]:
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def validate(rope_scaling: dict[str, Any], max_positions: int | None, training: bool = True) -> list[str]:
+    """Problems of a scaling (and length) to train with; ``training=False``: to read a model with (any length)."""
     problems = []
     if rope_scaling:
-        kind, factor = rope_scaling.get("rope_type"), rope_scaling.get("factor")
-        if kind not in SCALING_TYPES:
-            problems.append(f"rope_scaling.rope_type: one of {', '.join(SCALING_TYPES)}, got {kind!r}")
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
-            problems.append(f"rope_scaling.factor: a number > 1 (how many times longer), got {factor!r}")
+        theta = rope_scaling.get("rope_theta")
+        kind = rope_scaling.get("rope_type", BASE_ONLY if theta is not None else None)
+        factor = rope_scaling.get("factor")
+        if theta is not None and (not _number(theta) or theta <= 0):
+            problems.append(f"rope_scaling.rope_theta: a number > 0 (RoPE's base frequency), got {theta!r}")
+        if kind == BASE_ONLY and theta is not None:
+            if factor is not None:
+                problems.append("rope_scaling.factor: not with a new rope_theta alone (add rope_type linear or yarn)")
+            if max_positions is None and training:
+                problems.append("rope_scaling.rope_theta: a new base alone does not say how long the context "
+                                "becomes; set model.max_position_embeddings to the length trained for")
+        else:
+            if kind not in SCALING_TYPES:
+                problems.append(f"rope_scaling.rope_type: one of {', '.join(SCALING_TYPES)}, got {kind!r} (or a new "
+                                f"base alone: {{rope_theta: 1000000}})")
+            if not _number(factor) or factor <= 1:
+                problems.append(f"rope_scaling.factor: a number > 1 (how many times longer), got {factor!r}")
     if max_positions is not None and max_positions < 1:
         problems.append(f"max_position_embeddings: must be >= 1, got {max_positions}")
     return problems
@@ -53,7 +73,7 @@ def positions(model_config: dict[str, Any], rope_scaling: dict[str, Any], max_po
     limit = text_config(model_config).get("max_position_embeddings")
     if not isinstance(limit, int):
         return None
-    return int(limit * float(rope_scaling["factor"])) if rope_scaling else limit
+    return int(limit * float(rope_scaling["factor"])) if rope_scaling.get("factor") else limit
 
 
 def scaled_config(model_path: str, rope_scaling: dict[str, Any], max_positions: int | None):
@@ -71,12 +91,15 @@ def apply_scaling(config, rope_scaling: dict[str, Any], max_positions: int | Non
     text = getattr(config, "text_config", None) or config
     original = text.max_position_embeddings
     if rope_scaling:
-        params = dict(rope_scaling)
-        if params["rope_type"] in NEEDS_ORIGINAL:
+        params = dict(rope_scaling)  # a base alone keeps the model's own rope_type (Llama-3.1's llama3 scaling)
+        if params.get("rope_type") in NEEDS_ORIGINAL:
             params.setdefault("original_max_position_embeddings", original)
-        if hasattr(text, "rope_parameters"):  # transformers 5
+        if hasattr(text, "rope_parameters"):  # transformers 5: the base frequency is one of the parameters
             text.rope_parameters = {**(text.rope_parameters or {}), **params}
-        else:
-            text.rope_scaling = params
+        else:  # transformers 4: rope_theta beside rope_scaling
+            if "rope_theta" in params:
+                text.rope_theta = params.pop("rope_theta")
+            if params.get("rope_type", BASE_ONLY) != BASE_ONLY:
+                text.rope_scaling = params
     text.max_position_embeddings = positions({"max_position_embeddings": original}, rope_scaling, max_positions)
     return config
