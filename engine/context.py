@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from zhllama.errors import UserError
-from zhllama.rope import positions, scaling_in, text_config
+from zhllama.rope import describe_scaling, positions, scaling_in, text_config
 
 
 def check_sequence_length(model_path: str, rope_scaling: dict[str, Any], max_positions: int | None,
@@ -46,20 +46,6 @@ def describe(model_path: str, rope_scaling: dict[str, Any], max_positions: int |
     config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
     text = text_config(config)
     before = text.get("max_position_embeddings")
-    kinds = []
-    if rope_scaling.get("factor"):
-        kinds.append(f"RoPE {rope_scaling['rope_type']} x{rope_scaling['factor']}")
-    if rope_scaling.get("rope_theta") is not None:
-        old = (text.get("rope_parameters") or {}).get("rope_theta", text.get("rope_theta"))
-        new = _base(rope_scaling["rope_theta"])
-        kinds.append(f"RoPE base {_base(old)} -> {new}" if _is_number(old) else f"RoPE base {new}")
-    kind = ", ".join(kinds) or "RoPE as the model has it"
+    old_base = (text.get("rope_parameters") or {}).get("rope_theta", text.get("rope_theta"))
+    kind = describe_scaling(rope_scaling, old_base) or "RoPE as the model has it"
     return f"context: {kind}, positions {before} -> {positions(config, rope_scaling, max_positions)}"
-
-
-def _base(value: float) -> str:
-    return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))

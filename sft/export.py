@@ -160,7 +160,7 @@ def export_merged(base: str | Path, run_output: str | Path, out: str | Path, *, 
 def _apply_run_context(model: Any, run_dir: Path, report: ExportReport) -> None:
     """A run's ``model.rope_scaling`` / ``max_position_embeddings`` live in its settings, not in the adapter: the
     merged model gets them, or a 16K-trained adapter would be served with the base's 4K positions."""
-    from zhllama.rope import apply_scaling
+    from zhllama.rope import apply_scaling, describe_scaling
 
     try:
         settings = json.loads((run_dir / "train_report.json").read_text(encoding="utf-8")).get("settings") or {}
@@ -172,7 +172,7 @@ def _apply_run_context(model: Any, run_dir: Path, report: ExportReport) -> None:
     text = getattr(model.config, "text_config", None) or model.config
     before = text.max_position_embeddings
     apply_scaling(model.config, scaling, positions)
-    kind = f"RoPE {scaling['rope_type']} x{scaling['factor']}" if scaling else "the run's positions"
+    kind = describe_scaling(scaling) or "the run's positions"
     report.notes.append(f"{kind} from the run's settings: positions {before} -> {text.max_position_embeddings}")
 
 

@@ -167,3 +167,11 @@ def test_a_lora_run_with_a_longer_context_merges_into_a_model_with_its_positions
     assert config["max_position_embeddings"] == 4 * before
     assert config["rope_parameters"]["rope_type"] == "linear" and config["rope_parameters"]["factor"] == 4
     assert any(f"RoPE linear x4 from the run's settings: positions {before} -> {4 * before}" in n for n in report.notes)
+    # a larger base alone (adjusted base frequency) reaches the merged model too
+    settings = {"model.rope_scaling": {"rope_theta": 1e6}, "model.max_position_embeddings": 2 * before}
+    (tmp_path / "run" / "final" / "train_report.json").write_text(json.dumps({"settings": settings, "mode": "lora"}))
+    report = export_merged(base, tmp_path / "run", tmp_path / "based")
+    config = json.loads((tmp_path / "based" / "config.json").read_text())
+    assert config["rope_parameters"]["rope_theta"] == 1e6 and config["max_position_embeddings"] == 2 * before
+    assert any(f"RoPE base 1,000,000 from the run's settings: positions {before} -> {2 * before}" in n
+               for n in report.notes)

@@ -47,6 +47,22 @@ def validate(rope_scaling: dict[str, Any], max_positions: int | None, training: 
     return problems
 
 
+def base_text(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
+
+
+def describe_scaling(rope_scaling: dict[str, Any], old_base: Any = None) -> str:
+    """In words: "RoPE linear x4", "RoPE base 10,000 -> 1,000,000" (the old base when known), or both."""
+    kinds = []
+    if rope_scaling.get("factor"):
+        kinds.append(f"RoPE {rope_scaling['rope_type']} x{rope_scaling['factor']}")
+    if rope_scaling.get("rope_theta") is not None:
+        new = base_text(rope_scaling["rope_theta"])
+        known = _number(old_base)
+        kinds.append(f"RoPE base {base_text(old_base)} -> {new}" if known else f"RoPE base {new}")
+    return ", ".join(kinds)
+
+
 # computes from the length trained before, not the new max_position_embeddings
 NEEDS_ORIGINAL = ("yarn",)
 
