@@ -33,15 +33,15 @@ def document_stream(manifest: Any, shard: tuple[int, int], seed: int, stats: dic
             counted = stats[source.name]["train"] if r == 0 else SourceStats()
             for doc in iter_documents(source, shard=shard, split="train", stats=counted):
                 text = doc.text
-                weight = source.weight_of(text)
-                if long is not None and r == 0 and source.is_long(text):
+                weight, is_long = source.weight_of(text), source.is_long(text)
+                if is_long and r == 0:
                     long["documents"] += 1
                     long["characters"] += len(text)
                 # copies() hashes the text only for a fractional weight; whole weights need no call.
                 if weight > r and (weight >= r + 1 or copies(weight, Document(text, source.name, "", 0), seed) > r):
                     if long is not None:
                         long["mix_characters"] += len(text)
-                        long["mix_long_characters"] += len(text) if source.is_long(text) else 0
+                        long["mix_long_characters"] += len(text) if is_long else 0
                     yield "train", index, text
     if manifest.holdout.fraction <= 0:
         return

@@ -89,7 +89,8 @@ def positions(model_config: dict[str, Any], rope_scaling: dict[str, Any], max_po
     limit = text_config(model_config).get("max_position_embeddings")
     if not isinstance(limit, int):
         return None
-    return int(limit * float(rope_scaling["factor"])) if rope_scaling.get("factor") else limit
+    factor = (rope_scaling or {}).get("factor")  # none for a new base alone
+    return int(limit * float(factor)) if factor else limit
 
 
 def scaled_config(model_path: str, rope_scaling: dict[str, Any], max_positions: int | None):
