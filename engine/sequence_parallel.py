@@ -42,8 +42,7 @@ import torch.nn.functional as F
 
 from zhllama.errors import UserError
 
-IGNORE_INDEX = -100
-KERNELS = ("sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")  # eager is not swappable in transformers
+from .loss import IGNORE_INDEX, shift_labels
 
 
 @dataclass(frozen=True)
@@ -189,8 +188,6 @@ def whole_row_mask(config, batch: dict[str, torch.Tensor], dtype: torch.dtype, d
 def pad_rows(batch: dict[str, torch.Tensor], multiple: int) -> dict[str, torch.Tensor]:
     """input_ids, position_ids, targets (and attention_mask) of the whole rows, padded to a multiple of
     ``multiple`` positions. The padding is unlabelled and starts positions at 0, so it is a document of its own."""
-    from .loss import shift_labels
-
     ids = batch["input_ids"]
     rows, length = ids.shape
     positions = batch.get("position_ids")
