@@ -35,8 +35,8 @@ class ModelConfig:
     loss_chunk_tokens: int = 4096  # labelled positions per chunk of the fused loss (memory ~ chunk x vocab x 4 bytes)
     mlp_chunk_tokens: int = 0  # long contexts: decoder MLPs over at most this many positions at a time, each tile recomputed in backward (engine/tiled_mlp.py); 0 = whole rows
     liger: Literal["auto", "on", "off"] = "auto"  # Liger Triton kernels (RMSNorm, SwiGLU, RoPE): auto = on CUDA when installed
-    rope_scaling: dict[str, Any] = field(default_factory=dict)  # longer context, e.g. {rope_type: linear, factor: 4} (or yarn); saved with the result (engine/context.py)
-    max_position_embeddings: int | None = None  # positions the result covers (default: the model's, times rope_scaling.factor)
+    rope_scaling: dict[str, Any] = field(default_factory=dict)  # longer context, e.g. {rope_type: linear, factor: 4} (or yarn), or a larger base {rope_theta: 1000000}; saved with the result (engine/context.py)
+    max_position_embeddings: int | None = None  # positions the result covers (default: the model's, times rope_scaling.factor; required with a base alone)
     neftune_alpha: float = 0.0  # noise on the input embeddings while training (NEFTune; 5 is the paper's choice for SFT); 0 = off
 
     def validate(self) -> list[str]:
