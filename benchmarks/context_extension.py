@@ -1,15 +1,16 @@
 """Does a context extension work? A small LLaMA trained on short blocks, extended two ways, scored by position.
 
     python benchmarks/context_extension.py [--work DIR] [--short 128] [--factor 4] [--base-steps 600] \
-        [--extend-steps 150]
+        [--extend-steps 150] [--rope-theta 100000]
 
 1. Trains a SentencePiece tokenizer (vocab 2000) and a small LLaMA (hidden 128, 4 layers,
    max_position_embeddings = --short) with `python -m pretrain train` on blocks of --short tokens of
    the English Wikipedia articles in ../shared/data (long documents: 30 articles of ~34K characters;
    a fifth of them held out).
-2. Continues it --extend-steps on blocks of short x factor tokens, twice, from the same model:
+2. Continues it --extend-steps on blocks of short x factor tokens, three times, from the same model:
    position interpolation (`model.rope_scaling={rope_type: linear, factor: F}`, as Chinese-LLaMA-
-   Alpaca-2's 16K models) and, as the control, the same training without scaling
+   Alpaca-2's 16K models), a larger base frequency (`model.rope_scaling={rope_theta: --rope-theta}`,
+   adjusted base frequency as Code Llama) and, as the control, the same training without scaling
    (`model.max_position_embeddings=short x F`: positions the model never saw, extrapolated).
 3. Scores the held-out articles with `python -m evaluation long-context --whole-documents`: the base
    model as it is and read with the scaling but untrained, and the two extended models. Prints the
@@ -108,6 +109,7 @@ def main() -> None:
     p.add_argument("--factor", type=int, default=4)
     p.add_argument("--base-steps", type=int, default=600)
     p.add_argument("--extend-steps", type=int, default=150)
+    p.add_argument("--rope-theta", type=float, default=100000.0, help="the larger base (the model's: 10,000)")
     args = p.parse_args()
     if not WIKI.is_file():
         sys.exit(f"{WIKI} is absent (../shared/data ships beside the repo on dev machines)")
@@ -126,11 +128,15 @@ def main() -> None:
                           f"model.rope_scaling={scaling}")
     extrapolated = _train(work, "extrapolated", base, work / f"shards_{long}", args.extend_steps, 1e-3, micro,
                           f"model.max_position_embeddings={long}")
+    based = _train(work, f"base_{args.rope_theta:g}", base, work / f"shards_{long}", args.extend_steps, 1e-3, micro,
+                   f"model.rope_scaling={{rope_theta: {args.rope_theta:g}}}", f"model.max_position_embeddings={long}")
     lengths = [args.short // 2, args.short, args.short * 2, long, long * 2]
     rows = {"base": _score(work, "base", base, manifest, lengths),
             f"base read with linear x{args.factor}, untrained": _score(work, "base_x", base, manifest, lengths,
                                                                         "--rope-scaling", scaling),
             f"+{args.extend_steps} steps, linear x{args.factor} (PI)": _score(work, "pi", interpolated, manifest, lengths),
+            f"+{args.extend_steps} steps, base {args.rope_theta:,.0f} (ABF)": _score(work, "abf", based, manifest,
+                                                                                     lengths),
             f"+{args.extend_steps} steps, no scaling": _score(work, "ext", extrapolated, manifest, lengths)}
     stretches = next(iter(rows.values()))["loss"]["wiki_en"]["by_position"]
     heads = [f"{s['tokens'][0]}-{s['tokens'][1]}" for s in stretches]
