@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .data import eval_batches, fetch
 from .loss import fused_head_of, labels_for, shift_labels
+from .sequence_parallel import WHOLE_ROWS, SequenceSplit
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -60,12 +61,12 @@ def summed_over_ranks(values: torch.Tensor, device) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(engine, dataset: Any, collate_fn: Callable, batch_size: int, max_batches: int | None,
-             characters: int | None, device, split=None) -> dict[str, float]:
-    """Every rank runs the same number of forwards (ZeRO-3 gathers are collective). With ``split`` (a
-    SequenceSplit), the ranks of a sequence group read the same rows and each scores its positions."""
+             characters: int | None, device, split: SequenceSplit = WHOLE_ROWS) -> dict[str, float]:
+    """Every rank runs the same number of forwards (ZeRO-3 gathers are collective). With sequence parallelism
+    (``split`` active), the ranks of a sequence group read the same rows and each scores its positions."""
     rank, world = dist.get_rank(), dist.get_world_size()
     counts_rows = True
-    if split is not None and split.active:
+    if split.active:
         rank, world, counts_rows = split.groups.data_rank, split.groups.data_ranks, split.groups.rank == 0
     totals = torch.zeros(2, dtype=torch.float64)
     dummy = None
@@ -80,11 +81,8 @@ def evaluate(engine, dataset: Any, collate_fn: Callable, batch_size: int, max_ba
             else:
                 batch = dummy if dummy is not None else fetch(dataset, [0], collate_fn)
                 weight = 0.0
-            if split is None:
-                loss_sum, count = forward_loss(engine, batch, device)
-            else:
-                with split.micro(batch, device) as (part, _):
-                    loss_sum, count = forward_loss(engine, part, device)
+            with split.micro(batch, device) as (part, _):
+                loss_sum, count = forward_loss(engine, part, device)
             totals += torch.tensor([loss_sum.item() * weight, count.item() * weight], dtype=torch.float64)
     stats = torch.tensor([totals[0].item(), totals[1].item(), float(seen)], dtype=torch.float64)
     nats, tokens, samples = summed_over_ranks(stats, device).tolist()

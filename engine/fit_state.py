@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from .config import TrainConfig
 from .evaluate import evaluate
+from .sequence_parallel import WHOLE_ROWS, SequenceSplit
 from .tracking import Tracker
 from .watch import Watch
 
@@ -43,7 +44,7 @@ class Evaluation:
     dev: Any
     total_steps: int
     objective: Any | None = None  # validates with its own metrics when set (engine/preference.py)
-    split: Any | None = None  # sequence parallelism: validation rows split like training's (engine/sequence_parallel.py)
+    split: SequenceSplit = WHOLE_ROWS  # sequence parallelism: validation rows split like training's
 
     @property
     def active(self) -> bool:

@@ -106,15 +106,7 @@ class Plan:
     superseded: list[Path] = field(default_factory=list)  # a changed schedule's outdated checkpoints, set aside
     settings: dict[str, Any] = field(default_factory=dict)  # what decides the result (engine.settings)
     attention: str = ""  # the attention kernel in words (model.attn_implementation=auto resolved here)
-    groups: Groups | None = None  # sequence parallelism: the ranks sharing each sequence (engine/sequence_parallel.py)
-
-    @property
-    def data_rank(self) -> int:
-        return self.groups.data_rank if self.groups else self.rank
-
-    @property
-    def data_ranks(self) -> int:
-        return self.groups.data_ranks if self.groups else self.world
+    groups: Groups | None = None  # the ranks sharing each sequence, and the data ranks (engine/sequence_parallel.py)
 
 
 @dataclass
@@ -124,7 +116,7 @@ class Built:
     trainable: int
     total_params: int
     partition: list[int]
-    split: SequenceSplit | None = None  # splits each micro batch over its sequence group (None: whole rows)
+    split: SequenceSplit = WHOLE_ROWS  # splits each micro batch over its sequence group (sequence parallelism)
 
 
 @dataclass
@@ -177,7 +169,7 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
                      groups.data_ranks, cfg.seed, repeat)
     steps.check()
     total_steps = steps.total_steps(cfg.schedule.max_steps, cfg.schedule.epochs)
-    plan = Plan(rank, world, steps, total_steps, attention=attention, groups=groups if groups.size > 1 else None)
+    plan = Plan(rank, world, steps, total_steps, attention=attention, groups=groups)
     # world_size in the settings counts data ranks: with sequence parallelism a group reads one micro batch
     plan.settings = run_settings.result_settings(cfg, groups.data_ranks, data_fingerprint, tokenizer_fingerprint)
     plan.finished_report = _finished_report(cfg, total_steps, data_fingerprint, plan.settings)
@@ -215,8 +207,8 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
                 if ds_config["zero_optimization"].get("stage") == 3 else "")
     if cfg.model.fused_loss:
         install_fused_head(module, cfg.model.loss_chunk_tokens)
-    split = None
-    if plan.groups is not None:
+    split = WHOLE_ROWS
+    if plan.groups.size > 1:
         install_attention(cfg.model.attn_implementation)
         split = SequenceSplit(plan.groups, model.config, DTYPES[cfg.model.dtype])
     install_embedding_noise(module, cfg.model.neftune_alpha)
@@ -232,9 +224,9 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
             print(f"[zhllama] {context}", flush=True)
         if tiled:
             print(f"[zhllama] MLPs of {tiled} layers in tiles of {cfg.model.mlp_chunk_tokens:,} positions", flush=True)
-        if split is not None:
+        if split.active:
             print(f"[zhllama] sequence parallel: {plan.groups.size} ranks share each sequence, "
-                  f"{plan.data_ranks} read different data", flush=True)
+                  f"{plan.groups.data_ranks} read different data", flush=True)
         hint = single_rank_zero3_hint(ds_config, plan.world)
         if hint:
             print(f"[zhllama] hint: {hint}", flush=True)
@@ -257,7 +249,8 @@ def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
     if plan.resume_from is not None:
         step = int(plan.marker["step"])
         if plan.reshape is not None and plan.rank == 0:
-            shared = f", counting data ranks: {plan.groups.size} ranks share each sequence" if plan.groups else ""
+            shared = (f", counting data ranks: {plan.groups.size} ranks share each sequence" if plan.groups.size > 1
+                      else "")
             print(f"[zhllama] resuming {plan.resume_from.name} on another number of ranks: {plan.reshape.describe()} "
                   f"(the same samples each step; float sums in another order{shared})", flush=True)
         checkpoint.load(built.engine, plan.resume_from, plan.reshape, cfg.seed, step)
@@ -290,9 +283,9 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
         provenance: dict | None = None) -> FitState:
     """The loop: micro batches → backward → step; logs, evaluation and checkpoints on their cadence."""
     engine, rank, world, dev = built.engine, plan.rank, plan.world, device()
-    split = built.split or WHOLE_ROWS
+    split = built.split
     if watch is not None:
-        watch.split = built.split
+        watch.split = split
     state = FitState(step=_resume(cfg, plan, built))
     total_steps = plan.total_steps
     stable_end = decay_start(cfg.schedule, total_steps)  # wsd: always kept, a longer run continues from it
@@ -316,7 +309,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
                               f"checkpoint {plan.resume_from}")
     loss_of = objective.loss if objective is not None else forward_loss
     evaluation = Evaluation(cfg, engine, eval_ds, collate_fn, eval_characters, watch, tracker, dev, total_steps,
-                            objective, built.split)
+                            objective, split)
     evaluation.ensure_base(state)
     if evaluation.active and cfg.eval.at_start and state.step == 0:
         evaluation.run(state)
@@ -330,7 +323,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
             lr_used = built.scheduler.get_last_lr()[0]  # the rate this step applies (the scheduler then moves on)
             if hasattr(objective, "begin_step"):  # GRPO seeds each step's answers by the step (engine/grpo.py)
                 objective.begin_step(state.step)
-            for indices in plan.steps.micro_batches(state.step, plan.data_rank):
+            for indices in plan.steps.micro_batches(state.step, plan.groups.data_rank):
                 batch = fetch(train_ds, indices, collate_fn)
                 with split.micro(batch, dev) as (part, per_token):  # whole rows unless sequence-parallel
                     loss_sum, count = loss_of(engine, part, dev)

@@ -30,7 +30,6 @@ benchmarks watched during training) runs whole sequences on each rank as before.
 """
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from zhllama.errors import UserError
+from zhllama.model_folder import read_model_config
+from zhllama.rope import text_config
 
 from .loss import IGNORE_INDEX, shift_labels
 
@@ -76,8 +77,7 @@ def check_model(model_path: str, size: int) -> None:
     """Refuse, before anything loads, a model whose heads cannot be split over ``size`` ranks."""
     if size == 1:
         return
-    config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    config = config.get("text_config", config)
+    config = text_config(read_model_config(Path(model_path)))
     heads = config.get("num_attention_heads")
     kv_heads = config.get("num_key_value_heads") or heads
     if not isinstance(heads, int) or heads % size:

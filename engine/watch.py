@@ -28,6 +28,7 @@ from zhllama.files import write_json_atomic
 from .config import TrainConfig
 from .data import default_collate
 from .evaluate import eval_mode, evaluate
+from .sequence_parallel import WHOLE_ROWS
 from .watch_config import guard_metric
 
 BASE_FILE = "eval_base.json"
@@ -47,7 +48,7 @@ class Watch:
         self.maths = [self._load_math(m) for m in cfg.eval.math]
         self.base: dict[str, Any] | None = None
         self.trips: list[dict[str, Any]] = []
-        self.split = None  # sequence parallelism: the named sets' rows split like training's (set by the loop)
+        self.split = WHOLE_ROWS  # sequence parallelism: the named sets' rows split like training's (set by the loop)
         self._cache: tuple[int, dict] | None = None
         if cfg.eval.base not in ("auto", "none"):
             self.base = _read_base(Path(cfg.eval.base))
