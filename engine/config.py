@@ -61,6 +61,7 @@ class LoraConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )  # module names that get LoRA adapters (attention and MLP projections)
     modules_to_save: list[str] = field(default_factory=lambda: ["embed_tokens", "lm_head"])  # trained in full
+    target_parameters: list[str] = field(default_factory=list)  # parameters that get LoRA: an MoE model's experts (3-D, e.g. mlp.experts.gate_up_proj)
 
     def validate(self) -> list[str]:
         problems = []
@@ -68,8 +69,29 @@ class LoraConfig:
             problems.append(f"r: must be > 0, got {self.r}")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout: must be in [0, 1), got {self.dropout}")
-        if not self.targets:
-            problems.append("targets: at least one module name is needed")
+        if self.target_parameters and self.dropout:
+            problems.append(f"dropout: must be 0 with target_parameters (PEFT cannot apply dropout to a parameter's "
+                            f"adapter), got {self.dropout}")
+        if not self.targets and not self.target_parameters:
+            problems.append("targets: at least one module name is needed (or a parameter in target_parameters)")
+        return problems
+
+
+@dataclass
+class MoeConfig:
+    """Mixture-of-experts models (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE): the routers. Dense models ignore it."""
+
+    aux_loss_coef: float | None = None  # load-balancing loss weight; null: the model's router_aux_loss_coef; 0: off
+    balance: Literal["global_batch", "micro_batch"] = "global_batch"  # experts' shares over every rank's micro batch (as Qwen3 trained) or each rank's own (transformers)
+    z_loss_coef: float = 0.0  # router z-loss (ST-MoE): keeps the router logits small; OLMoE trained with 0.001
+    train_router: bool = True  # mode=full: false keeps every router as it is (experts, attention, ... still learn)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.aux_loss_coef is not None and self.aux_loss_coef < 0:
+            problems.append(f"aux_loss_coef: must be >= 0 (0 = off, null = the model's own), got {self.aux_loss_coef}")
+        if self.z_loss_coef < 0:
+            problems.append(f"z_loss_coef: must be >= 0 (0 = off), got {self.z_loss_coef}")
         return problems
 
 
@@ -342,6 +364,7 @@ class TrainConfig:
     mode: Literal["full", "lora", "embeddings"] = "full"  # which parameters train
     lora: LoraConfig = field(default_factory=LoraConfig)  # used when mode=lora
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)  # used when mode=embeddings
+    moe: MoeConfig = field(default_factory=MoeConfig)  # mixture-of-experts models only
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)

@@ -76,8 +76,9 @@ class Evaluation:
 class Window:
     """Loss, tokens and time since the last log line (tensors: no device sync per micro step)."""
 
-    def __init__(self, objective: Any | None = None) -> None:
+    def __init__(self, objective: Any | None = None, routers: Any | None = None) -> None:
         self.objective = objective  # may add its own metrics to each log line (DPO: reward accuracy)
+        self.routers = routers  # an MoE model's load balance (engine/moe.py): moe/aux_loss, moe/max_load
         self._reset()
 
     def _reset(self) -> None:
@@ -97,6 +98,8 @@ class Window:
             out["train/grad_norm"] = float(grad_norm)
         if hasattr(self.objective, "train_metrics"):
             out.update(self.objective.train_metrics(dev))
+        if self.routers is not None:
+            out.update(self.routers.metrics(dev))
         if torch.cuda.is_available():  # what a user sizing batch and ZeRO stage needs to see
             out["train/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         self._reset()

@@ -39,12 +39,14 @@ from .guards import LossGuard, check_grad_norm, check_weights
 from .export import save_final
 from .kernels import apply_liger, resolve_attention
 from .loss import install_fused_head
+from . import moe
 from .noise import install_embedding_noise
 from .reshape import Reshape, as_reshaped, reshape_of
 from .sequence_parallel import (WHOLE_ROWS, Groups, SequenceSplit, check_model as check_sequence_model,
                                 install_attention, make_groups)
 from .stop_signals import StopSignals
 from .tiled_mlp import install_tiled_mlp
+from .model import model_config as run_model_config
 from .model import (DTYPES, apply_mode, check_model_folder, check_sequence_length, count_parameters,
                     load_model, param_groups, tokenizer_dir, zero3_fetch_units)
 from .fit_state import Evaluation, FitState, Window
@@ -117,6 +119,7 @@ class Built:
     total_params: int
     partition: list[int]
     split: SequenceSplit = WHOLE_ROWS  # splits each micro batch over its sequence group (sequence parallelism)
+    routers: Any = moe.NO_ROUTERS  # a mixture-of-experts model's load balance (engine/moe.py)
 
 
 @dataclass
@@ -161,6 +164,7 @@ def preflight(cfg: TrainConfig, train_ds, eval_ds, data_fingerprint: str | None,
     cfg.batch.resolve(groups.data_ranks)  # impossible batch settings fail here, before anything is built
     attention = resolve_attention(cfg.model)
     check_model_folder(cfg)
+    moe.check_config(cfg, run_model_config(cfg))
     check_sequence_model(cfg.model.path, groups.size)
     check_sequence_length(cfg, getattr(train_ds, "block_size", None)
                           or getattr(getattr(cfg, "data", None), "max_seq_length", None))
@@ -203,6 +207,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
         ds_config.setdefault("checkpoint", {})["load_universal"] = True
     model, keepalive = load_model(cfg, ds_config)
     module = apply_mode(cfg, model)
+    routers, experts = moe.install(cfg, model, module)  # before the optimizer: frozen routers are left out
     fetching = (zero3_fetch_units(module, model, cfg.deepspeed.zero3_fetch)
                 if ds_config["zero_optimization"].get("stage") == 3 else "")
     if cfg.model.fused_loss:
@@ -220,6 +225,8 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
                                      if cfg.model.neftune_alpha else ""), flush=True)
         if fetching:
             print(f"[zhllama] {fetching}", flush=True)
+        if experts:
+            print(f"[zhllama] {experts}", flush=True)
         if context:
             print(f"[zhllama] {context}", flush=True)
         if tiled:
@@ -241,7 +248,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Built:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
     )
     del keepalive  # partitioned construction is over
-    return Built(engine, scheduler, trainable, total_params, _partition_numel(engine.module), split)
+    return Built(engine, scheduler, trainable, total_params, _partition_numel(engine.module), split, routers)
 
 
 def _resume(cfg: TrainConfig, plan: Plan, built: Built) -> int:
@@ -314,7 +321,7 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
     if evaluation.active and cfg.eval.at_start and state.step == 0:
         evaluation.run(state)
     engine.train()
-    window = Window(objective)
+    window = Window(objective, built.routers)
     last_eval_step = state.step if state.metrics else -1
     # closed on errors too, so a stop message never lands on the bar's line
     with tqdm(total=total_steps, initial=state.step, disable=rank != 0 or not cfg.logging.progress, desc="train",
@@ -326,9 +333,11 @@ def fit(cfg: TrainConfig, plan: Plan, built: Built, train_ds, eval_ds, collate_f
             for indices in plan.steps.micro_batches(state.step, plan.groups.data_rank):
                 batch = fetch(train_ds, indices, collate_fn)
                 with split.micro(batch, dev) as (part, per_token):  # whole rows unless sequence-parallel
-                    loss_sum, count = loss_of(engine, part, dev)
+                    with built.routers.collecting():  # an MoE model's routers: their choices in this forward
+                        loss_sum, count = loss_of(engine, part, dev)
                     guard.observe(loss_sum, state.step + 1)
-                    engine.backward(loss_sum * per_token if per_token else loss_sum / count.clamp(min=1))
+                    mean = loss_sum * per_token if per_token else loss_sum / count.clamp(min=1)
+                    engine.backward(built.routers.added_to(mean))
                 engine.step()
                 # tokens trained on: GRPO's loss puts the rows it wrote (prompt + answer) in batch["input_ids"]
                 window.add(loss_sum, count, part["input_ids"].numel() * world)

@@ -102,14 +102,12 @@ def apply_mode(cfg: TrainConfig, model):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.lora.targets + cfg.lora.modules_to_save if t not in names]
-    if missing:
-        raise UserError(f"lora.targets/modules_to_save: the model has no modules named {missing}")
+    _check_lora_targets(cfg, model)
     full = _embeddings_named(model, cfg.lora.modules_to_save)
     peft_config = PeftLoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.targets), task_type="CAUSAL_LM",
+        target_modules=list(cfg.lora.targets) or None, task_type="CAUSAL_LM",
+        **({"target_parameters": list(cfg.lora.target_parameters)} if cfg.lora.target_parameters else {}),
     )
     # Adapters in the model's dtype: PEFT would make them fp32 beside bf16/fp16 weights, and ZeRO
     # flattens each parameter group into one buffer of one dtype (it asserts so in defragment).
@@ -127,6 +125,32 @@ def apply_mode(cfg: TrainConfig, model):
     if cfg.model.gradient_checkpointing or model.get_input_embeddings() not in full:
         peft_model.enable_input_require_grads()
     return peft_model
+
+
+def _check_lora_targets(cfg: TrainConfig, model) -> None:
+    """Every name in lora.targets/modules_to_save is a module, every lora.target_parameters entry a parameter."""
+    import inspect
+
+    from peft import LoraConfig as PeftLoraConfig
+
+    problems = []
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in cfg.lora.targets + cfg.lora.modules_to_save if t not in names]
+    if missing:
+        problems.append(f"lora.targets/modules_to_save: the model has no modules named {missing}")
+        experts = sorted({n.split(".layers.")[-1].split(".", 1)[-1] for n, p in model.named_parameters()
+                          if len(getattr(p, "ds_shape", p.shape)) == 3 and ".layers." in n})
+        if experts:
+            problems.append(f"its experts are 3-D parameters, not modules: give them to lora.target_parameters "
+                            f"(these: {experts})")
+    parameters = [n for n, _ in model.named_parameters()]
+    absent = [t for t in cfg.lora.target_parameters if not any(n == t or n.endswith("." + t) for n in parameters)]
+    if absent:
+        problems.append(f"lora.target_parameters: the model has no parameters named {absent}")
+    if cfg.lora.target_parameters and "target_parameters" not in inspect.signature(PeftLoraConfig).parameters:
+        problems.append("lora.target_parameters needs peft >= 0.17 (pip install -U peft)")
+    if problems:
+        raise UserError("LoRA settings that do not fit the model:", problems)
 
 
 def _embeddings_named(model, names: list[str]) -> list[torch.nn.Module]:

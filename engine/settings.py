@@ -62,7 +62,9 @@ ADDED_LATER = {"model.neftune_alpha": 0.0, "model.rope_scaling": {}, "model.max_
                "grpo.gather_for_generation": True, "grpo.top_entropy_quantile": 1.0,
                "grpo.judge.model": None, "grpo.judge.max_tokens": 256, "grpo.ref_sync_steps": 0, "grpo.ref_sync_alpha": 0.6,
                "distill.teacher": None, "distill.beta": 0.5, "distill.lmbda": 0.5, "distill.temperature": 1.0,
-               "distill.max_new_tokens": 256, "distill.top_p": 1.0, "distill.gather_for_generation": True}
+               "distill.max_new_tokens": 256, "distill.top_p": 1.0, "distill.gather_for_generation": True,
+               "lora.target_parameters": [], "moe.aux_loss_coef": None, "moe.balance": "global_batch",
+               "moe.z_loss_coef": 0.0, "moe.train_router": True}
 _ABSENT = object()
 
 

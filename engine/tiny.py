@@ -62,6 +62,27 @@ def make_tiny_model(out: str | Path, tokenizer_dir: str | Path | None = None, hi
     return out
 
 
+def make_tiny_moe_model(out: str | Path, tokenizer_dir: str | Path, hidden: int = 32, layers: int = 2, heads: int = 4,
+                        experts: int = 8, top_k: int = 2, seed: int = 0) -> Path:
+    """A random Qwen3-MoE (routed experts in every layer) whose vocab equals the tokenizer's, saved with it."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    out, tok_dir = Path(out), Path(tokenizer_dir)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    config = Qwen3MoeConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, moe_intermediate_size=hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, head_dim=hidden // heads,
+        num_experts=experts, num_experts_per_tok=top_k, norm_topk_prob=True, decoder_sparse_step=1,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    Qwen3MoeForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
 class TinyPacked:
     """A few documents of DEFAULT_TEXT as packed blocks, the shape of ``engine.packed.PackedDataset``
     (positions restart per document; labels -100 on each block's first token and document starts)."""

@@ -32,13 +32,13 @@ BASES = {  # fetched name, name of the file as its owners ship it, model class, 
 N_NEW = 300
 
 
-def _tiny_model(folder: Path, config_class: str, rows: int) -> Path:
+def _tiny_model(folder: Path, config_class: str, rows: int, **extra) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM
 
     config = getattr(transformers, config_class)(vocab_size=rows, hidden_size=16, intermediate_size=32,
                                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                                 tie_word_embeddings=False)
+                                                 tie_word_embeddings=False, **extra)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     return folder
 
@@ -54,12 +54,17 @@ def _resize(name: str, fetched: dict, lines: list[str], root: Path) -> dict:
     train = lines[:300] + ["我想" + line[:40] for line in lines[:200]]
     report = extend_bbpe(base_file, train, root / "tok", TrainSettings(new_tokens=N_NEW), verify=False)
     base_model = _tiny_model(root / "base_model", config_class, report["base_vocab_size"])
-    proc = subprocess.run([sys.executable, "-m", "vocab", "resize", "--model", str(base_model), "--tokenizer",
-                           str(root / "tok"), "--out", str(root / "resized")],
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _vocab_resize(base_model, root / "tok", root / "resized")
     return {"name": name, "root": root, "folder": root / "resized", "report": report, "pre": pre,
             "held_out": lines[600:700]}
+
+
+def _vocab_resize(model: Path, tokenizer: Path, out: Path) -> Path:
+    proc = subprocess.run([sys.executable, "-m", "vocab", "resize", "--model", str(model), "--tokenizer",
+                           str(tokenizer), "--out", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -155,5 +160,25 @@ def test_llama_cpp_runs_the_whole_model_like_transformers(resized, llama_cpp_tre
     base_size = resized["report"]["base_vocab_size"]
     encoded = [tok.encode(line[:30], add_special_tokens=False) for line in resized["held_out"]]
     prompts = [ids for ids in encoded if any(i >= base_size for i in ids)][:3]  # prompts that use new rows
+    assert len(prompts) == 3
+    llama_cpp.assert_continues_like_transformers(gguf, folder, prompts, 10, tmp_path)
+
+
+def test_llama_cpp_runs_a_mixture_of_experts_model_like_transformers(built, llama_cpp_tree, tmp_path):
+    """Qwen3-MoE (Qwen3-30B-A3B's architecture: routed experts in every layer) resized to the Chinese-extended
+    Qwen vocabulary: `vocab resize` takes it, and its f32 GGUF (experts, routers, new rows) continues prompts
+    greedily with transformers' tokens in llama.cpp."""
+    from transformers import AutoTokenizer
+
+    qwen = built("qwen")
+    base = _tiny_model(tmp_path / "moe_base", "Qwen3MoeConfig", qwen["report"]["base_vocab_size"], head_dim=8,
+                       num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=1,
+                       norm_topk_prob=True)  # as Qwen3-30B-A3B (llama.cpp assumes it for qwen3moe)
+    folder = _vocab_resize(base, qwen["root"] / "tok", tmp_path / "moe_resized")
+    gguf = convert(folder, tmp_path / "moe.gguf", outtype="f32")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    base_size = qwen["report"]["base_vocab_size"]
+    encoded = [tok.encode(line[:30], add_special_tokens=False) for line in qwen["held_out"]]
+    prompts = [ids for ids in encoded if any(i >= base_size for i in ids)][:3]
     assert len(prompts) == 3
     llama_cpp.assert_continues_like_transformers(gguf, folder, prompts, 10, tmp_path)
