@@ -148,7 +148,8 @@ class RouterBalance:
     def losses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(balance, z) of the micro batch just collected: each per layer, averaged over layers."""
         if any(isinstance(t, float) for t in self._tokens):
-            raise RuntimeError("a router did not run in this micro batch's forward pass")
+            raise RuntimeError(f"moe: {sum(isinstance(t, float) for t in self._tokens)} of {len(self.routers)} "
+                               f"routers did not run in this micro batch's training forward pass")
         counts, tokens = torch.stack(self._counts), torch.stack(self._tokens)
         local = counts
         if self.global_batch:  # every rank calls this once per micro batch, so the collective lines up
@@ -218,14 +219,18 @@ def install(cfg: TrainConfig, model, module) -> tuple[Any, str]:
     if not is_moe_config(model.config):
         return NO_ROUTERS, ""
     routers, index = routers_of(model)
-    if not routers:
-        raise UserError(f"{type(model).__name__}: the routers of this mixture-of-experts model cannot be found "
-                        f"(transformers >= 5 names them in _can_record_outputs); the load-balancing loss needs them")
     text = model.config.get_text_config()
     coef = cfg.moe.aux_loss_coef
     source = "moe.aux_loss_coef"
     if coef is None:
         coef, source = float(getattr(text, "router_aux_loss_coef", 0.0) or 0.0), "the model's router_aux_loss_coef"
+    if not routers:
+        if coef or cfg.moe.z_loss_coef or not cfg.moe.train_router:
+            raise UserError(f"{type(model).__name__}: the routers of this mixture-of-experts model cannot be found "
+                            f"(transformers >= 5 names them in _can_record_outputs), and {source} = {coef:g}, "
+                            f"moe.z_loss_coef and moe.train_router need them: use transformers >= 5, or train "
+                            f"without them (moe.aux_loss_coef=0)")
+        return NO_ROUTERS, "mixture of experts: routers not found (transformers < 5); no load-balancing loss"
     if not cfg.moe.train_router:
         for router in routers:
             router.requires_grad_(False)

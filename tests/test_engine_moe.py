@@ -2,7 +2,8 @@
 rank's micro batch or each rank's own, without padding; the router z-loss; frozen routers; LoRA on the experts'
 3-D parameters (lora.target_parameters). Units on one process; one 2-rank ZeRO-3 torchrun trains a tiny
 Qwen3-MoE four ways (fp32 without and with a strong balance loss, bf16 full with frozen routers and z-loss,
-bf16 LoRA on attention and experts) and the tests check what each must show.
+bf16 LoRA on attention and experts), then resumes the strong run from its step-4 checkpoint; the tests check
+what each must show.
 """
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ def test_z_loss_is_the_mean_squared_logsumexp_and_joins_the_loss():
     assert float(balance.added_to(torch.tensor(1.0))) == pytest.approx(1.0 + 0.5 * float(want), rel=1e-6)
     with torch.no_grad(), balance.collecting():  # an evaluation or reference pass: nothing counted
         model()
-    with pytest.raises(RuntimeError, match="did not run"):
+    with pytest.raises(RuntimeError, match="2 of 2 routers did not run"):
         balance.losses()
 
 
@@ -194,8 +195,10 @@ def test_lora_on_an_moe_model_names_its_expert_parameters(tmp_path):
 
 RUNS = {
     "fp32_off": ["model.dtype=float32", "moe.aux_loss_coef=0"],
-    "fp32_strong": ["model.dtype=float32", "moe.aux_loss_coef=1.0"],  # global_batch, the default
-    "bf16_frozen": ["model.dtype=bfloat16", "moe.train_router=false", "moe.z_loss_coef=0.001", "moe.balance=micro_batch"],
+    "fp32_strong": ["model.dtype=float32", "moe.aux_loss_coef=1.0",  # global_batch, the default
+                    "checkpoint.every_steps=4"],  # step 4 is resumed from below
+    "bf16_frozen": ["model.dtype=bfloat16", "moe.train_router=false", "moe.z_loss_coef=0.001",
+                    "moe.balance=micro_batch"],
     "bf16_lora": ["model.dtype=bfloat16", "mode=lora", "lora.targets=[q_proj,v_proj]", "lora.modules_to_save=[]",
                   "lora.target_parameters=[mlp.experts.gate_up_proj,mlp.experts.down_proj]", "deepspeed.overrides={}"],
 }
@@ -204,7 +207,7 @@ COMMON = ["schedule.max_steps=8", "schedule.warmup_steps=0", "optim.lr=1e-2", "c
           "logging.progress=false", "batch.micro_batch_size=2", "batch.gradient_accumulation_steps=2"]
 
 
-def _train_one(spec: dict, name: str) -> None:
+def _train_one(spec: dict, name: str, folder: str | None = None) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
@@ -214,7 +217,7 @@ def _train_one(spec: dict, name: str) -> None:
     from pretrain.train_cli import PretrainConfig
     from zhllama.config import load_config
 
-    out = Path(spec["work"]) / name
+    out = Path(spec["work"]) / (folder or name)
     cfg = load_config(PretrainConfig, PT_CONFIG, [f"model.path={spec['model']}", f"output_dir={out}",
                                                   "eval.at_start=true", *COMMON, *RUNS[name]])
     train_ds, eval_ds = TinyPacked(cfg.model.path, 0, 40), TinyPacked(cfg.model.path, 3, 6)
@@ -230,6 +233,13 @@ def _driver(spec: dict) -> None:
 
     for name in RUNS:
         _train_one(spec, name)
+    if dist.get_rank() == 0:  # fp32_strong as a crash after its step-4 checkpoint left it; the same run goes on
+        import shutil
+
+        shutil.copytree(Path(spec["work"]) / "fp32_strong", Path(spec["work"]) / "fp32_resumed",
+                        ignore=shutil.ignore_patterns("final", "train_report.json", "engine_state.safetensors"))
+    dist.barrier()
+    _train_one(spec, "fp32_strong", folder="fp32_resumed")
     dist.barrier()
 
 
@@ -268,6 +278,17 @@ def test_the_balance_loss_balances_the_experts(runs):
 
 
 @pytest.mark.distributed
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(runs):
+    """The balance over the global batch keeps no state between steps: resumed from step 4, the same weights."""
+    resumed = _weights(runs["work"] / "fp32_resumed" / "engine_state.safetensors")
+    whole = _weights(runs["work"] / "fp32_strong" / "engine_state.safetensors")
+    assert resumed.keys() == whole.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=1e-6, msg=key)
+    assert "resuming from step-00000004" in runs["log"]
+
+
+@pytest.mark.distributed
 def test_bf16_full_training_keeps_frozen_routers_and_trains_the_experts(runs):
     run = runs["work"] / "bf16_frozen"
     metrics = _metrics(run)
@@ -288,7 +309,8 @@ def test_bf16_full_training_keeps_frozen_routers_and_trains_the_experts(runs):
 def _fused(state: dict, key: str) -> torch.Tensor:
     """A saved model's per-expert matrices as transformers 5 holds them (experts.gate_up_proj, experts.down_proj)."""
     layer = key.split(".mlp.experts.")[0]
-    experts = sorted({int(k.split(".mlp.experts.")[1].split(".")[0]) for k in state if k.startswith(layer + ".mlp.experts.")})
+    prefix = layer + ".mlp.experts."
+    experts = sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)})
     if key.endswith("gate_up_proj"):
         return torch.stack([torch.cat([state[f"{layer}.mlp.experts.{e}.gate_proj.weight"],
                                        state[f"{layer}.mlp.experts.{e}.up_proj.weight"]]) for e in experts])
