@@ -1,4 +1,4 @@
-"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination, membership inference, LLM judge, long context, reading comprehension, math word problems, scorecards."""
+"""python -m evaluation COMMAND — benchmarks by letter logits, bits per character, forgetting reports, contamination, membership inference, LLM judge, long context, reading comprehension, math word problems, code by running it, scorecards."""
 from zhllama.cli import main_for
 
 COMMANDS = {
@@ -10,6 +10,7 @@ COMMANDS = {
     "long-context": "evaluation.long_context_cli",
     "reading": "evaluation.reading_cli",
     "math": "evaluation.math_cli",
+    "code": "evaluation.code_cli",
     "membership": "evaluation.membership_cli",
     "scorecard": "evaluation.scorecard_cli",
 }

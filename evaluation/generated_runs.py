@@ -1,5 +1,6 @@
-"""What ``evaluation reading`` and ``evaluation math`` share: the checks before a model loads (a results file to
-compare with, a contamination report), the model's tokenizer and positions, and whether two results compare."""
+"""What ``evaluation reading``, ``math`` and ``code`` share: the checks before a model loads (a results file to
+compare with, a contamination report), the model's tokenizer and positions, answers from a server, and whether two
+results compare."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 from zhllama.errors import UserError, raise_if_problems
 
 
-def add_run_arguments(parser, contamination_help: str) -> None:
+def add_run_arguments(parser, contamination_help: str | None) -> None:
     """Where the answers come from (the model here or a server), and what the run reads and writes beside them."""
     parser.add_argument("--server", default=None, metavar="URL",
                         help="generate on an OpenAI-compatible server serving --model (vLLM: vllm serve DIR), "
@@ -18,7 +19,8 @@ def add_run_arguments(parser, contamination_help: str) -> None:
     parser.add_argument("--workers", type=int, default=16, help="requests in flight with --server")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--contamination", default=None, metavar="REPORT", help=contamination_help)
+    if contamination_help is not None:
+        parser.add_argument("--contamination", default=None, metavar="REPORT", help=contamination_help)
     parser.add_argument("--compare", default=None, metavar="RESULTS", help="another model's results JSON")
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--no-progress", action="store_true")
@@ -84,5 +86,28 @@ def comparable_sets(old: dict, new: dict, where: str, same_settings: tuple[str, 
             problems.append(f"--compare {where}: set {name} was another file (sha256 differs)")
         elif [i["key"] for i in old["sets"][name]["items"]] != [i["key"] for i in new["sets"][name]["items"]]:
             problems.append(f"--compare {where}: set {name} holds other {what}")
-    raise_if_problems(f"{'reading' if what == 'questions' else 'math'} comparison", problems)
+    raise_if_problems(f"{ {'questions': 'reading', 'problems': 'math'}.get(what, 'code')} comparison", problems)
     return shared
+
+
+def server_answers(args, what: str, sample_seed):
+    """A ``generate(name, prompts, stops)`` of ``args.samples`` answers per prompt (``ids``, ``item.key``) from
+    ``/v1/completions``, one request per sample with its own seed; every reply kept in OUT.calls.jsonl (a rerun
+    resumes)."""
+    from zhllama.openai_client import Endpoint, api_key, complete_all
+
+    endpoint = Endpoint(args.server, args.server_model or str(args.model), api_key(args.api_key_env))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def generate(name: str, prompts: list, stops: list[str]) -> list[list[str]]:
+        requests = [{"prompt": p.ids, "max_tokens": args.max_new_tokens, "temperature": args.temperature,
+                     "top_p": args.top_p, "skip_special_tokens": True,
+                     **({"stop": stops} if stops else {}),
+                     **({"seed": sample_seed(args.seed, p.item.key, k)} if args.temperature > 0 else {})}
+                    for p in prompts for k in range(args.samples)]
+        replies = complete_all(endpoint, requests, out.with_name(out.name + ".calls.jsonl"), args.workers,
+                               f"{what} {name}", not args.no_progress)
+        texts = [r["text"] for r in replies]
+        return [texts[i * args.samples:(i + 1) * args.samples] for i in range(len(prompts))]
+    return generate

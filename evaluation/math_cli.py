@@ -197,24 +197,9 @@ def _here(args, tokenizer):
 
 
 def _on_server(args):
-    """Answers from ``/v1/completions``, one request per sample with its own seed; every reply kept in
-    OUT.calls.jsonl (a rerun resumes)."""
-    from zhllama.openai_client import Endpoint, api_key, complete_all
-
+    """Answers from ``/v1/completions`` (generated_runs.server_answers); the reference solutions' likelihood needs
+    the model here."""
+    from .generated_runs import server_answers
     from .math_eval import sample_seed
 
-    endpoint = Endpoint(args.server, args.server_model or str(args.model), api_key(args.api_key_env))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def generate(name: str, prompts: list, stops: list[str]) -> list[list[str]]:
-        requests = [{"prompt": p.ids, "max_tokens": args.max_new_tokens, "temperature": args.temperature,
-                     "top_p": args.top_p, "skip_special_tokens": True,
-                     **({"stop": stops} if stops else {}),
-                     **({"seed": sample_seed(args.seed, p.item.key, k)} if args.temperature > 0 else {})}
-                    for p in prompts for k in range(args.samples)]
-        replies = complete_all(endpoint, requests, out.with_name(out.name + ".calls.jsonl"), args.workers,
-                               f"math {name}", not args.no_progress)
-        texts = [r["text"] for r in replies]
-        return [texts[i * args.samples:(i + 1) * args.samples] for i in range(len(prompts))]
-    return generate, None  # the reference solutions' likelihood needs the model here
+    return server_answers(args, "math", sample_seed), None

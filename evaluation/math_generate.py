@@ -1,4 +1,4 @@
-"""Answers to math prompts from a model loaded here: greedy in batches, or K seeded samples per item."""
+"""Answers to math or code prompts from a model loaded here: greedy in batches, or K seeded samples per item."""
 from __future__ import annotations
 
 import torch
@@ -21,13 +21,16 @@ def _left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list, args, stops: list[str], progress=None) -> list[list[str]]:
-    """Per prompt (math_eval.MathPrompt), ``args.samples`` answers. Greedy answers come in batches of
-    ``args.batch_size`` (left padding: equal to one at a time); sampled ones per item, all its samples in one
-    batch after seeding with the item's seed, so they do not depend on which items share a batch."""
+def generate_answers(model, tokenizer, prompts: list, args, stops: list[str], progress=None,
+                     sample_seed=None) -> list[list[str]]:
+    """Per prompt (math_eval.MathPrompt, code_eval.CodePrompt: ``ids`` and ``item.key``), ``args.samples``
+    answers. Greedy answers come in batches of ``args.batch_size`` (left padding: equal to one at a time);
+    sampled ones per item, all its samples in one batch after seeding with the item's seed (``sample_seed``,
+    default math's), so they do not depend on which items share a batch."""
     from transformers import GenerationConfig
 
-    from .math_eval import sample_seed
+    if sample_seed is None:
+        from .math_eval import sample_seed
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampled = args.temperature > 0

@@ -1,8 +1,9 @@
 """Every evaluation's results as flat metrics, and models side by side: what each gained and forgot.
 
 A results file is recognised by its shape: ``evaluation base`` (bits per character, benchmarks),
-``evaluation choice``, ``evaluation reading``, ``evaluation math``, ``evaluation long-context``, ``evaluation membership``
-(calibrated flagged shares), ``evaluation judge`` (grades) and ``sft generate``'s ``*.scores.json``. Each metric keeps the settings that make two
+``evaluation choice``, ``evaluation reading``, ``evaluation math``, ``evaluation code`` (pass@k),
+``evaluation long-context``, ``evaluation membership`` (calibrated flagged shares), ``evaluation judge`` (grades)
+and ``sft generate``'s ``*.scores.json``. Each metric keeps the settings that make two
 values comparable (data checksum, shots, split ...): a value measured otherwise than the first
 model's is marked, never silently compared.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-GROUPS = ("eval/", "bench/", "reading/", "math/", "long/", "passkey/", "membership/", "judge/", "answers/")
+GROUPS = ("eval/", "bench/", "reading/", "math/", "code/", "long/", "passkey/", "membership/", "judge/", "answers/")
 MEMBERSHIP_SCORES = ("min_k_plus_plus", "reference")  # the strongest without and with a reference model
 
 
@@ -119,6 +120,16 @@ def _math(doc: dict) -> dict[str, tuple]:
     return out
 
 
+def _code(doc: dict) -> dict[str, tuple]:
+    from .code_eval import KS, SAME_SETTINGS
+
+    out = {}
+    for name, s in doc["sets"].items():
+        settings = _settings(sha256=s["sha256"], **{k: doc["settings"].get(k) for k in SAME_SETTINGS})
+        out.update({f"code/{name}/pass@{k}": (s[f"pass@{k}"], settings) for k in KS if s.get(f"pass@{k}") is not None})
+    return out
+
+
 def _long_context(doc: dict) -> dict[str, tuple]:
     keep = ("windows", "whole_documents", "depths", "trials", "digits", "language", "chat", "seed")
     settings = _settings(rope_scaling=doc.get("rope_scaling"), **{k: doc["settings"].get(k) for k in keep})
@@ -165,6 +176,7 @@ KINDS: list[tuple[str, Callable[[dict], bool], Callable[[dict], dict]]] = [
     ("evaluation base", lambda d: isinstance(d.get("metrics"), dict) and "source" in d, _base),
     ("evaluation choice", lambda d: {"benchmark", "split", "shots", "accuracy"} <= d.keys(), _choice),
     ("evaluation math", lambda d: d.get("task") == "math" and isinstance(d.get("sets"), dict), _math),
+    ("evaluation code", lambda d: d.get("task") == "code" and isinstance(d.get("sets"), dict), _code),
     ("evaluation reading", lambda d: isinstance(d.get("sets"), dict) and "max_length" in d, _reading),
     ("evaluation long-context", lambda d: "loss" in d and "positions" in d, _long_context),
     ("evaluation membership", lambda d: isinstance(d.get("groups"), dict) and "calibration" in d, _membership),
