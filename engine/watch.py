@@ -46,6 +46,7 @@ class Watch:
         self.benches = [self._load_bench(b) for b in cfg.eval.benchmarks]
         self.readings = [self._load_reading(r) for r in cfg.eval.reading]
         self.maths = [self._load_math(m) for m in cfg.eval.math]
+        self.codes = [self._load_code(c) for c in cfg.eval.code]
         self.base: dict[str, Any] | None = None
         self.trips: list[dict[str, Any]] = []
         self.split = WHOLE_ROWS  # sequence parallelism: the named sets' rows split like training's (set by the loop)
@@ -55,8 +56,8 @@ class Watch:
 
     @property
     def active(self) -> bool:
-        """Something of its own to evaluate (named sets, benchmarks, reading or math sets)."""
-        return bool(self.sets or self.benches or self.readings or self.maths)
+        """Something of its own to evaluate (named sets, benchmarks, reading, math or code sets)."""
+        return bool(self.sets or self.benches or self.readings or self.maths or self.codes)
 
     @property
     def reporting(self) -> bool:
@@ -121,6 +122,25 @@ class Watch:
                                               m.max_new_tokens)
         return m, whole.language, prompts, requests, pad_id_of(tok)
 
+    def _load_code(self, c):
+        """The set's base prompts and canonical solutions as tokens, built before the model loads (the prompts of
+        `evaluation code --max-items --max-new-tokens`)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        from evaluation.choice import pad_id_of
+        from evaluation.code_data import builtin_file, read_code_set
+        from evaluation.code_eval import reference_prompts
+
+        from .model import tokenizer_dir
+
+        code_set = read_code_set(builtin_file(c.file, log=lambda *_: None) if c.file == "humaneval" else c.file)
+        if not any(t.solution for t in code_set.tasks):
+            raise UserError(f"eval.code {c.name}: {code_set.path} has no canonical_solution to read")
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(self.cfg)))
+        positions = getattr(AutoConfig.from_pretrained(self.cfg.model.path), "max_position_embeddings", None) or 4096
+        prompts, requests = reference_prompts(tok, code_set, c.max_items, positions, c.max_new_tokens)
+        return c, prompts, requests, pad_id_of(tok)
+
     def run(self, engine, step: int, device, force_all: bool = False) -> dict[str, float]:
         """Collective. Named sets at every call; benchmarks when due (always with ``force_all``)."""
         if self._cache is not None and self._cache[0] == step:
@@ -141,6 +161,9 @@ class Watch:
         for m, language, prompts, requests, pad in self.maths:
             if final or not m.every_steps or step % m.every_steps == 0:
                 out.update(self._run_math(engine, step, device, m, language, prompts, requests, pad))
+        for c, prompts, requests, pad in self.codes:
+            if final or not c.every_steps or step % c.every_steps == 0:
+                out.update(self._run_code(engine, step, device, c, prompts, requests, pad))
         self._cache = (step, out)
         return dict(out)
 
@@ -176,6 +199,13 @@ class Watch:
         return self._read_references("math", m, step, lambda: reference_metrics(
             prompts, score_references(engine, requests, m.batch_size, device, pad), language), engine)
 
+    def _run_code(self, engine, step, device, c, prompts, requests, pad) -> dict[str, float]:
+        from evaluation.answer_scorer import score_answers
+        from evaluation.code_eval import reference_metrics
+
+        return self._read_references("code", c, step, lambda: reference_metrics(
+            prompts, score_answers(engine, requests, c.batch_size, device, pad)), engine)
+
     def _read_references(self, kind: str, spec, step: int, score: Callable[[], dict], engine) -> dict[str, float]:
         """Collective. A reading or math set's reference answers read in eval mode: its evals/ file on rank 0
         and its metrics ``<kind>/<name>/...``."""
@@ -183,13 +213,14 @@ class Watch:
             result = score()
         if dist.get_rank() == 0:
             write_json_atomic(self.out / "evals" / spec.name / f"step-{step:08d}.json",
-                              {kind: spec.name, "file": spec.file, "shots": spec.shots, "step": step, **result})
+                              {kind: spec.name, "file": spec.file, "shots": getattr(spec, "shots", 0), "step": step,
+                             **result})
         return {f"{kind}/{spec.name}/{k}": v for k, v in result.items() if k != "items" and v is not None}
 
     def _guard_metric(self, key: str) -> str | None:
         ev = self.cfg.eval
         return guard_metric(key, [s.name for s in ev.sets], [b.name for b in ev.benchmarks], [r.name for r in ev.reading],
-                            [m.name for m in ev.math])
+                            [m.name for m in ev.math], [c.name for c in ev.code])
 
     def ensure_base(self, engine, step: int, device, validation: Callable[[], dict] | None = None) -> None:
         """Collective. Base numbers once: a stored eval_base.json, or the starting model before step 1

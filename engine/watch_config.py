@@ -4,7 +4,8 @@ Metric names: a set ``zh`` logs ``eval/zh/loss``, ``eval/zh/perplexity``, ``eval
 a benchmark ``ceval`` logs ``bench/ceval/accuracy`` (+ ``bench/ceval/stem`` ... ``/hard``, and with a
 contamination report ``/clean_accuracy`` and ``/contaminated_accuracy``); a reading set ``cmrc`` logs
 ``reading/cmrc/answer_bits_per_char`` and ``reading/cmrc/greedy_answer``; a math set ``gsm8k`` logs
-``math/gsm8k/solution_bits_per_char`` and ``math/gsm8k/answer_greedy``; the
+``math/gsm8k/solution_bits_per_char`` and ``math/gsm8k/answer_greedy``; a code set ``humaneval`` logs
+``code/humaneval/solution_bits_per_char``; the
 phase's own validation split keeps ``eval/loss`` and ``eval/bits_per_char``. A guard key is
 ``<set or benchmark>.<metric>`` (``eval.<metric>`` for the validation split) and its value the
 allowed change from the base model: ``en.bits_per_char: 0.05`` trips above base + 0.05,
@@ -23,11 +24,15 @@ BENCH_METRICS = ("accuracy", "stem", "social_science", "humanities", "other", "h
 CONTAMINATION_METRICS = ("clean_accuracy", "contaminated_accuracy")
 READING_METRICS = ("answer_bits_per_char", "greedy_answer")
 MATH_METRICS = ("solution_bits_per_char", "answer_greedy")
+CODE_METRICS = ("solution_bits_per_char",)
 
 
-def guard_metric(key: str, set_names: list[str], bench_names: list[str], reading_names=(), math_names=()) -> str | None:
+def guard_metric(key: str, set_names: list[str], bench_names: list[str], reading_names=(), math_names=(),
+                 code_names=()) -> str | None:
     """The logged metric a guard key watches, or None when the key names nothing known."""
     name, _, metric = key.partition(".")
+    if name in code_names and metric in CODE_METRICS:
+        return f"code/{name}/{metric}"
     if name in reading_names and metric in READING_METRICS:
         return f"reading/{name}/{metric}"
     if name in math_names and metric in MATH_METRICS:
@@ -60,8 +65,10 @@ def check_watch_config(ev: Any) -> list[str]:
                             f"of `python -m evaluation contamination`)")
     reading_names = [r.name for r in ev.reading]
     math_names = [m.name for m in ev.math]
-    problems += _reading_problems(ev.reading) + _math_problems(ev.math)
-    groups = ((set_names, "sets"), (bench_names, "benchmarks"), (reading_names, "reading"), (math_names, "math"))
+    code_names = [c.name for c in ev.code]
+    problems += _reading_problems(ev.reading) + _math_problems(ev.math) + _code_problems(ev.code)
+    groups = ((set_names, "sets"), (bench_names, "benchmarks"), (reading_names, "reading"), (math_names, "math"),
+              (code_names, "code"))
     for names, what in groups:
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
@@ -69,14 +76,14 @@ def check_watch_config(ev: Any) -> list[str]:
     everything = [n for names, _ in groups for n in set(names)]
     clash = sorted({n for n in everything if everything.count(n) > 1})
     if clash:
-        problems.append(f"sets, benchmarks, reading and math share names {clash}")
+        problems.append(f"sets, benchmarks, reading, math and code share names {clash}")
     for key, value in ev.guard.items():
-        if guard_metric(key, set_names, bench_names, reading_names, math_names) is None:
+        if guard_metric(key, set_names, bench_names, reading_names, math_names, code_names) is None:
             problems.append(f"guard.{key}: expected <set>.{{{','.join(SET_METRICS)}}}, "
-                            f"<benchmark>.{{{','.join(BENCH_METRICS)}}}, <reading>.{{{','.join(READING_METRICS)}}} "
-                            f"or <math>.{{{','.join(MATH_METRICS)}}} with a set in {set_names}, a benchmark in "
-                            f"{bench_names}, a reading set in {reading_names} or a math set in {math_names} "
-                            "(eval.<metric> for the validation split)")
+                            f"<benchmark>.{{{','.join(BENCH_METRICS)}}}, <reading>.{{{','.join(READING_METRICS)}}}, "
+                            f"<math>.{{{','.join(MATH_METRICS)}}} or <code>.{{{','.join(CODE_METRICS)}}} with a set in "
+                            f"{set_names}, a benchmark in {bench_names}, a reading set in {reading_names}, a math set "
+                            f"in {math_names} or a code set in {code_names} (eval.<metric> for the validation split)")
         elif key.partition(".")[2] in CONTAMINATION_METRICS and not any(
                 b.name == key.partition(".")[0] and b.contamination for b in ev.benchmarks):
             problems.append(f"guard.{key}: needs the benchmark's contamination report (benchmarks[].contamination)")
@@ -112,4 +119,18 @@ def _math_problems(sets: list) -> list[str]:
         if not 0 <= m.shots <= 8 or min(m.max_items, m.batch_size, m.max_new_tokens) < 1 or m.every_steps < 0:
             problems.append(f"math[{i}]: shots must be 0..8, max_items, max_new_tokens and batch_size >= 1, "
                             "every_steps >= 0")
+    return problems
+
+
+def _code_problems(sets: list) -> list[str]:
+    problems = []
+    for i, c in enumerate(sets):
+        if not NAME.match(c.name or "") or c.name == "eval":
+            problems.append(f"code[{i}].name: expected letters, digits, _ or - (not 'eval'), got {c.name!r}")
+        if c.file != "humaneval" and (not c.file or not Path(c.file).is_file()):
+            problems.append(f"code[{i}].file: {c.file!r} is neither humaneval nor a file (expected HumanEval-layout "
+                            "JSON Lines with canonical_solution)")
+        if (c.max_items is not None and c.max_items < 1) or min(c.batch_size, c.max_new_tokens) < 1 \
+                or c.every_steps < 0:
+            problems.append(f"code[{i}]: max_items, max_new_tokens and batch_size >= 1, every_steps >= 0")
     return problems

@@ -4,7 +4,7 @@
         --set zh=corpora_manifests/zh.yaml --set en=corpora_manifests/en.yaml \
         --benchmark ceval=data/ceval --shots 5 [--max-items-per-subject N] [--device cuda] [--block-size 1024] \
         [--contamination ceval=runs/contamination.keys.json] [--reading cmrc=data/cmrc2018_dev.json] \
-        [--math gsm8k=data/gsm8k/test.jsonl --math-shots-from data/gsm8k/train.jsonl]
+        [--math gsm8k=data/gsm8k/test.jsonl --math-shots-from data/gsm8k/train.jsonl] [--code humaneval=humaneval]
 
 Each ``--set NAME=MANIFEST`` scores the manifest's held-out slice (the documents ``pretrain prepare``
 puts in the validation split) as ``eval/NAME/bits_per_char`` and ``eval/NAME/loss``; ``eval=...``
@@ -17,7 +17,9 @@ numbers instead of measuring its starting model. ``--contamination NAME=REPORT``
 ``--reading NAME=FILE`` gives ``reading/NAME/answer_bits_per_char`` and ``greedy_answer`` as the run's
 ``eval.reading`` does (``--reading-shots``, ``--reading-questions``, ``--reading-seed`` as its settings);
 each ``--math NAME=FILE`` gives ``math/NAME/solution_bits_per_char`` and ``answer_greedy`` as ``eval.math`` does
-(``--math-shots``, ``--math-shots-from``, ``--math-items``, ``--math-seed``, ``--math-max-new-tokens``).
+(``--math-shots``, ``--math-shots-from``, ``--math-items``, ``--math-seed``, ``--math-max-new-tokens``); each
+``--code NAME=FILE`` (``humaneval`` for the pinned HumanEval) gives ``code/NAME/solution_bits_per_char`` as
+``eval.code`` does (``--code-items``, ``--code-max-new-tokens``).
 Bits per character compare across tokenizers, so the base before a vocabulary extension is a fair base.
 """
 from __future__ import annotations
@@ -46,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--math-items", type=int, default=200, help="as eval.math[].max_items")
     parser.add_argument("--math-seed", type=int, default=0, help="as eval.math[].seed")
     parser.add_argument("--math-max-new-tokens", type=int, default=512, help="as eval.math[].max_new_tokens")
+    parser.add_argument("--code", action="append", default=[], metavar="NAME=FILE",
+                        help="a code set (FILE: humaneval or HumanEval-layout JSON Lines) scored as eval.code")
+    parser.add_argument("--code-items", type=int, default=None, help="as eval.code[].max_items")
+    parser.add_argument("--code-max-new-tokens", type=int, default=512, help="as eval.code[].max_new_tokens")
     parser.add_argument("--shots", type=int, default=0)
     parser.add_argument("--max-items-per-subject", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=1024, help="the run's prepare --block-size")
@@ -82,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
     sets, benches = _pairs(args.set, "--set"), _pairs(args.benchmark, "--benchmark")
     readings, maths = _pairs(args.reading, "--reading"), _pairs(args.math, "--math")
+    codes = _pairs(args.code, "--code")
     reports = dict(_pairs(args.contamination, "--contamination"))
-    if not sets and not benches and not readings and not maths:
-        raise UserError("nothing to measure: give --set NAME=MANIFEST, --benchmark NAME=DIR, --reading NAME=FILE "
-                        "and/or --math NAME=FILE")
+    if not sets and not benches and not readings and not maths and not codes:
+        raise UserError("nothing to measure: give --set NAME=MANIFEST, --benchmark NAME=DIR, --reading NAME=FILE, "
+                        "--math NAME=FILE and/or --code NAME=FILE")
     unknown = sorted(set(reports) - {name for name, _ in benches})
     if unknown:
         raise UserError(f"--contamination {unknown}: no --benchmark of that name")
@@ -100,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
 
     for path in [p for _, p in maths] + ([args.math_shots_from] if maths and args.math_shots_from else []):
         read_math_set(path)  # checked before the model loads
+    from .code_data import builtin_file, read_code_set
+
+    code_sets = {name: read_code_set(builtin_file(path, log=lambda *_: None) if path == "humaneval" else path)
+                 for name, path in codes}  # checked (and fetched) before the model loads
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -133,6 +144,11 @@ def run(args: argparse.Namespace) -> int:
         got = _math_metrics(args, model, tok, path)
         metrics.update({f"math/{name}/{k}": v for k, v in got.items() if k != "items" and v is not None})
         math_asked[name] = len(got["items"])
+    code_asked = {}
+    for name, code_set in code_sets.items():
+        got = _code_metrics(args, model, tok, code_set)
+        metrics.update({f"code/{name}/{k}": v for k, v in got.items() if k != "items" and v is not None})
+        code_asked[name] = len(got["items"])
     base = {"source": f"{args.model} with its own tokenizer (python -m evaluation base)", "model": str(args.model),
             "reading": {name: {"file": path, "sha256": sha256_file(path), "shots": args.reading_shots,
                                "questions": asked[name], "seed": args.reading_seed} for name, path in readings},
@@ -140,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
                             "shots_from": args.math_shots_from, "problems": math_asked[name], "seed": args.math_seed,
                             "max_new_tokens": args.math_max_new_tokens}
                      for name, path in maths},
+            "code": {name: {"file": str(c.path), "sha256": sha256_file(c.path), "tasks": code_asked[name],
+                            "max_new_tokens": args.code_max_new_tokens} for name, c in code_sets.items()},
             "sets": dict(sets), "benchmarks": dict(benches), "contamination": reports, "shots": args.shots,
             "max_items_per_subject": args.max_items_per_subject, "block_size": args.block_size, "metrics": metrics}
     write_json_atomic(args.out, base)
@@ -176,3 +194,14 @@ def _math_metrics(args, model, tokenizer, path: str) -> dict:
                                           args.math_max_new_tokens)
     scores = score_references(model, requests, args.batch_size, args.device, pad_id_of(tokenizer))
     return reference_metrics(prompts, scores, whole.language)
+
+
+def _code_metrics(args, model, tokenizer, code_set) -> dict:
+    """A code set as the run's Watch scores it (evaluation.code_eval.reference_prompts)."""
+    from .answer_scorer import score_answers
+    from .choice import pad_id_of
+    from .code_eval import reference_metrics, reference_prompts
+
+    positions = getattr(model.config, "max_position_embeddings", None) or 4096
+    prompts, requests = reference_prompts(tokenizer, code_set, args.code_items, positions, args.code_max_new_tokens)
+    return reference_metrics(prompts, score_answers(model, requests, args.batch_size, args.device, pad_id_of(tokenizer)))

@@ -141,11 +141,12 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
     from zhllama.files import sha256_file
     from zhllama.model_fingerprint import model_fingerprint
 
-    from .code_eval import BASE_STOPS, program_of, sample_seed, scored_item, summary
+    from .code_eval import (BASE_STOPS, program_of, reference_metrics, reference_requests, sample_seed, scored_item,
+                            summary)
     from .code_exec import run_programs
     from .generated_runs import server_answers
 
-    generate = server_answers(args, "code", sample_seed) if args.server else _here(args, tokenizer)
+    generate, score = (server_answers(args, "code", sample_seed), None) if args.server else _here(args, tokenizer)
     skip = ("model", "out", "no_progress", "compare", "api_key_env", "allow_execution", "jobs")
     result = {"task": "code", "model": str(args.model), "model_fingerprint": model_fingerprint(args.model),
               "server": args.server, "max_length": max_length,
@@ -163,13 +164,18 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
         for (i, _), verdict in zip(programs, verdicts):
             per_task.setdefault(i, []).append(verdict)
         items = [scored_item(p, completions[i], per_task.get(i)) for i, p in enumerate(got)]
+        reference = {}
+        if score is not None and not args.chat:  # the canonical solutions read after the prompts: as eval.code
+            reference = reference_metrics(got, score(reference_requests(tokenizer, got, max_length)))
+            for item, ref in zip(items, reference.pop("items")):
+                item.update({k: v for k, v in ref.items() if k != "key"})
         result["sets"][name] = {"file": str(code_set.path), "sha256": sha256_file(code_set.path),
-                                **summary(items, args.samples), "items": items}
+                                **summary(items, args.samples), **reference, "items": items}
     return result
 
 
 def _here(args, tokenizer):
-    """Completions from the model loaded here, in batches."""
+    """Completions from the model loaded here, in batches; and the canonical solutions read after their prompts."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
@@ -183,4 +189,10 @@ def _here(args, tokenizer):
     def generate(name: str, prompts: list, stops: list[str]) -> list[list[str]]:
         with tqdm(total=len(prompts), desc=f"code {name}", disable=args.no_progress) as bar:
             return generate_answers(model, tokenizer, prompts, args, stops, bar, sample_seed)
-    return generate
+
+    def score(requests: list) -> list:
+        from .answer_scorer import score_answers
+        from .choice import pad_id_of
+
+        return score_answers(model, requests, args.batch_size, args.device, pad_id_of(tokenizer))
+    return generate, score

@@ -140,12 +140,17 @@ def compare_results(old: dict, new: dict, where: str) -> dict:
 
 def table(result: dict) -> str:
     ks = [k for k in KS if k <= result["settings"]["samples"]]
+    read = [(name, s["solution_bits_per_char"]) for name, s in result["sets"].items()
+            if s.get("solution_bits_per_char") is not None]
     lines = [f"| set | tasks | {' | '.join(f'pass@{k}' for k in ks)} | too long | failures (most common) |",
              "|---|---:|" + "---:|" * len(ks) + "---:|---|"]
     for name, s in result["sets"].items():
         failures = ", ".join(f"{kind} {count}" for kind, count in s["verdicts"].items() if kind != PASSED)
         scores = " | ".join(f"{s['pass@' + str(k)]:.2f}" for k in ks)
         lines.append(f"| {name} | {s['tasks']} | {scores} | {s['too_long']} | {failures[:120] or '-'} |")
+    if read:  # read without generating: what eval.code logs during training
+        lines += ["", "| set | canonical solutions: bits/char |", "|---|---:|"]
+        lines += [f"| {name} | {bpc:.4f} |" for name, bpc in read]
     compare = result.get("compare")
     if compare:
         lines += ["", f"against {compare['model']} ({compare['results']}):", "",
@@ -153,3 +158,45 @@ def table(result: dict) -> str:
         lines += [f"| {name} | {c['before']:.2f} | {c['now']:.2f} | {c['change']:+.2f} | {len(c['gained'])} | "
                   f"{len(c['lost'])} |" for name, c in compare["sets"].items()]
     return "\n".join(lines)
+
+
+def reference_requests(tokenizer, prompts: list[CodePrompt], positions: int) -> list:
+    """Per base prompt, an answer_scorer.AnswerRequest of the task's canonical solution read after it (None where
+    the set has no solution, or prompt and solution do not fit the model's positions)."""
+    from .answer_scorer import AnswerRequest, answer_ids
+
+    out = []
+    for p in prompts:
+        if p.ids is None or p.chat or not p.item.solution:
+            out.append(None)
+            continue
+        solution = answer_ids(tokenizer, p.item.prompt, True, p.ids, p.item.solution)
+        out.append(AnswerRequest(p.ids, solution) if len(p.ids) + len(solution) <= positions else None)
+    return out
+
+
+def reference_metrics(prompts: list[CodePrompt], scores: list) -> dict:
+    """``solution_bits_per_char``: the canonical solutions' bits per character after their prompts, over all of
+    them together (read, not generated: smooth where pass@1 is still 0, and cheap enough to watch in training)."""
+    import math
+
+    items = []
+    for p, got in zip(prompts, scores):
+        if got is None:
+            items.append({"key": p.item.key, "scored": False})
+            continue
+        items.append({"key": p.item.key, "solution_bits": round(-got[0] / math.log(2), 4),
+                      "solution_chars": len(p.item.solution), "solution_greedy": got[1]})
+    scored = [i for i in items if "solution_bits" in i]
+    chars = sum(i["solution_chars"] for i in scored)
+    return {"solution_bits_per_char": round(sum(i["solution_bits"] for i in scored) / chars, 4) if chars else None,
+            "items": items}
+
+
+def reference_prompts(tokenizer, code_set: CodeSet, max_items: int | None, positions: int,
+                      answer_room: int = ANSWER_ROOM) -> tuple[list[CodePrompt], list]:
+    """The base prompts and reference requests ``eval.code`` reads: the first ``max_items`` tasks, prompts within
+    the model's positions less ``answer_room``, as `evaluation code --max-items --max-new-tokens` builds them."""
+    tasks = CodeSet(code_set.path, code_set.tasks[:max_items] if max_items else code_set.tasks)
+    prompts = build_prompts(tokenizer, tasks, positions - answer_room, False)
+    return prompts, reference_requests(tokenizer, prompts, positions)

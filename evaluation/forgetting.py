@@ -5,7 +5,8 @@ evaluation and the change, as ``report.md`` + ``forgetting.png`` (and a table fo
 
 Watched metrics: ``eval/loss``, ``eval/bits_per_char``, ``eval/<set>/loss``,
 ``eval/<set>/bits_per_char``, ``reading/<set>/answer_bits_per_char`` (lower is better),
-``math/<set>/solution_bits_per_char`` (lower), ``bench/<benchmark>/<group>`` accuracies, ``reading/<set>/greedy_answer``
+``math/<set>/solution_bits_per_char`` and ``code/<set>/solution_bits_per_char`` (lower), ``bench/<benchmark>/<group>``
+accuracies, ``reading/<set>/greedy_answer``
 and ``math/<set>/answer_greedy`` (higher is better). The
 change is value − base; a guard trip (engine/watch.py) is listed with its step.
 """
@@ -20,7 +21,7 @@ from typing import Any
 from zhllama.files import save_figure_atomic
 
 WATCHED = re.compile(r"^(eval/([^/]+/)?(loss|bits_per_char)|bench/[^/]+/[^/]+|reading/[^/]+/(answer_bits_per_char|greedy_answer)"
-                     r"|math/[^/]+/(solution_bits_per_char|answer_greedy))$")
+                     r"|math/[^/]+/(solution_bits_per_char|answer_greedy)|code/[^/]+/solution_bits_per_char)$")
 
 
 def read_history(jsonl: Path) -> dict[str, list[tuple[int, float]]]:

@@ -48,6 +48,9 @@ def _base(doc: dict) -> dict[str, tuple]:
             m = doc.get("math", {}).get(parts[1], {})
             settings = _math_reference_settings(m.get("sha256"), m.get("shots"), m.get("shots_from"), m.get("problems"),
                                                 m.get("seed"), False, m.get("max_new_tokens"))
+        elif metric.startswith("code/"):
+            c = doc.get("code", {}).get(parts[1], {})
+            settings = _settings(sha256=c.get("sha256"), tasks=c.get("tasks"), room=c.get("max_new_tokens"))
         else:  # the same settings as `evaluation choice` records: one benchmark from either command
             settings = _settings(data=doc.get("benchmarks", {}).get(parts[1]), shots=doc.get("shots"),
                                  split="test" if parts[1] == "cmmlu" else "val",
@@ -127,6 +130,9 @@ def _code(doc: dict) -> dict[str, tuple]:
     for name, s in doc["sets"].items():
         settings = _settings(sha256=s["sha256"], **{k: doc["settings"].get(k) for k in SAME_SETTINGS})
         out.update({f"code/{name}/pass@{k}": (s[f"pass@{k}"], settings) for k in KS if s.get(f"pass@{k}") is not None})
+        if s.get("solution_bits_per_char") is not None:  # read, not generated: as `evaluation base --code` and eval.code
+            reference = _settings(sha256=s["sha256"], tasks=s["tasks"], room=doc["settings"].get("max_new_tokens"))
+            out[f"code/{name}/solution_bits_per_char"] = (s["solution_bits_per_char"], reference)
     return out
 
 

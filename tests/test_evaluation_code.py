@@ -134,7 +134,8 @@ def _run_cli(monkeypatch, model: Path, data: Path, out: Path, complete, *extra) 
     from evaluation import code_cli
 
     def fake_here(args, tokenizer):
-        return lambda name, prompts, stops: [[complete(p.item.key, s) for s in range(args.samples)] for p in prompts]
+        return (lambda name, prompts, stops: [[complete(p.item.key, s) for s in range(args.samples)] for p in prompts],
+                None)
     monkeypatch.setattr(code_cli, "_here", fake_here)
     parser = argparse.ArgumentParser()
     code_cli.add_arguments(parser)
@@ -188,3 +189,29 @@ def test_nothing_runs_without_allow_execution_and_a_real_model_is_scored(tiny, t
     result = json.loads((tmp_path / "r.json").read_text())["sets"]["mine"]
     assert result["tasks"] == 2 and all(len(i["completions"]) == 1 for i in result["items"])
     assert sum(result["verdicts"].values()) == 2 and "| mine | 2 |" in done.stdout
+
+
+def test_base_numbers_of_a_code_set_equal_the_standalone_reference_and_line_up_in_the_scorecard(tiny, tmp_path):
+    """`evaluation base --code` (a run's base before a vocabulary change) reads the canonical solutions as
+    `evaluation code` and `eval.code` do; the scorecard compares the two."""
+    from evaluation import base_cli, code_cli
+
+    model, data = tiny
+    for module, argv in ((base_cli, ["--code", f"mine={data}", "--code-max-new-tokens", "16",
+                                     "--out", str(tmp_path / "eval_base.json")]),
+                         (code_cli, ["--set", f"mine={data}", "--max-new-tokens", "16", "--allow-execution",
+                                     "--out", str(tmp_path / "code.json"), "--no-progress"])):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        assert module.run(parser.parse_args(["--model", str(model), *argv])) == 0
+    base = json.loads((tmp_path / "eval_base.json").read_text())["metrics"]
+    alone = json.loads((tmp_path / "code.json").read_text())["sets"]["mine"]
+    assert base["code/mine/solution_bits_per_char"] == pytest.approx(alone["solution_bits_per_char"], rel=1e-5)
+    assert [i.get("solution_chars") for i in alone["items"]] == [len(ADD["canonical_solution"]), None]  # TWICE has none
+    card = subprocess.run([sys.executable, "-m", "evaluation", "scorecard", "--model", f"base={tmp_path / 'eval_base.json'}",
+                           "--model", f"now={tmp_path / 'code.json'}", "--out", str(tmp_path / "card.md")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert card.returncode == 0, card.stderr
+    row = json.loads((tmp_path / "card.md.json").read_text())["rows"]["code/mine/solution_bits_per_char"]
+    assert row["better"] == "lower" and row["models"]["now"]["change"] == pytest.approx(0, abs=1e-4)
+    assert row["models"]["now"]["differs"] == []

@@ -3,7 +3,8 @@
 The base model is a tiny LLaMA first trained on English; the run then trains on Chinese only, so
 English bits/char rise: the guard (en.bits_per_char: +0.3, stop) must trip, naming the set and the
 step, after saving a checkpoint. Every in-training number (named sets' bits/char, C-Eval letter
-log-probabilities per item, a reading set's reference answers, a math set's reference solutions, the base
+log-probabilities per item, a reading set's reference answers, a math set's reference solutions, a code set's
+canonical solutions, the base
 numbers at step 0) must equal
 the standalone computation on the exported model / the base folder. This file is also the per-rank driver.
 """
@@ -76,12 +77,14 @@ def guarded_run(tmp_path_factory):
     contamination = contamination_report(root, ceval)
     poems = _poems(root / "poems.json")
     problems = _problems(root / "problems.jsonl")
+    tasks = _tasks(root / "tasks.jsonl")
     overrides = [
         f"model.path={base}", f"output_dir={out}", "checkpoint.every_steps=0", "eval.every_steps=4",
         "eval.at_start=false", "eval.sets=[{name: zh, dir: driver}, {name: en, dir: driver}]",
         f"eval.benchmarks=[{{name: ceval, data: '{ceval}', shots: 1, batch_size: 2, contamination: '{contamination}'}}]",
         f"eval.reading=[{{name: poems, file: '{poems}', shots: 1, max_questions: 5, batch_size: 2}}]",
         f"eval.math=[{{name: sums, file: '{problems}', shots: 1, max_items: 4, max_new_tokens: 64, batch_size: 3}}]",
+        f"eval.code=[{{name: py, file: '{tasks}', max_new_tokens: 64, batch_size: 2}}]",
         f"eval.guard={{en.bits_per_char: {GUARD}}}", "eval.guard_action=stop",
     ]
     cmd = torchrun_command(__file__, {"overrides": overrides})  # this file is the driver
@@ -112,6 +115,18 @@ def _problems(path: Path) -> Path:
     return path
 
 
+def _tasks(path: Path) -> Path:
+    """A code set in HumanEval's layout: three functions with their canonical solutions."""
+    rows = [("add", "a, b", "Sum of a and b.", "    return a + b\n", "candidate(2, 3) == 5"),
+            ("double", "x", "Twice x.", "    return 2 * x\n", "candidate(4) == 8"),
+            ("first", "items", "The first item.", "    return items[0]\n", "candidate([7, 8]) == 7")]
+    path.write_text("".join(json.dumps({"task_id": f"t/{name}", "prompt": f'def {name}({args}):\n    """{doc}"""\n',
+                                        "entry_point": name, "canonical_solution": body,
+                                        "test": f"def check(candidate):\n    assert {check}\n"}) + "\n"
+                            for name, args, doc, body, check in rows), encoding="utf-8")
+    return path
+
+
 def test_named_sets_benchmarks_guard_and_report(guarded_run):
     base, _, out, log = guarded_run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -120,7 +135,8 @@ def test_named_sets_benchmarks_guard_and_report(guarded_run):
         assert {"eval/loss", "eval/bits_per_char", "eval/zh/loss", "eval/zh/bits_per_char", "eval/en/loss",
                 "bench/ceval/accuracy", "bench/ceval/stem", "bench/ceval/hard", "bench/ceval/clean_accuracy",
                 "bench/ceval/contaminated_accuracy", "reading/poems/answer_bits_per_char",
-                "reading/poems/greedy_answer", "math/sums/solution_bits_per_char", "math/sums/answer_greedy"} <= set(r), \
+                "reading/poems/greedy_answer", "math/sums/solution_bits_per_char", "math/sums/answer_greedy",
+                "code/py/solution_bits_per_char"} <= set(r), \
             sorted(r)
     base_metrics = json.loads((out / "eval_base.json").read_text())["metrics"]
     bound = base_metrics["eval/en/bits_per_char"] + GUARD
@@ -183,6 +199,10 @@ def test_in_training_numbers_equal_standalone(guarded_run):
         assert math["answer_greedy"] == pytest.approx(expected["math/sums/answer_greedy"])
         inside = json.loads((out / "evals" / "sums" / f"{tag}.json").read_text())
         assert [i["key"] for i in inside["items"]] == [i["key"] for i in math["items"]] and len(math["items"]) == 4
+        code = _code_standalone(folder, ceval.parent / "tasks.jsonl", out / "standalone" / f"{tag}.code.json")
+        assert code["solution_bits_per_char"] == pytest.approx(expected["code/py/solution_bits_per_char"], rel=1e-4)
+        inside = json.loads((out / "evals" / "py" / f"{tag}.json").read_text())
+        assert [i["key"] for i in inside["items"]] == [i["key"] for i in code["items"]] and len(code["items"]) == 3
 
 
 def _reading_standalone(model: Path, data: Path, out: Path) -> dict:
@@ -210,6 +230,19 @@ def _math_standalone(model: Path, data: Path, out: Path) -> dict:
                                            "--max-items", "4", "--max-new-tokens", "64", "--out", str(out),
                                            "--no-progress"])) == 0
     return json.loads(out.read_text())["sets"]["sums"]
+
+
+def _code_standalone(model: Path, data: Path, out: Path) -> dict:
+    """`python -m evaluation code` with the run's eval.code settings (in-process); its reference column."""
+    import argparse
+
+    from evaluation import code_cli
+
+    parser = argparse.ArgumentParser()
+    code_cli.add_arguments(parser)
+    assert code_cli.run(parser.parse_args(["--model", str(model), "--set", f"py={data}", "--max-new-tokens", "64",
+                                           "--allow-execution", "--out", str(out), "--no-progress"])) == 0
+    return json.loads(out.read_text())["sets"]["py"]
 
 
 if __name__ == "__main__":
