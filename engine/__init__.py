@@ -30,6 +30,7 @@ from .config import (
     LoggingConfig,
     LoraConfig,
     ModelConfig,
+    MoeConfig,
     OptimConfig,
     ScheduleConfig,
     TrainConfig,
@@ -37,7 +38,7 @@ from .config import (
 
 __all__ = [
     "BatchConfig", "CheckpointConfig", "DeepSpeedConfig", "EmbeddingsConfig", "EvalConfig",
-    "LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "train",
+    "LoggingConfig", "LoraConfig", "ModelConfig", "MoeConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "train",
 ]
 
 

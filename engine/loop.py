@@ -46,9 +46,9 @@ from .sequence_parallel import (WHOLE_ROWS, Groups, SequenceSplit, check_model a
                                 install_attention, make_groups)
 from .stop_signals import StopSignals
 from .tiled_mlp import install_tiled_mlp
-from .model import model_config as run_model_config
 from .model import (DTYPES, apply_mode, check_model_folder, check_sequence_length, count_parameters,
                     load_model, param_groups, tokenizer_dir, zero3_fetch_units)
+from .model import model_config as run_model_config
 from .fit_state import Evaluation, FitState, Window
 from .tracking import Tracker
 from .watch import Watch, write_forgetting_report
