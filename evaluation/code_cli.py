@@ -176,19 +176,11 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int) -> dict:
 
 def _here(args, tokenizer):
     """Completions from the model loaded here, in batches; and the canonical solutions read after their prompts."""
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
-
     from .code_eval import sample_seed
-    from .math_generate import generate_answers
+    from .generated_runs import answers_here, model_here
 
-    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
-
-    def generate(name: str, prompts: list, stops: list[str]) -> list[list[str]]:
-        with tqdm(total=len(prompts), desc=f"code {name}", disable=args.no_progress) as bar:
-            return generate_answers(model, tokenizer, prompts, args, stops, bar, sample_seed)
+    model = model_here(args)
+    generate = answers_here(model, tokenizer, args, "code", sample_seed)
 
     def score(requests: list) -> list:
         from .answer_scorer import score_answers

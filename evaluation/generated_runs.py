@@ -111,3 +111,25 @@ def server_answers(args, what: str, sample_seed):
         texts = [r["text"] for r in replies]
         return [texts[i * args.samples:(i + 1) * args.samples] for i in range(len(prompts))]
     return generate
+
+
+def model_here(args):
+    """``--model`` loaded on ``--device`` in ``--dtype``, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    return AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+
+
+def answers_here(model, tokenizer, args, what: str, sample_seed=None):
+    """A ``generate(name, prompts, stops)`` of ``args.samples`` answers per prompt from ``model``, in batches, with a
+    progress bar (math_generate.generate_answers)."""
+    from tqdm import tqdm
+
+    from .math_generate import generate_answers
+
+    def generate(name: str, prompts: list, stops: list[str]) -> list[list[str]]:
+        with tqdm(total=len(prompts), desc=f"{what} {name}", disable=args.no_progress) as bar:
+            return generate_answers(model, tokenizer, prompts, args, stops, bar, sample_seed)
+    return generate

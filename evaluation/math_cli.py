@@ -175,18 +175,10 @@ def _evaluate(args, prompts: dict, tokenizer, max_length: int, statuses: dict | 
 
 def _here(args, tokenizer):
     """Answers from the model loaded here, in batches."""
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
+    from .generated_runs import answers_here, model_here
 
-    from .math_generate import generate_answers
-
-    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
-
-    def generate(name: str, prompts: list, stops: list[str]) -> list[list[str]]:
-        with tqdm(total=len(prompts), desc=f"math {name}", disable=args.no_progress) as bar:
-            return generate_answers(model, tokenizer, prompts, args, stops, bar)
+    model = model_here(args)
+    generate = answers_here(model, tokenizer, args, "math")
 
     def score(name: str, requests: list) -> list:
         from .choice import pad_id_of
