@@ -183,16 +183,21 @@ def test_reading_sets_in_the_eval_section_are_checked_and_guarded(tmp_path):
              reading=f"[{{name: cmrc, file: {tmp_path / 'none.json'}, shots: 9}}, {{name: 'a b', file: x}}]",
              math=f"[{{name: gsm, file: {tmp_path / 'none.jsonl'}, max_new_tokens: 0}}, {{name: cmrc, file: x, "
                   f"shots_from: y}}]",
-             guard="{cmrc.greedy_answer: -1, cmrc.accuracy: -0.1, gsm.solution_bits_per_char: 0.1, gsm.accuracy: -1}")
+             code=f"[{{name: py, file: {tmp_path / 'none.jsonl'}, batch_size: 0}}]",
+             guard="{cmrc.greedy_answer: -1, cmrc.accuracy: -0.1, gsm.solution_bits_per_char: 0.1, gsm.accuracy: -1, "
+                   "py.solution_bits_per_char: 0.1, py.pass: -1}")
     text = str(err.value)
     for expected in ("reading[0].file: ", "none.json' is not a file", "reading[0]: shots must be 0..8",
-                     "reading[1].name: expected letters", "sets, benchmarks, reading and math share names ['cmrc']",
+                     "reading[1].name: expected letters", "sets, benchmarks, reading, math and code share names ['cmrc']",
+                     "code[0].file: ", "is neither humaneval nor a file", "code[0]: max_items, max_new_tokens and batch_size",
+                     "guard.py.pass: expected <set>",
                      "guard.cmrc.accuracy: expected <set>", "math[0].file: ", "none.jsonl' is not a file",
                      "math[0]: shots must be 0..8, max_items, max_new_tokens", "math[1].shots_from: 'y' is not a file",
                      "guard.gsm.accuracy: expected <set>"):
         assert expected in text, text
     assert "guard.cmrc.greedy_answer" not in text  # a reading set's metric is a known guard key
     assert "guard.gsm.solution_bits_per_char" not in text  # and a math set's
+    assert "guard.py.solution_bits_per_char" not in text  # and a code set's
     from engine.tiny import make_tiny_model
     from engine.watch import Watch
 
