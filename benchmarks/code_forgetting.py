@@ -46,7 +46,6 @@ def measure(model, tok, humaneval, jobs: int) -> dict:
 
     from evaluation.answer_scorer import score_answers
     from evaluation.choice import pad_id_of
-    from evaluation.code_data import CodeSet
     from evaluation.code_eval import BASE_STOPS, program_of, reference_metrics, reference_prompts
     from evaluation.code_exec import PASSED, run_programs
     from evaluation.math_generate import generate_answers
@@ -73,14 +72,12 @@ def main() -> int:
     if not CMRC.is_file():
         print(f"skipped: {CMRC} is absent (../shared/data, see PROVENANCE.md)")
         return 0
-    import copy
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.tiny import make_tiny_model, make_tiny_tokenizer
     from evaluation.code_data import builtin_file, read_code_set
-    from math_forgetting import train
+    from math_forgetting import continue_on_chinese, train
 
     torch.manual_seed(0)
     work = Path(args.work)
@@ -97,18 +94,8 @@ def main() -> int:
           block=256)
     learned = measure(model, tok, humaneval, args.jobs)
     print(f"after {args.first_steps} steps on Python: {learned}", flush=True)
-    rows = {}
-    for stage, replay in (("zh only", False), ("replay", True)):
-        student = copy.deepcopy(model)
-        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
-        data_rng = random.Random(2)
-        rows[stage] = [(0, learned)]
-        for done in range(args.every, args.steps + 1, args.every):
-            for _ in range(args.every):
-                texts = python if replay and data_rng.random() < 0.25 else chinese
-                train(student, tok, opt, texts, 1, data_rng, block=256)
-            rows[stage].append((done, measure(student, tok, humaneval, args.jobs)))
-            print(f"{stage}, step {done}: {rows[stage][-1][1]}", flush=True)
+    rows = continue_on_chinese(model, tok, python, chinese, learned, args.steps, args.every,
+                               lambda student: measure(student, tok, humaneval, args.jobs), block=256)
     print("\n| stage 2 step | zh only: solution bits/char | pass@1 | replay: solution bits/char | pass@1 |"
           "\n|---:|---:|---:|---:|---:|")
     for (step, a), (_, b) in zip(rows["zh only"], rows["replay"]):

@@ -53,6 +53,29 @@ def train(model, tok, opt, texts: list[str], steps: int, rng: random.Random, bat
     model.eval()
 
 
+def continue_on_chinese(model, tok, learned_texts: list[str], chinese: list[str], learned: dict, steps: int,
+                        every: int, measure, block: int = 160) -> dict[str, list[tuple[int, dict]]]:
+    """Stage 2 from copies of ``model``: on ``chinese`` alone ("zh only"), or with ``learned_texts`` in one batch of
+    every four ("replay"); ``measure(model)`` every ``every`` steps. Per stage, [(step, measured)]."""
+    import copy
+
+    import torch
+
+    rows = {}
+    for stage, replay in (("zh only", False), ("replay", True)):
+        student = copy.deepcopy(model)
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+        data_rng = random.Random(2)
+        rows[stage] = [(0, learned)]
+        for done in range(every, steps + 1, every):
+            for _ in range(every):
+                texts = learned_texts if replay and data_rng.random() < 0.25 else chinese
+                train(student, tok, opt, texts, 1, data_rng, block=block)
+            rows[stage].append((done, measure(student)))
+            print(f"{stage}, step {done}: {rows[stage][-1][1]}", flush=True)
+    return rows
+
+
 def measure(model, tok, test, pool) -> dict:
     """eval.math's two numbers and the accuracy of greedy chain-of-thought answers, on the same prompts."""
     from types import SimpleNamespace
@@ -83,8 +106,6 @@ def main() -> int:
     if not CMRC.is_file():
         print(f"skipped: {CMRC} is absent (../shared/data, see PROVENANCE.md)")
         return 0
-    import copy
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -109,18 +130,8 @@ def main() -> int:
           args.first_steps, random.Random(1))
     learned = measure(model, tok, test, pool)
     print(f"after {args.first_steps} steps on the problems: {learned}", flush=True)
-    rows = {}
-    for stage, replay in (("zh only", False), ("replay", True)):
-        student = copy.deepcopy(model)
-        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
-        data_rng = random.Random(2)
-        rows[stage] = [(0, learned)]
-        for done in range(args.every, args.steps + 1, args.every):
-            for _ in range(args.every):
-                texts = [gsm_text(r) for r in train_set] if replay and data_rng.random() < 0.25 else chinese
-                train(student, tok, opt, texts, 1, data_rng)
-            rows[stage].append((done, measure(student, tok, test, pool)))
-            print(f"{stage}, step {done}: {rows[stage][-1][1]}", flush=True)
+    rows = continue_on_chinese(model, tok, [gsm_text(r) for r in train_set], chinese, learned, args.steps, args.every,
+                               lambda student: measure(student, tok, test, pool))
     print("\n| stage 2 step | zh only: solution bits/char | answer greedy | accuracy | replay: solution bits/char "
           "| answer greedy | accuracy |\n|---:|---:|---:|---:|---:|---:|---:|")
     for (step, a), (_, b) in zip(rows["zh only"], rows["replay"]):

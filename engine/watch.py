@@ -207,7 +207,7 @@ class Watch:
             prompts, score_answers(engine, requests, c.batch_size, device, pad)), engine)
 
     def _read_references(self, kind: str, spec, step: int, score: Callable[[], dict], engine) -> dict[str, float]:
-        """Collective. A reading or math set's reference answers read in eval mode: its evals/ file on rank 0
+        """Collective. A reading, math or code set's reference answers read in eval mode: its evals/ file on rank 0
         and its metrics ``<kind>/<name>/...``."""
         with eval_mode(engine):
             result = score()

@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_args(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     """(name, file or None for a built-in set) per --set; every problem at once."""
     from .code_data import BUILTIN
+    from .generated_runs import range_problems, sampling_problems
 
     problems: list[str] = [] if args.allow_execution else [EXECUTION_WARNING]
     sets: list[tuple[str, str | None]] = []
@@ -76,20 +77,11 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str | None]]:
         problems.append(f"--compare {args.compare}: not a file")
     if args.temperature is None:
         args.temperature = 0.0 if args.samples == 1 else 0.8
-    for flag, value, low, high in (("--batch-size", args.batch_size, 1, None), ("--samples", args.samples, 1, 200),
-                                   ("--max-new-tokens", args.max_new_tokens, 1, None), ("--max-items", args.max_items, 1, None),
-                                   ("--max-length", args.max_length, 16, None), ("--temperature", args.temperature, 0, 2),
-                                   ("--top-p", args.top_p, 0.01, 1), ("--workers", args.workers, 1, None),
-                                   ("--timeout", args.timeout, 0.1, 600), ("--memory-mb", args.memory_mb, 64, None),
-                                   ("--jobs", args.jobs, 1, None)):
-        if value is not None and (value < low or (high is not None and value > high)):
-            problems.append(f"{flag} must be {low}..{high}, got {value}" if high else f"{flag} must be >= {low}, got {value}")
-    if args.samples > 1 and args.temperature == 0:
-        problems.append(f"--samples {args.samples} with --temperature 0: every sample would be the greedy completion")
-    if args.server:
-        from zhllama.openai_client import check_api_key_env, check_url
-
-        problems += check_url("--server", args.server) + check_api_key_env(args.api_key_env)
+    problems += range_problems((("--batch-size", args.batch_size, 1, None), ("--samples", args.samples, 1, 200),
+                                ("--max-new-tokens", args.max_new_tokens, 1, None), ("--max-items", args.max_items, 1, None),
+                                ("--max-length", args.max_length, 16, None), ("--timeout", args.timeout, 0.1, 600),
+                                ("--memory-mb", args.memory_mb, 64, None), ("--jobs", args.jobs, 1, None)))
+    problems += sampling_problems(args, "completion")
     raise_if_problems("code settings", problems)
     return sets
 

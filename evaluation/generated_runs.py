@@ -26,6 +26,28 @@ def add_run_arguments(parser, contamination_help: str | None) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def range_problems(checks) -> list[str]:
+    """``(flag, value, low, high)`` per setting (value or high None: unchecked, unbounded) -> what is out of range."""
+    out = []
+    for flag, value, low, high in checks:
+        if value is not None and (value < low or (high is not None and value > high)):
+            out.append(f"{flag} must be {low}..{high}, got {value}" if high else f"{flag} must be >= {low}, got {value}")
+    return out
+
+
+def sampling_problems(args, answer: str) -> list[str]:
+    """The sampling and server settings `evaluation math` and `code` share (``answer``: what one sample is)."""
+    problems = range_problems((("--temperature", args.temperature, 0, 2), ("--top-p", args.top_p, 0.01, 1),
+                               ("--workers", args.workers, 1, None)))
+    if args.samples > 1 and args.temperature == 0:
+        problems.append(f"--samples {args.samples} with --temperature 0: every sample would be the greedy {answer}")
+    if args.server:
+        from zhllama.openai_client import check_api_key_env, check_url
+
+        problems += check_url("--server", args.server) + check_api_key_env(args.api_key_env)
+    return problems
+
+
 def named_sets(args, what: str, problems: list[str]) -> list[tuple[str, str]]:
     """``--set NAME=FILE`` values as pairs: at least one, names once each, files that exist."""
     from .base_cli import name_pairs

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
 
-from .generated_runs import add_run_arguments, named_sets
+from .generated_runs import add_run_arguments, named_sets, range_problems, sampling_problems
 from .math_eval import ANSWER_ROOM, MAX_SHOTS
 
 
@@ -68,19 +68,10 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
             problems.append(f"{flag} {path}: not a file")
     if args.temperature is None:
         args.temperature = 0.0 if args.samples == 1 else 0.7
-    for flag, value, low, high in (("--shots", args.shots, 0, MAX_SHOTS), ("--batch-size", args.batch_size, 1, None),
-                                   ("--max-new-tokens", args.max_new_tokens, 1, None), ("--samples", args.samples, 1, 64),
-                                   ("--max-items", args.max_items, 1, None), ("--max-length", args.max_length, 16, None),
-                                   ("--temperature", args.temperature, 0, 2), ("--top-p", args.top_p, 0.01, 1),
-                                   ("--workers", args.workers, 1, None)):
-        if value is not None and (value < low or (high is not None and value > high)):
-            problems.append(f"{flag} must be {low}..{high}, got {value}" if high else f"{flag} must be >= {low}, got {value}")
-    if args.samples > 1 and args.temperature == 0:
-        problems.append(f"--samples {args.samples} with --temperature 0: every sample would be the greedy answer")
-    if args.server:
-        from zhllama.openai_client import check_api_key_env, check_url
-
-        problems += check_url("--server", args.server) + check_api_key_env(args.api_key_env)
+    problems += range_problems((("--shots", args.shots, 0, MAX_SHOTS), ("--batch-size", args.batch_size, 1, None),
+                                ("--max-new-tokens", args.max_new_tokens, 1, None), ("--samples", args.samples, 1, 64),
+                                ("--max-items", args.max_items, 1, None), ("--max-length", args.max_length, 16, None)))
+    problems += sampling_problems(args, "answer")
     raise_if_problems("math settings", problems)
     return sets
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from zhllama.errors import UserError, raise_if_problems
 
-from .generated_runs import add_run_arguments, named_sets
+from .generated_runs import add_run_arguments, named_sets, range_problems
 from .reading import ANSWER_ROOM
 
 
@@ -60,12 +60,9 @@ def _check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
     sets = named_sets(args, "reading set", problems)
     if args.shots_from and not Path(args.shots_from).is_file():
         problems.append(f"--shots-from {args.shots_from}: not a file")
-    for flag, value, low, high in (("--shots", args.shots, 0, 8), ("--batch-size", args.batch_size, 1, None),
-                                   ("--max-new-tokens", args.max_new_tokens, 1, None),
-                                   ("--max-questions", args.max_questions, 1, None),
-                                   ("--max-length", args.max_length, 16, None)):
-        if value is not None and (value < low or (high is not None and value > high)):
-            problems.append(f"{flag} must be {low}..{high}, got {value}" if high else f"{flag} must be >= {low}, got {value}")
+    problems += range_problems((("--shots", args.shots, 0, 8), ("--batch-size", args.batch_size, 1, None),
+                                ("--max-new-tokens", args.max_new_tokens, 1, None),
+                                ("--max-questions", args.max_questions, 1, None), ("--max-length", args.max_length, 16, None)))
     if args.haystack_tokens is not None:
         from .long_context_cli import parse_depths
 
